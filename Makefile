@@ -1,0 +1,32 @@
+# qboot-systemd: `make run` shows what the shipped bootctrl gives, `make test` runs the tests.
+# Both install what is missing first (Debian packages as root, then the venv from uv.lock).
+VENV := .venv
+BOOTCTRL ?= etc/bootctrl
+PYTEST_ARGS ?=
+
+.PHONY: run test lint bench clean
+
+run:
+	@scripts/setup.sh run
+	$(VENV)/bin/qbootctl show --bootctrl $(BOOTCTRL)
+
+test:
+	@scripts/setup.sh test
+	@status=0; $(VENV)/bin/pytest $(PYTEST_ARGS) || status=$$?; \
+	if [ $$status -eq 5 ]; then \
+	    echo "pytest: no tests collected" >&2; \
+	    if [ -n "$$QBOOT_STRICT_SKIPS" ]; then exit 1; else exit 0; fi; \
+	fi; exit $$status
+
+lint:
+	@scripts/setup.sh test
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy --strict qboot_systemd
+
+bench:
+	@scripts/setup.sh test
+	$(VENV)/bin/python bench/rules_bench.py
+
+clean:
+	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,383 @@
+"""The bootctrl model: what qboot's directory says should run, and every problem in it.
+
+`load()` does all the reading; the result is plain frozen data that the generator, the
+CLI and the tests consume without further I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import envfile
+from .problems import Problem
+from .tcpflags import TcpFlagsError, validate_tcpflags
+
+DEFAULT_QMAIL_HOME = Path("/var/qmail")
+DEFAULT_DELIVERY = "./Maildir/"
+DEFAULT_PORT = 25
+DEFAULT_MAXCONN = 40
+RC_TARGET = "qmail-tcpd"
+SEND_RC = "qmail-init.rc"
+
+_RC_RE = re.compile(r"qmail-(.+)\.rc\Z")
+# A systemd instance name that needs no escaping, and a plain file name.
+SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+_ACCOUNT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\Z")
+_DEFAULT_SERVERS = {"qmtp": "qmail-qmtpd", "qmqp": "qmail-qmqpd"}
+
+
+def default_bootctrl() -> Path:
+    return Path(os.environ.get("QBOOT_BOOTCTRL", str(DEFAULT_QMAIL_HOME / "etc" / "bootctrl")))
+
+
+def default_qmail_home() -> Path:
+    return Path(os.environ.get("QBOOT_QMAIL_HOME", str(DEFAULT_QMAIL_HOME)))
+
+
+@dataclass(frozen=True, order=True)
+class Listen:
+    """One listening address; `address` None means all addresses, IPv4 and IPv6."""
+
+    port: int
+    address: str | None = None
+
+    def systemd(self) -> str:
+        """The value for ListenStream=."""
+        if self.address is None:
+            return str(self.port)
+        if ":" in self.address:
+            return f"[{self.address}]:{self.port}"
+        return f"{self.address}:{self.port}"
+
+    def conflicts_with(self, other: Listen) -> bool:
+        if self.port != other.port:
+            return False
+        return self.address is None or other.address is None or self.address == other.address
+
+
+@dataclass(frozen=True)
+class Send:
+    rc_file: str
+    qmail_home: str
+    default_delivery: str
+    delivery_source: str  # the file the delivery came from, or "default"
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "rc_file": self.rc_file,
+            "qmail_home": self.qmail_home,
+            "default_delivery": self.default_delivery,
+            "delivery_source": self.delivery_source,
+        }
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    rc_file: str
+    env_file: str | None
+    listen: tuple[Listen, ...]
+    rules: str
+    maxconn: int
+    command: tuple[str, ...]
+    environment: tuple[tuple[str, str], ...] = ()
+    maxperip: int | None = None
+    backlog: int | None = None
+    user: str | None = None
+    group: str | None = None
+    banner: str | None = None
+    tcpflags: tuple[str, ...] = ()
+    listen_line: int = 0  # line of PORT/IP in env_file, for messages
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "rc_file": self.rc_file,
+            "env_file": self.env_file,
+            "listen": [item.systemd() for item in self.listen],
+            "rules": self.rules,
+            "maxconn": self.maxconn,
+            "maxperip": self.maxperip,
+            "backlog": self.backlog,
+            "user": self.user,
+            "group": self.group,
+            "banner": self.banner,
+            "tcpflags": list(self.tcpflags),
+            "command": list(self.command),
+            "environment": dict(self.environment),
+        }
+
+
+@dataclass(frozen=True)
+class Bootctrl:
+    directory: str
+    qmail_home: str
+    send: Send | None
+    services: tuple[Service, ...]
+    problems: tuple[Problem, ...] = field(default=())
+
+    def service(self, name: str) -> Service | None:
+        return next((s for s in self.services if s.name == name), None)
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "directory": self.directory,
+            "send": self.send.as_json() if self.send else None,
+            "services": [service.as_json() for service in self.services],
+            "problems": [problem.as_json() for problem in self.problems],
+        }
+
+
+class _ServiceProblem(Exception):
+    def __init__(self, problem: Problem) -> None:
+        super().__init__(str(problem))
+        self.problem = problem
+
+
+def load(directory: Path | str, qmail_home: Path | str | None = None) -> Bootctrl:
+    """Read a bootctrl directory. Never raises for bad content: problems are collected."""
+    directory = Path(directory)
+    home = Path(qmail_home) if qmail_home is not None else default_qmail_home()
+    if not directory.is_dir():
+        problem = Problem(str(directory), 0, "bootctrl directory not found")
+        return Bootctrl(str(directory), str(home), None, (), (problem,))
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError as error:
+        problem = Problem(str(directory), 0, f"cannot read directory: {error.strerror}")
+        return Bootctrl(str(directory), str(home), None, (), (problem,))
+
+    problems: list[Problem] = []
+    send = _load_send(directory, home, names, problems)
+    services: list[Service] = []
+    for name in names:
+        match = _RC_RE.match(name)
+        if not match or name == SEND_RC:
+            continue
+        try:
+            services.append(_load_service(directory, home, match.group(1), problems))
+        except _ServiceProblem as error:
+            problems.append(error.problem)
+    services = _drop_conflicting(services, problems)
+    return Bootctrl(str(directory), str(home), send, tuple(services), tuple(sorted(problems)))
+
+
+def _load_send(directory: Path, home: Path, names: list[str], problems: list[Problem]) -> Send | None:
+    if SEND_RC not in names:
+        return None
+    source = home / "control" / "defaultdelivery"
+    try:
+        text = source.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        return Send(str(directory / SEND_RC), str(home), DEFAULT_DELIVERY, "default")
+    except (OSError, UnicodeDecodeError) as error:
+        problems.append(
+            Problem(str(source), 0, f"cannot read ({error}); using {DEFAULT_DELIVERY}")
+        )
+        return Send(str(directory / SEND_RC), str(home), DEFAULT_DELIVERY, "default")
+    # Like the shell's `cat` in backquotes: trailing newlines go, inner ones stay
+    # (qmail-start takes several delivery lines).
+    delivery = text.rstrip("\n")
+    if not delivery.strip() or "\0" in delivery:
+        problems.append(Problem(str(source), 1, f"empty or invalid; using {DEFAULT_DELIVERY}"))
+        delivery = DEFAULT_DELIVERY
+    return Send(str(directory / SEND_RC), str(home), delivery, str(source))
+
+
+def _check_rc_link(directory: Path, name: str, rc_name: str) -> None:
+    rc_path = directory / rc_name
+    if not SERVICE_NAME_RE.match(name):
+        raise _ServiceProblem(
+            Problem(str(rc_path), 0, f"invalid service name {name!r} (use letters, digits, - _ .)")
+        )
+    if not rc_path.is_symlink():
+        raise _ServiceProblem(
+            Problem(str(rc_path), 0, f"not a symlink to {RC_TARGET}; service ignored")
+        )
+    target = os.readlink(rc_path)
+    if os.path.basename(target) != RC_TARGET:
+        raise _ServiceProblem(
+            Problem(str(rc_path), 0, f"points to {target!r}, not {RC_TARGET}; service ignored")
+        )
+    if not rc_path.exists():
+        raise _ServiceProblem(
+            Problem(str(rc_path), 0, f"dangling symlink to {target!r}; service ignored")
+        )
+
+
+def _load_service(directory: Path, home: Path, name: str, problems: list[Problem]) -> Service:
+    rc_name = f"qmail-{name}.rc"
+    _check_rc_link(directory, name, rc_name)
+    env_path = directory / f"qmail-{name}.env"
+    env: envfile.EnvFile | None = None
+    if env_path.exists() or env_path.is_symlink():
+        try:
+            data = env_path.read_bytes()
+        except OSError as error:
+            raise _ServiceProblem(
+                Problem(str(env_path), 0, f"cannot read: {error.strerror}; service skipped")
+            ) from error
+        env = envfile.parse(data, str(env_path), {"QMAILHOME": str(home), "SERVICE": name})
+        if env.problems:
+            problems.extend(env.problems[1:])
+            first = env.problems[0]
+            raise _ServiceProblem(
+                Problem(first.file, first.line, f"{first.message}; service {name} skipped")
+            )
+    return _build_service(directory, home, name, rc_name, env)
+
+
+def _option(env: envfile.EnvFile | None, name: str) -> envfile.Assignment | None:
+    return env.last(name) if env is not None else None
+
+
+def _positive_int(env: envfile.EnvFile | None, name: str, low: int, high: int) -> int | None:
+    assignment = _option(env, name)
+    if assignment is None:
+        return None
+    value = assignment.value.strip()
+    if not value.isascii() or not value.isdigit() or not low <= int(value) <= high:
+        assert env is not None
+        raise _ServiceProblem(
+            Problem(env.path, assignment.line, f"{name}={assignment.value!r}: expected a number "
+                    f"from {low} to {high}")
+        )
+    return int(value)
+
+
+def _listen(env: envfile.EnvFile | None, port: int) -> tuple[Listen, ...]:
+    assignment = _option(env, "IP")
+    if assignment is None:
+        return (Listen(port),)
+    assert env is not None
+    words = assignment.value.split()
+    if not words or words == ["0"]:
+        return (Listen(port),)
+    addresses: list[Listen] = []
+    for word in words:
+        text = word[1:-1] if word.startswith("[") and word.endswith("]") else word
+        try:
+            address = ipaddress.ip_address(text)
+        except ValueError:
+            raise _ServiceProblem(
+                Problem(env.path, assignment.line, f"IP: {word!r} is not an IP address")
+            ) from None
+        if address.is_unspecified or word == "0":
+            raise _ServiceProblem(
+                Problem(env.path, assignment.line,
+                        f"IP: {word!r} means all addresses; use IP=0 alone")
+            )
+        item = Listen(port, str(address))
+        if item in addresses:
+            raise _ServiceProblem(Problem(env.path, assignment.line, f"IP: {word} listed twice"))
+        addresses.append(item)
+    return tuple(addresses)
+
+
+def _account(env: envfile.EnvFile | None, names: tuple[str, str]) -> str | None:
+    for name in names:
+        assignment = _option(env, name)
+        if assignment is None or not assignment.value:
+            continue
+        assert env is not None
+        if not _ACCOUNT_RE.match(assignment.value):
+            raise _ServiceProblem(
+                Problem(env.path, assignment.line, f"{name}={assignment.value!r}: not a valid "
+                        "user/group name or number")
+            )
+        return assignment.value
+    return None
+
+
+def _words(env: envfile.EnvFile | None, name: str) -> tuple[str, ...]:
+    assignment = _option(env, name)
+    return tuple(assignment.value.split()) if assignment else ()
+
+
+def _rules_path(directory: Path, env: envfile.EnvFile | None, name: str) -> str:
+    assignment = _option(env, "CDB")
+    value = assignment.value if assignment and assignment.value else f"tcprules-{name}.cdb"
+    path = directory / value
+    if not path.is_file():
+        where = (env.path, assignment.line) if env and assignment else (str(directory / value), 0)
+        what = "dangling symlink" if path.is_symlink() else "missing"
+        raise _ServiceProblem(
+            Problem(where[0], where[1], f"rules {path} {what}: create tcprules-{name}.txt and run "
+                    f"mktcprules, or link tcprules-{name}.cdb to tcprules-default.cdb; "
+                    f"service {name} skipped")
+        )
+    return str(path)
+
+
+def _build_service(
+    directory: Path, home: Path, name: str, rc_name: str, env: envfile.EnvFile | None
+) -> Service:
+    port = _positive_int(env, "PORT", 1, 65535) or DEFAULT_PORT
+    listen = _listen(env, port)
+    listen_line = max(
+        (a.line for a in (_option(env, "PORT"), _option(env, "IP")) if a is not None), default=0
+    )
+    banner_assignment = _option(env, "BANNER")
+    banner = banner_assignment.value if banner_assignment else None
+    if banner is not None and any(ord(c) < 32 or ord(c) == 127 for c in banner):
+        assert env is not None and banner_assignment is not None
+        raise _ServiceProblem(
+            Problem(env.path, banner_assignment.line, "BANNER contains control characters")
+        )
+    tcpflags = _words(env, "TCPFLAGS")
+    try:
+        validate_tcpflags(tcpflags)
+    except TcpFlagsError as error:
+        flags_line = _option(env, "TCPFLAGS")
+        assert env is not None and flags_line is not None
+        raise _ServiceProblem(Problem(env.path, flags_line.line, f"TCPFLAGS: {error}")) from None
+    smtpd = _words(env, "SMTPD") or (str(home / "bin" / _DEFAULT_SERVERS.get(name, "qmail-smtpd")),)
+    command = _words(env, "PRESMTPD") + smtpd + _words(env, "POSTSMTPD")
+    return Service(
+        name=name,
+        rc_file=str(directory / rc_name),
+        env_file=env.path if env else None,
+        listen=listen,
+        rules=_rules_path(directory, env, name),
+        maxconn=_positive_int(env, "MAXCONN", 1, 100000) or DEFAULT_MAXCONN,
+        maxperip=_positive_int(env, "MAXPERIP", 1, 100000),
+        backlog=_positive_int(env, "BACKLOG", 1, 65535),
+        user=_account(env, ("USER", "UID")),
+        group=_account(env, ("GROUP", "GID")),
+        banner=banner,
+        tcpflags=tcpflags,
+        command=command,
+        environment=env.exported() if env else (),
+        listen_line=listen_line,
+    )
+
+
+def _drop_conflicting(services: list[Service], problems: list[Problem]) -> list[Service]:
+    """Two services cannot bind the same address and port: the first by name keeps it."""
+    kept: list[Service] = []
+    for service in services:
+        clash = next(
+            (
+                (other, mine)
+                for other in kept
+                for mine in service.listen
+                for theirs in other.listen
+                if mine.conflicts_with(theirs)
+            ),
+            None,
+        )
+        if clash is None:
+            kept.append(service)
+            continue
+        other, mine = clash
+        where = service.env_file or service.rc_file
+        problems.append(
+            Problem(where, service.listen_line if service.env_file else 0,
+                    f"{mine.systemd()} is already used by service {other.name}; "
+                    f"service {service.name} skipped")
+        )
+    return kept

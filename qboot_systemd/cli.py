@@ -1,0 +1,174 @@
+"""qbootctl: everyday administration of a qboot-systemd host."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import ParamSpec, TypeVar
+
+import click
+
+from . import bootctrl as bootctrl_model
+from . import mktcprules, rules
+from .cdb import CdbFormatError, CdbReader
+from .errors import UserError
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def user_errors(function: Callable[P, R]) -> Callable[P, R]:
+    """Turn UserError into one line plus a hint and a non-zero exit."""
+
+    @functools.wraps(function)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return function(*args, **kwargs)
+        except UserError as error:
+            sys.exit(error.report("qbootctl"))
+
+    return wrapper
+
+
+bootctrl_option = click.option(
+    "--bootctrl",
+    "bootctrl_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="bootctrl directory (default: $QBOOT_BOOTCTRL or /var/qmail/etc/bootctrl)",
+)
+qmail_home_option = click.option(
+    "--qmail-home",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="qmail home (default: $QBOOT_QMAIL_HOME or /var/qmail)",
+)
+
+
+def load_bootctrl(directory: Path | None, qmail_home: Path | None = None
+                  ) -> bootctrl_model.Bootctrl:
+    path = directory or bootctrl_model.default_bootctrl()
+    if not path.is_dir():
+        raise UserError(f"bootctrl directory {path} not found",
+                        "pass --bootctrl DIR or set QBOOT_BOOTCTRL")
+    return bootctrl_model.load(path, qmail_home)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="qboot-systemd")
+def qbootctl() -> None:
+    """Administer qmail services run by systemd from a qboot bootctrl directory."""
+
+
+def _render_table(model: bootctrl_model.Bootctrl) -> str:
+    lines = [f"bootctrl {model.directory}"]
+    if model.send is None:
+        lines.append("send     disabled (no qmail-init.rc)")
+    else:
+        delivery = model.send.default_delivery.replace("\n", "\\n")
+        lines.append(f"send     enabled  delivery {delivery!s}  ({model.send.delivery_source})")
+    if not model.services:
+        lines.append("(no tcp service enabled: ln -s qmail-tcpd qmail-SVC.rc)")
+    for service in model.services:
+        listen = " ".join(item.systemd() for item in service.listen)
+        limits = f"maxconn {service.maxconn}"
+        if service.maxperip:
+            limits += f"  maxperip {service.maxperip}"
+        lines.append(f"{service.name:<8} listen {listen}  rules {Path(service.rules).name}  "
+                     f"{limits}")
+        if service.user or service.group:
+            lines.append(f"{'':<8} user {service.user or '-'}  group {service.group or '-'}")
+        lines.append(f"{'':<8} command {' '.join(service.command)}")
+        for name, value in service.environment:
+            lines.append(f"{'':<8} setenv {name}={value}")
+    if model.problems:
+        lines.append("problems:")
+        lines.extend(f"  {problem}" for problem in model.problems)
+    return "\n".join(lines)
+
+
+@qbootctl.command()
+@bootctrl_option
+@qmail_home_option
+@click.option("--json", "as_json", is_flag=True, help="print the model as JSON")
+@user_errors
+def show(bootctrl_dir: Path | None, qmail_home: Path | None, as_json: bool) -> None:
+    """Show what the bootctrl directory enables, and every problem in it."""
+    model = load_bootctrl(bootctrl_dir, qmail_home)
+    if as_json:
+        click.echo(json.dumps(model.as_json(), indent=2))
+    else:
+        click.echo(_render_table(model))
+    sys.exit(1 if model.problems else 0)
+
+
+@qbootctl.group(name="rules")
+def rules_group() -> None:
+    """Compile and check tcprules files."""
+
+
+@rules_group.command(name="compile")
+@bootctrl_option
+@click.option("--force", is_flag=True, help="recompile even when the cdb is up to date")
+@click.argument("service", required=False)
+@user_errors
+def rules_compile(bootctrl_dir: Path | None, force: bool, service: str | None) -> None:
+    """Compile tcprules-*.txt to .cdb (all, or one SERVICE), like mktcprules."""
+    directory = bootctrl_dir or bootctrl_model.default_bootctrl()
+    if not directory.is_dir():
+        raise UserError(f"bootctrl directory {directory} not found",
+                        "pass --bootctrl DIR or set QBOOT_BOOTCTRL")
+    if service is None:
+        results = mktcprules.compile_directory(directory, force)
+    else:
+        source = directory / f"tcprules-{service}.txt"
+        if not source.is_file():
+            raise UserError(f"{source} not found",
+                            f"service {service} uses the rules its env file or "
+                            f"tcprules-{service}.cdb names")
+        results = [mktcprules.compile_one(source, source.with_suffix(".cdb"), force)]
+    for result in results:
+        click.echo(result.line(), err=result.outcome is mktcprules.Outcome.FAILED)
+    if any(result.outcome is mktcprules.Outcome.FAILED for result in results):
+        sys.exit(1)
+
+
+@rules_group.command(name="check")
+@bootctrl_option
+@click.option("--service", help="check the rules of this service (default: tcprules-default)")
+@click.option("--host", default=None, help="the client's reverse DNS name (TCPREMOTEHOST)")
+@click.option("--info", default=None, help="the client's ident answer (TCPREMOTEINFO)")
+@click.argument("ip")
+@user_errors
+def rules_check(bootctrl_dir: Path | None, service: str | None, host: str | None,
+                info: str | None, ip: str) -> None:
+    """Show which rule applies to a client at IP, like tcprulescheck."""
+    directory = bootctrl_dir or bootctrl_model.default_bootctrl()
+    if service is None:
+        path = directory / "tcprules-default.cdb"
+    else:
+        model = load_bootctrl(directory)
+        found = model.service(service)
+        if found is None:
+            raise UserError(f"service {service} is not enabled or has problems",
+                            "see qbootctl show")
+        path = Path(found.rules)
+    if not rules.is_ip(ip):
+        raise UserError(f"{ip!r} is not an IP address")
+    source = path.with_suffix(".txt")
+    if source.is_file() and path.is_file() and not mktcprules.is_up_to_date(source, path):
+        click.echo(f"warning: {path.name} is older than {source.name}: run mktcprules",
+                   err=True)
+    try:
+        reader = CdbReader.open(path)
+        report = rules.check_report(
+            reader, rules.unmap_ipv4(ip).encode(),
+            host.encode() if host is not None else None,
+            info.encode() if info is not None else None,
+        )
+    except (OSError, CdbFormatError) as error:
+        raise UserError(f"unable to read {path}: {error}", "run mktcprules") from None
+    sys.stdout.buffer.write(report)

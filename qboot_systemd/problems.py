@@ -1,0 +1,19 @@
+"""A configuration problem, always located at file:line."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, order=True)
+class Problem:
+    file: str
+    line: int  # 0 when the problem concerns the file as a whole
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.message}"
+
+    def as_json(self) -> dict[str, object]:
+        return {"file": self.file, "line": self.line, "message": self.message}

@@ -1,0 +1,72 @@
+"""tcpserver's option letters, shared by the env file's TCPFLAGS and qboot-tcpsrv."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+# Flags without an argument, as tcpserver and qmail-tcpsrv take them.
+PLAIN_FLAGS = frozenset("146jpPhHrRoOdDqQvUX")
+# Options with an argument.
+ARG_OPTIONS = frozenset("cCxBgubtl")
+# Options that have their own env file setting; TCPFLAGS must not fight with it.
+OWNED_OPTIONS = {
+    "c": "MAXCONN",
+    "C": "MAXPERIP",
+    "x": "CDB",
+    "B": "BANNER",
+    "g": "GROUP",
+    "u": "USER",
+    "b": "BACKLOG",
+}
+
+
+class TcpFlagsError(ValueError):
+    pass
+
+
+def split_options(args: Iterable[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """djb-style getopt: clustered flags, `-c40` or `-c 40`, `--` ends options.
+
+    Returns the (letter, argument) pairs and the remaining operands.
+    """
+    items = list(args)
+    options: list[tuple[str, str | None]] = []
+    index = 0
+    while index < len(items):
+        word = items[index]
+        if word == "--":
+            index += 1
+            break
+        if not word.startswith("-") or word == "-":
+            break
+        position = 1
+        while position < len(word):
+            letter = word[position]
+            if letter in ARG_OPTIONS:
+                rest = word[position + 1 :]
+                if rest:
+                    options.append((letter, rest))
+                else:
+                    index += 1
+                    if index >= len(items):
+                        raise TcpFlagsError(f"option -{letter} needs an argument")
+                    options.append((letter, items[index]))
+                break
+            if letter not in PLAIN_FLAGS:
+                raise TcpFlagsError(f"unknown option -{letter}")
+            options.append((letter, None))
+            position += 1
+        index += 1
+    return options, items[index:]
+
+
+def validate_tcpflags(words: tuple[str, ...]) -> None:
+    """TCPFLAGS may hold flags and -t/-l, nothing that is not an option."""
+    options, operands = split_options(words)
+    if operands:
+        raise TcpFlagsError(f"{operands[0]!r} is not an option")
+    for letter, argument in options:
+        if letter in OWNED_OPTIONS:
+            raise TcpFlagsError(f"use {OWNED_OPTIONS[letter]}= instead of -{letter}")
+        if letter == "t" and (argument is None or not argument.isdigit()):
+            raise TcpFlagsError(f"-t needs a number of seconds, not {argument!r}")

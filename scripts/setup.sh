@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Install everything qboot-systemd needs on a Debian 12 machine, as root.
+#   setup.sh run    runtime: gcc, pkg-config, libsystemd-dev (for pystemd) + the venv
+#   setup.sh test   also the oracles and tools the tests use
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+runtime_packages=(gcc pkg-config libsystemd-dev python3-venv)
+test_packages=(ucspi-tcp-ipv6 systemd-container mailfront swaks)
+
+packages=("${runtime_packages[@]}")
+[ "${1:-run}" = test ] && packages+=("${test_packages[@]}")
+
+missing=()
+for package in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "ok installed" \
+        || missing+=("$package")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+        echo "setup: missing Debian packages: ${missing[*]} (run as root to install)" >&2
+        exit 1
+    fi
+    echo "setup: apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null \
+        || { apt-get update -q >/dev/null && \
+             apt-get install -y -q --no-install-recommends "${missing[@]}" >/dev/null; }
+fi
+
+# uv from PyPI in a private tool venv; the project venv comes from the committed uv.lock.
+export UV_PYTHON_DOWNLOADS=never
+if [ ! -x .tools/bin/uv ]; then
+    python3 -m venv .tools
+    .tools/bin/pip install -q "uv==0.13.9"
+fi
+extra=()
+[ "${1:-run}" = test ] && extra=(--extra dev)
+.tools/bin/uv sync -q --frozen --python "$(command -v python3)" "${extra[@]}"
