@@ -259,6 +259,10 @@ def _listen(env: envfile.EnvFile | None, port: int) -> tuple[Listen, ...]:
         return (Listen(port),)
     addresses: list[Listen] = []
     for word in words:
+        if word == "0":
+            raise _ServiceProblem(
+                Problem(env.path, assignment.line, "IP: 0 means all addresses; use IP=0 alone")
+            )
         text = word[1:-1] if word.startswith("[") and word.endswith("]") else word
         try:
             address = ipaddress.ip_address(text)
@@ -266,7 +270,7 @@ def _listen(env: envfile.EnvFile | None, port: int) -> tuple[Listen, ...]:
             raise _ServiceProblem(
                 Problem(env.path, assignment.line, f"IP: {word!r} is not an IP address")
             ) from None
-        if address.is_unspecified or word == "0":
+        if address.is_unspecified:
             raise _ServiceProblem(
                 Problem(env.path, assignment.line,
                         f"IP: {word!r} means all addresses; use IP=0 alone")

@@ -1,0 +1,28 @@
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED_BOOTCTRL = ROOT / "etc" / "bootctrl"
+STRICT = bool(os.environ.get("QBOOT_STRICT_SKIPS"))
+
+
+def require_tool(name: str) -> str:
+    """Path of a system tool; skip without it, or fail when QBOOT_STRICT_SKIPS is set (CI)."""
+    path = shutil.which(name)
+    if path is None:
+        message = f"{name} is not installed (run: make test, which installs it)"
+        if STRICT:
+            pytest.fail(message)
+        pytest.skip(message)
+    return path
+
+
+def venv_script(name: str) -> str:
+    path = ROOT / ".venv" / "bin" / name
+    assert path.exists(), f"{path} missing: the package is not installed in .venv"
+    return str(path)

@@ -1,0 +1,175 @@
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from qboot_systemd import bootctrl
+from qboot_systemd.bootctrl import Listen
+
+from .conftest import ROOT, SHIPPED_BOOTCTRL
+from .golden import check_golden
+
+GOLDEN = ROOT / "tests" / "generator"
+
+
+def model_json(directory: Path) -> str:
+    model = bootctrl.load(directory, "/var/qmail")
+    text = json.dumps(model.as_json(), indent=2, sort_keys=True) + "\n"
+    return text.replace(str(directory), "@BOOTCTRL@")
+
+
+@pytest.mark.parametrize(
+    "case", sorted(p.name for p in GOLDEN.iterdir() if (p / "bootctrl").is_dir())
+)
+def test_golden_model(case: str) -> None:
+    check_golden(GOLDEN / case / "model.json", model_json(GOLDEN / case / "bootctrl"))
+
+
+def test_shipped_bootctrl_enables_send_and_smtp_without_problems() -> None:
+    model = bootctrl.load(SHIPPED_BOOTCTRL, "/var/qmail")
+    assert model.problems == ()
+    assert model.send is not None and model.send.default_delivery == "./Maildir/"
+    assert [s.name for s in model.services] == ["smtp"]
+    smtp = model.services[0]
+    assert smtp.listen == (Listen(25),)
+    assert smtp.command == ("/var/qmail/bin/qmail-smtpd",)
+    assert smtp.maxconn == 40
+
+
+def test_shipped_subm_env_gives_port_587(tmp_path: Path) -> None:
+    directory = copy_shipped(tmp_path)
+    (directory / "qmail-subm.rc").symlink_to("qmail-tcpd")
+    (directory / "tcprules-subm.cdb").symlink_to("tcprules-default.cdb")
+    model = bootctrl.load(directory, "/var/qmail")
+    assert model.problems == ()
+    subm = model.service("subm")
+    assert subm is not None and subm.listen == (Listen(587),)
+
+
+def copy_shipped(tmp_path: Path) -> Path:
+    target = tmp_path / "bootctrl"
+    target.mkdir()
+    for entry in SHIPPED_BOOTCTRL.iterdir():
+        destination = target / entry.name
+        if entry.is_symlink():
+            destination.symlink_to(os.readlink(entry))
+        else:
+            destination.write_bytes(entry.read_bytes())
+            destination.chmod(entry.stat().st_mode)
+    return target
+
+
+def make(tmp_path: Path, env: str, name: str = "x") -> bootctrl.Bootctrl:
+    directory = tmp_path / "b"
+    directory.mkdir(exist_ok=True)
+    (directory / "qmail-tcpd").write_text("#!/bin/sh\n")
+    (directory / f"qmail-{name}.rc").symlink_to("qmail-tcpd")
+    (directory / f"tcprules-{name}.cdb").write_bytes(b"\0" * 2048)
+    (directory / f"qmail-{name}.env").write_text(env)
+    return bootctrl.load(directory, "/q")
+
+
+@pytest.mark.parametrize(
+    ("env", "line", "fragment"),
+    [
+        ("PORT=0\n", 1, "expected a number from 1 to 65535"),
+        ("\nPORT=70000\n", 2, "expected a number"),
+        ("PORT=2x\n", 1, "expected a number"),
+        ("IP=1.2.3.999\n", 1, "not an IP address"),
+        ("IP='1.2.3.4 0'\n", 1, "all addresses"),
+        ("IP='1.2.3.4 1.2.3.4'\n", 1, "listed twice"),
+        ("MAXCONN=-1\n", 1, "expected a number"),
+        ("USER='root;x'\n", 1, "not a valid user"),
+        ("TCPFLAGS=-c5\n", 1, "use MAXCONN= instead of -c"),
+        ("TCPFLAGS=-Z\n", 1, "unknown option -Z"),
+        ("TCPFLAGS='-v foo'\n", 1, "is not an option"),
+        ("BANNER=\"a\\\tb\"\n", 1, "control characters"),
+        ("CDB=missing.cdb\n", 1, "missing"),
+    ],
+)
+def test_bad_options_are_problems_at_their_line(
+    tmp_path: Path, env: str, line: int, fragment: str
+) -> None:
+    model = make(tmp_path, env)
+    assert model.services == ()
+    (problem,) = model.problems
+    assert problem.file.endswith("qmail-x.env")
+    assert problem.line == line
+    assert fragment in problem.message
+
+
+def test_options_are_read(tmp_path: Path) -> None:
+    model = make(
+        tmp_path,
+        "PORT=2525\nIP='127.0.0.1 [::1]'\nMAXCONN=7\nBACKLOG=64\nUID=1001\nGID=1002\n"
+        "BANNER='hello world'\nTCPFLAGS='-vRH -t 5'\nSMTPD='/bin/mailfront smtp echo'\n"
+        "PRESMTPD='rblsmtpd -b'\nPOSTSMTPD=/bin/true\nsetenv A 'b c'\n",
+    )
+    assert model.problems == ()
+    (service,) = model.services
+    assert service.listen == (Listen(2525, "127.0.0.1"), Listen(2525, "::1"))
+    assert [item.systemd() for item in service.listen] == ["127.0.0.1:2525", "[::1]:2525"]
+    assert (service.maxconn, service.backlog, service.user, service.group) == (7, 64, "1001",
+                                                                               "1002")
+    assert service.banner == "hello world"
+    assert service.tcpflags == ("-vRH", "-t", "5")
+    assert service.command == ("rblsmtpd", "-b", "/bin/mailfront", "smtp", "echo", "/bin/true")
+    assert service.environment == (("A", "b c"),)
+
+
+def test_default_server_by_service_name(tmp_path: Path) -> None:
+    model = make(tmp_path, "PORT=209\n", name="qmtp")
+    assert model.services[0].command == ("/q/bin/qmail-qmtpd",)
+
+
+def test_invalid_service_name(tmp_path: Path) -> None:
+    directory = tmp_path / "b"
+    directory.mkdir()
+    (directory / "qmail-tcpd").write_text("")
+    (directory / "qmail-a b.rc").symlink_to("qmail-tcpd")
+    model = bootctrl.load(directory, "/q")
+    assert model.services == ()
+    assert "invalid service name" in model.problems[0].message
+
+
+def test_regular_file_rc_is_not_a_service(tmp_path: Path) -> None:
+    directory = tmp_path / "b"
+    directory.mkdir()
+    (directory / "qmail-foo.rc").write_text("#!/bin/sh\n")
+    model = bootctrl.load(directory, "/q")
+    assert model.services == () and "not a symlink" in model.problems[0].message
+
+
+def test_missing_directory_is_a_problem_not_an_exception(tmp_path: Path) -> None:
+    model = bootctrl.load(tmp_path / "nope", "/q")
+    assert model.services == () and model.send is None
+    assert model.problems[0].message == "bootctrl directory not found"
+
+
+def test_default_delivery_from_control(tmp_path: Path) -> None:
+    home = tmp_path / "qmail"
+    (home / "control").mkdir(parents=True)
+    (home / "control" / "defaultdelivery").write_text("|preline procmail\n./Maildir/\n\n")
+    directory = tmp_path / "b"
+    directory.mkdir()
+    (directory / "qmail-init.rc").write_text("")
+    model = bootctrl.load(directory, home)
+    assert model.send is not None
+    assert model.send.default_delivery == "|preline procmail\n./Maildir/"
+
+
+def test_specific_addresses_on_one_port_do_not_clash(tmp_path: Path) -> None:
+    directory = tmp_path / "b"
+    directory.mkdir()
+    (directory / "qmail-tcpd").write_text("")
+    for name, ip in (("a", "127.0.0.1"), ("b", "127.0.0.2"), ("c", "0")):
+        (directory / f"qmail-{name}.rc").symlink_to("qmail-tcpd")
+        (directory / f"tcprules-{name}.cdb").write_bytes(b"")
+        (directory / f"qmail-{name}.env").write_text(f"PORT=26\nIP={ip}\n")
+    model = bootctrl.load(directory, "/q")
+    assert [s.name for s in model.services] == ["a", "b"]
+    assert "127.0.0.1:26 is already used by service a" not in model.problems[0].message
+    assert "is already used by service a; service c skipped" in model.problems[0].message

@@ -1,0 +1,140 @@
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qboot_systemd import envfile
+
+
+def parse(text: str) -> envfile.EnvFile:
+    return envfile.parse(text.encode(), "qmail-x.env")
+
+
+def values(text: str) -> dict[str, str]:
+    result = parse(text)
+    assert result.problems == ()
+    return {a.name: a.value for a in result.assignments}
+
+
+def test_plain_assignments_and_comments() -> None:
+    assert values("# c\n\nPORT=587\n  IP=127.0.0.1 # trailing\n") == {
+        "PORT": "587",
+        "IP": "127.0.0.1",
+    }
+
+
+def test_quoting_like_the_shell() -> None:
+    text = "A='x $B \"y\"'\nB=\"a\\\"b\\$c\\\\d\\e\"\nC=one\\ two\nD=''\n"
+    assert values(text) == {"A": 'x $B "y"', "B": 'a"b$c\\d\\e', "C": "one two", "D": ""}
+
+
+def test_expansion_of_earlier_definitions() -> None:
+    text = 'RBL="rblsmtpd -r zen"\nPRESMTPD="$RBL ${X}greet $UNSET"\nX=late\nLIT=a$\n'
+    assert values(text)["PRESMTPD"] == "rblsmtpd -r zen greet "
+    assert values(text)["LIT"] == "a$"
+
+
+def test_single_quotes_do_not_expand() -> None:
+    assert values("A=1\nB='$A'\n")["B"] == "$A"
+
+
+def test_setenv_and_export() -> None:
+    result = parse('setenv NORESULT 1\nsetenv MSG "a b"\nexport X=2\nY=3\nexport Y\nsetenv E\n')
+    assert result.problems == ()
+    assert result.exported() == (("NORESULT", "1"), ("MSG", "a b"), ("X", "2"), ("Y", "3"),
+                                 ("E", ""))
+
+
+def test_exported_keeps_the_last_value() -> None:
+    result = parse("setenv A 1\nsetenv A 2\n")
+    assert result.exported() == (("A", "2"),)
+
+
+def test_continuation_lines() -> None:
+    result = parse("A=one\\\ntwo\nB=3\n")
+    assert result.problems == ()
+    assert [(a.name, a.value, a.line) for a in result.assignments] == [
+        ("A", "onetwo", 1),
+        ("B", "3", 3),
+    ]
+
+
+def problem_lines(text: str) -> list[tuple[int, str]]:
+    return [(p.line, p.message) for p in parse(text).problems]
+
+
+def test_everything_a_shell_would_run_is_refused_with_its_line() -> None:
+    text = (
+        "OK=1\n"
+        "A=$(id)\n"
+        "B=`id`\n"
+        'C="`id`"\n'
+        "D=1; rm -rf /\n"
+        "E=1 | cat\n"
+        "rm -rf /\n"
+        "F=a b\n"
+        "G=${H:-x}\n"
+        "I=$1\n"
+        "J=1 > /tmp/x\n"
+        "setenv A B C\n"
+        "setenv A=B\n"
+        "OK2=2\n"
+    )
+    lines = problem_lines(text)
+    assert [line for line, _ in lines] == list(range(2, 14))
+    assert "command substitution" in lines[0][1]
+    assert "unknown command 'rm'" in lines[5][1]
+    assert "quote values with spaces" in lines[6][1]
+    assert values_of_good(text) == {"OK": "1", "OK2": "2"}
+
+
+def values_of_good(text: str) -> dict[str, str]:
+    return {a.name: a.value for a in parse(text).assignments}
+
+
+def test_unterminated_quotes_and_newlines_in_values() -> None:
+    assert problem_lines("A='open\nB=2\n") == [(1, "unterminated single quote")]
+    lines = problem_lines('A="open\nB=2\n')
+    assert lines[0][0] == 1 and "newline" in lines[0][1]
+
+
+def test_quoted_name_is_not_an_assignment() -> None:
+    assert "unknown command" in problem_lines('"A=1"\n')[0][1]
+
+
+def test_nul_and_invalid_utf8_name_the_line() -> None:
+    result = envfile.parse(b"A=1\nB=\0\n", "f.env")
+    assert [(p.line, p.message) for p in result.problems] == [(2, "NUL byte in env file")]
+    result = envfile.parse(b"A=1\n\nB=\xff\n", "f.env")
+    assert [(p.line, p.message) for p in result.problems] == [(3, "env file is not valid UTF-8")]
+
+
+def test_predefined_variables() -> None:
+    result = envfile.parse(b'SMTPD="$QMAILHOME/bin/qmail-smtpd"\n', "f", {"QMAILHOME": "/q"})
+    assert result.last("SMTPD") is not None
+    assert result.last("SMTPD").value == "/q/bin/qmail-smtpd"  # type: ignore[union-attr]
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300))
+def test_reader_never_crashes_on_arbitrary_bytes(data: bytes) -> None:
+    result = envfile.parse(data, "fuzz.env")
+    lines = data.count(b"\n") + 1
+    for problem in result.problems:
+        assert problem.file == "fuzz.env"
+        assert 1 <= problem.line <= lines
+    for assignment in result.assignments:
+        assert "\n" not in assignment.value and "\0" not in assignment.value
+
+
+shellish = st.text(alphabet="AB=$'\"\\ \t\n#;`(){}x1", max_size=80)
+
+
+@settings(max_examples=400, deadline=None)
+@given(shellish)
+def test_reader_never_crashes_on_shell_like_text(text: str) -> None:
+    result = parse(text)
+    for problem in result.problems:
+        assert problem.line >= 1
+    for assignment in result.assignments:
+        assert "\n" not in assignment.value
