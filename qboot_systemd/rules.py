@@ -24,15 +24,13 @@ class Rule:
     deny: bool
     env: tuple[tuple[bytes, bytes], ...]
     line: int
+    keys: tuple[bytes, ...]  # the address after range expansion
 
     def value(self) -> bytes:
         """The cdb value: `D\\0` for deny, then `+VAR=value\\0` per variable."""
         parts = [b"D\0"] if self.deny else []
         parts.extend(b"+" + name + b"=" + value + b"\0" for name, value in self.env)
         return b"".join(parts)
-
-    def keys(self) -> list[bytes]:
-        return expand_address(self.address, self.line)
 
 
 class RulesSyntaxError(ValueError):
@@ -81,7 +79,12 @@ def parse_line(raw: bytes, line: int) -> Rule | None:
             raise RulesSyntaxError(line, text)
         env.append((name, rest[1:end]))
         rest = rest[end + 1 :]
-    return Rule(text[:colon], deny, tuple(env), line)
+    address = text[:colon]
+    try:
+        keys = expand_address(address)
+    except ValueError:
+        raise RulesSyntaxError(line, text) from None
+    return Rule(address, deny, tuple(env), line, tuple(keys))
 
 
 def parse(data: bytes) -> list[Rule]:
@@ -109,7 +112,7 @@ def _scan_ulong(text: bytes) -> tuple[int, int]:
     return value, length
 
 
-def expand_address(address: bytes, line: int) -> list[bytes]:
+def expand_address(address: bytes) -> list[bytes]:
     """Range expansion: `1.2.3.37-53` is 17 keys; `10.2-3.` is `10.2.` and `10.3.`."""
     if b"=" in address or b"@" in address:
         return [address]
@@ -124,14 +127,14 @@ def expand_address(address: bytes, line: int) -> list[bytes]:
     bottom, bottom_length = _scan_ulong(address[left:dash])
     top, top_length = _scan_ulong(address[top_start:right])
     if bottom_length != dash - left or top_length != right - top_start:
-        raise RulesSyntaxError(line, address)
+        raise ValueError("bad range")
     top = min(top, 255)
     prefix, suffix = address[:left], address[right:]
     return [prefix + str(number).encode() + suffix for number in range(bottom, top + 1)]
 
 
 def records(rules: list[Rule]) -> list[tuple[bytes, bytes]]:
-    return [(key, rule.value()) for rule in rules for key in rule.keys()]
+    return [(key, rule.value()) for rule in rules for key in rule.keys]
 
 
 def compile_file(source: bytes, cdb_path: Path, tmp_path: Path) -> int:
