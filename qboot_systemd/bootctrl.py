@@ -166,7 +166,9 @@ def load(directory: Path | str, qmail_home: Path | str | None = None) -> Bootctr
     return Bootctrl(str(directory), str(home), send, tuple(services), tuple(sorted(problems)))
 
 
-def _load_send(directory: Path, home: Path, names: list[str], problems: list[Problem]) -> Send | None:
+def _load_send(
+    directory: Path, home: Path, names: list[str], problems: list[Problem]
+) -> Send | None:
     if SEND_RC not in names:
         return None
     source = home / "control" / "defaultdelivery"
@@ -175,9 +177,7 @@ def _load_send(directory: Path, home: Path, names: list[str], problems: list[Pro
     except FileNotFoundError:
         return Send(str(directory / SEND_RC), str(home), DEFAULT_DELIVERY, "default")
     except (OSError, UnicodeDecodeError) as error:
-        problems.append(
-            Problem(str(source), 0, f"cannot read ({error}); using {DEFAULT_DELIVERY}")
-        )
+        problems.append(Problem(str(source), 0, f"cannot read ({error}); using {DEFAULT_DELIVERY}"))
         return Send(str(directory / SEND_RC), str(home), DEFAULT_DELIVERY, "default")
     # Like the shell's `cat` in backquotes: trailing newlines go, inner ones stay
     # (qmail-start takes several delivery lines).
@@ -243,8 +243,11 @@ def _positive_int(env: envfile.EnvFile | None, name: str, low: int, high: int) -
     if not value.isascii() or not value.isdigit() or not low <= int(value) <= high:
         assert env is not None
         raise _ServiceProblem(
-            Problem(env.path, assignment.line, f"{name}={assignment.value!r}: expected a number "
-                    f"from {low} to {high}")
+            Problem(
+                env.path,
+                assignment.line,
+                f"{name}={assignment.value!r}: expected a number from {low} to {high}",
+            )
         )
     return int(value)
 
@@ -272,8 +275,9 @@ def _listen(env: envfile.EnvFile | None, port: int) -> tuple[Listen, ...]:
             ) from None
         if address.is_unspecified:
             raise _ServiceProblem(
-                Problem(env.path, assignment.line,
-                        f"IP: {word!r} means all addresses; use IP=0 alone")
+                Problem(
+                    env.path, assignment.line, f"IP: {word!r} means all addresses; use IP=0 alone"
+                )
             )
         item = Listen(port, str(address))
         if item in addresses:
@@ -290,8 +294,11 @@ def _account(env: envfile.EnvFile | None, names: tuple[str, str]) -> str | None:
         assert env is not None
         if not _ACCOUNT_RE.match(assignment.value):
             raise _ServiceProblem(
-                Problem(env.path, assignment.line, f"{name}={assignment.value!r}: not a valid "
-                        "user/group name or number")
+                Problem(
+                    env.path,
+                    assignment.line,
+                    f"{name}={assignment.value!r}: not a valid user/group name or number",
+                )
             )
         return assignment.value
     return None
@@ -310,9 +317,13 @@ def _rules_path(directory: Path, env: envfile.EnvFile | None, name: str) -> str:
         where = (env.path, assignment.line) if env and assignment else (str(directory / value), 0)
         what = "dangling symlink" if path.is_symlink() else "missing"
         raise _ServiceProblem(
-            Problem(where[0], where[1], f"rules {path} {what}: create tcprules-{name}.txt and run "
-                    f"mktcprules, or link tcprules-{name}.cdb to tcprules-default.cdb; "
-                    f"service {name} skipped")
+            Problem(
+                where[0],
+                where[1],
+                f"rules {path} {what}: create tcprules-{name}.txt and run "
+                f"mktcprules, or link tcprules-{name}.cdb to tcprules-default.cdb; "
+                f"service {name} skipped",
+            )
         )
     return str(path)
 
@@ -380,8 +391,11 @@ def _drop_conflicting(services: list[Service], problems: list[Problem]) -> list[
         other, mine = clash
         where = service.env_file or service.rc_file
         problems.append(
-            Problem(where, service.listen_line if service.env_file else 0,
-                    f"{mine.systemd()} is already used by service {other.name}; "
-                    f"service {service.name} skipped")
+            Problem(
+                where,
+                service.listen_line if service.env_file else 0,
+                f"{mine.systemd()} is already used by service {other.name}; "
+                f"service {service.name} skipped",
+            )
         )
     return kept

@@ -87,7 +87,11 @@ class SafeCdbWriter(cdblib.Writer):  # type: ignore[misc]
     0 (the header comes first), which is also how djb's cdb_make tests it.
     """
 
+    fp: IO[bytes] | None
+    _unordered: list[list[tuple[int, int]]]
+
     def finalize(self) -> None:
+        assert self.fp is not None, "finalize() called twice"
         index = []
         for table in self._unordered:
             length = len(table) * 2

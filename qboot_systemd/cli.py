@@ -48,12 +48,14 @@ qmail_home_option = click.option(
 )
 
 
-def load_bootctrl(directory: Path | None, qmail_home: Path | None = None
-                  ) -> bootctrl_model.Bootctrl:
+def load_bootctrl(
+    directory: Path | None, qmail_home: Path | None = None
+) -> bootctrl_model.Bootctrl:
     path = directory or bootctrl_model.default_bootctrl()
     if not path.is_dir():
-        raise UserError(f"bootctrl directory {path} not found",
-                        "pass --bootctrl DIR or set QBOOT_BOOTCTRL")
+        raise UserError(
+            f"bootctrl directory {path} not found", "pass --bootctrl DIR or set QBOOT_BOOTCTRL"
+        )
     return bootctrl_model.load(path, qmail_home)
 
 
@@ -77,8 +79,9 @@ def _render_table(model: bootctrl_model.Bootctrl) -> str:
         limits = f"maxconn {service.maxconn}"
         if service.maxperip:
             limits += f"  maxperip {service.maxperip}"
-        lines.append(f"{service.name:<8} listen {listen}  rules {Path(service.rules).name}  "
-                     f"{limits}")
+        lines.append(
+            f"{service.name:<8} listen {listen}  rules {Path(service.rules).name}  {limits}"
+        )
         if service.user or service.group:
             lines.append(f"{'':<8} user {service.user or '-'}  group {service.group or '-'}")
         lines.append(f"{'':<8} command {' '.join(service.command)}")
@@ -119,16 +122,18 @@ def rules_compile(bootctrl_dir: Path | None, force: bool, service: str | None) -
     """Compile tcprules-*.txt to .cdb (all, or one SERVICE), like mktcprules."""
     directory = bootctrl_dir or bootctrl_model.default_bootctrl()
     if not directory.is_dir():
-        raise UserError(f"bootctrl directory {directory} not found",
-                        "pass --bootctrl DIR or set QBOOT_BOOTCTRL")
+        raise UserError(
+            f"bootctrl directory {directory} not found", "pass --bootctrl DIR or set QBOOT_BOOTCTRL"
+        )
     if service is None:
         results = mktcprules.compile_directory(directory, force)
     else:
         source = directory / f"tcprules-{service}.txt"
         if not source.is_file():
-            raise UserError(f"{source} not found",
-                            f"service {service} uses the rules its env file or "
-                            f"tcprules-{service}.cdb names")
+            raise UserError(
+                f"{source} not found",
+                f"service {service} uses the rules its env file or tcprules-{service}.cdb names",
+            )
         results = [mktcprules.compile_one(source, source.with_suffix(".cdb"), force)]
     for result in results:
         click.echo(result.line(), err=result.outcome is mktcprules.Outcome.FAILED)
@@ -143,8 +148,9 @@ def rules_compile(bootctrl_dir: Path | None, force: bool, service: str | None) -
 @click.option("--info", default=None, help="the client's ident answer (TCPREMOTEINFO)")
 @click.argument("ip")
 @user_errors
-def rules_check(bootctrl_dir: Path | None, service: str | None, host: str | None,
-                info: str | None, ip: str) -> None:
+def rules_check(
+    bootctrl_dir: Path | None, service: str | None, host: str | None, info: str | None, ip: str
+) -> None:
     """Show which rule applies to a client at IP, like tcprulescheck."""
     directory = bootctrl_dir or bootctrl_model.default_bootctrl()
     if service is None:
@@ -153,19 +159,20 @@ def rules_check(bootctrl_dir: Path | None, service: str | None, host: str | None
         model = load_bootctrl(directory)
         found = model.service(service)
         if found is None:
-            raise UserError(f"service {service} is not enabled or has problems",
-                            "see qbootctl show")
+            raise UserError(
+                f"service {service} is not enabled or has problems", "see qbootctl show"
+            )
         path = Path(found.rules)
     if not rules.is_ip(ip):
         raise UserError(f"{ip!r} is not an IP address")
     source = path.with_suffix(".txt")
     if source.is_file() and path.is_file() and not mktcprules.is_up_to_date(source, path):
-        click.echo(f"warning: {path.name} is older than {source.name}: run mktcprules",
-                   err=True)
+        click.echo(f"warning: {path.name} is older than {source.name}: run mktcprules", err=True)
     try:
         reader = CdbReader.open(path)
         report = rules.check_report(
-            reader, rules.unmap_ipv4(ip).encode(),
+            reader,
+            rules.unmap_ipv4(ip).encode(),
             host.encode() if host is not None else None,
             info.encode() if info is not None else None,
         )

@@ -153,13 +153,13 @@ class _Lexer:
             word.literal_prefix = None
             word.text += self._expand()
             return
-        if char == "=" and word.assign_name is None and word.literal_prefix:
-            if NAME_RE.match(word.literal_prefix):
-                word.assign_name = word.literal_prefix
-                word.text = ""
-                word.literal_prefix = None
-                self.pos += 1
-                return
+        prefix = word.literal_prefix
+        if char == "=" and word.assign_name is None and prefix and NAME_RE.match(prefix):
+            word.assign_name = prefix
+            word.text = ""
+            word.literal_prefix = None
+            self.pos += 1
+            return
         if word.literal_prefix is not None:
             word.literal_prefix = word.literal_prefix + char if char in _NAME_CHARS else None
         word.text += char
@@ -278,16 +278,13 @@ def _interpret(words: list[_Word], variables: Mapping[str, str]) -> list[Assignm
             if extra.assign_name is None:
                 raise EnvSyntaxError(
                     line,
-                    f"unquoted space in the value of {first.assign_name}: quote values "
-                    "with spaces",
+                    f"unquoted space in the value of {first.assign_name}: quote values with spaces",
                 )
         return [Assignment(w.assign_name or "", w.text, line, False) for w in words]
     command = first.text if first.literal_prefix is not None else None
     if command == "setenv":
         if len(words) < 2 or len(words) > 3:
-            raise EnvSyntaxError(
-                line, "setenv takes NAME and one VALUE: quote values with spaces"
-            )
+            raise EnvSyntaxError(line, "setenv takes NAME and one VALUE: quote values with spaces")
         name = words[1].text
         if words[1].assign_name is not None or not NAME_RE.match(name):
             raise EnvSyntaxError(line, f"setenv: invalid variable name {name!r} (no '=')")

@@ -29,8 +29,7 @@ class Result:
 
 def targets(directory: Path) -> list[tuple[Path, Path]]:
     return [
-        (source, source.with_suffix(".cdb"))
-        for source in sorted(directory.glob("tcprules-*.txt"))
+        (source, source.with_suffix(".cdb")) for source in sorted(directory.glob("tcprules-*.txt"))
     ]
 
 
@@ -51,11 +50,19 @@ def compile_one(source: Path, target: Path, force: bool = False) -> Result:
         count = rules.compile_file(data, target, target.with_name(target.name + ".tmp"))
     except rules.RulesSyntaxError as error:
         text = error.text.decode("utf-8", "replace")
-        return Result(source, target, Outcome.FAILED,
-                      f"{source}:{error.line}: unable to parse: {text} (old cdb kept)")
+        return Result(
+            source,
+            target,
+            Outcome.FAILED,
+            f"{source}:{error.line}: unable to parse: {text} (old cdb kept)",
+        )
     except OSError as error:
-        return Result(source, target, Outcome.FAILED,
-                      f"{error.filename or target}: {error.strerror} (old cdb kept)")
+        return Result(
+            source,
+            target,
+            Outcome.FAILED,
+            f"{error.filename or target}: {error.strerror} (old cdb kept)",
+        )
     detail = f"{count} keys from {source.name}"
     if replaced is not None:
         detail += f" (replaced the symlink to {replaced})"
@@ -79,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         return 100
     directory = Path(operands[0]) if operands else default_bootctrl()
     if not directory.is_dir():
-        sys.stderr.write(f"mktcprules: error: bootctrl directory {directory} not found\n"
-                         "mktcprules: hint: pass the directory or set QBOOT_BOOTCTRL\n")
+        sys.stderr.write(
+            f"mktcprules: error: bootctrl directory {directory} not found\n"
+            "mktcprules: hint: pass the directory or set QBOOT_BOOTCTRL\n"
+        )
         return 111
     results = compile_directory(directory, force)
     if not results:

@@ -6,6 +6,7 @@ must round-trip exactly.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
@@ -150,10 +151,8 @@ def compile_file(source: bytes, cdb_path: Path, tmp_path: Path) -> int:
             os.fsync(handle.fileno())
         os.rename(tmp_path, cdb_path)
     except BaseException:
-        try:
+        with contextlib.suppress(OSError):
             os.unlink(tmp_path)
-        except OSError:
-            pass
         raise
     _fsync_directory(cdb_path.parent)
     return len(items)
@@ -192,8 +191,9 @@ def candidate_keys(ip: bytes, host: bytes | None, info: bytes | None) -> Iterato
     yield b""
 
 
-def find(reader: CdbReader, ip: bytes, host: bytes | None, info: bytes | None
-         ) -> tuple[bytes, bytes] | None:
+def find(
+    reader: CdbReader, ip: bytes, host: bytes | None, info: bytes | None
+) -> tuple[bytes, bytes] | None:
     """The first matching key and its value, or None when no rule matches."""
     for key in candidate_keys(ip, host, info):
         value = reader.get(key)
@@ -233,8 +233,10 @@ def decide(found: tuple[bytes, bytes] | None) -> Decision:
             name, equals, setting = record[1:].partition(b"=")
             if equals:
                 env.append(
-                    (name.decode("utf-8", "surrogateescape"),
-                     setting.decode("utf-8", "surrogateescape"))
+                    (
+                        name.decode("utf-8", "surrogateescape"),
+                        setting.decode("utf-8", "surrogateescape"),
+                    )
                 )
     return Decision(False, tuple(env), key)
 
@@ -263,16 +265,22 @@ class RuleSet:
             status = os.stat(self.path)
         except OSError as error:
             self._drop()
-            return RulesError(self.path, os.strerror(error.errno or errno.EIO),
-                              missing=error.errno == errno.ENOENT)
+            return RulesError(
+                self.path,
+                os.strerror(error.errno or errno.EIO),
+                missing=error.errno == errno.ENOENT,
+            )
         identity = (status.st_dev, status.st_ino, status.st_size, status.st_mtime_ns)
         if identity != self._identity or self._reader is None:
             self._drop()
             try:
                 self._reader = CdbReader.open(self.path)
             except OSError as error:
-                return RulesError(self.path, os.strerror(error.errno or errno.EIO),
-                                  missing=error.errno == errno.ENOENT)
+                return RulesError(
+                    self.path,
+                    os.strerror(error.errno or errno.EIO),
+                    missing=error.errno == errno.ENOENT,
+                )
             self._identity = identity
         return self._reader
 
@@ -282,14 +290,16 @@ class RuleSet:
         self._reader = None
         self._identity = None
 
-    def match(self, ip: str, host: str | None = None, info: str | None = None
-              ) -> Decision | RulesError:
+    def match(
+        self, ip: str, host: str | None = None, info: str | None = None
+    ) -> Decision | RulesError:
         reader = self._current()
         if isinstance(reader, RulesError):
             return reader
         try:
-            found = find(reader, _encode(unmap_ipv4(ip)), _encode_optional(host),
-                         _encode_optional(info))
+            found = find(
+                reader, _encode(unmap_ipv4(ip)), _encode_optional(host), _encode_optional(info)
+            )
         except CdbFormatError as error:
             return RulesError(self.path, str(error))
         return decide(found)

@@ -73,7 +73,9 @@ def tcprulescheck_main(argv: list[str] | None = None) -> int:
     try:
         reader = CdbReader.open(path)
         report = rules.check_report(
-            reader, b"0.0.0.0" if ip is None else ip, _env_bytes("TCPREMOTEHOST"),
+            reader,
+            b"0.0.0.0" if ip is None else ip,
+            _env_bytes("TCPREMOTEHOST"),
             _env_bytes("TCPREMOTEINFO"),
         )
     except OSError as error:

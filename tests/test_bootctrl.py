@@ -86,7 +86,7 @@ def make(tmp_path: Path, env: str, name: str = "x") -> bootctrl.Bootctrl:
         ("TCPFLAGS=-c5\n", 1, "use MAXCONN= instead of -c"),
         ("TCPFLAGS=-Z\n", 1, "unknown option -Z"),
         ("TCPFLAGS='-v foo'\n", 1, "is not an option"),
-        ("BANNER=\"a\\\tb\"\n", 1, "control characters"),
+        ('BANNER="a\\\tb"\n', 1, "control characters"),
         ("CDB=missing.cdb\n", 1, "missing"),
     ],
 )
@@ -112,8 +112,12 @@ def test_options_are_read(tmp_path: Path) -> None:
     (service,) = model.services
     assert service.listen == (Listen(2525, "127.0.0.1"), Listen(2525, "::1"))
     assert [item.systemd() for item in service.listen] == ["127.0.0.1:2525", "[::1]:2525"]
-    assert (service.maxconn, service.backlog, service.user, service.group) == (7, 64, "1001",
-                                                                               "1002")
+    assert (service.maxconn, service.backlog, service.user, service.group) == (
+        7,
+        64,
+        "1001",
+        "1002",
+    )
     assert service.banner == "hello world"
     assert service.tcpflags == ("-vRH", "-t", "5")
     assert service.command == ("rblsmtpd", "-b", "/bin/mailfront", "smtp", "echo", "/bin/true")

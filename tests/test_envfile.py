@@ -24,7 +24,7 @@ def test_plain_assignments_and_comments() -> None:
 
 
 def test_quoting_like_the_shell() -> None:
-    text = "A='x $B \"y\"'\nB=\"a\\\"b\\$c\\\\d\\e\"\nC=one\\ two\nD=''\n"
+    text = 'A=\'x $B "y"\'\nB="a\\"b\\$c\\\\d\\e"\nC=one\\ two\nD=\'\'\n'
     assert values(text) == {"A": 'x $B "y"', "B": 'a"b$c\\d\\e', "C": "one two", "D": ""}
 
 
@@ -41,8 +41,13 @@ def test_single_quotes_do_not_expand() -> None:
 def test_setenv_and_export() -> None:
     result = parse('setenv NORESULT 1\nsetenv MSG "a b"\nexport X=2\nY=3\nexport Y\nsetenv E\n')
     assert result.problems == ()
-    assert result.exported() == (("NORESULT", "1"), ("MSG", "a b"), ("X", "2"), ("Y", "3"),
-                                 ("E", ""))
+    assert result.exported() == (
+        ("NORESULT", "1"),
+        ("MSG", "a b"),
+        ("X", "2"),
+        ("Y", "3"),
+        ("E", ""),
+    )
 
 
 def test_exported_keeps_the_last_value() -> None:

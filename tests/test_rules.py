@@ -17,7 +17,7 @@ def test_parse_forms_and_quotes() -> None:
     text = (
         b"# comment\n"
         b"\n"
-        b"1.2.3.4:allow,RELAYCLIENT=\"\",X=/a b/,Y='say \"hi\"'\n"
+        b'1.2.3.4:allow,RELAYCLIENT="",X=/a b/,Y=\'say "hi"\'\n'
         b"10.:deny\n"
         b"2001:db8::deny\n"
         b"::1:allow\n"
@@ -43,9 +43,20 @@ def test_parse_forms_and_quotes() -> None:
 
 @pytest.mark.parametrize(
     "line",
-    [b"foo", b"   ", b"\t", b"1.2.3.4:allowx", b"1.2.3.4:allow,X", b"1.2.3.4:allow,X=",
-     b"1.2.3.4:allow,X=/ab", b"1.2.3.4:deny:allow", b"1.2.3.4:allow\r", b"1.2.3.a-b:allow",
-     b"1.2.3.4-5-6:allow", b"1.2.3.4:foo"],
+    [
+        b"foo",
+        b"   ",
+        b"\t",
+        b"1.2.3.4:allowx",
+        b"1.2.3.4:allow,X",
+        b"1.2.3.4:allow,X=",
+        b"1.2.3.4:allow,X=/ab",
+        b"1.2.3.4:deny:allow",
+        b"1.2.3.4:allow\r",
+        b"1.2.3.a-b:allow",
+        b"1.2.3.4-5-6:allow",
+        b"1.2.3.4:foo",
+    ],
 )
 def test_bad_lines_are_errors_with_line_number(line: bytes) -> None:
     with pytest.raises(rules.RulesSyntaxError) as caught:
@@ -73,8 +84,17 @@ def test_range_expansion(address: bytes, keys: list[bytes]) -> None:
 def test_candidate_keys_follow_tcpserver_order() -> None:
     keys = list(rules.candidate_keys(b"1.2.3.4", b"mx.example.com", b"joe"))
     assert keys == [
-        b"joe@1.2.3.4", b"joe@=mx.example.com", b"1.2.3.4", b"=mx.example.com",
-        b"1.2.3.", b"1.2.", b"1.", b"=.example.com", b"=.com", b"=", b"",
+        b"joe@1.2.3.4",
+        b"joe@=mx.example.com",
+        b"1.2.3.4",
+        b"=mx.example.com",
+        b"1.2.3.",
+        b"1.2.",
+        b"1.",
+        b"=.example.com",
+        b"=.com",
+        b"=",
+        b"",
     ]
     assert list(rules.candidate_keys(b"::1", None, None)) == [b"::1", b"::", b":", b""]
 
@@ -187,6 +207,4 @@ def test_check_report_format(tmp_path: Path) -> None:
         b"allow connection\n"
     )
     assert rules.check_report(reader, b"5.6.7.8", None, None) == b"rule 5.:\ndeny connection\n"
-    assert rules.check_report(reader, b"9.9.9.9", None, None) == (
-        b"default:\nallow connection\n"
-    )
+    assert rules.check_report(reader, b"9.9.9.9", None, None) == (b"default:\nallow connection\n")

@@ -22,16 +22,26 @@ def debian_tcprules(text: bytes, directory: Path) -> tuple[int, bytes | None]:
     cdb = directory / "theirs.cdb"
     cdb.unlink(missing_ok=True)
     # Debian's tcprules loops forever on a line without :allow/:deny: never feed it one.
-    done = subprocess.run([tool, str(cdb), str(directory / "theirs.tmp")], input=text,
-                          capture_output=True, timeout=20, check=False)
+    done = subprocess.run(
+        [tool, str(cdb), str(directory / "theirs.tmp")],
+        input=text,
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
     return done.returncode, cdb.read_bytes() if done.returncode == 0 else None
 
 
 def our_tcprules(text: bytes, directory: Path) -> tuple[int, bytes | None]:
     cdb = directory / "ours.cdb"
     cdb.unlink(missing_ok=True)
-    done = subprocess.run([venv_script("qboot-tcprules"), str(cdb), str(directory / "ours.tmp")],
-                          input=text, capture_output=True, timeout=20, check=False)
+    done = subprocess.run(
+        [venv_script("qboot-tcprules"), str(cdb), str(directory / "ours.tmp")],
+        input=text,
+        capture_output=True,
+        timeout=20,
+        check=False,
+    )
     return done.returncode, cdb.read_bytes() if done.returncode == 0 else None
 
 
@@ -40,8 +50,13 @@ def debian_check(cdb: Path, ip: str | None, host: str | None, info: str | None) 
     for name, value in (("TCPREMOTEIP", ip), ("TCPREMOTEHOST", host), ("TCPREMOTEINFO", info)):
         if value is not None:
             env[name] = value
-    done = subprocess.run([require_tool("tcprulescheck"), str(cdb)], env=env,
-                          capture_output=True, timeout=10, check=True)
+    done = subprocess.run(
+        [require_tool("tcprulescheck"), str(cdb)],
+        env=env,
+        capture_output=True,
+        timeout=10,
+        check=True,
+    )
     return done.stdout
 
 
@@ -76,7 +91,7 @@ def large_rules_text(seed: int = 7) -> bytes:
         if index % 100 == 0:
             lines.append(f"# duplicate of line {len(lines)}")
             lines.append(lines[-2])
-    lines += ["127.:allow,RELAYCLIENT=\"\"", "::1:allow,RELAYCLIENT=\"\"", ":allow,DEFAULT=\"1\""]
+    lines += ['127.:allow,RELAYCLIENT=""', '::1:allow,RELAYCLIENT=""', ':allow,DEFAULT="1"']
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -90,8 +105,9 @@ def large_cdb(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, bytes]:
     return directory / "rules.cdb", text
 
 
-def test_large_rules_file_compiles_byte_identical(large_cdb: tuple[Path, bytes],
-                                                  tmp_path: Path) -> None:
+def test_large_rules_file_compiles_byte_identical(
+    large_cdb: tuple[Path, bytes], tmp_path: Path
+) -> None:
     cdb, text = large_cdb
     status, ours = our_tcprules(text, tmp_path)
     assert status == 0
@@ -100,18 +116,38 @@ def test_large_rules_file_compiles_byte_identical(large_cdb: tuple[Path, bytes],
 
 def client_tuples(text: bytes, count: int, seed: int = 11) -> list[tuple[str | None, ...]]:
     rng = random.Random(seed)
-    addresses = [line.split(b":allow")[0].split(b":deny")[0].decode()
-                 for line in text.splitlines() if line and not line.startswith(b"#")]
+    addresses = [
+        line.split(b":allow")[0].split(b":deny")[0].decode()
+        for line in text.splitlines()
+        if line and not line.startswith(b"#")
+    ]
     ips = [a for a in addresses if a and "=" not in a and "@" not in a and "-" not in a]
     tuples: list[tuple[str | None, ...]] = []
     for _ in range(count):
         base = rng.choice(ips)
         if base.endswith(".") or base.endswith(":"):
             base += "1" if base.endswith(":") else ".".join(["9"] * (4 - base.count(".")))
-        ip = rng.choice([base, base, f"::ffff:{base}" if ":" not in base else base,
-                         f"{rng.randrange(256)}.1.2.3", "127.0.0.1", "::1", "2001:db8:3::7"])
-        host = rng.choice([None, None, f"host{rng.randrange(60)}.example.org",
-                           f"mx.dom{rng.randrange(12)}.example", "", "other.net"])
+        ip = rng.choice(
+            [
+                base,
+                base,
+                f"::ffff:{base}" if ":" not in base else base,
+                f"{rng.randrange(256)}.1.2.3",
+                "127.0.0.1",
+                "::1",
+                "2001:db8:3::7",
+            ]
+        )
+        host = rng.choice(
+            [
+                None,
+                None,
+                f"host{rng.randrange(60)}.example.org",
+                f"mx.dom{rng.randrange(12)}.example",
+                "",
+                "other.net",
+            ]
+        )
         info = rng.choice([None, None, None, f"user{rng.randrange(7)}"])
         tuples.append((ip, host, info))
     tuples += [(None, None, None), ("0.0.0.0", None, None)]
@@ -124,7 +160,8 @@ def test_check_matches_tcprulescheck_for_many_clients(large_cdb: tuple[Path, byt
     for ip, host, info in client_tuples(text, 400):
         theirs = debian_check(cdb, ip, host, info)
         ours = rules.check_report(
-            reader, (ip if ip is not None else "0.0.0.0").encode(),
+            reader,
+            (ip if ip is not None else "0.0.0.0").encode(),
             host.encode() if host is not None else None,
             info.encode() if info is not None else None,
         )
@@ -134,10 +171,18 @@ def test_check_matches_tcprulescheck_for_many_clients(large_cdb: tuple[Path, byt
 def test_our_tcprulescheck_command_matches(large_cdb: tuple[Path, bytes]) -> None:
     cdb, text = large_cdb
     for ip, host, info in client_tuples(text, 25, seed=3):
-        env = {k: v for k, v in (("TCPREMOTEIP", ip), ("TCPREMOTEHOST", host),
-                                 ("TCPREMOTEINFO", info)) if v is not None}
-        ours = subprocess.run([venv_script("qboot-tcprulescheck"), str(cdb)], env=env,
-                              capture_output=True, timeout=10, check=True).stdout
+        env = {
+            k: v
+            for k, v in (("TCPREMOTEIP", ip), ("TCPREMOTEHOST", host), ("TCPREMOTEINFO", info))
+            if v is not None
+        }
+        ours = subprocess.run(
+            [venv_script("qboot-tcprulescheck"), str(cdb)],
+            env=env,
+            capture_output=True,
+            timeout=10,
+            check=True,
+        ).stdout
         assert ours == debian_check(cdb, ip, host, info)
 
 
@@ -155,17 +200,27 @@ def test_tcprulescheck_exit_codes(tmp_path: Path) -> None:
 
 
 def test_tcprules_exit_codes_and_messages(tmp_path: Path) -> None:
-    for text in (b"1.2.3.4:allowx\n", b"1.2.3.4:allow,X=\"a\n", b"1.2.3.a-9:allow\n"):
+    for text in (b"1.2.3.4:allowx\n", b'1.2.3.4:allow,X="a\n', b"1.2.3.a-9:allow\n"):
         status, _ = debian_tcprules(text, tmp_path)
-        ours = subprocess.run([venv_script("qboot-tcprules"), str(tmp_path / "o.cdb"),
-                               str(tmp_path / "o.tmp")], input=text, capture_output=True,
-                              check=False)
+        ours = subprocess.run(
+            [venv_script("qboot-tcprules"), str(tmp_path / "o.cdb"), str(tmp_path / "o.tmp")],
+            input=text,
+            capture_output=True,
+            check=False,
+        )
         assert status == ours.returncode == 100
         assert b"unable to parse line 1: " + text.rstrip(b"\n") in ours.stderr
     status, _ = debian_tcprules(b":allow\n", tmp_path / "nonexistent")
-    ours = subprocess.run([venv_script("qboot-tcprules"), str(tmp_path / "x" / "o.cdb"),
-                           str(tmp_path / "x" / "o.tmp")], input=b":allow\n",
-                          capture_output=True, check=False)
+    ours = subprocess.run(
+        [
+            venv_script("qboot-tcprules"),
+            str(tmp_path / "x" / "o.cdb"),
+            str(tmp_path / "x" / "o.tmp"),
+        ],
+        input=b":allow\n",
+        capture_output=True,
+        check=False,
+    )
     assert status == ours.returncode == 111
 
 
@@ -179,29 +234,48 @@ ipv4_range = st.tuples(ipv4_prefix, st.integers(0, 300), st.integers(0, 300)).ma
 ipv6 = st.ip_addresses(v=6).map(str)
 hostname = st.from_regex(r"[a-c]{1,3}(\.[a-c]{1,3}){0,2}", fullmatch=True)
 address = st.one_of(
-    ipv4, ipv4_prefix, ipv4_range, ipv6, hostname.map(lambda h: "=" + h),
-    hostname.map(lambda h: "=." + h), st.just("="), st.just(""),
+    ipv4,
+    ipv4_prefix,
+    ipv4_range,
+    ipv6,
+    hostname.map(lambda h: "=" + h),
+    hostname.map(lambda h: "=." + h),
+    st.just("="),
+    st.just(""),
     st.tuples(hostname, ipv4).map(lambda t: f"{t[0]}@{t[1]}"),
 )
 value = st.text(alphabet="ab :,=\"'/x", max_size=6)
 quote = st.sampled_from(['"', "'", "/", "x", ":", ","])
-env_entry = st.tuples(st.from_regex(r"[A-Z]{1,3}", fullmatch=True), quote, value).filter(
-    lambda t: t[1] not in t[2]
-).map(lambda t: f",{t[0]}={t[1]}{t[2]}{t[1]}")
-rule_line = st.tuples(address, st.sampled_from(["allow", "deny"]),
-                      st.lists(env_entry, max_size=3)).map(
-    lambda t: f"{t[0]}:{t[1]}{''.join(t[2])}"
+env_entry = (
+    st.tuples(st.from_regex(r"[A-Z]{1,3}", fullmatch=True), quote, value)
+    .filter(lambda t: t[1] not in t[2])
+    .map(lambda t: f",{t[0]}={t[1]}{t[2]}{t[1]}")
 )
+rule_line = st.tuples(
+    address, st.sampled_from(["allow", "deny"]), st.lists(env_entry, max_size=3)
+).map(lambda t: f"{t[0]}:{t[1]}{''.join(t[2])}")
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
-                                                                   HealthCheck.function_scoped_fixture])
-@given(st.lists(rule_line, min_size=1, max_size=25), st.lists(
-    st.tuples(st.one_of(ipv4, ipv6, ipv4.map(lambda i: "::ffff:" + i)),
-              st.one_of(st.none(), hostname), st.one_of(st.none(), st.just("u"))),
-    min_size=1, max_size=5))
+@settings(
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(
+    st.lists(rule_line, min_size=1, max_size=25),
+    st.lists(
+        st.tuples(
+            st.one_of(ipv4, ipv6, ipv4.map(lambda i: "::ffff:" + i)),
+            st.one_of(st.none(), hostname),
+            st.one_of(st.none(), st.just("u")),
+        ),
+        min_size=1,
+        max_size=5,
+    ),
+)
 def test_property_compiler_and_lookup_agree_with_debian(
-    tmp_path_factory: pytest.TempPathFactory, lines: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
+    lines: list[str],
     clients: list[tuple[str, str | None, str | None]],
 ) -> None:
     directory = tmp_path_factory.mktemp("prop")
@@ -226,6 +300,10 @@ def test_property_compiler_and_lookup_agree_with_debian(
     cdb = directory / "theirs.cdb"
     for ip, host, info in clients:
         expected = debian_check(cdb, ip, host, info)
-        actual = rules.check_report(reader, ip.encode(), None if host is None else host.encode(),
-                                    None if info is None else info.encode())
+        actual = rules.check_report(
+            reader,
+            ip.encode(),
+            None if host is None else host.encode(),
+            None if info is None else info.encode(),
+        )
         assert actual == expected

@@ -1,0 +1,129 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+from qboot_systemd import mktcprules
+from qboot_systemd.cdb import CdbReader
+
+from .conftest import SHIPPED_BOOTCTRL, venv_script
+from .test_bootctrl import copy_shipped
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, check=False,
+                          env={**os.environ, **(env or {})})
+
+
+def test_shipped_rules_compile_to_the_shipped_cdb(tmp_path: Path) -> None:
+    directory = copy_shipped(tmp_path)
+    (directory / "tcprules-default.cdb").unlink()
+    (result,) = mktcprules.compile_directory(directory)
+    assert result.outcome is mktcprules.Outcome.COMPILED
+    shipped = (SHIPPED_BOOTCTRL / "tcprules-default.cdb").read_bytes()
+    assert (directory / "tcprules-default.cdb").read_bytes() == shipped
+
+
+def test_up_to_date_is_skipped_and_force_recompiles(tmp_path: Path) -> None:
+    directory = copy_shipped(tmp_path)
+    source = directory / "tcprules-default.txt"
+    os.utime(source, (1, 1))
+    assert [r.outcome for r in mktcprules.compile_directory(directory)] == [
+        mktcprules.Outcome.UP_TO_DATE
+    ]
+    assert [r.outcome for r in mktcprules.compile_directory(directory, force=True)] == [
+        mktcprules.Outcome.COMPILED
+    ]
+
+
+def test_symlinked_cdb_is_replaced_by_its_own_rules(tmp_path: Path) -> None:
+    directory = copy_shipped(tmp_path)
+    (directory / "tcprules-subm.cdb").symlink_to("tcprules-default.cdb")
+    (directory / "tcprules-subm.txt").write_text("10.:deny\n:allow\n")
+    done = run(venv_script("mktcprules"), str(directory))
+    assert done.returncode == 0, done.stderr
+    assert "tcprules-subm.cdb: compiled: 2 keys from tcprules-subm.txt (replaced the symlink " \
+           "to tcprules-default.cdb)" in done.stdout
+    subm = directory / "tcprules-subm.cdb"
+    assert not subm.is_symlink()
+    assert CdbReader.open(subm).get(b"10.") == b"D\0"
+    # the shared default rules are untouched
+    assert CdbReader.open(directory / "tcprules-default.cdb").get(b"10.") is None
+
+
+def test_one_broken_file_does_not_stop_the_others(tmp_path: Path) -> None:
+    directory = copy_shipped(tmp_path)
+    (directory / "tcprules-default.cdb").unlink()
+    (directory / "tcprules-bad.cdb").write_bytes(b"old")
+    (directory / "tcprules-bad.txt").write_text(":allow\n1.2.3.4:allow,X\n")
+    (directory / "tcprules-zzz.txt").write_text(":deny\n")
+    done = run(venv_script("mktcprules"), str(directory))
+    assert done.returncode == 1
+    assert f"{directory}/tcprules-bad.txt:2: unable to parse: 1.2.3.4:allow,X" in done.stderr
+    assert (directory / "tcprules-bad.cdb").read_bytes() == b"old"
+    assert (directory / "tcprules-default.cdb").exists()
+    assert (directory / "tcprules-zzz.cdb").exists()
+    assert not list(directory.glob("*.tmp"))
+
+
+def test_mktcprules_uses_qboot_bootctrl_and_reports_a_missing_directory(tmp_path: Path) -> None:
+    directory = copy_shipped(tmp_path)
+    done = run(venv_script("mktcprules"), "--force", env={"QBOOT_BOOTCTRL": str(directory)})
+    assert done.returncode == 0 and "tcprules-default.cdb: compiled" in done.stdout
+    done = run(venv_script("mktcprules"), str(tmp_path / "missing"))
+    assert done.returncode == 111
+    assert "not found" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_qbootctl_show_json(tmp_path: Path) -> None:
+    directory = copy_shipped(tmp_path)
+    done = run(venv_script("qbootctl"), "show", "--json", env={"QBOOT_BOOTCTRL": str(directory),
+                                                              "QBOOT_QMAIL_HOME": "/var/qmail"})
+    assert done.returncode == 0, done.stderr
+    model = json.loads(done.stdout)
+    assert model["send"]["default_delivery"] == "./Maildir/"
+    (smtp,) = model["services"]
+    assert (smtp["name"], smtp["listen"], smtp["maxconn"]) == ("smtp", ["25"], 40)
+    assert smtp["command"] == ["/var/qmail/bin/qmail-smtpd"]
+    assert model["problems"] == []
+
+
+def test_qbootctl_show_exits_1_with_problems(tmp_path: Path) -> None:
+    directory = copy_shipped(tmp_path)
+    (directory / "qmail-subm.rc").symlink_to("qmail-tcpd")
+    (directory / "qmail-subm.env").write_text("PORT=99999\n")
+    done = run(venv_script("qbootctl"), "show", "--bootctrl", str(directory))
+    assert done.returncode == 1
+    assert f"{directory}/qmail-subm.env:1: PORT='99999'" in done.stdout
+    assert "smtp     listen 25" in done.stdout
+
+
+def test_qbootctl_missing_bootctrl_is_one_line_with_hint(tmp_path: Path) -> None:
+    done = run(venv_script("qbootctl"), "show", "--bootctrl", str(tmp_path / "nope"))
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"qbootctl: error: bootctrl directory {tmp_path / 'nope'} not found",
+        "qbootctl: hint: pass --bootctrl DIR or set QBOOT_BOOTCTRL",
+    ]
+
+
+def test_qbootctl_rules_check(tmp_path: Path) -> None:
+    directory = copy_shipped(tmp_path)
+    ctl = venv_script("qbootctl")
+    done = run(ctl, "rules", "check", "--bootctrl", str(directory), "--service", "smtp",
+               "::ffff:127.0.0.1")
+    assert done.stdout == "rule 127.:\nset environment variable RELAYCLIENT=\nallow connection\n"
+    done = run(ctl, "rules", "check", "--bootctrl", str(directory), "192.0.2.1")
+    assert done.stdout == "rule :\nallow connection\n"
+    done = run(ctl, "rules", "check", "--bootctrl", str(directory), "not-an-ip")
+    assert done.returncode == 1 and "not an IP address" in done.stderr
+
+
+def test_qbootctl_rules_compile(tmp_path: Path) -> None:
+    directory = copy_shipped(tmp_path)
+    (directory / "tcprules-subm.txt").write_text("10.:deny\n")
+    done = run(venv_script("qbootctl"), "rules", "compile", "--bootctrl", str(directory),
+               "subm")
+    assert done.returncode == 0 and "tcprules-subm.cdb: compiled: 1 keys" in done.stdout
