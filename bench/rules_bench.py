@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qboot_systemd import rules  # noqa: E402
-from qboot_systemd.cdb import CdbReader  # noqa: E402
+from qboot_systemd import rules
+from qboot_systemd.cdb import CdbReader
 
 
 def make_rules(count: int, rng: random.Random) -> bytes:
@@ -24,11 +24,11 @@ def make_rules(count: int, rng: random.Random) -> bytes:
     for index in range(count):
         a, b, c, d = (rng.randrange(1, 255) for _ in range(4))
         if index % 3 == 0:
-            lines.append(f"{a}.{b}.{c}.{d}:allow,RELAYCLIENT=\"\"")
+            lines.append(f'{a}.{b}.{c}.{d}:allow,RELAYCLIENT=""')
         elif index % 3 == 1:
             lines.append(f"{a}.{b}.{c}.:deny")
         else:
-            lines.append(f"2001:db8:{index:x}::{d:x}:allow,X=\"{index}\"")
+            lines.append(f'2001:db8:{index:x}::{d:x}:allow,X="{index}"')
     lines.append(":allow")
     return ("\n".join(lines) + "\n").encode()
 
@@ -49,8 +49,9 @@ def per_call(function: object, items: list[str], repeat: int = 5) -> float:
 
 def main() -> None:
     rng = random.Random(1)
-    print(f"{'rules':>7} {'match/s':>10} {'us/conn':>8} {'dict us':>8} {'ratio':>6} "
-          f"{'reopen us':>9}")
+    print(
+        f"{'rules':>7} {'match/s':>10} {'us/conn':>8} {'dict us':>8} {'ratio':>6} {'reopen us':>9}"
+    )
     for count in (1_000, 100_000):
         with tempfile.TemporaryDirectory() as directory:
             path = Path(directory) / "rules.cdb"
@@ -77,11 +78,15 @@ def main() -> None:
             ours = per_call(ruleset.match, addresses)
             floor = per_call(dict_match, addresses)
             reopen = per_call(reopen_match, addresses[:5000], repeat=3)
-            print(f"{count:>7} {1 / ours:>10,.0f} {ours * 1e6:>8.2f} {floor * 1e6:>8.2f} "
-                  f"{ours / floor:>6.1f} {reopen * 1e6:>9.2f}")
-    print("us/conn: staleness stat() + tcpserver-order lookup of an IPv4 client (mostly the "
-          "default rule, the longest path); dict: the same key order in a Python dict; "
-          "reopen: open+mmap the cdb per connection like tcpserver.")
+            print(
+                f"{count:>7} {1 / ours:>10,.0f} {ours * 1e6:>8.2f} {floor * 1e6:>8.2f} "
+                f"{ours / floor:>6.1f} {reopen * 1e6:>9.2f}"
+            )
+    print(
+        "us/conn: staleness stat() + tcpserver-order lookup of an IPv4 client (mostly the "
+        "default rule, the longest path); dict: the same key order in a Python dict; "
+        "reopen: open+mmap the cdb per connection like tcpserver."
+    )
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ from .test_bootctrl import copy_shipped
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(list(args), capture_output=True, text=True, check=False,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        list(args), capture_output=True, text=True, check=False, env={**os.environ, **(env or {})}
+    )
 
 
 def test_shipped_rules_compile_to_the_shipped_cdb(tmp_path: Path) -> None:
@@ -44,8 +45,10 @@ def test_symlinked_cdb_is_replaced_by_its_own_rules(tmp_path: Path) -> None:
     (directory / "tcprules-subm.txt").write_text("10.:deny\n:allow\n")
     done = run(venv_script("mktcprules"), str(directory))
     assert done.returncode == 0, done.stderr
-    assert "tcprules-subm.cdb: compiled: 2 keys from tcprules-subm.txt (replaced the symlink " \
-           "to tcprules-default.cdb)" in done.stdout
+    assert (
+        "tcprules-subm.cdb: compiled: 2 keys from tcprules-subm.txt (replaced the symlink "
+        "to tcprules-default.cdb)" in done.stdout
+    )
     subm = directory / "tcprules-subm.cdb"
     assert not subm.is_symlink()
     assert CdbReader.open(subm).get(b"10.") == b"D\0"
@@ -79,8 +82,12 @@ def test_mktcprules_uses_qboot_bootctrl_and_reports_a_missing_directory(tmp_path
 
 def test_qbootctl_show_json(tmp_path: Path) -> None:
     directory = copy_shipped(tmp_path)
-    done = run(venv_script("qbootctl"), "show", "--json", env={"QBOOT_BOOTCTRL": str(directory),
-                                                              "QBOOT_QMAIL_HOME": "/var/qmail"})
+    done = run(
+        venv_script("qbootctl"),
+        "show",
+        "--json",
+        env={"QBOOT_BOOTCTRL": str(directory), "QBOOT_QMAIL_HOME": "/var/qmail"},
+    )
     assert done.returncode == 0, done.stderr
     model = json.loads(done.stdout)
     assert model["send"]["default_delivery"] == "./Maildir/"
@@ -112,8 +119,9 @@ def test_qbootctl_missing_bootctrl_is_one_line_with_hint(tmp_path: Path) -> None
 def test_qbootctl_rules_check(tmp_path: Path) -> None:
     directory = copy_shipped(tmp_path)
     ctl = venv_script("qbootctl")
-    done = run(ctl, "rules", "check", "--bootctrl", str(directory), "--service", "smtp",
-               "::ffff:127.0.0.1")
+    done = run(
+        ctl, "rules", "check", "--bootctrl", str(directory), "--service", "smtp", "::ffff:127.0.0.1"
+    )
     assert done.stdout == "rule 127.:\nset environment variable RELAYCLIENT=\nallow connection\n"
     done = run(ctl, "rules", "check", "--bootctrl", str(directory), "192.0.2.1")
     assert done.stdout == "rule :\nallow connection\n"
@@ -124,6 +132,5 @@ def test_qbootctl_rules_check(tmp_path: Path) -> None:
 def test_qbootctl_rules_compile(tmp_path: Path) -> None:
     directory = copy_shipped(tmp_path)
     (directory / "tcprules-subm.txt").write_text("10.:deny\n")
-    done = run(venv_script("qbootctl"), "rules", "compile", "--bootctrl", str(directory),
-               "subm")
+    done = run(venv_script("qbootctl"), "rules", "compile", "--bootctrl", str(directory), "subm")
     assert done.returncode == 0 and "tcprules-subm.cdb: compiled: 1 keys" in done.stdout
