@@ -92,6 +92,10 @@ class Service:
     banner: str | None = None
     tcpflags: tuple[str, ...] = ()
     listen_line: int = 0  # line of PORT/IP in env_file, for messages
+    lines: tuple[tuple[str, int], ...] = ()  # env file line of each name's last definition
+
+    def line_of(self, name: str) -> int:
+        return next((line for key, line in self.lines if key == name), 0)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -140,7 +144,7 @@ class _ServiceProblem(Exception):
 
 def load(directory: Path | str, qmail_home: Path | str | None = None) -> Bootctrl:
     """Read a bootctrl directory. Never raises for bad content: problems are collected."""
-    directory = Path(directory)
+    directory = Path(directory).absolute()
     home = Path(qmail_home) if qmail_home is not None else default_qmail_home()
     if not directory.is_dir():
         problem = Problem(str(directory), 0, "bootctrl directory not found")
@@ -368,6 +372,7 @@ def _build_service(
         command=command,
         environment=env.exported() if env else (),
         listen_line=listen_line,
+        lines=env.lines() if env else (),
     )
 
 

@@ -12,7 +12,7 @@ from typing import ParamSpec, TypeVar
 import click
 
 from . import bootctrl as bootctrl_model
-from . import mktcprules, rules
+from . import install, mktcprules, rules
 from .cdb import CdbFormatError, CdbReader
 from .errors import UserError
 
@@ -179,3 +179,125 @@ def rules_check(
     except (OSError, CdbFormatError) as error:
         raise UserError(f"unable to read {path}: {error}", "run mktcprules") from None
     sys.stdout.buffer.write(report)
+
+
+@qbootctl.command()
+@bootctrl_option
+@click.option("--output", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="write into this directory (default: a temporary one)")
+@click.option("--tcpsrv", default=None, help="path of qboot-tcpsrv in ExecStart=")
+@qmail_home_option
+@user_errors
+def generate(bootctrl_dir: Path | None, output: Path | None, tcpsrv: str | None,
+             qmail_home: Path | None) -> None:
+    """Run the generator offline and print what systemd would get."""
+    import tempfile
+
+    from . import generator, units
+
+    model = load_bootctrl(bootctrl_dir, qmail_home)
+    paths = units.Paths(tcpsrv=tcpsrv or _installed_tcpsrv())
+    files, links, problems = generator.plan(model, paths)
+    with tempfile.TemporaryDirectory(prefix="qboot-generate.") as scratch:
+        target = output or Path(scratch)
+        generator.write(target, files, links)
+        for relative in sorted({*files, *links}):
+            if relative in links:
+                click.echo(f"{relative} -> {links[relative]}")
+            else:
+                click.echo(f"--- {relative}")
+                click.echo(files[relative], nl=False)
+    for problem in problems:
+        click.echo(f"problem: {problem}", err=True)
+    sys.exit(1 if problems else 0)
+
+
+def _installed_tcpsrv() -> str:
+    """qboot-tcpsrv beside this qbootctl (the venv or /usr/bin)."""
+    return str(Path(sys.argv[0]).resolve().parent / "qboot-tcpsrv")
+
+
+@qbootctl.command(name="install")
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=Path("/"),
+              help="install below this directory (packaging, tests)")
+@click.option("--prefix", type=click.Path(path_type=Path), default=None,
+              help="where bin/qboot-tcpsrv and bin/qbootctl are (default: this installation)")
+@click.option("--unit-dir", type=click.Path(path_type=Path), default=None,
+              help="systemd unit directory (default: /usr/lib/systemd/system)")
+@qmail_home_option
+@user_errors
+def install_command(root: Path, prefix: Path | None, unit_dir: Path | None,
+                    qmail_home: Path | None) -> None:
+    """Install the units, the generator and the default bootctrl (never overwriting)."""
+    layout = _layout(root, prefix, unit_dir, qmail_home)
+    try:
+        for line in install.install(layout):
+            click.echo(line)
+    except OSError as error:
+        raise UserError(f"cannot install: {error}",
+                        "run as root, or use --root for a staging tree") from None
+    if root == Path("/") and Path("/run/systemd/system").is_dir():
+        click.echo("now: systemctl daemon-reload")
+
+
+@qbootctl.command()
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=Path("/"))
+@click.option("--unit-dir", type=click.Path(path_type=Path), default=None)
+@user_errors
+def uninstall(root: Path, unit_dir: Path | None) -> None:
+    """Remove the units and the generator; the bootctrl directory stays."""
+    layout = _layout(root, None, unit_dir, None)
+    for line in install.uninstall(layout):
+        click.echo(f"removed {line}")
+
+
+def _layout(root: Path, prefix: Path | None, unit_dir: Path | None,
+            qmail_home: Path | None) -> install.Layout:
+    bindir = (prefix / "bin") if prefix else Path(_installed_tcpsrv()).parent
+    return install.Layout(
+        root=root,
+        bindir=bindir,
+        unit_dir=unit_dir or Path("/usr/lib/systemd/system"),
+        qmail_home=qmail_home or bootctrl_model.default_qmail_home(),
+    )
+
+
+@qbootctl.command()
+@bootctrl_option
+@qmail_home_option
+@click.option("--unit-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="installed templates (default: render them afresh)")
+@user_errors
+def verify(bootctrl_dir: Path | None, qmail_home: Path | None, unit_dir: Path | None) -> None:
+    """Generate, then run systemd-analyze verify on every concrete unit."""
+    from . import verify as verify_module
+
+    model = load_bootctrl(bootctrl_dir, qmail_home)
+    report = verify_module.verify(model, _installed_tcpsrv(), unit_dir)
+    for line in report.lines:
+        click.echo(line)
+    sys.exit(0 if report.ok else 1)
+
+
+@qbootctl.command()
+@bootctrl_option
+@user_errors
+def boot(bootctrl_dir: Path | None) -> None:
+    """Reload systemd and start what bootctrl enables (the late-/var oneshot)."""
+    from . import units
+    from .systemd import Systemd
+
+    manager = Systemd()
+    try:
+        manager.reload()
+        model = load_bootctrl(bootctrl_dir)
+        names = [units.tcpd_socket(s.name) for s in model.services]
+        if model.send is not None:
+            names.append(units.SEND_UNIT)
+        for name in names:
+            manager.start(name)
+            click.echo(f"started {name}")
+        for problem in model.problems:
+            click.echo(f"problem: {problem}", err=True)
+    finally:
+        manager.close()

@@ -43,15 +43,17 @@ class EnvFile:
 
     def exported(self) -> tuple[tuple[str, str], ...]:
         """Exported variables with their final values, in order of first export."""
-        order: dict[str, str] = {}
-        exported_names: set[str] = set()
+        order: dict[str, None] = {}
         values: dict[str, str] = {}
         for assignment in self.assignments:
             values[assignment.name] = assignment.value
-            if assignment.exported and assignment.name not in exported_names:
-                exported_names.add(assignment.name)
-                order[assignment.name] = ""
+            if assignment.exported:
+                order.setdefault(assignment.name)
         return tuple((name, values[name]) for name in order)
+
+    def lines(self) -> tuple[tuple[str, int], ...]:
+        """Each name with the line of its last definition."""
+        return tuple({a.name: a.line for a in self.assignments}.items())
 
 
 class EnvSyntaxError(Exception):

@@ -1,0 +1,119 @@
+"""qboot-systemd-generator: turn the bootctrl directory into systemd units.
+
+Runs at boot and at every daemon-reload, before units load: no D-Bus, no click, no
+jinja2, no other process. It instantiates the shipped templates with drop-ins and
+symlinks. Bad input is logged and skipped; only an unwritable output dir fails.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from . import bootctrl, units
+from .problems import Problem
+
+PROGRAM = "qboot-systemd-generator"
+
+
+def plan(model: bootctrl.Bootctrl, paths: units.Paths
+         ) -> tuple[dict[str, str], dict[str, str], list[Problem]]:
+    """Files (relative path -> text) and symlinks (relative path -> target) to write."""
+    files: dict[str, str] = {}
+    links: dict[str, str] = {}
+    problems = list(model.problems)
+    for service in model.services:
+        socket, unit = units.tcpd_socket(service.name), units.tcpd_service(service.name)
+        try:
+            socket_text = units.socket_dropin(service)
+            service_text = units.service_dropin(service, paths)
+        except units.UnsafeValue as error:
+            where = service.env_file or service.rc_file
+            problems.append(Problem(where, 0, f"{error}; service {service.name} skipped"))
+            continue
+        files[f"{socket}.d/{units.DROPIN_NAME}"] = socket_text
+        files[f"{unit}.d/{units.DROPIN_NAME}"] = service_text
+        links[f"sockets.target.wants/{socket}"] = f"{paths.unit_dir}/qmail-tcpd@.socket"
+    if model.send is not None:
+        try:
+            files[f"{units.SEND_UNIT}.d/{units.DROPIN_NAME}"] = units.send_dropin(model.send)
+            links[f"multi-user.target.wants/{units.SEND_UNIT}"] = (
+                f"{paths.unit_dir}/{units.SEND_UNIT}"
+            )
+        except units.UnsafeValue as error:
+            problems.append(Problem(model.send.rc_file, 0, f"{error}; qmail-send skipped"))
+    return files, links, sorted(problems)
+
+
+def plan_late(paths: units.Paths) -> dict[str, str]:
+    """bootctrl is not there yet (its /var is mounted later): start things afterwards."""
+    return {f"multi-user.target.wants/{units.BOOT_UNIT}": f"{paths.unit_dir}/{units.BOOT_UNIT}"}
+
+
+def write(output: Path, files: dict[str, str], links: dict[str, str]) -> None:
+    for relative, text in sorted(files.items()):
+        target = output / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temporary = target.with_name(target.name + ".tmp")
+        temporary.write_text(text)
+        os.replace(temporary, target)
+    for relative, destination in sorted(links.items()):
+        link = output / relative
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(destination)
+
+
+def log(problems: list[Problem], stream_path: str = "/dev/kmsg") -> None:
+    """To the kernel log when there is one (generators may not use syslog), else stderr."""
+    lines = [f"<3>{PROGRAM}[{os.getpid()}]: {problem}\n" for problem in problems]
+    if not lines:
+        return
+    try:
+        with open(stream_path, "w") as kmsg:
+            for line in lines:
+                kmsg.write(line)
+                kmsg.flush()
+    except OSError:
+        for line in lines:
+            sys.stderr.write(line[3:])
+
+
+def run(output: Path, bootctrl_dir: Path, qmail_home: Path, paths: units.Paths) -> int:
+    if not bootctrl_dir.is_dir():
+        write(output, {}, plan_late(paths))
+        log([Problem(str(bootctrl_dir), 0, f"not there yet: {units.BOOT_UNIT} starts the "
+                                           "services once it is mounted")])
+        return 0
+    model = bootctrl.load(bootctrl_dir, qmail_home)
+    files, links, problems = plan(model, paths)
+    write(output, files, links)
+    log(problems)
+    return 0
+
+
+def main(argv: list[str] | None = None, *, tcpsrv: str | None = None,
+         unit_dir: str | None = None, qmail_home: str | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) not in (1, 3):
+        sys.stderr.write(f"usage: {PROGRAM} normal-dir [early-dir late-dir]\n")
+        return 100
+    defaults = units.Paths()
+    paths = units.Paths(
+        tcpsrv=os.environ.get("QBOOT_TCPSRV", tcpsrv or defaults.tcpsrv),
+        unit_dir=os.environ.get("QBOOT_UNIT_DIR", unit_dir or defaults.unit_dir),
+    )
+    home = Path(os.environ.get("QBOOT_QMAIL_HOME", qmail_home or "/var/qmail"))
+    directory = Path(os.environ.get("QBOOT_BOOTCTRL", str(home / "etc" / "bootctrl")))
+    try:
+        return run(Path(args[0]), directory, home, paths)
+    except OSError as error:
+        sys.stderr.write(f"{PROGRAM}: cannot write {error.filename or args[0]}: "
+                         f"{error.strerror}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""qbootctl verify: generated drop-ins + templates, checked by systemd-analyze verify."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import generator, install, units
+from .bootctrl import Bootctrl
+from .run import run
+
+
+@dataclass(frozen=True)
+class Report:
+    ok: bool
+    lines: tuple[str, ...]
+
+
+def concrete_units(files: dict[str, str], links: dict[str, str]) -> list[str]:
+    """Unit instances the generator configured (qmail-tcpd@smtp.socket, ...)."""
+    names = {relative.split("/")[0].removesuffix(".d") for relative in files}
+    names |= {relative.split("/")[1] for relative in links}
+    return sorted(names)
+
+
+def verify(model: Bootctrl, tcpsrv: str, unit_dir: Path | None = None) -> Report:
+    lines = [f"problem: {problem}" for problem in model.problems]
+    paths = units.Paths(tcpsrv=tcpsrv)
+    files, links, problems = generator.plan(model, paths)
+    lines += [f"problem: {p}" for p in problems if p not in model.problems]
+    with tempfile.TemporaryDirectory(prefix="qboot-verify.") as scratch:
+        directory = Path(scratch)
+        if unit_dir is not None:
+            for name in install.UNIT_NAMES:
+                shutil.copy(unit_dir / name, directory / name)
+        else:
+            layout = install.Layout(Path("/"), Path(tcpsrv).parent,
+                                    Path("/usr/lib/systemd/system"), Path(model.qmail_home))
+            for name, text in install.render_units(layout).items():
+                (directory / name).write_text(text)
+        generator.write(directory, files, {})
+        names = concrete_units(files, links)
+        for name in names:
+            template = f"{name.split('@')[0]}@.{name.rsplit('.', 1)[1]}" if "@" in name else ""
+            if template:
+                os.symlink(template, directory / name)
+        if names:
+            done = run(["systemd-analyze", "verify", "--man=no",
+                        *(str(directory / name) for name in names)],
+                       env={**os.environ, "SYSTEMD_UNIT_PATH": f"{directory}:",
+                            "SYSTEMD_LOG_LEVEL": "notice"})
+            findings = [line for line in (done.stderr + done.stdout).splitlines() if line]
+            lines += [f"systemd-analyze: {line}" for line in findings]
+            if done.returncode != 0 and not findings:
+                lines.append(f"systemd-analyze: exit status {done.returncode}")
+            failed = done.returncode != 0 or bool(findings)
+        else:
+            failed = False
+    ok = not failed and not problems
+    verdict = f"verified {len(names)} units" if ok else "verify found problems"
+    return Report(ok, (*lines, verdict))
