@@ -83,7 +83,9 @@ class Service:
     listen: tuple[Listen, ...]
     rules: str
     maxconn: int
-    command: tuple[str, ...]
+    smtpd: tuple[str, ...]
+    presmtpd: tuple[str, ...] = ()
+    postsmtpd: tuple[str, ...] = ()
     environment: tuple[tuple[str, str], ...] = ()
     maxperip: int | None = None
     backlog: int | None = None
@@ -93,6 +95,11 @@ class Service:
     tcpflags: tuple[str, ...] = ()
     listen_line: int = 0  # line of PORT/IP in env_file, for messages
     lines: tuple[tuple[str, int], ...] = ()  # env file line of each name's last definition
+
+    @property
+    def command(self) -> tuple[str, ...]:
+        """The chain run per connection: PRESMTPD words, SMTPD, POSTSMTPD words."""
+        return self.presmtpd + self.smtpd + self.postsmtpd
 
     def line_of(self, name: str) -> int:
         return next((line for key, line in self.lines if key == name), 0)
@@ -355,7 +362,6 @@ def _build_service(
         assert env is not None and flags_line is not None
         raise _ServiceProblem(Problem(env.path, flags_line.line, f"TCPFLAGS: {error}")) from None
     smtpd = _words(env, "SMTPD") or (str(home / "bin" / _DEFAULT_SERVERS.get(name, "qmail-smtpd")),)
-    command = _words(env, "PRESMTPD") + smtpd + _words(env, "POSTSMTPD")
     return Service(
         name=name,
         rc_file=str(directory / rc_name),
@@ -369,7 +375,9 @@ def _build_service(
         group=_account(env, ("GROUP", "GID")),
         banner=banner,
         tcpflags=tcpflags,
-        command=command,
+        smtpd=smtpd,
+        presmtpd=_words(env, "PRESMTPD"),
+        postsmtpd=_words(env, "POSTSMTPD"),
         environment=env.exported() if env else (),
         listen_line=listen_line,
         lines=env.lines() if env else (),

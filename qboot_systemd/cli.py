@@ -183,13 +183,18 @@ def rules_check(
 
 @qbootctl.command()
 @bootctrl_option
-@click.option("--output", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="write into this directory (default: a temporary one)")
+@click.option(
+    "--output",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="write into this directory (default: a temporary one)",
+)
 @click.option("--tcpsrv", default=None, help="path of qboot-tcpsrv in ExecStart=")
 @qmail_home_option
 @user_errors
-def generate(bootctrl_dir: Path | None, output: Path | None, tcpsrv: str | None,
-             qmail_home: Path | None) -> None:
+def generate(
+    bootctrl_dir: Path | None, output: Path | None, tcpsrv: str | None, qmail_home: Path | None
+) -> None:
     """Run the generator offline and print what systemd would get."""
     import tempfile
 
@@ -218,24 +223,38 @@ def _installed_tcpsrv() -> str:
 
 
 @qbootctl.command(name="install")
-@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=Path("/"),
-              help="install below this directory (packaging, tests)")
-@click.option("--prefix", type=click.Path(path_type=Path), default=None,
-              help="where bin/qboot-tcpsrv and bin/qbootctl are (default: this installation)")
-@click.option("--unit-dir", type=click.Path(path_type=Path), default=None,
-              help="systemd unit directory (default: /usr/lib/systemd/system)")
+@click.option(
+    "--root",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("/"),
+    help="install below this directory (packaging, tests)",
+)
+@click.option(
+    "--prefix",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="where bin/qboot-tcpsrv and bin/qbootctl are (default: this installation)",
+)
+@click.option(
+    "--unit-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="systemd unit directory (default: /usr/lib/systemd/system)",
+)
 @qmail_home_option
 @user_errors
-def install_command(root: Path, prefix: Path | None, unit_dir: Path | None,
-                    qmail_home: Path | None) -> None:
+def install_command(
+    root: Path, prefix: Path | None, unit_dir: Path | None, qmail_home: Path | None
+) -> None:
     """Install the units, the generator and the default bootctrl (never overwriting)."""
     layout = _layout(root, prefix, unit_dir, qmail_home)
     try:
         for line in install.install(layout):
             click.echo(line)
     except OSError as error:
-        raise UserError(f"cannot install: {error}",
-                        "run as root, or use --root for a staging tree") from None
+        raise UserError(
+            f"cannot install: {error}", "run as root, or use --root for a staging tree"
+        ) from None
     if root == Path("/") and Path("/run/systemd/system").is_dir():
         click.echo("now: systemctl daemon-reload")
 
@@ -251,8 +270,9 @@ def uninstall(root: Path, unit_dir: Path | None) -> None:
         click.echo(f"removed {line}")
 
 
-def _layout(root: Path, prefix: Path | None, unit_dir: Path | None,
-            qmail_home: Path | None) -> install.Layout:
+def _layout(
+    root: Path, prefix: Path | None, unit_dir: Path | None, qmail_home: Path | None
+) -> install.Layout:
     bindir = (prefix / "bin") if prefix else Path(_installed_tcpsrv()).parent
     return install.Layout(
         root=root,
@@ -265,8 +285,12 @@ def _layout(root: Path, prefix: Path | None, unit_dir: Path | None,
 @qbootctl.command()
 @bootctrl_option
 @qmail_home_option
-@click.option("--unit-dir", type=click.Path(path_type=Path, file_okay=False), default=None,
-              help="installed templates (default: render them afresh)")
+@click.option(
+    "--unit-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="installed templates (default: render them afresh)",
+)
 @user_errors
 def verify(bootctrl_dir: Path | None, qmail_home: Path | None, unit_dir: Path | None) -> None:
     """Generate, then run systemd-analyze verify on every concrete unit."""

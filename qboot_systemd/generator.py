@@ -17,8 +17,9 @@ from .problems import Problem
 PROGRAM = "qboot-systemd-generator"
 
 
-def plan(model: bootctrl.Bootctrl, paths: units.Paths
-         ) -> tuple[dict[str, str], dict[str, str], list[Problem]]:
+def plan(
+    model: bootctrl.Bootctrl, paths: units.Paths
+) -> tuple[dict[str, str], dict[str, str], list[Problem]]:
     """Files (relative path -> text) and symlinks (relative path -> target) to write."""
     files: dict[str, str] = {}
     links: dict[str, str] = {}
@@ -30,7 +31,8 @@ def plan(model: bootctrl.Bootctrl, paths: units.Paths
             service_text = units.service_dropin(service, paths)
         except units.UnsafeValue as error:
             where = service.env_file or service.rc_file
-            problems.append(Problem(where, 0, f"{error}; service {service.name} skipped"))
+            line = service.line_of(error.setting) if error.setting else 0
+            problems.append(Problem(where, line, f"{error}; service {service.name} skipped"))
             continue
         files[f"{socket}.d/{units.DROPIN_NAME}"] = socket_text
         files[f"{unit}.d/{units.DROPIN_NAME}"] = service_text
@@ -81,21 +83,40 @@ def log(problems: list[Problem], stream_path: str = "/dev/kmsg") -> None:
             sys.stderr.write(line[3:])
 
 
-def run(output: Path, bootctrl_dir: Path, qmail_home: Path, paths: units.Paths) -> int:
+def run(
+    output: Path,
+    bootctrl_dir: Path,
+    qmail_home: Path,
+    paths: units.Paths,
+    log_path: str = "/dev/kmsg",
+) -> int:
     if not bootctrl_dir.is_dir():
         write(output, {}, plan_late(paths))
-        log([Problem(str(bootctrl_dir), 0, f"not there yet: {units.BOOT_UNIT} starts the "
-                                           "services once it is mounted")])
+        log(
+            [
+                Problem(
+                    str(bootctrl_dir),
+                    0,
+                    f"not there yet: {units.BOOT_UNIT} starts the services once it is mounted",
+                )
+            ],
+            log_path,
+        )
         return 0
     model = bootctrl.load(bootctrl_dir, qmail_home)
     files, links, problems = plan(model, paths)
     write(output, files, links)
-    log(problems)
+    log(problems, log_path)
     return 0
 
 
-def main(argv: list[str] | None = None, *, tcpsrv: str | None = None,
-         unit_dir: str | None = None, qmail_home: str | None = None) -> int:
+def main(
+    argv: list[str] | None = None,
+    *,
+    tcpsrv: str | None = None,
+    unit_dir: str | None = None,
+    qmail_home: str | None = None,
+) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (1, 3):
         sys.stderr.write(f"usage: {PROGRAM} normal-dir [early-dir late-dir]\n")
@@ -110,8 +131,7 @@ def main(argv: list[str] | None = None, *, tcpsrv: str | None = None,
     try:
         return run(Path(args[0]), directory, home, paths)
     except OSError as error:
-        sys.stderr.write(f"{PROGRAM}: cannot write {error.filename or args[0]}: "
-                         f"{error.strerror}\n")
+        sys.stderr.write(f"{PROGRAM}: cannot write {error.filename or args[0]}: {error.strerror}\n")
         return 1
 
 

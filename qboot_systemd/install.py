@@ -18,8 +18,7 @@ from . import units
 GENERATOR_DIR = "usr/lib/systemd/system-generators"
 GENERATOR_NAME = "qboot-systemd-generator"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
-UNIT_NAMES = ("qmail-send.service", "qmail-tcpd@.socket", "qmail-tcpd@.service",
-              units.BOOT_UNIT)
+UNIT_NAMES = ("qmail-send.service", "qmail-tcpd@.socket", "qmail-tcpd@.service", units.BOOT_UNIT)
 
 
 @dataclass(frozen=True)
@@ -43,8 +42,10 @@ class Layout:
 
 def shipped_bootctrl() -> Path:
     """etc/bootctrl of the source tree, or the copy a package put under share/."""
-    for candidate in (Path(__file__).resolve().parent.parent / "etc" / "bootctrl",
-                      Path(sys.prefix) / "share" / "qboot-systemd" / "bootctrl"):
+    for candidate in (
+        Path(__file__).resolve().parent.parent / "etc" / "bootctrl",
+        Path(sys.prefix) / "share" / "qboot-systemd" / "bootctrl",
+    ):
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError("the default bootctrl directory is not installed")
@@ -66,8 +67,9 @@ def render_units(layout: Layout) -> dict[str, str]:
         "tcpsrv": units.path_setting(str(layout.bindir / "qboot-tcpsrv")),
     }
     header = "# Installed by qbootctl install from qboot-systemd's templates\n"
-    return {name: header + environment.get_template(f"{name}.j2").render(values)
-            for name in UNIT_NAMES}
+    return {
+        name: header + environment.get_template(f"{name}.j2").render(values) for name in UNIT_NAMES
+    }
 
 
 def launcher_text(layout: Layout, python: str) -> str:

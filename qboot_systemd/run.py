@@ -8,11 +8,17 @@ from collections.abc import Mapping, Sequence
 from .errors import UserError
 
 
-def run(argv: Sequence[str], *, env: Mapping[str, str] | None = None, timeout: float = 60,
-        check: bool = False) -> subprocess.CompletedProcess[str]:
+def run(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    timeout: float = 60,
+    check: bool = False,
+) -> subprocess.CompletedProcess[str]:
     try:
-        done = subprocess.run(list(argv), env=env, capture_output=True, text=True,
-                              timeout=timeout, check=False)
+        done = subprocess.run(
+            list(argv), env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
     except FileNotFoundError:
         raise UserError(f"{argv[0]} is not installed", "apt-get install systemd") from None
     except subprocess.TimeoutExpired:

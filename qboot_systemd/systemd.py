@@ -24,8 +24,10 @@ class Systemd:
 
     def __init__(self) -> None:
         if not os.path.isdir("/run/systemd/system"):
-            raise UserError("systemd is not running on this machine",
-                            "qbootctl show and qbootctl generate work without it")
+            raise UserError(
+                "systemd is not running on this machine",
+                "qbootctl show and qbootctl generate work without it",
+            )
         from pystemd.systemd1 import Manager
 
         self._bus = _bus()

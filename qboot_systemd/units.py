@@ -19,6 +19,10 @@ BOOT_UNIT = "qboot-boot.service"
 class UnsafeValue(ValueError):
     """A value that cannot be written into a unit file safely."""
 
+    def __init__(self, message: str, setting: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting  # the env file name it came from, for file:line
+
 
 @dataclass(frozen=True)
 class Paths:
@@ -37,9 +41,7 @@ def tcpd_service(name: str) -> str:
 
 
 _C_ESCAPES = {"\\": "\\\\", '"': '\\"', "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
-_PLAIN = frozenset(
-    "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/._-+,:=@"
-)
+_PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/._-+,:=@")
 
 
 def _c_escape(text: str) -> str:
@@ -119,11 +121,35 @@ def socket_dropin(service: Service) -> str:
         listen.append("FreeBind=yes")
     if service.backlog is not None:
         listen.append(f"Backlog={service.backlog}")
-    return _dropin(source, [("Unit", [f"SourcePath={path_setting(source)}"]),
-                            ("Socket", listen)])
+    return _dropin(source, [("Unit", [f"SourcePath={path_setting(source)}"]), ("Socket", listen)])
+
+
+def _check_settings(service: Service) -> None:
+    """Name the env file setting behind a value that cannot be expressed."""
+    parts = (
+        ("PRESMTPD", service.presmtpd),
+        ("SMTPD", service.smtpd),
+        ("POSTSMTPD", service.postsmtpd),
+        ("BANNER", (service.banner or "",)),
+        ("CDB", (service.rules,)),
+    )
+    for setting, words in parts:
+        for word in words:
+            try:
+                quote_exec_argument(word)
+            except UnsafeValue as error:
+                raise UnsafeValue(f"{setting}: {error}", setting) from None
+    if not service.smtpd[0].startswith("/"):
+        raise UnsafeValue("SMTPD: the server must be an absolute path", "SMTPD")
+    for name, value in service.environment:
+        try:
+            environment_assignment(name, value)
+        except UnsafeValue as error:
+            raise UnsafeValue(f"setenv {name}: {error}", name) from None
 
 
 def service_dropin(service: Service, paths: Paths) -> str:
+    _check_settings(service)
     source = service.env_file or service.rc_file
     lines = ["ExecStart=", f"ExecStart={exec_line(tcpsrv_argv(service, paths))}"]
     lines += [f"Environment={environment_assignment(n, v)}" for n, v in service.environment]
@@ -131,12 +157,16 @@ def service_dropin(service: Service, paths: Paths) -> str:
         lines.append(f"User={service.user}")
     if service.group is not None:
         lines.append(f"Group={service.group}")
-    return _dropin(source, [("Unit", [f"SourcePath={path_setting(source)}"]),
-                            ("Service", lines)])
+    return _dropin(source, [("Unit", [f"SourcePath={path_setting(source)}"]), ("Service", lines)])
 
 
 def send_dropin(send: Send) -> str:
     source = send.delivery_source if send.delivery_source != "default" else send.rc_file
     start = exec_line([f"{send.qmail_home}/bin/qmail-start", send.default_delivery])
-    return _dropin(source, [("Unit", [f"SourcePath={path_setting(source)}"]),
-                            ("Service", ["ExecStart=", f"ExecStart={start}"])])
+    return _dropin(
+        source,
+        [
+            ("Unit", [f"SourcePath={path_setting(source)}"]),
+            ("Service", ["ExecStart=", f"ExecStart={start}"]),
+        ],
+    )

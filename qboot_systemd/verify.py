@@ -37,8 +37,12 @@ def verify(model: Bootctrl, tcpsrv: str, unit_dir: Path | None = None) -> Report
             for name in install.UNIT_NAMES:
                 shutil.copy(unit_dir / name, directory / name)
         else:
-            layout = install.Layout(Path("/"), Path(tcpsrv).parent,
-                                    Path("/usr/lib/systemd/system"), Path(model.qmail_home))
+            layout = install.Layout(
+                Path("/"),
+                Path(tcpsrv).parent,
+                Path("/usr/lib/systemd/system"),
+                Path(model.qmail_home),
+            )
             for name, text in install.render_units(layout).items():
                 (directory / name).write_text(text)
         generator.write(directory, files, {})
@@ -48,10 +52,19 @@ def verify(model: Bootctrl, tcpsrv: str, unit_dir: Path | None = None) -> Report
             if template:
                 os.symlink(template, directory / name)
         if names:
-            done = run(["systemd-analyze", "verify", "--man=no",
-                        *(str(directory / name) for name in names)],
-                       env={**os.environ, "SYSTEMD_UNIT_PATH": f"{directory}:",
-                            "SYSTEMD_LOG_LEVEL": "notice"})
+            done = run(
+                [
+                    "systemd-analyze",
+                    "verify",
+                    "--man=no",
+                    *(str(directory / name) for name in names),
+                ],
+                env={
+                    **os.environ,
+                    "SYSTEMD_UNIT_PATH": f"{directory}:",
+                    "SYSTEMD_LOG_LEVEL": "notice",
+                },
+            )
             findings = [line for line in (done.stderr + done.stdout).splitlines() if line]
             lines += [f"systemd-analyze: {line}" for line in findings]
             if done.returncode != 0 and not findings:

@@ -1,0 +1,186 @@
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from qboot_systemd import generator, units
+
+from .conftest import ROOT
+from .golden import UPDATE
+
+CASES = ROOT / "tests" / "generator"
+PATHS = units.Paths(tcpsrv="/usr/bin/qboot-tcpsrv", unit_dir="/usr/lib/systemd/system")
+
+
+def tree(directory: Path, bootctrl_dir: Path) -> dict[str, str]:
+    """Relative path -> content ('-> target' for symlinks), with the bootctrl path masked."""
+    result: dict[str, str] = {}
+    for path in sorted(directory.rglob("*")):
+        relative = str(path.relative_to(directory))
+        if path.is_symlink():
+            result[relative] = "-> " + os.readlink(path)
+        elif path.is_file():
+            result[relative] = path.read_text().replace(str(bootctrl_dir), "@BOOTCTRL@")
+    return result
+
+
+def write_tree(directory: Path, content: dict[str, str]) -> None:
+    for relative, text in content.items():
+        target = directory / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if text.startswith("-> "):
+            target.symlink_to(text[3:])
+        else:
+            target.write_text(text)
+
+
+def run_case(case: Path, output: Path) -> tuple[dict[str, str], str]:
+    bootctrl_dir = (case / "bootctrl").resolve()
+    log = output.parent / f"{output.name}.log"
+    status = generator.run(output, bootctrl_dir, Path("/var/qmail"), PATHS, str(log))
+    assert status == 0
+    problems = log.read_text() if log.exists() else ""
+    problems = re.sub(r"\[\d+\]", "[PID]", problems).replace(str(bootctrl_dir), "@BOOTCTRL@")
+    return tree(output, bootctrl_dir), problems
+
+
+@pytest.mark.parametrize("case", sorted(p.name for p in CASES.iterdir() if p.is_dir()))
+def test_golden(case: str, tmp_path: Path) -> None:
+    actual, problems = run_case(CASES / case, tmp_path / "out")
+    expected_dir = CASES / case / "expected"
+    problems_file = CASES / case / "expected-problems.log"
+    if UPDATE:
+        import shutil
+
+        shutil.rmtree(expected_dir, ignore_errors=True)
+        expected_dir.mkdir()
+        write_tree(expected_dir, actual)
+        problems_file.write_text(problems)
+    assert tree(expected_dir, Path("@BOOTCTRL@")) == actual
+    assert problems_file.read_text() == problems
+
+
+def test_idempotent(tmp_path: Path) -> None:
+    first, _ = run_case(CASES / "02-several", tmp_path / "out")
+    second, _ = run_case(CASES / "02-several", tmp_path / "out")
+    assert first == second
+
+
+ALLOWED = re.compile(
+    r"(\[(Unit|Service|Socket)\]|#.*|"
+    r"(SourcePath|ExecStart|Environment|User|Group|ListenStream|FreeBind|Backlog)=.*|)\Z"
+)
+
+
+@pytest.mark.parametrize("case", sorted(p.name for p in CASES.iterdir() if p.is_dir()))
+def test_no_setting_outside_the_fixed_set(case: str, tmp_path: Path) -> None:
+    actual, _ = run_case(CASES / case, tmp_path / "out")
+    for relative, text in actual.items():
+        if text.startswith("-> "):
+            assert text.startswith("-> /usr/lib/systemd/system/")
+            continue
+        for line in text.splitlines():
+            assert ALLOWED.match(line), f"{relative}: {line!r}"
+
+
+def test_injection_attempts_stay_values(tmp_path: Path) -> None:
+    actual, problems = run_case(CASES / "03-escaping", tmp_path / "out")
+    service = actual["qmail-tcpd@inject.service.d/qboot.conf"]
+    assert not any(line.startswith("ExecStartPre") for line in service.splitlines())
+    assert 'Environment="EVIL=x\\\\nExecStartPre=/bin/rm -rf /"' in service
+    assert "qmail-semicolon.env:2: PRESMTPD: a lone ';'" in problems
+    assert "qmail-tcpd@semicolon" not in " ".join(actual)
+    assert "qmail-multiline.env:2: newline inside a quoted value" in problems
+
+
+def test_late_var_links_the_boot_oneshot(tmp_path: Path) -> None:
+    log = tmp_path / "log"
+    status = generator.run(
+        tmp_path / "out", tmp_path / "not-mounted", Path("/var/qmail"), PATHS, str(log)
+    )
+    assert status == 0
+    link = tmp_path / "out" / "multi-user.target.wants" / units.BOOT_UNIT
+    assert os.readlink(link) == f"/usr/lib/systemd/system/{units.BOOT_UNIT}"
+    assert "not there yet" in log.read_text()
+
+
+def test_unwritable_output_is_the_only_failure(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    env = {**os.environ, "QBOOT_BOOTCTRL": str(ROOT / "etc" / "bootctrl")}
+    done = subprocess.run(
+        [sys.executable, "-m", "qboot_systemd.generator", str(blocker / "x")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1 and "cannot write" in done.stderr
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "qboot_systemd.generator",
+            str(tmp_path / "o"),
+            str(tmp_path / "e"),
+            str(tmp_path / "l"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0
+    assert (tmp_path / "o" / "sockets.target.wants" / "qmail-tcpd@smtp.socket").is_symlink()
+    done = subprocess.run(
+        [sys.executable, "-m", "qboot_systemd.generator"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 100 and "usage" in done.stderr
+
+
+def test_generator_imports_stay_light() -> None:
+    code = (
+        "import sys, qboot_systemd.generator; "
+        "print(sorted(m for m in ('click','jinja2','pystemd') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    ("argument", "quoted"),
+    [
+        ("plain/arg-1.0", "plain/arg-1.0"),
+        ("a b", '"a b"'),
+        ("100%", '"100%%"'),
+        ("$HOME", '"$$HOME"'),
+        ('say "x"', '"say \\"x\\""'),
+        ("a\\b", '"a\\\\b"'),
+        ("tab\there", '"tab\\there"'),
+        ("\x01", '"\\x01"'),
+        ("", '""'),
+    ],
+)
+def test_exec_argument_quoting(argument: str, quoted: str) -> None:
+    assert units.quote_exec_argument(argument) == quoted
+
+
+def test_unsafe_values_are_refused() -> None:
+    for bad in (";", "a\0b"):
+        with pytest.raises(units.UnsafeValue):
+            units.quote_exec_argument(bad)
+    with pytest.raises(units.UnsafeValue):
+        units.environment_assignment("A=B", "x")
+    with pytest.raises(units.UnsafeValue):
+        units.path_setting("relative/path")
+    with pytest.raises(units.UnsafeValue):
+        units.path_setting("/a\nb")
