@@ -6,6 +6,8 @@ from collections.abc import Iterable
 
 # Flags without an argument, as tcpserver and qmail-tcpsrv take them.
 PLAIN_FLAGS = frozenset("146jpPhHrRoOdDqQvUX")
+# qboot-tcpsrv's own option with an argument (-W drain seconds).
+OWN_ARG_OPTIONS = frozenset("W")
 # Options with an argument.
 ARG_OPTIONS = frozenset("cCxBgubtl")
 # Options that have their own env file setting; TCPFLAGS must not fight with it.
@@ -24,7 +26,9 @@ class TcpFlagsError(ValueError):
     pass
 
 
-def split_options(args: Iterable[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
+def split_options(
+    args: Iterable[str], extra_arguments: str = ""
+) -> tuple[list[tuple[str, str | None]], list[str]]:
     """djb-style getopt: clustered flags, `-c40` or `-c 40`, `--` ends options.
 
     Returns the (letter, argument) pairs and the remaining operands.
@@ -42,7 +46,7 @@ def split_options(args: Iterable[str]) -> tuple[list[tuple[str, str | None]], li
         position = 1
         while position < len(word):
             letter = word[position]
-            if letter in ARG_OPTIONS:
+            if letter in ARG_OPTIONS or letter in extra_arguments:
                 rest = word[position + 1 :]
                 if rest:
                     options.append((letter, rest))
@@ -62,7 +66,7 @@ def split_options(args: Iterable[str]) -> tuple[list[tuple[str, str | None]], li
 
 def validate_tcpflags(words: tuple[str, ...]) -> None:
     """TCPFLAGS may hold flags and -t/-l, nothing that is not an option."""
-    options, operands = split_options(words)
+    options, operands = split_options(words, "".join(OWN_ARG_OPTIONS))
     if operands:
         raise TcpFlagsError(f"{operands[0]!r} is not an option")
     for letter, argument in options:

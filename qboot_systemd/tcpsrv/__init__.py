@@ -1,0 +1,1 @@
+"""qboot-tcpsrv: a tcpserver-compatible core that systemd can supervise."""

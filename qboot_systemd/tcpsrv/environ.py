@@ -1,0 +1,100 @@
+"""tcp-environ(5): the variables a connection's program gets, as Debian's IPv6 tcpserver
+sets them (TCP* plus TCP6*, PROTO=TCP for IPv4 and mapped clients, TCP6 for IPv6)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Removed from every child: they describe our systemd hand-over, not the child's.
+PRIVATE_VARIABLES = (
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+)
+TCP_VARIABLES = (
+    "PROTO",
+    "TCPLOCALIP",
+    "TCPLOCALPORT",
+    "TCPLOCALHOST",
+    "TCPREMOTEIP",
+    "TCPREMOTEPORT",
+    "TCPREMOTEHOST",
+    "TCPREMOTEINFO",
+    "TCP6LOCALIP",
+    "TCP6LOCALPORT",
+    "TCP6LOCALHOST",
+    "TCP6REMOTEIP",
+    "TCP6REMOTEPORT",
+    "TCP6REMOTEHOST",
+    "TCP6REMOTEINFO",
+    "TCP6INTERFACE",
+)
+
+
+def is_mapped(ip: str) -> bool:
+    return ip.startswith("::ffff:") and "." in ip
+
+
+def ipv4_form(ip: str) -> str:
+    return ip[7:] if is_mapped(ip) else ip
+
+
+def ipv6_form(ip: str) -> str:
+    return ip if ":" in ip else f"::ffff:{ip}"
+
+
+@dataclass(frozen=True)
+class Endpoints:
+    """Addresses as the socket reports them (IPv6 sockets give mapped IPv4)."""
+
+    local_ip: str
+    local_port: int
+    remote_ip: str
+    remote_port: int
+
+    @property
+    def ipv4(self) -> bool:
+        return ":" not in self.remote_ip or is_mapped(self.remote_ip)
+
+
+def base_environment(environ: dict[str, str]) -> dict[str, str]:
+    """The server's environment minus systemd's hand-over and stale TCP variables."""
+    return {
+        k: v for k, v in environ.items() if k not in PRIVATE_VARIABLES and k not in TCP_VARIABLES
+    }
+
+
+def connection_environment(
+    endpoints: Endpoints,
+    local_host: str | None,
+    remote_host: str | None,
+    remote_info: str | None,
+    ipv6_env: bool,
+) -> dict[str, str]:
+    """TCP* and TCP6* variables; unknown names are left unset."""
+    ipv4 = endpoints.ipv4 and not ipv6_env
+    show = ipv4_form if ipv4 else ipv6_form
+    local_port, remote_port = str(endpoints.local_port), str(endpoints.remote_port)
+    env = {
+        "PROTO": "TCP" if ipv4 else "TCP6",
+        "TCPLOCALIP": show(endpoints.local_ip),
+        "TCPLOCALPORT": local_port,
+        "TCPREMOTEIP": show(endpoints.remote_ip),
+        "TCPREMOTEPORT": remote_port,
+        "TCP6LOCALIP": ipv6_form(endpoints.local_ip),
+        "TCP6LOCALPORT": local_port,
+        "TCP6REMOTEIP": ipv6_form(endpoints.remote_ip),
+        "TCP6REMOTEPORT": remote_port,
+    }
+    for suffix, value in (
+        ("LOCALHOST", local_host),
+        ("REMOTEHOST", remote_host),
+        ("REMOTEINFO", remote_info),
+    ):
+        if value is not None:
+            env[f"TCP{suffix}"] = value
+            env[f"TCP6{suffix}"] = value
+    return env

@@ -1,0 +1,67 @@
+"""qboot-tcpsrv's entry point: options, sockets, privileges, then the loop."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from ..rules import RuleSet
+from . import logline
+from .listen import ListenError, bind, systemd_sockets
+from .options import USAGE, UsageError, parse
+from .server import Server
+
+EXIT_USAGE = 100
+EXIT_FATAL = 111
+
+
+def _fatal(message: str) -> int:
+    sys.stderr.write(f"{logline.PROGRAM}: fatal: {message}\n")
+    return EXIT_FATAL
+
+
+def _standard_fds() -> None:
+    """fds 0-2 must be taken, or a connection could land on them and be closed at exec."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            os.open(os.devnull, os.O_RDWR)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    try:
+        options = parse(args)
+    except UsageError as error:
+        sys.stderr.write(f"{logline.PROGRAM}: {error}\n{logline.PROGRAM}: {USAGE}\n")
+        return EXIT_USAGE
+    _standard_fds()
+    try:
+        passed = systemd_sockets()
+        listeners = (
+            passed
+            if passed
+            else [bind(options.host, options.port, options.backlog, options.ipv4_only)]
+        )
+    except ListenError as error:
+        return _fatal(str(error))
+    if options.print_port:
+        sys.stdout.write(f"{listeners[0].getsockname()[1]}\n")
+        sys.stdout.flush()
+    try:
+        if options.gid is not None:
+            os.setgroups([options.gid])
+            os.setgid(options.gid)
+        if options.uid is not None:
+            os.setuid(options.uid)
+    except OSError as error:
+        return _fatal(f"unable to set uid/gid: {error.strerror}")
+    rules = RuleSet(options.rules) if options.rules else None
+    under_systemd = passed is not None or bool(os.environ.get("NOTIFY_SOCKET"))
+    server = Server(options, listeners, rules, under_systemd=under_systemd)
+    return server.serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,441 @@
+"""The accept loop: limits, rules, spawning the chain, reaping, signals.
+
+One thread runs the loop; reverse DNS and ident run in worker threads and report back
+through a wake-up socket, so nothing a client does can stall the loop. Children are
+spawned with posix_spawn (measured fastest, see bench/) and watched through pidfds.
+"""
+
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import os
+import queue
+import selectors
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from ..rules import Decision, RulesError, RuleSet
+from . import logline
+from .environ import Endpoints, base_environment, connection_environment, ipv4_form
+from .lookups import ident, reverse_name
+from .notify import Notifier
+from .options import Options
+
+# accept() errors that mean "out of resources for now": back off instead of spinning.
+_RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
+_SPAWN_SIGNALS = (signal.SIGPIPE, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+EXIT_DENY_STATUS = 100 << 8
+EXIT_DROP_STATUS = 111 << 8
+
+
+@dataclass
+class Pending:
+    """An accepted connection waiting for its lookups."""
+
+    ident: int
+    conn: socket.socket
+    endpoints: Endpoints
+    deadline: float
+
+
+@dataclass
+class Child:
+    pid: int
+    pidfd: int
+    client: str
+
+
+@dataclass
+class Counters:
+    served: int = 0
+    denied: int = 0
+    dropped: int = 0
+
+
+@dataclass
+class Server:
+    options: Options
+    listeners: list[socket.socket]
+    rules: RuleSet | None
+    log: TextIO = field(default_factory=lambda: sys.stderr)
+    under_systemd: bool = False
+
+    def __post_init__(self) -> None:
+        self.selector = selectors.DefaultSelector()
+        self.notifier = Notifier()
+        self.base_env = base_environment(dict(os.environ))
+        self.program = list(self.options.program)
+        self.running = 0
+        self.per_ip: Counter[str] = Counter()
+        self.children: dict[int, Child] = {}
+        self.pending: dict[int, Pending] = {}
+        self.deadlines: list[tuple[float, int]] = []
+        self.counters = Counters()
+        self.accepting = False
+        self.backoff_until: float | None = None
+        self.backoff = 0.05
+        self.stop_at: float | None = None
+        self.signals: list[int] = []
+        self.local_names: dict[str, str | None] = {}
+        self.completed: queue.SimpleQueue[tuple[int, tuple[str | None, ...]]] = queue.SimpleQueue()
+        self.workers: ThreadPoolExecutor | None = None
+        self.ids = itertools.count(1)
+        self.wake_read, self.wake_write = socket.socketpair()
+        self.wake_read.setblocking(False)
+        self.wake_write.setblocking(False)
+        self.selector.register(self.wake_read, selectors.EVENT_READ, self._on_wake)
+        for listener in self.listeners:
+            listener.setblocking(False)
+
+    # --- logging -----------------------------------------------------------------------
+    def _say(self, line: str, level: int = 2) -> None:
+        if self.options.verbosity >= level:
+            self.log.write(line)
+            self.log.flush()
+
+    def _status_changed(self) -> None:
+        self._say(logline.status(self.running, self.options.limit))
+        self.notifier.status(
+            f"{self.running}/{self.options.limit} sessions, "
+            f"{self.counters.served} served, {self.counters.denied} denied"
+        )
+
+    # --- accepting -----------------------------------------------------------------------
+    def _set_accepting(self, wanted: bool) -> None:
+        if wanted == self.accepting:
+            return
+        for listener in self.listeners:
+            if wanted:
+                self.selector.register(listener, selectors.EVENT_READ, self._on_listener)
+            else:
+                self.selector.unregister(listener)
+        self.accepting = wanted
+
+    def _may_accept(self) -> bool:
+        return (
+            self.stop_at is None
+            and self.backoff_until is None
+            and self.running < self.options.limit
+        )
+
+    def _on_listener(self, listener: socket.socket) -> None:
+        # A few accepts per wake-up keep the loop fair between listeners and children.
+        for _ in range(16):
+            if not self._may_accept():
+                break
+            try:
+                conn, address = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                if error.errno in _RESOURCE_ERRORS:
+                    self._say(
+                        logline.warning(
+                            f"unable to accept: {error.strerror}; pausing {self.backoff:.2f} s"
+                        ),
+                        1,
+                    )
+                    self.backoff_until = time.monotonic() + self.backoff
+                    self.backoff = min(self.backoff * 2, 1.0)
+                    self._set_accepting(False)
+                    return
+                continue  # ECONNABORTED, EPROTO, EPERM: that client is gone
+            self.backoff = 0.05
+            self._on_connection(conn, address)
+        self._set_accepting(self._may_accept())
+
+    def _on_connection(self, conn: socket.socket, address: tuple[object, ...]) -> None:
+        try:
+            local = conn.getsockname()
+        except OSError:
+            conn.close()
+            return
+        endpoints = Endpoints(
+            str(local[0]).split("%")[0],
+            int(local[1]),
+            str(address[0]).split("%")[0],
+            int(str(address[1])),
+        )
+        client = ipv4_form(endpoints.remote_ip)
+        if self.options.per_ip and self.per_ip[client] >= self.options.per_ip:
+            self._say(
+                logline.warning(
+                    f"per-IP limit {self.options.per_ip} reached, "
+                    f"dropping connection from {logline.safe(client)}"
+                ),
+                1,
+            )
+            self.counters.dropped += 1
+            conn.close()
+            return
+        conn.setblocking(True)
+        self.per_ip[client] += 1
+        self.running += 1
+        self._status_changed()
+        self._prepare_socket(conn, endpoints)
+        if self.options.banner:
+            try:
+                conn.send(
+                    self.options.banner.encode("utf-8", "surrogateescape"), socket.MSG_DONTWAIT
+                )
+            except OSError:
+                pass
+        needs_local = self.options.localname is None and endpoints.local_ip not in self.local_names
+        if not (self.options.remote_host or self.options.remote_info or needs_local):
+            self._decide(conn, endpoints, self._local_name(endpoints), None, None)
+            return
+        pending = Pending(next(self.ids), conn, endpoints, time.monotonic() + self.options.timeout)
+        self.pending[pending.ident] = pending
+        heapq.heappush(self.deadlines, (pending.deadline, pending.ident))
+        if self.workers is None:
+            self.workers = ThreadPoolExecutor(
+                max_workers=min(64, self.options.limit), thread_name_prefix="lookup"
+            )
+        future = self.workers.submit(self._lookups, endpoints, needs_local)
+        future.add_done_callback(self._lookup_done(pending.ident))
+
+    def _prepare_socket(self, conn: socket.socket, endpoints: Endpoints) -> None:
+        try:
+            if self.options.nodelay:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.options.kill_ip_options and conn.family == socket.AF_INET:
+                conn.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, b"")
+        except OSError:
+            pass
+
+    # --- lookups -------------------------------------------------------------------------
+    def _local_name(self, endpoints: Endpoints) -> str | None:
+        if self.options.localname is not None:
+            return self.options.localname
+        return self.local_names.get(endpoints.local_ip)
+
+    def _lookups(self, endpoints: Endpoints, needs_local: bool) -> tuple[str | None, ...]:
+        """Runs in a worker thread."""
+        start = time.monotonic()
+        local_name = reverse_name(endpoints.local_ip, False) if needs_local else None
+        remote_host = (
+            reverse_name(endpoints.remote_ip, self.options.paranoid)
+            if self.options.remote_host
+            else None
+        )
+        remote_info = None
+        if self.options.remote_info:
+            left = self.options.timeout - (time.monotonic() - start)
+            remote_info = ident(
+                (endpoints.remote_ip, endpoints.remote_port),
+                (endpoints.local_ip, endpoints.local_port),
+                left,
+            )
+        return (local_name, remote_host, remote_info)
+
+    def _lookup_done(self, ident_: int) -> Callable[[Future[tuple[str | None, ...]]], None]:
+        def done(future: Future[tuple[str | None, ...]]) -> None:
+            try:
+                result = future.result()
+            except Exception:
+                result = (None, None, None)
+            self.completed.put((ident_, result))
+            try:
+                self.wake_write.send(b"l")
+            except OSError:
+                pass
+
+        return done
+
+    def _finish_lookups(self) -> None:
+        while True:
+            try:
+                ident_, (local_name, remote_host, remote_info) = self.completed.get_nowait()
+            except queue.Empty:
+                return
+            pending = self.pending.pop(ident_, None)
+            if pending is None:
+                continue  # it timed out and went on without the names
+            if self.options.localname is None and local_name is not None:
+                self.local_names[pending.endpoints.local_ip] = local_name
+            local = local_name if local_name is not None else self._local_name(pending.endpoints)
+            self._decide(pending.conn, pending.endpoints, local, remote_host, remote_info)
+
+    def _expire_lookups(self, now: float) -> None:
+        while self.deadlines and self.deadlines[0][0] <= now:
+            _, ident_ = heapq.heappop(self.deadlines)
+            pending = self.pending.pop(ident_, None)
+            if pending is not None:
+                self._decide(
+                    pending.conn, pending.endpoints, self._local_name(pending.endpoints), None, None
+                )
+
+    # --- the decision and the spawn ----------------------------------------------------
+    def _decide(
+        self,
+        conn: socket.socket,
+        endpoints: Endpoints,
+        local_host: str | None,
+        remote_host: str | None,
+        remote_info: str | None,
+    ) -> None:
+        client = ipv4_form(endpoints.remote_ip)
+        log_local = (local_host, endpoints.local_ip, str(endpoints.local_port))
+        log_remote = (remote_host, endpoints.remote_ip, remote_info, str(endpoints.remote_port))
+        decision: Decision | RulesError = Decision(False, (), None)
+        if self.rules is not None:
+            decision = self.rules.match(client, remote_host, remote_info)
+            if isinstance(decision, RulesError):
+                if decision.missing and self.options.missing_rules_ok:
+                    decision = Decision(False, (), None)
+                else:
+                    self._refuse(
+                        conn,
+                        client,
+                        EXIT_DROP_STATUS,
+                        logline.warning(f"dropping connection, {decision}"),
+                    )
+                    return
+        if decision.deny:
+            self.counters.denied += 1
+            self._refuse(
+                conn,
+                client,
+                EXIT_DENY_STATUS,
+                logline.verdict("deny", os.getpid(), log_local, log_remote),
+            )
+            return
+        env = self.base_env | connection_environment(
+            endpoints, local_host, remote_host, remote_info, self.options.ipv6_env
+        )
+        env.update(decision.env)
+        try:
+            pid = os.posix_spawnp(
+                self.program[0],
+                self.program,
+                env,
+                file_actions=[
+                    (os.POSIX_SPAWN_DUP2, conn.fileno(), 0),
+                    (os.POSIX_SPAWN_DUP2, conn.fileno(), 1),
+                ],
+                setsigdef=_SPAWN_SIGNALS,
+                setsigmask=(),
+            )
+        except OSError as error:
+            self._refuse(
+                conn,
+                client,
+                EXIT_DROP_STATUS,
+                logline.warning(f"unable to run {logline.safe(self.program[0])}: {error.strerror}"),
+                level=1,
+            )
+            return
+        conn.close()
+        pidfd = os.pidfd_open(pid)
+        child = Child(pid, pidfd, client)
+        self.children[pidfd] = child
+        self.selector.register(pidfd, selectors.EVENT_READ, self._on_child)
+        self.counters.served += 1
+        self._say(logline.pid_from(pid, client))
+        self._say(logline.verdict("ok", pid, log_local, log_remote))
+
+    def _refuse(
+        self, conn: socket.socket, client: str, status: int, line: str, level: int = 2
+    ) -> None:
+        """Close without running anything; log it the way tcpserver's child would."""
+        conn.close()
+        pid = os.getpid()
+        self._say(logline.pid_from(pid, client))
+        self._say(line, level)
+        self._say(logline.end(pid, status))
+        self._session_over(client)
+
+    def _session_over(self, client: str) -> None:
+        self.running -= 1
+        self.per_ip[client] -= 1
+        if self.per_ip[client] <= 0:
+            del self.per_ip[client]
+        self._status_changed()
+        self._set_accepting(self._may_accept())
+
+    def _on_child(self, pidfd: int) -> None:
+        child = self.children.pop(pidfd)
+        self.selector.unregister(pidfd)
+        os.close(pidfd)
+        try:
+            _, status = os.waitpid(child.pid, 0)
+        except ChildProcessError:
+            status = 0
+        self._say(logline.end(child.pid, status))
+        self._session_over(child.client)
+
+    # --- signals and the loop ------------------------------------------------------------
+    def _on_wake(self, wake: socket.socket) -> None:
+        try:
+            while wake.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    def _on_signal(self, number: int, _frame: object) -> None:
+        self.signals.append(number)
+
+    def _handle_signals(self) -> None:
+        while self.signals:
+            number = self.signals.pop(0)
+            if number == signal.SIGHUP:
+                self.notifier.send("RELOADING=1")
+                if self.rules is not None:
+                    self.rules = RuleSet(self.rules.path)
+                self.local_names.clear()
+                self._say(logline.warning("SIGHUP: rules and names reloaded"), 2)
+                self.notifier.send("READY=1")
+            elif self.stop_at is None:
+                self.notifier.send("STOPPING=1")
+                drain = self.options.drain if self.under_systemd else 0.0
+                self.stop_at = time.monotonic() + drain
+                self._set_accepting(False)
+                for listener in self.listeners:
+                    listener.close()
+
+    def _timeout(self, now: float) -> float | None:
+        candidates = [
+            t
+            for t in (
+                self.backoff_until,
+                self.notifier.next_flush(),
+                self.stop_at if self.children or self.pending else None,
+            )
+            if t is not None
+        ]
+        if self.deadlines:
+            candidates.append(self.deadlines[0][0])
+        return max(0.0, min(candidates) - now) if candidates else None
+
+    def serve(self) -> int:
+        signal.set_wakeup_fd(self.wake_write.fileno(), warn_on_full_buffer=False)
+        for number in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            signal.signal(number, self._on_signal)
+        self._set_accepting(True)
+        self.notifier.send("READY=1")
+        self._status_changed()
+        while True:
+            now = time.monotonic()
+            for key, _ in self.selector.select(self._timeout(now)):
+                key.data(key.fileobj)
+            self._handle_signals()
+            self._finish_lookups()
+            now = time.monotonic()
+            self._expire_lookups(now)
+            if self.backoff_until is not None and now >= self.backoff_until:
+                self.backoff_until = None
+                self._set_accepting(self._may_accept())
+            self.notifier.flush(now)
+            if self.stop_at is not None and (
+                now >= self.stop_at or not (self.children or self.pending)
+            ):
+                return 0
