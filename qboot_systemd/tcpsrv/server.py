@@ -7,6 +7,7 @@ spawned with posix_spawn (measured fastest, see bench/) and watched through pidf
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import heapq
 import itertools
@@ -183,12 +184,10 @@ class Server:
         self._status_changed()
         self._prepare_socket(conn, endpoints)
         if self.options.banner:
-            try:
+            with contextlib.suppress(OSError):
                 conn.send(
                     self.options.banner.encode("utf-8", "surrogateescape"), socket.MSG_DONTWAIT
                 )
-            except OSError:
-                pass
         needs_local = self.options.localname is None and endpoints.local_ip not in self.local_names
         if not (self.options.remote_host or self.options.remote_info or needs_local):
             self._decide(conn, endpoints, self._local_name(endpoints), None, None)
@@ -244,10 +243,8 @@ class Server:
             except Exception:
                 result = (None, None, None)
             self.completed.put((ident_, result))
-            try:
+            with contextlib.suppress(OSError):
                 self.wake_write.send(b"l")
-            except OSError:
-                pass
 
         return done
 
@@ -286,20 +283,16 @@ class Server:
         client = ipv4_form(endpoints.remote_ip)
         log_local = (local_host, endpoints.local_ip, str(endpoints.local_port))
         log_remote = (remote_host, endpoints.remote_ip, remote_info, str(endpoints.remote_port))
-        decision: Decision | RulesError = Decision(False, (), None)
+        decision = Decision(False, (), None)
         if self.rules is not None:
-            decision = self.rules.match(client, remote_host, remote_info)
-            if isinstance(decision, RulesError):
-                if decision.missing and self.options.missing_rules_ok:
-                    decision = Decision(False, (), None)
-                else:
-                    self._refuse(
-                        conn,
-                        client,
-                        EXIT_DROP_STATUS,
-                        logline.warning(f"dropping connection, {decision}"),
-                    )
+            found = self.rules.match(client, remote_host, remote_info)
+            if isinstance(found, RulesError):
+                if not (found.missing and self.options.missing_rules_ok):
+                    message = logline.warning(f"dropping connection, {found}")
+                    self._refuse(conn, client, EXIT_DROP_STATUS, message)
                     return
+            else:
+                decision = found
         if decision.deny:
             self.counters.denied += 1
             self._refuse(
