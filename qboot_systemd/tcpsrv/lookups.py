@@ -13,6 +13,7 @@ import socket
 
 def reverse_name(ip: str, paranoid: bool) -> str | None:
     """The host name of ip, or None; with paranoid, only if it maps back to ip."""
+    ip = ip[7:] if ip.startswith("::ffff:") and "." in ip else ip
     try:
         name, _ = socket.getnameinfo((ip, 0), socket.NI_NAMEREQD)
     except (OSError, UnicodeError):
@@ -23,8 +24,7 @@ def reverse_name(ip: str, paranoid: bool) -> str | None:
             addresses = {info[4][0] for info in socket.getaddrinfo(name, None)}
         except (OSError, UnicodeError):
             return None
-        plain = ip[7:] if ip.startswith("::ffff:") else ip
-        if plain not in addresses and ip not in addresses:
+        if ip not in addresses:
             return None
     return name
 

@@ -105,6 +105,10 @@ class Server:
 
     def _status_changed(self) -> None:
         self._say(logline.status(self.running, self.options.limit))
+        self._publish()
+
+    def _publish(self) -> None:
+        """STATUS= for systemctl status (the notifier throttles it)."""
         self.notifier.status(
             f"{self.running}/{self.options.limit} sessions, "
             f"{self.counters.served} served, {self.counters.denied} denied"
@@ -333,6 +337,7 @@ class Server:
         self.children[pidfd] = child
         self.selector.register(pidfd, selectors.EVENT_READ, self._on_child)
         self.counters.served += 1
+        self._publish()
         self._say(logline.pid_from(pid, client))
         self._say(logline.verdict("ok", pid, log_local, log_remote))
 

@@ -1,0 +1,298 @@
+"""qboot-tcpsrv's own behaviour: limits, faults, signals, socket activation."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import struct
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from qboot_systemd import rules
+from qboot_systemd.tcpsrv.logline import safe
+from qboot_systemd.tcpsrv.options import UsageError, parse
+
+from .conftest import require_tool, venv_script
+from .tcpsrv_harness import DUMP_ENV, Running, ours, read_all, write_script
+
+HOLD = "#!/bin/sh\necho hello\nread line\necho bye $line\n"
+
+
+def compile_rules(path: Path, text: bytes) -> str:
+    rules.compile_file(text, path, path.with_suffix(".tmp"))
+    return str(path)
+
+
+def test_options_like_djb() -> None:
+    options = parse(["-vRl0", "-c40", "-x", "r.cdb", "-C", "3", "0", "25", "prog", "-a"])
+    assert (options.verbosity, options.remote_info, options.localname) == (2, False, "0")
+    assert (options.limit, options.per_ip, options.rules) == (40, 3, "r.cdb")
+    assert options.program == ("prog", "-a")
+    defaults = parse(["0", "25", "prog"])
+    assert (defaults.limit, defaults.backlog, defaults.timeout) == (40, 20, 26)
+    assert defaults.remote_host and defaults.remote_info and not defaults.nodelay
+    for bad in (["-c"], ["-Z", "0", "25", "p"], ["0", "25"], ["-c", "x", "0", "25", "p"]):
+        with pytest.raises(UsageError):
+            parse(bad)
+
+
+def test_usage_error_exits_100() -> None:
+    done = subprocess.run(
+        [venv_script("qboot-tcpsrv"), "-c"], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 100 and "usage: qboot-tcpsrv" in done.stderr
+
+
+def test_log_escaping() -> None:
+    assert safe("a b%c\x01\xe9") == "a?b?c???"
+    assert safe("x" * 99) == "x" * 99
+    assert safe("x" * 100) == "x" * 100 + "..."
+    assert safe("host\nname") == "host?name"
+
+
+def test_limit_queues_and_refuses_nobody(tmp_path: Path) -> None:
+    hold = write_script(tmp_path, "hold", HOLD)
+    server = ours("-HR", "-l", "x", "-c", "2", "0", "0", hold)
+    try:
+        clients = [server.connect() for _ in range(6)]  # all connects succeed: kernel queue
+        greeted = [c for c in clients[:2] if c.recv(100) == b"hello\n"]
+        assert len(greeted) == 2
+        clients[2].settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            clients[2].recv(100)  # queued, not refused, not served yet
+        for index, client in enumerate(clients):
+            client.settimeout(10)
+            if index >= 2:
+                assert client.recv(100) == b"hello\n"
+            client.sendall(b"%d\n" % index)
+            assert read_all(client) == b"bye %d\n" % index
+            client.close()
+    finally:
+        server.stop()
+
+
+def test_per_ip_cap(tmp_path: Path) -> None:
+    hold = write_script(tmp_path, "hold", HOLD)
+    server = ours("-HR", "-l", "x", "-C", "1", "0", "0", hold)
+    try:
+        first = server.connect()
+        assert first.recv(100) == b"hello\n"
+        second = server.connect()
+        assert read_all(second) == b""  # closed at once
+        other = server.connect(source="127.0.0.2")
+        assert other.recv(100) == b"hello\n"
+        assert "per-IP limit 1 reached, dropping connection from 127.0.0.1" in server.log()
+        for client in (first, other):
+            client.sendall(b"x\n")
+            assert read_all(client) == b"bye x\n"
+    finally:
+        server.stop()
+
+
+def test_deny_missing_and_replaced_cdb(tmp_path: Path) -> None:
+    dump = write_script(tmp_path, "dump", DUMP_ENV)
+    cdb = tmp_path / "rules.cdb"
+    compile_rules(cdb, b'127.0.0.2:deny\n:allow,X="v1"\n')
+    server = ours("-v", "-HR", "-l", "x", "-x", str(cdb), "0", "0", dump)
+    try:
+        assert b"X=v1" in server.request()
+        assert server.request(source="127.0.0.2") == b""
+        server.wait_log(r"deny \d+ .*:::ffff:127.0.0.2::")
+        compile_rules(cdb, b':allow,X="v2"\n')  # a tcprules run: next connection sees it
+        assert b"X=v2" in server.request()
+        cdb.unlink()
+        assert server.request() == b""  # fail closed
+        server.wait_log("dropping connection, unable to read .*rules.cdb: No such file")
+        cdb.write_bytes(b"garbage")
+        assert server.request() == b""
+        compile_rules(cdb, b':allow,X="v3"\n')
+        assert b"X=v3" in server.request()  # and it keeps serving
+    finally:
+        server.stop()
+
+
+def test_missing_cdb_with_X_is_allowed(tmp_path: Path) -> None:
+    dump = write_script(tmp_path, "dump", DUMP_ENV)
+    server = ours("-X", "-HR", "-l", "x", "-x", str(tmp_path / "none.cdb"), "0", "0", dump)
+    try:
+        assert b"PROTO=TCP" in server.request()
+    finally:
+        server.stop()
+
+
+def test_exec_failure_is_logged_and_serving_goes_on(tmp_path: Path) -> None:
+    server = ours("-HR", "-l", "x", "0", "0", str(tmp_path / "no-such-program"))
+    try:
+        assert server.request() == b""
+        server.wait_log("unable to run .*no-such-program: No such file")
+        assert server.request() == b""
+        assert server.process.poll() is None
+    finally:
+        server.stop()
+
+
+def test_reverse_dns_and_banner(tmp_path: Path) -> None:
+    dump = write_script(tmp_path, "dump", DUMP_ENV)
+    # 127.0.0.1 is in /etc/hosts: no DNS traffic leaves the machine.
+    server = ours("-hR", "-B", "220 hi\r\n", "0", "0", dump)
+    try:
+        output = server.request()
+        assert output.startswith(b"220 hi\r\n")
+        assert b"TCPREMOTEHOST=localhost" in output and b"TCPLOCALHOST=localhost" in output
+    finally:
+        server.stop()
+
+
+def test_client_reset_before_accept(tmp_path: Path) -> None:
+    hold = write_script(tmp_path, "hold", HOLD)
+    server = ours("-HR", "-l", "x", "-c", "1", "0", "0", hold)
+    try:
+        first = server.connect()
+        assert first.recv(100) == b"hello\n"
+        doomed = server.connect()
+        doomed.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        doomed.close()  # RST while it waits in the queue
+        first.sendall(b"1\n")
+        assert read_all(first) == b"bye 1\n"
+        first.close()
+        third = server.connect()
+        assert third.recv(100) == b"hello\n"
+        third.sendall(b"3\n")
+        assert read_all(third) == b"bye 3\n"
+    finally:
+        server.stop()
+
+
+class NotifySocket:
+    def __init__(self, directory: Path) -> None:
+        self.path = str(directory / "notify")
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.bind(self.path)
+        self.socket.settimeout(10)
+        self.messages: list[str] = []
+
+    def wait_for(self, text: str) -> list[str]:
+        while not any(text in message for message in self.messages):
+            self.messages.append(self.socket.recv(4096).decode())
+        return self.messages
+
+
+def test_notify_reload_and_drain_on_sigterm(tmp_path: Path) -> None:
+    hold = write_script(tmp_path, "hold", HOLD)
+    notify = NotifySocket(tmp_path)
+    server = ours("-HR", "-l", "x", "-c", "5", "0", "0", hold, env={"NOTIFY_SOCKET": notify.path})
+    try:
+        notify.wait_for("READY=1")
+        session = server.connect()
+        assert session.recv(100) == b"hello\n"
+        notify.wait_for("STATUS=1/5 sessions, 1 served, 0 denied")
+        server.process.send_signal(signal.SIGHUP)
+        notify.wait_for("RELOADING=1")
+        notify.messages.clear()
+        notify.wait_for("READY=1")
+        server.process.send_signal(signal.SIGTERM)
+        notify.wait_for("STOPPING=1")
+        time.sleep(0.3)
+        assert server.process.poll() is None  # the session may finish
+        with pytest.raises(OSError):
+            server.connect(timeout=1)  # but nobody new is taken
+        session.sendall(b"done\n")
+        assert read_all(session) == b"bye done\n"
+        assert server.process.wait(10) == 0
+    finally:
+        server.stop()
+
+
+def test_sigterm_without_systemd_exits_at_once(tmp_path: Path) -> None:
+    hold = write_script(tmp_path, "hold", HOLD)
+    server = ours("-HR", "-l", "x", "0", "0", hold)
+    try:
+        session = server.connect()
+        assert session.recv(100) == b"hello\n"
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(5) == 0
+        session.sendall(b"still\n")  # the child goes on, as under tcpserver
+        assert read_all(session) == b"bye still\n"
+    finally:
+        server.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_socket_activation_with_two_sockets(tmp_path: Path) -> None:
+    activate = require_tool("systemd-socket-activate")
+    dump = write_script(tmp_path, "dump", DUMP_ENV)
+    first, second = free_port(), free_port()
+    server = Running(
+        [
+            activate,
+            "-l",
+            f"127.0.0.1:{first}",
+            "-l",
+            f"[::1]:{second}",
+            venv_script("qboot-tcpsrv"),
+            "-HR",
+            "-l",
+            "x",
+            "-",
+            "-",
+            dump,
+        ],
+        port=first,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while "Listening on" not in server.log() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        four = server.request("127.0.0.1")
+        server.port = second
+        six = server.request("::1")
+        assert f"TCPLOCALPORT={first}".encode() in four and b"PROTO=TCP\n" in four
+        assert f"TCPLOCALPORT={second}".encode() in six and b"PROTO=TCP6" in six
+        assert b"LISTEN_" not in four + six
+    finally:
+        server.stop()
+
+
+def test_child_environment_loses_systemd_variables(tmp_path: Path) -> None:
+    script = write_script(tmp_path, "env", "#!/bin/sh\nenv\n")
+    notify = NotifySocket(tmp_path)
+    server = ours(
+        "-HR",
+        "-l",
+        "x",
+        "0",
+        "0",
+        script,
+        env={"NOTIFY_SOCKET": notify.path, "KEEP_ME": "1", "TCPREMOTEHOST": "stale"},
+    )
+    try:
+        output = server.request().decode()
+        assert "KEEP_ME=1" in output
+        assert "NOTIFY_SOCKET" not in output and "TCPREMOTEHOST" not in output
+    finally:
+        server.stop()
+
+
+def test_no_zombies_after_many_sessions(tmp_path: Path) -> None:
+    server = ours("-HR", "-l", "x", "-c", "10", "0", "0", "/bin/true")
+    try:
+        for _ in range(50):
+            server.request()
+        server.wait_log("")
+        time.sleep(0.3)
+        children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+        assert children.read_text().split() == []
+        status = Path(f"/proc/{server.process.pid}/status").read_text()
+        assert os.path.exists(f"/proc/{server.process.pid}")
+        assert "State:" in status
+    finally:
+        server.stop()

@@ -1,0 +1,76 @@
+"""qboot-tcpsrv side by side with Debian's tcpserver: same cdb, flags and child."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from qboot_systemd import rules
+
+from .conftest import require_tool
+from .tcpsrv_harness import DUMP_ENV, Running, ours, theirs, write_script
+
+RULES = (
+    b'127.0.0.1:allow,X="one",RELAYCLIENT=""\n'
+    b'127.0.0.2:deny,X="denied"\n'
+    b'127.0.0.3:allow,TCPREMOTEIP="9.9.9.9",TCPLOCALHOST="override"\n'
+    b'::1:allow,Y="six"\n'
+    b":allow\n"
+)
+
+CLIENTS = [
+    ("127.0.0.1", None),
+    ("127.0.0.1", "127.0.0.2"),
+    ("127.0.0.1", "127.0.0.3"),
+    ("127.0.0.1", "127.0.0.4"),
+    ("::1", None),
+]
+
+
+def masked_env(output: bytes) -> list[str]:
+    return [re.sub(r"PORT=\d+", "PORT=N", line) for line in output.decode().splitlines()]
+
+
+def masked_log(text: str, program: str) -> list[str]:
+    lines = []
+    for line in text.splitlines():
+        line = line.replace(f"{program}: ", "PROGRAM: ", 1)
+        line = re.sub(r"(pid|ok|deny|end) \d+", r"\1 PID", line)
+        line = re.sub(r":(\d+)( |$)", r":PORT\2", line)
+        lines.append(line)
+    return lines
+
+
+@pytest.fixture()
+def setup(tmp_path: Path) -> tuple[str, str]:
+    cdb = tmp_path / "rules.cdb"
+    rules.compile_file(RULES, cdb, tmp_path / "rules.tmp")
+    return str(cdb), write_script(tmp_path, "dumpenv", DUMP_ENV)
+
+
+@pytest.mark.parametrize("flags", [["-v", "-HR", "-l", "mx.local"], ["-v", "-HRD", "-l0"]])
+def test_environment_and_log_match_tcpserver(setup: tuple[str, str], flags: list[str]) -> None:
+    tcpserver = require_tool("tcpserver")
+    cdb, dump = setup
+    results = {}
+    for name, start in (("ours", ours), ("theirs", lambda *a: theirs(tcpserver, *a))):
+        server: Running = start(*flags, "-x", cdb, "0", "0", dump)
+        try:
+            outputs = []
+            for count, (host, source) in enumerate(CLIENTS, start=1):
+                outputs.append(masked_env(server.request(host, source)))
+                # one connection at a time, so both logs have one order
+                server.wait_log(r"(end \d+ status \d+\n[^\n]*status: 0/40\n[\s\S]*){%d}" % count)
+        finally:
+            program = "qboot-tcpsrv" if name == "ours" else "tcpserver"
+            log = server.log()
+            server.stop()
+        results[name] = (outputs, masked_log(log, program))
+    our_env, our_log = results["ours"]
+    their_env, their_log = results["theirs"]
+    assert our_env == their_env
+    assert our_env[1] == []  # denied: the child never ran
+    assert "X=one" in our_env[0] and "PROTO=TCP6" in our_env[4]
+    assert our_log == their_log
