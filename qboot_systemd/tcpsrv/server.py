@@ -71,6 +71,7 @@ class Server:
     under_systemd: bool = False
 
     def __post_init__(self) -> None:
+        self.verbose = self.options.verbosity >= 2  # -v: build log lines only then
         self.selector = selectors.DefaultSelector()
         self.notifier = Notifier()
         self.base_env = base_environment(dict(os.environ))
@@ -104,7 +105,8 @@ class Server:
             self.log.flush()
 
     def _status_changed(self) -> None:
-        self._say(logline.status(self.running, self.options.limit))
+        if self.verbose:
+            self._say(logline.status(self.running, self.options.limit))
         self._publish()
 
     def _publish(self) -> None:
@@ -338,8 +340,9 @@ class Server:
         self.selector.register(pidfd, selectors.EVENT_READ, self._on_child)
         self.counters.served += 1
         self._publish()
-        self._say(logline.pid_from(pid, client))
-        self._say(logline.verdict("ok", pid, log_local, log_remote))
+        if self.verbose:
+            self._say(logline.pid_from(pid, client))
+            self._say(logline.verdict("ok", pid, log_local, log_remote))
 
     def _refuse(
         self, conn: socket.socket, client: str, status: int, line: str, level: int = 2
@@ -368,7 +371,8 @@ class Server:
             _, status = os.waitpid(child.pid, 0)
         except ChildProcessError:
             status = 0
-        self._say(logline.end(child.pid, status))
+        if self.verbose:
+            self._say(logline.end(child.pid, status))
         self._session_over(child.client)
 
     # --- signals and the loop ------------------------------------------------------------

@@ -1,0 +1,172 @@
+"""qboot-tcpsrv against Debian's tcpserver, measured in the same run.
+
+Same 1000-line rules cdb, same tiny child (/bin/echo), flags -HR -l x -c 100 -b 256, loopback
+clients at concurrency 1, 10 and 50, the two servers interleaved round by round. Prints
+connections per second, greeting latency p50/p99 and the ratios ours/theirs, then how
+fast each way of spawning the chain is, and our idle RSS.
+Run: .venv/bin/python bench/tcpsrv_bench.py [connections-per-round]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from qboot_systemd import rules  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+OURS = str(ROOT / ".venv" / "bin" / "qboot-tcpsrv")
+CHILD = ["/bin/echo", "220 bench ESMTP"]
+
+
+def rules_text(count: int) -> bytes:
+    rng = random.Random(5)
+    lines = [
+        f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(256)}:deny"
+        for _ in range(count - 2)
+    ]
+    lines += ['127.0.0.1:allow,RELAYCLIENT=""', ":allow"]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def start(argv: list[str]) -> tuple[subprocess.Popen[bytes], int]:
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    assert process.stdout is not None
+    port = int(process.stdout.readline())
+    return process, port
+
+
+async def one(port: int, latencies: list[float]) -> None:
+    begin = time.perf_counter()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await reader.readexactly(1)
+    latencies.append(time.perf_counter() - begin)
+    await reader.read()
+    writer.close()
+
+
+async def load(port: int, total: int, concurrency: int) -> tuple[float, list[float]]:
+    latencies: list[float] = []
+    queue = iter(range(total))
+
+    async def worker() -> None:
+        for _ in queue:
+            await one(port, latencies)
+
+    begin = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return total / (time.perf_counter() - begin), latencies
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def spawn_methods(count: int = 300) -> dict[str, float]:
+    def fork_exec() -> None:
+        pid = os.fork()
+        if pid == 0:
+            os.execv("/bin/true", ["/bin/true"])
+        os.waitpid(pid, 0)
+
+    def posix_spawn() -> None:
+        pid = os.posix_spawn("/bin/true", ["/bin/true"], os.environ)
+        os.waitpid(pid, 0)
+
+    def popen() -> None:
+        subprocess.Popen(["/bin/true"]).wait()
+
+    results = {}
+    for name, function in (
+        ("fork+exec", fork_exec),
+        ("posix_spawn", posix_spawn),
+        ("subprocess", popen),
+    ):
+        begin = time.perf_counter()
+        for _ in range(count):
+            function()
+        results[name] = (time.perf_counter() - begin) / count * 1e6
+    return results
+
+
+def main() -> None:
+    total = int(sys.argv[1]) if len(sys.argv) > 1 else 1500
+    tcpserver = shutil.which("tcpserver")
+    if tcpserver is None:
+        sys.exit("tcpserver not installed: apt-get install ucspi-tcp-ipv6")
+    with tempfile.TemporaryDirectory() as scratch:
+        cdb = Path(scratch) / "rules.cdb"
+        rules.compile_file(rules_text(1000), cdb, cdb.with_suffix(".tmp"))
+        flags = [
+            "-1",
+            "-HR",
+            "-l",
+            "x",
+            "-c",
+            "100",
+            "-b",
+            "256",
+            "-x",
+            str(cdb),
+            "127.0.0.1",
+            "0",
+            *CHILD,
+        ]
+        servers = {"ours": [OURS, *flags], "tcpserver": [tcpserver, *flags]}
+        print(f"{total} connections per round, 3 rounds, best round shown")
+        print(f"{'conc':>4} {'server':>10} {'conn/s':>8} {'p50 ms':>7} {'p99 ms':>7}")
+        for concurrency in (1, 10, 50):
+            best: dict[str, tuple[float, float, float]] = {}
+            for _ in range(3):
+                for name, argv in servers.items():
+                    process, port = start(argv)
+                    try:
+                        rate, latencies = asyncio.run(load(port, total, concurrency))
+                    finally:
+                        process.terminate()
+                        process.wait()
+                    figures = (
+                        rate,
+                        percentile(latencies, 0.5) * 1e3,
+                        percentile(latencies, 0.99) * 1e3,
+                    )
+                    if name not in best or figures[0] > best[name][0]:
+                        best[name] = figures
+            for name, (rate, p50, p99) in best.items():
+                print(f"{concurrency:>4} {name:>10} {rate:>8.0f} {p50:>7.2f} {p99:>7.2f}")
+            ours, theirs = best["ours"], best["tcpserver"]
+            print(
+                f"{concurrency:>4} {'ratio':>10} {ours[0] / theirs[0]:>8.2f} "
+                f"{ours[1] / theirs[1]:>7.2f} {ours[2] / theirs[2]:>7.2f}"
+            )
+        process, _ = start(servers["ours"])
+        time.sleep(0.5)
+        print(f"idle RSS of qboot-tcpsrv: {rss_kib(process.pid) / 1024:.1f} MiB")
+        process.terminate()
+        process.wait()
+    print(
+        "spawning /bin/true from Python, us per child:",
+        ", ".join(f"{k} {v:.0f}" for k, v in spawn_methods().items()),
+    )
+
+
+if __name__ == "__main__":
+    main()
