@@ -13,7 +13,6 @@ import asyncio
 import os
 import random
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qboot_systemd import rules  # noqa: E402
+from qboot_systemd import rules
 
 ROOT = Path(__file__).resolve().parent.parent
 OURS = str(ROOT / ".venv" / "bin" / "qboot-tcpsrv")
