@@ -1,4 +1,5 @@
-# qboot-systemd: `make run` shows what the shipped bootctrl gives, `make test` runs the tests.
+# qboot-systemd: `make run` prints the units the generator makes of the shipped bootctrl,
+# `make test` runs the tests.
 # Both install what is missing first (Debian packages as root, then the venv from uv.lock).
 VENV := .venv
 BOOTCTRL ?= etc/bootctrl
@@ -8,7 +9,7 @@ PYTEST_ARGS ?=
 
 run:
 	@scripts/setup.sh run
-	$(VENV)/bin/qbootctl show --bootctrl $(BOOTCTRL)
+	$(VENV)/bin/qbootctl generate --bootctrl $(BOOTCTRL)
 
 test:
 	@scripts/setup.sh test
@@ -27,6 +28,8 @@ lint:
 bench:
 	@scripts/setup.sh test
 	$(VENV)/bin/python bench/rules_bench.py
+	$(VENV)/bin/python bench/generator_bench.py
+	$(VENV)/bin/python bench/tcpsrv_bench.py
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache
