@@ -34,6 +34,6 @@ if [ ! -x .tools/bin/uv ]; then
     python3 -m venv .tools
     .tools/bin/pip install -q "uv==0.13.9"
 fi
-extra=()
+extra=(--inexact)
 [ "${1:-run}" = test ] && extra=(--extra dev)
 .tools/bin/uv sync -q --frozen --python "$(command -v python3)" "${extra[@]}"
