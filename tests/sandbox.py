@@ -1,0 +1,196 @@
+"""A real systemd as PID 1 in a throwaway container, for end-to-end tests.
+
+The container's root is an overlay of the host's / over a tmpfs: everything the booted
+system writes (tmpfiles, journal, our units) lands in RAM and is gone at teardown; the
+host's /tmp, /etc and /var are never touched. It has its own loopback network. Steps and
+pitfalls: ../shared/reference/systemd.md ("A real systemd for tests").
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
+
+BOOT_SCRIPT = r"""
+set -eu
+work="$1"; stage="$2"; name="$3"
+mount -t tmpfs -o mode=0755 tmpfs "$work"
+mkdir "$work/upper" "$work/work" "$work/root"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$work/upper,workdir=$work/work" "$work/root"
+# nspawn keeps its state in /run, which is on disk here: give this namespace its own.
+mount -t tmpfs -o mode=0755 tmpfs /run
+tar -C "$stage" -cf - . | tar -C "$work/root" -xf - --no-overwrite-dir
+for root in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified; do
+    if [ -d "$root" ]; then mkdir -p "$root/$name"; echo $$ > "$root/$name/cgroup.procs"; fi
+done
+exec systemd-nspawn -q -D "$work/root" -M "$name" --boot --private-network \
+    --register=no --keep-unit --link-journal=no --resolv-conf=off --timezone=off \
+    --console=read-only systemd.mask=postgresql.service
+"""
+
+
+class SandboxError(RuntimeError):
+    pass
+
+
+def missing_requirements() -> str | None:
+    """Why a sandbox cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "not root"
+    for tool in ("systemd-nspawn", "unshare", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (package systemd-container / util-linux)"
+    if "overlay" not in Path("/proc/filesystems").read_text():
+        return "overlayfs is not available"
+    return None
+
+
+class Sandbox:
+    def __init__(self, stage: Path, name: str | None = None) -> None:
+        self.name = name or f"qboot-{os.getpid()}-{int(time.monotonic() * 1000) % 100000}"
+        self.work = Path(tempfile.mkdtemp(prefix="qboot-sandbox."))
+        self.stage = stage
+        self.log_path = self.work.with_name(self.work.name + ".console")
+        self.process: subprocess.Popen[bytes] | None = None
+        self.pid1 = 0
+
+    # --- life cycle --------------------------------------------------------------------
+    def start(self, timeout: float = 60) -> None:
+        with open(self.log_path, "wb") as console:
+            self.process = subprocess.Popen(
+                [
+                    "unshare",
+                    "--mount",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                    BOOT_SCRIPT,
+                    "sandbox",
+                    str(self.work),
+                    str(self.stage),
+                    self.name,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=console,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not self.pid1:
+            self._check_alive()
+            self.pid1 = self._find_pid1()
+            if time.monotonic() > deadline:
+                raise SandboxError(f"no systemd in the container: {self.console()}")
+            time.sleep(0.05)
+        while True:
+            state = self.run("systemctl", "is-system-running", check=False).stdout.strip()
+            if state in ("running", "degraded"):
+                return
+            if time.monotonic() > deadline:
+                raise SandboxError(f"system did not come up ({state}): {self.console()}")
+            time.sleep(0.1)
+
+    def _check_alive(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise SandboxError(f"container exited: {self.console()}")
+
+    def _find_pid1(self) -> int:
+        assert self.process is not None
+        for pid in self._cgroup_pids():
+            try:
+                comm = Path(f"/proc/{pid}/comm").read_text().strip()
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            nspid = next(
+                (line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), []
+            )
+            if comm == "systemd" and nspid[-1:] == ["1"]:
+                return pid
+        return 0
+
+    def _cgroup_pids(self) -> list[int]:
+        pids: set[int] = set()
+        for root in CGROUP_ROOTS:
+            directory = root / self.name
+            if not directory.is_dir():
+                continue
+            for procs in directory.rglob("cgroup.procs"):
+                try:
+                    pids.update(int(p) for p in procs.read_text().split())
+                except OSError:
+                    continue
+        return sorted(pids)
+
+    def console(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> list[str]:
+        """Stop the container and remove every trace; returns what was left (should be [])."""
+        if self.process is not None:
+            deadline = time.monotonic() + 20
+            while self.process.poll() is None and time.monotonic() < deadline:
+                # nspawn turns SIGTERM into a clean poweroff of the container; a signal
+                # sent before PID 1 is ready is lost, so repeat it every second.
+                try:
+                    os.kill(self.process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    break
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.process.wait(1)
+            for pid in self._cgroup_pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            if self.process.poll() is None:
+                self.process.kill()
+            self.process.wait(10)
+        left: list[str] = []
+        for root in CGROUP_ROOTS:
+            directory = root / self.name
+            if directory.is_dir():
+                for sub in sorted(directory.rglob("*"), key=lambda p: -len(p.parts)):
+                    if sub.is_dir():
+                        try:
+                            sub.rmdir()
+                        except OSError:
+                            left.append(str(sub))
+                try:
+                    directory.rmdir()
+                except OSError:
+                    left.append(str(directory))
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.log_path.unlink(missing_ok=True)
+        if self.work.exists():
+            left.append(str(self.work))
+        return left
+
+    # --- inside ------------------------------------------------------------------------
+    def run(
+        self, *argv: str, check: bool = True, timeout: float = 60, input: bytes | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            ["nsenter", "-t", str(self.pid1), "-a", *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            input=input.decode() if input is not None else None,
+        )
+        if check and done.returncode != 0:
+            raise SandboxError(
+                f"{' '.join(argv)}: exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+            )
+        return done
