@@ -21,7 +21,7 @@ CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
 
 BOOT_SCRIPT = r"""
 set -eu
-work="$1"; stage="$2"; name="$3"
+work="$1"; stage="$2"; name="$3"; project="$4"
 mount -t tmpfs -o mode=0755 tmpfs "$work"
 mkdir "$work/upper" "$work/work" "$work/root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$work/upper,workdir=$work/work" "$work/root"
@@ -31,7 +31,10 @@ tar -C "$stage" -cf - . | tar -C "$work/root" -xf - --no-overwrite-dir
 for root in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified; do
     if [ -d "$root" ]; then mkdir -p "$root/$name"; echo $$ > "$root/$name/cgroup.procs"; fi
 done
+# The project (its venv, the generator's interpreter) at the same path inside, even when
+# the checkout lives under /tmp, which the container gets empty.
 exec systemd-nspawn -q -D "$work/root" -M "$name" --boot --private-network \
+    --bind-ro="$project" \
     --register=no --keep-unit --link-journal=no --resolv-conf=off --timezone=off \
     --console=read-only systemd.mask=postgresql.service
 """
@@ -54,7 +57,8 @@ def missing_requirements() -> str | None:
 
 
 class Sandbox:
-    def __init__(self, stage: Path, name: str | None = None) -> None:
+    def __init__(self, stage: Path, project: Path, name: str | None = None) -> None:
+        self.project = project
         self.name = name or f"qboot-{os.getpid()}-{int(time.monotonic() * 1000) % 100000}"
         self.work = Path(tempfile.mkdtemp(prefix="qboot-sandbox."))
         self.stage = stage

@@ -75,7 +75,7 @@ def sandbox() -> Iterator[Sandbox]:
     require_tool("mailfront")
     stage = Path(tempfile.mkdtemp(prefix="qboot-stage."))
     build_stage(stage)
-    box = Sandbox(stage)
+    box = Sandbox(stage, ROOT)
     try:
         box.start()
         yield box
