@@ -82,6 +82,7 @@ class Sandbox:
                     str(self.work),
                     str(self.stage),
                     self.name,
+                    str(self.project),
                 ],
                 stdin=subprocess.DEVNULL,
                 stdout=console,
