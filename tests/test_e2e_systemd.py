@@ -61,6 +61,13 @@ def build_stage(stage: Path) -> None:
     assert done.returncode == 0, done.stderr
     write(stage / "var/qmail/bin/qmail-smtpd", QMAIL_SMTPD, 0o755)
     write(stage / "var/qmail/bin/qmail-start", QMAIL_START, 0o755)
+    if ROOT.is_relative_to("/tmp"):
+        # PrivateTmp= would hide a checkout under /tmp (and its venv) from the service;
+        # a real installation lives in /usr or /opt. Test-only: the hardening stays.
+        write(
+            stage / "etc/systemd/system/qmail-tcpd@.service.d/checkout-under-tmp.conf",
+            f"[Service]\nBindReadOnlyPaths={ROOT}\n",
+        )
     for sub in ("queue/tmp", "queue/new", "env"):
         (stage / SPOOL.lstrip("/") / sub).mkdir(parents=True, exist_ok=True)
 
