@@ -17,6 +17,7 @@ import selectors
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -30,10 +31,12 @@ from .environ import Endpoints, base_environment, connection_environment, ipv4_f
 from .lookups import ident, reverse_name
 from .notify import Notifier
 from .options import Options
+from .spawn import best_spawner, encode_environment
 
 # accept() errors that mean "out of resources for now": back off instead of spinning.
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
-_SPAWN_SIGNALS = (signal.SIGPIPE, signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD)
+# Spawner threads: each waits in the kernel for one child's exec (see spawn.py).
+SPAWN_THREADS = 2
 EXIT_DENY_STATUS = 100 << 8
 EXIT_DROP_STATUS = 111 << 8
 
@@ -46,6 +49,16 @@ class Pending:
     conn: socket.socket
     endpoints: Endpoints
     deadline: float
+
+
+@dataclass
+class SpawnJob:
+    conn: socket.socket
+    client: str
+    log_local: tuple[str | None, str, str]
+    log_remote: tuple[str | None, str, str | None, str]
+    pid: int = 0
+    error: str | None = None
 
 
 @dataclass
@@ -74,8 +87,10 @@ class Server:
         self.verbose = self.options.verbosity >= 2  # -v: build log lines only then
         self.selector = selectors.DefaultSelector()
         self.notifier = Notifier()
-        self.base_env = base_environment(dict(os.environ))
-        self.program = list(self.options.program)
+        base_env = base_environment(dict(os.environ))
+        # Encoded once; per connection only the TCP and rules variables are encoded.
+        self.base_entries = list(zip(base_env, encode_environment(base_env), strict=True))
+        self.program = [os.fsencode(word) for word in self.options.program]
         self.running = 0
         self.per_ip: Counter[str] = Counter()
         self.children: dict[int, Child] = {}
@@ -91,6 +106,12 @@ class Server:
         self.completed: queue.SimpleQueue[tuple[int, tuple[str | None, ...]]] = queue.SimpleQueue()
         self.workers: ThreadPoolExecutor | None = None
         self.ids = itertools.count(1)
+        self.spawner = best_spawner()
+        self.spawning = 0
+        self.spawn_queue: queue.SimpleQueue[tuple[SpawnJob, list[bytes]]] = queue.SimpleQueue()
+        self.spawned: queue.SimpleQueue[SpawnJob] = queue.SimpleQueue()
+        for number in range(SPAWN_THREADS):
+            threading.Thread(target=self._spawn_worker, name=f"spawn-{number}", daemon=True).start()
         self.wake_read, self.wake_write = socket.socketpair()
         self.wake_read.setblocking(False)
         self.wake_write.setblocking(False)
@@ -111,6 +132,8 @@ class Server:
 
     def _publish(self) -> None:
         """STATUS= for systemctl status (the notifier throttles it)."""
+        if not self.notifier.enabled:
+            return
         self.notifier.status(
             f"{self.running}/{self.options.limit} sessions, "
             f"{self.counters.served} served, {self.counters.denied} denied"
@@ -184,7 +207,7 @@ class Server:
             self.counters.dropped += 1
             conn.close()
             return
-        conn.setblocking(True)
+        # accept() gave a blocking fd (accept4 without SOCK_NONBLOCK): the child needs that.
         self.per_ip[client] += 1
         self.running += 1
         self._status_changed()
@@ -308,41 +331,51 @@ class Server:
                 logline.verdict("deny", os.getpid(), log_local, log_remote),
             )
             return
-        env = self.base_env | connection_environment(
+        extra = connection_environment(
             endpoints, local_host, remote_host, remote_info, self.options.ipv6_env
         )
-        env.update(decision.env)
-        try:
-            pid = os.posix_spawnp(
-                self.program[0],
-                self.program,
-                env,
-                file_actions=[
-                    (os.POSIX_SPAWN_DUP2, conn.fileno(), 0),
-                    (os.POSIX_SPAWN_DUP2, conn.fileno(), 1),
-                ],
-                setsigdef=_SPAWN_SIGNALS,
-                setsigmask=(),
-            )
-        except OSError as error:
-            self._refuse(
-                conn,
-                client,
-                EXIT_DROP_STATUS,
-                logline.warning(f"unable to run {logline.safe(self.program[0])}: {error.strerror}"),
-                level=1,
-            )
-            return
-        conn.close()
-        pidfd = os.pidfd_open(pid)
-        child = Child(pid, pidfd, client)
-        self.children[pidfd] = child
-        self.selector.register(pidfd, selectors.EVENT_READ, self._on_child)
-        self.counters.served += 1
-        self._publish()
-        if self.verbose:
-            self._say(logline.pid_from(pid, client))
-            self._say(logline.verdict("ok", pid, log_local, log_remote))
+        extra.update(decision.env)  # rules may override TCP* and the server's own
+        env = [entry for name, entry in self.base_entries if name not in extra]
+        env += encode_environment(extra)
+        job = SpawnJob(conn, client, log_local, log_remote)
+        self.spawning += 1
+        self.spawn_queue.put((job, env))
+
+    def _spawn_worker(self) -> None:
+        """Runs in a spawner thread: the kernel's part of spawning happens here."""
+        while True:
+            job, env = self.spawn_queue.get()
+            try:
+                job.pid = self.spawner.spawn(self.program, env, job.conn.fileno())
+            except OSError as error:
+                job.error = error.strerror or str(error)
+            job.conn.close()
+            self.spawned.put(job)
+            with contextlib.suppress(OSError):
+                self.wake_write.send(b"s")
+
+    def _finish_spawns(self) -> None:
+        while True:
+            try:
+                job = self.spawned.get_nowait()
+            except queue.Empty:
+                return
+            self.spawning -= 1
+            if job.error is not None:
+                program = logline.safe(os.fsdecode(self.program[0]))
+                message = f"unable to run {program}: {job.error}"
+                self._refuse(
+                    job.conn, job.client, EXIT_DROP_STATUS, logline.warning(message), level=1
+                )
+                continue
+            pidfd = os.pidfd_open(job.pid)
+            self.children[pidfd] = Child(job.pid, pidfd, job.client)
+            self.selector.register(pidfd, selectors.EVENT_READ, self._on_child)
+            self.counters.served += 1
+            self._publish()
+            if self.verbose:
+                self._say(logline.pid_from(job.pid, job.client))
+                self._say(logline.verdict("ok", job.pid, job.log_local, job.log_remote))
 
     def _refuse(
         self, conn: socket.socket, client: str, status: int, line: str, level: int = 2
@@ -410,7 +443,7 @@ class Server:
             for t in (
                 self.backoff_until,
                 self.notifier.next_flush(),
-                self.stop_at if self.children or self.pending else None,
+                self.stop_at if self.children or self.pending or self.spawning else None,
             )
             if t is not None
         ]
@@ -431,6 +464,7 @@ class Server:
                 key.data(key.fileobj)
             self._handle_signals()
             self._finish_lookups()
+            self._finish_spawns()
             now = time.monotonic()
             self._expire_lookups(now)
             if self.backoff_until is not None and now >= self.backoff_until:
@@ -438,6 +472,6 @@ class Server:
                 self._set_accepting(self._may_accept())
             self.notifier.flush(now)
             if self.stop_at is not None and (
-                now >= self.stop_at or not (self.children or self.pending)
+                now >= self.stop_at or not (self.children or self.pending or self.spawning)
             ):
                 return 0
