@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -11,8 +12,9 @@ from typing import ParamSpec, TypeVar
 
 import click
 
+from . import admin, install, mktcprules, rules
 from . import bootctrl as bootctrl_model
-from . import install, mktcprules, rules
+from . import units as units_module
 from .cdb import CdbFormatError, CdbReader
 from .errors import UserError
 
@@ -308,20 +310,206 @@ def verify(bootctrl_dir: Path | None, qmail_home: Path | None, unit_dir: Path | 
 @user_errors
 def boot(bootctrl_dir: Path | None) -> None:
     """Reload systemd and start what bootctrl enables (the late-/var oneshot)."""
-    from . import units
     from .systemd import Systemd
 
-    manager = Systemd()
-    try:
+    _require_root("qbootctl boot")
+    with Systemd() as manager:
         manager.reload()
         model = load_bootctrl(bootctrl_dir)
-        names = [units.tcpd_socket(s.name) for s in model.services]
+        names = [units_module.tcpd_socket(s.name) for s in model.services]
         if model.send is not None:
-            names.append(units.SEND_UNIT)
+            names.append(units_module.SEND_UNIT)
         for name in names:
             manager.start(name)
             click.echo(f"started {name}")
         for problem in model.problems:
             click.echo(f"problem: {problem}", err=True)
-    finally:
-        manager.close()
+
+
+def _require_root(action: str) -> None:
+    if os.geteuid() != 0:
+        raise UserError(f"{action} needs root", "run it with sudo")
+
+
+def _styled(text: str, good: bool) -> str:
+    """Colour only on a terminal."""
+    if not sys.stdout.isatty():
+        return text
+    return click.style(text, fg="green" if good else "red")
+
+
+def _status_line(entry: admin.Status) -> str:
+    states = "  ".join(f"{state.name.rsplit('.', 1)[1]} {state.active}" for state in entry.states)
+    parts = [f"{entry.target.name:<8}", "enabled " if entry.enabled else "disabled", states]
+    if entry.service is not None:
+        parts.append("listen " + " ".join(item.systemd() for item in entry.service.listen))
+        rules_name = Path(entry.service.rules).name
+        parts.append(
+            f"rules {rules_name}" + (" (older than its .txt)" if entry.rules_stale() else "")
+        )
+        plugins = entry.service.presmtpd + entry.service.postsmtpd
+        if plugins:
+            parts.append("plugins " + " ".join(plugins))
+    figures = next((s.status_text for s in entry.states if s.status_text), "")
+    if figures:
+        parts.append(f"[{figures}]")
+    return _styled("  ".join(parts), entry.running)
+
+
+@qbootctl.command()
+@bootctrl_option
+@click.option("--json", "as_json", is_flag=True)
+@click.argument("services", nargs=-1)
+@user_errors
+def status(bootctrl_dir: Path | None, as_json: bool, services: tuple[str, ...]) -> None:
+    """One line per service: enabled, socket and service state, listen, rules, figures.
+
+    Exit 0 when all are running, 3 when something is not (like systemctl)."""
+    from .systemd import Systemd
+
+    model = load_bootctrl(bootctrl_dir)
+    with Systemd() as manager:
+        entries = admin.status(manager, model, admin.resolve(model, services))
+    if as_json:
+        click.echo(json.dumps([entry.as_json() for entry in entries], indent=2))
+    else:
+        for entry in entries:
+            click.echo(_status_line(entry))
+    sys.exit(0 if all(entry.running for entry in entries) else 3)
+
+
+def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> None:
+    from .systemd import JobFailed, Systemd
+
+    _require_root(f"qbootctl {verb}")
+    model = load_bootctrl(bootctrl_dir)
+    failed = False
+    with Systemd() as manager:
+        for item in admin.resolve(model, services):
+            plan = _plan(verb, item)
+            try:
+                for unit_verb, unit in plan:
+                    manager.act(unit_verb, unit)
+                click.echo(f"{verb} {item.name}: done")
+            except JobFailed as error:
+                failed = True
+                click.echo(f"qbootctl: {verb} {item.name} failed: {error}", err=True)
+                for journal_line in error.journal.splitlines():
+                    click.echo(f"  {journal_line}", err=True)
+    if failed:
+        sys.exit(1)
+
+
+def _plan(verb: str, item: admin.Target) -> list[tuple[str, str]]:
+    """Unit jobs for one verb. A tcp service's socket stays up across restarts, so the
+    kernel queues what arrives meanwhile."""
+    if item.is_send:
+        return [(verb, item.units[0])]
+    socket, service = item.units
+    return {
+        "start": [("start", socket), ("start", service)],
+        "stop": [("stop", service), ("stop", socket)],
+        "restart": [("start", socket), ("restart", service)],
+        "reload": [("reload", service)],
+    }[verb]
+
+
+def _verb(verb: str, help_text: str) -> None:
+    @qbootctl.command(name=verb, help=help_text)
+    @bootctrl_option
+    @click.argument("services", nargs=-1)
+    @user_errors
+    def command(bootctrl_dir: Path | None, services: tuple[str, ...]) -> None:
+        _act(verb, bootctrl_dir, services)
+
+
+_verb("start", "Start services (SVC..., send, all; default all) and wait for the result.")
+_verb("stop", "Stop services: the service, then its socket.")
+_verb("restart", "Restart services; their sockets keep listening, nothing is refused.")
+_verb("reload", "Re-read rules: SIGHUP to qboot-tcpsrv (ExecReload=).")
+
+
+@qbootctl.command()
+@bootctrl_option
+@click.option(
+    "--now/--no-start",
+    "start_now",
+    default=True,
+    help="start the socket at once (default) or only enable",
+)
+@click.argument("service")
+@user_errors
+def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
+    """Enable SERVICE: qmail-SVC.rc -> qmail-tcpd (and a rules link), reload, start."""
+    from .systemd import JobFailed, Systemd
+
+    _require_root("qbootctl enable")
+    directory = bootctrl_dir or bootctrl_model.default_bootctrl()
+    load_bootctrl(directory)
+    for line in admin.enable(directory, service):
+        click.echo(line)
+    model = bootctrl_model.load(directory)
+    if model.service(service) is None:
+        for problem in model.problems:
+            if f"qmail-{service}." in problem.file or f"tcprules-{service}." in problem.file:
+                click.echo(f"problem: {problem}", err=True)
+        raise UserError(
+            f"{service} is enabled in bootctrl but cannot run",
+            "fix the problem above, then: systemctl daemon-reload",
+        )
+    with Systemd() as manager:
+        manager.reload()
+        if start_now:
+            try:
+                manager.act("start", units_module.tcpd_socket(service))
+            except JobFailed as error:
+                raise UserError(f"{error}: {error.journal}") from None
+            click.echo(f"started {units_module.tcpd_socket(service)}")
+
+
+@qbootctl.command()
+@bootctrl_option
+@click.argument("service")
+@user_errors
+def disable(bootctrl_dir: Path | None, service: str) -> None:
+    """Disable SERVICE: stop it, remove qmail-SVC.rc, reload. Env and rules stay."""
+    from .systemd import Systemd
+
+    _require_root("qbootctl disable")
+    directory = bootctrl_dir or bootctrl_model.default_bootctrl()
+    load_bootctrl(directory)
+    with Systemd() as manager:
+        for unit in reversed(admin.target(service).units):
+            manager.act("stop", unit)
+        for line in admin.disable(directory, service):
+            click.echo(line)
+        manager.reload()
+
+
+@qbootctl.command(name="reload-config")
+@user_errors
+def reload_config() -> None:
+    """daemon-reload, then restart only what the bootctrl changes touched."""
+    from .systemd import Systemd
+
+    _require_root("qbootctl reload-config")
+    before = admin.snapshot()
+    with Systemd() as manager:
+        manager.reload()
+        found = admin.changes(before, admin.snapshot())
+        for name in found.removed:
+            for unit in reversed(admin.target(name).units):
+                manager.act("stop", unit)
+            click.echo(f"stopped {name} (no longer enabled)")
+        for name in found.restart_sockets:
+            socket, service = admin.target(name).units
+            manager.act("stop", service)
+            manager.act("restart", socket)
+            click.echo(f"restarted {socket} (listen settings changed)")
+        for name in found.restart_services:
+            unit = admin.target(name).units[-1]
+            if manager.state(unit).active == "active":
+                manager.act("restart", unit)
+                click.echo(f"restarted {unit} (command or environment changed)")
+        if not (found.removed or found.restart_sockets or found.restart_services):
+            click.echo("nothing changed")

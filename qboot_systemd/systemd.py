@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import UserError
+from .run import run
 
 PRIVATE_SOCKET = "/run/systemd/private"
 
@@ -17,6 +20,44 @@ def _bus() -> Any:
         # As root, systemd's own socket works without dbus-daemon (early boot, containers).
         return DBusAddress(f"unix:path={PRIVATE_SOCKET}".encode(), peer_to_peer=True)
     return DBus()
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class UnitState:
+    name: str
+    load: str
+    active: str
+    sub: str
+    result: str = ""
+    main_pid: int = 0
+    status_text: str = ""
+    listen: tuple[str, ...] = ()
+    need_reload: bool = False
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "load": self.load,
+            "active": self.active,
+            "sub": self.sub,
+            "result": self.result,
+            "main_pid": self.main_pid,
+            "status": self.status_text,
+            "listen": list(self.listen),
+            "need_daemon_reload": self.need_reload,
+        }
+
+
+class JobFailed(Exception):
+    def __init__(self, unit: str, state: UnitState, journal: str) -> None:
+        super().__init__(f"{unit}: {state.active} ({state.result or state.sub})")
+        self.unit = unit
+        self.state = state
+        self.journal = journal
 
 
 class Systemd:
@@ -39,6 +80,16 @@ class Systemd:
             hint = "run as root" if os.geteuid() != 0 else "is dbus or systemd up?"
             raise UserError(f"cannot connect to systemd: {error}", hint) from None
 
+    def close(self) -> None:
+        self._bus.close()
+
+    def __enter__(self) -> Systemd:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # --- manager -----------------------------------------------------------------------
     def reload(self) -> None:
         self._manager.Manager.Reload()
 
@@ -46,5 +97,72 @@ class Systemd:
         job: bytes = self._manager.Manager.StartUnit(unit.encode(), b"replace")
         return job
 
-    def close(self) -> None:
-        self._bus.close()
+    def _job(self, method: str, unit: str) -> bytes:
+        try:
+            job: bytes = getattr(self._manager.Manager, method)(unit.encode(), b"replace")
+        except Exception as error:
+            raise UserError(
+                f"{unit}: {error}", "is the unit name right? see qbootctl status"
+            ) from None
+        return job
+
+    def _wait(self, job: bytes, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            jobs = {entry[4] for entry in self._manager.Manager.ListJobs()}
+            if job not in jobs:
+                return
+            time.sleep(0.05)
+        raise UserError(f"job {_text(job)} did not finish within {timeout:.0f} s")
+
+    def act(self, verb: str, unit: str, timeout: float = 90) -> UnitState:
+        """start/stop/restart/reload a unit, wait for the job, check the outcome."""
+        method = {
+            "start": "StartUnit",
+            "stop": "StopUnit",
+            "restart": "RestartUnit",
+            "reload": "ReloadUnit",
+        }[verb]
+        self._wait(self._job(method, unit), timeout)
+        state = self.state(unit)
+        wanted = ("inactive", "failed") if verb == "stop" else ("active",)
+        if state.active not in wanted:
+            raise JobFailed(unit, state, self.journal(unit))
+        return state
+
+    # --- units -------------------------------------------------------------------------
+    def state(self, unit: str) -> UnitState:
+        from pystemd.systemd1 import Unit
+
+        handle = Unit(unit.encode(), bus=self._bus, _autoload=True)
+        common = handle.Unit
+        kwargs: dict[str, Any] = {}
+        if unit.endswith(".service"):
+            service = handle.Service
+            kwargs = {
+                "result": _text(service.Result),
+                "main_pid": int(service.MainPID),
+                "status_text": _text(service.StatusText),
+            }
+        elif unit.endswith(".socket"):
+            socket = handle.Socket
+            kwargs = {
+                "result": _text(socket.Result),
+                "listen": tuple(_text(address) for _, address in socket.Listen),
+            }
+        return UnitState(
+            unit,
+            _text(common.LoadState),
+            _text(common.ActiveState),
+            _text(common.SubState),
+            need_reload=bool(common.NeedDaemonReload),
+            **kwargs,
+        )
+
+    @staticmethod
+    def journal(unit: str, lines: int = 5) -> str:
+        done = run(
+            ["journalctl", "-u", unit, "-n", str(lines), "--no-pager", "-q", "-o", "cat"],
+            timeout=20,
+        )
+        return done.stdout.strip()

@@ -1,0 +1,182 @@
+"""Everyday administration: the model of bootctrl joined with what systemd says."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import bootctrl, envfile, mktcprules, units
+from .errors import UserError
+from .systemd import Systemd, UnitState
+
+GENERATOR_OUTPUT = Path("/run/systemd/generator")
+SEND = "send"
+
+
+@dataclass(frozen=True)
+class Target:
+    """`send` or one tcp service, with its units (socket first)."""
+
+    name: str
+    units: tuple[str, ...]
+
+    @property
+    def is_send(self) -> bool:
+        return self.name == SEND
+
+
+def target(name: str) -> Target:
+    if name == SEND:
+        return Target(SEND, (units.SEND_UNIT,))
+    if not bootctrl.SERVICE_NAME_RE.match(name):
+        raise UserError(f"invalid service name {name!r}", "use letters, digits, - _ .")
+    return Target(name, (units.tcpd_socket(name), units.tcpd_service(name)))
+
+
+def resolve(model: bootctrl.Bootctrl, names: tuple[str, ...]) -> list[Target]:
+    """Named targets; `all` or nothing means qmail-send plus every enabled service."""
+    if not names or "all" in names:
+        found = [target(SEND)] if model.send is not None else []
+        return found + [target(service.name) for service in model.services]
+    return [target(name) for name in names]
+
+
+@dataclass(frozen=True)
+class Status:
+    target: Target
+    enabled: bool
+    states: tuple[UnitState, ...]
+    service: bootctrl.Service | None
+
+    @property
+    def running(self) -> bool:
+        # A tcp service runs when its socket listens; the service starts with the first
+        # connection (Accept=no).
+        return self.states[0].active == "active"
+
+    def rules_stale(self) -> bool:
+        if self.service is None:
+            return False
+        rules = Path(self.service.rules)
+        source = rules.with_suffix(".txt")
+        return source.is_file() and not mktcprules.is_up_to_date(source, rules)
+
+    def as_json(self) -> dict[str, object]:
+        result: dict[str, object] = {
+            "name": self.target.name,
+            "enabled": self.enabled,
+            "running": self.running,
+            "units": {state.name: state.as_json() for state in self.states},
+        }
+        if self.service is not None:
+            result |= {
+                "listen": [item.systemd() for item in self.service.listen],
+                "rules": self.service.rules,
+                "rules_stale": self.rules_stale(),
+                "plugins": {
+                    "presmtpd": list(self.service.presmtpd),
+                    "postsmtpd": list(self.service.postsmtpd),
+                },
+            }
+        return result
+
+
+def status(manager: Systemd, model: bootctrl.Bootctrl, targets: list[Target]) -> list[Status]:
+    result = []
+    for item in targets:
+        service = None if item.is_send else model.service(item.name)
+        enabled = model.send is not None if item.is_send else service is not None
+        states = tuple(manager.state(unit) for unit in item.units)
+        result.append(Status(item, enabled, states, service))
+    return result
+
+
+# --- enable / disable --------------------------------------------------------------------
+def enable(directory: Path, name: str) -> list[str]:
+    """The seed's manual steps: the rc link, and a rules link when SVC has none."""
+    target(name)
+    done: list[str] = []
+    rc = directory / f"qmail-{name}.rc"
+    if rc.is_symlink() and os.path.basename(os.readlink(rc)) == bootctrl.RC_TARGET:
+        done.append(f"{rc.name} already links to {bootctrl.RC_TARGET}")
+    elif rc.exists() or rc.is_symlink():
+        raise UserError(
+            f"{rc} exists and is not a link to {bootctrl.RC_TARGET}", "move it away first"
+        )
+    else:
+        if not (directory / bootctrl.RC_TARGET).exists():
+            raise UserError(
+                f"{directory / bootctrl.RC_TARGET} is missing",
+                "qbootctl install puts the default bootctrl in place",
+            )
+        rc.symlink_to(bootctrl.RC_TARGET)
+        done.append(f"created {rc.name} -> {bootctrl.RC_TARGET}")
+    rules = directory / f"tcprules-{name}.cdb"
+    if not (rules.exists() or rules.is_symlink()) and not _names_own_rules(directory, name):
+        rules.symlink_to("tcprules-default.cdb")
+        done.append(f"created {rules.name} -> tcprules-default.cdb")
+    return done
+
+
+def _names_own_rules(directory: Path, name: str) -> bool:
+    """True when SVC has a rules source or its env file sets CDB=."""
+    if (directory / f"tcprules-{name}.txt").exists():
+        return True
+    env_path = directory / f"qmail-{name}.env"
+    if not env_path.is_file():
+        return False
+    parsed = envfile.parse(env_path.read_bytes(), str(env_path))
+    cdb = parsed.last("CDB")
+    return cdb is not None and bool(cdb.value)
+
+
+def disable(directory: Path, name: str) -> list[str]:
+    target(name)
+    rc = directory / f"qmail-{name}.rc"
+    if not rc.is_symlink():
+        return [f"{rc.name} does not exist: {name} was not enabled"]
+    if os.path.basename(os.readlink(rc)) != bootctrl.RC_TARGET:
+        raise UserError(f"{rc} is not a link to {bootctrl.RC_TARGET}", "remove it by hand")
+    rc.unlink()
+    return [f"removed {rc.name}"]
+
+
+# --- reload-config -----------------------------------------------------------------------
+def snapshot(output: Path = GENERATOR_OUTPUT) -> dict[str, str]:
+    """Generated drop-ins by unit name."""
+    result = {}
+    for path in sorted(output.glob(f"*.d/{units.DROPIN_NAME}")):
+        try:
+            result[path.parent.name.removesuffix(".d")] = path.read_text()
+        except OSError:
+            continue
+    return result
+
+
+@dataclass(frozen=True)
+class ConfigChanges:
+    restart_sockets: tuple[str, ...]  # listen settings changed, or new: restart both
+    restart_services: tuple[str, ...]  # only the command line or environment changed
+    removed: tuple[str, ...]
+
+
+def changes(before: dict[str, str], after: dict[str, str]) -> ConfigChanges:
+    def services(snapshot_: dict[str, str]) -> set[str]:
+        return {
+            name.split("@", 1)[1].rsplit(".", 1)[0]
+            for name in snapshot_
+            if name.startswith("qmail-tcpd@")
+        }
+
+    sockets, restarts = [], []
+    for name in sorted(services(after)):
+        socket, service = units.tcpd_socket(name), units.tcpd_service(name)
+        if before.get(socket) != after.get(socket):
+            sockets.append(name)
+        elif before.get(service) != after.get(service):
+            restarts.append(name)
+    if before.get(units.SEND_UNIT) != after.get(units.SEND_UNIT) and units.SEND_UNIT in after:
+        restarts.append(SEND)
+    removed = sorted(services(before) - services(after))
+    return ConfigChanges(tuple(sockets), tuple(restarts), tuple(removed))
