@@ -18,6 +18,8 @@ from . import units
 GENERATOR_DIR = "usr/lib/systemd/system-generators"
 GENERATOR_NAME = "qboot-systemd-generator"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
+MAN_PAGES = Path(__file__).resolve().parent / "man"
+MAN_DIR = "usr/share/man"
 UNIT_NAMES = ("qmail-send.service", "qmail-tcpd@.socket", "qmail-tcpd@.service", units.BOOT_UNIT)
 
 
@@ -49,6 +51,10 @@ def shipped_bootctrl() -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError("the default bootctrl directory is not installed")
+
+
+def man_pages() -> list[Path]:
+    return sorted(MAN_PAGES.glob("*.[1-8]"))
 
 
 def render_units(layout: Layout) -> dict[str, str]:
@@ -117,6 +123,10 @@ def install(layout: Layout, python: str | None = None) -> list[str]:
     generator = layout.root / GENERATOR_DIR / GENERATOR_NAME
     _write(generator, launcher_text(layout, python or sys.executable), 0o755)
     report.append(f"generator {generator}")
+    for page in man_pages():
+        target = layout.root / MAN_DIR / f"man{page.suffix[1:]}" / page.name
+        _write(target, page.read_text())
+        report.append(f"man page {target}")
     for path in copy_missing(shipped_bootctrl(), layout.on_target(layout.bootctrl)):
         report.append(f"bootctrl {path}")
     # The root file system may be read-only when generators run: compile now.
@@ -131,9 +141,12 @@ def uninstall(layout: Layout) -> list[str]:
     """Remove units and the generator; the bootctrl directory is the admin's and stays."""
     removed: list[str] = []
     unit_dir = layout.on_target(layout.unit_dir)
-    for path in [unit_dir / name for name in UNIT_NAMES] + [
-        layout.root / GENERATOR_DIR / GENERATOR_NAME
-    ]:
+    pages = [layout.root / MAN_DIR / f"man{p.suffix[1:]}" / p.name for p in man_pages()]
+    for path in (
+        [unit_dir / name for name in UNIT_NAMES]
+        + pages
+        + [layout.root / GENERATOR_DIR / GENERATOR_NAME]
+    ):
         if path.exists() or path.is_symlink():
             path.unlink()
             removed.append(str(path))

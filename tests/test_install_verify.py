@@ -55,6 +55,14 @@ def test_install_into_a_root_and_uninstall(tmp_path: Path) -> None:
     assert launcher.read_text().startswith(f"#!{sys.executable} -I\n")
     bootctrl = root / "var/qmail/etc/bootctrl"
     assert os.readlink(bootctrl / "qmail-smtp.rc") == "qmail-tcpd"
+    man = root / "usr/share/man"
+    assert sorted(p.name for p in man.rglob("*.[58]")) == [
+        "eqmaild.8",
+        "qboot-env.5",
+        "qboot-systemd-generator.8",
+        "qboot-tcpsrv.8",
+        "qbootctl.8",
+    ]
     # the launcher runs the installed package and writes the units for the installed bootctrl
     output = tmp_path / "generated"
     run = subprocess.run(
@@ -80,6 +88,7 @@ def test_install_into_a_root_and_uninstall(tmp_path: Path) -> None:
     done = qbootctl("uninstall", "--root", str(root))
     assert done.returncode == 0
     assert not any(units.iterdir()) and not launcher.exists()
+    assert not list(man.rglob("*.[58]"))
     assert (bootctrl / "qmail-smtp.env").exists()
 
 
