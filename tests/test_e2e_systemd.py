@@ -227,3 +227,14 @@ def test_late_var_oneshot_starts_services(sandbox: Sandbox) -> None:
         "journalctl", "-u", "qboot-boot", "--no-pager", check=False
     ).stdout
     assert wait_until(lambda: listening(sandbox, 2599))
+
+
+def test_hardening_exposure(sandbox: Sandbox) -> None:
+    figures = {}
+    for unit in ("qmail-tcpd@smtp.service", "qmail-send.service"):
+        out = sandbox.run("systemd-analyze", "security", "--no-pager", unit, check=False).stdout
+        line = next(line for line in out.splitlines() if "Overall exposure" in line)
+        figures[unit] = float(line.split(":")[1].split()[0])
+    print(f"systemd-analyze security: {figures}")
+    assert figures["qmail-tcpd@smtp.service"] <= 5.0
+    assert figures["qmail-send.service"] <= 5.0
