@@ -244,14 +244,31 @@ def _installed_tcpsrv() -> str:
     help="systemd unit directory (default: /usr/lib/systemd/system)",
 )
 @qmail_home_option
+@click.option(
+    "--python", default=None, help="interpreter for the generator launcher (default: this one)"
+)
+@click.option(
+    "--no-bootctrl",
+    is_flag=True,
+    help="do not copy the default bootctrl (packages do it in postinst)",
+)
+@click.option("--no-byte-compile", is_flag=True, help="leave byte-compiling to the package manager")
 @user_errors
 def install_command(
-    root: Path, prefix: Path | None, unit_dir: Path | None, qmail_home: Path | None
+    root: Path,
+    prefix: Path | None,
+    unit_dir: Path | None,
+    qmail_home: Path | None,
+    python: str | None,
+    no_bootctrl: bool,
+    no_byte_compile: bool,
 ) -> None:
     """Install the units, the generator and the default bootctrl (never overwriting)."""
     layout = _layout(root, prefix, unit_dir, qmail_home)
     try:
-        for line in install.install(layout):
+        for line in install.install(
+            layout, python, bootctrl=not no_bootctrl, byte_compile=not no_byte_compile
+        ):
             click.echo(line)
     except OSError as error:
         raise UserError(

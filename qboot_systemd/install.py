@@ -114,7 +114,9 @@ def copy_missing(source: Path, target: Path) -> list[Path]:
     return created
 
 
-def install(layout: Layout, python: str | None = None) -> list[str]:
+def install(
+    layout: Layout, python: str | None = None, bootctrl: bool = True, byte_compile: bool = True
+) -> list[str]:
     report: list[str] = []
     unit_dir = layout.on_target(layout.unit_dir)
     for name, text in render_units(layout).items():
@@ -127,11 +129,12 @@ def install(layout: Layout, python: str | None = None) -> list[str]:
         target = layout.root / MAN_DIR / f"man{page.suffix[1:]}" / page.name
         _write(target, page.read_text())
         report.append(f"man page {target}")
-    for path in copy_missing(shipped_bootctrl(), layout.on_target(layout.bootctrl)):
-        report.append(f"bootctrl {path}")
+    if bootctrl:
+        for path in copy_missing(shipped_bootctrl(), layout.on_target(layout.bootctrl)):
+            report.append(f"bootctrl {path}")
     # The root file system may be read-only when generators run: compile now.
     package = Path(__file__).resolve().parent
-    if os.access(package, os.W_OK):
+    if byte_compile and os.access(package, os.W_OK):
         compileall.compile_dir(str(package), quiet=1)
         report.append(f"byte-compiled {package}")
     return report
