@@ -530,3 +530,7 @@ def reload_config() -> None:
                 click.echo(f"restarted {unit} (command or environment changed)")
         if not (found.removed or found.restart_sockets or found.restart_services):
             click.echo("nothing changed")
+
+
+if __name__ == "__main__":
+    qbootctl()
