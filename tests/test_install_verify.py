@@ -56,10 +56,13 @@ def test_install_into_a_root_and_uninstall(tmp_path: Path) -> None:
     bootctrl = root / "var/qmail/etc/bootctrl"
     assert os.readlink(bootctrl / "qmail-smtp.rc") == "qmail-tcpd"
     man = root / "usr/share/man"
-    assert sorted(p.name for p in man.rglob("*.[58]")) == [
+    assert sorted(p.name for p in man.rglob("*.[158]")) == [
         "eqmaild.8",
+        "mktcprules.8",
         "qboot-env.5",
         "qboot-systemd-generator.8",
+        "qboot-tcprules.1",
+        "qboot-tcprulescheck.1",
         "qboot-tcpsrv.8",
         "qbootctl.8",
     ]
@@ -88,7 +91,7 @@ def test_install_into_a_root_and_uninstall(tmp_path: Path) -> None:
     done = qbootctl("uninstall", "--root", str(root))
     assert done.returncode == 0
     assert not any(units.iterdir()) and not launcher.exists()
-    assert not list(man.rglob("*.[58]"))
+    assert not list(man.rglob("*.[158]"))
     assert (bootctrl / "qmail-smtp.env").exists()
 
 
