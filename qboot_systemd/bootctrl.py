@@ -153,11 +153,11 @@ def load(directory: Path | str, qmail_home: Path | str | None = None) -> Bootctr
     """Read a bootctrl directory. Never raises for bad content: problems are collected."""
     directory = Path(directory).absolute()
     home = Path(qmail_home) if qmail_home is not None else default_qmail_home()
-    if not directory.is_dir():
-        problem = Problem(str(directory), 0, "bootctrl directory not found")
-        return Bootctrl(str(directory), str(home), None, (), (problem,))
     try:
         names = sorted(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        problem = Problem(str(directory), 0, "bootctrl directory not found")
+        return Bootctrl(str(directory), str(home), None, (), (problem,))
     except OSError as error:
         problem = Problem(str(directory), 0, f"cannot read directory: {error.strerror}")
         return Bootctrl(str(directory), str(home), None, (), (problem,))

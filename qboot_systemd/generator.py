@@ -90,7 +90,13 @@ def run(
     paths: units.Paths,
     log_path: str = "/dev/kmsg",
 ) -> int:
-    if not bootctrl_dir.is_dir():
+    try:
+        present = bootctrl_dir.is_dir()
+    except OSError as error:
+        message = f"cannot read: {error.strerror}; no qmail unit generated"
+        log([Problem(str(bootctrl_dir), 0, message)], log_path)
+        return 0
+    if not present:
         write(output, {}, plan_late(paths))
         log(
             [

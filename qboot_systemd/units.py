@@ -53,6 +53,9 @@ def _c_escape(text: str) -> str:
             out.append("%%")
         elif ord(char) < 32 or ord(char) == 127:
             out.append(f"\\x{ord(char):02x}")
+        elif 128 <= ord(char) < 160 or char in "\u2028\u2029":
+            # C1 controls and Unicode line separators: no tool should see a line break.
+            out.append(f"\\u{ord(char):04x}")
         else:
             out.append(char)
     return "".join(out)

@@ -80,6 +80,16 @@ class Running:
             time.sleep(0.02)
         raise AssertionError(f"{pattern!r} not in log:\n{self.log()}")
 
+    def wait_count(self, pattern: str, count: int, timeout: float = 20) -> str:
+        """Wait until pattern occurs count times in the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log()
+            if len(re.findall(pattern, text)) >= count:
+                return text
+            time.sleep(0.02)
+        raise AssertionError(f"{pattern!r} not {count} times in log:\n{self.log()[-2000:]}")
+
     def stop(self, sig: int = signal.SIGTERM) -> int:
         if self.process.poll() is None:
             self.process.send_signal(sig)

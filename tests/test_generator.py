@@ -168,6 +168,8 @@ def test_generator_imports_stay_light() -> None:
         ("tab\there", '"tab\\there"'),
         ("\x01", '"\\x01"'),
         ("", '""'),
+        ("nel\x85", '"nel\\u0085"'),
+        ("ls\u2028", '"ls\\u2028"'),
     ],
 )
 def test_exec_argument_quoting(argument: str, quoted: str) -> None:

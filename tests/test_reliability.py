@@ -1,0 +1,290 @@
+"""Reliability: bounded load, slow clients, faults and hostile input (issue: reliability).
+
+The long soak is bench/soak.py; this is its bounded twin for CI.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import resource
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from qboot_systemd import bootctrl, generator, rules, units
+
+from .conftest import ROOT, venv_script
+from .tcpsrv_harness import Running, ours, read_all, write_script
+from .test_generator import ALLOWED
+
+HOLD = "#!/bin/sh\necho hello\nread line\n"
+
+
+def proc_figures(pid: int) -> tuple[int, int, int]:
+    """Open fds, RSS in KiB and child processes of pid."""
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    rss = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmRSS:")
+    )
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return fds, rss, len(children)
+
+
+async def hammer(port: int, total: int, concurrency: int) -> dict[str, int]:
+    counts = {"served": 0, "refused": 0, "reset": 0, "empty": 0}
+    numbers = iter(range(total))
+
+    async def worker() -> None:
+        for _ in numbers:
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                data = await reader.read()
+                writer.close()
+                counts["served" if data else "empty"] += 1
+            except ConnectionRefusedError:
+                counts["refused"] += 1
+            except ConnectionResetError:
+                counts["reset"] += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return counts
+
+
+def test_bounded_load_at_concurrency_200(tmp_path: Path) -> None:
+    cdb = tmp_path / "rules.cdb"
+    text = "".join(f"10.{i // 256}.{i % 256}.1:deny\n" for i in range(999)) + ":allow\n"
+    rules.compile_file(text.encode(), cdb, tmp_path / "rules.tmp")
+    server = ours(
+        "-HR",
+        "-l",
+        "x",
+        "-c",
+        "20",
+        "-b",
+        "512",
+        "-x",
+        str(cdb),
+        "127.0.0.1",
+        "0",
+        "/bin/echo",
+        "220 ok",
+    )
+    try:
+        asyncio.run(hammer(server.port, 50, 5))  # warm up: threads, lazily loaded libraries
+        time.sleep(0.5)
+        idle = proc_figures(server.process.pid)
+        begin = time.monotonic()
+        counts = asyncio.run(hammer(server.port, 3000, 200))
+        elapsed = time.monotonic() - begin
+        deadline = time.monotonic() + 10
+        while (
+            proc_figures(server.process.pid)[:3:2] != (idle[0], 0) and time.monotonic() < deadline
+        ):
+            time.sleep(0.05)
+        after = proc_figures(server.process.pid)
+        print(
+            f"3000 connections at concurrency 200, -c 20: {counts} in {elapsed:.1f} s; "
+            f"fds {idle[0]} -> {after[0]}, RSS {idle[1]} -> {after[1]} KiB, "
+            f"children left {after[2]}"
+        )
+        assert counts == {"served": 3000, "refused": 0, "reset": 0, "empty": 0}
+        assert after[2] == 0  # no child, no zombie
+        assert after[0] == idle[0]
+        assert after[1] < idle[1] + 8 * 1024  # RSS back near idle (allocator slack)
+    finally:
+        server.stop()
+
+
+def test_slow_clients_are_capped_per_address(tmp_path: Path) -> None:
+    hold = write_script(tmp_path, "hold", HOLD)
+    server = ours("-HR", "-l", "x", "-c", "20", "-C", "5", "127.0.0.1", "0", hold)
+    idle = []
+    try:
+        for _ in range(200):  # connect and never speak
+            client = socket.socket()
+            client.bind(("127.0.0.2", 0))
+            client.connect(("127.0.0.1", server.port))
+            idle.append(client)
+        server.wait_count("per-IP limit 5 reached", 195)
+        other = server.connect(source="127.0.0.3")
+        assert other.recv(100) == b"hello\n"  # a slot is free for somebody else
+        other.close()
+    finally:
+        for client in idle:
+            client.close()
+        server.stop()
+
+
+def test_chain_not_executable_is_logged_and_serving_goes_on(tmp_path: Path) -> None:
+    script = tmp_path / "noexec"
+    script.write_text("#!/bin/sh\necho hi\n")
+    script.chmod(0o644)
+    server = ours("-HR", "-l", "x", "127.0.0.1", "0", str(script))
+    try:
+        assert server.request() == b""
+        server.wait_log("unable to run .*noexec: Permission denied")
+        script.chmod(0o755)
+        assert server.request() == b"hi\n"
+    finally:
+        server.stop()
+
+
+def test_emfile_backs_off_and_recovers(tmp_path: Path) -> None:
+    hold = write_script(tmp_path, "hold", HOLD)
+
+    def low_fd_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (24, 24))
+
+    process = subprocess.Popen(
+        [venv_script("qboot-tcpsrv"), "-1", "-HR", "-l", "x", "-c", "100", "127.0.0.1", "0", hold],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=low_fd_limit,
+    )
+    assert process.stdout is not None and process.stderr is not None
+    port = int(process.stdout.readline())
+    clients = []
+    try:
+        for _ in range(30):
+            client = socket.create_connection(("127.0.0.1", port), timeout=10)
+            clients.append(client)
+        time.sleep(1.5)
+        greeted = sum(1 for c in clients[:5] if c.recv(100) == b"hello\n")
+        assert greeted == 5
+        for client in clients:
+            client.sendall(b"x\n")
+        for client in clients:  # as fds free up, the queued ones are served
+            client.settimeout(15)
+            data = read_all(client)
+            assert data.startswith(b"hello") or data == b"", data
+        served_late = socket.create_connection(("127.0.0.1", port), timeout=10)
+        assert served_late.recv(100) == b"hello\n"
+        served_late.close()
+    finally:
+        for client in clients:
+            client.close()
+        process.terminate()
+        _, err = process.communicate(timeout=10)
+    assert b"unable to accept: Too many open files; pausing" in err
+    assert err.count(b"pausing") < 200  # backs off, does not spin
+
+
+def test_disk_full_while_compiling_keeps_the_old_cdb(tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)], check=True)
+    try:
+        cdb = small / "rules.cdb"
+        rules.compile_file(b":allow\n", cdb, small / "rules.tmp")
+        before = cdb.read_bytes()
+        big = "".join(f"10.{i // 65536}.{i // 256 % 256}.{i % 256}:deny\n" for i in range(9000))
+        done = subprocess.run(
+            [venv_script("qboot-tcprules"), str(cdb), str(small / "rules.tmp")],
+            input=big.encode(),
+            capture_output=True,
+            check=False,
+        )
+        assert done.returncode == 111
+        assert b"No space left on device" in done.stderr
+        assert cdb.read_bytes() == before
+        assert not (small / "rules.tmp").exists()
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+
+
+def test_unreadable_bootctrl_does_not_fail_the_boot() -> None:
+    # Debian's python3 (readable by nobody) runs the generator, which needs no cdblib.
+    base = Path(tempfile.mkdtemp(prefix="qboot-unreadable.", dir="/tmp"))
+    try:
+        base.chmod(0o755)
+        for name, mode in (("bootctrl", 0o700), ("parent-locked", 0o700), ("out", 0o777)):
+            (base / name).mkdir()
+            (base / name).chmod(mode)
+        (base / "parent-locked" / "bootctrl").mkdir()
+        for bootctrl_dir, message in (
+            (base / "bootctrl", "cannot read directory: Permission denied"),
+            (base / "parent-locked" / "bootctrl", "cannot read: Permission denied"),
+        ):
+            done = subprocess.run(
+                [
+                    "setpriv",
+                    "--reuid=65534",
+                    "--regid=65534",
+                    "--clear-groups",
+                    "/usr/bin/python3",
+                    "-I",
+                    "-c",
+                    f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+                    "from qboot_systemd.generator import main; sys.exit(main())",
+                    str(base / "out"),
+                ],
+                env={"QBOOT_BOOTCTRL": str(bootctrl_dir), "PATH": "/usr/bin:/bin"},
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert done.returncode == 0, done.stderr
+            assert f"{bootctrl_dir}: {message}" in done.stderr
+            assert list((base / "out").iterdir()) == []
+    finally:
+        subprocess.run(["rm", "-rf", str(base)], check=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=400))
+def test_rules_parser_never_crashes_or_hangs(data: bytes) -> None:
+    try:
+        parsed = rules.parse(data)
+    except rules.RulesSyntaxError as error:
+        assert 1 <= error.line <= data.count(b"\n") + 1
+        return
+    for rule in parsed:
+        assert b"\n" not in rule.address
+
+
+unit_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=40)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.from_regex(r"[A-Z][A-Z0-9_]{0,8}", fullmatch=True), unit_text), max_size=4
+    ),
+    st.lists(unit_text.filter(lambda w: w and not w.isspace()), max_size=4),
+    unit_text,
+)
+def test_generated_units_only_carry_fixed_settings(
+    env: list[tuple[str, str]], words: list[str], banner: str
+) -> None:
+    service = bootctrl.Service(
+        name="fuzz",
+        rc_file="/b/qmail-fuzz.rc",
+        env_file="/b/qmail-fuzz.env",
+        listen=(bootctrl.Listen(25),),
+        rules="/b/tcprules-fuzz.cdb",
+        maxconn=40,
+        smtpd=("/var/qmail/bin/qmail-smtpd",),
+        presmtpd=tuple(words),
+        environment=tuple(env),
+        banner=banner,
+    )
+    try:
+        text = units.service_dropin(service, units.Paths())
+    except units.UnsafeValue as error:
+        assert error.setting is not None
+        return
+    lines = text.splitlines()
+    for line in lines:
+        assert ALLOWED.match(line), line
+    assert sum(line.startswith("Environment=") for line in lines) == len(env)
+    assert sum(line.startswith("ExecStart=/") for line in lines) == 1
+    assert generator.PROGRAM  # the generator module stays importable without click
