@@ -14,14 +14,13 @@ import tempfile
 import time
 from pathlib import Path
 
-import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qboot_systemd import bootctrl, generator, rules, units
 
 from .conftest import ROOT, venv_script
-from .tcpsrv_harness import Running, ours, read_all, write_script
+from .tcpsrv_harness import ours, read_all, write_script
 from .test_generator import ALLOWED
 
 HOLD = "#!/bin/sh\necho hello\nread line\n"
