@@ -14,9 +14,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from qboot_systemd import rules  # noqa: E402
-from tests.tcpsrv_harness import ours  # noqa: E402
-from tests.test_reliability import hammer, proc_figures  # noqa: E402
+from qboot_systemd import rules
+from tests.tcpsrv_harness import ours
+from tests.test_reliability import hammer, proc_figures
 
 
 def main() -> None:
@@ -25,8 +25,21 @@ def main() -> None:
         cdb = Path(scratch) / "rules.cdb"
         text = "".join(f"10.{i // 256}.{i % 256}.1:deny\n" for i in range(999)) + ":allow\n"
         rules.compile_file(text.encode(), cdb, cdb.with_suffix(".tmp"))
-        server = ours("-HR", "-l", "x", "-c", "20", "-b", "512", "-x", str(cdb),
-                      "127.0.0.1", "0", "/bin/echo", "220 soak")
+        server = ours(
+            "-HR",
+            "-l",
+            "x",
+            "-c",
+            "20",
+            "-b",
+            "512",
+            "-x",
+            str(cdb),
+            "127.0.0.1",
+            "0",
+            "/bin/echo",
+            "220 soak",
+        )
         try:
             asyncio.run(hammer(server.port, 50, 5))
             time.sleep(0.5)
@@ -41,8 +54,7 @@ def main() -> None:
             after = proc_figures(server.process.pid)
         finally:
             server.stop()
-    print(f"{total} connections at concurrency 200 against -c 20 -b 512, 1000 rules: "
-          f"{counts}")
+    print(f"{total} connections at concurrency 200 against -c 20 -b 512, 1000 rules: {counts}")
     print(f"{elapsed:.1f} s, {total / elapsed:.0f} connections/s")
     print(f"idle before: {idle[0]} fds, {idle[1] / 1024:.1f} MiB RSS, {idle[2]} children")
     print(f"idle after:  {after[0]} fds, {after[1] / 1024:.1f} MiB RSS, {after[2]} children")

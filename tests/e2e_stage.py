@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -52,8 +52,7 @@ def build_stage(stage: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    write(stage / "var/qmail/bin/qmail-smtpd", QMAIL_SMTPD, 0o755)
-    write(stage / "var/qmail/bin/qmail-start", QMAIL_START, 0o755)
+    add_stand_ins(stage)
     if ROOT.is_relative_to("/tmp"):
         # PrivateTmp= would hide a checkout under /tmp (and its venv) from the service;
         # a real installation lives in /usr or /opt. Test-only: the hardening stays.
@@ -61,12 +60,19 @@ def build_stage(stage: Path) -> None:
             stage / "etc/systemd/system/qmail-tcpd@.service.d/checkout-under-tmp.conf",
             f"[Service]\nBindReadOnlyPaths={ROOT}\n",
         )
+
+
+def add_stand_ins(stage: Path) -> None:
+    """qmail-start and qmail-smtpd stand-ins, and the queue directory mailfront fills."""
+    write(stage / "var/qmail/bin/qmail-smtpd", QMAIL_SMTPD, 0o755)
+    write(stage / "var/qmail/bin/qmail-start", QMAIL_START, 0o755)
     for sub in ("queue/tmp", "queue/new", "env"):
         (stage / SPOOL.lstrip("/") / sub).mkdir(parents=True, exist_ok=True)
 
 
 @contextmanager
-def booted_sandbox() -> Iterator[Sandbox]:
+def booted_sandbox(prepare: Callable[[Path], None] = build_stage) -> Iterator[Sandbox]:
+    """A real systemd booted over a stage that `prepare` fills; gone afterwards."""
     reason = missing_requirements()
     if reason:
         if STRICT:
@@ -74,7 +80,7 @@ def booted_sandbox() -> Iterator[Sandbox]:
         pytest.skip(f"sandbox unavailable: {reason}")
     require_tool("mailfront")
     stage = Path(tempfile.mkdtemp(prefix="qboot-stage."))
-    build_stage(stage)
+    prepare(stage)
     box = Sandbox(stage, ROOT)
     try:
         box.start()

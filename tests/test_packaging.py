@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import ROOT, STRICT, require_tool
-from .e2e_stage import QMAIL_SMTPD, QMAIL_START, SPOOL, write
-from .sandbox import Sandbox, missing_requirements
+from .conftest import ROOT, require_tool
+from .e2e_stage import SPOOL, add_stand_ins, booted_sandbox
+from .sandbox import Sandbox
 
 pytestmark = pytest.mark.slow
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # Debian's python3, not a pyenv one
@@ -96,25 +96,12 @@ def test_deb_contents_and_lintian(deb: Path) -> None:
 
 @pytest.fixture(scope="module")
 def box(deb: Path) -> Iterator[Sandbox]:
-    reason = missing_requirements()
-    if reason:
-        if STRICT:
-            pytest.fail(f"sandbox unavailable: {reason}")
-        pytest.skip(f"sandbox unavailable: {reason}")
-    stage = Path(tempfile.mkdtemp(prefix="qboot-deb-stage."))
-    write(stage / "var/qmail/bin/qmail-smtpd", QMAIL_SMTPD, 0o755)
-    write(stage / "var/qmail/bin/qmail-start", QMAIL_START, 0o755)
-    for sub in ("queue/tmp", "queue/new", "env"):
-        (stage / SPOOL.lstrip("/") / sub).mkdir(parents=True, exist_ok=True)
-    shutil.copy(deb, stage / "qboot-systemd.deb")
-    sandbox = Sandbox(stage, ROOT)
-    try:
-        sandbox.start()
+    def stage_with_deb(stage: Path) -> None:
+        add_stand_ins(stage)
+        shutil.copy(deb, stage / "qboot-systemd.deb")
+
+    with booted_sandbox(stage_with_deb) as sandbox:
         yield sandbox
-    finally:
-        left = sandbox.stop()
-        shutil.rmtree(stage, ignore_errors=True)
-        assert left == []
 
 
 def test_deb_installs_boots_serves_and_purges(box: Sandbox) -> None:
