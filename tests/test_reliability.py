@@ -11,6 +11,7 @@ import resource
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -287,3 +288,36 @@ def test_generated_units_only_carry_fixed_settings(
     assert sum(line.startswith("Environment=") for line in lines) == len(env)
     assert sum(line.startswith("ExecStart=/") for line in lines) == 1
     assert generator.PROGRAM  # the generator module stays importable without click
+
+
+def test_hostile_ident_answer_is_escaped_in_logs_and_kept_in_env(tmp_path: Path) -> None:
+    """An identd (ours, on 127.0.0.1:113) answers with control characters, %, and 300
+    bytes: the log line shows it escaped and cut, the child's environment gets it as is."""
+    hostile = "evil\x01name%" + "x" * 300
+    identd = socket.socket()
+    identd.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    identd.bind(("127.0.0.1", 113))
+    identd.listen(5)
+
+    def answer() -> None:
+        conn, _ = identd.accept()
+        with conn:
+            query = conn.recv(100).decode().strip()
+            conn.sendall(f"{query} : USERID : UNIX : {hostile}\r\n".encode())
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    script = write_script(tmp_path, "info", '#!/bin/sh\nprintf "%s" "$TCPREMOTEINFO"\n')
+    server = ours("-v", "-Hr", "-t", "5", "-l", "x", "127.0.0.1", "0", script)
+    try:
+        assert server.request().decode() == hostile
+        log = server.wait_log(r"ok \d+ ")
+        line = next(line for line in log.splitlines() if " ok " in line)
+        remote = line.split(" ")[-1]
+        info = remote.split(":")[2]
+        assert info == ("evil?name?" + "x" * 90 + "...")
+        assert "\x01" not in log
+    finally:
+        server.stop()
+        identd.close()
+        thread.join(5)
