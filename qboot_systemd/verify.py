@@ -48,9 +48,9 @@ def verify(model: Bootctrl, tcpsrv: str, unit_dir: Path | None = None) -> Report
         generator.write(directory, files, {})
         names = concrete_units(files, links)
         for name in names:
-            template = f"{name.split('@')[0]}@.{name.rsplit('.', 1)[1]}" if "@" in name else ""
-            if template:
-                os.symlink(template, directory / name)
+            if "@" in name:  # an instance: point it at its template, as systemd would
+                prefix, suffix = name.split("@")[0], name.rsplit(".", 1)[1]
+                os.symlink(f"{prefix}@.{suffix}", directory / name)
         if names:
             done = run(
                 [
