@@ -36,7 +36,7 @@ from .spawn import best_spawner, encode_environment
 # accept() errors that mean "out of resources for now": back off instead of spinning.
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # Spawner threads: each waits in the kernel for one child's exec (see spawn.py).
-SPAWN_THREADS = 2
+SPAWN_THREADS = 4
 EXIT_DENY_STATUS = 100 << 8
 EXIT_DROP_STATUS = 111 << 8
 
