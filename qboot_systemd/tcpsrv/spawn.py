@@ -40,8 +40,10 @@ class LibcSpawner:
     """posix_spawnp through ctypes (GIL released during the call)."""
 
     def __init__(self) -> None:
-        name = ctypes.util.find_library("c") or "libc.so.6"
-        libc = ctypes.CDLL(name, use_errno=True)
+        try:
+            libc = ctypes.CDLL("libc.so.6", use_errno=True)  # glibc: no ldconfig run
+        except OSError:
+            libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
         self._spawnp = libc.posix_spawnp
         self._spawnp.restype = ctypes.c_int
         self._actions_init = libc.posix_spawn_file_actions_init
