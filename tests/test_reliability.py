@@ -5,8 +5,6 @@ The long soak is bench/soak.py; this is its bounded twin for CI.
 
 from __future__ import annotations
 
-import asyncio
-import os
 import resource
 import socket
 import subprocess
@@ -21,87 +19,24 @@ from hypothesis import strategies as st
 from qboot_systemd import bootctrl, generator, rules, units
 
 from .conftest import ROOT, venv_script
+from .load import run_load
 from .tcpsrv_harness import ours, read_all, write_script
 from .test_generator import ALLOWED
 
 HOLD = "#!/bin/sh\necho hello\nread line\n"
 
 
-def proc_figures(pid: int) -> tuple[int, int, int]:
-    """Open fds, RSS in KiB and child processes of pid."""
-    fds = len(os.listdir(f"/proc/{pid}/fd"))
-    rss = next(
-        int(line.split()[1])
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-        if line.startswith("VmRSS:")
-    )
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    return fds, rss, len(children)
-
-
-async def hammer(port: int, total: int, concurrency: int) -> dict[str, int]:
-    counts = {"served": 0, "refused": 0, "reset": 0, "empty": 0}
-    numbers = iter(range(total))
-
-    async def worker() -> None:
-        for _ in numbers:
-            try:
-                reader, writer = await asyncio.open_connection("127.0.0.1", port)
-                data = await reader.read()
-                writer.close()
-                counts["served" if data else "empty"] += 1
-            except ConnectionRefusedError:
-                counts["refused"] += 1
-            except ConnectionResetError:
-                counts["reset"] += 1
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return counts
-
-
 def test_bounded_load_at_concurrency_200(tmp_path: Path) -> None:
-    cdb = tmp_path / "rules.cdb"
-    text = "".join(f"10.{i // 256}.{i % 256}.1:deny\n" for i in range(999)) + ":allow\n"
-    rules.compile_file(text.encode(), cdb, tmp_path / "rules.tmp")
-    server = ours(
-        "-HR",
-        "-l",
-        "x",
-        "-c",
-        "20",
-        "-b",
-        "512",
-        "-x",
-        str(cdb),
-        "127.0.0.1",
-        "0",
-        "/bin/echo",
-        "220 ok",
+    run = run_load(tmp_path, 3000)
+    print(
+        f"3000 connections at concurrency 200, -c 20: {run.counts} in {run.elapsed:.1f} s; "
+        f"fds {run.idle[0]} -> {run.after[0]}, RSS {run.idle[1]} -> {run.after[1]} KiB, "
+        f"children left {run.after[2]}"
     )
-    try:
-        asyncio.run(hammer(server.port, 50, 5))  # warm up: threads, lazily loaded libraries
-        time.sleep(0.5)
-        idle = proc_figures(server.process.pid)
-        begin = time.monotonic()
-        counts = asyncio.run(hammer(server.port, 3000, 200))
-        elapsed = time.monotonic() - begin
-        deadline = time.monotonic() + 10
-        while (
-            proc_figures(server.process.pid)[:3:2] != (idle[0], 0) and time.monotonic() < deadline
-        ):
-            time.sleep(0.05)
-        after = proc_figures(server.process.pid)
-        print(
-            f"3000 connections at concurrency 200, -c 20: {counts} in {elapsed:.1f} s; "
-            f"fds {idle[0]} -> {after[0]}, RSS {idle[1]} -> {after[1]} KiB, "
-            f"children left {after[2]}"
-        )
-        assert counts == {"served": 3000, "refused": 0, "reset": 0, "empty": 0}
-        assert after[2] == 0  # no child, no zombie
-        assert after[0] == idle[0]
-        assert after[1] < idle[1] + 8 * 1024  # RSS back near idle (allocator slack)
-    finally:
-        server.stop()
+    assert run.counts == {"served": 3000, "refused": 0, "reset": 0, "empty": 0}
+    assert run.after[2] == 0  # no child, no zombie
+    assert run.after[0] == run.idle[0]
+    assert run.after[1] < run.idle[1] + 8 * 1024  # RSS back near idle (allocator slack)
 
 
 def test_slow_clients_are_capped_per_address(tmp_path: Path) -> None:
