@@ -56,11 +56,45 @@ def missing_requirements() -> str | None:
     return None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "\nState:\tZ" not in status  # a zombie owner is dead too
+
+
+def reap_stale() -> list[str]:
+    """Sandboxes whose test process was killed (timeout, Ctrl-C) before teardown: their
+    cgroups are named qboot-<owner pid>-N, so a dead owner marks them as ours to end."""
+    reaped = []
+    for directory in sorted(CGROUP_ROOTS[0].glob("qboot-*-*")):
+        owner = directory.name.split("-")[1]
+        if not owner.isdigit() or _alive(int(owner)):
+            continue
+        stale = Sandbox.__new__(Sandbox)
+        stale.name, stale.process = directory.name, None
+        stale.work = Path("/nonexistent")
+        stale.log_path = Path("/nonexistent")
+        for pid in stale._cgroup_pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.2)
+        reaped.append(directory.name)
+        stale.stop()
+        for leftover in Path(tempfile.gettempdir()).glob(f"qboot-sandbox.{directory.name}.*"):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+    return reaped
+
+
 class Sandbox:
     def __init__(self, stage: Path, project: Path, name: str | None = None) -> None:
         self.project = project
         self.name = name or f"qboot-{os.getpid()}-{int(time.monotonic() * 1000) % 100000}"
-        self.work = Path(tempfile.mkdtemp(prefix="qboot-sandbox."))
+        self.work = Path(tempfile.mkdtemp(prefix=f"qboot-sandbox.{self.name}."))
         self.stage = stage
         self.log_path = self.work.with_name(self.work.name + ".console")
         self.process: subprocess.Popen[bytes] | None = None
@@ -68,6 +102,7 @@ class Sandbox:
 
     # --- life cycle --------------------------------------------------------------------
     def start(self, timeout: float = 60) -> None:
+        reap_stale()
         with open(self.log_path, "wb") as console:
             self.process = subprocess.Popen(
                 [
