@@ -152,6 +152,27 @@ def test_deb_installs_boots_serves_and_purges(box: Sandbox) -> None:
     assert "# admin edit" in edited  # the admin's bootctrl stays
 
 
+def debian_pip_install(*args: str) -> subprocess.CompletedProcess[str]:
+    """pip of Debian's python3, installing in the distribution's layout."""
+    return subprocess.run(
+        [
+            "/usr/bin/python3",
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--break-system-packages",
+            *args,
+        ],
+        env={**os.environ, "PATH": CLEAN_PATH, "DEB_PYTHON_INSTALL_LAYOUT": "deb_system"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 RPM_MACROS = {
     # What Fedora's python3-devel, pyproject-rpm-macros and systemd-rpm-macros define,
     # emulated with Debian's python3 and pip for this smoke build.
@@ -197,22 +218,8 @@ def test_rpm_spec_smoke_build(tmp_path: Path) -> None:
     )
     # Fedora has python3dist(pure-cdb) for the BuildRequires; here it comes from PyPI.
     deps = tmp_path / "deps"
-    subprocess.run(
-        [
-            "/usr/bin/python3",
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--break-system-packages",
-            "--target",
-            str(deps),
-            "pure-cdb==4.0.0",
-        ],
-        check=True,
-        timeout=300,
-    )
+    done = debian_pip_install("--target", str(deps), "pure-cdb==4.0.0")
+    assert done.returncode == 0, done.stderr
     defines = [arg for name, value in RPM_MACROS.items() for arg in ("--define", f"{name} {value}")]
     done = subprocess.run(
         [
@@ -253,26 +260,8 @@ def test_arch_pkgbuild_ships_what_the_deb_ships(deb: Path) -> None:
     root = Path(tempfile.mkdtemp(prefix="qboot-arch."))
     try:
         site = root / "usr/lib/python3/dist-packages"
-        wheel = subprocess.run(
-            [
-                "/usr/bin/python3",
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                "--no-deps",
-                "--no-compile",
-                "--break-system-packages",
-                "--root",
-                str(root),
-                "--prefix",
-                "/usr",
-                str(ROOT),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**os.environ, "PATH": CLEAN_PATH, "DEB_PYTHON_INSTALL_LAYOUT": "deb_system"},
+        wheel = debian_pip_install(
+            "--no-compile", "--root", str(root), "--prefix", "/usr", str(ROOT)
         )
         assert wheel.returncode == 0, wheel.stderr
         install = subprocess.run(
