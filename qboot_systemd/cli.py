@@ -50,15 +50,20 @@ qmail_home_option = click.option(
 )
 
 
-def load_bootctrl(
-    directory: Path | None, qmail_home: Path | None = None
-) -> bootctrl_model.Bootctrl:
+def bootctrl_directory(directory: Path | None) -> Path:
+    """--bootctrl, else $QBOOT_BOOTCTRL or the default; it must exist."""
     path = directory or bootctrl_model.default_bootctrl()
     if not path.is_dir():
         raise UserError(
             f"bootctrl directory {path} not found", "pass --bootctrl DIR or set QBOOT_BOOTCTRL"
         )
-    return bootctrl_model.load(path, qmail_home)
+    return path
+
+
+def load_bootctrl(
+    directory: Path | None, qmail_home: Path | None = None
+) -> bootctrl_model.Bootctrl:
+    return bootctrl_model.load(bootctrl_directory(directory), qmail_home)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -122,11 +127,7 @@ def rules_group() -> None:
 @user_errors
 def rules_compile(bootctrl_dir: Path | None, force: bool, service: str | None) -> None:
     """Compile tcprules-*.txt to .cdb (all, or one SERVICE), like mktcprules."""
-    directory = bootctrl_dir or bootctrl_model.default_bootctrl()
-    if not directory.is_dir():
-        raise UserError(
-            f"bootctrl directory {directory} not found", "pass --bootctrl DIR or set QBOOT_BOOTCTRL"
-        )
+    directory = bootctrl_directory(bootctrl_dir)
     if service is None:
         results = mktcprules.compile_directory(directory, force)
     else:
@@ -154,7 +155,7 @@ def rules_check(
     bootctrl_dir: Path | None, service: str | None, host: str | None, info: str | None, ip: str
 ) -> None:
     """Show which rule applies to a client at IP, like tcprulescheck."""
-    directory = bootctrl_dir or bootctrl_model.default_bootctrl()
+    directory = bootctrl_directory(bootctrl_dir)
     if service is None:
         path = directory / "tcprules-default.cdb"
     else:
@@ -461,8 +462,7 @@ def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
     from .systemd import JobFailed, Systemd
 
     _require_root("qbootctl enable")
-    directory = bootctrl_dir or bootctrl_model.default_bootctrl()
-    load_bootctrl(directory)
+    directory = bootctrl_directory(bootctrl_dir)
     for line in admin.enable(directory, service):
         click.echo(line)
     model = bootctrl_model.load(directory)
@@ -493,8 +493,7 @@ def disable(bootctrl_dir: Path | None, service: str) -> None:
     from .systemd import Systemd
 
     _require_root("qbootctl disable")
-    directory = bootctrl_dir or bootctrl_model.default_bootctrl()
-    load_bootctrl(directory)
+    directory = bootctrl_directory(bootctrl_dir)
     with Systemd() as manager:
         for unit in reversed(admin.target(service).units):
             manager.act("stop", unit)

@@ -94,8 +94,8 @@ class Systemd:
         self._manager.Manager.Reload()
 
     def start(self, unit: str) -> bytes:
-        job: bytes = self._manager.Manager.StartUnit(unit.encode(), b"replace")
-        return job
+        """Queue a start job without waiting for it (boot: systemd orders the rest)."""
+        return self._job("StartUnit", unit)
 
     def _job(self, method: str, unit: str) -> bytes:
         try:

@@ -1,8 +1,9 @@
 """The accept loop: limits, rules, spawning the chain, reaping, signals.
 
-One thread runs the loop; reverse DNS and ident run in worker threads and report back
+One thread runs the loop. Reverse DNS and ident run in worker threads, and spawning runs
+in spawner threads (posix_spawnp with the GIL released, see spawn.py); both report back
 through a wake-up socket, so nothing a client does can stall the loop. Children are
-spawned with posix_spawn (measured fastest, see bench/) and watched through pidfds.
+watched through pidfds.
 """
 
 from __future__ import annotations
@@ -72,7 +73,6 @@ class Child:
 class Counters:
     served: int = 0
     denied: int = 0
-    dropped: int = 0
 
 
 @dataclass
@@ -204,14 +204,13 @@ class Server:
                 ),
                 1,
             )
-            self.counters.dropped += 1
             conn.close()
             return
         # accept() gave a blocking fd (accept4 without SOCK_NONBLOCK): the child needs that.
         self.per_ip[client] += 1
         self.running += 1
         self._status_changed()
-        self._prepare_socket(conn, endpoints)
+        self._prepare_socket(conn)
         if self.options.banner:
             with contextlib.suppress(OSError):
                 conn.send(
@@ -231,7 +230,7 @@ class Server:
         future = self.workers.submit(self._lookups, endpoints, needs_local)
         future.add_done_callback(self._lookup_done(pending.ident))
 
-    def _prepare_socket(self, conn: socket.socket, endpoints: Endpoints) -> None:
+    def _prepare_socket(self, conn: socket.socket) -> None:
         try:
             if self.options.nodelay:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
