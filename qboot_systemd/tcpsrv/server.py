@@ -1,20 +1,23 @@
 """The accept loop: limits, rules, spawning the chain, reaping, signals.
 
 One thread runs the loop. Reverse DNS and ident run in worker threads, and spawning runs
-in spawner threads (posix_spawnp with the GIL released, see spawn.py); both report back
-through a wake-up socket, so nothing a client does can stall the loop. Children are
-watched through pidfds.
+in spawner threads (posix_spawnp with the GIL released, see spawn.py), so nothing a client
+does can stall the loop. A spawner thread books its child itself, under a lock; the loop
+hears only of lookups, failed spawns and SIGCHLD, through a wake-up socket, and reaps with
+waitpid as tcpserver does. Every thread switch and syscall costs the loop its share of the
+GIL, so the common path has as few as possible.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import heapq
 import itertools
 import os
 import queue
-import selectors
+import select
 import signal
 import socket
 import sys
@@ -27,17 +30,18 @@ from dataclasses import dataclass, field
 from typing import TextIO
 
 from ..rules import Decision, RulesError, RuleSet
-from . import logline
+from . import logline, quick
 from .environ import Endpoints, base_environment, connection_environment, ipv4_form
 from .lookups import ident, reverse_name
 from .notify import Notifier
 from .options import Options
-from .spawn import best_spawner, encode_environment
+from .spawn import best_spawner
 
 # accept() errors that mean "out of resources for now": back off instead of spinning.
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # Spawner threads: each waits in the kernel for one child's exec (see spawn.py).
-SPAWN_THREADS = 4
+SPAWN_THREADS = int(os.environ.get("QB_THREADS", "4"))  # XXX experiment
+INLINE = bool(os.environ.get("QB_INLINE"))
 EXIT_DENY_STATUS = 100 << 8
 EXIT_DROP_STATUS = 111 << 8
 
@@ -47,26 +51,19 @@ class Pending:
     """An accepted connection waiting for its lookups."""
 
     ident: int
-    conn: socket.socket
+    fd: int
     endpoints: Endpoints
     deadline: float
 
 
 @dataclass
 class SpawnJob:
-    conn: socket.socket
+    fd: int
     client: str
     log_local: tuple[str | None, str, str]
     log_remote: tuple[str | None, str, str | None, str]
     pid: int = 0
     error: str | None = None
-
-
-@dataclass
-class Child:
-    pid: int
-    pidfd: int
-    client: str
 
 
 @dataclass
@@ -85,15 +82,19 @@ class Server:
 
     def __post_init__(self) -> None:
         self.verbose = self.options.verbosity >= 2  # -v: build log lines only then
-        self.selector = selectors.DefaultSelector()
+        self.poller = select.epoll()
+        self.handlers: dict[int, Callable[[], None]] = {}
         self.notifier = Notifier()
-        base_env = base_environment(dict(os.environ))
-        # Encoded once; per connection only the TCP and rules variables are encoded.
-        self.base_entries = list(zip(base_env, encode_environment(base_env), strict=True))
         self.program = [os.fsencode(word) for word in self.options.program]
         self.running = 0
         self.per_ip: Counter[str] = Counter()
-        self.children: dict[int, Child] = {}
+        # Both touched by spawner threads and the loop, always under self.books.
+        self.children: dict[int, str] = {}  # pid -> client address
+        self.exited_early: dict[int, int] = {}  # reaped before its spawner booked it
+        self.books = threading.Lock()
+        self.log_lock = threading.Lock()
+        self.child_exited = False
+        self.local_endpoints = {id(sock): _fixed_local(sock) for sock in self.listeners}
         self.pending: dict[int, Pending] = {}
         self.deadlines: list[tuple[float, int]] = []
         self.counters = Counters()
@@ -106,24 +107,26 @@ class Server:
         self.completed: queue.SimpleQueue[tuple[int, tuple[str | None, ...]]] = queue.SimpleQueue()
         self.workers: ThreadPoolExecutor | None = None
         self.ids = itertools.count(1)
-        self.spawner = best_spawner()
+        self.spawner = best_spawner(self.program, base_environment(dict(os.environ)))
         self.spawning = 0
-        self.spawn_queue: queue.SimpleQueue[tuple[SpawnJob, list[bytes]]] = queue.SimpleQueue()
-        self.spawned: queue.SimpleQueue[SpawnJob] = queue.SimpleQueue()
+        self.spawn_queue: queue.SimpleQueue[tuple[SpawnJob, dict[str, str]]] = queue.SimpleQueue()
+        # Sessions that ended without the loop reaping them: failed spawns and early exits.
+        self.ended: queue.SimpleQueue[tuple[SpawnJob, int]] = queue.SimpleQueue()
         for number in range(SPAWN_THREADS):
             threading.Thread(target=self._spawn_worker, name=f"spawn-{number}", daemon=True).start()
         self.wake_read, self.wake_write = socket.socketpair()
         self.wake_read.setblocking(False)
         self.wake_write.setblocking(False)
-        self.selector.register(self.wake_read, selectors.EVENT_READ, self._on_wake)
+        self._watch(self.wake_read.fileno(), self._on_wake)
         for listener in self.listeners:
             listener.setblocking(False)
 
     # --- logging -----------------------------------------------------------------------
     def _say(self, line: str, level: int = 2) -> None:
         if self.options.verbosity >= level:
-            self.log.write(line)
-            self.log.flush()
+            with self.log_lock:  # spawner threads log too: whole lines only
+                self.log.write(line)
+                self.log.flush()
 
     def _status_changed(self) -> None:
         if self.verbose:
@@ -145,9 +148,9 @@ class Server:
             return
         for listener in self.listeners:
             if wanted:
-                self.selector.register(listener, selectors.EVENT_READ, self._on_listener)
+                self._watch(listener.fileno(), functools.partial(self._on_listener, listener))
             else:
-                self.selector.unregister(listener)
+                self._unwatch(listener.fileno())
         self.accepting = wanted
 
     def _may_accept(self) -> bool:
@@ -163,7 +166,7 @@ class Server:
             if not self._may_accept():
                 break
             try:
-                conn, address = listener.accept()
+                fd, address = quick.accept(listener)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
@@ -180,15 +183,17 @@ class Server:
                     return
                 continue  # ECONNABORTED, EPROTO, EPERM: that client is gone
             self.backoff = 0.05
-            self._on_connection(conn, address)
+            self._on_connection(listener, fd, address)
         self._set_accepting(self._may_accept())
 
-    def _on_connection(self, conn: socket.socket, address: tuple[object, ...]) -> None:
-        try:
-            local = conn.getsockname()
-        except OSError:
-            conn.close()
-            return
+    def _on_connection(self, listener: socket.socket, fd: int, address: tuple[object, ...]) -> None:
+        local = self.local_endpoints[id(listener)]
+        if local is None:  # a wildcard listener: ask which address the client reached
+            try:
+                local = _local_address(fd)
+            except OSError:
+                quick.close(fd)
+                return
         endpoints = Endpoints(
             str(local[0]).split("%")[0],
             int(local[1]),
@@ -204,23 +209,20 @@ class Server:
                 ),
                 1,
             )
-            conn.close()
+            quick.close(fd)
             return
         # accept() gave a blocking fd (accept4 without SOCK_NONBLOCK): the child needs that.
         self.per_ip[client] += 1
         self.running += 1
         self._status_changed()
-        self._prepare_socket(conn)
+        self._prepare_socket(fd, listener.family)
         if self.options.banner:
-            with contextlib.suppress(OSError):
-                conn.send(
-                    self.options.banner.encode("utf-8", "surrogateescape"), socket.MSG_DONTWAIT
-                )
+            quick.send_now(fd, self.options.banner.encode("utf-8", "surrogateescape"))
         needs_local = self.options.localname is None and endpoints.local_ip not in self.local_names
         if not (self.options.remote_host or self.options.remote_info or needs_local):
-            self._decide(conn, endpoints, self._local_name(endpoints), None, None)
+            self._decide(fd, endpoints, self._local_name(endpoints), None, None)
             return
-        pending = Pending(next(self.ids), conn, endpoints, time.monotonic() + self.options.timeout)
+        pending = Pending(next(self.ids), fd, endpoints, time.monotonic() + self.options.timeout)
         self.pending[pending.ident] = pending
         heapq.heappush(self.deadlines, (pending.deadline, pending.ident))
         if self.workers is None:
@@ -230,14 +232,11 @@ class Server:
         future = self.workers.submit(self._lookups, endpoints, needs_local)
         future.add_done_callback(self._lookup_done(pending.ident))
 
-    def _prepare_socket(self, conn: socket.socket) -> None:
-        try:
-            if self.options.nodelay:
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.options.kill_ip_options and conn.family == socket.AF_INET:
-                conn.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, b"")
-        except OSError:
-            pass
+    def _prepare_socket(self, fd: int, family: int) -> None:
+        if self.options.nodelay:
+            quick.set_option(fd, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.options.kill_ip_options and family == socket.AF_INET:
+            quick.set_option(fd, socket.IPPROTO_IP, socket.IP_OPTIONS, None)
 
     # --- lookups -------------------------------------------------------------------------
     def _local_name(self, endpoints: Endpoints) -> str | None:
@@ -288,7 +287,7 @@ class Server:
             if self.options.localname is None and local_name is not None:
                 self.local_names[pending.endpoints.local_ip] = local_name
             local = local_name if local_name is not None else self._local_name(pending.endpoints)
-            self._decide(pending.conn, pending.endpoints, local, remote_host, remote_info)
+            self._decide(pending.fd, pending.endpoints, local, remote_host, remote_info)
 
     def _expire_lookups(self, now: float) -> None:
         while self.deadlines and self.deadlines[0][0] <= now:
@@ -296,13 +295,13 @@ class Server:
             pending = self.pending.pop(ident_, None)
             if pending is not None:
                 self._decide(
-                    pending.conn, pending.endpoints, self._local_name(pending.endpoints), None, None
+                    pending.fd, pending.endpoints, self._local_name(pending.endpoints), None, None
                 )
 
     # --- the decision and the spawn ----------------------------------------------------
     def _decide(
         self,
-        conn: socket.socket,
+        fd: int,
         endpoints: Endpoints,
         local_host: str | None,
         remote_host: str | None,
@@ -317,14 +316,14 @@ class Server:
             if isinstance(found, RulesError):
                 if not (found.missing and self.options.missing_rules_ok):
                     message = logline.warning(f"dropping connection, {found}")
-                    self._refuse(conn, client, EXIT_DROP_STATUS, message)
+                    self._refuse(fd, client, EXIT_DROP_STATUS, message)
                     return
             else:
                 decision = found
         if decision.deny:
             self.counters.denied += 1
             self._refuse(
-                conn,
+                fd,
                 client,
                 EXIT_DENY_STATUS,
                 logline.verdict("deny", os.getpid(), log_local, log_remote),
@@ -334,53 +333,64 @@ class Server:
             endpoints, local_host, remote_host, remote_info, self.options.ipv6_env
         )
         extra.update(decision.env)  # rules may override TCP* and the server's own
-        env = [entry for name, entry in self.base_entries if name not in extra]
-        env += encode_environment(extra)
-        job = SpawnJob(conn, client, log_local, log_remote)
-        self.spawning += 1
-        self.spawn_queue.put((job, env))
+        job = SpawnJob(fd, client, log_local, log_remote)
+        with self.books:
+            self.spawning += 1
+        self.counters.served += 1  # taken back if the chain cannot be run
+        self._publish()
+        if INLINE:
+            self._spawn_one(job, extra)
+        else:
+            self.spawn_queue.put((job, extra))
 
     def _spawn_worker(self) -> None:
-        """Runs in a spawner thread: the kernel's part of spawning happens here."""
+        """Runs in a spawner thread: the kernel's part of spawning happens here, and the
+        child is booked here, so the loop is not woken for it."""
         while True:
             job, env = self.spawn_queue.get()
-            try:
-                job.pid = self.spawner.spawn(self.program, env, job.conn.fileno())
-            except OSError as error:
-                job.error = error.strerror or str(error)
-            job.conn.close()
-            self.spawned.put(job)
-            with contextlib.suppress(OSError):
-                self.wake_write.send(b"s")
+            self._spawn_one(job, env)
 
-    def _finish_spawns(self) -> None:
+    def _spawn_one(self, job: SpawnJob, env: dict[str, str]) -> None:
+        try:
+            job.pid = self.spawner.spawn(env, job.fd)
+        except OSError as error:
+            job.error = error.strerror or str(error)
+        quick.close(job.fd)
+        with self.books:
+            self.spawning -= 1
+            if job.error is None:
+                if self.verbose:  # before the loop can reap it and log its end
+                    self._say(logline.pid_from(job.pid, job.client))
+                    self._say(logline.verdict("ok", job.pid, job.log_local, job.log_remote))
+                status = self.exited_early.pop(job.pid, None)
+                if status is None:
+                    self.children[job.pid] = job.client
+                    return
+            else:
+                status = EXIT_DROP_STATUS
+            self.ended.put((job, status))
+        with contextlib.suppress(OSError):
+            self.wake_write.send(b"s")
+
+    def _finish_ended(self) -> None:
         while True:
             try:
-                job = self.spawned.get_nowait()
+                job, status = self.ended.get_nowait()
             except queue.Empty:
                 return
-            self.spawning -= 1
             if job.error is not None:
+                self.counters.served -= 1
                 program = logline.safe(os.fsdecode(self.program[0]))
                 message = f"unable to run {program}: {job.error}"
-                self._refuse(
-                    job.conn, job.client, EXIT_DROP_STATUS, logline.warning(message), level=1
-                )
-                continue
-            pidfd = os.pidfd_open(job.pid)
-            self.children[pidfd] = Child(job.pid, pidfd, job.client)
-            self.selector.register(pidfd, selectors.EVENT_READ, self._on_child)
-            self.counters.served += 1
-            self._publish()
-            if self.verbose:
-                self._say(logline.pid_from(job.pid, job.client))
-                self._say(logline.verdict("ok", job.pid, job.log_local, job.log_remote))
+                self._refuse(None, job.client, status, logline.warning(message), level=1)
+            else:
+                self._child_over(job.pid, job.client, status)
 
-    def _refuse(
-        self, conn: socket.socket, client: str, status: int, line: str, level: int = 2
-    ) -> None:
-        """Close without running anything; log it the way tcpserver's child would."""
-        conn.close()
+    def _refuse(self, fd: int | None, client: str, status: int, line: str, level: int = 2) -> None:
+        """Close (unless a spawner did) without running anything; log it the way
+        tcpserver's child would."""
+        if fd is not None:
+            quick.close(fd)
         pid = os.getpid()
         self._say(logline.pid_from(pid, client))
         self._say(line, level)
@@ -395,28 +405,45 @@ class Server:
         self._status_changed()
         self._set_accepting(self._may_accept())
 
-    def _on_child(self, pidfd: int) -> None:
-        child = self.children.pop(pidfd)
-        self.selector.unregister(pidfd)
-        os.close(pidfd)
-        try:
-            _, status = os.waitpid(child.pid, 0)
-        except ChildProcessError:
-            status = 0
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            with self.books:
+                client = self.children.pop(pid, None)
+                if client is None:  # its spawner thread has not booked it yet
+                    self.exited_early[pid] = status
+                    continue
+            self._child_over(pid, client, status)
+
+    def _child_over(self, pid: int, client: str, status: int) -> None:
         if self.verbose:
-            self._say(logline.end(child.pid, status))
-        self._session_over(child.client)
+            self._say(logline.end(pid, status))
+        self._session_over(client)
 
     # --- signals and the loop ------------------------------------------------------------
-    def _on_wake(self, wake: socket.socket) -> None:
-        try:
-            while wake.recv(4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+    def _watch(self, fd: int, handler: Callable[[], None]) -> None:
+        self.poller.register(fd, select.EPOLLIN)
+        self.handlers[fd] = handler
+
+    def _unwatch(self, fd: int) -> None:
+        self.poller.unregister(fd)
+        del self.handlers[fd]
+
+    def _on_wake(self) -> None:
+        # One read: what is left wakes the loop again, cheaper than a read that fails.
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            self.wake_read.recv(4096)
 
     def _on_signal(self, number: int, _frame: object) -> None:
         self.signals.append(number)
+
+    def _on_sigchld(self, _number: int, _frame: object) -> None:
+        self.child_exited = True
 
     def _handle_signals(self) -> None:
         while self.signals:
@@ -436,41 +463,82 @@ class Server:
                 for listener in self.listeners:
                     listener.close()
 
-    def _timeout(self, now: float) -> float | None:
+    def _timed(self) -> bool:
+        """Is anything waiting for a moment rather than for an fd?"""
+        return bool(
+            self.deadlines
+            or self.backoff_until is not None
+            or self.stop_at is not None
+            or self.notifier.next_flush() is not None
+        )
+
+    def _timeout(self) -> float:
+        """Seconds epoll may wait: -1 (for ever) on the common path."""
+        if not self._timed():
+            return -1
         candidates = [
             t
             for t in (
                 self.backoff_until,
                 self.notifier.next_flush(),
-                self.stop_at if self.children or self.pending or self.spawning else None,
+                self.stop_at if self._busy() else None,
             )
             if t is not None
         ]
         if self.deadlines:
             candidates.append(self.deadlines[0][0])
-        return max(0.0, min(candidates) - now) if candidates else None
+        return max(0.0, min(candidates) - time.monotonic()) if candidates else -1
+
+    def _busy(self) -> bool:
+        with self.books:
+            return bool(self.children or self.pending or self.spawning)
 
     def serve(self) -> int:
         signal.set_wakeup_fd(self.wake_write.fileno(), warn_on_full_buffer=False)
         for number in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(number, self._on_signal)
+        signal.signal(signal.SIGCHLD, self._on_sigchld)
         self._set_accepting(True)
         self.notifier.send("READY=1")
         self._status_changed()
         while True:
-            now = time.monotonic()
-            for key, _ in self.selector.select(self._timeout(now)):
-                key.data(key.fileobj)
-            self._handle_signals()
-            self._finish_lookups()
-            self._finish_spawns()
+            for fd, _ in self.poller.poll(self._timeout()):
+                handler = self.handlers.get(fd)  # an earlier one may have unwatched it
+                if handler is not None:
+                    handler()
+            if self.signals:
+                self._handle_signals()
+            if self.child_exited:
+                self.child_exited = False
+                self._reap()
+            if not self.completed.empty():
+                self._finish_lookups()
+            if not self.ended.empty():
+                self._finish_ended()
+            if not self._timed():
+                continue
             now = time.monotonic()
             self._expire_lookups(now)
             if self.backoff_until is not None and now >= self.backoff_until:
                 self.backoff_until = None
                 self._set_accepting(self._may_accept())
             self.notifier.flush(now)
-            if self.stop_at is not None and (
-                now >= self.stop_at or not (self.children or self.pending or self.spawning)
-            ):
+            if self.stop_at is not None and (now >= self.stop_at or not self._busy()):
                 return 0
+
+
+def _fixed_local(listener: socket.socket) -> tuple[str, int] | None:
+    """The local address every connection on this listener has, unless it is a wildcard."""
+    address = listener.getsockname()
+    if str(address[0]) in ("0.0.0.0", "::"):
+        return None
+    return str(address[0]), int(address[1])
+
+
+def _local_address(fd: int) -> tuple[str, int]:
+    probe = socket.socket(fileno=fd)
+    try:
+        address = probe.getsockname()
+    finally:
+        probe.detach()
+    return str(address[0]), int(address[1])
