@@ -122,5 +122,5 @@ def ours(*args: str, env: dict[str, str] | None = None) -> Running:
     return Running([venv_script("qboot-tcpsrv"), "-1", *args], env=env)
 
 
-def theirs(tcpserver: str, *args: str) -> Running:
-    return Running([tcpserver, "-1", *args])
+def theirs(tcpserver: str, *args: str, env: dict[str, str] | None = None) -> Running:
+    return Running([tcpserver, "-1", *args], env=env)

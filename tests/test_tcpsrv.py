@@ -296,3 +296,36 @@ def test_no_zombies_after_many_sessions(tmp_path: Path) -> None:
         assert "State:" in status
     finally:
         server.stop()
+
+
+def test_child_reaped_before_its_spawner_booked_it() -> None:
+    """A child can exit, and the loop reap it, before its spawner thread has booked it:
+    the session must still end once, with its log lines in tcpserver's order."""
+    from io import StringIO
+
+    from qboot_systemd.tcpsrv.server import Server
+
+    options = parse(["-v", "-HR", "-l", "x", "127.0.0.1", "0", "/bin/true"])
+    log = StringIO()
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        server = Server(options, [listener], None, log=log)
+        spawn = server.spawner.spawn
+
+        def spawn_then_reap(env: dict[str, str], fd: int) -> int:
+            pid = spawn(env, fd)
+            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # it has exited ...
+            server._reap()  # ... and the loop reaped it first
+            return pid
+
+        server.spawner.spawn = spawn_then_reap  # type: ignore[method-assign]
+        with socket.create_connection(listener.getsockname()):
+            server._on_listener(listener)
+            deadline = time.monotonic() + 10
+            while server.ended.empty():
+                assert time.monotonic() < deadline, log.getvalue()
+                time.sleep(0.01)
+            server._finish_ended()
+    assert (server.running, server.children, server.exited_early) == (0, {}, {})
+    words = [line.split()[1] for line in log.getvalue().splitlines()]
+    assert words == ["status:", "pid", "ok", "end", "status:"], log.getvalue()
+    assert log.getvalue().splitlines()[-1].endswith("status: 0/40")

@@ -55,7 +55,12 @@ def test_environment_and_log_match_tcpserver(setup: tuple[str, str], flags: list
     tcpserver = require_tool("tcpserver")
     cdb, dump = setup
     results = {}
-    for name, start in (("ours", ours), ("theirs", lambda *a: theirs(tcpserver, *a))):
+    # X and Y are in the servers' own environment too: a rule's value must replace them.
+    own = {"X": "server-x", "Y": "server-y"}
+    for name, start in (
+        ("ours", lambda *a: ours(*a, env=own)),
+        ("theirs", lambda *a: theirs(tcpserver, *a, env=own)),
+    ):
         server: Running = start(*flags, "-x", cdb, "0", "0", dump)
         try:
             outputs = []
@@ -73,4 +78,6 @@ def test_environment_and_log_match_tcpserver(setup: tuple[str, str], flags: list
     assert our_env == their_env
     assert our_env[1] == []  # denied: the child never ran
     assert "X=one" in our_env[0] and "PROTO=TCP6" in our_env[4]
+    assert our_env[0].count("X=one") == 1 and "X=server-x" not in our_env[0]
+    assert "X=server-x" in our_env[3] and "Y=six" in our_env[4]
     assert our_log == their_log
