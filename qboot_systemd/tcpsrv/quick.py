@@ -11,8 +11,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import socket
+import struct
 
 
 def load_libc(keep_gil: bool) -> ctypes.CDLL:
@@ -22,6 +24,8 @@ def load_libc(keep_gil: bool) -> ctypes.CDLL:
     except OSError:
         return kind(ctypes.util.find_library("c"), use_errno=True)
 
+
+_SOCKADDR_SIZE = 128  # sizeof(struct sockaddr_storage)
 
 try:
     _libc: ctypes.CDLL | None = load_libc(keep_gil=True)
@@ -34,6 +38,30 @@ def accept(listener: socket.socket) -> tuple[int, tuple[object, ...]]:
     a getsockname(), another GIL release per connection."""
     fd, address = listener._accept()  # type: ignore[attr-defined]
     return int(fd), tuple(address)
+
+
+def local_address(fd: int) -> tuple[str, int]:
+    """getsockname() as (ip, port), for connections on a wildcard listener."""
+    if _libc is None:
+        probe = socket.socket(fileno=fd)
+        try:
+            address = probe.getsockname()
+        finally:
+            probe.detach()
+        return str(address[0]).split("%")[0], int(address[1])
+    buffer = ctypes.create_string_buffer(_SOCKADDR_SIZE)
+    size = ctypes.c_uint32(_SOCKADDR_SIZE)
+    if _libc.getsockname(fd, buffer, ctypes.byref(size)) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number))
+    raw = buffer.raw
+    (family,) = struct.unpack_from("=H", raw, 0)
+    (port,) = struct.unpack_from("!H", raw, 2)
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    if family == socket.AF_INET6:
+        return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
+    raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
 
 
 def close(fd: int) -> None:

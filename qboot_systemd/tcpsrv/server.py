@@ -191,7 +191,7 @@ class Server:
         local = self.local_endpoints[id(listener)]
         if local is None:  # a wildcard listener: ask which address the client reached
             try:
-                local = _local_address(fd)
+                local = quick.local_address(fd)
             except OSError:
                 quick.close(fd)
                 return
@@ -532,13 +532,4 @@ def _fixed_local(listener: socket.socket) -> tuple[str, int] | None:
     address = listener.getsockname()
     if str(address[0]) in ("0.0.0.0", "::"):
         return None
-    return str(address[0]), int(address[1])
-
-
-def _local_address(fd: int) -> tuple[str, int]:
-    probe = socket.socket(fileno=fd)
-    try:
-        address = probe.getsockname()
-    finally:
-        probe.detach()
     return str(address[0]), int(address[1])
