@@ -2,7 +2,8 @@
 
 Same 1000-line rules cdb, same tiny child (/bin/echo), flags -HR -l x -c 100 -b 256, loopback
 clients at concurrency 1, 10 and 50, the two servers interleaved round by round. Prints
-connections per second, greeting latency p50/p99 and the ratios ours/theirs, then how
+connections per second, greeting latency p50/p99, the server's own CPU time per connection
+(from /proc, the server process without its children) and the ratios ours/theirs, then how
 fast each way of spawning the chain is, and our idle RSS.
 Run: .venv/bin/python bench/tcpsrv_bench.py [connections-per-round]
 """
@@ -65,6 +66,12 @@ async def load(port: int, total: int, concurrency: int) -> tuple[float, list[flo
     begin = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return total / (time.perf_counter() - begin), latencies
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system time of the server process (all its threads, not its children)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile(values: list[float], fraction: float) -> float:
@@ -131,14 +138,16 @@ def main() -> None:
         ]
         servers = {"ours": [OURS, *flags], "tcpserver": [tcpserver, *flags]}
         print(f"{total} connections per round, 3 rounds, best round shown")
-        print(f"{'conc':>4} {'server':>10} {'conn/s':>8} {'p50 ms':>7} {'p99 ms':>7}")
+        print(f"{'conc':>4} {'server':>10} {'conn/s':>8} {'p50 ms':>7} {'p99 ms':>7} {'cpu us':>7}")
         for concurrency in (1, 10, 50):
-            best: dict[str, tuple[float, float, float]] = {}
+            best: dict[str, tuple[float, float, float, float]] = {}
             for _ in range(3):
                 for name, argv in servers.items():
                     process, port = start(argv)
                     try:
+                        before = cpu_seconds(process.pid)
                         rate, latencies = asyncio.run(load(port, total, concurrency))
+                        cpu = (cpu_seconds(process.pid) - before) / total * 1e6
                     finally:
                         process.terminate()
                         process.wait()
@@ -146,15 +155,19 @@ def main() -> None:
                         rate,
                         percentile(latencies, 0.5) * 1e3,
                         percentile(latencies, 0.99) * 1e3,
+                        cpu,
                     )
                     if name not in best or figures[0] > best[name][0]:
                         best[name] = figures
-            for name, (rate, p50, p99) in best.items():
-                print(f"{concurrency:>4} {name:>10} {rate:>8.0f} {p50:>7.2f} {p99:>7.2f}")
+            for name, (rate, p50, p99, cpu) in best.items():
+                print(
+                    f"{concurrency:>4} {name:>10} {rate:>8.0f} {p50:>7.2f} {p99:>7.2f} {cpu:>7.0f}"
+                )
             ours, theirs = best["ours"], best["tcpserver"]
             print(
                 f"{concurrency:>4} {'ratio':>10} {ours[0] / theirs[0]:>8.2f} "
-                f"{ours[1] / theirs[1]:>7.2f} {ours[2] / theirs[2]:>7.2f}"
+                f"{ours[1] / theirs[1]:>7.2f} {ours[2] / theirs[2]:>7.2f} "
+                f"{ours[3] / max(theirs[3], 1e-9):>7.2f}"
             )
         process, _ = start(servers["ours"])
         time.sleep(0.5)
