@@ -39,6 +39,29 @@ def test_bounded_load_at_concurrency_200(tmp_path: Path) -> None:
     assert run.after[1] < run.idle[1] + 8 * 1024  # RSS back near idle (allocator slack)
 
 
+def test_log_lines_keep_their_order_under_load(tmp_path: Path) -> None:
+    """Spawner threads log `pid`/`ok` and the loop logs `end`: under load, with children
+    that exit at once, every session still logs pid, ok, end in that order, once."""
+    import asyncio
+    import re
+
+    from .load import hammer
+
+    server = ours("-v", "-HR", "-l", "x", "-c", "30", "-b", "256", "0", "0", "/bin/true")
+    try:
+        counts = asyncio.run(hammer(server.port, 600, 30))
+        assert counts == {"served": 0, "refused": 0, "reset": 0, "empty": 600}
+        server.wait_count(r"end \d+ status 0\n", 600)
+        log = server.wait_log(r"status: 0/30\n\Z")
+    finally:
+        server.stop()
+    seen: dict[str, list[str]] = {}
+    for word, pid in re.findall(r"^qboot-tcpsrv: (pid|ok|end) (\d+)", log, re.M):
+        seen.setdefault(pid, []).append(word)
+    assert len(seen) == 600
+    assert {tuple(words) for words in seen.values()} == {("pid", "ok", "end")}
+
+
 def test_slow_clients_are_capped_per_address(tmp_path: Path) -> None:
     hold = write_script(tmp_path, "hold", HOLD)
     server = ours("-HR", "-l", "x", "-c", "20", "-C", "5", "127.0.0.1", "0", hold)
