@@ -329,3 +329,28 @@ def test_child_reaped_before_its_spawner_booked_it() -> None:
     words = [line.split()[1] for line in log.getvalue().splitlines()]
     assert words == ["status:", "pid", "ok", "end", "status:"], log.getvalue()
     assert log.getvalue().splitlines()[-1].endswith("status: 0/40")
+
+
+@pytest.mark.parametrize("spawner_name", ["LibcSpawner", "PythonSpawner"])
+def test_spawned_environment_is_exact(spawner_name: str) -> None:
+    """The child's environment is the server's plus the connection's, the connection's
+    winning, with non-ASCII and undecodable bytes intact and nothing twice."""
+    from qboot_systemd.tcpsrv import spawn
+
+    kind = getattr(spawn, spawner_name)
+    base = {"A": "1", "KEEP": "ü", "EMPTY": ""}
+    spawner = kind([b"/usr/bin/env"], base)
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        pid = spawner.spawn({"A": "2", "RAW": "\udcff", "TCPREMOTEIP": "::1"}, theirs.fileno())
+        theirs.close()
+        output = read_all(ours)
+        assert os.waitpid(pid, 0)[1] == 0
+    lines = sorted(output.split(b"\n")[:-1])
+    expected = [b"A=2", b"EMPTY=", b"KEEP=\xc3\xbc", b"RAW=\xff", b"TCPREMOTEIP=::1"]
+    assert lines == expected
+    null = os.open(os.devnull, os.O_RDWR)
+    try:  # no connection variables at all
+        assert os.waitpid(spawner.spawn({}, null), 0)[1] == 0
+    finally:
+        os.close(null)

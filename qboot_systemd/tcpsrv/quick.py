@@ -33,11 +33,10 @@ except (OSError, TypeError):
     _libc = None
 
 
-def accept(listener: socket.socket) -> tuple[int, tuple[object, ...]]:
+def accept(listener: socket.socket) -> tuple[int, tuple[str, int]]:
     """accept() giving the fd, not a socket object: CPython checks every fd it wraps with
-    a getsockname(), another GIL release per connection."""
-    fd, address = listener._accept()  # type: ignore[attr-defined]
-    return int(fd), tuple(address)
+    a getsockname(), another GIL release per connection. The address is (ip, port, ...)."""
+    return listener._accept()  # type: ignore[attr-defined,no-any-return]
 
 
 def local_address(fd: int) -> tuple[str, int]:

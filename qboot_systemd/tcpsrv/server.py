@@ -187,7 +187,7 @@ class Server:
             self._on_connection(listener, fd, address)
         self._set_accepting(self._may_accept())
 
-    def _on_connection(self, listener: socket.socket, fd: int, address: tuple[object, ...]) -> None:
+    def _on_connection(self, listener: socket.socket, fd: int, address: tuple[str, int]) -> None:
         local = self.local_endpoints[id(listener)]
         if local is None:  # a wildcard listener: ask which address the client reached
             try:
@@ -195,12 +195,10 @@ class Server:
             except OSError:
                 quick.close(fd)
                 return
-        endpoints = Endpoints(
-            str(local[0]).split("%")[0],
-            int(local[1]),
-            str(address[0]).split("%")[0],
-            int(str(address[1])),
-        )
+        remote_ip = address[0]
+        if "%" in remote_ip:  # a link-local client's scope
+            remote_ip = remote_ip.partition("%")[0]
+        endpoints = Endpoints(local[0], local[1], remote_ip, address[1])
         client = ipv4_form(endpoints.remote_ip)
         if self.options.per_ip and self.per_ip[client] >= self.options.per_ip:
             self._say(
@@ -532,4 +530,4 @@ def _fixed_local(listener: socket.socket) -> tuple[str, int] | None:
     address = listener.getsockname()
     if str(address[0]) in ("0.0.0.0", "::"):
         return None
-    return str(address[0]), int(address[1])
+    return str(address[0]).partition("%")[0], int(address[1])

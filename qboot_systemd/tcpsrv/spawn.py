@@ -16,7 +16,7 @@ import array
 import ctypes
 import os
 import signal
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from .quick import load_libc
 
@@ -60,15 +60,38 @@ def encode_entries(env: Mapping[str, str]) -> list[bytes]:
 
 
 class _Strings:
-    """NUL-terminated strings packed in one buffer, with an array of pointers to them."""
+    """NUL-terminated strings packed in one C buffer, with an array of pointers to them."""
 
     def __init__(self, entries: Sequence[bytes]) -> None:
-        self.buffer = ctypes.create_string_buffer(b"".join(entry + b"\0" for entry in entries))
-        start = ctypes.addressof(self.buffer)
-        self.pointers = array.array(_POINTER)
-        for entry in entries:
-            self.pointers.append(start)
-            start += len(entry) + 1
+        self.buffer, self.pointers = _pack(b"".join(entry + b"\0" for entry in entries))
+
+
+def _pack(data: bytes, lengths: Iterable[int] | None = None) -> tuple[object, array.array[int]]:
+    """data (strings each ending in NUL) copied to C memory, and the strings' addresses.
+    lengths, when known, spares the search for the NULs."""
+    if not data:
+        return None, array.array(_POINTER)
+    buffer = (ctypes.c_char * len(data)).from_buffer_copy(data)
+    at = ctypes.addressof(buffer)
+    pointers = array.array(_POINTER)
+    if lengths is None:
+        start = 0
+        while start < len(data):
+            pointers.append(at + start)
+            start = data.index(0, start) + 1
+    else:
+        for length in lengths:
+            pointers.append(at)
+            at += length + 1
+    return buffer, pointers
+
+
+def _pack_env(env: Mapping[str, str]) -> tuple[object, array.array[int]]:
+    text = "".join([f"{name}={value}\0" for name, value in env.items()])
+    data = text.encode("utf-8", "surrogateescape")
+    if len(data) != len(text):  # not ASCII: find the NULs
+        return _pack(data)
+    return _pack(data, [len(name) + len(value) + 1 for name, value in env.items()])
 
 
 class LibcSpawner:
@@ -91,6 +114,7 @@ class LibcSpawner:
         self._actions_init = quick.posix_spawn_file_actions_init
         self._actions_dup2 = quick.posix_spawn_file_actions_adddup2
         self._actions_destroy = quick.posix_spawn_file_actions_destroy
+        self._actions_type = ctypes.c_char * _FILE_ACTIONS_SIZE
         self._attr = ctypes.create_string_buffer(_ATTR_SIZE)
         default = ctypes.create_string_buffer(_SIGSET_SIZE)
         empty = ctypes.create_string_buffer(_SIGSET_SIZE)
@@ -125,15 +149,9 @@ class LibcSpawner:
             kept = {k: v for k, v in self._base_env.items() if k not in extra_env}
             fresh = _Strings(encode_entries(kept))
             base = fresh.pointers
-        entries = encode_entries(extra_env)
-        blob = b"".join(entry + b"\0" for entry in entries)  # immutable: its address holds
-        at = ctypes.cast(ctypes.c_char_p(blob), ctypes.c_void_p).value or 0
-        extra = array.array(_POINTER)
-        for entry in entries:
-            extra.append(at)
-            at += len(entry) + 1
+        strings, extra = _pack_env(extra_env)
         envp = base + extra + self._end
-        actions = ctypes.create_string_buffer(_FILE_ACTIONS_SIZE)
+        actions = self._actions_type()
         self._actions_init(actions)
         try:
             self._actions_dup2(actions, fd, 0)
@@ -149,7 +167,7 @@ class LibcSpawner:
             )
         finally:
             self._actions_destroy(actions)
-        del blob  # kept alive until here on purpose
+        del strings  # the C strings envp points to: kept alive until here on purpose
         if error:
             raise OSError(error, os.strerror(error), os.fsdecode(self._file))
         return pid.value
