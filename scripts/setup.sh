@@ -38,4 +38,7 @@ if [ ! -x .tools/bin/uv ]; then
 fi
 extra=(--inexact)
 [ "${1:-run}" = test ] && extra=(--extra dev)
-.tools/bin/uv sync -q --frozen --python "$(command -v python3)" "${extra[@]}"
+# The interpreter's real path, not a shim's: uv rebuilds the venv (dropping the dev tools
+# that `make run` does not ask for) whenever the path it is given is not the venv's.
+python=$(python3 -c 'import sys; print(sys.executable)')
+.tools/bin/uv sync -q --frozen --python "$python" "${extra[@]}"
