@@ -43,8 +43,8 @@ _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # Measured at concurrency 10 and 50: 2 and 3 threads were slower, 6 no faster.
 SPAWN_THREADS = 4
 EXIT_DENY_STATUS = 100 << 8
-DEFAULT_ALLOW = Decision(False, (), None)
 EXIT_DROP_STATUS = 111 << 8
+DEFAULT_ALLOW = Decision(False, (), None)  # no rules file, or no rule matched
 
 
 @dataclass
