@@ -54,18 +54,6 @@ def _signals_to_default() -> list[int]:
     return numbers
 
 
-def encode_entries(env: Mapping[str, str]) -> list[bytes]:
-    """`NAME=value` entries as execve wants them."""
-    return [f"{name}={value}".encode("utf-8", "surrogateescape") for name, value in env.items()]
-
-
-class _Strings:
-    """NUL-terminated strings packed in one C buffer, with an array of pointers to them."""
-
-    def __init__(self, entries: Sequence[bytes]) -> None:
-        self.buffer, self.pointers = _pack(b"".join(entry + b"\0" for entry in entries))
-
-
 def _pack(data: bytes, lengths: Iterable[int] | None = None) -> tuple[object, array.array[int]]:
     """data (strings each ending in NUL) copied to C memory, and the strings' addresses.
     lengths, when known, spares the search for the NULs."""
@@ -87,6 +75,7 @@ def _pack(data: bytes, lengths: Iterable[int] | None = None) -> tuple[object, ar
 
 
 def _pack_env(env: Mapping[str, str]) -> tuple[object, array.array[int]]:
+    """`NAME=value` entries as execve wants them, packed as _pack does."""
     text = "".join([f"{name}={value}\0" for name, value in env.items()])
     data = text.encode("utf-8", "surrogateescape")
     if len(data) != len(text):  # not ASCII: find the NULs
@@ -133,22 +122,20 @@ class LibcSpawner:
         if any(checks):
             raise OSError("posix_spawnattr setup failed")
         self._file = argv[0]
-        self._argv = _Strings(argv)
-        self._argv.pointers.append(0)
-        self._base_names = frozenset(base_env)
+        self._argv, self._argv_pointers = _pack(b"".join(word + b"\0" for word in argv))
+        self._argv_pointers.append(0)
         self._base_env = dict(base_env)
-        self._base = _Strings(encode_entries(base_env))
+        self._base, self._base_pointers = _pack_env(base_env)
         self._end = array.array(_POINTER, [0])
 
     def spawn(self, extra_env: Mapping[str, str], fd: int) -> int:
         """Run the program with the server's environment plus extra_env (which wins) and
         fd as stdin and stdout; returns the pid or raises OSError."""
-        if self._base_names.isdisjoint(extra_env):
-            base = self._base.pointers
+        if self._base_env.keys().isdisjoint(extra_env):
+            base_strings, base = self._base, self._base_pointers
         else:  # rules override one of the server's own variables: lay out a fresh copy
             kept = {k: v for k, v in self._base_env.items() if k not in extra_env}
-            fresh = _Strings(encode_entries(kept))
-            base = fresh.pointers
+            base_strings, base = _pack_env(kept)
         strings, extra = _pack_env(extra_env)
         envp = base + extra + self._end
         actions = self._actions_type()
@@ -162,12 +149,12 @@ class LibcSpawner:
                 self._file,
                 actions,
                 self._attr,
-                self._argv.pointers.buffer_info()[0],
+                self._argv_pointers.buffer_info()[0],
                 envp.buffer_info()[0],
             )
         finally:
             self._actions_destroy(actions)
-        del strings  # the C strings envp points to: kept alive until here on purpose
+        del strings, base_strings  # the C strings envp points to: alive until here on purpose
         if error:
             raise OSError(error, os.strerror(error), os.fsdecode(self._file))
         return pid.value
