@@ -45,19 +45,24 @@ def our_tcprules(text: bytes, directory: Path) -> tuple[int, bytes | None]:
     return done.returncode, cdb.read_bytes() if done.returncode == 0 else None
 
 
-def debian_check(cdb: Path, ip: str | None, host: str | None, info: str | None) -> bytes:
+def run_check(program: str, cdb: Path, ip: str | None, host: str | None, info: str | None) -> bytes:
+    """What a tcprulescheck program prints for one client."""
     env = {"PATH": os.environ.get("PATH", "")}
     for name, value in (("TCPREMOTEIP", ip), ("TCPREMOTEHOST", host), ("TCPREMOTEINFO", info)):
         if value is not None:
             env[name] = value
     done = subprocess.run(
-        [require_tool("tcprulescheck"), str(cdb)],
+        [program, str(cdb)],
         env=env,
         capture_output=True,
         timeout=10,
         check=True,
     )
     return done.stdout
+
+
+def debian_check(cdb: Path, ip: str | None, host: str | None, info: str | None) -> bytes:
+    return run_check(require_tool("tcprulescheck"), cdb, ip, host, info)
 
 
 def large_rules_text(seed: int = 7) -> bytes:
@@ -170,19 +175,9 @@ def test_check_matches_tcprulescheck_for_many_clients(large_cdb: tuple[Path, byt
 
 def test_our_tcprulescheck_command_matches(large_cdb: tuple[Path, bytes]) -> None:
     cdb, text = large_cdb
+    ours_program = venv_script("qboot-tcprulescheck")
     for ip, host, info in client_tuples(text, 25, seed=3):
-        env = {
-            k: v
-            for k, v in (("TCPREMOTEIP", ip), ("TCPREMOTEHOST", host), ("TCPREMOTEINFO", info))
-            if v is not None
-        }
-        ours = subprocess.run(
-            [venv_script("qboot-tcprulescheck"), str(cdb)],
-            env=env,
-            capture_output=True,
-            timeout=10,
-            check=True,
-        ).stdout
+        ours = run_check(ours_program, cdb, ip, host, info)
         assert ours == debian_check(cdb, ip, host, info)
 
 
