@@ -64,7 +64,7 @@ def test_one_broken_file_does_not_stop_the_others(tmp_path: Path) -> None:
     (directory / "tcprules-zzz.txt").write_text(":deny\n")
     done = run(venv_script("mktcprules"), str(directory))
     assert done.returncode == 1
-    assert f"{directory}/tcprules-bad.txt:2: unable to parse: 1.2.3.4:allow,X" in done.stderr
+    assert f"{directory}/tcprules-bad.txt:2: unable to parse: '1.2.3.4:allow,X'" in done.stderr
     assert (directory / "tcprules-bad.cdb").read_bytes() == b"old"
     assert (directory / "tcprules-default.cdb").exists()
     assert (directory / "tcprules-zzz.cdb").exists()
