@@ -133,7 +133,12 @@ def check_file(path: str, trusted: frozenset[int] | None = None) -> tuple[str, o
     real = os.path.realpath(path, strict=True)
     check_directory_chain(os.path.dirname(real), trusted, strict_first=False)
     status = os.lstat(real)
-    check_regular(path if real == path else f"{path} (-> {real})", status, trusted)
+    try:
+        check_regular(real, status, trusted)
+    except Untrusted as error:
+        if real == os.path.normpath(path):
+            raise
+        raise Untrusted(path, f"symlink to {real}: {error.message}") from None
     return real, status
 
 
@@ -218,12 +223,12 @@ class TrustedDirectory:
         found = self.lookup(name)
         if isinstance(found, str):
             check_file(os.path.join(self.path, found), self.trusted)
-            return self.where(name)
-        _, status = found
-        check_regular(self.where(name), status, self.trusted)
+        else:
+            self._check_final(name, *found)
         return self.where(name)
 
     def read(self, name: str, limit: int = MAX_FILE) -> bytes:
+        """A file that must stay in this directory (an env file), read whole, capped."""
         found = self.lookup(name)
         if isinstance(found, str):
             raise Untrusted(
@@ -232,7 +237,7 @@ class TrustedDirectory:
                 "(link to a name in the same directory, or copy the file)",
             )
         final, status = found
-        check_regular(self.where(name), status, self.trusted)
+        self._check_final(name, final, status)
         if status.st_size > limit:
             raise Untrusted(self.where(name), f"larger than {limit // 1024} KiB; refused")
         descriptor = os.open(final, _OPEN_FLAGS, dir_fd=self.descriptor)
@@ -240,3 +245,11 @@ class TrustedDirectory:
             return _read_descriptor(descriptor, self.where(name), status, limit)
         finally:
             os.close(descriptor)
+
+    def _check_final(self, name: str, final: str, status: os.stat_result) -> None:
+        try:
+            check_regular(self.where(final), status, self.trusted)
+        except Untrusted as error:
+            if final == name:
+                raise
+            raise Untrusted(self.where(name), f"symlink to {final}: {error.message}") from None
