@@ -227,3 +227,16 @@ def test_eqmaild_os_error_is_one_line(
         f"eqmaild: error: {tmp_path / 'bootctrl'}: Permission denied",
         "eqmaild: hint: run it as root, or check the permissions of that path",
     ]
+
+
+def test_qbootctl_show_with_a_300_character_cdb_is_a_problem_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    directory = copy_shipped(tmp_path)
+    (directory / "qmail-subm.rc").symlink_to("qmail-tcpd")
+    (directory / "qmail-subm.env").write_text("PORT=587\nCDB=" + "x" * 296 + ".cdb\n")
+    done = run(venv_script("qbootctl"), "show", "--bootctrl", str(directory))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"{directory}/qmail-subm.env:2: rules 'xxx" in done.stdout
+    assert "File name too long; service subm skipped" in done.stdout
+    assert "smtp     listen 25" in done.stdout

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -332,3 +334,55 @@ def test_untrusted_or_fifo_defaultdelivery_falls_back(tmp_path: Path) -> None:
     model = bootctrl.load(directory, control.parent)
     assert model.send is not None and model.send.default_delivery == "./Maildir/"
     assert "writable by group and others" in str(model.problems)
+
+
+def as_nobody(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv,
+        cwd=ROOT,
+        user=NOBODY,
+        group=NOBODY,
+        extra_groups=[],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def runs_as_nobody(python: str) -> bool:
+    """The generator needs nothing but the standard library: any Python 3.11 will do."""
+    try:
+        return as_nobody([python, "-c", "import qboot_systemd.generator"]).returncode == 0
+    except PermissionError:
+        return False
+
+
+def test_unreadable_env_file_skips_only_its_service() -> None:
+    """EACCES needs a reader that is not root: the generator runs as uid 65534 here,
+    on a bootctrl outside pytest's private (mode 700) temporary directory."""
+    python = next((p for p in (sys.executable, "/usr/bin/python3") if runs_as_nobody(p)), None)
+    if python is None:
+        pytest.skip("uid 65534 can run no Python that imports this checkout")
+    base = Path(tempfile.mkdtemp(prefix="qboot-strictmodes."))
+    try:
+        base.chmod(0o755)
+        directory = stage(base)
+        (directory / "qmail-x.env").chmod(0o600)
+        output, log = base / "out", base / "generator.log"
+        output.mkdir()
+        log.write_text("")
+        for path in (output, log):
+            os.chown(path, NOBODY, NOBODY)
+        done = as_nobody(
+            [python, "-c", RUN_GENERATOR, str(output), str(directory), "/none", str(log)]
+        )
+        assert done.returncode == 0, done.stderr
+        wants = output / "sockets.target.wants"
+        assert [p.name for p in wants.iterdir()] == ["qmail-tcpd@good.socket"]
+        assert (
+            f"{directory}/qmail-x.env: cannot read: Permission denied; service x skipped"
+            in log.read_text()
+        )
+    finally:
+        shutil.rmtree(base)
