@@ -36,7 +36,8 @@ def run_in_build_root(
     build: Path, command: str, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:
     """Run the shell `command` as root in a fresh build root, offline, with `build`
-    (read-write, the host's directory) as /build and the working directory."""
+    (read-write, the host's directory) as /build and the working directory; its output
+    and errors as one log in stdout."""
     with tempfile.TemporaryDirectory(prefix="qboot-buildroot.") as work:
         return subprocess.run(
             [
@@ -53,7 +54,8 @@ def run_in_build_root(
                 str(build),
                 command,
             ],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,  # one log, in order
             text=True,
             timeout=timeout,
             check=False,

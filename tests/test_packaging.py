@@ -6,6 +6,7 @@ the same."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -55,8 +56,10 @@ class Packages:
 
     dependency_deb: Path
     dependency_dsc: Path
-    deb: Path
+    deb: Path  # built from the .dsc
     dsc: Path
+    tree_deb: Path  # built from the tracked tree, as the README says
+    dependency_log: str
     build_log: str
 
 
@@ -67,37 +70,40 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> Packages:
     work = tmp_path_factory.mktemp("packages")
     # With network: fetch pure-cdb's sdist, check its pinned hash, build python3-pure-cdb.
     deps = work / "deps"
-    done = subprocess.run(
+    dependency = subprocess.run(
         [str(ROOT / "packaging/build-deps.sh"), str(deps)],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
         timeout=600,
         check=False,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert dependency.returncode == 0, dependency.stdout[-6000:]
     dependency_deb = only(deps, "python3-pure-cdb_*.deb")
     dependency_dsc = only(deps, "python-pure-cdb_*.dsc")
     # Without network, in a build root that has python3-pure-cdb from that .deb: the
     # dependency's autopkgtest command against the installed package, then qboot-systemd's
-    # source package from the tracked tree, then its binary package from that .dsc.
+    # source and binary packages from the tracked tree, then a binary package from the .dsc.
     tree = clean_tree(work / "src")
     (tree / "packaging" / "debian").rename(tree / "debian")
     script = f"""
         dpkg -i deps/{dependency_deb.name} >/dev/null
         dpkg-source -x deps/{dependency_dsc.name} dependency-source >/dev/null
         (cd dependency-source && sh -ec "$(sed -n 's/^Test-Command: //p' debian/tests/control)")
-        (cd src/{tree.name} && dpkg-buildpackage -S -us -uc)
+        (cd src/{tree.name} && dpkg-buildpackage -S -us -uc && dpkg-buildpackage -b -us -uc)
         mkdir bin && cd bin && dpkg-source -x ../src/qboot-systemd_{VERSION}.dsc >/dev/null
         cd qboot-systemd-{VERSION} && dpkg-buildpackage -b -us -uc
     """
     done = run_in_build_root(work, script)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 0, done.stdout[-6000:]
     return Packages(
         dependency_deb=dependency_deb,
         dependency_dsc=dependency_dsc,
         deb=only(work / "bin", "qboot-systemd_*_all.deb"),
         dsc=only(work / "src", "qboot-systemd_*.dsc"),
-        build_log=done.stdout + done.stderr,
+        tree_deb=only(work / "src", "qboot-systemd_*_all.deb"),
+        dependency_log=dependency.stdout,
+        build_log=done.stdout,
     )
 
 
@@ -116,13 +122,22 @@ def deb_field(package: Path, field: str) -> str:
     ).stdout.strip()
 
 
-def test_dependency_autopkgtest_ran_against_the_installed_package(packages: Packages) -> None:
+def test_dependency_checked_at_build_time_and_installed(packages: Packages) -> None:
+    """debian/tests/cdb-check ran in dh_auto_test and as the autopkgtest command."""
+    assert "pure-cdb built: 3004 records identical to tinycdb" in packages.dependency_log
     assert "pure-cdb installed: 3004 records identical to tinycdb" in packages.build_log
     files = deb_files(packages.dependency_deb)
     assert any(
         name.startswith("/usr/lib/python3/dist-packages/cdblib/_djb_hash.") for name in files
     )
     assert deb_field(packages.dependency_deb, "Architecture") != "all"  # the C hash
+
+
+def test_deb_builds_offline_from_tree_and_dsc_alike_running_its_tests(packages: Packages) -> None:
+    assert deb_files(packages.tree_deb) == deb_files(packages.deb)
+    assert deb_field(packages.tree_deb, "Depends") == deb_field(packages.deb, "Depends")
+    # dh_auto_test ran the python-only tests against the built package, in both builds
+    assert len(re.findall(r"^=+ \d+ passed in ", packages.build_log, re.MULTILINE)) == 2
 
 
 def test_deb_contents_depends_and_lintian(packages: Packages) -> None:
