@@ -23,9 +23,10 @@ work=$(mktemp -d "${TMPDIR:-/tmp}/qboot-build-deps.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
 if ! echo "$sha256  $orig" | sha256sum -c --status 2>/dev/null; then
-    # The sdist, not a wheel: pip checks the index's hash, we check the pinned one.
-    python3 -m pip download --quiet --no-binary :all: --no-deps \
-        --dest "$work/download" "$name==$version"
+    # The sdist, not a wheel; pip checks the pinned hash before it runs anything of it.
+    echo "$name==$version --hash=sha256:$sha256" > "$work/requirements.txt"
+    python3 -m pip download --quiet --no-binary :all: --no-deps --require-hashes \
+        --dest "$work/download" --requirement "$work/requirements.txt"
     cp "$work/download/$name-$version.tar.gz" "$orig"
     echo "$sha256  $orig" | sha256sum -c --quiet || { rm -f "$orig"; exit 1; }
 fi
