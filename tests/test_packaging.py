@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -281,6 +280,8 @@ RPM_MACROS = {
     "echo '%{python3_sitelib}/%{1}-%{version}.dist-info' "
     ">> %{_builddir}/pyproject-files",
     "pyproject_files": "%{_builddir}/pyproject-files",
+    # Fedora's runs /usr/bin/pytest with the buildroot's site directories in PYTHONPATH.
+    "pytest": "PYTHONPATH=%{buildroot}%{python3_sitelib}:$PYTHONPATH %{python3} -P -m pytest",
 }
 
 
@@ -338,6 +339,7 @@ def test_rpm_spec_smoke_build(tmp_path: Path, packages: Packages) -> None:
     assert "/usr/lib/systemd/system-generators/qboot-systemd-generator" in files
     assert "/usr/lib/systemd/system/qmail-tcpd@.service" in files
     assert "/usr/bin/qbootctl" in files
+    assert re.search(r"^=+ \d+ passed in ", done.stdout, re.MULTILINE), done.stdout[-3000:]
     requires = subprocess.run(
         ["rpm", "-qpR", str(package)], capture_output=True, text=True, check=True
     ).stdout.splitlines()
@@ -346,61 +348,67 @@ def test_rpm_spec_smoke_build(tmp_path: Path, packages: Packages) -> None:
     assert "python3-pystemd >= 0.11" in requires, requires
 
 
-def test_arch_pkgbuild_ships_what_the_deb_ships(packages: Packages) -> None:
-    """The PKGBUILD cannot be built here: run its package() steps by hand against the
-    same tree and compare the file list (python's own files aside) with the deb's."""
+# makepkg's part: the PKGBUILD's functions in its order, each from $srcdir, errexit.
+MAKEPKG_STEPS = """
+set -e
+source "$1"
+for step in build check package; do (cd "$srcdir" && "$step"); done
+"""
+
+
+# Arch's python, played by Debian's. Debian 12's setuptools (66) is older than the floor
+# in pyproject.toml (Arch's is newer), so `python -m build` skips that check here.
+PYTHON_SHIM = """#!/bin/sh
+if [ "$1 $2" = "-m build" ]; then
+    shift 2; exec /usr/bin/python3 -m build --skip-dependency-check "$@"
+fi
+exec /usr/bin/python3 "$@"
+"""
+
+
+def test_arch_pkgbuild_builds_checks_and_ships_what_the_deb_ships(
+    tmp_path: Path, packages: Packages
+) -> None:
+    """makepkg is not here: bash runs the PKGBUILD's build(), check() and package() as
+    makepkg does, with Debian's python3 as `python` installing in a /usr layout like
+    Arch's, and the file list (python's own files aside) must equal the deb's."""
     text = (ROOT / "packaging/arch/PKGBUILD").read_text()
-    assert "qboot_systemd.cli install" in text and "cp -a etc/bootctrl" in text
     for name in ("python-jinja", "python-click", "python-pystemd", "python-pure-cdb"):
-        assert name in text
-    root = Path(tempfile.mkdtemp(prefix="qboot-arch."))
-    try:
-        site = root / "usr/lib/python3/dist-packages"
-        wheel = debian_pip_install(
-            "--no-compile", "--root", str(root), "--prefix", "/usr", str(ROOT)
-        )
-        assert wheel.returncode == 0, wheel.stderr
-        install = subprocess.run(
-            [
-                "/usr/bin/python3",
-                "-m",
-                "qboot_systemd.cli",
-                "install",
-                "--root",
-                str(root),
-                "--prefix",
-                "/usr",
-                "--unit-dir",
-                "/usr/lib/systemd/system",
-                "--qmail-home",
-                "/var/qmail",
-                "--no-bootctrl",
-                "--no-byte-compile",
-                "--python",
-                "/usr/bin/python",
-            ],
-            env={
-                **os.environ,
-                "PATH": CLEAN_PATH,
-                "PYTHONPATH": f"{site}:{ROOT / '.venv/lib/python3.11/site-packages'}",
-            },
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert install.returncode == 0, install.stderr
-        shutil.copytree(
-            ROOT / "etc/bootctrl", root / "usr/share/qboot-systemd/bootctrl", symlinks=True
-        )
-        arch = {
-            "/" + str(p.relative_to(root))
-            for p in root.rglob("*")
-            if (p.is_file() or p.is_symlink())
-            and "dist-packages" not in str(p)
-            and "__pycache__" not in str(p)
-        }
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+        assert f"'{name}'" in text
+    srcdir, pkgdir, shims, deps = (tmp_path / name for name in ("src", "pkg", "bin", "deps"))
+    clean_tree(srcdir)
+    pkgdir.mkdir()
+    shims.mkdir()
+    (shims / "python").write_text(PYTHON_SHIM)
+    (shims / "python").chmod(0o755)
+    subprocess.run(["dpkg-deb", "-x", str(packages.dependency_deb), str(deps)], check=True)
+    done = subprocess.run(
+        ["bash", "-c", MAKEPKG_STEPS, "makepkg", str(ROOT / "packaging/arch/PKGBUILD")],
+        env={
+            "PATH": f"{shims}:{CLEAN_PATH}",
+            "HOME": str(tmp_path),
+            "srcdir": str(srcdir),
+            "pkgdir": str(pkgdir),
+            # Arch's python-pure-cdb, here our Debian package's files
+            "PYTHONPATH": str(deps / "usr/lib/python3/dist-packages"),
+            # installer then uses /usr/bin and /usr/lib/python3/dist-packages, not /usr/local
+            "DEB_PYTHON_INSTALL_LAYOUT": "deb_system",
+        },
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout[-4000:]
+    assert re.search(r"^=+ \d+ passed in ", done.stdout, re.MULTILINE), done.stdout[-4000:]
+    arch = {
+        "/" + str(path.relative_to(pkgdir))
+        for path in pkgdir.rglob("*")
+        if (path.is_file() or path.is_symlink())
+        and "dist-packages" not in str(path)
+        and "__pycache__" not in str(path)
+    }
     debian = {
         name.removesuffix(".gz")
         for name in deb_files(packages.deb)
@@ -408,4 +416,4 @@ def test_arch_pkgbuild_ships_what_the_deb_ships(packages: Packages) -> None:
         and not name.startswith("/usr/share/doc/")
         and not name.startswith("/usr/share/python3/")
     }
-    assert arch == debian
+    assert arch - {"/usr/share/licenses/qboot-systemd/LICENSE"} == debian
