@@ -1,7 +1,8 @@
 """packaging/: the dependency Debian 12 lacks builds from its upstream sdist; the Debian
-package builds from a source package in a build root without network, is lintian-clean,
-installs into a real systemd and serves; the RPM spec smoke-builds; the PKGBUILD ships
-the same."""
+package builds without network from the tree and from its source package, is
+lintian-clean, installs into a real systemd and serves; the RPM spec smoke-builds and runs
+its %check; the PKGBUILD's build(), check() and package() run and ship what the deb ships.
+One build of each Debian package per session."""
 
 from __future__ import annotations
 
@@ -240,27 +241,6 @@ def test_deb_installs_boots_serves_and_purges(box: Sandbox) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     gone = box.run("test", "-e", "/usr/lib/python3/dist-packages/cdblib", check=False)
     assert gone.returncode == 1
-
-
-def debian_pip_install(*args: str) -> subprocess.CompletedProcess[str]:
-    """pip of Debian's python3, installing in the distribution's layout."""
-    return subprocess.run(
-        [
-            "/usr/bin/python3",
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--break-system-packages",
-            *args,
-        ],
-        env={**os.environ, "PATH": CLEAN_PATH, "DEB_PYTHON_INSTALL_LAYOUT": "deb_system"},
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
 
 
 RPM_MACROS = {
