@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import envfile
+from . import accounts, envfile
 from .problems import Problem
 from .tcpflags import TcpFlagsError, validate_tcpflags
 
@@ -20,6 +20,8 @@ DEFAULT_QMAIL_HOME = Path("/var/qmail")
 DEFAULT_DELIVERY = "./Maildir/"
 DEFAULT_PORT = 25
 DEFAULT_MAXCONN = 40
+# tcpserver's -l when control/me is missing: its man page's "common choice", no DNS lookup.
+FALLBACK_LOCAL_NAME = "0"
 RC_TARGET = "qmail-tcpd"
 SEND_RC = "qmail-init.rc"
 
@@ -93,6 +95,7 @@ class Service:
     group: str | None = None
     banner: str | None = None
     tcpflags: tuple[str, ...] = ()
+    local_name: str = FALLBACK_LOCAL_NAME  # tcpserver -l: control/me, as lifewithqmail does
     listen_line: int = 0  # line of PORT/IP in env_file, for messages
     lines: tuple[tuple[str, int], ...] = ()  # env file line of each name's last definition
 
@@ -118,6 +121,7 @@ class Service:
             "group": self.group,
             "banner": self.banner,
             "tcpflags": list(self.tcpflags),
+            "local_name": self.local_name,
             "command": list(self.command),
             "environment": dict(self.environment),
         }
@@ -239,7 +243,9 @@ def _load_service(directory: Path, home: Path, name: str, problems: list[Problem
             raise _ServiceProblem(
                 Problem(first.file, first.line, f"{first.message}; service {name} skipped")
             )
-    return _build_service(directory, home, name, rc_name, env)
+    service = _build_service(directory, home, name, rc_name, env)
+    problems.extend(_unknown_accounts(env, service))
+    return service
 
 
 def _option(env: envfile.EnvFile | None, name: str) -> envfile.Assignment | None:
@@ -298,6 +304,7 @@ def _listen(env: envfile.EnvFile | None, port: int) -> tuple[Listen, ...]:
 
 
 def _account(env: envfile.EnvFile | None, names: tuple[str, str]) -> str | None:
+    """USER/UID or GROUP/GID: a name or a number (its existence: _unknown_accounts)."""
     for name in names:
         assignment = _option(env, name)
         if assignment is None or not assignment.value:
@@ -313,6 +320,43 @@ def _account(env: envfile.EnvFile | None, names: tuple[str, str]) -> str | None:
             )
         return assignment.value
     return None
+
+
+def _unknown_accounts(env: envfile.EnvFile | None, service: Service) -> list[Problem]:
+    """A named user or group that does not exist here: reported, but the service is still
+    generated, since qboot-tcpsrv resolves names when it starts (the account may come
+    later, or from NSS the generator cannot reach at boot) and refuses until it exists."""
+    found = []
+    for value, exists, kind, names in (
+        (service.user, accounts.user_exists, "user", ("USER", "UID")),
+        (service.group, accounts.group_exists, "group", ("GROUP", "GID")),
+    ):
+        if value is None or exists(value):
+            continue
+        assignment = next(a for a in (_option(env, n) for n in names) if a is not None)
+        assert env is not None
+        found.append(
+            Problem(
+                env.path,
+                assignment.line,
+                f"{names[0]}={value}: no such {kind} on this system; qboot-tcpsrv will "
+                f"refuse to start (unknown {kind} {value}) until it exists",
+            )
+        )
+    return found
+
+
+def local_name(home: Path) -> str:
+    """The first line of control/me, as lifewithqmail's run script passes it to tcpserver -l;
+    the fallback when qmail is not configured yet."""
+    try:
+        with open(home / "control" / "me", "rb") as control:
+            first = control.readline(256).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return FALLBACK_LOCAL_NAME
+    if not first or any(char.isspace() or not char.isprintable() for char in first):
+        return FALLBACK_LOCAL_NAME
+    return first
 
 
 def _words(env: envfile.EnvFile | None, name: str) -> tuple[str, ...]:
@@ -375,6 +419,7 @@ def _build_service(
         group=_account(env, ("GROUP", "GID")),
         banner=banner,
         tcpflags=tcpflags,
+        local_name=local_name(home),
         smtpd=smtpd,
         presmtpd=_words(env, "PRESMTPD"),
         postsmtpd=_words(env, "POSTSMTPD"),

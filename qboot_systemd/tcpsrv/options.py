@@ -29,8 +29,8 @@ class Options:
     rules: str | None = None
     missing_rules_ok: bool = False  # -X
     banner: str = ""
-    uid: int | None = None
-    gid: int | None = None
+    user: str | None = None  # -u: a uid, or a user name resolved at start
+    group: str | None = None  # -g: a gid, or a group name resolved at start
     localname: str | None = None
     timeout: int = 26
     remote_host: bool = True  # -h / -H
@@ -49,6 +49,13 @@ def _number(letter: str, value: str | None) -> int:
     if value is None or not value.isdigit():
         raise UsageError(f"-{letter} needs a number, not {value!r}")
     return int(value)
+
+
+def _account(letter: str, value: str | None) -> str:
+    """-u/-g take a number as tcpserver does, or a name (resolved when the server starts)."""
+    if not value or value.startswith("-") or any(c.isspace() or c == ":" for c in value):
+        raise UsageError(f"-{letter} needs a number or a name, not {value!r}")
+    return value
 
 
 def parse(argv: list[str]) -> Options:
@@ -103,14 +110,14 @@ def parse(argv: list[str]) -> Options:
         elif letter == "l":
             values["localname"] = argument
         elif letter == "u":
-            values["uid"] = _number(letter, argument)
+            values["user"] = _account(letter, argument)
         elif letter == "g":
-            values["gid"] = _number(letter, argument)
+            values["group"] = _account(letter, argument)
         elif letter == "U":
-            for name, variable in (("uid", "UID"), ("gid", "GID")):
+            for name, variable in (("user", "UID"), ("group", "GID")):
                 text = os.environ.get(variable)
                 if text is not None:
-                    values[name] = _number(letter, text)
+                    values[name] = str(_number(letter, text))
         else:  # pragma: no cover - split_options only returns known letters
             raise UsageError(f"unknown option -{letter}")
     host, port, *program = operands
