@@ -397,17 +397,16 @@ def status(bootctrl_dir: Path | None, as_json: bool, services: tuple[str, ...]) 
 
 
 def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> None:
-    from .systemd import JobFailed, Systemd
+    from .systemd import SETTLE_SECONDS, JobFailed, Systemd
 
     _require_root(f"qbootctl {verb}")
     model = load_bootctrl(bootctrl_dir)
     failed = False
     with Systemd() as manager:
         for item in admin.resolve(model, services):
-            plan = _plan(verb, item)
             try:
-                for unit_verb, unit in plan:
-                    manager.act(unit_verb, unit)
+                for unit_verb, unit in admin.plan(verb, item):
+                    manager.act(unit_verb, unit, settle=SETTLE_SECONDS)
                 click.echo(f"{verb} {item.name}: done")
             except JobFailed as error:
                 failed = True
@@ -416,20 +415,6 @@ def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> Non
                     click.echo(f"  {journal_line}", err=True)
     if failed:
         sys.exit(1)
-
-
-def _plan(verb: str, item: admin.Target) -> list[tuple[str, str]]:
-    """Unit jobs for one verb. A tcp service's socket stays up across restarts, so the
-    kernel queues what arrives meanwhile."""
-    if item.is_send:
-        return [(verb, item.units[0])]
-    socket, service = item.units
-    return {
-        "start": [("start", socket), ("start", service)],
-        "stop": [("stop", service), ("stop", socket)],
-        "restart": [("start", socket), ("restart", service)],
-        "reload": [("reload", service)],
-    }[verb]
 
 
 def _verb(verb: str, help_text: str) -> None:
@@ -441,10 +426,16 @@ def _verb(verb: str, help_text: str) -> None:
         _act(verb, bootctrl_dir, services)
 
 
-_verb("start", "Start services (SVC..., send, all; default all) and wait for the result.")
+_verb(
+    "start",
+    "Start services (SVC..., send, all; default all); FAILED unless they stay up 1.5 s.",
+)
 _verb("stop", "Stop services: the service, then its socket.")
 _verb("restart", "Restart services; their sockets keep listening, nothing is refused.")
-_verb("reload", "Re-read rules: SIGHUP to qboot-tcpsrv (ExecReload=).")
+_verb(
+    "reload",
+    "SIGHUP: qboot-tcpsrv re-reads its rules; qmail-send re-reads locals and virtualdomains.",
+)
 
 
 @qbootctl.command()
