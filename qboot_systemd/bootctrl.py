@@ -153,8 +153,11 @@ class _ServiceProblem(Exception):
         self.problem = problem
 
 
-def load(directory: Path | str, qmail_home: Path | str | None = None) -> Bootctrl:
-    """Read a bootctrl directory. Never raises for bad content: problems are collected."""
+def load(
+    directory: Path | str, qmail_home: Path | str | None = None, *, check_accounts: bool = False
+) -> Bootctrl:
+    """Read a bootctrl directory. Never raises for bad content: problems are collected.
+    check_accounts: also report USER/GROUP names unknown here (qbootctl; not the generator)."""
     directory = Path(directory).absolute()
     home = Path(qmail_home) if qmail_home is not None else default_qmail_home()
     try:
@@ -178,6 +181,9 @@ def load(directory: Path | str, qmail_home: Path | str | None = None) -> Bootctr
         except _ServiceProblem as error:
             problems.append(error.problem)
     services = _drop_conflicting(services, problems)
+    if check_accounts:
+        for service in services:
+            problems.extend(unknown_accounts(service))
     return Bootctrl(str(directory), str(home), send, tuple(services), tuple(sorted(problems)))
 
 
@@ -243,9 +249,7 @@ def _load_service(directory: Path, home: Path, name: str, problems: list[Problem
             raise _ServiceProblem(
                 Problem(first.file, first.line, f"{first.message}; service {name} skipped")
             )
-    service = _build_service(directory, home, name, rc_name, env)
-    problems.extend(_unknown_accounts(env, service))
-    return service
+    return _build_service(directory, home, name, rc_name, env)
 
 
 def _option(env: envfile.EnvFile | None, name: str) -> envfile.Assignment | None:
@@ -322,10 +326,11 @@ def _account(env: envfile.EnvFile | None, names: tuple[str, str]) -> str | None:
     return None
 
 
-def _unknown_accounts(env: envfile.EnvFile | None, service: Service) -> list[Problem]:
-    """A named user or group that does not exist here: reported, but the service is still
-    generated, since qboot-tcpsrv resolves names when it starts (the account may come
-    later, or from NSS the generator cannot reach at boot) and refuses until it exists."""
+def unknown_accounts(service: Service) -> list[Problem]:
+    """A named user or group that does not exist here. Reported, but the service is still
+    generated: qboot-tcpsrv resolves names when it starts and refuses until they exist.
+    Not for the generator: a lookup of a missing name may ask systemd itself (nss-systemd)
+    while it waits for the generators, or the network (NSS) before it is up."""
     found = []
     for value, exists, kind, names in (
         (service.user, accounts.user_exists, "user", ("USER", "UID")),
@@ -333,13 +338,12 @@ def _unknown_accounts(env: envfile.EnvFile | None, service: Service) -> list[Pro
     ):
         if value is None or exists(value):
             continue
-        assignment = next(a for a in (_option(env, n) for n in names) if a is not None)
-        assert env is not None
+        setting = next((name for name in names if service.line_of(name)), names[0])
         found.append(
             Problem(
-                env.path,
-                assignment.line,
-                f"{names[0]}={value}: no such {kind} on this system; qboot-tcpsrv will "
+                service.env_file or service.rc_file,
+                service.line_of(setting),
+                f"{setting}={value}: no such {kind} on this system; qboot-tcpsrv will "
                 f"refuse to start (unknown {kind} {value}) until it exists",
             )
         )

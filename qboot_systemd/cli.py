@@ -63,7 +63,7 @@ def bootctrl_directory(directory: Path | None) -> Path:
 def load_bootctrl(
     directory: Path | None, qmail_home: Path | None = None
 ) -> bootctrl_model.Bootctrl:
-    return bootctrl_model.load(bootctrl_directory(directory), qmail_home)
+    return bootctrl_model.load(bootctrl_directory(directory), qmail_home, check_accounts=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -405,6 +405,11 @@ def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> Non
     with Systemd() as manager:
         for item in admin.resolve(model, services):
             try:
+                if verb == "reload" and manager.state(item.units[-1]).active != "active":
+                    # Nothing runs yet (a tcp service starts at its first connection):
+                    # it reads its rules and control files when it starts.
+                    click.echo(f"reload {item.name}: not running, nothing to reload")
+                    continue
                 for unit_verb, unit in admin.plan(verb, item):
                     manager.act(unit_verb, unit, settle=SETTLE_SECONDS)
                 click.echo(f"{verb} {item.name}: done")

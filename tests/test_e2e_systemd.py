@@ -303,16 +303,18 @@ def test_kill_9_of_qmail_send_or_a_helper_restarts_mail(sandbox: Sandbox, victim
     pid = pid_of(sandbox, victim)
     assert pid, f"{victim} is not running"
     sandbox.run("kill", "-9", str(pid))
+    # Mail that arrives now is queued (qmail-queue needs no qmail-send); qmail-send notices
+    # a dead qmail-clean only when it next needs it, for this message.
+    tag = f"kill-{victim}"
+    assert send(sandbox, 25, 1, tag)["sent"] == 1
+    assert "250 ok" in smtp_dialogue(sandbox, f"far@{REMOTE_DOMAIN}", tag)
     # qmail-send exits (0 when it loses a helper); Restart=always brings it back in 5 s
     assert wait_until(lambda: int(show(sandbox, SEND_UNIT, "NRestarts")) > restarts, 30)
     assert wait_until(lambda: show(sandbox, SEND_UNIT, "ActiveState") == "active", 30)
     assert show(sandbox, SEND_UNIT, "MainPID") != old_main
-    assert wait_until(lambda: all(pid_of(sandbox, p) for p in ("qmail-lspawn", "qmail-clean")))
-    tag = f"after-kill-{victim}"
-    assert send(sandbox, 25, 1, tag)["sent"] == 1
-    assert "250 ok" in smtp_dialogue(sandbox, f"far@{REMOTE_DOMAIN}", tag)
     assert wait_until(lambda: delivered(sandbox, tag) == 1)
     assert wait_until(lambda: relayed(sandbox, tag) == 1)
+    print(f"{victim}: {journal(sandbox, SEND_UNIT, 400).count('dying')} 'dying' lines so far")
 
 
 def test_reload_send_rereads_locals_with_the_same_pid(sandbox: Sandbox) -> None:
