@@ -308,7 +308,7 @@ def _listen(env: envfile.EnvFile | None, port: int) -> tuple[Listen, ...]:
 
 
 def _account(env: envfile.EnvFile | None, names: tuple[str, str]) -> str | None:
-    """USER/UID or GROUP/GID: a name or a number (its existence: _unknown_accounts)."""
+    """USER/UID or GROUP/GID: a name or a number (its existence: unknown_accounts)."""
     for name in names:
         assignment = _option(env, name)
         if assignment is None or not assignment.value:
