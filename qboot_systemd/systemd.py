@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -30,9 +31,11 @@ def _text(value: object) -> str:
 
 
 def _refusal(error: Exception) -> str:
-    """systemd's own words from a pystemd D-Bus error, without the bytes reprs."""
-    parts = [_text(arg) for arg in error.args if isinstance(arg, (bytes, str)) and arg]
-    return " ".join(parts).strip() or type(error).__name__
+    """systemd's own words from a pystemd D-Bus error, whose text is
+    `b'org.freedesktop.systemd1.Name'[err -8]: b'message'` and a paragraph of pystemd's."""
+    text = str(error)
+    quoted = re.findall(r"b'([^']*)'", text.split("\n", 1)[0])
+    return quoted[-1] if quoted else text.split("\n", 1)[0] or type(error).__name__
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,10 @@ class UnitState:
 
 class JobFailed(Exception):
     def __init__(self, unit: str, state: UnitState, journal: str, why: str = "") -> None:
-        text = f"{unit}: {state.active} ({state.result or state.sub})"
+        # The result says why (exit-code, start-limit-hit) unless it is still "success",
+        # as between automatic restarts, where the sub-state does (auto-restart).
+        why_state = state.result if state.result not in ("", "success") else state.sub
+        text = f"{unit}: {state.active} ({why_state})"
         super().__init__(f"{text}, {why}" if why else text)
         self.unit = unit
         self.state = state

@@ -127,6 +127,7 @@ def test_start_reports_a_crash_loop_of_qmail_send(box: Sandbox) -> None:
     box.run("systemctl", "daemon-reload")
     try:
         status, out, err = ctl(box, "restart", "send")
+        print(err)
         assert status == 1, out + err
         assert "restart send failed: qmail-send.service:" in err
         done = box.run(EQMAILD, "start", check=False)
@@ -175,7 +176,7 @@ def test_eqmaild_prints_the_seed_lines(box: Sandbox) -> None:
 
 def test_errors_are_one_line_with_a_hint(box: Sandbox) -> None:
     status, _, err = ctl(box, "start", "nosuch")
-    assert status != 0 and "Traceback" not in err
+    assert status != 0 and "Traceback" not in err and "DBusBaseError" not in err
     status, _, err = ctl(box, "status", "--bootctrl", "/nonexistent")
     assert status == 1
     assert err.splitlines() == [
