@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import os
 import shutil
 import subprocess
 import tarfile
@@ -21,7 +22,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-TARBALL = Path("/work/shared/oracles/notqmail-1.09.tar.gz")
+TARBALL_NAME = "notqmail-1.09.tar.gz"
+# $QBOOT_NOTQMAIL_TARBALL, else the project's shared oracles directory (beside the checkout).
+TARBALL_PLACES = (
+    Path(__file__).resolve().parent.parent.parent / "shared" / "oracles" / TARBALL_NAME,
+    Path("/work/shared/oracles") / TARBALL_NAME,
+)
 QMAIL_HOME = "/var/qmail"
 ME = "mail.example.org"  # control/me, locals and rcpthosts via config-fast
 TEST_USER = "qtest"
@@ -44,9 +50,16 @@ class OracleUnavailable(RuntimeError):
     pass
 
 
+def tarball() -> Path | None:
+    override = os.environ.get("QBOOT_NOTQMAIL_TARBALL")
+    places = (Path(override),) if override else TARBALL_PLACES
+    return next((place for place in places if place.is_file()), None)
+
+
 def missing_requirements() -> str | None:
-    if not TARBALL.is_file():
-        return f"{TARBALL} is missing"
+    if tarball() is None:
+        where = os.environ.get("QBOOT_NOTQMAIL_TARBALL") or " or ".join(map(str, TARBALL_PLACES))
+        return f"the notqmail source is missing ({where}); set QBOOT_NOTQMAIL_TARBALL"
     for tool in ("gcc", "make", "nroff", "unshare"):
         if shutil.which(tool) is None:
             return f"{tool} is not installed"
@@ -61,7 +74,9 @@ def build() -> Path:
         raise OracleUnavailable(reason)
     work = Path(tempfile.mkdtemp(prefix="qboot-notqmail."))
     atexit.register(shutil.rmtree, work, True)
-    with tarfile.open(TARBALL) as archive:
+    source_tarball = tarball()
+    assert source_tarball is not None
+    with tarfile.open(source_tarball) as archive:
         archive.extractall(work, filter="tar")
     source = next(work.glob("notqmail-*"))
     done = subprocess.run(
