@@ -461,11 +461,11 @@ def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
     directory = bootctrl_directory(bootctrl_dir)
     for line in admin.enable(directory, service):
         click.echo(line)
-    model = bootctrl_model.load(directory)
+    model = bootctrl_model.load(directory, check_accounts=True)
+    for problem in model.problems:
+        if f"qmail-{service}." in problem.file or f"tcprules-{service}." in problem.file:
+            click.echo(f"problem: {problem}", err=True)
     if model.service(service) is None:
-        for problem in model.problems:
-            if f"qmail-{service}." in problem.file or f"tcprules-{service}." in problem.file:
-                click.echo(f"problem: {problem}", err=True)
         raise UserError(
             f"{service} is enabled in bootctrl but cannot run",
             "fix the problem above, then: systemctl daemon-reload",
