@@ -368,6 +368,9 @@ def _status_line(entry: admin.Status) -> str:
         plugins = entry.service.presmtpd + entry.service.postsmtpd
         if plugins:
             parts.append("plugins " + " ".join(plugins))
+    restarts = sum(state.restarts for state in entry.states)
+    if restarts:
+        parts.append(f"restarted {restarts}x by systemd")
     figures = next((s.status_text for s in entry.states if s.status_text), "")
     if figures:
         parts.append(f"[{figures}]")
