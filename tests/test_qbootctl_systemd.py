@@ -134,6 +134,8 @@ def test_start_reports_a_crash_loop_of_qmail_send(box: Sandbox) -> None:
         assert done.returncode == 1
         assert line("Starting", "send", ok=False) in done.stdout.splitlines()
         assert "qmail-send.service:" in done.stderr
+        status, out, _ = ctl(box, "status", "send")
+        assert status == 3 and "restarted" in out, out
     finally:
         box.run("rm", "-f", dropin)
         box.run("systemctl", "daemon-reload")
