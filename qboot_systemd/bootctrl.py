@@ -13,7 +13,7 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import envfile, strictmodes
+from . import accounts, envfile, strictmodes
 from .problems import Problem, quote
 from .tcpflags import TcpFlagsError, validate_tcpflags
 
@@ -21,6 +21,8 @@ DEFAULT_QMAIL_HOME = Path("/var/qmail")
 DEFAULT_DELIVERY = "./Maildir/"
 DEFAULT_PORT = 25
 DEFAULT_MAXCONN = 40
+# tcpserver's -l when control/me is missing: its man page's "common choice", no DNS lookup.
+FALLBACK_LOCAL_NAME = "0"
 RC_TARGET = "qmail-tcpd"
 SEND_RC = "qmail-init.rc"
 
@@ -94,6 +96,7 @@ class Service:
     group: str | None = None
     banner: str | None = None
     tcpflags: tuple[str, ...] = ()
+    local_name: str = FALLBACK_LOCAL_NAME  # tcpserver -l: control/me, as lifewithqmail does
     listen_line: int = 0  # line of PORT/IP in env_file, for messages
     lines: tuple[tuple[str, int], ...] = ()  # env file line of each name's last definition
 
@@ -119,6 +122,7 @@ class Service:
             "group": self.group,
             "banner": self.banner,
             "tcpflags": list(self.tcpflags),
+            "local_name": self.local_name,
             "command": list(self.command),
             "environment": dict(self.environment),
         }
@@ -150,18 +154,23 @@ class _ServiceProblem(Exception):
         self.problem = problem
 
 
-def load(directory: Path | str, qmail_home: Path | str | None = None) -> Bootctrl:
-    """Read a bootctrl directory. Never raises for bad content: problems are collected."""
+def load(
+    directory: Path | str, qmail_home: Path | str | None = None, *, check_accounts: bool = False
+) -> Bootctrl:
+    """Read a bootctrl directory. Never raises for bad content: problems are collected.
+    check_accounts: also report USER/GROUP names unknown here (qbootctl; not the generator)."""
     directory = Path(directory).absolute()
     home = Path(qmail_home) if qmail_home is not None else default_qmail_home()
     trusted = strictmodes.TrustedDirectory(directory)
     try:
-        return _load_trusted(trusted, home)
+        return _load_trusted(trusted, home, check_accounts)
     finally:
         trusted.close()
 
 
-def _load_trusted(trusted: strictmodes.TrustedDirectory, home: Path) -> Bootctrl:
+def _load_trusted(
+    trusted: strictmodes.TrustedDirectory, home: Path, check_accounts: bool
+) -> Bootctrl:
     directory = trusted.path
     try:
         names = trusted.open().names()
@@ -188,6 +197,9 @@ def _load_trusted(trusted: strictmodes.TrustedDirectory, home: Path) -> Bootctrl
         except Exception as error:  # one service's files never stop the others
             problems.append(_unexpected(error, str(directory / name), match.group(1)))
     services = _drop_conflicting(services, problems)
+    if check_accounts:
+        for service in services:
+            problems.extend(unknown_accounts(service))
     return Bootctrl(str(directory), str(home), send, tuple(services), tuple(sorted(problems)))
 
 
@@ -354,6 +366,7 @@ def _listen(env: envfile.EnvFile | None, port: int) -> tuple[Listen, ...]:
 
 
 def _account(env: envfile.EnvFile | None, names: tuple[str, str]) -> str | None:
+    """USER/UID or GROUP/GID: a name or a number (its existence: unknown_accounts)."""
     for name in names:
         assignment = _option(env, name)
         if assignment is None or not assignment.value:
@@ -369,6 +382,43 @@ def _account(env: envfile.EnvFile | None, names: tuple[str, str]) -> str | None:
             )
         return assignment.value
     return None
+
+
+def unknown_accounts(service: Service) -> list[Problem]:
+    """A named user or group that does not exist here. Reported, but the service is still
+    generated: qboot-tcpsrv resolves names when it starts and refuses until they exist.
+    Not for the generator: a lookup of a missing name may ask systemd itself (nss-systemd)
+    while it waits for the generators, or the network (NSS) before it is up."""
+    found = []
+    for value, exists, kind, names in (
+        (service.user, accounts.user_exists, "user", ("USER", "UID")),
+        (service.group, accounts.group_exists, "group", ("GROUP", "GID")),
+    ):
+        if value is None or exists(value):
+            continue
+        setting = next((name for name in names if service.line_of(name)), names[0])
+        found.append(
+            Problem(
+                service.env_file or service.rc_file,
+                service.line_of(setting),
+                f"{setting}={value}: no such {kind} on this system; qboot-tcpsrv will "
+                f"refuse to start (unknown {kind} {value}) until it exists",
+            )
+        )
+    return found
+
+
+def local_name(home: Path) -> str:
+    """The first line of control/me, as lifewithqmail's run script passes it to tcpserver -l;
+    the fallback when qmail is not configured yet."""
+    try:
+        with open(home / "control" / "me", "rb") as control:
+            first = control.readline(256).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return FALLBACK_LOCAL_NAME
+    if not first or any(char.isspace() or not char.isprintable() for char in first):
+        return FALLBACK_LOCAL_NAME
+    return first
 
 
 def _words(env: envfile.EnvFile | None, name: str) -> tuple[str, ...]:
@@ -454,6 +504,7 @@ def _build_service(
         group=_account(env, ("GROUP", "GID")),
         banner=banner,
         tcpflags=tcpflags,
+        local_name=local_name(home),
         smtpd=smtpd,
         presmtpd=_words(env, "PRESMTPD"),
         postsmtpd=_words(env, "POSTSMTPD"),

@@ -15,7 +15,7 @@ import sys
 from . import admin
 from . import bootctrl as bootctrl_model
 from .errors import UserError, from_os_error
-from .systemd import JobFailed, Systemd
+from .systemd import SETTLE_SECONDS, JobFailed, Systemd
 
 USAGE = "usage: eqmaild start|stop|restart|status"
 
@@ -28,18 +28,20 @@ def line(verb: str, name: str, ok: bool) -> str:
     return (f"{text:<30}" + f"{'OK' if ok else 'FAILED':^10}").rstrip()
 
 
-def _step(manager: Systemd, verb: str, item: admin.Target) -> bool:
-    units = item.units
+def _step(manager: Systemd, verb: str, item: admin.Target) -> JobFailed | bool:
+    """True when done; False when stopping what did not run (the seed shows FAILED); the
+    JobFailed of a unit that did not start or did not stay up."""
     try:
         if verb == "stop":
-            was_running = manager.state(units[0]).active == "active"
-            for unit in reversed(units):
+            was_running = manager.state(item.units[0]).active == "active"
+            for _, unit in admin.plan("stop", item):
                 manager.act("stop", unit)
-            return was_running  # stopping what did not run fails, as the seed shows
-        manager.act("start", units[0])
+            return was_running
+        for unit_verb, unit in admin.plan("start", item):
+            manager.act(unit_verb, unit, settle=SETTLE_SECONDS)
         return True
-    except JobFailed:
-        return False
+    except JobFailed as error:
+        return error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,8 +68,13 @@ def main(argv: list[str] | None = None) -> int:
                     failures += not ok
                     continue
                 for step in ("stop", "start") if verb == "restart" else (verb,):
-                    ok = _step(manager, step, item)
+                    outcome = _step(manager, step, item)
+                    ok = outcome is True
                     print(line("Starting" if step == "start" else "Stopping", item.name, ok))
+                    if isinstance(outcome, JobFailed):
+                        print(f"eqmaild: {outcome}", file=sys.stderr)
+                        for journal_line in outcome.journal.splitlines():
+                            print(f"  {journal_line}", file=sys.stderr)
                     failures += not ok and step == "start"
     except UserError as error:
         return error.report("eqmaild")

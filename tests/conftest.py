@@ -36,3 +36,18 @@ def _umask_022() -> Iterator[None]:
     previous = os.umask(0o022)
     yield
     os.umask(previous)
+
+
+QMAIL_USERS = frozenset({"alias", "qmaild", "qmaill", "qmailp", "qmailq", "qmailr", "qmails"})
+QMAIL_GROUPS = frozenset({"nofiles", "qmail"})
+
+
+@pytest.fixture(autouse=True)
+def qmail_accounts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In-process tests see qmail's users and groups as if qmail were installed here (the
+    shipped qmail-smtp.env names qmaild:nofiles); other names are looked up for real."""
+    from qboot_systemd import accounts
+
+    real_user, real_group = accounts.user_exists, accounts.group_exists
+    monkeypatch.setattr(accounts, "user_exists", lambda n: n in QMAIL_USERS or real_user(n))
+    monkeypatch.setattr(accounts, "group_exists", lambda n: n in QMAIL_GROUPS or real_group(n))

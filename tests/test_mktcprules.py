@@ -6,8 +6,9 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
-from qboot_systemd import mktcprules
+from qboot_systemd import cli, mktcprules
 from qboot_systemd.cdb import CdbReader
 
 from .conftest import SHIPPED_BOOTCTRL, venv_script
@@ -84,13 +85,13 @@ def test_mktcprules_uses_qboot_bootctrl_and_reports_a_missing_directory(tmp_path
 
 def test_qbootctl_show_json(tmp_path: Path) -> None:
     directory = copy_shipped(tmp_path)
-    done = run(
-        venv_script("qbootctl"),
-        "show",
-        "--json",
+    # In-process: qmaild and nofiles exist for it as on a qmail host (conftest).
+    done = CliRunner().invoke(
+        cli.qbootctl,
+        ["show", "--json"],
         env={"QBOOT_BOOTCTRL": str(directory), "QBOOT_QMAIL_HOME": "/var/qmail"},
     )
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.output
     model = json.loads(done.stdout)
     assert model["send"]["default_delivery"] == "./Maildir/"
     (smtp,) = model["services"]
