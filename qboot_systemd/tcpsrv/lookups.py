@@ -23,7 +23,6 @@ from .reactor import Reactor, Timer
 IDENT_PORT = 113
 IDENT_VALUE_CAP = 257  # remoteinfo.c stops once it holds more than 256 bytes
 IDENT_READ_CAP = 1024  # we stop reading there; tcpserver reads until -t
-_IGNORED = frozenset(b" \t\r")
 
 
 class Names(NamedTuple):
@@ -39,21 +38,21 @@ def ident_value(answer: bytes) -> bytes | None:
     """TCPREMOTEINFO from what the identd sent, as remoteinfo.c reads it: spaces, tabs
     and CRs dropped, the bytes after the third colon, up to the newline or 257 bytes.
     None until a newline or the cap (an identd that closes before: no answer)."""
-    colons = 0
-    value = bytearray()
-    for byte in answer:
-        if byte in _IGNORED:
-            continue
-        if byte == 10:
-            return bytes(value)
-        if colons < 3:
-            if byte == 58:
-                colons += 1
-        else:
-            value.append(byte)
-            if len(value) >= IDENT_VALUE_CAP:
-                return bytes(value)
-    return None
+    cleaned = answer.translate(None, b" \t\r")
+    start = 0
+    for _ in range(3):
+        colon = cleaned.find(b":", start)
+        newline = cleaned.find(b"\n", start)
+        if newline != -1 and (colon == -1 or newline < colon):
+            return b""  # the line ended early: set, and empty
+        if colon == -1:
+            return None
+        start = colon + 1
+    newline = cleaned.find(b"\n", start)
+    value = cleaned[start:] if newline == -1 else cleaned[start:newline]
+    if len(value) >= IDENT_VALUE_CAP:
+        return value[:IDENT_VALUE_CAP]
+    return None if newline == -1 else value
 
 
 def as_c_string(value: bytes) -> str:
