@@ -101,11 +101,17 @@ def dns_labels(*labels: bytes) -> bytes:
 class FakeDns:
     """A DNS server on address:53 (UDP). records maps (question name as dotted text,
     type) to answers: a list of (type, rdata bytes) or, for PTR, wire names. delay
-    holds answers back; queries counts what was asked."""
+    holds answers back; queries counts what was asked. rcode answers every question
+    with that error; forged (a wire name) is first sent as the answer under a wrong id
+    and from another address with the right id, as a spoofer would."""
 
-    def __init__(self, address: str, delay: float = 0.0) -> None:
+    def __init__(
+        self, address: str, delay: float = 0.0, rcode: int | None = None, forged: bytes = b""
+    ) -> None:
         self.records: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
         self.delay = delay
+        self.rcode = rcode
+        self.forged = forged
         self.queries: list[tuple[str, int]] = []
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.socket.bind((address, 53))
@@ -148,17 +154,35 @@ class FakeDns:
         self.queries.append((name, qtype))
         found = self.records.get((name, qtype), [])
         rcode = 0 if found or any(key[0] == name for key in self.records) else 3
+        if self.rcode is not None:
+            rcode, found = self.rcode, []
+        if self.stopped.is_set():
+            return
+        try:
+            if self.forged:
+                forged = self._packet(query_id, rcode, question, [(12, self.forged)])
+                wrong_id = bytes([query_id[0] ^ 0x55, query_id[1]])
+                self.socket.sendto(
+                    self._packet(wrong_id, rcode, question, [(12, self.forged)]), peer
+                )
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+                    other.bind((loopback_address(), 53))
+                    other.sendto(forged, peer)
+                time.sleep(0.05)
+            self.socket.sendto(self._packet(query_id, rcode, question, found), peer)
+        except OSError:
+            return
+
+    @staticmethod
+    def _packet(
+        query_id: bytes, rcode: int, question: bytes, found: list[tuple[int, bytes]]
+    ) -> bytes:
         header = query_id + struct.pack("!HHHHH", 0x8180 | rcode, 1, len(found), 0, 0)
         answers = b"".join(
             b"\xc0\x0c" + struct.pack("!HHIH", rtype, 1, 60, len(data)) + data
             for rtype, data in found
         )
-        if self.stopped.is_set():
-            return
-        try:
-            self.socket.sendto(header + question + answers, peer)
-        except OSError:
-            return
+        return header + question + answers
 
     def close(self) -> None:
         self.stopped.set()

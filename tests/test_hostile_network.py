@@ -368,6 +368,34 @@ def test_paranoid_keeps_only_names_that_map_back() -> None:
         resolver.close()
 
 
+def test_resolver_skips_failing_servers_and_ignores_forged_answers() -> None:
+    """DNSCACHEIP names a dead server, one that says SERVFAIL, and one that answers after
+    a forged answer (wrong id, then right id from another address): the real name wins."""
+    client = loopback_address()
+    failing = FakeDns(loopback_address(), rcode=2)
+    honest = FakeDns(loopback_address(), forged=dns_labels(b"forged", b"test"))
+    honest.ptr(client, dns_labels(b"real", b"test"))
+    servers = f"{loopback_address()} {failing.address} {honest.address}"
+    server = start_ours(
+        "libc",
+        "-hR",
+        "-l",
+        "x",
+        "127.0.0.1",
+        "0",
+        "/usr/bin/env",
+        "-0",
+        env={"DNSCACHEIP": servers},
+    )
+    try:
+        assert env_of(server.request(source=client)).get(b"TCPREMOTEHOST") == b"real.test"
+        assert failing.queries and honest.queries
+    finally:
+        server.stop()
+        failing.close()
+        honest.close()
+
+
 def test_slow_resolver_costs_only_its_deadline() -> None:
     resolver = FakeDns(loopback_address(), delay=30)
     client = loopback_address()
