@@ -9,11 +9,12 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import envfile
-from .problems import Problem
+from . import envfile, strictmodes
+from .problems import Problem, quote
 from .tcpflags import TcpFlagsError, validate_tcpflags
 
 DEFAULT_QMAIL_HOME = Path("/var/qmail")
@@ -153,15 +154,26 @@ def load(directory: Path | str, qmail_home: Path | str | None = None) -> Bootctr
     """Read a bootctrl directory. Never raises for bad content: problems are collected."""
     directory = Path(directory).absolute()
     home = Path(qmail_home) if qmail_home is not None else default_qmail_home()
+    trusted = strictmodes.TrustedDirectory(directory)
     try:
-        names = sorted(os.listdir(directory))
+        return _load_trusted(trusted, home)
+    finally:
+        trusted.close()
+
+
+def _load_trusted(trusted: strictmodes.TrustedDirectory, home: Path) -> Bootctrl:
+    directory = trusted.path
+    try:
+        names = trusted.open().names()
     except (FileNotFoundError, NotADirectoryError):
         problem = Problem(str(directory), 0, "bootctrl directory not found")
+        return Bootctrl(str(directory), str(home), None, (), (problem,))
+    except strictmodes.Untrusted as error:
+        problem = Problem(error.path, 0, f"{error.message}; nothing in {directory} is used")
         return Bootctrl(str(directory), str(home), None, (), (problem,))
     except OSError as error:
         problem = Problem(str(directory), 0, f"cannot read directory: {error.strerror}")
         return Bootctrl(str(directory), str(home), None, (), (problem,))
-
     problems: list[Problem] = []
     send = _load_send(directory, home, names, problems)
     services: list[Service] = []
@@ -170,11 +182,25 @@ def load(directory: Path | str, qmail_home: Path | str | None = None) -> Bootctr
         if not match or name == SEND_RC:
             continue
         try:
-            services.append(_load_service(directory, home, match.group(1), problems))
+            services.append(_load_service(trusted, home, match.group(1), problems))
         except _ServiceProblem as error:
             problems.append(error.problem)
+        except Exception as error:  # one service's files never stop the others
+            problems.append(_unexpected(error, str(directory / name), match.group(1)))
     services = _drop_conflicting(services, problems)
     return Bootctrl(str(directory), str(home), send, tuple(services), tuple(sorted(problems)))
+
+
+def _unexpected(error: Exception, where: str, name: str) -> Problem:
+    """Whatever else reading one service's files raised (EACCES, ELOOP, MemoryError...)."""
+    if isinstance(error, strictmodes.Untrusted):
+        return Problem(error.path, 0, f"{error.message}; service {name} skipped")
+    if isinstance(error, OSError):
+        where = str(error.filename) if error.filename else where
+        what = f"cannot read: {error.strerror}"
+    else:
+        what = f"cannot read: {type(error).__name__}"
+    return Problem(where, 0, f"{what}; service {name} skipped")
 
 
 def _load_send(
@@ -182,13 +208,21 @@ def _load_send(
 ) -> Send | None:
     if SEND_RC not in names:
         return None
-    source = home / "control" / "defaultdelivery"
+    source = home.absolute() / "control" / "defaultdelivery"
     try:
-        text = source.read_bytes().decode("utf-8")
+        text = strictmodes.read_file(str(source)).decode("utf-8")
     except FileNotFoundError:
         return Send(str(directory / SEND_RC), str(home), DEFAULT_DELIVERY, "default")
-    except (OSError, UnicodeDecodeError) as error:
-        problems.append(Problem(str(source), 0, f"cannot read ({error}); using {DEFAULT_DELIVERY}"))
+    except strictmodes.Untrusted as error:
+        problems.append(Problem(error.path, 0, f"{error.message}; using {DEFAULT_DELIVERY}"))
+        return Send(str(directory / SEND_RC), str(home), DEFAULT_DELIVERY, "default")
+    except OSError as error:
+        problems.append(
+            Problem(str(source), 0, f"cannot read: {error.strerror}; using {DEFAULT_DELIVERY}")
+        )
+        return Send(str(directory / SEND_RC), str(home), DEFAULT_DELIVERY, "default")
+    except UnicodeDecodeError:
+        problems.append(Problem(str(source), 0, f"not UTF-8; using {DEFAULT_DELIVERY}"))
         return Send(str(directory / SEND_RC), str(home), DEFAULT_DELIVERY, "default")
     # Like the shell's `cat` in backquotes: trailing newlines go, inner ones stay
     # (qmail-start takes several delivery lines).
@@ -199,47 +233,56 @@ def _load_send(
     return Send(str(directory / SEND_RC), str(home), delivery, str(source))
 
 
-def _check_rc_link(directory: Path, name: str, rc_name: str) -> None:
-    rc_path = directory / rc_name
+def _check_rc_link(bootctrl: strictmodes.TrustedDirectory, name: str, rc_name: str) -> None:
+    rc_path = bootctrl.where(rc_name)
     if not SERVICE_NAME_RE.match(name):
         raise _ServiceProblem(
-            Problem(str(rc_path), 0, f"invalid service name {name!r} (use letters, digits, - _ .)")
+            Problem(rc_path, 0, f"invalid service name {quote(name)} (use letters, digits, - _ .)")
         )
-    if not rc_path.is_symlink():
-        raise _ServiceProblem(
-            Problem(str(rc_path), 0, f"not a symlink to {RC_TARGET}; service ignored")
-        )
-    target = os.readlink(rc_path)
+    status = bootctrl.lstat(rc_name)
+    if status is None or not stat.S_ISLNK(status.st_mode):
+        raise _ServiceProblem(Problem(rc_path, 0, f"not a symlink to {RC_TARGET}; service ignored"))
+    target = bootctrl.readlink(rc_name)
     if os.path.basename(target) != RC_TARGET:
         raise _ServiceProblem(
-            Problem(str(rc_path), 0, f"points to {target!r}, not {RC_TARGET}; service ignored")
+            Problem(rc_path, 0, f"points to {quote(target)}, not {RC_TARGET}; service ignored")
         )
-    if not rc_path.exists():
+    try:
+        bootctrl.check(rc_name)  # the script it names: trusted like everything else
+    except FileNotFoundError:
         raise _ServiceProblem(
-            Problem(str(rc_path), 0, f"dangling symlink to {target!r}; service ignored")
-        )
+            Problem(rc_path, 0, f"dangling symlink to {quote(target)}; service ignored")
+        ) from None
 
 
-def _load_service(directory: Path, home: Path, name: str, problems: list[Problem]) -> Service:
+def _load_service(
+    bootctrl: strictmodes.TrustedDirectory, home: Path, name: str, problems: list[Problem]
+) -> Service:
     rc_name = f"qmail-{name}.rc"
-    _check_rc_link(directory, name, rc_name)
-    env_path = directory / f"qmail-{name}.env"
+    _check_rc_link(bootctrl, name, rc_name)
+    env_name = f"qmail-{name}.env"
+    env_path = bootctrl.where(env_name)
     env: envfile.EnvFile | None = None
-    if env_path.exists() or env_path.is_symlink():
+    if bootctrl.lstat(env_name) is not None:
         try:
-            data = env_path.read_bytes()
+            data = bootctrl.read(env_name)
+        except strictmodes.Untrusted as error:
+            # Refused before a byte is read: nothing of it reaches a message.
+            raise _ServiceProblem(
+                Problem(error.path, 0, f"{error.message}; service {name} skipped")
+            ) from None
         except OSError as error:
             raise _ServiceProblem(
-                Problem(str(env_path), 0, f"cannot read: {error.strerror}; service skipped")
-            ) from error
-        env = envfile.parse(data, str(env_path), {"QMAILHOME": str(home), "SERVICE": name})
+                Problem(env_path, 0, f"cannot read: {error.strerror}; service {name} skipped")
+            ) from None
+        env = envfile.parse(data, env_path, {"QMAILHOME": str(home), "SERVICE": name})
         if env.problems:
             problems.extend(env.problems[1:])
             first = env.problems[0]
             raise _ServiceProblem(
                 Problem(first.file, first.line, f"{first.message}; service {name} skipped")
             )
-    return _build_service(directory, home, name, rc_name, env)
+    return _build_service(bootctrl, home, name, rc_name, env)
 
 
 def _option(env: envfile.EnvFile | None, name: str) -> envfile.Assignment | None:
@@ -257,7 +300,7 @@ def _positive_int(env: envfile.EnvFile | None, name: str, low: int, high: int) -
             Problem(
                 env.path,
                 assignment.line,
-                f"{name}={assignment.value!r}: expected a number from {low} to {high}",
+                f"{name}={quote(assignment.value)}: expected a number from {low} to {high}",
             )
         )
     return int(value)
@@ -282,12 +325,25 @@ def _listen(env: envfile.EnvFile | None, port: int) -> tuple[Listen, ...]:
             address = ipaddress.ip_address(text)
         except ValueError:
             raise _ServiceProblem(
-                Problem(env.path, assignment.line, f"IP: {word!r} is not an IP address")
+                Problem(env.path, assignment.line, f"IP: {quote(word)} is not an IP address")
             ) from None
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+            # systemd's ListenStream= takes no scope id (252 refuses `[fe80::1%eth0]:25`).
+            raise _ServiceProblem(
+                Problem(
+                    env.path,
+                    assignment.line,
+                    f"IP: {quote(word)}: ListenStream= cannot take a scope id; use "
+                    f"IP={address.compressed.split('%')[0]} and BindToDevice={address.scope_id} "
+                    f"in a drop-in for the socket (systemctl edit qmail-tcpd@SVC.socket)",
+                )
+            )
         if address.is_unspecified:
             raise _ServiceProblem(
                 Problem(
-                    env.path, assignment.line, f"IP: {word!r} means all addresses; use IP=0 alone"
+                    env.path,
+                    assignment.line,
+                    f"IP: {quote(word)} means all addresses; use IP=0 alone",
                 )
             )
         item = Listen(port, str(address))
@@ -320,27 +376,50 @@ def _words(env: envfile.EnvFile | None, name: str) -> tuple[str, ...]:
     return tuple(assignment.value.split()) if assignment else ()
 
 
-def _rules_path(directory: Path, env: envfile.EnvFile | None, name: str) -> str:
+def _rules_path(
+    bootctrl: strictmodes.TrustedDirectory, env: envfile.EnvFile | None, name: str
+) -> str:
+    """CDB= names a file in bootctrl, or an absolute path; either must pass StrictModes."""
     assignment = _option(env, "CDB")
     value = assignment.value if assignment and assignment.value else f"tcprules-{name}.cdb"
-    path = directory / value
-    if not path.is_file():
-        where = (env.path, assignment.line) if env and assignment else (str(directory / value), 0)
-        what = "dangling symlink" if path.is_symlink() else "missing"
-        raise _ServiceProblem(
-            Problem(
-                where[0],
-                where[1],
-                f"rules {path} {what}: create tcprules-{name}.txt and run "
-                f"mktcprules, or link tcprules-{name}.cdb to tcprules-default.cdb; "
-                f"service {name} skipped",
-            )
+    given = env is not None and assignment is not None and bool(assignment.value)
+    where = (
+        (env.path, assignment.line) if env and assignment and given else (bootctrl.where(value), 0)
+    )
+
+    def problem(message: str) -> _ServiceProblem:
+        return _ServiceProblem(Problem(where[0], where[1], f"{message}; service {name} skipped"))
+
+    if given and (not value.endswith(".cdb") or (not os.path.isabs(value) and "/" in value)):
+        raise problem(
+            f"CDB={quote(value)}: name a .cdb file in the bootctrl directory "
+            "(tcprules-SVC.cdb) or give an absolute path to one"
         )
-    return str(path)
+    try:
+        if os.path.isabs(value):
+            strictmodes.check_file(os.path.normpath(value), bootctrl.trusted)
+            return os.path.normpath(value)
+        return bootctrl.check(value)
+    except FileNotFoundError:
+        path = quote(value) if given else bootctrl.where(value)
+        linked = not os.path.isabs(value) and bootctrl.lstat(value) is not None
+        what = "dangling symlink" if linked else "missing"
+        raise problem(
+            f"rules {path} {what}: create tcprules-{name}.txt and run "
+            f"mktcprules, or link tcprules-{name}.cdb to tcprules-default.cdb"
+        ) from None
+    except strictmodes.Untrusted as error:
+        raise problem(f"rules {error.path}: {error.message}") from None
+    except OSError as error:
+        raise problem(f"rules {quote(value)}: {error.strerror}") from None
 
 
 def _build_service(
-    directory: Path, home: Path, name: str, rc_name: str, env: envfile.EnvFile | None
+    bootctrl: strictmodes.TrustedDirectory,
+    home: Path,
+    name: str,
+    rc_name: str,
+    env: envfile.EnvFile | None,
 ) -> Service:
     port = _positive_int(env, "PORT", 1, 65535) or DEFAULT_PORT
     listen = _listen(env, port)
@@ -364,10 +443,10 @@ def _build_service(
     smtpd = _words(env, "SMTPD") or (str(home / "bin" / _DEFAULT_SERVERS.get(name, "qmail-smtpd")),)
     return Service(
         name=name,
-        rc_file=str(directory / rc_name),
+        rc_file=bootctrl.where(rc_name),
         env_file=env.path if env else None,
         listen=listen,
-        rules=_rules_path(directory, env, name),
+        rules=_rules_path(bootctrl, env, name),
         maxconn=_positive_int(env, "MAXCONN", 1, 100000) or DEFAULT_MAXCONN,
         maxperip=_positive_int(env, "MAXPERIP", 1, 100000),
         backlog=_positive_int(env, "BACKLOG", 1, 65535),

@@ -16,14 +16,15 @@ from . import admin, install, mktcprules, rules
 from . import bootctrl as bootctrl_model
 from . import units as units_module
 from .cdb import CdbFormatError, CdbReader
-from .errors import UserError
+from .errors import UserError, from_os_error
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 def user_errors(function: Callable[P, R]) -> Callable[P, R]:
-    """Turn UserError into one line plus a hint and a non-zero exit."""
+    """Turn UserError, and OSError (an unreadable or read-only path), into one line plus a
+    hint and a non-zero exit."""
 
     @functools.wraps(function)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -31,6 +32,8 @@ def user_errors(function: Callable[P, R]) -> Callable[P, R]:
             return function(*args, **kwargs)
         except UserError as error:
             sys.exit(error.report("qbootctl"))
+        except OSError as error:
+            sys.exit(from_os_error(error).report("qbootctl"))
 
     return wrapper
 
@@ -254,6 +257,11 @@ def _installed_tcpsrv() -> str:
     help="do not copy the default bootctrl (packages do it in postinst)",
 )
 @click.option("--no-byte-compile", is_flag=True, help="leave byte-compiling to the package manager")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="install even when code that will run as root can be changed by another user",
+)
 @user_errors
 def install_command(
     root: Path,
@@ -263,9 +271,12 @@ def install_command(
     python: str | None,
     no_bootctrl: bool,
     no_byte_compile: bool,
+    force: bool,
 ) -> None:
     """Install the units, the generator and the default bootctrl (never overwriting)."""
     layout = _layout(root, prefix, unit_dir, qmail_home)
+    if root == Path("/"):
+        _refuse_untrusted_code(python or sys.executable, layout.bindir, force)
     try:
         for line in install.install(
             layout, python, bootctrl=not no_bootctrl, byte_compile=not no_byte_compile
@@ -277,6 +288,28 @@ def install_command(
         ) from None
     if root == Path("/") and Path("/run/systemd/system").is_dir():
         click.echo("now: systemctl daemon-reload")
+
+
+def _refuse_untrusted_code(python: str, bindir: Path, force: bool) -> None:
+    """The generator and the units run this code as root at every boot: whoever can
+    change it (a checkout owned by a normal user) would become root."""
+    found = install.untrusted_code(install.code_paths(python, bindir))
+    if not found:
+        return
+    shown = found[:5] + ([f"... and {len(found) - 5} more"] if len(found) > 5 else [])
+    if not force:
+        for line in shown:
+            click.echo(f"qbootctl: untrusted: {line}", err=True)
+        raise UserError(
+            "the code to install can be changed by a user other than root, "
+            "and it would run as root at every boot",
+            "install from a root-owned copy (chown -R root, chmod -R go-w), "
+            "or pass --force to do it anyway",
+        )
+    click.echo("qbootctl: WARNING: installing code that non-root users can change;", err=True)
+    click.echo("qbootctl: WARNING: they can become root at the next boot:", err=True)
+    for line in shown:
+        click.echo(f"qbootctl: WARNING:   {line}", err=True)
 
 
 @qbootctl.command()

@@ -14,7 +14,7 @@ import sys
 
 from . import admin
 from . import bootctrl as bootctrl_model
-from .errors import UserError
+from .errors import UserError, from_os_error
 from .systemd import JobFailed, Systemd
 
 USAGE = "usage: eqmaild start|stop|restart|status"
@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
                     failures += not ok and step == "start"
     except UserError as error:
         return error.report("eqmaild")
+    except OSError as error:
+        return from_os_error(error).report("eqmaild")
     if verb == "status":
         return 3 if failures else 0
     return 1 if failures else 0

@@ -116,9 +116,16 @@ def tcpsrv_argv(service: Service, paths: Paths) -> list[str]:
     return [*argv, "-", "-", *service.command]
 
 
+def _listen_value(value: str) -> str:
+    """An address for ListenStream=: `%` doubled (systemd expands specifiers there)."""
+    if any(ord(char) < 33 or ord(char) == 127 for char in value):
+        raise UnsafeValue(f"listen address {value!r} cannot be written into a unit file", "IP")
+    return value.replace("%", "%%")
+
+
 def socket_dropin(service: Service) -> str:
     source = service.env_file or service.rc_file
-    listen = [f"ListenStream={item.systemd()}" for item in service.listen]
+    listen = [f"ListenStream={_listen_value(item.systemd())}" for item in service.listen]
     if any(item.address is not None for item in service.listen):
         # Specific addresses may not be configured yet when the socket starts.
         listen.append("FreeBind=yes")

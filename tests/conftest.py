@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,3 +27,12 @@ def venv_script(name: str) -> str:
     path = ROOT / ".venv" / "bin" / name
     assert path.exists(), f"{path} missing: the package is not installed in .venv"
     return str(path)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _umask_022() -> Iterator[None]:
+    """Files the tests create are 644/755 whatever the caller's umask: the generator
+    refuses group-writable bootctrl files (StrictModes), as it must on a host."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
