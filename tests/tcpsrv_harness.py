@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import random
 import re
@@ -122,11 +123,14 @@ class FakeDns:
         self.thread.start()
 
     def ptr(self, ip: str, wire_name: bytes) -> None:
-        reverse = ".".join(reversed(ip.split("."))) + ".in-addr.arpa"
+        reverse = ipaddress.ip_address(ip).reverse_pointer
         self.records.setdefault((reverse, 12), []).append((12, wire_name))
 
     def a(self, name: str, ip: str) -> None:
-        self.records.setdefault((name, 1), []).append((1, socket.inet_aton(ip)))
+        if ":" in ip:
+            self.records.setdefault((name, 28), []).append((28, ipaddress.ip_address(ip).packed))
+        else:
+            self.records.setdefault((name, 1), []).append((1, socket.inet_aton(ip)))
 
     def _serve(self) -> None:
         with self.socket:

@@ -396,6 +396,35 @@ def test_resolver_skips_failing_servers_and_ignores_forged_answers() -> None:
         honest.close()
 
 
+def test_ipv6_client_names_match_tcpserver() -> None:
+    tcpserver = require_tool("tcpserver")
+    resolver = FakeDns(loopback_address())
+    resolver.ptr("::1", dns_labels(b"six", b"test"))
+    resolver.a("six.test", "::1")
+    seen = {}
+    for name, start in (
+        ("ours", lambda *a, env: start_ours("libc", *a, env=env)),
+        ("theirs", lambda *a, env: theirs(tcpserver, *a, env=env)),
+    ):
+        server = start(
+            "-hpR",
+            "-l",
+            "x",
+            "::1",
+            "0",
+            "/usr/bin/env",
+            "-0",
+            env={"DNSCACHEIP": resolver.address},
+        )
+        try:
+            env = env_of(server.request("::1"))
+            seen[name] = (env.get(b"TCPREMOTEHOST"), env.get(b"TCP6REMOTEHOST"))
+        finally:
+            server.stop()
+    resolver.close()
+    assert seen["ours"] == seen["theirs"] == (b"six.test", b"six.test")
+
+
 def test_slow_resolver_costs_only_its_deadline() -> None:
     resolver = FakeDns(loopback_address(), delay=30)
     client = loopback_address()
