@@ -14,7 +14,6 @@ from __future__ import annotations
 import errno
 import ipaddress
 import os
-import secrets
 import select
 import socket
 import struct
@@ -306,7 +305,7 @@ class DnsQuery:
                 self._finish(None)  # out of fds: give up rather than spin
                 return
             self._socket = sock
-            self._id = secrets.randbits(16)
+            self._id = int.from_bytes(os.urandom(2), "big")  # secrets would load libcrypto: 3 MB
             try:
                 sock.connect((server, 53))
                 sock.send(build_query(self._id, self.name, self.qtype))
