@@ -519,3 +519,37 @@ def test_closed_stderr_reaches_the_child_open(tmp_path: Path) -> None:
         assert server.request().strip() == b"/dev/null"  # and the -v logging did not kill it
     finally:
         server.stop()
+
+
+def test_log_reader_gone_does_not_stop_serving() -> None:
+    """-v logs to a pipe whose reader has gone (EPIPE on every line): still serving."""
+    process = subprocess.Popen(
+        [
+            venv_script("qboot-tcpsrv"),
+            "-1",
+            "-v",
+            "-HR",
+            "-l",
+            "x",
+            "127.0.0.1",
+            "0",
+            "/usr/bin/env",
+            "-0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "DNSCACHEIP": "127.0.0.254"},
+    )
+    try:
+        assert process.stdout is not None and process.stderr is not None
+        port = int(process.stdout.readline())
+        process.stderr.close()
+        for _ in range(3):
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as client:
+                assert b"PROTO=TCP" in b"".join(iter(lambda: client.recv(65536), b""))
+        assert process.poll() is None
+    finally:
+        process.terminate()
+        process.wait(10)
+        if process.stdout is not None:
+            process.stdout.close()

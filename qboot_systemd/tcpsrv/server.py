@@ -135,7 +135,9 @@ class Server:
     # --- logging -----------------------------------------------------------------------
     def _say(self, line: str, level: int = 2) -> None:
         if self.options.verbosity >= level:
-            with self.log_lock:  # spawner threads log too: whole lines only
+            # spawner threads log too: whole lines only. A log that cannot be written
+            # (a reader gone) is ignored, as tcpserver ignores it.
+            with self.log_lock, contextlib.suppress(OSError, ValueError):
                 self.log.write(line)
                 self.log.flush()
 
@@ -250,8 +252,6 @@ class Server:
         key = lookup_key(endpoints.remote_ip)
         if self.lookups_by_key[key] >= self.max_lookups:
             # This address has enough in flight: on at once, without its names.
-            if not self.lookups_by_key[key]:
-                del self.lookups_by_key[key]
             self._decide(fd, endpoints, self._local_name(endpoints), None, None)
             return
         if self.resolver is None:
