@@ -26,6 +26,7 @@ from qboot_systemd.tcpsrv.lookups import IDENT_VALUE_CAP, as_c_string, ident_val
 
 from .conftest import ROOT, require_tool, venv_script
 from .tcpsrv_harness import FakeDns, Identd, Running, dns_labels, loopback_address, theirs
+from .test_tcpsrv_compat import masked_log
 
 INJECTION = "x\0RELAYCLIENT=\0QMAILQUEUE=/bin/sh\0é"
 BASE = {"PATH": "/usr/bin:/bin", "KEEP": "ü"}
@@ -216,7 +217,7 @@ def test_hostile_ident_answers_change_only_their_own_value(spawner: str) -> None
         identd.close()
 
 
-def test_ident_environment_matches_tcpserver() -> None:
+def test_ident_environment_and_log_match_tcpserver() -> None:
     tcpserver = require_tool("tcpserver")
     client = loopback_address()
     answers: list[bytes] = []
@@ -226,19 +227,24 @@ def test_ident_environment_matches_tcpserver() -> None:
         ("ours", lambda *a: start_ours("libc", *a)),
         ("theirs", lambda *a: theirs(tcpserver, *a)),
     ):
-        server = start("-Hr", "-l", "x", "-t", "5", "127.0.0.1", "0", "/usr/bin/env", "-0")
+        # host 0, as in test_tcpsrv_compat: with an IPv4 host, Debian's tcpserver logs
+        # IPv4-mapped addresses and we log plain IPv4 (its environment has plain IPv4)
+        server = start("-v", "-Hr", "-l", "x", "-t", "5", "0", "0", "/usr/bin/env", "-0")
         try:
             seen = []
-            for answer, _ in HOSTILE_IDENT:
+            for count, (answer, _) in enumerate(HOSTILE_IDENT, start=1):
                 answers[:] = [answer]
                 env = env_of(server.request(source=client))
                 seen.append((env.get(b"TCPREMOTEINFO"), env.get(b"RELAYCLIENT")))
-            results[name] = seen
+                server.wait_count(r"end \d+ status \d+\n[^\n]*status: 0/40\n", count)
+            program = "qboot-tcpsrv" if name == "ours" else "tcpserver"
+            results[name] = (seen, masked_log(server.log(), program))
         finally:
             server.stop()
     identd.close()
     assert results["ours"] == results["theirs"]
-    assert results["ours"][0] == (b"x", None)
+    assert results["ours"][0][0] == (b"x", None)
+    assert any(":x:" in line for line in results["ours"][1])  # the log cut at the NUL too
 
 
 # --- slow peers ----------------------------------------------------------------------------
@@ -280,6 +286,42 @@ def test_dripping_identds_delay_only_their_own_clients(tmp_path: Path) -> None:
         server.stop()
         for identd in identds:
             identd.close()
+
+
+def test_sigterm_under_systemd_cuts_lookups_short(tmp_path: Path) -> None:
+    """Under systemd SIGTERM drains sessions, but a connection still in its lookups goes
+    on at once with what it has, instead of holding the stop for -t."""
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    client = loopback_address()
+    identd = Identd(client, b"0,0:USERID:UNIX:slow\r\n", drip=1.5)
+    server = start_ours(
+        "libc",
+        "-Hr",
+        "-l",
+        "x",
+        "127.0.0.1",
+        "0",
+        "/usr/bin/env",
+        "-0",
+        env={"NOTIFY_SOCKET": str(tmp_path / "notify")},
+    )
+    try:
+        with server.connect(source=client) as session:
+            deadline = time.monotonic() + 5
+            while not identd.queries:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            started = time.monotonic()
+            server.process.send_signal(signal.SIGTERM)
+            env = env_of(b"".join(iter(lambda: session.recv(65536), b"")))
+            assert b"PROTO" in env and b"TCPREMOTEINFO" not in env
+            assert server.process.wait(10) == 0
+            assert time.monotonic() - started < 2.0
+    finally:
+        server.stop()
+        identd.close()
+        notify.close()
 
 
 def test_one_deadline_for_the_whole_ident_exchange() -> None:
