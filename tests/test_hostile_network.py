@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -254,6 +255,56 @@ def test_ident_environment_and_log_match_tcpserver() -> None:
     assert results["ours"] == results["theirs"]
     assert results["ours"][0][0] == (b"x", None)
     assert any(":x:" in line for line in results["ours"][1])  # the log cut at the NUL too
+
+
+def random_ident_answers(count: int) -> list[bytes]:
+    """Answers mixing what confuses parsers: colons, line ends, spaces, NUL, '=',
+    non-ASCII, long runs; some without a newline at all."""
+    rng = random.Random(13)
+    pieces = [
+        b":",
+        b"\n",
+        b"\r",
+        b" ",
+        b"\t",
+        b"\0",
+        b"=",
+        b"\xc3\xa9",
+        b"\xff",
+        b"USERID",
+        b"x" * 300,
+    ]
+    answers = []
+    for _ in range(count):
+        answer = b"".join(rng.choice(pieces) for _ in range(rng.randrange(1, 40)))
+        answers.append(b"0,0:USERID:UNIX:" + answer if rng.random() < 0.5 else answer)
+    return answers
+
+
+def test_random_ident_answers_give_what_tcpserver_gives() -> None:
+    tcpserver = require_tool("tcpserver")
+    client = loopback_address()
+    answers = random_ident_answers(60)
+    current: list[bytes] = [b""]
+    identd = Identd(client, lambda _query: current[0])
+    results = {}
+    for name, start in (
+        ("ours", lambda *a: start_ours("libc", *a)),
+        ("theirs", lambda *a: theirs(tcpserver, *a)),
+    ):
+        server = start("-Hr", "-l", "x", "-t", "3", "0", "0", "/usr/bin/env", "-0")
+        try:
+            seen = []
+            for answer in answers:
+                current[0] = answer
+                env = env_of(server.request(source=client))
+                seen.append(env.get(b"TCPREMOTEINFO"))
+            results[name] = seen
+        finally:
+            server.stop()
+    identd.close()
+    for answer, ours_, theirs_ in zip(answers, results["ours"], results["theirs"], strict=True):
+        assert ours_ == theirs_, answer
 
 
 # --- slow peers ----------------------------------------------------------------------------
