@@ -444,6 +444,35 @@ def test_hostile_reverse_names_match_tcpserver() -> None:
     assert results["ours"][1] == b"x\\000relayclient\\075.evil"
 
 
+def test_random_reverse_names_give_what_tcpserver_gives() -> None:
+    tcpserver = require_tool("tcpserver")
+    rng = random.Random(17)
+    resolver = FakeDns(loopback_address())
+    clients = {}
+    for _ in range(30):
+        labels = [bytes(rng.randrange(256) for _ in range(rng.randrange(1, 64))) for _ in range(3)]
+        client = loopback_address()
+        resolver.ptr(client, dns_labels(*labels))
+        clients[client] = labels
+    results = {}
+    for name, start in (
+        ("ours", lambda *a, env: start_ours("libc", *a, env=env)),
+        ("theirs", lambda *a, env: theirs(tcpserver, *a, env=env)),
+    ):
+        server = start(
+            "-hR", "-l", "x", "0", "0", "/usr/bin/env", "-0", env={"DNSCACHEIP": resolver.address}
+        )
+        try:
+            results[name] = [
+                env_of(server.request(source=client)).get(b"TCPREMOTEHOST") for client in clients
+            ]
+        finally:
+            server.stop()
+    resolver.close()
+    assert None not in results["ours"]
+    assert results["ours"] == results["theirs"]
+
+
 def test_paranoid_keeps_only_names_that_map_back() -> None:
     resolver = FakeDns(loopback_address())
     good, bad = loopback_address(), loopback_address()
