@@ -170,6 +170,22 @@ def test_dns_names_become_safe_text(labels: list[bytes]) -> None:
     assert all(ch in "abcdefghijklmnopqrstuvwxyz0123456789-_.\\" for ch in text)
 
 
+def test_dns_servers_names_and_records() -> None:
+    conf = "# x\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\nnameserver bogus\nsearch a\n"
+    assert dns.parse_servers({}, conf) == ("192.0.2.53", "fe80::1")
+    assert dns.parse_servers({"DNSCACHEIP": "127.0.0.2, ::1"}, conf) == ("127.0.0.2", "::1")
+    assert dns.parse_servers({}, "") == ("127.0.0.1",)  # djb's default
+    assert dns.reverse_name("::ffff:192.0.2.1") == dns.reverse_name("192.0.2.1")
+    assert dns.reverse_name("::1").endswith(b"\x03ip6\x04arpa\x00")
+    for bad in ("a..b", "x" * 64 + ".test", ".".join(["abcdefgh"] * 40)):
+        with pytest.raises(ValueError):
+            dns.encode_name(bad)
+    txt = dns.Record(b"\0", dns.TYPE_TXT, 60, b"\x03abc\x02de\x09cut")
+    a = dns.Record(b"\0", dns.TYPE_A, 60, b"\xc0\x00\x02\x01")
+    answer = dns.Answer(0, False, (txt, a))
+    assert answer.texts() == [b"abcdecut"] and answer.addresses() == ["192.0.2.1"]
+
+
 def test_dns_compression_loops_are_refused() -> None:
     name = dns.reverse_name("192.0.2.1")
     question = dns.build_query(7, name, dns.TYPE_PTR)

@@ -189,6 +189,21 @@ class Answer:
     def names(self, rtype: int = TYPE_PTR) -> list[bytes]:
         return [r.target for r in self.records if r.rtype == rtype and r.target is not None]
 
+    def texts(self) -> list[bytes]:
+        """Each TXT record's strings joined, as rblsmtpd reads them; a string that runs
+        past its record ends the record there."""
+        found = []
+        for record in self.records:
+            if record.rtype != TYPE_TXT:
+                continue
+            data, position, parts = record.data, 0, []
+            while position < len(data):
+                length = data[position]
+                parts.append(data[position + 1 : position + 1 + length])
+                position += 1 + length
+            found.append(b"".join(parts))
+        return found
+
     def addresses(self) -> list[str]:
         found = []
         for record in self.records:
