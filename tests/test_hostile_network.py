@@ -23,7 +23,15 @@ from hypothesis import strategies as st
 
 from qboot_systemd import rules
 from qboot_systemd.tcpsrv import dns, spawn
-from qboot_systemd.tcpsrv.lookups import IDENT_VALUE_CAP, as_c_string, ident_value
+from qboot_systemd.tcpsrv.environ import Endpoints
+from qboot_systemd.tcpsrv.lookups import (
+    IDENT_VALUE_CAP,
+    ConnectionLookups,
+    Names,
+    as_c_string,
+    ident_value,
+)
+from qboot_systemd.tcpsrv.reactor import Reactor
 
 from .conftest import ROOT, require_tool, venv_script
 from .tcpsrv_harness import FakeDns, Identd, Running, dns_labels, loopback_address, theirs
@@ -194,6 +202,50 @@ def test_dns_compression_loops_are_refused() -> None:
     looping += b"\xc0" + bytes([len(looping)])  # the PTR target points at itself
     assert dns.parse_response(looping, 7, name, dns.TYPE_PTR) is None
     assert dns.parse_response(looping, 8, name, dns.TYPE_PTR) is None  # another id
+
+
+class FirstFailsAtOnce:
+    """A resolver whose first question fails within its own start(); the others never
+    get an answer. Records which were closed."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+        self.closed = 0
+
+    def query(self, name: bytes, qtype: int, deadline: float, done: object) -> object:
+        resolver = self
+        first = self.asked == 0
+        self.asked += 1
+
+        class Query:
+            def start(self) -> None:
+                if first:
+                    done(None)  # type: ignore[operator]
+
+            def close(self) -> None:
+                resolver.closed += 1
+
+        return Query()
+
+
+def test_lookups_that_fail_at_once_do_not_end_the_others() -> None:
+    reactor = Reactor()
+    reactor.start()
+    ended: list[Names] = []
+    resolver = FirstFailsAtOnce()
+    # 192.0.2.1 is not ours: binding the ident socket to it fails at once too.
+    ends = Endpoints("192.0.2.1", 25, "127.0.0.1", 4000)
+    deadline = time.monotonic() + 5
+    lookups = ConnectionLookups(
+        reactor, resolver, ends, deadline, (True, True, True), False, ended.append
+    )
+    lookups.start()
+    assert ended == [] and resolver.asked == 2  # the remote name is still on its way
+    reactor.run_timers(deadline + 1)
+    assert ended == [Names(None, None, None)]
+    assert resolver.closed == 1  # the unanswered question was stopped at the deadline
+    assert reactor.idle
+    reactor.close()
 
 
 # --- qboot-tcpsrv with a hostile identd, both spawners ----------------------------------

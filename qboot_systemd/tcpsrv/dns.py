@@ -365,9 +365,15 @@ class Resolver:
     def reload(self) -> None:
         self.servers = load_servers()
 
+    def query(
+        self, name: bytes, qtype: int, deadline: float, done: Callable[[Answer | None], None]
+    ) -> DnsQuery:
+        """A question not asked yet: start() asks it (done may run within start())."""
+        return DnsQuery(self.reactor, self.servers, name, qtype, deadline, done)
+
     def ask(
         self, name: bytes, qtype: int, deadline: float, done: Callable[[Answer | None], None]
     ) -> DnsQuery:
-        query = DnsQuery(self.reactor, self.servers, name, qtype, deadline, done)
+        query = self.query(name, qtype, deadline, done)
         query.start()
         return query

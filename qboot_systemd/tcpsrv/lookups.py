@@ -200,9 +200,12 @@ class ConnectionLookups:
         self.local_host: str | None = None
         self.remote_host: str | None = None
         self.remote_info: str | None = None
-        self._ptr_wire: bytes | None = None
+        self._starting = False
 
     def start(self) -> None:
+        # A query can fail within its own start() (no route, no fds) and call back at
+        # once: each is registered before it starts, and nothing ends before all started.
+        self._starting = True
         self._timer = self._reactor.call_at(self._deadline, self._expire)
         ends = self._endpoints
         if self._want_local:
@@ -210,15 +213,19 @@ class ConnectionLookups:
         if self._want_host:
             self._ask_ptr("remote", ends.remote_ip, self._remote_done)
         if self._want_info:
-            query = IdentQuery(
+            ident = IdentQuery(
                 self._reactor,
                 (ends.remote_ip, ends.remote_port),
                 (ends.local_ip, ends.local_port),
                 self._info_done,
             )
-            self._open["ident"] = query
-            query.start()
+            self._begin("ident", ident)
+        self._starting = False
         self._check()
+
+    def _begin(self, key: str, query: dns.DnsQuery | IdentQuery) -> None:
+        self._open[key] = query
+        query.start()
 
     def names(self) -> Names:
         return Names(self.local_host, self.remote_host, self.remote_info)
@@ -238,7 +245,7 @@ class ConnectionLookups:
             name = dns.reverse_name(_reverse_ip(ip))
         except ValueError:
             return
-        self._open[key] = self._resolver.ask(name, dns.TYPE_PTR, self._deadline, done)
+        self._begin(key, self._resolver.query(name, dns.TYPE_PTR, self._deadline, done))
 
     def _first_name(self, answer: dns.Answer | None) -> bytes | None:
         names = answer.names(dns.TYPE_PTR) if answer is not None else []
@@ -278,7 +285,7 @@ class ConnectionLookups:
             self._check()
 
         qtype = dns.TYPE_AAAA if six else dns.TYPE_A
-        self._open["forward"] = self._resolver.ask(wire, qtype, self._deadline, forward_done)
+        self._begin("forward", self._resolver.query(wire, qtype, self._deadline, forward_done))
 
     def _info_done(self, value: str | None) -> None:
         self._open.pop("ident", None)
@@ -286,7 +293,7 @@ class ConnectionLookups:
         self._check()
 
     def _check(self) -> None:
-        if not self._open and self._done is not None:
+        if not self._open and not self._starting and self._done is not None:
             self._end()
 
     def _expire(self) -> None:
