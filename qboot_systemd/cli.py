@@ -15,6 +15,7 @@ import click
 from . import admin, install, mktcprules, rules
 from . import bootctrl as bootctrl_model
 from . import units as units_module
+from .addresses import unmap_ipv4
 from .cdb import CdbFormatError, CdbReader
 from .errors import UserError, from_os_error
 
@@ -178,7 +179,7 @@ def rules_check(
         reader = CdbReader.open(path)
         report = rules.check_report(
             reader,
-            rules.unmap_ipv4(ip).encode(),
+            unmap_ipv4(ip).encode(),
             host.encode() if host is not None else None,
             info.encode() if info is not None else None,
         )

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from .addresses import unmap_ipv4
 from .cdb import CdbFormatError, CdbReader, write_cdb
 
 _ULONG_MASK = (1 << 64) - 1
@@ -239,13 +240,6 @@ def decide(found: tuple[bytes, bytes] | None) -> Decision:
                     )
                 )
     return Decision(False, tuple(env), key)
-
-
-def unmap_ipv4(ip: str) -> str:
-    """`::ffff:1.2.3.4` -> `1.2.3.4`, as tcpserver reports IPv4-mapped clients."""
-    if ip.startswith("::ffff:") and "." in ip:
-        return ip[7:]
-    return ip
 
 
 class RuleSet:

@@ -320,6 +320,7 @@ def test_child_reaped_before_its_spawner_booked_it() -> None:
     log = StringIO()
     with socket.create_server(("127.0.0.1", 0)) as listener:
         server = Server(options, [listener], None, log=log)
+        server.start()
         spawn = server.spawner.spawn
 
         def spawn_then_reap(env: dict[str, str], fd: int) -> int:
@@ -336,6 +337,7 @@ def test_child_reaped_before_its_spawner_booked_it() -> None:
                 assert time.monotonic() < deadline, log.getvalue()
                 time.sleep(0.01)
             server._finish_ended()
+        server.close()
     assert (server.running, server.children, server.exited_early) == (0, {}, {})
     words = [line.split()[1] for line in log.getvalue().splitlines()]
     assert words == ["status:", "pid", "ok", "end", "status:"], log.getvalue()

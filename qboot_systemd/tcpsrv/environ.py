@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from ..addresses import is_mapped, map_ipv4, unmap_ipv4
+
 # Removed from every child: they describe our systemd hand-over, not the child's.
 PRIVATE_VARIABLES = (
     "LISTEN_FDS",
@@ -32,18 +34,6 @@ TCP_VARIABLES = (
     "TCP6REMOTEINFO",
     "TCP6INTERFACE",
 )
-
-
-def is_mapped(ip: str) -> bool:
-    return ip.startswith("::ffff:") and "." in ip
-
-
-def ipv4_form(ip: str) -> str:
-    return ip[7:] if is_mapped(ip) else ip
-
-
-def ipv6_form(ip: str) -> str:
-    return ip if ":" in ip else f"::ffff:{ip}"
 
 
 class Endpoints(NamedTuple):
@@ -76,7 +66,7 @@ def connection_environment(
 ) -> dict[str, str]:
     """TCP* and TCP6* variables; unknown names are left unset."""
     ipv4 = endpoints.ipv4 and not ipv6_env
-    show = ipv4_form if ipv4 else ipv6_form
+    show = unmap_ipv4 if ipv4 else map_ipv4
     local_port, remote_port = str(endpoints.local_port), str(endpoints.remote_port)
     env = {
         "PROTO": "TCP" if ipv4 else "TCP6",
@@ -84,9 +74,9 @@ def connection_environment(
         "TCPLOCALPORT": local_port,
         "TCPREMOTEIP": show(endpoints.remote_ip),
         "TCPREMOTEPORT": remote_port,
-        "TCP6LOCALIP": ipv6_form(endpoints.local_ip),
+        "TCP6LOCALIP": map_ipv4(endpoints.local_ip),
         "TCP6LOCALPORT": local_port,
-        "TCP6REMOTEIP": ipv6_form(endpoints.remote_ip),
+        "TCP6REMOTEIP": map_ipv4(endpoints.remote_ip),
         "TCP6REMOTEPORT": remote_port,
     }
     for suffix, value in (

@@ -16,8 +16,9 @@ import socket
 from collections.abc import Callable
 from typing import NamedTuple
 
+from ..addresses import unmap_ipv4
 from . import dns
-from .environ import Endpoints, ipv4_form, is_mapped
+from .environ import Endpoints
 from .reactor import Reactor, Timer
 
 IDENT_PORT = 113
@@ -72,8 +73,8 @@ class IdentQuery:
         done: Callable[[str | None], None],
     ) -> None:
         self._reactor = reactor
-        self._remote = (ipv4_form(remote[0]), remote[1])
-        self._local = (ipv4_form(local[0]), local[1])
+        self._remote = (unmap_ipv4(remote[0]), remote[1])
+        self._local = (unmap_ipv4(local[0]), local[1])
         self._done: Callable[[str | None], None] | None = done
         self._socket: socket.socket | None = None
         self._request = f"{remote[1]} , {local[1]}\r\n".encode()
@@ -147,10 +148,6 @@ class IdentQuery:
             self._finish(as_c_string(value))
         elif not chunk or len(self._answer) >= IDENT_READ_CAP:
             self._finish(None)  # closed before a newline, or too long: no answer
-
-
-def _reverse_ip(ip: str) -> str:
-    return ipv4_form(ip) if is_mapped(ip) else ip
 
 
 def literal_ipv4s(dotted: str) -> set[str] | None:
@@ -242,7 +239,7 @@ class ConnectionLookups:
 
     def _ask_ptr(self, key: str, ip: str, done: Callable[[dns.Answer | None], None]) -> None:
         try:
-            name = dns.reverse_name(_reverse_ip(ip))
+            name = dns.reverse_name(unmap_ipv4(ip))
         except ValueError:
             return
         self._begin(key, self._resolver.query(name, dns.TYPE_PTR, self._deadline, done))
@@ -270,7 +267,7 @@ class ConnectionLookups:
 
     def _verify(self, wire: bytes, dotted: str) -> None:
         """-p: keep the name only if it maps back to the client's address."""
-        ip = _reverse_ip(self._endpoints.remote_ip)
+        ip = unmap_ipv4(self._endpoints.remote_ip)
         six = ":" in ip
         literal = None if six else literal_ipv4s(dotted)
         if literal is not None:
@@ -317,7 +314,7 @@ def ipaddress_of(text: str) -> str:
 
 def lookup_key(ip: str) -> str:
     """Whose lookups count together: an IPv4 address, or an IPv6 /64."""
-    ip = ipv4_form(ip)
+    ip = unmap_ipv4(ip)
     if ":" not in ip:
         return ip
     try:

@@ -87,8 +87,18 @@ def main(argv: list[str] | None = None) -> int:
         return _fatal(failure)
     rules = RuleSet(options.rules) if options.rules else None
     under_systemd = passed is not None or bool(os.environ.get("NOTIFY_SOCKET"))
-    server = Server(options, listeners, rules, under_systemd=under_systemd)
-    return server.serve()
+    server = Server(
+        options,
+        listeners,
+        rules,
+        under_systemd=under_systemd,
+        systemd_sockets=bool(passed),
+    )
+    server.start()
+    try:
+        return server.serve()
+    finally:
+        server.close()
 
 
 if __name__ == "__main__":

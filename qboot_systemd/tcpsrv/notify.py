@@ -26,8 +26,8 @@ class Notifier:
 
     def status(self, text: str, now: float | None = None) -> None:
         """Queue a STATUS= update; flush() sends it when the interval allows."""
-        if text != self._last_status:
-            self._pending = text
+        # Back to what systemd already shows: nothing to send (not even a queued text).
+        self._pending = None if text == self._last_status else text
         self.flush(now)
 
     def flush(self, now: float | None = None) -> None:

@@ -25,13 +25,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TextIO
 
+from ..addresses import unmap_ipv4
 from ..rules import Decision, RulesError, RuleSet
 from . import logline, quick
 from .dns import Resolver
-from .environ import Endpoints, base_environment, connection_environment, ipv4_form
+from .environ import Endpoints, base_environment, connection_environment
 from .lookups import NO_NAMES, ConnectionLookups, Names, lookup_key
 from .notify import Notifier
 from .options import Options
@@ -82,58 +83,107 @@ class Counters:
     denied: int = 0
 
 
-@dataclass
 class Server:
-    options: Options
-    listeners: list[socket.socket]
-    rules: RuleSet | None
-    log: TextIO = field(default_factory=lambda: sys.stderr)
-    under_systemd: bool = False
+    """The accept loop of one qboot-tcpsrv. start() sets up its threads and fds, serve()
+    runs it until SIGTERM has been handled, close() lets go of what start() made."""
 
-    def __post_init__(self) -> None:
-        self.verbose = self.options.verbosity >= 2  # -v: build log lines only then
-        self.poller = select.epoll()
-        self.handlers: dict[int, Callable[[], None]] = {}
+    def __init__(
+        self,
+        options: Options,
+        listeners: list[socket.socket],
+        rules: RuleSet | None,
+        log: TextIO | None = None,
+        under_systemd: bool = False,
+        systemd_sockets: bool = False,
+    ) -> None:
+        # What was asked for.
+        self.options = options
+        self.listeners = listeners
+        self.rules = rules
+        self.log = sys.stderr if log is None else log
+        self.log_lock = threading.Lock()  # spawner threads log too
+        self.under_systemd = under_systemd
+        self.verbose = options.verbosity >= 2  # -v: build log lines only then
+        # Addresses in ok/deny lines: as Debian's tcpserver logs them on a socket it bound
+        # (mapped on `::`); systemd's dual-stack sockets stand for the IPv4 and IPv6
+        # listeners a tcpserver per address would have had, so IPv4 clients show as IPv4.
+        self.logged_ip: Callable[[str], str] = unmap_ipv4 if systemd_sockets else str
+        self.program = [os.fsencode(word) for word in options.program]
+        self.local_endpoints = {id(sock): _fixed_local(sock) for sock in listeners}
         self.notifier = Notifier()
-        self.program = [os.fsencode(word) for word in self.options.program]
-        self.running = 0
-        self.per_ip: Counter[str] = Counter()
-        # Both touched by spawner threads and the loop, always under self.books.
-        self.children: dict[int, str] = {}  # pid -> client address
-        self.exited_early: dict[int, int] = {}  # reaped before its spawner booked it
-        self.books = threading.Lock()
-        self.log_lock = threading.Lock()
+        # The loop: epoll, a handler per watched fd, and what signals and spawners told it.
+        self.poller: select.epoll | None = None
+        self.handlers: dict[int, Callable[[], None]] = {}
+        self.wake_read: socket.socket | None = None
+        self.wake_write: socket.socket | None = None
+        self.signals: list[int] = []
         self.child_exited = False
-        self.local_endpoints = {id(sock): _fixed_local(sock) for sock in self.listeners}
-        self.pending: dict[int, Pending] = {}
-        self.lookups_by_key: Counter[str] = Counter()
-        self.max_lookups = lookups_per_address(self.options.limit)
-        self.reactor = Reactor()  # started at the first lookup
-        self.resolver: Resolver | None = None
-        self.counters = Counters()
+        # Accepting: paused at the -c limit, after EMFILE and alike, and when stopping.
         self.accepting = False
         self.backoff_until: float | None = None
         self.backoff = 0.05
         self.stop_at: float | None = None
-        self.signals: list[int] = []
+        # Sessions. children, exited_early and spawning are touched by spawner threads and
+        # the loop, always under sessions_lock; the rest only by the loop.
+        self.sessions_lock = threading.Lock()
+        self.running = 0
+        self.per_ip: Counter[str] = Counter()
+        self.children: dict[int, str] = {}  # pid -> client address
+        self.exited_early: dict[int, int] = {}  # reaped before its spawner booked it
+        self.spawning = 0
+        self.counters = Counters()
+        # Lookups (reverse DNS, ident, the local name), driven by the reactor.
+        self.pending: dict[int, Pending] = {}
+        self.lookups_by_key: Counter[str] = Counter()
+        self.max_lookups = lookups_per_address(options.limit)
+        self.reactor = Reactor()  # started at the first lookup
+        self.resolver: Resolver | None = None
         self.local_names: dict[str, str | None] = {}
         self.ids = itertools.count(1)
+        # Spawning: jobs go to the spawner threads, failed spawns and early exits come back.
         self.spawner = best_spawner(self.program, base_environment(dict(os.environ)))
-        self.spawning = 0
-        self.spawn_queue: queue.SimpleQueue[tuple[SpawnJob, dict[str, str]]] = queue.SimpleQueue()
-        # Sessions that ended without the loop reaping them: failed spawns and early exits.
+        self.spawn_queue: queue.SimpleQueue[tuple[SpawnJob, dict[str, str]] | None] = (
+            queue.SimpleQueue()
+        )
         self.ended: queue.SimpleQueue[tuple[SpawnJob, int]] = queue.SimpleQueue()
-        for number in range(SPAWN_THREADS):
-            threading.Thread(target=self._spawn_worker, name=f"spawn-{number}", daemon=True).start()
+        self.spawn_threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        """The epoll fd, the wake-up socket pair and the spawner threads."""
+        self.poller = select.epoll()
         self.wake_read, self.wake_write = socket.socketpair()
         self.wake_read.setblocking(False)
         self.wake_write.setblocking(False)
         self._watch(self.wake_read.fileno(), self._on_wake)
         for listener in self.listeners:
             listener.setblocking(False)
+        for number in range(SPAWN_THREADS):
+            thread = threading.Thread(
+                target=self._spawn_worker, name=f"spawn-{number}", daemon=True
+            )
+            thread.start()
+            self.spawn_threads.append(thread)
+
+    def close(self) -> None:
+        """Stop the spawner threads (after the jobs queued) and close our own fds."""
+        for _ in self.spawn_threads:
+            self.spawn_queue.put(None)
+        for thread in self.spawn_threads:
+            thread.join()
+        self.spawn_threads.clear()
+        self.reactor.close()
+        for sock in (self.wake_read, self.wake_write):
+            if sock is not None:
+                sock.close()
+        self.wake_read = self.wake_write = None
+        if self.poller is not None:
+            self.poller.close()
+            self.poller = None
+        self.handlers.clear()
+        self.accepting = False
 
     # --- logging -----------------------------------------------------------------------
-    def _say(self, line: str, level: int = 2) -> None:
+    def log_verbose(self, line: str, level: int = 2) -> None:
         if self.options.verbosity >= level:
             # spawner threads log too: whole lines only. A log that cannot be written
             # (a reader gone) is ignored, as tcpserver ignores it.
@@ -143,7 +193,7 @@ class Server:
 
     def _status_changed(self) -> None:
         if self.verbose:
-            self._say(logline.status(self.running, self.options.limit))
+            self.log_verbose(logline.status(self.running, self.options.limit))
         self._publish()
 
     def _publish(self) -> None:
@@ -184,7 +234,7 @@ class Server:
                 return
             except OSError as error:
                 if error.errno in _RESOURCE_ERRORS:
-                    self._say(
+                    self.log_verbose(
                         logline.warning(
                             f"unable to accept: {error.strerror}; pausing {self.backoff:.2f} s"
                         ),
@@ -211,9 +261,9 @@ class Server:
         if "%" in remote_ip:  # a link-local client's scope
             remote_ip = remote_ip.partition("%")[0]
         endpoints = Endpoints(local[0], local[1], remote_ip, address[1])
-        client = ipv4_form(endpoints.remote_ip)
+        client = unmap_ipv4(endpoints.remote_ip)
         if self.options.per_ip and self.per_ip[client] >= self.options.per_ip:
-            self._say(
+            self.log_verbose(
                 logline.warning(
                     f"per-IP limit {self.options.per_ip} reached, "
                     f"dropping connection from {logline.safe(client)}"
@@ -303,9 +353,14 @@ class Server:
         remote_host: str | None,
         remote_info: str | None,
     ) -> None:
-        client = ipv4_form(endpoints.remote_ip)
-        log_local = (local_host, endpoints.local_ip, str(endpoints.local_port))
-        log_remote = (remote_host, endpoints.remote_ip, remote_info, str(endpoints.remote_port))
+        client = unmap_ipv4(endpoints.remote_ip)
+        log_local = (local_host, self.logged_ip(endpoints.local_ip), str(endpoints.local_port))
+        log_remote = (
+            remote_host,
+            self.logged_ip(endpoints.remote_ip),
+            remote_info,
+            str(endpoints.remote_port),
+        )
         decision = DEFAULT_ALLOW
         if self.rules is not None:
             found = self.rules.match(client, remote_host, remote_info)
@@ -330,7 +385,7 @@ class Server:
         )
         extra.update(decision.env)  # rules may override TCP* and the server's own
         job = SpawnJob(fd, client, log_local, log_remote)
-        with self.books:
+        with self.sessions_lock:
             self.spawning += 1
         self.counters.served += 1  # taken back if the chain cannot be run
         self._publish()
@@ -339,9 +394,8 @@ class Server:
     def _spawn_worker(self) -> None:
         """Runs in a spawner thread: the kernel's part of spawning happens here, and the
         child is booked here, so the loop is not woken for it."""
-        while True:
-            job, env = self.spawn_queue.get()
-            self._spawn_one(job, env)
+        while (work := self.spawn_queue.get()) is not None:
+            self._spawn_one(*work)
 
     def _spawn_one(self, job: SpawnJob, env: dict[str, str]) -> None:
         try:
@@ -351,12 +405,12 @@ class Server:
         except Exception as error:  # one job is refused, the thread goes on
             job.error = f"{type(error).__name__}: {error}"
         quick.close(job.fd)
-        with self.books:
+        with self.sessions_lock:
             self.spawning -= 1
             if job.error is None:
                 if self.verbose:  # before the loop can reap it and log its end
-                    self._say(logline.pid_from(job.pid, job.client))
-                    self._say(logline.verdict("ok", job.pid, job.log_local, job.log_remote))
+                    self.log_verbose(logline.pid_from(job.pid, job.client))
+                    self.log_verbose(logline.verdict("ok", job.pid, job.log_local, job.log_remote))
                 status = self.exited_early.pop(job.pid, None)
                 if status is None:
                     self.children[job.pid] = job.client
@@ -364,8 +418,8 @@ class Server:
             else:
                 status = EXIT_DROP_STATUS
             self.ended.put((job, status))
-        with contextlib.suppress(OSError):
-            self.wake_write.send(b"s")
+        with contextlib.suppress(OSError, AttributeError):  # AttributeError: closed
+            self.wake_write.send(b"s")  # type: ignore[union-attr]
 
     def _finish_ended(self) -> None:
         while True:
@@ -387,9 +441,9 @@ class Server:
         if fd is not None:
             quick.close(fd)
         pid = os.getpid()
-        self._say(logline.pid_from(pid, client))
-        self._say(line, level)
-        self._say(logline.end(pid, status))
+        self.log_verbose(logline.pid_from(pid, client))
+        self.log_verbose(line, level)
+        self.log_verbose(logline.end(pid, status))
         self._session_over(client)
 
     def _session_over(self, client: str) -> None:
@@ -409,7 +463,7 @@ class Server:
                 return
             if pid == 0:
                 return
-            with self.books:
+            with self.sessions_lock:
                 client = self.children.pop(pid, None)
                 if client is None:  # its spawner thread has not booked it yet
                     self.exited_early[pid] = status
@@ -418,20 +472,23 @@ class Server:
 
     def _child_over(self, pid: int, client: str, status: int) -> None:
         if self.verbose:
-            self._say(logline.end(pid, status))
+            self.log_verbose(logline.end(pid, status))
         self._session_over(client)
 
     # --- signals and the loop ------------------------------------------------------------
     def _watch(self, fd: int, handler: Callable[[], None]) -> None:
+        assert self.poller is not None, "start() first"
         self.poller.register(fd, select.EPOLLIN)
         self.handlers[fd] = handler
 
     def _unwatch(self, fd: int) -> None:
+        assert self.poller is not None, "start() first"
         self.poller.unregister(fd)
         del self.handlers[fd]
 
     def _on_wake(self) -> None:
         # One read: what is left wakes the loop again, cheaper than a read that fails.
+        assert self.wake_read is not None, "start() first"
         with contextlib.suppress(BlockingIOError, InterruptedError):
             self.wake_read.recv(4096)
 
@@ -451,7 +508,7 @@ class Server:
                 self.local_names.clear()
                 if self.resolver is not None:
                     self.resolver.reload()
-                self._say(logline.warning("SIGHUP: rules and names reloaded"), 2)
+                self.log_verbose(logline.warning("SIGHUP: rules and names reloaded"), 2)
                 self.notifier.send("READY=1")
             elif self.stop_at is None:
                 self.notifier.send("STOPPING=1")
@@ -491,10 +548,12 @@ class Server:
         return max(0.0, min(candidates) - time.monotonic()) if candidates else -1
 
     def _busy(self) -> bool:
-        with self.books:
+        with self.sessions_lock:
             return bool(self.children or self.pending or self.spawning)
 
     def serve(self) -> int:
+        """The loop, from READY=1 until the last session after SIGTERM; start() first."""
+        assert self.poller is not None and self.wake_write is not None, "start() first"
         signal.set_wakeup_fd(self.wake_write.fileno(), warn_on_full_buffer=False)
         for number in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(number, self._on_signal)
