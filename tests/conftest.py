@@ -51,3 +51,15 @@ def qmail_accounts(monkeypatch: pytest.MonkeyPatch) -> None:
     real_user, real_group = accounts.user_exists, accounts.group_exists
     monkeypatch.setattr(accounts, "user_exists", lambda n: n in QMAIL_USERS or real_user(n))
     monkeypatch.setattr(accounts, "group_exists", lambda n: n in QMAIL_GROUPS or real_group(n))
+
+
+def require_extension() -> None:
+    """The _conn extension must be built (setup.sh builds it); skip only when the run
+    asked for the pure-Python path with QBOOT_NO_EXTENSION=1."""
+    from qboot_systemd.tcpsrv import netcalls
+
+    if netcalls.EXTENSION is not None:
+        return
+    if os.environ.get("QBOOT_NO_EXTENSION") == "1":
+        pytest.skip("QBOOT_NO_EXTENSION=1: the pure-Python path only")
+    pytest.fail("the _conn extension is not built (run: scripts/setup.sh test)")

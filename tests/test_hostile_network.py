@@ -7,7 +7,6 @@ tcpserver is the reference for what the child's environment gets.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import random
 import signal
@@ -33,7 +32,7 @@ from qboot_systemd.tcpsrv.lookups import (
 )
 from qboot_systemd.tcpsrv.reactor import Reactor
 
-from .conftest import ROOT, require_tool, venv_script
+from .conftest import ROOT, require_extension, require_tool, venv_script
 from .tcpsrv_harness import FakeDns, Identd, Running, dns_labels, loopback_address, theirs
 from .test_tcpsrv_compat import masked_log
 
@@ -52,18 +51,13 @@ HOSTILE_IDENT = [
 ]
 
 
-def c_strings(packed: tuple[object, object]) -> list[bytes]:
-    _, pointers = packed
-    return [ctypes.string_at(address) for address in pointers]  # type: ignore[attr-defined]
-
-
 # --- the packing -------------------------------------------------------------------------
 def test_packing_cuts_a_value_at_nul_and_adds_nothing() -> None:
     env = {"TCPREMOTEINFO": INJECTION, "A": "1=2", "B": "é"}
-    assert c_strings(spawn._pack_env(env)) == [b"TCPREMOTEINFO=x", b"A=1=2", b"B=\xc3\xa9"]
+    assert spawn.env_entries(env) == [b"TCPREMOTEINFO=x", b"A=1=2", b"B=\xc3\xa9"]
     for bad in ({"A=B": "1"}, {"A\0B": "1"}):
         with pytest.raises(ValueError):
-            spawn._pack_env(bad)
+            spawn.env_entries(bad)
 
 
 # What the server holds: text decoded from bytes with surrogateescape (\udc80-\udcff only).
@@ -79,15 +73,17 @@ NO_SURROGATES = st.characters(blacklist_categories=("Cs",)) | st.sampled_from("\
     )
 )
 def test_packing_keeps_one_entry_per_variable(env: dict[str, str]) -> None:
-    strings = c_strings(spawn._pack_env(env))
+    strings = spawn.env_entries(env)
     assert len(strings) == len(env)
     for (name, value), string in zip(env.items(), strings, strict=True):
         expected = f"{name}={value}".encode("utf-8", "surrogateescape").partition(b"\0")[0]
         assert string == expected
 
 
-@pytest.mark.parametrize("kind", [spawn.LibcSpawner, spawn.PythonSpawner])
-def test_spawner_gives_the_child_only_the_cut_value(kind: type[spawn.LibcSpawner]) -> None:
+@pytest.mark.parametrize("kind", [spawn.ExtensionSpawner, spawn.PythonSpawner])
+def test_spawner_gives_the_child_only_the_cut_value(kind: type[spawn.Spawner]) -> None:
+    if kind is spawn.ExtensionSpawner:
+        require_extension()
     spawner = kind([b"/usr/bin/env", b"-0"], BASE)
     ours, child_end = socket.socketpair()
     with ours, child_end:
@@ -249,17 +245,20 @@ def test_lookups_that_fail_at_once_do_not_end_the_others() -> None:
 
 
 # --- qboot-tcpsrv with a hostile identd, both spawners ----------------------------------
+# The pure-Python path (QBOOT_NO_EXTENSION=1), without the variable reaching the child.
 PYTHON_SPAWNER = (
-    "import sys\n"
-    "from qboot_systemd.tcpsrv import server, spawn\n"
-    "server.best_spawner = spawn.PythonSpawner\n"
+    "import os, sys\n"
+    "os.environ['QBOOT_NO_EXTENSION'] = '1'\n"
+    "from qboot_systemd.tcpsrv import netcalls\n"
+    "assert netcalls.EXTENSION is None\n"
+    "del os.environ['QBOOT_NO_EXTENSION']\n"
     "from qboot_systemd.tcpsrv.main import main\n"
     "sys.exit(main())\n"
 )
 
 
 def start_ours(spawner: str, *args: str, env: dict[str, str] | None = None) -> Running:
-    if spawner == "libc":
+    if spawner == "extension":
         command = [venv_script("qboot-tcpsrv")]
     else:
         command = [str(ROOT / ".venv" / "bin" / "python"), "-c", PYTHON_SPAWNER]
@@ -271,7 +270,7 @@ def env_of(output: bytes) -> dict[bytes, bytes]:
     return {name: value for name, _, value in entries}
 
 
-@pytest.mark.parametrize("spawner", ["libc", "python"])
+@pytest.mark.parametrize("spawner", ["extension", "python"])
 def test_hostile_ident_answers_change_only_their_own_value(spawner: str) -> None:
     client = loopback_address()
     answers = iter([answer for answer, _ in HOSTILE_IDENT] * 2)
@@ -302,7 +301,7 @@ def test_ident_environment_and_log_match_tcpserver() -> None:
     identd = Identd(client, lambda _query: answers[0])
     results = {}
     for name, start in (
-        ("ours", lambda *a: start_ours("libc", *a)),
+        ("ours", lambda *a: start_ours("extension", *a)),
         ("theirs", lambda *a: theirs(tcpserver, *a)),
     ):
         # host 0, as in test_tcpsrv_compat: with an IPv4 host, Debian's tcpserver logs
@@ -357,7 +356,7 @@ def test_random_ident_answers_give_what_tcpserver_gives() -> None:
     identd = Identd(client, lambda _query: current[0])
     results = {}
     for name, start in (
-        ("ours", lambda *a: start_ours("libc", *a)),
+        ("ours", lambda *a: start_ours("extension", *a)),
         ("theirs", lambda *a: theirs(tcpserver, *a)),
     ):
         server = start("-Hr", "-l", "x", "-t", "3", "0", "0", "/usr/bin/env", "-0")
@@ -383,7 +382,7 @@ def test_dripping_identds_delay_only_their_own_clients(tmp_path: Path) -> None:
     answer = b"0,0:USERID:UNIX:" + b"x" * 100 + b"\r\n"
     identds = [Identd(loopback_address(), answer, drip=1.5) for _ in range(10)]
     server = start_ours(
-        "libc", "-Hr", "-l", "x", "-c", "100", "127.0.0.1", "0", "/usr/bin/env", "-0"
+        "extension", "-Hr", "-l", "x", "-c", "100", "127.0.0.1", "0", "/usr/bin/env", "-0"
     )
     held = []
     try:
@@ -424,7 +423,7 @@ def test_sigterm_under_systemd_cuts_lookups_short(tmp_path: Path) -> None:
     client = loopback_address()
     identd = Identd(client, b"0,0:USERID:UNIX:slow\r\n", drip=1.5)
     server = start_ours(
-        "libc",
+        "extension",
         "-Hr",
         "-l",
         "x",
@@ -455,7 +454,9 @@ def test_sigterm_under_systemd_cuts_lookups_short(tmp_path: Path) -> None:
 def test_one_deadline_for_the_whole_ident_exchange() -> None:
     client = loopback_address()
     identd = Identd(client, b"0,0:USERID:UNIX:" + b"x" * 200 + b"\r\n", drip=0.3)
-    server = start_ours("libc", "-Hr", "-l", "x", "-t", "2", "127.0.0.1", "0", "/usr/bin/env", "-0")
+    server = start_ours(
+        "extension", "-Hr", "-l", "x", "-t", "2", "127.0.0.1", "0", "/usr/bin/env", "-0"
+    )
     try:
         started = time.monotonic()
         env = env_of(server.request(source=client))
@@ -483,7 +484,7 @@ def test_hostile_reverse_names_match_tcpserver() -> None:
     tcpserver = require_tool("tcpserver")
     results = {}
     for name, start in (
-        ("ours", lambda *a, env: start_ours("libc", *a, env=env)),
+        ("ours", lambda *a, env: start_ours("extension", *a, env=env)),
         ("theirs", lambda *a, env: theirs(tcpserver, *a, env=env)),
     ):
         seen = []
@@ -524,7 +525,7 @@ def test_random_reverse_names_give_what_tcpserver_gives() -> None:
         clients[client] = labels
     results = {}
     for name, start in (
-        ("ours", lambda *a, env: start_ours("libc", *a, env=env)),
+        ("ours", lambda *a, env: start_ours("extension", *a, env=env)),
         ("theirs", lambda *a, env: theirs(tcpserver, *a, env=env)),
     ):
         server = start(
@@ -549,7 +550,7 @@ def test_paranoid_keeps_only_names_that_map_back() -> None:
     resolver.ptr(bad, dns_labels(b"liar", b"test"))
     resolver.a("liar.test", "192.0.2.1")
     server = start_ours(
-        "libc",
+        "extension",
         "-hpR",
         "-l",
         "x",
@@ -576,7 +577,7 @@ def test_resolver_skips_failing_servers_and_ignores_forged_answers() -> None:
     honest.ptr(client, dns_labels(b"real", b"test"))
     servers = f"{loopback_address()} {failing.address} {honest.address}"
     server = start_ours(
-        "libc",
+        "extension",
         "-hR",
         "-l",
         "x",
@@ -602,7 +603,7 @@ def test_ipv6_client_names_match_tcpserver() -> None:
     resolver.a("six.test", "::1")
     seen = {}
     for name, start in (
-        ("ours", lambda *a, env: start_ours("libc", *a, env=env)),
+        ("ours", lambda *a, env: start_ours("extension", *a, env=env)),
         ("theirs", lambda *a, env: theirs(tcpserver, *a, env=env)),
     ):
         server = start(
@@ -629,7 +630,7 @@ def test_slow_resolver_costs_only_its_deadline() -> None:
     client = loopback_address()
     resolver.ptr(client, dns_labels(b"late", b"test"))
     server = start_ours(
-        "libc",
+        "extension",
         "-hR",
         "-l",
         "x",
@@ -678,7 +679,7 @@ def test_fifo_at_the_rules_path_does_not_stop_the_loop(tmp_path: Path) -> None:
     cdb = tmp_path / "rules.cdb"
     os.mkfifo(cdb)
     server = start_ours(
-        "libc", "-v", "-HR", "-l", "x", "-x", str(cdb), "127.0.0.1", "0", "/usr/bin/env", "-0"
+        "extension", "-v", "-HR", "-l", "x", "-x", str(cdb), "127.0.0.1", "0", "/usr/bin/env", "-0"
     )
     try:
         with server.connect(timeout=5) as client:

@@ -99,9 +99,9 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> Packages:
     return Packages(
         dependency_deb=dependency_deb,
         dependency_dsc=dependency_dsc,
-        deb=only(work / "bin", "qboot-systemd_*_all.deb"),
+        deb=only(work / "bin", "qboot-systemd_*.deb"),
         dsc=only(work / "src", "qboot-systemd_*.dsc"),
-        tree_deb=only(work / "src", "qboot-systemd_*_all.deb"),
+        tree_deb=only(work / "src", "qboot-systemd_*.deb"),
         dependency_log=dependency.stdout,
         build_log=done.stdout,
     )
@@ -154,8 +154,11 @@ def test_deb_contents_depends_and_lintian(packages: Packages) -> None:
         "/usr/lib/python3/dist-packages/qboot_systemd/cdb.py",
     ):
         assert expected in files, expected
+    # qboot-tcpsrv's compiled per-connection path, hence an architecture-specific package
+    extension = "/usr/lib/python3/dist-packages/qboot_systemd/tcpsrv/_conn."
+    assert any(name.startswith(extension) and name.endswith(".so") for name in files)
     assert not [name for name in files if "vendor" in name or name.endswith(".pth")]
-    assert deb_field(packages.deb, "Architecture") == "all"
+    assert deb_field(packages.deb, "Architecture") not in ("", "all")
     depends = {item.split()[0] for item in deb_field(packages.deb, "Depends").split(", ")}
     assert {"python3-pure-cdb", "python3-click", "python3-jinja2", "python3-pystemd"} <= depends
     lintian = subprocess.run(
@@ -249,6 +252,7 @@ RPM_MACROS = {
     "python3": "/usr/bin/python3",
     # Debian's pip installs to /usr/local unless told the distribution's layout.
     "python3_sitelib": "/usr/lib/python3/dist-packages",
+    "python3_sitearch": "/usr/lib/python3/dist-packages",
     "_unitdir": "/usr/lib/systemd/system",
     "dist": ".smoke",
     "pyproject_wheel": "%{python3} -m pip wheel --no-deps --no-build-isolation --no-index "
@@ -314,8 +318,10 @@ def test_rpm_spec_smoke_build(tmp_path: Path, packages: Packages) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (package,) = (tmp_path / "RPMS" / "noarch").glob("qboot-systemd-0.1.0-1.smoke.noarch.rpm")
+    (package,) = (tmp_path / "RPMS").glob("*/qboot-systemd-0.1.0-1.smoke.*.rpm")
+    assert package.parent.name != "noarch"  # it ships the _conn extension
     files = rpm_files(package)
+    assert any("/qboot_systemd/tcpsrv/_conn." in name for name in files), sorted(files)
     assert "/usr/lib/systemd/system-generators/qboot-systemd-generator" in files
     assert "/usr/lib/systemd/system/qmail-tcpd@.service" in files
     assert "/usr/bin/qbootctl" in files

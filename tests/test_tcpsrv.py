@@ -16,7 +16,7 @@ from qboot_systemd import rules
 from qboot_systemd.tcpsrv.logline import safe
 from qboot_systemd.tcpsrv.options import UsageError, parse
 
-from .conftest import require_tool, venv_script
+from .conftest import require_extension, require_tool, venv_script
 from .tcpsrv_harness import (
     DUMP_ENV,
     FakeDns,
@@ -344,12 +344,14 @@ def test_child_reaped_before_its_spawner_booked_it() -> None:
     assert log.getvalue().splitlines()[-1].endswith("status: 0/40")
 
 
-@pytest.mark.parametrize("spawner_name", ["LibcSpawner", "PythonSpawner"])
+@pytest.mark.parametrize("spawner_name", ["ExtensionSpawner", "PythonSpawner"])
 def test_spawned_environment_is_exact(spawner_name: str) -> None:
     """The child's environment is the server's plus the connection's, the connection's
     winning, with non-ASCII and undecodable bytes intact and nothing twice."""
     from qboot_systemd.tcpsrv import spawn
 
+    if spawner_name == "ExtensionSpawner":
+        require_extension()
     kind = getattr(spawn, spawner_name)
     base = {"A": "1", "KEEP": "ü", "EMPTY": ""}
     spawner = kind([b"/usr/bin/env"], base)
@@ -367,3 +369,29 @@ def test_spawned_environment_is_exact(spawner_name: str) -> None:
         assert os.waitpid(spawner.spawn({}, null), 0)[1] == 0
     finally:
         os.close(null)
+
+
+def test_extension_and_python_calls_agree() -> None:
+    """netcalls' two paths: the same fd kind and addresses from accept, the same local
+    address, a banner sent, options set without error."""
+    require_extension()
+    from qboot_systemd.tcpsrv import netcalls
+
+    python_calls = (netcalls._python_accept, netcalls._python_local_address)
+    extension_calls = (netcalls.accept, netcalls.local_address)
+    for accept, local_address in (python_calls, extension_calls):
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            listener.setblocking(False)
+            with pytest.raises(BlockingIOError):
+                accept(listener)
+            with socket.create_connection(listener.getsockname()) as client:
+                fd, (ip, port) = accept(listener)
+                try:
+                    assert (ip, port) == client.getsockname()
+                    assert local_address(fd) == listener.getsockname()
+                    assert os.get_blocking(fd) and not os.get_inheritable(fd)
+                    netcalls.set_option(fd, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    netcalls.send_now(fd, b"220 hi\r\n")
+                    assert client.recv(100) == b"220 hi\r\n"
+                finally:
+                    netcalls.close(fd)

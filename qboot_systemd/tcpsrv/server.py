@@ -30,7 +30,7 @@ from typing import TextIO
 
 from ..addresses import unmap_ipv4
 from ..rules import Decision, RulesError, RuleSet
-from . import logline, quick
+from . import logline, netcalls
 from .dns import Resolver
 from .environ import Endpoints, base_environment, connection_environment
 from .lookups import NO_NAMES, ConnectionLookups, Names, lookup_key
@@ -229,7 +229,7 @@ class Server:
             if not self._may_accept():
                 break
             try:
-                fd, address = quick.accept(listener)
+                fd, address = netcalls.accept(listener)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
@@ -253,9 +253,9 @@ class Server:
         local = self.local_endpoints[id(listener)]
         if local is None:  # a wildcard listener: ask which address the client reached
             try:
-                local = quick.local_address(fd)
+                local = netcalls.local_address(fd)
             except OSError:
-                quick.close(fd)
+                netcalls.close(fd)
                 return
         remote_ip = address[0]
         if "%" in remote_ip:  # a link-local client's scope
@@ -270,7 +270,7 @@ class Server:
                 ),
                 1,
             )
-            quick.close(fd)
+            netcalls.close(fd)
             return
         # accept() gave a blocking fd (accept4 without SOCK_NONBLOCK): the child needs that.
         if self.options.per_ip:
@@ -279,7 +279,7 @@ class Server:
         self._status_changed()
         self._prepare_socket(fd, listener.family)
         if self.options.banner:
-            quick.send_now(fd, self.options.banner.encode("utf-8", "surrogateescape"))
+            netcalls.send_now(fd, self.options.banner.encode("utf-8", "surrogateescape"))
         needs_local = self.options.localname is None and endpoints.local_ip not in self.local_names
         if not (self.options.remote_host or self.options.remote_info or needs_local):
             self._decide(fd, endpoints, self._local_name(endpoints), None, None)
@@ -288,9 +288,9 @@ class Server:
 
     def _prepare_socket(self, fd: int, family: int) -> None:
         if self.options.nodelay:
-            quick.set_option(fd, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            netcalls.set_option(fd, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.options.kill_ip_options and family == socket.AF_INET:
-            quick.set_option(fd, socket.IPPROTO_IP, socket.IP_OPTIONS, None)
+            netcalls.set_option(fd, socket.IPPROTO_IP, socket.IP_OPTIONS, None)
 
     # --- lookups -------------------------------------------------------------------------
     def _local_name(self, endpoints: Endpoints) -> str | None:
@@ -404,7 +404,7 @@ class Server:
             job.error = error.strerror or str(error)
         except Exception as error:  # one job is refused, the thread goes on
             job.error = f"{type(error).__name__}: {error}"
-        quick.close(job.fd)
+        netcalls.close(job.fd)
         with self.sessions_lock:
             self.spawning -= 1
             if job.error is None:
@@ -439,7 +439,7 @@ class Server:
         """Close (unless a spawner did) without running anything; log it the way
         tcpserver's child would."""
         if fd is not None:
-            quick.close(fd)
+            netcalls.close(fd)
         pid = os.getpid()
         self.log_verbose(logline.pid_from(pid, client))
         self.log_verbose(line, level)

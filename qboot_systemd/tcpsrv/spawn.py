@@ -1,24 +1,21 @@
 """Spawning the chain without holding up the accept loop.
 
-CPython's os.posix_spawn keeps the GIL while the kernel creates the child, and with
-posix_spawn's vfork semantics that lasts until the child has exec'd: on the build
-machine 70-130 µs per connection in which nothing else runs. Calling libc's posix_spawnp
-through ctypes releases the GIL, so spawner threads wait for the kernel while the loop goes
-on accepting. os.posix_spawnp is the fallback.
-
-The command line and the server's own environment are the same for every child, so they
-are laid out in C memory once; per connection only the TCP and rules variables are added.
+CPython's os.posix_spawnp keeps the GIL while the kernel creates the child, and with
+posix_spawn's vfork semantics that lasts until the child has exec'd: 70-130 µs per
+connection in which nothing else runs. The _conn extension's Spawner releases the GIL for
+posix_spawnp, so spawner threads wait for the kernel while the loop goes on accepting; its
+command line, server environment and spawn attributes are built once, from glibc's own
+types. PythonSpawner (os.posix_spawnp) is the fallback, and what QBOOT_NO_EXTENSION=1 uses.
 """
 
 from __future__ import annotations
 
-import array
-import ctypes
 import os
 import signal
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Protocol, cast
 
-from .quick import load_libc
+from . import netcalls
 
 # Signals Python changes that a child must get back at their defaults.
 DEFAULT_SIGNALS = (
@@ -29,16 +26,15 @@ DEFAULT_SIGNALS = (
     signal.SIGCHLD,
     signal.SIGXFSZ,
 )
-POSIX_SPAWN_SETSIGDEF = 0x04
-POSIX_SPAWN_SETSIGMASK = 0x08
-# Opaque glibc types, allocated with room to spare (x86_64: 80, 336 and 128 bytes).
-_FILE_ACTIONS_SIZE = 256
-_ATTR_SIZE = 1024
-_SIGSET_SIZE = 256
-_POINTER = "Q" if ctypes.sizeof(ctypes.c_void_p) == 8 else "L"
 
 
-def _signals_to_default() -> list[int]:
+class Spawner(Protocol):
+    def spawn(self, extra_env: Mapping[str, str], fd: int) -> int:
+        """Run the program with the server's environment plus extra_env (which wins) and
+        fd as stdin and stdout; returns the pid or raises OSError."""
+
+
+def signals_to_default() -> list[int]:
     """Every signal the child should find at its default. Listing all of them, not just
     the ones Python changes, spares glibc's child a query per signal (64 sigaction calls
     instead of 116 while the spawner waits). Signals our own parent ignored stay ignored,
@@ -54,21 +50,6 @@ def _signals_to_default() -> list[int]:
     return numbers
 
 
-def _pack(data: bytes, lengths: Iterable[int]) -> tuple[object, array.array[int]]:
-    """data (strings each followed by a NUL) copied to C memory, and the strings'
-    addresses. The boundaries come from lengths, never from a search for NULs: a NUL
-    inside a string only ends that string early in C, it cannot start another one."""
-    if not data:
-        return None, array.array(_POINTER)
-    buffer = (ctypes.c_char * len(data)).from_buffer_copy(data)
-    at = ctypes.addressof(buffer)
-    pointers = array.array(_POINTER)
-    for length in lengths:
-        pointers.append(at)
-        at += length + 1
-    return buffer, pointers
-
-
 def check_names(env: Mapping[str, str]) -> None:
     """A name with '=' or NUL would set another variable: refuse the whole environment
     (names come from us and the rules; a value may hold anything)."""
@@ -78,95 +59,33 @@ def check_names(env: Mapping[str, str]) -> None:
         raise ValueError(f"bad environment variable name {bad!r}")
 
 
-def _pack_env(env: Mapping[str, str]) -> tuple[object, array.array[int]]:
-    """`NAME=value` entries as execve wants them, packed as _pack does. A value with a
-    NUL reaches the program cut there, as from tcpserver (a C string)."""
+def env_entries(env: Mapping[str, str]) -> list[bytes]:
+    """`NAME=value` entries as execve wants them. A value with a NUL reaches the program
+    cut there, as from tcpserver (a C string), and never starts another entry."""
     check_names(env)
-    text = "".join([f"{name}={value}\0" for name, value in env.items()])
-    data = text.encode("utf-8", "surrogateescape")
-    if len(data) == len(text):  # one byte per character: the text's lengths hold
-        return _pack(data, [len(name) + len(value) + 1 for name, value in env.items()])
     entries = [f"{name}={value}".encode("utf-8", "surrogateescape") for name, value in env.items()]
-    return _pack(b"".join(entry + b"\0" for entry in entries), map(len, entries))
+    if any(b"\0" in entry for entry in entries):
+        return [entry.partition(b"\0")[0] for entry in entries]
+    return entries
 
 
-class LibcSpawner:
-    """posix_spawnp through ctypes (GIL released during the call)."""
+class ExtensionSpawner:
+    """posix_spawnp in the _conn extension (GIL released during the call)."""
 
     def __init__(self, argv: Sequence[bytes], base_env: Mapping[str, str]) -> None:
-        libc = load_libc(keep_gil=False)
-        # Only posix_spawnp waits for the kernel, so only it lets go of the GIL (quick.py).
-        quick = load_libc(keep_gil=True)
-        self._spawnp = libc.posix_spawnp
-        self._spawnp.restype = ctypes.c_int
-        self._spawnp.argtypes = (
-            ctypes.c_void_p,
-            ctypes.c_char_p,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-            ctypes.c_void_p,
-        )
-        self._actions_init = quick.posix_spawn_file_actions_init
-        self._actions_dup2 = quick.posix_spawn_file_actions_adddup2
-        self._actions_destroy = quick.posix_spawn_file_actions_destroy
-        self._actions_type = ctypes.c_char * _FILE_ACTIONS_SIZE
-        self._attr = ctypes.create_string_buffer(_ATTR_SIZE)
-        default = ctypes.create_string_buffer(_SIGSET_SIZE)
-        empty = ctypes.create_string_buffer(_SIGSET_SIZE)
-        libc.sigemptyset(default)
-        libc.sigemptyset(empty)
-        for number in _signals_to_default():
-            libc.sigaddset(default, int(number))
-        checks = (
-            libc.posix_spawnattr_init(self._attr),
-            libc.posix_spawnattr_setsigdefault(self._attr, default),
-            libc.posix_spawnattr_setsigmask(self._attr, empty),
-            libc.posix_spawnattr_setflags(
-                self._attr, ctypes.c_short(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK)
-            ),
-        )
-        if any(checks):
-            raise OSError("posix_spawnattr setup failed")
-        self._file = argv[0]
-        self._argv, self._argv_pointers = _pack(
-            b"".join(word + b"\0" for word in argv), [len(word) for word in argv]
-        )
-        self._argv_pointers.append(0)
+        extension = netcalls.EXTENSION
+        if extension is None:
+            raise ImportError("the _conn extension is not available")
         self._base_env = dict(base_env)
-        self._base, self._base_pointers = _pack_env(base_env)
-        self._end = array.array(_POINTER, [0])
+        self._spawner = extension.Spawner(list(argv), env_entries(base_env), signals_to_default())
 
     def spawn(self, extra_env: Mapping[str, str], fd: int) -> int:
-        """Run the program with the server's environment plus extra_env (which wins) and
-        fd as stdin and stdout; returns the pid or raises OSError."""
+        extra = env_entries(extra_env)
         if self._base_env.keys().isdisjoint(extra_env):
-            base_strings, base = self._base, self._base_pointers
-        else:  # rules override one of the server's own variables: lay out a fresh copy
-            kept = {k: v for k, v in self._base_env.items() if k not in extra_env}
-            base_strings, base = _pack_env(kept)
-        strings, extra = _pack_env(extra_env)
-        envp = base + extra + self._end
-        actions = self._actions_type()
-        self._actions_init(actions)
-        try:
-            self._actions_dup2(actions, fd, 0)
-            self._actions_dup2(actions, fd, 1)
-            pid = ctypes.c_int()
-            error = self._spawnp(
-                ctypes.byref(pid),
-                self._file,
-                actions,
-                self._attr,
-                self._argv_pointers.buffer_info()[0],
-                envp.buffer_info()[0],
-            )
-        finally:
-            self._actions_destroy(actions)
-        del strings, base_strings  # the C strings envp points to: alive until here on purpose
-        if error:
-            raise OSError(error, os.strerror(error), os.fsdecode(self._file))
-        return pid.value
+            return cast(int, self._spawner.spawn(extra, fd))
+        # rules override one of the server's own variables: the server's without them
+        kept = env_entries({k: v for k, v in self._base_env.items() if k not in extra_env})
+        return cast(int, self._spawner.spawn(extra, fd, kept))
 
 
 class PythonSpawner:
@@ -195,8 +114,7 @@ def c_string(value: str) -> str:
     return value.partition("\0")[0] if "\0" in value else value
 
 
-def best_spawner(argv: Sequence[bytes], base_env: Mapping[str, str]) -> LibcSpawner | PythonSpawner:
-    try:
-        return LibcSpawner(argv, base_env)
-    except (OSError, AttributeError):
+def best_spawner(argv: Sequence[bytes], base_env: Mapping[str, str]) -> Spawner:
+    if netcalls.EXTENSION is None:
         return PythonSpawner(argv, base_env)
+    return ExtensionSpawner(argv, base_env)
