@@ -3,7 +3,8 @@
 The reader works on a copy of the file in memory, so a lookup costs no system call, and
 an admin who rewrites the file in place (`cp new.cdb rules.cdb`) gives the server a
 half-written copy at worst (a format error, fail closed), never a SIGBUS as an mmap would.
-The writer is pure-cdb's, with its hash-0 slot bug fixed.
+The writer is djb's cdb_make (pure-cdb's has a hash-0 slot bug); the hash is the
+_conn extension's when built (it runs per rules lookup), else the same in Python.
 """
 
 from __future__ import annotations
@@ -12,16 +13,33 @@ import errno
 import os
 import stat
 import struct
-from itertools import chain
+from collections.abc import Callable
 from typing import IO
 
-import cdblib
-from cdblib import djb_hash
+try:
+    from .tcpsrv._conn import djb_hash as _conn_djb_hash
+
+    _extension_hash: Callable[[bytes], int] | None = _conn_djb_hash
+except ImportError:
+    _extension_hash = None
+if os.environ.get("QBOOT_NO_EXTENSION") == "1":
+    _extension_hash = None
 
 _PAIR = struct.Struct("<LL")
 _HEADER_SIZE = 2048
 MAX_SIZE = 1 << 30  # 4 million rules take about 200 MB
 _CHUNK = 1 << 20
+_MAX_POSITION = 0xFFFFFFFF
+
+
+def djb_hash(key: bytes) -> int:
+    """cdb's hash: h = ((h << 5) + h) ^ byte, from 5381, in 32 bits."""
+    if _extension_hash is not None:
+        return _extension_hash(key)
+    value = 5381
+    for byte in key:
+        value = (((value << 5) + value) ^ byte) & 0xFFFFFFFF
+    return value
 
 
 class CdbFormatError(Exception):
@@ -98,35 +116,56 @@ class CdbReader:
         self._size = 0
 
 
-class SafeCdbWriter(cdblib.Writer):  # type: ignore[misc]
-    """cdblib.Writer whose finalize() tells a used slot by its record position.
+class CdbTooBig(OSError):
+    """The cdb would pass 4 GiB, which its 32-bit positions cannot address."""
 
-    pure-cdb marks a slot as free when its stored hash is 0, so a key whose djb hash
-    is 0 is overwritten by the next key of the same table. A record position is never
-    0 (the header comes first), which is also how djb's cdb_make tests it.
+
+class SafeCdbWriter:
+    """djb's cdb_make: records in the order put, then 256 hash tables, then the header.
+
+    Written here, not taken from pure-cdb, whose Writer marks a slot as free when its
+    stored hash is 0, so a key whose djb hash is 0 is overwritten by the next key of the
+    same table. A slot is free when its record position is 0 (the header comes first), as
+    in djb's cdb_make. `strict` is accepted for pure-cdb's signature; limits always hold.
     """
 
-    fp: IO[bytes] | None
-    _unordered: list[list[tuple[int, int]]]
+    def __init__(self, fp: IO[bytes], strict: bool = True) -> None:
+        self.fp: IO[bytes] | None = fp
+        self._start = fp.tell()
+        self._position = _HEADER_SIZE
+        self._tables: list[list[tuple[int, int]]] = [[] for _ in range(256)]
+        fp.write(bytes(_HEADER_SIZE))
+
+    def _advance(self, size: int) -> int:
+        at = self._position
+        self._position += size
+        if self._position > _MAX_POSITION:
+            raise CdbTooBig(errno.ENOMEM, "the cdb would pass 4 GiB")
+        return at
+
+    def put(self, key: bytes, value: bytes) -> None:
+        assert self.fp is not None, "put() after finalize()"
+        at = self._advance(8 + len(key) + len(value))
+        key_hash = djb_hash(key)
+        self._tables[key_hash & 0xFF].append((key_hash, at))
+        self.fp.write(_PAIR.pack(len(key), len(value)) + key + value)
 
     def finalize(self) -> None:
         assert self.fp is not None, "finalize() called twice"
         index = []
-        for table in self._unordered:
+        for table in self._tables:
             length = len(table) * 2
-            ordered: list[tuple[int, int]] = [(0, 0)] * length
-            for pair in table:
-                where = (pair[0] >> 8) % length
-                for slot in chain(range(where, length), range(0, where)):
-                    if not ordered[slot][1]:
-                        ordered[slot] = pair
-                        break
-            index.append((self.fp.tell(), length))
-            for pair in ordered:
-                self.fp.write(self.write_pair(*pair))
-        self.fp.seek(0)
-        for pair in index:
-            self.fp.write(self.write_pair(*pair))
+            slots: list[tuple[int, int]] = [(0, 0)] * length
+            for key_hash, at in table:
+                where = (key_hash >> 8) % length
+                while slots[where][1]:  # a used slot: its record position is never 0
+                    where = (where + 1) % length
+                slots[where] = (key_hash, at)
+            index.append((self._advance(8 * length), length))
+            self.fp.write(b"".join(_PAIR.pack(*pair) for pair in slots))
+        self.fp.seek(self._start)
+        self.fp.write(b"".join(_PAIR.pack(*pair) for pair in index))
+        self.fp.seek(0, os.SEEK_END)
         self.fp = None
 
 

@@ -208,3 +208,25 @@ def test_check_report_format(tmp_path: Path) -> None:
     )
     assert rules.check_report(reader, b"5.6.7.8", None, None) == b"rule 5.:\ndeny connection\n"
     assert rules.check_report(reader, b"9.9.9.9", None, None) == (b"default:\nallow connection\n")
+
+
+def test_hash_and_writer_match_pure_cdb() -> None:
+    """Our djb hash (extension and Python) and cdb_make layout are pure-cdb's, byte for
+    byte, wherever pure-cdb has no hash-0 bug."""
+    from qboot_systemd import cdb
+
+    keys = [b"", b"a", b"127.0.0.1", b"=\0\xff" * 40, *(b"k%d" % i for i in range(600))]
+    python_hash = cdb._extension_hash
+    try:
+        for _ in range(2):
+            assert [cdb.djb_hash(key) for key in keys] == [cdblib.djb_hash(key) for key in keys]
+            cdb._extension_hash = None
+    finally:
+        cdb._extension_hash = python_hash
+    ours, theirs = io.BytesIO(), io.BytesIO()
+    for buffer, writer_class in ((ours, SafeCdbWriter), (theirs, cdblib.Writer)):
+        writer = writer_class(buffer, strict=True)
+        for key in keys:
+            writer.put(key, key[::-1])
+        writer.finalize()
+    assert ours.getvalue() == theirs.getvalue()

@@ -15,6 +15,7 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <stdint.h>
 #include <spawn.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -128,6 +129,21 @@ static PyObject *conn_send_now(PyObject *self, PyObject *args)
     (void)send(fd, data.buf, (size_t)data.len, MSG_DONTWAIT | MSG_NOSIGNAL);
     PyBuffer_Release(&data);
     Py_RETURN_NONE;
+}
+
+/* cdb's hash of a key, as djb's cdb_hash(): the rules lookup runs it a few times per
+ * connection. */
+static PyObject *conn_djb_hash(PyObject *self, PyObject *arg)
+{
+    Py_buffer key;
+    if (PyObject_GetBuffer(arg, &key, PyBUF_SIMPLE) < 0)
+        return NULL;
+    uint32_t hash = 5381;
+    const unsigned char *bytes = key.buf;
+    for (Py_ssize_t i = 0; i < key.len; i++)
+        hash = ((hash << 5) + hash) ^ bytes[i];
+    PyBuffer_Release(&key);
+    return PyLong_FromUnsignedLong(hash);
 }
 
 /* --- Spawner -------------------------------------------------------------------------- */
@@ -319,6 +335,7 @@ static PyMethodDef conn_methods[] = {
     {"close", conn_close, METH_O, "close(fd)"},
     {"set_option", conn_set_option, METH_VARARGS, "set_option(fd, level, name, int|None)"},
     {"send_now", conn_send_now, METH_VARARGS, "send_now(fd, data)"},
+    {"djb_hash", conn_djb_hash, METH_O, "djb_hash(key) -> cdb's hash"},
     {NULL, NULL, 0, NULL},
 };
 
