@@ -395,3 +395,28 @@ def test_extension_and_python_calls_agree() -> None:
                     assert client.recv(100) == b"220 hi\r\n"
                 finally:
                     netcalls.close(fd)
+
+
+def test_status_throttle_ends_on_the_latest_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """STATUS= is throttled, but what systemd shows at the end is the latest text: a
+    queued one is sent at the next flush, and one made stale by a return to what systemd
+    already shows is dropped."""
+    from qboot_systemd.tcpsrv.notify import Notifier
+
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(path))
+        systemd.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", str(path))
+        notifier = Notifier(interval=0.5)
+        notifier.status("0 served", now=10.0)
+        notifier.status("1 served", now=10.1)  # throttled: queued
+        assert notifier.next_flush() == 10.5
+        notifier.flush(10.6)
+        notifier.status("2 served", now=10.7)  # queued ...
+        notifier.status("1 served", now=10.8)  # ... and stale: systemd shows this
+        assert notifier.next_flush() is None
+        sent = [systemd.recv(100) for _ in range(2)]
+    assert sent == [b"STATUS=0 served", b"STATUS=1 served"]
