@@ -14,7 +14,11 @@ import os
 import stat
 import struct
 from collections.abc import Callable
-from typing import IO
+
+from .records import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from typing import IO
 
 try:
     from .tcpsrv._conn import djb_hash as _conn_djb_hash

@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 from .addresses import unmap_ipv4
 from .cdb import CdbFormatError, CdbReader, write_cdb
+from .records import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:  # not at run time: qboot-tcpsrv starts without pathlib
+    from pathlib import Path
 
 _ULONG_MASK = (1 << 64) - 1
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     address: bytes
     deny: bool
     env: tuple[tuple[bytes, bytes], ...]
@@ -203,15 +203,13 @@ def find(
     return None
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
     deny: bool
     env: tuple[tuple[str, str], ...]
     key: bytes | None  # None: no rule matched (default allow)
 
 
-@dataclass(frozen=True)
-class RulesError:
+class RulesError(NamedTuple):
     """The cdb could not be read: the server drops the connection (fail closed)."""
 
     path: str
@@ -326,6 +324,8 @@ def check_report(reader: CdbReader, ip: bytes, host: bytes | None, info: bytes |
 
 
 def is_ip(text: str) -> bool:
+    import ipaddress  # here, not at the top: qboot-tcpsrv never needs it (1 MiB)
+
     try:
         ipaddress.ip_address(text)
     except ValueError:

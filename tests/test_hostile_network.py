@@ -81,7 +81,9 @@ def test_packing_keeps_one_entry_per_variable(env: dict[str, str]) -> None:
 
 
 @pytest.mark.parametrize("kind", [spawn.ExtensionSpawner, spawn.PythonSpawner])
-def test_spawner_gives_the_child_only_the_cut_value(kind: type[spawn.Spawner]) -> None:
+def test_spawner_gives_the_child_only_the_cut_value(
+    kind: type[spawn.ExtensionSpawner | spawn.PythonSpawner],
+) -> None:
     if kind is spawn.ExtensionSpawner:
         require_extension()
     spawner = kind([b"/usr/bin/env", b"-0"], BASE)

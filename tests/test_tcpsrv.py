@@ -420,3 +420,18 @@ def test_status_throttle_ends_on_the_latest_text(
         assert notifier.next_flush() is None
         sent = [systemd.recv(100) for _ in range(2)]
     assert sent == [b"STATUS=0 served", b"STATUS=1 served"]
+
+
+def test_sd_notify_reaches_an_abstract_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qboot_systemd.tcpsrv.notify import notify_address, sd_notify
+
+    name = f"qboot-notify-test-{os.getpid()}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(b"\0" + name.encode())
+        systemd.settimeout(5)
+        monkeypatch.setenv("NOTIFY_SOCKET", "@" + name)
+        sd_notify("READY=1", "STATUS=up")
+        assert systemd.recv(100) == b"READY=1\nSTATUS=up"
+    assert notify_address("vsock:2:1234") is None
+    monkeypatch.setenv("NOTIFY_SOCKET", "/nonexistent/notify")
+    sd_notify("READY=1")  # nobody listening: ignored, as by libsystemd's callers

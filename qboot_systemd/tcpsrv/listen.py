@@ -16,9 +16,9 @@ def systemd_sockets() -> list[socket.socket] | None:
     """The sockets systemd passed us, or None when it passed none."""
     if not os.environ.get("LISTEN_FDS") or os.environ.get("LISTEN_PID") != str(os.getpid()):
         return None
-    from pystemd import daemon
-
-    count = int(daemon.listen_fds(False))
+    # sd_listen_fds(3) without libsystemd: the count, the fds from 3 on (our children never
+    # see the variables: environ.py removes them).
+    count = int(os.environ["LISTEN_FDS"]) if os.environ["LISTEN_FDS"].isdigit() else 0
     sockets = []
     for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
         os.set_inheritable(fd, False)  # children get their connection only

@@ -13,7 +13,6 @@ import contextlib
 import os
 import socket
 from types import ModuleType
-from typing import cast
 
 
 def load_extension() -> ModuleType | None:
@@ -60,14 +59,16 @@ def accept(listener: socket.socket) -> tuple[int, tuple[str, int]]:
     """accept() on a non-blocking listener: a blocking, close-on-exec fd and (ip, port)."""
     if _conn is None:
         return _python_accept(listener)
-    return cast("tuple[int, tuple[str, int]]", _conn.accept(listener.fileno()))
+    accepted: tuple[int, tuple[str, int]] = _conn.accept(listener.fileno())
+    return accepted
 
 
 def local_address(fd: int) -> tuple[str, int]:
     """getsockname() as (ip, port), for connections on a wildcard listener."""
     if _conn is None:
         return _python_local_address(fd)
-    return cast("tuple[str, int]", _conn.local_address(fd))
+    address: tuple[str, int] = _conn.local_address(fd)
+    return address
 
 
 def close(fd: int) -> None:

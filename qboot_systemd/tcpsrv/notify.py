@@ -1,9 +1,36 @@
-"""sd_notify through pystemd.daemon, only when systemd asked for it."""
+"""sd_notify(3), only when systemd asked for it (NOTIFY_SOCKET).
+
+The protocol is one datagram on a Unix socket; sending it ourselves spares qboot-tcpsrv
+pystemd's import, which would be half of its memory.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import time
+
+
+def notify_address(value: str) -> str | bytes | None:
+    """NOTIFY_SOCKET as a socket address: a path, or `@name` in the abstract namespace."""
+    if value.startswith("@"):
+        return b"\0" + os.fsencode(value[1:])
+    if value.startswith("/"):
+        return value
+    return None  # vsock and the like: not for a local service
+
+
+def sd_notify(*states: str) -> None:
+    """Send NAME=value lines to systemd; errors are ignored, as sd_notify's caller would."""
+    address = notify_address(os.environ.get("NOTIFY_SOCKET", ""))
+    if address is None:
+        return
+    with (
+        contextlib.suppress(OSError),
+        socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock,
+    ):
+        sock.sendto("\n".join(states).encode("utf-8", "surrogateescape"), address)
 
 
 class Notifier:
@@ -15,14 +42,10 @@ class Notifier:
         self._last_status = ""
         self._last_sent = 0.0
         self._pending: str | None = None
-        if self.enabled:
-            from pystemd import daemon
-
-            self._daemon = daemon
 
     def send(self, *states: str) -> None:
         if self.enabled:
-            self._daemon.notify(False, *states)
+            sd_notify(*states)
 
     def status(self, text: str, now: float | None = None) -> None:
         """Queue a STATUS= update; flush() sends it when the interval allows."""

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 
+from ..records import NamedTuple
 from ..tcpflags import TcpFlagsError, split_options
 
 
@@ -13,8 +13,7 @@ class UsageError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class Options:
+class Options(NamedTuple):
     host: str
     port: str
     program: tuple[str, ...]
@@ -54,43 +53,44 @@ def _account(letter: str, value: str) -> str:
 
 
 # One row per option: what it does to Options. Each setter is checked by mypy against the
-# field it sets (dataclasses.replace), and the usage text comes from the same rows.
+# field it sets (NamedTuple._replace; a NamedTuple, not a dataclass: the server starts
+# without importing dataclasses), and the usage text comes from the same rows.
 Flag = Callable[[Options], Options]
 Setter = Callable[[Options, str], Options]
 
 FLAGS: dict[str, Flag] = {
-    "1": lambda o: replace(o, print_port=True),
-    "4": lambda o: replace(o, ipv4_only=True),
-    "6": lambda o: replace(o, ipv6_env=True),
+    "1": lambda o: o._replace(print_port=True),
+    "4": lambda o: o._replace(ipv4_only=True),
+    "6": lambda o: o._replace(ipv6_env=True),
     # -j is qmail-tcpsrv's; accepted so its command lines keep working.
     "j": lambda o: o,
-    "p": lambda o: replace(o, paranoid=True),
-    "P": lambda o: replace(o, paranoid=False),
-    "h": lambda o: replace(o, remote_host=True),
-    "H": lambda o: replace(o, remote_host=False),
-    "r": lambda o: replace(o, remote_info=True),
-    "R": lambda o: replace(o, remote_info=False),
-    "o": lambda o: replace(o, kill_ip_options=False),
-    "O": lambda o: replace(o, kill_ip_options=True),
-    "d": lambda o: replace(o, nodelay=False),
-    "D": lambda o: replace(o, nodelay=True),
-    "q": lambda o: replace(o, verbosity=0),
-    "Q": lambda o: replace(o, verbosity=1),
-    "v": lambda o: replace(o, verbosity=2),
+    "p": lambda o: o._replace(paranoid=True),
+    "P": lambda o: o._replace(paranoid=False),
+    "h": lambda o: o._replace(remote_host=True),
+    "H": lambda o: o._replace(remote_host=False),
+    "r": lambda o: o._replace(remote_info=True),
+    "R": lambda o: o._replace(remote_info=False),
+    "o": lambda o: o._replace(kill_ip_options=False),
+    "O": lambda o: o._replace(kill_ip_options=True),
+    "d": lambda o: o._replace(nodelay=False),
+    "D": lambda o: o._replace(nodelay=True),
+    "q": lambda o: o._replace(verbosity=0),
+    "Q": lambda o: o._replace(verbosity=1),
+    "v": lambda o: o._replace(verbosity=2),
     "U": lambda o: _from_environment(o),
-    "X": lambda o: replace(o, missing_rules_ok=True),
+    "X": lambda o: o._replace(missing_rules_ok=True),
 }
 ARGUMENTS: dict[str, tuple[str, Setter]] = {
-    "c": ("limit", lambda o, a: replace(o, limit=max(1, _number("c", a)))),
-    "C": ("perip", lambda o, a: replace(o, per_ip=_number("C", a))),
-    "x": ("rules.cdb", lambda o, a: replace(o, rules=a)),
-    "B": ("banner", lambda o, a: replace(o, banner=a)),
-    "g": ("gid", lambda o, a: replace(o, group=_account("g", a))),
-    "u": ("uid", lambda o, a: replace(o, user=_account("u", a))),
-    "b": ("backlog", lambda o, a: replace(o, backlog=_number("b", a))),
-    "l": ("localname", lambda o, a: replace(o, localname=a)),
-    "t": ("timeout", lambda o, a: replace(o, timeout=_number("t", a))),
-    "W": ("drain", lambda o, a: replace(o, drain=float(_number("W", a)))),
+    "c": ("limit", lambda o, a: o._replace(limit=max(1, _number("c", a)))),
+    "C": ("perip", lambda o, a: o._replace(per_ip=_number("C", a))),
+    "x": ("rules.cdb", lambda o, a: o._replace(rules=a)),
+    "B": ("banner", lambda o, a: o._replace(banner=a)),
+    "g": ("gid", lambda o, a: o._replace(group=_account("g", a))),
+    "u": ("uid", lambda o, a: o._replace(user=_account("u", a))),
+    "b": ("backlog", lambda o, a: o._replace(backlog=_number("b", a))),
+    "l": ("localname", lambda o, a: o._replace(localname=a)),
+    "t": ("timeout", lambda o, a: o._replace(timeout=_number("t", a))),
+    "W": ("drain", lambda o, a: o._replace(drain=float(_number("W", a)))),
 }
 USAGE = (
     f"usage: qboot-tcpsrv [ -{''.join(FLAGS)} ] "

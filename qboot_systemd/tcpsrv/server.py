@@ -25,19 +25,22 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TextIO
 
 from ..addresses import unmap_ipv4
+from ..records import TYPE_CHECKING
 from ..rules import Decision, RulesError, RuleSet
 from . import logline, netcalls
-from .dns import Resolver
 from .environ import Endpoints, base_environment, connection_environment
-from .lookups import NO_NAMES, ConnectionLookups, Names, lookup_key
 from .notify import Notifier
 from .options import Options
 from .reactor import Reactor
 from .spawn import best_spawner
+
+if TYPE_CHECKING:  # dns and lookups are imported at the first lookup: a server without
+    from typing import TextIO  # -h, -r or names never needs them, nor their memory
+
+    from .dns import Resolver
+    from .lookups import ConnectionLookups, Names
 
 # accept() errors that mean "out of resources for now": back off instead of spinning.
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -56,31 +59,45 @@ def lookups_per_address(limit: int) -> int:
     return max(1, min(MAX_LOOKUPS_PER_ADDRESS, limit // 4))
 
 
-@dataclass
 class Pending:
     """An accepted connection waiting for its lookups."""
 
-    ident: int
-    fd: int
-    endpoints: Endpoints
-    key: str  # lookup_key() of the client
-    lookups: ConnectionLookups | None = None
+    __slots__ = ("endpoints", "fd", "ident", "key", "lookups")
+
+    def __init__(self, ident: int, fd: int, endpoints: Endpoints, key: str) -> None:
+        self.ident = ident
+        self.fd = fd
+        self.endpoints = endpoints
+        self.key = key  # lookup_key() of the client
+        self.lookups: ConnectionLookups | None = None
 
 
-@dataclass
 class SpawnJob:
-    fd: int
-    client: str
-    log_local: tuple[str | None, str, str]
-    log_remote: tuple[str | None, str, str | None, str]
-    pid: int = 0
-    error: str | None = None
+    """A connection on its way to a spawner thread, and what became of it."""
+
+    __slots__ = ("client", "error", "fd", "log_local", "log_remote", "pid")
+
+    def __init__(
+        self,
+        fd: int,
+        client: str,
+        log_local: tuple[str | None, str, str],
+        log_remote: tuple[str | None, str, str | None, str],
+    ) -> None:
+        self.fd = fd
+        self.client = client
+        self.log_local = log_local
+        self.log_remote = log_remote
+        self.pid = 0
+        self.error: str | None = None
 
 
-@dataclass
 class Counters:
-    served: int = 0
-    denied: int = 0
+    __slots__ = ("denied", "served")
+
+    def __init__(self) -> None:
+        self.served = 0
+        self.denied = 0
 
 
 class Server:
@@ -299,12 +316,16 @@ class Server:
         return self.local_names.get(endpoints.local_ip)
 
     def _start_lookups(self, fd: int, endpoints: Endpoints, needs_local: bool) -> None:
+        from .lookups import ConnectionLookups, lookup_key
+
         key = lookup_key(endpoints.remote_ip)
         if self.lookups_by_key[key] >= self.max_lookups:
             # This address has enough in flight: on at once, without its names.
             self._decide(fd, endpoints, self._local_name(endpoints), None, None)
             return
         if self.resolver is None:
+            from .dns import Resolver
+
             self.reactor.start()
             self._watch(self.reactor.fileno(), self.reactor.run_ready)
             self.resolver = Resolver(self.reactor)
@@ -338,6 +359,8 @@ class Server:
 
     def _cut_lookups_short(self) -> None:
         """SIGTERM: every pending connection goes on now, with the names it has."""
+        from .lookups import NO_NAMES
+
         for pending in list(self.pending.values()):
             names = pending.lookups.names() if pending.lookups is not None else NO_NAMES
             if pending.lookups is not None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Mapping, Sequence
-from typing import Protocol, cast
 
 from . import netcalls
 
@@ -26,12 +25,6 @@ DEFAULT_SIGNALS = (
     signal.SIGCHLD,
     signal.SIGXFSZ,
 )
-
-
-class Spawner(Protocol):
-    def spawn(self, extra_env: Mapping[str, str], fd: int) -> int:
-        """Run the program with the server's environment plus extra_env (which wins) and
-        fd as stdin and stdout; returns the pid or raises OSError."""
 
 
 def signals_to_default() -> list[int]:
@@ -80,12 +73,16 @@ class ExtensionSpawner:
         self._spawner = extension.Spawner(list(argv), env_entries(base_env), signals_to_default())
 
     def spawn(self, extra_env: Mapping[str, str], fd: int) -> int:
+        """Run the program with the server's environment plus extra_env (which wins) and
+        fd as stdin and stdout; returns the pid or raises OSError."""
         extra = env_entries(extra_env)
         if self._base_env.keys().isdisjoint(extra_env):
-            return cast(int, self._spawner.spawn(extra, fd))
+            pid: int = self._spawner.spawn(extra, fd)
+            return pid
         # rules override one of the server's own variables: the server's without them
         kept = env_entries({k: v for k, v in self._base_env.items() if k not in extra_env})
-        return cast(int, self._spawner.spawn(extra, fd, kept))
+        pid = self._spawner.spawn(extra, fd, kept)
+        return pid
 
 
 class PythonSpawner:
@@ -114,7 +111,9 @@ def c_string(value: str) -> str:
     return value.partition("\0")[0] if "\0" in value else value
 
 
-def best_spawner(argv: Sequence[bytes], base_env: Mapping[str, str]) -> Spawner:
+def best_spawner(
+    argv: Sequence[bytes], base_env: Mapping[str, str]
+) -> ExtensionSpawner | PythonSpawner:
     if netcalls.EXTENSION is None:
         return PythonSpawner(argv, base_env)
     return ExtensionSpawner(argv, base_env)
