@@ -10,11 +10,11 @@ import ipaddress
 import os
 import re
 import stat
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import accounts, envfile, strictmodes
 from .problems import Problem, quote
+from .records import NamedTuple
 from .tcpflags import TcpFlagsError, validate_tcpflags
 
 DEFAULT_QMAIL_HOME = Path("/var/qmail")
@@ -41,8 +41,7 @@ def default_qmail_home() -> Path:
     return Path(os.environ.get("QBOOT_QMAIL_HOME", str(DEFAULT_QMAIL_HOME)))
 
 
-@dataclass(frozen=True, order=True)
-class Listen:
+class Listen(NamedTuple):
     """One listening address; `address` None means all addresses, IPv4 and IPv6."""
 
     port: int
@@ -62,8 +61,7 @@ class Listen:
         return self.address is None or other.address is None or self.address == other.address
 
 
-@dataclass(frozen=True)
-class Send:
+class Send(NamedTuple):
     rc_file: str
     qmail_home: str
     default_delivery: str
@@ -78,8 +76,7 @@ class Send:
         }
 
 
-@dataclass(frozen=True)
-class Service:
+class Service(NamedTuple):
     name: str
     rc_file: str
     env_file: str | None
@@ -128,13 +125,12 @@ class Service:
         }
 
 
-@dataclass(frozen=True)
-class Bootctrl:
+class Bootctrl(NamedTuple):
     directory: str
     qmail_home: str
     send: Send | None
     services: tuple[Service, ...]
-    problems: tuple[Problem, ...] = field(default=())
+    problems: tuple[Problem, ...] = ()
 
     def service(self, name: str) -> Service | None:
         return next((s for s in self.services if s.name == name), None)

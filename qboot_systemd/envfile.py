@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 from .problems import Problem, quote
+from .records import NamedTuple
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _NAME_CHARS_RE = re.compile(r"[A-Za-z0-9_]+")
@@ -20,16 +20,14 @@ _SHELL_SPECIAL = frozenset(";&|<>()`")
 _DQUOTE_ESCAPABLE = frozenset('$`"\\')
 
 
-@dataclass(frozen=True)
-class Assignment:
+class Assignment(NamedTuple):
     name: str
     value: str
     line: int
     exported: bool
 
 
-@dataclass(frozen=True)
-class EnvFile:
+class EnvFile(NamedTuple):
     path: str
     assignments: tuple[Assignment, ...]
     problems: tuple[Problem, ...]
@@ -74,16 +72,18 @@ _DQUOTE_RUN = re.compile(r'[^"\n`\\$]+')
 _NAME_RUN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-@dataclass
 class _Word:
-    # The value in pieces, joined once at the end: building it with `+=` is quadratic.
-    parts: list[str] = field(default_factory=list)
-    # Set when the word starts with an unquoted `NAME=`: a shell assignment.
-    assign_name: str | None = None
-    # Unquoted name characters seen so far at the start of the word, if nothing else yet.
-    literal_prefix: str | None = ""
-    line: int = 0
-    length: int = 0
+    __slots__ = ("assign_name", "length", "line", "literal_prefix", "parts")
+
+    def __init__(self, line: int = 0) -> None:
+        # The value in pieces, joined once at the end: building it with `+=` is quadratic.
+        self.parts: list[str] = []
+        # Set when the word starts with an unquoted `NAME=`: a shell assignment.
+        self.assign_name: str | None = None
+        # Unquoted name characters seen so far at the start of the word, if nothing else.
+        self.literal_prefix: str | None = ""
+        self.line = line
+        self.length = 0
 
     @property
     def text(self) -> str:
@@ -92,20 +92,17 @@ class _Word:
         return self.parts[0]
 
 
-@dataclass
 class _Lexer:
     """Reads one physical line at a time: every search stops at the end of the line,
     so the work is linear in the input whatever it holds."""
 
-    text: str
-    variables: dict[str, str]
-    pos: int = 0
-    line: int = 1
-    line_end: int = -1  # index of the current line's newline, or len(text)
-    produced: int = 0  # characters put into values so far, for MAX_TOTAL
-
-    def __post_init__(self) -> None:
-        self.line_end = self._end_of_line(0)
+    def __init__(self, text: str, variables: dict[str, str]) -> None:
+        self.text = text
+        self.variables = variables
+        self.pos = 0
+        self.line = 1
+        self.produced = 0  # characters put into values so far, for MAX_TOTAL
+        self.line_end = self._end_of_line(0)  # the current line's newline, or len(text)
 
     def _end_of_line(self, start: int) -> int:
         end = self.text.find("\n", start)
