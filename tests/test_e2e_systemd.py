@@ -58,7 +58,7 @@ def _count(box: Sandbox, pattern: str, tag: str) -> int:
     done = box.run(
         "sh",
         "-c",
-        f"grep -h '^Subject: {tag}-' {pattern} 2>/dev/null | sort -u | wc -l",
+        f"grep -hoa 'Subject: {tag}-[0-9]*' {pattern} 2>/dev/null | sort -u | wc -l",
         check=False,
     )
     return int(done.stdout.strip() or 0)
