@@ -10,7 +10,7 @@ from ..rules import RuleSet
 from . import logline
 from .listen import ListenError, bind, systemd_sockets
 from .options import USAGE, UsageError, parse
-from .server import Server
+from .server import Server, import_lookups
 
 EXIT_USAGE = 100
 EXIT_FATAL = 111
@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     if options.print_port:
         sys.stdout.write(f"{listeners[0].getsockname()[1]}\n")
         sys.stdout.flush()
+    import_lookups(options)  # while we may still read the library: -u may not
     failure = _drop_privileges(options.user, options.group)
     if failure is not None:
         return _fatal(failure)

@@ -55,6 +55,15 @@ DEFAULT_ALLOW = Decision(False, (), None)  # no rules file, or no rule matched
 MAX_LOOKUPS_PER_ADDRESS = 8
 
 
+def import_lookups(options: Options) -> None:
+    """Import the lookups' modules when these options will use them. They are not imported
+    with this module (a server without -h, -r or unknown local names never needs them, nor
+    their memory), but they must be before the server drops privileges: the user of -u may
+    not be able to read the library."""
+    if options.remote_host or options.remote_info or options.localname is None:
+        from . import dns, lookups  # noqa: F401
+
+
 def lookups_per_address(limit: int) -> int:
     return max(1, min(MAX_LOOKUPS_PER_ADDRESS, limit // 4))
 
