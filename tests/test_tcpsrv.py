@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
 import socket
 import struct
@@ -309,34 +310,37 @@ def test_no_zombies_after_many_sessions(tmp_path: Path) -> None:
         server.stop()
 
 
-def test_child_reaped_before_its_spawner_booked_it() -> None:
-    """A child can exit, and the loop reap it, before its spawner thread has booked it:
+@pytest.mark.parametrize("extension", [True, False])
+def test_child_reaped_before_its_spawn_was_reported(extension: bool) -> None:
+    """A child can exit, and the loop reap it, before the pool has reported its spawn:
     the session must still end once, with its log lines in tcpserver's order."""
     from io import StringIO
 
+    from qboot_systemd.tcpsrv import spawn
     from qboot_systemd.tcpsrv.server import Server
 
+    if extension:
+        require_extension()
     options = parse(["-v", "-HR", "-l", "x", "127.0.0.1", "0", "/bin/true"])
     log = StringIO()
     with socket.create_server(("127.0.0.1", 0)) as listener:
         server = Server(options, [listener], None, log=log)
+        if not extension:
+            server.spawner = spawn.PythonSpawner(server.program, {})
         server.start()
-        spawn = server.spawner.spawn
-
-        def spawn_then_reap(env: dict[str, str], fd: int) -> int:
-            pid = spawn(env, fd)
-            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)  # it has exited ...
-            server._reap()  # ... and the loop reaped it first
-            return pid
-
-        server.spawner.spawn = spawn_then_reap  # type: ignore[method-assign]
+        assert server.spawns is not None
         with socket.create_connection(listener.getsockname()):
             server._on_listener(listener)
+            spawned, _, _ = select.select([server.spawns.fileno()], [], [], 10)
+            assert spawned, "the pool did not spawn"  # done, not yet reported
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)  # it has exited ...
+            server._reap()  # ... and the loop reaped it before hearing of its spawn
+            assert len(server.exited_early) == 1
             deadline = time.monotonic() + 10
-            while server.ended.empty():
+            while server.spawning:
                 assert time.monotonic() < deadline, log.getvalue()
-                time.sleep(0.01)
-            server._finish_ended()
+                select.select([server.spawns.fileno()], [], [], 0.1)
+                server._on_spawned()
         server.close()
     assert (server.running, server.children, server.exited_early) == (0, {}, {})
     words = [line.split()[1] for line in log.getvalue().splitlines()]

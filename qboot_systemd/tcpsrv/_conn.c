@@ -18,6 +18,8 @@
 #include <stdint.h>
 #include <spawn.h>
 #include <string.h>
+#include <pthread.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -154,6 +156,7 @@ typedef struct {
     PyObject *argv;  /* tuple of bytes, kept alive for argv_pointers */
     PyObject *base;  /* tuple of bytes: the server's environment */
     char **argv_pointers;
+    const char *file_path; /* the bytes of file */
     posix_spawnattr_t attributes;
     int attributes_ready;
 } Spawner;
@@ -192,6 +195,7 @@ static int spawner_init(Spawner *self, PyObject *args, PyObject *kwargs)
         return -1;
     }
     self->file = Py_NewRef(PyTuple_GET_ITEM(self->argv, 0));
+    self->file_path = PyBytes_AS_STRING(self->file);
     self->base = bytes_tuple(base, "base_env");
     if (!self->base)
         return -1;
@@ -253,6 +257,24 @@ static void spawner_dealloc(Spawner *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+/* posix_spawnp of the Spawner's command line with envp, fd as stdin and stdout; touches
+ * no Python object (it runs without the GIL). Returns 0 or an errno value. */
+static int spawn_with(Spawner *self, char **envp, int fd, pid_t *pid)
+{
+    posix_spawn_file_actions_t actions;
+    int error = posix_spawn_file_actions_init(&actions);
+    if (error != 0)
+        return error;
+    error = posix_spawn_file_actions_adddup2(&actions, fd, 0);
+    if (error == 0)
+        error = posix_spawn_file_actions_adddup2(&actions, fd, 1);
+    if (error == 0)
+        error = posix_spawnp(pid, self->file_path, &actions, &self->attributes,
+                             self->argv_pointers, envp);
+    posix_spawn_file_actions_destroy(&actions);
+    return error;
+}
+
 /* spawn(extra, fd, base=None): run the program with base (or the server's environment)
  * then extra, both tuples/lists of b"NAME=value", and fd as stdin and stdout. A value
  * with a NUL reaches the program cut there (a C string). Returns the pid. */
@@ -285,22 +307,12 @@ static PyObject *spawner_spawn(Spawner *self, PyObject *args)
     for (Py_ssize_t i = 0; i < extra_count; i++)
         envp[base_count + i] = PyBytes_AS_STRING(PyTuple_GET_ITEM(extra, i));
 
-    posix_spawn_file_actions_t actions;
     pid_t pid = 0;
-    int error = posix_spawn_file_actions_init(&actions);
-    if (error == 0) {
-        error = posix_spawn_file_actions_adddup2(&actions, fd, 0);
-        if (error == 0)
-            error = posix_spawn_file_actions_adddup2(&actions, fd, 1);
-        if (error == 0) {
-            /* The kernel's part (vfork until the child has exec'd): let the loop run. */
-            Py_BEGIN_ALLOW_THREADS
-            error = posix_spawnp(&pid, PyBytes_AS_STRING(self->file), &actions,
-                                 &self->attributes, self->argv_pointers, envp);
-            Py_END_ALLOW_THREADS
-        }
-        posix_spawn_file_actions_destroy(&actions);
-    }
+    int error;
+    /* The kernel's part (vfork until the child has exec'd): let the loop run. */
+    Py_BEGIN_ALLOW_THREADS
+    error = spawn_with(self, envp, fd, &pid);
+    Py_END_ALLOW_THREADS
     PyMem_Free(envp);
     Py_DECREF(extra);
     Py_DECREF(base);
@@ -329,6 +341,288 @@ static PyTypeObject SpawnerType = {
     .tp_methods = spawner_methods,
 };
 
+
+/* --- SpawnPool ------------------------------------------------------------------------ */
+/* Threads of our own, not Python's, that run a Spawner's posix_spawnp: they never need the
+ * GIL, so handing a connection to them and hearing back costs no GIL hand-over, only a
+ * futex wake and an eventfd the loop watches. Each job owns a copy of its strings. */
+
+typedef struct Job {
+    struct Job *next;
+    long id;
+    int fd;
+    pid_t pid;
+    int error;
+    char **envp;   /* NULL-terminated; points into strings and into the Spawner's base */
+    char *strings; /* the job's own copies */
+} Job;
+
+typedef struct {
+    PyObject_HEAD
+    Spawner *spawner; /* strong reference: its argv, base and attributes stay alive */
+    pthread_t *threads;
+    int thread_count;
+    pthread_mutex_t lock;
+    pthread_cond_t wanted;
+    Job *queue_head, *queue_tail; /* to spawn */
+    Job *done_head, *done_tail;   /* spawned (or failed), for finished() */
+    int event_fd;
+    int stopping;
+    int ready;
+} SpawnPool;
+
+static void job_free(Job *job)
+{
+    if (job) {
+        PyMem_RawFree(job->envp);
+        PyMem_RawFree(job->strings);
+        PyMem_RawFree(job);
+    }
+}
+
+static void *pool_worker(void *arg)
+{
+    SpawnPool *pool = arg;
+    for (;;) {
+        pthread_mutex_lock(&pool->lock);
+        while (!pool->queue_head && !pool->stopping)
+            pthread_cond_wait(&pool->wanted, &pool->lock);
+        Job *job = pool->queue_head;
+        if (!job) { /* stopping, and nothing left to spawn */
+            pthread_mutex_unlock(&pool->lock);
+            return NULL;
+        }
+        pool->queue_head = job->next;
+        if (!pool->queue_head)
+            pool->queue_tail = NULL;
+        pthread_mutex_unlock(&pool->lock);
+
+        job->error = spawn_with(pool->spawner, job->envp, job->fd, &job->pid);
+        close(job->fd); /* the child has its copies */
+
+        job->next = NULL;
+        pthread_mutex_lock(&pool->lock);
+        if (pool->done_tail)
+            pool->done_tail->next = job;
+        else
+            pool->done_head = job;
+        pool->done_tail = job;
+        pthread_mutex_unlock(&pool->lock);
+        uint64_t one = 1;
+        while (write(pool->event_fd, &one, sizeof one) < 0 && errno == EINTR) {
+        }
+    }
+}
+
+static int pool_init(SpawnPool *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"spawner", "threads", NULL};
+    PyObject *spawner;
+    int threads;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O!i", keywords, &SpawnerType, &spawner,
+                                     &threads))
+        return -1;
+    if (self->ready) {
+        PyErr_SetString(PyExc_RuntimeError, "SpawnPool initialised twice");
+        return -1;
+    }
+    if (threads < 1 || threads > 64) {
+        PyErr_SetString(PyExc_ValueError, "threads: 1 to 64");
+        return -1;
+    }
+    if (!((Spawner *)spawner)->argv_pointers) {
+        PyErr_SetString(PyExc_ValueError, "the Spawner is not initialised");
+        return -1;
+    }
+    self->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (self->event_fd < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    self->threads = PyMem_RawCalloc((size_t)threads, sizeof(pthread_t));
+    if (!self->threads) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    pthread_mutex_init(&self->lock, NULL);
+    pthread_cond_init(&self->wanted, NULL);
+    self->spawner = (Spawner *)Py_NewRef(spawner);
+    self->ready = 1;
+    /* The threads block every signal: they are the loop's business, in the main thread. */
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    for (int i = 0; i < threads; i++) {
+        int error = pthread_create(&self->threads[i], NULL, pool_worker, self);
+        if (error != 0) {
+            pthread_sigmask(SIG_SETMASK, &old, NULL);
+            errno = error;
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1; /* close() stops the ones started */
+        }
+        self->thread_count++;
+    }
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    return 0;
+}
+
+/* Stop the threads once the queued jobs are spawned; finished() still gives their results. */
+static PyObject *pool_close(SpawnPool *self, PyObject *unused)
+{
+    if (!self->ready)
+        Py_RETURN_NONE;
+    pthread_mutex_lock(&self->lock);
+    self->stopping = 1;
+    pthread_cond_broadcast(&self->wanted);
+    pthread_mutex_unlock(&self->lock);
+    Py_BEGIN_ALLOW_THREADS
+    for (int i = 0; i < self->thread_count; i++)
+        pthread_join(self->threads[i], NULL);
+    Py_END_ALLOW_THREADS
+    self->thread_count = 0;
+    Py_RETURN_NONE;
+}
+
+static void pool_dealloc(SpawnPool *self)
+{
+    if (self->ready) {
+        PyObject *done = pool_close(self, NULL);
+        Py_XDECREF(done);
+        for (Job *job = self->done_head, *next; job; job = next) {
+            next = job->next;
+            job_free(job);
+        }
+        pthread_mutex_destroy(&self->lock);
+        pthread_cond_destroy(&self->wanted);
+        close(self->event_fd);
+    }
+    PyMem_RawFree(self->threads);
+    Py_XDECREF(self->spawner);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* submit(id, extra, fd, base=None): queue a spawn of fd with the environment as
+ * Spawner.spawn takes it. The pool closes fd once the child has it (or the spawn failed). */
+static PyObject *pool_submit(SpawnPool *self, PyObject *args)
+{
+    long id;
+    int fd;
+    PyObject *extra_arg, *base_arg = Py_None;
+    if (!PyArg_ParseTuple(args, "lOi|O", &id, &extra_arg, &fd, &base_arg))
+        return NULL;
+    if (!self->ready || self->stopping)
+        return PyErr_Format(PyExc_RuntimeError, "the SpawnPool is closed");
+    PyObject *extra = bytes_tuple(extra_arg, "the environment");
+    if (!extra)
+        return NULL;
+    PyObject *base = base_arg == Py_None ? NULL : bytes_tuple(base_arg, "the environment");
+    if (base_arg != Py_None && !base) {
+        Py_DECREF(extra);
+        return NULL;
+    }
+    Py_ssize_t shared = base ? 0 : PyTuple_GET_SIZE(self->spawner->base);
+    Py_ssize_t own_count = PyTuple_GET_SIZE(extra) + (base ? PyTuple_GET_SIZE(base) : 0);
+    size_t bytes = 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(extra); i++)
+        bytes += (size_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(extra, i)) + 1;
+    for (Py_ssize_t i = 0; base && i < PyTuple_GET_SIZE(base); i++)
+        bytes += (size_t)PyBytes_GET_SIZE(PyTuple_GET_ITEM(base, i)) + 1;
+    Job *job = PyMem_RawCalloc(1, sizeof(Job));
+    if (job) {
+        job->envp = PyMem_RawCalloc((size_t)(shared + own_count + 1), sizeof(char *));
+        job->strings = PyMem_RawMalloc(bytes ? bytes : 1);
+    }
+    if (!job || !job->envp || !job->strings) {
+        job_free(job);
+        Py_DECREF(extra);
+        Py_XDECREF(base);
+        return PyErr_NoMemory();
+    }
+    Py_ssize_t at = 0;
+    for (; at < shared; at++)
+        job->envp[at] = PyBytes_AS_STRING(PyTuple_GET_ITEM(self->spawner->base, at));
+    char *cursor = job->strings;
+    PyObject *parts[2] = {base, extra};
+    for (int part = 0; part < 2; part++) {
+        if (!parts[part])
+            continue;
+        for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(parts[part]); i++) {
+            PyObject *item = PyTuple_GET_ITEM(parts[part], i);
+            /* strlen, not the bytes' size: a NUL cuts the value, as in a C string */
+            size_t length = strlen(PyBytes_AS_STRING(item));
+            memcpy(cursor, PyBytes_AS_STRING(item), length);
+            cursor[length] = '\0';
+            job->envp[at++] = cursor;
+            cursor += length + 1;
+        }
+    }
+    job->envp[at] = NULL;
+    Py_DECREF(extra);
+    Py_XDECREF(base);
+    job->id = id;
+    job->fd = fd;
+    pthread_mutex_lock(&self->lock);
+    if (self->queue_tail)
+        self->queue_tail->next = job;
+    else
+        self->queue_head = job;
+    self->queue_tail = job;
+    pthread_cond_signal(&self->wanted);
+    pthread_mutex_unlock(&self->lock);
+    Py_RETURN_NONE;
+}
+
+/* finished() -> [(id, pid, error)]: the spawns done since the last call (error 0: pid). */
+static PyObject *pool_finished(SpawnPool *self, PyObject *unused)
+{
+    if (!self->ready)
+        return PyList_New(0);
+    uint64_t count;
+    (void)!read(self->event_fd, &count, sizeof count); /* EAGAIN: nothing new, fine */
+    pthread_mutex_lock(&self->lock);
+    Job *job = self->done_head;
+    self->done_head = self->done_tail = NULL;
+    pthread_mutex_unlock(&self->lock);
+    PyObject *results = PyList_New(0);
+    for (Job *next; job; job = next) {
+        next = job->next;
+        PyObject *item = results ? Py_BuildValue("(lii)", job->id, (int)job->pid, job->error)
+                                 : NULL;
+        if (results && (!item || PyList_Append(results, item) < 0))
+            Py_CLEAR(results);
+        Py_XDECREF(item);
+        job_free(job);
+    }
+    return results;
+}
+
+static PyObject *pool_fileno(SpawnPool *self, PyObject *unused)
+{
+    return PyLong_FromLong(self->ready ? self->event_fd : -1);
+}
+
+static PyMethodDef pool_methods[] = {
+    {"submit", (PyCFunction)pool_submit, METH_VARARGS,
+     "submit(id, extra, fd, base=None): spawn in a pool thread; it closes fd."},
+    {"finished", (PyCFunction)pool_finished, METH_NOARGS,
+     "finished() -> [(id, pid, error)] since the last call."},
+    {"fileno", (PyCFunction)pool_fileno, METH_NOARGS, "the eventfd readable when done"},
+    {"close", (PyCFunction)pool_close, METH_NOARGS, "stop the threads after the queue"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyTypeObject SpawnPoolType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "qboot_systemd.tcpsrv._conn.SpawnPool",
+    .tp_basicsize = sizeof(SpawnPool),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "SpawnPool(spawner, threads): posix_spawnp in threads without the GIL.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)pool_init,
+    .tp_dealloc = (destructor)pool_dealloc,
+    .tp_methods = pool_methods,
+};
+
 static PyMethodDef conn_methods[] = {
     {"accept", conn_accept, METH_O, "accept(listener_fd) -> (fd, (ip, port))"},
     {"local_address", conn_local_address, METH_O, "local_address(fd) -> (ip, port)"},
@@ -346,12 +640,13 @@ static struct PyModuleDef conn_module = {
 
 PyMODINIT_FUNC PyInit__conn(void)
 {
-    if (PyType_Ready(&SpawnerType) < 0)
+    if (PyType_Ready(&SpawnerType) < 0 || PyType_Ready(&SpawnPoolType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&conn_module);
     if (!module)
         return NULL;
-    if (PyModule_AddObjectRef(module, "Spawner", (PyObject *)&SpawnerType) < 0) {
+    if (PyModule_AddObjectRef(module, "Spawner", (PyObject *)&SpawnerType) < 0 ||
+        PyModule_AddObjectRef(module, "SpawnPool", (PyObject *)&SpawnPoolType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

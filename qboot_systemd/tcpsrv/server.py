@@ -1,12 +1,13 @@
 """The accept loop: limits, rules, spawning the chain, reaping, signals.
 
 One thread runs the loop. Reverse DNS and ident are non-blocking sockets driven by the
-same loop (lookups.py, a Reactor whose epoll fd the loop watches), and spawning runs in
-spawner threads (posix_spawnp with the GIL released, see spawn.py), so nothing a client
-does can stall the loop. A spawner thread books its child itself, under a lock; the loop
-hears only of failed spawns and SIGCHLD, through a wake-up socket, and reaps with
-waitpid as tcpserver does. Every thread switch and syscall costs the loop its share of the
-GIL, so the common path has as few as possible.
+same loop (lookups.py, a Reactor whose epoll fd the loop watches), and spawning runs in a
+pool of spawner threads (spawn.py: the _conn extension's own threads, which never take
+the GIL, or Python threads without it), so nothing a client does can stall the loop. The
+pool reports each pid or failure through an fd the loop watches; the loop books the child,
+hears of its exit by SIGCHLD through a wake-up socket, and reaps with waitpid as tcpserver
+does. Every thread switch and syscall costs the loop its share of the CPU, so the common
+path has as few as possible.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import errno
 import functools
 import itertools
 import os
-import queue
 import select
 import signal
 import socket
@@ -34,7 +34,7 @@ from .environ import Endpoints, base_environment, connection_environment
 from .notify import Notifier
 from .options import Options
 from .reactor import Reactor
-from .spawn import best_spawner
+from .spawn import ExtensionPool, PythonPool, best_spawner, spawn_pool
 
 if TYPE_CHECKING:  # dns and lookups are imported at the first lookup: a server without
     from typing import TextIO  # -h, -r or names never needs them, nor their memory
@@ -82,9 +82,9 @@ class Pending:
 
 
 class SpawnJob:
-    """A connection on its way to a spawner thread, and what became of it."""
+    """A connection with the spawner pool: what its log lines and session need."""
 
-    __slots__ = ("client", "error", "fd", "log_local", "log_remote", "pid")
+    __slots__ = ("client", "fd", "log_local", "log_remote")
 
     def __init__(
         self,
@@ -97,8 +97,6 @@ class SpawnJob:
         self.client = client
         self.log_local = log_local
         self.log_remote = log_remote
-        self.pid = 0
-        self.error: str | None = None
 
 
 class Counters:
@@ -149,14 +147,11 @@ class Server:
         self.backoff_until: float | None = None
         self.backoff = 0.05
         self.stop_at: float | None = None
-        # Sessions. children, exited_early and spawning are touched by spawner threads and
-        # the loop, always under sessions_lock; the rest only by the loop.
-        self.sessions_lock = threading.Lock()
+        # Sessions (the loop's alone: spawner threads only report through the pool).
         self.running = 0
         self.per_ip: Counter[str] = Counter()
         self.children: dict[int, str] = {}  # pid -> client address
-        self.exited_early: dict[int, int] = {}  # reaped before its spawner booked it
-        self.spawning = 0
+        self.exited_early: dict[int, int] = {}  # reaped before its spawn was reported
         self.counters = Counters()
         # Lookups (reverse DNS, ident, the local name), driven by the reactor.
         self.pending: dict[int, Pending] = {}
@@ -166,16 +161,13 @@ class Server:
         self.resolver: Resolver | None = None
         self.local_names: dict[str, str | None] = {}
         self.ids = itertools.count(1)
-        # Spawning: jobs go to the spawner threads, failed spawns and early exits come back.
+        # Spawning: jobs go to the pool's threads, which report pids and failures back.
         self.spawner = best_spawner(self.program, base_environment(dict(os.environ)))
-        self.spawn_queue: queue.SimpleQueue[tuple[SpawnJob, dict[str, str]] | None] = (
-            queue.SimpleQueue()
-        )
-        self.ended: queue.SimpleQueue[tuple[SpawnJob, int]] = queue.SimpleQueue()
-        self.spawn_threads: list[threading.Thread] = []
+        self.spawns: ExtensionPool | PythonPool | None = None
+        self.spawning: dict[int, SpawnJob] = {}  # by job ident
 
     def start(self) -> None:
-        """The epoll fd, the wake-up socket pair and the spawner threads."""
+        """The epoll fd, the wake-up socket pair and the spawner pool."""
         self.poller = select.epoll()
         self.wake_read, self.wake_write = socket.socketpair()
         self.wake_read.setblocking(False)
@@ -183,20 +175,14 @@ class Server:
         self._watch(self.wake_read.fileno(), self._on_wake)
         for listener in self.listeners:
             listener.setblocking(False)
-        for number in range(SPAWN_THREADS):
-            thread = threading.Thread(
-                target=self._spawn_worker, name=f"spawn-{number}", daemon=True
-            )
-            thread.start()
-            self.spawn_threads.append(thread)
+        self.spawns = spawn_pool(self.spawner, SPAWN_THREADS)
+        self._watch(self.spawns.fileno(), self._on_spawned)
 
     def close(self) -> None:
-        """Stop the spawner threads (after the jobs queued) and close our own fds."""
-        for _ in self.spawn_threads:
-            self.spawn_queue.put(None)
-        for thread in self.spawn_threads:
-            thread.join()
-        self.spawn_threads.clear()
+        """Stop the spawner pool (after the jobs queued) and close our own fds."""
+        if self.spawns is not None:
+            self.spawns.close()
+            self.spawns = None
         self.reactor.close()
         for sock in (self.wake_read, self.wake_write):
             if sock is not None:
@@ -417,55 +403,41 @@ class Server:
         )
         extra.update(decision.env)  # rules may override TCP* and the server's own
         job = SpawnJob(fd, client, log_local, log_remote)
-        with self.sessions_lock:
-            self.spawning += 1
+        ident = next(self.ids)
         self.counters.served += 1  # taken back if the chain cannot be run
         self._publish()
-        self.spawn_queue.put((job, extra))
-
-    def _spawn_worker(self) -> None:
-        """Runs in a spawner thread: the kernel's part of spawning happens here, and the
-        child is booked here, so the loop is not woken for it."""
-        while (work := self.spawn_queue.get()) is not None:
-            self._spawn_one(*work)
-
-    def _spawn_one(self, job: SpawnJob, env: dict[str, str]) -> None:
+        assert self.spawns is not None, "start() first"
         try:
-            job.pid = self.spawner.spawn(env, job.fd)
-        except OSError as error:
-            job.error = error.strerror or str(error)
-        except Exception as error:  # one job is refused, the thread goes on
-            job.error = f"{type(error).__name__}: {error}"
-        netcalls.close(job.fd)
-        with self.sessions_lock:
-            self.spawning -= 1
-            if job.error is None:
-                if self.verbose:  # before the loop can reap it and log its end
-                    self.log_verbose(logline.pid_from(job.pid, job.client))
-                    self.log_verbose(logline.verdict("ok", job.pid, job.log_local, job.log_remote))
-                status = self.exited_early.pop(job.pid, None)
-                if status is None:
-                    self.children[job.pid] = job.client
-                    return
-            else:
-                status = EXIT_DROP_STATUS
-            self.ended.put((job, status))
-        with contextlib.suppress(OSError, AttributeError):  # AttributeError: closed
-            self.wake_write.send(b"s")  # type: ignore[union-attr]
+            self.spawns.submit(ident, extra, fd)
+        except Exception as error:  # a bad variable name from the rules: this one only
+            netcalls.close(fd)
+            self._spawn_failed(job, f"{type(error).__name__}: {error}")
+            return
+        self.spawning[ident] = job
 
-    def _finish_ended(self) -> None:
-        while True:
-            try:
-                job, status = self.ended.get_nowait()
-            except queue.Empty:
-                return
-            if job.error is not None:
-                self.counters.served -= 1
-                program = logline.safe(os.fsdecode(self.program[0]))
-                message = f"unable to run {program}: {job.error}"
-                self._refuse(None, job.client, status, logline.warning(message), level=1)
+    def _on_spawned(self) -> None:
+        """The pool's reports: book each child (or end its session if the loop reaped it
+        already), or refuse the connection whose chain could not be run."""
+        assert self.spawns is not None, "start() first"
+        for ident, pid, error in self.spawns.finished():
+            job = self.spawning.pop(ident)
+            if error is not None:
+                self._spawn_failed(job, error)
+                continue
+            if self.verbose:  # before its end line, as tcpserver's child logs them
+                self.log_verbose(logline.pid_from(pid, job.client))
+                self.log_verbose(logline.verdict("ok", pid, job.log_local, job.log_remote))
+            status = self.exited_early.pop(pid, None)
+            if status is None:
+                self.children[pid] = job.client
             else:
-                self._child_over(job.pid, job.client, status)
+                self._child_over(pid, job.client, status)
+
+    def _spawn_failed(self, job: SpawnJob, error: str) -> None:
+        self.counters.served -= 1
+        program = logline.safe(os.fsdecode(self.program[0]))
+        message = logline.warning(f"unable to run {program}: {error}")
+        self._refuse(None, job.client, EXIT_DROP_STATUS, message, level=1)
 
     def _refuse(self, fd: int | None, client: str, status: int, line: str, level: int = 2) -> None:
         """Close (unless a spawner did) without running anything; log it the way
@@ -495,11 +467,10 @@ class Server:
                 return
             if pid == 0:
                 return
-            with self.sessions_lock:
-                client = self.children.pop(pid, None)
-                if client is None:  # its spawner thread has not booked it yet
-                    self.exited_early[pid] = status
-                    continue
+            client = self.children.pop(pid, None)
+            if client is None:  # its spawn is not reported yet
+                self.exited_early[pid] = status
+                continue
             self._child_over(pid, client, status)
 
     def _child_over(self, pid: int, client: str, status: int) -> None:
@@ -580,8 +551,7 @@ class Server:
         return max(0.0, min(candidates) - time.monotonic()) if candidates else -1
 
     def _busy(self) -> bool:
-        with self.sessions_lock:
-            return bool(self.children or self.pending or self.spawning)
+        return bool(self.children or self.pending or self.spawning)
 
     def serve(self) -> int:
         """The loop, from READY=1 until the last session after SIGTERM; start() first."""
@@ -603,8 +573,6 @@ class Server:
             if self.child_exited:
                 self.child_exited = False
                 self._reap()
-            if not self.ended.empty():
-                self._finish_ended()
             if not self._timed():
                 continue
             now = time.monotonic()

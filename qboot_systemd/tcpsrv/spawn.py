@@ -10,6 +10,7 @@ types. PythonSpawner (os.posix_spawnp) is the fallback, and what QBOOT_NO_EXTENS
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from collections.abc import Mapping, Sequence
@@ -72,16 +73,23 @@ class ExtensionSpawner:
         self._base_env = dict(base_env)
         self._spawner = extension.Spawner(list(argv), env_entries(base_env), signals_to_default())
 
+    @property
+    def c_spawner(self) -> object:
+        return self._spawner
+
+    def entries(self, extra_env: Mapping[str, str]) -> tuple[list[bytes], list[bytes] | None]:
+        """extra_env's entries, and the server's own without the ones extra_env overrides
+        (None: all of them, the Spawner's prepared ones)."""
+        extra = env_entries(extra_env)
+        if self._base_env.keys().isdisjoint(extra_env):
+            return extra, None
+        return extra, env_entries({k: v for k, v in self._base_env.items() if k not in extra_env})
+
     def spawn(self, extra_env: Mapping[str, str], fd: int) -> int:
         """Run the program with the server's environment plus extra_env (which wins) and
         fd as stdin and stdout; returns the pid or raises OSError."""
-        extra = env_entries(extra_env)
-        if self._base_env.keys().isdisjoint(extra_env):
-            pid: int = self._spawner.spawn(extra, fd)
-            return pid
-        # rules override one of the server's own variables: the server's without them
-        kept = env_entries({k: v for k, v in self._base_env.items() if k not in extra_env})
-        pid = self._spawner.spawn(extra, fd, kept)
+        extra, base = self.entries(extra_env)
+        pid: int = self._spawner.spawn(extra, fd, base)
         return pid
 
 
@@ -117,3 +125,107 @@ def best_spawner(
     if netcalls.EXTENSION is None:
         return PythonSpawner(argv, base_env)
     return ExtensionSpawner(argv, base_env)
+
+
+# (job id, pid, error): error None when the chain runs as pid, else why it could not.
+Finished = tuple[int, int, str | None]
+
+
+class ExtensionPool:
+    """Spawner threads of the _conn extension's own: they never take the GIL, so giving
+    them a connection and hearing back costs the loop no GIL hand-over, only an eventfd
+    it watches. Each closes its connection's fd once the child has it."""
+
+    def __init__(self, spawner: ExtensionSpawner, threads: int) -> None:
+        extension = netcalls.EXTENSION
+        assert extension is not None, "ExtensionSpawner without the extension"
+        self._spawner = spawner
+        self._pool = extension.SpawnPool(spawner.c_spawner, threads)
+
+    def submit(self, ident: int, extra_env: Mapping[str, str], fd: int) -> None:
+        """Queue a spawn; raises ValueError (and leaves fd open) for a bad name."""
+        extra, base = self._spawner.entries(extra_env)
+        self._pool.submit(ident, extra, fd, base)
+
+    def fileno(self) -> int:
+        fd: int = self._pool.fileno()
+        return fd
+
+    def finished(self) -> list[Finished]:
+        done: list[tuple[int, int, int]] = self._pool.finished()
+        return [(ident, pid, os.strerror(error) if error else None) for ident, pid, error in done]
+
+    def close(self) -> None:
+        self._pool.close()
+
+
+class PythonPool:
+    """Python threads around a spawner (the fallback): the same interface as ExtensionPool,
+    a socket pair for its wake-ups."""
+
+    def __init__(self, spawner: ExtensionSpawner | PythonSpawner, threads: int) -> None:
+        import queue
+        import socket
+        import threading
+
+        self._spawner = spawner
+        self._jobs: queue.SimpleQueue[tuple[int, Mapping[str, str], int] | None] = (
+            queue.SimpleQueue()
+        )
+        self._done: queue.SimpleQueue[Finished] = queue.SimpleQueue()
+        self._wake_read, self._wake_write = socket.socketpair()
+        self._wake_read.setblocking(False)
+        self._wake_write.setblocking(False)
+        self._threads = [
+            threading.Thread(target=self._work, name=f"spawn-{number}", daemon=True)
+            for number in range(threads)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def _work(self) -> None:
+        while (work := self._jobs.get()) is not None:
+            ident, env, fd = work
+            pid, error = 0, None
+            try:
+                pid = self._spawner.spawn(env, fd)
+            except OSError as failure:
+                error = failure.strerror or str(failure)
+            except Exception as failure:  # one job is refused, the thread goes on
+                error = f"{type(failure).__name__}: {failure}"
+            netcalls.close(fd)
+            self._done.put((ident, pid, error))
+            # full (the loop is behind and will look anyway) or closed: fine
+            with contextlib.suppress(OSError):
+                self._wake_write.send(b"s")
+
+    def submit(self, ident: int, extra_env: Mapping[str, str], fd: int) -> None:
+        check_names(extra_env)
+        self._jobs.put((ident, extra_env, fd))
+
+    def fileno(self) -> int:
+        return self._wake_read.fileno()
+
+    def finished(self) -> list[Finished]:
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            self._wake_read.recv(4096)  # one read: what is left wakes the loop again
+        done = []
+        while not self._done.empty():
+            done.append(self._done.get_nowait())
+        return done
+
+    def close(self) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+        self._wake_read.close()
+        self._wake_write.close()
+
+
+def spawn_pool(
+    spawner: ExtensionSpawner | PythonSpawner, threads: int
+) -> ExtensionPool | PythonPool:
+    if isinstance(spawner, ExtensionSpawner):
+        return ExtensionPool(spawner, threads)
+    return PythonPool(spawner, threads)
