@@ -20,15 +20,6 @@ from .records import TYPE_CHECKING
 if TYPE_CHECKING:
     from typing import IO
 
-try:
-    from .tcpsrv._conn import djb_hash as _conn_djb_hash
-
-    _extension_hash: Callable[[bytes], int] | None = _conn_djb_hash
-except ImportError:
-    _extension_hash = None
-if os.environ.get("QBOOT_NO_EXTENSION") == "1":
-    _extension_hash = None
-
 _PAIR = struct.Struct("<LL")
 _HEADER_SIZE = 2048
 MAX_SIZE = 1 << 30  # 4 million rules take about 200 MB
@@ -36,14 +27,26 @@ _CHUNK = 1 << 20
 _MAX_POSITION = 0xFFFFFFFF
 
 
-def djb_hash(key: bytes) -> int:
+def python_djb_hash(key: bytes) -> int:
     """cdb's hash: h = ((h << 5) + h) ^ byte, from 5381, in 32 bits."""
-    if _extension_hash is not None:
-        return _extension_hash(key)
     value = 5381
     for byte in key:
         value = (((value << 5) + value) ^ byte) & 0xFFFFFFFF
     return value
+
+
+def _best_djb_hash() -> Callable[[bytes], int]:
+    """The _conn extension's hash (it runs a few times per connection), else Python's."""
+    if os.environ.get("QBOOT_NO_EXTENSION") == "1":
+        return python_djb_hash
+    try:
+        from .tcpsrv._conn import djb_hash as extension_djb_hash
+    except ImportError:
+        return python_djb_hash
+    return extension_djb_hash
+
+
+djb_hash = _best_djb_hash()
 
 
 class CdbFormatError(Exception):
