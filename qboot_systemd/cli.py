@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -380,20 +381,38 @@ def _status_line(entry: admin.Status) -> str:
 @click.argument("services", nargs=-1)
 @user_errors
 def status(bootctrl_dir: Path | None, as_json: bool, services: tuple[str, ...]) -> None:
-    """One line per service: enabled, socket and service state, listen, rules, figures.
+    """One line per service: enabled, socket and service state, listen, rules, figures,
+    then what differs from bootctrl (degraded, pending change).
 
-    Exit 0 when all are running, 3 when something is not (like systemctl)."""
+    Exit 0 when all run as bootctrl says, 3 when something is not running (like
+    systemctl), 1 when something runs degraded or with a pending change."""
+    from . import reconcile as reconcile_module
     from .systemd import Systemd
 
     model = load_bootctrl(bootctrl_dir)
     with Systemd() as manager:
-        entries = admin.status(manager, model, admin.resolve(model, services))
+        targets = admin.resolve(model, services)
+        broken = {item.name for item in reconcile_module.broken_services(model)}
+        if not services or "all" in services:  # enabled but broken ones too
+            targets += [admin.target(name) for name in sorted(broken)]
+        entries = [
+            dataclasses.replace(entry, enabled=True) if entry.target.name in broken else entry
+            for entry in admin.status(manager, model, targets)
+        ]
+        notes = [reconcile_module.entry_notes(model, entry) for entry in entries]
     if as_json:
-        click.echo(json.dumps([entry.as_json() for entry in entries], indent=2))
+        documents = [
+            entry.as_json() | {"notes": note} for entry, note in zip(entries, notes, strict=True)
+        ]
+        click.echo(json.dumps(documents, indent=2))
     else:
-        for entry in entries:
+        for entry, note in zip(entries, notes, strict=True):
             click.echo(_status_line(entry))
-    sys.exit(0 if all(entry.running for entry in entries) else 3)
+            for line in note:
+                click.echo(_styled(f"{'':<8} {line}", False))
+    if not all(entry.running for entry in entries):
+        sys.exit(3)
+    sys.exit(1 if any(notes) else 0)
 
 
 def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> None:
@@ -506,29 +525,41 @@ def disable(bootctrl_dir: Path | None, service: str) -> None:
 @user_errors
 def reload_config() -> None:
     """daemon-reload, then restart only what the bootctrl changes touched."""
+    _require_root("qbootctl reload-config")
+    _reconcile(None, None, reload=True)
+
+
+@qbootctl.command()
+@bootctrl_option
+@qmail_home_option
+@user_errors
+def reconcile(bootctrl_dir: Path | None, qmail_home: Path | None) -> None:
+    """Apply what systemd loaded to what runs: restart only what differs.
+
+    qboot-reconcile.service runs it after every daemon-reload."""
+    _require_root("qbootctl reconcile")
+    _reconcile(bootctrl_dir, qmail_home, reload=False)
+
+
+def _reconcile(bootctrl_dir: Path | None, qmail_home: Path | None, reload: bool) -> None:
+    from . import convergence
+    from . import reconcile as reconcile_module
     from .systemd import Systemd
 
-    _require_root("qbootctl reload-config")
-    before = admin.snapshot()
-    with Systemd() as manager:
-        manager.reload()
-        found = admin.changes(before, admin.snapshot())
-        for name in found.removed:
-            for unit in reversed(admin.target(name).units):
-                manager.act("stop", unit)
-            click.echo(f"stopped {name} (no longer enabled)")
-        for name in found.restart_sockets:
-            socket, service = admin.target(name).units
-            manager.act("stop", service)
-            manager.act("restart", socket)
-            click.echo(f"restarted {socket} (listen settings changed)")
-        for name in found.restart_services:
-            unit = admin.target(name).units[-1]
-            if manager.state(unit).active == "active":
-                manager.act("restart", unit)
-                click.echo(f"restarted {unit} (command or environment changed)")
-        if not (found.removed or found.restart_sockets or found.restart_services):
-            click.echo("nothing changed")
+    with reconcile_module.locked(convergence.state_dir()), Systemd() as manager:
+        if reload:
+            manager.reload()
+        model = load_bootctrl(bootctrl_dir, qmail_home)
+        outcome = reconcile_module.reconcile(manager, model)
+    for line in outcome.lines:
+        click.echo(line)
+    if not outcome.lines:
+        click.echo("nothing changed")
+    for broken in reconcile_module.broken_services(model):
+        for problem in broken.problems:
+            click.echo(f"problem: {problem}", err=True)
+    if outcome.failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -4,15 +4,19 @@
     Starting qmail-send ...           OK
     Starting qmail-smtp ...           OK
 
-NORESULT=1 leaves out OK/FAILED.
+NORESULT=1 leaves out OK/FAILED: in eqmaild's environment for every line, or as
+`setenv NORESULT 1` in qmail-SVC.env for that service's lines (as the seed's rc scripts
+read their env file). start and restart reload systemd first, so `ln -s ...` then
+`eqmaild restart` works as in the seed.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from contextlib import nullcontext
 
-from . import admin
+from . import admin, convergence, reconcile
 from . import bootctrl as bootctrl_model
 from .errors import UserError
 from .systemd import JobFailed, Systemd
@@ -20,12 +24,17 @@ from .systemd import JobFailed, Systemd
 USAGE = "usage: eqmaild start|stop|restart|status"
 
 
-def line(verb: str, name: str, ok: bool) -> str:
+def line(verb: str, name: str, ok: bool, noresult: bool = False) -> str:
     """`Starting qmail-send ...           OK`: the result centred after column 30."""
     text = f"{verb} qmail-{name} ..."
-    if os.environ.get("NORESULT") == "1":
+    if noresult or os.environ.get("NORESULT") == "1":
         return text
     return (f"{text:<30}" + f"{'OK' if ok else 'FAILED':^10}").rstrip()
+
+
+def _noresult(model: bootctrl_model.Bootctrl, name: str) -> bool:
+    service = model.service(name)
+    return service is not None and dict(service.environment).get("NORESULT") == "1"
 
 
 def _step(manager: Systemd, verb: str, item: admin.Target) -> bool:
@@ -58,16 +67,21 @@ def main(argv: list[str] | None = None) -> int:
         model = bootctrl_model.load(directory)
         targets = admin.resolve(model, ())
         failures = 0
-        with Systemd() as manager:
+        # status only reads (and may run unprivileged); the others wait for a reconcile.
+        lock = reconcile.locked(convergence.state_dir()) if verb != "status" else nullcontext()
+        with lock, Systemd() as manager:
+            if verb in ("start", "restart"):
+                manager.reload()  # the generator sees new rc links and env edits
             for item in targets:
+                quiet = _noresult(model, item.name)
                 if verb == "status":
                     ok = manager.state(item.units[0]).active == "active"
-                    print(line("Checking", item.name, ok))
+                    print(line("Checking", item.name, ok, quiet))
                     failures += not ok
                     continue
                 for step in ("stop", "start") if verb == "restart" else (verb,):
                     ok = _step(manager, step, item)
-                    print(line("Starting" if step == "start" else "Stopping", item.name, ok))
+                    print(line("Starting" if step == "start" else "Stopping", item.name, ok, quiet))
                     failures += not ok and step == "start"
     except UserError as error:
         return error.report("eqmaild")

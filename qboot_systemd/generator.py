@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import bootctrl, units
+from . import bootctrl, convergence, units
 from .problems import Problem
 
 PROGRAM = "qboot-systemd-generator"
@@ -45,6 +45,9 @@ def plan(
             )
         except units.UnsafeValue as error:
             problems.append(Problem(model.send.rc_file, 0, f"{error}; qmail-send skipped"))
+    for name in convergence.add_convergence(model, files, links, paths, convergence.state_dir()):
+        rc_file = f"{model.directory}/qmail-{name}.rc"
+        problems.append(Problem(rc_file, 0, f"service {name} keeps its last good settings"))
     return files, links, sorted(problems)
 
 

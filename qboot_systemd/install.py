@@ -20,7 +20,14 @@ GENERATOR_NAME = "qboot-systemd-generator"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 MAN_PAGES = Path(__file__).resolve().parent / "man"
 MAN_DIR = "usr/share/man"
-UNIT_NAMES = ("qmail-send.service", "qmail-tcpd@.socket", "qmail-tcpd@.service", units.BOOT_UNIT)
+UNIT_NAMES = (
+    "qmail-send.service",
+    "qmail-tcpd@.socket",
+    "qmail-tcpd@.service",
+    units.BOOT_UNIT,
+    "qboot-reconcile.path",
+    "qboot-reconcile.service",
+)
 
 
 @dataclass(frozen=True)

@@ -130,6 +130,11 @@ class Systemd:
             raise JobFailed(unit, state, self.journal(unit))
         return state
 
+    def active_units(self, pattern: str) -> list[str]:
+        """Loaded units matching a glob that are not inactive (active, failing, ...)."""
+        entries = self._manager.Manager.ListUnitsByPatterns([], [pattern.encode()])
+        return sorted(_text(entry[0]) for entry in entries if _text(entry[3]) != "inactive")
+
     # --- units -------------------------------------------------------------------------
     def state(self, unit: str) -> UnitState:
         from pystemd.systemd1 import Unit
