@@ -194,7 +194,7 @@ def reconcile(
     lines: list[str] = []
     failed = False
     for change in convergence.plan(observed):
-        unit = change.steps[-1].unit
+        touched = dict.fromkeys(step.unit for step in change.steps)
         try:
             for step in change.steps:
                 manager.act(step.verb.value, step.unit)
@@ -204,7 +204,8 @@ def reconcile(
             journal.send(message, error.unit, journal.PRIORITY_ERR)
             lines.append(message)
             continue
-        journal.send(change.message, unit, journal.PRIORITY_INFO)
+        for unit in touched:
+            journal.send(change.message, unit, journal.PRIORITY_INFO)
         lines.append(change.message)
     remember(output, state, observed)
     for broken in broken_services(model, output):

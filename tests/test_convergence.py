@@ -1,0 +1,344 @@
+"""Edits converge: after `systemctl daemon-reload` (and nothing else) what runs is what
+bootctrl says, a broken edit keeps the last good settings, and the admin is told.
+
+The pure planning is tested without systemd; the rest against one booted sandbox, in
+order (each test leaves the state the next one starts from).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from qboot_systemd import convergence, listening
+from qboot_systemd.convergence import Observed, Step, Verb
+
+from .conftest import ROOT
+from .e2e_stage import BOOTCTRL, booted_sandbox
+from .sandbox import Sandbox
+
+QBOOTCTL = str(ROOT / ".venv" / "bin" / "qbootctl")
+EQMAILD = str(ROOT / ".venv" / "bin" / "eqmaild")
+PYTHON = sys.executable
+
+
+# --- the plan, without systemd ------------------------------------------------------------
+def observed(**changes: object) -> Observed:
+    base: dict[str, object] = {
+        "name": "smtp",
+        "generated": True,
+        "applied_before": True,
+        "socket_active": True,
+        "service_active": True,
+        "loaded_hash": "new",
+        "running_hash": "new",
+        "wanted": frozenset({("::", 25)}),
+        "bound": frozenset({("::", 25)}),
+        "held": frozenset({("::", 25)}),
+    }
+    return Observed(**(base | changes))  # type: ignore[arg-type]
+
+
+def steps(item: Observed) -> list[tuple[str, str]]:
+    change = convergence.plan_one(item)
+    return [(step.verb.value, step.unit) for step in change.steps] if change else []
+
+
+def test_plan_touches_nothing_that_did_not_change() -> None:
+    assert steps(observed()) == []
+    assert steps(observed(service_active=False, running_hash=None, held=frozenset())) == []
+
+
+def test_plan_listen_change_restarts_socket_between_service_stop_and_start() -> None:
+    moved = observed(wanted=frozenset({("::", 2525)}), bound=frozenset())
+    assert steps(moved) == [
+        ("stop", "qmail-tcpd@smtp.service"),
+        ("restart", "qmail-tcpd@smtp.socket"),
+        ("start", "qmail-tcpd@smtp.service"),
+    ]
+    change = convergence.plan_one(moved)
+    assert change is not None and change.message.endswith("[::]:25 -> [::]:2525")
+    idle = observed(
+        wanted=frozenset({("::", 2525)}), bound=frozenset(), service_active=False, held=frozenset()
+    )
+    assert steps(idle) == [
+        ("stop", "qmail-tcpd@smtp.service"),
+        ("restart", "qmail-tcpd@smtp.socket"),
+    ]
+
+
+def test_plan_command_or_environment_change_restarts_only_the_service() -> None:
+    assert steps(observed(running_hash="old")) == [("restart", "qmail-tcpd@smtp.service")]
+
+
+def test_plan_new_removed_and_stopped_by_the_admin() -> None:
+    new = observed(applied_before=False, socket_active=False, service_active=False)
+    assert steps(new) == [("start", "qmail-tcpd@smtp.socket")]
+    stopped = observed(socket_active=False, service_active=False)
+    assert steps(stopped) == []  # a reload does not undo `qbootctl stop`
+    removed = observed(generated=False)
+    assert steps(removed) == [
+        ("stop", "qmail-tcpd@smtp.service"),
+        ("stop", "qmail-tcpd@smtp.socket"),
+    ]
+    plan = convergence.plan(
+        [observed(name="a", running_hash="old"), observed(name="z", generated=False)]
+    )
+    assert [change.name for change in plan] == ["z", "a"]  # a freed port first
+    assert plan[0].steps[0] == Step(Verb.STOP, "qmail-tcpd@z.service")
+
+
+def test_plan_send() -> None:
+    send = observed(name="send", wanted=frozenset(), bound=frozenset(), held=frozenset())
+    assert steps(send) == []
+    assert steps(observed(name="send", running_hash="old")) == [("restart", "qmail-send.service")]
+    assert steps(observed(name="send", generated=False)) == [("stop", "qmail-send.service")]
+
+
+def test_listen_entries_and_kernel_addresses_compare() -> None:
+    assert convergence.parse_listen("[::]:25") == ("::", 25)
+    assert convergence.parse_listen("25") == ("::", 25)
+    assert convergence.parse_listen("127.0.0.1:2525") == ("127.0.0.1", 2525)
+    assert convergence.parse_listen("[::1]:25") == ("::1", 25)
+    assert convergence.parse_listen("/run/x.sock") is None
+    little = sys.byteorder == "little"
+    loopback = "0100007F" if little else "7F000001"
+    assert listening._address(f"{loopback}:0019") == ("127.0.0.1", 25)
+    assert listening._address("00000000:0019") == ("::", 25)  # no IPv6: systemd binds 0.0.0.0
+    assert listening._address("0" * 32 + ":0019") == ("::", 25)
+
+
+def test_listening_finds_our_own_socket() -> None:
+    with socket.socket(socket.AF_INET6) as server:
+        server.bind(("::1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        held = listening.held_by(os.getpid(), listening.listening_sockets())
+        assert ("::1", port) in held
+
+
+def test_drift_says_what_differs() -> None:
+    here = frozenset({("::", 25)})
+    assert convergence.drift(None, "", None, None, None) is None
+    assert convergence.drift("a", "a", "a", here, here) is None
+    assert "daemon-reload" in (convergence.drift("b", "a", "a", here, here) or "")
+    assert "listens on nothing" in (convergence.drift("a", "a", None, here, frozenset()) or "")
+    assert "older settings" in (convergence.drift("a", "a", "old", here, here) or "")
+
+
+# --- against systemd ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def box() -> Iterator[Sandbox]:
+    with booted_sandbox() as sandbox:
+        yield sandbox
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def listening_on(box: Sandbox, port: int) -> bool:
+    return bool(box.run("ss", "-Htln", f"sport = :{port}", check=False).stdout.strip())
+
+
+def show(box: Sandbox, unit: str, prop: str) -> str:
+    return box.run("systemctl", "show", "-P", prop, unit).stdout.strip()
+
+
+def settled(box: Sandbox) -> bool:
+    """The reconcile that the last reload triggered has run."""
+    trigger = box.run("test", "-e", f"/run/systemd/generator/{convergence.TRIGGER}", check=False)
+    active = show(box, convergence.RECONCILE_UNIT, "ActiveState")
+    return trigger.returncode != 0 and active in ("inactive", "failed")
+
+
+def reload_and_settle(box: Sandbox) -> None:
+    box.run("systemctl", "daemon-reload")
+    assert wait_until(lambda: settled(box)), box.run(
+        "journalctl", "-u", convergence.RECONCILE_UNIT, "--no-pager", check=False
+    ).stdout
+
+
+def banner(box: Sandbox, port: int, quit_after: float = 0) -> str:
+    """Connect from inside, read the greeting, say QUIT: '220 ...' or the error."""
+    script = (
+        "import socket,sys,time\n"
+        "try:\n"
+        f"    s=socket.create_connection(('127.0.0.1',{port}),timeout=60)\n"
+        "    f=s.makefile('rb')\n"
+        "    line=f.readline().decode().strip()\n"
+        f"    time.sleep({quit_after})\n"
+        "    s.sendall(b'QUIT\\r\\n'); print(line, '|', f.readline().decode().strip())\n"
+        "except OSError as e: print('error', e)\n"
+    )
+    return box.run(PYTHON, "-c", script, timeout=120).stdout.strip()
+
+
+def edit(box: Sandbox, name: str, text: str) -> None:
+    box.run("sh", "-c", f"cat > {BOOTCTRL}/qmail-{name}.env", input=text.encode())
+
+
+def test_boot_runs_reconcile_once_and_remembers(box: Sandbox) -> None:
+    assert wait_until(lambda: settled(box))
+    assert show(box, convergence.PATH_UNIT, "ActiveState") == "active"
+    assert box.run("ls", "/run/qboot/last-good").stdout.split() == ["send.applied", "smtp"]
+    assert banner(box, 25).startswith("220 ")
+    status = box.run(QBOOTCTL, "status", check=False)
+    assert status.returncode == 0, status.stdout + status.stderr
+
+
+def test_newly_enabled_service_starts_after_a_plain_reload(box: Sandbox) -> None:
+    box.run("ln", "-s", "qmail-tcpd", f"{BOOTCTRL}/qmail-subm.rc")
+    box.run("ln", "-s", "tcprules-default.cdb", f"{BOOTCTRL}/tcprules-subm.cdb")
+    reload_and_settle(box)
+    assert listening_on(box, 587)
+    assert banner(box, 587).startswith("220 ")  # its service runs from now on
+    journal = box.run("journalctl", "-u", "qmail-tcpd@subm.socket", "-o", "cat", "--no-pager")
+    assert "started qmail-tcpd@subm.socket (newly enabled)" in journal.stdout
+
+
+def test_port_edit_and_reload_moves_the_port(box: Sandbox) -> None:
+    smtp_pid = show(box, "qmail-tcpd@smtp.service", "MainPID")
+    assert banner(box, 587).startswith("220 ")
+    subm_pid = show(box, "qmail-tcpd@subm.service", "MainPID")
+    assert subm_pid != "0"
+    box.run("sed", "-i", "s/^PORT=587/PORT=2587/", f"{BOOTCTRL}/qmail-subm.env")
+    started = time.monotonic()
+    box.run("systemctl", "daemon-reload")
+    assert wait_until(lambda: listening_on(box, 2587) and not listening_on(box, 587), 15)
+    seconds = time.monotonic() - started
+    print(f"PORT edit: new port listening and old one closed {seconds:.2f} s after daemon-reload")
+    assert seconds < 5
+    assert banner(box, 2587).startswith("220 ")
+    assert show(box, "qmail-tcpd@smtp.service", "MainPID") == smtp_pid  # unrelated: untouched
+    assert wait_until(lambda: settled(box))
+    journal = box.run("journalctl", "-u", "qmail-tcpd@subm.socket", "-o", "cat", "--no-pager")
+    assert "(listen settings changed): [::]:587 -> [::]:2587" in journal.stdout
+    assert box.run(QBOOTCTL, "status", check=False).returncode == 0
+
+
+def test_setenv_edit_restarts_the_service_and_keeps_the_socket(box: Sandbox) -> None:
+    socket_since = show(box, "qmail-tcpd@subm.socket", "ActiveEnterTimestampMonotonic")
+    smtp_pid = show(box, "qmail-tcpd@smtp.service", "MainPID")
+    old_pid = show(box, "qmail-tcpd@subm.service", "MainPID")
+    results: dict[str, str] = {}
+
+    def session(key: str, delay: float, quit_after: float) -> None:
+        time.sleep(delay)
+        results[key] = banner(box, 2587, quit_after)
+
+    # A session in progress across the change, and connections arriving during it.
+    threads = [threading.Thread(target=session, args=("long", 0, 3))]
+    threads += [
+        threading.Thread(target=session, args=(f"during-{i}", 0.5 + 0.3 * i, 0)) for i in range(6)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.3)
+    box.run("sh", "-c", f"echo 'setenv DATABYTES 1000' >> {BOOTCTRL}/qmail-subm.env")
+    box.run("systemctl", "daemon-reload")
+    for thread in threads:
+        thread.join(90)
+    assert results["long"].startswith("220 ") and "| 221" in results["long"], results
+    for key, line in results.items():
+        assert line.startswith("220 "), (key, line)  # none refused
+    assert wait_until(lambda: settled(box))
+    new_pid = show(box, "qmail-tcpd@subm.service", "MainPID")
+    assert new_pid not in ("0", old_pid)
+    environ = box.run("cat", f"/proc/{new_pid}/environ").stdout
+    assert "DATABYTES=1000" in environ.split("\0")
+    assert show(box, "qmail-tcpd@subm.socket", "ActiveEnterTimestampMonotonic") == socket_since
+    assert show(box, "qmail-tcpd@smtp.service", "MainPID") == smtp_pid
+
+
+def test_status_shows_a_pending_change(box: Sandbox) -> None:
+    box.run("sh", "-c", f"echo 'setenv PENDING 1' >> {BOOTCTRL}/qmail-subm.env")
+    done = box.run(QBOOTCTL, "status", check=False)
+    assert done.returncode == 1
+    assert "pending: bootctrl changed since the last reload" in done.stdout
+    reload_and_settle(box)
+    done = box.run(QBOOTCTL, "status", check=False)
+    assert done.returncode == 0, done.stdout
+
+
+@pytest.mark.parametrize(
+    ("typo", "line", "message"),
+    [
+        ('PORT=2587\nBANNER="unterminated\n', 2, "unterminated"),
+        ("PORT=99999\n", 1, "PORT='99999'"),
+    ],
+)
+def test_typo_keeps_the_last_good_settings(
+    box: Sandbox, typo: str, line: int, message: str
+) -> None:
+    good = box.run("cat", f"{BOOTCTRL}/qmail-subm.env").stdout
+    pid = show(box, "qmail-tcpd@subm.service", "MainPID")
+    edit(box, "subm", typo)
+    reload_and_settle(box)
+    assert listening_on(box, 2587) and banner(box, 2587).startswith("220 ")
+    assert show(box, "qmail-tcpd@subm.service", "MainPID") == pid
+    done = box.run(QBOOTCTL, "status", check=False)
+    where = f"{BOOTCTRL}/qmail-subm.env:{line}:"
+    assert done.returncode != 0
+    assert "degraded, runs its last good settings" in done.stdout and where in done.stdout
+    assert message in done.stdout
+    journal = box.run("journalctl", "-u", "qmail-tcpd@subm.service", "-o", "cat", "--no-pager")
+    assert where in journal.stdout and "keeps running its last good settings" in journal.stdout
+    edit(box, "subm", good)
+    reload_and_settle(box)
+    assert show(box, "qmail-tcpd@subm.service", "MainPID") == pid  # same settings as before
+    assert box.run(QBOOTCTL, "status", check=False).returncode == 0
+
+
+def test_byte_order_mark_never_stops_the_service(box: Sandbox) -> None:
+    good = box.run("cat", f"{BOOTCTRL}/qmail-subm.env").stdout
+    pid = show(box, "qmail-tcpd@subm.service", "MainPID")
+    edit(box, "subm", "\ufeff" + good)
+    reload_and_settle(box)
+    assert listening_on(box, 2587) and banner(box, 2587).startswith("220 ")
+    assert show(box, "qmail-tcpd@subm.service", "MainPID") == pid
+    edit(box, "subm", good)
+    reload_and_settle(box)
+
+
+def test_removed_rc_link_stops_the_service(box: Sandbox) -> None:
+    box.run("rm", f"{BOOTCTRL}/qmail-subm.rc")
+    reload_and_settle(box)
+    assert not listening_on(box, 2587)
+    assert show(box, "qmail-tcpd@subm.socket", "ActiveState") == "inactive"
+    assert box.run("ls", "/run/qboot/last-good").stdout.split() == ["send.applied", "smtp"]
+
+
+def test_the_seeds_flow_verbatim(box: Sandbox) -> None:
+    box.run("sh", "-c", f"printf 'setenv NORESULT 1\\n' >> {BOOTCTRL}/qmail-smtp.env")
+    reload_and_settle(box)
+    done = box.run(
+        "sh",
+        "-c",
+        f"cd {BOOTCTRL} && ln -s qmail-tcpd qmail-qmtp.rc && "
+        f"ln -s tcprules-default.cdb tcprules-qmtp.cdb && {EQMAILD} restart",
+        check=False,
+    )
+    assert done.stdout.splitlines() == [
+        "Stopping qmail-send ...           OK",
+        "Starting qmail-send ...           OK",
+        "Stopping qmail-qmtp ...         FAILED",
+        "Starting qmail-qmtp ...           OK",
+        "Stopping qmail-smtp ...",  # setenv NORESULT 1 in qmail-smtp.env, as the seed says
+        "Starting qmail-smtp ...",
+    ], done.stderr
+    assert done.returncode == 0
+    assert listening_on(box, 209) and listening_on(box, 25)
+    assert wait_until(lambda: settled(box))
+    assert box.run(QBOOTCTL, "status", check=False).returncode in (0, 1)
