@@ -385,9 +385,12 @@ def _build_service(
 
 
 def _drop_conflicting(services: list[Service], problems: list[Problem]) -> list[Service]:
-    """Two services cannot bind the same address and port: the first by name keeps it."""
+    """Two services cannot bind the same address and port. A service that names its
+    port (PORT=/IP= in its env file) keeps it against one that only has the default
+    port 25 (`ln -s qmail-tcpd qmail-nosuch.rc` must not take smtp's port); among equals
+    the first by name keeps it."""
     kept: list[Service] = []
-    for service in services:
+    for service in sorted(services, key=lambda s: (s.listen_line == 0, s.name)):
         clash = next(
             (
                 (other, mine)
@@ -411,4 +414,4 @@ def _drop_conflicting(services: list[Service], problems: list[Problem]) -> list[
                 f"service {service.name} skipped",
             )
         )
-    return kept
+    return sorted(kept, key=lambda s: s.name)

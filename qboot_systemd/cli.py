@@ -482,6 +482,7 @@ def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
 
     _require_root("qbootctl enable")
     directory = bootctrl_directory(bootctrl_dir)
+    existed = {p for p in admin.enable_links(directory, service) if p.exists() or p.is_symlink()}
     for line in admin.enable(directory, service):
         click.echo(line)
     model = bootctrl_model.load(directory)
@@ -489,9 +490,11 @@ def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
         for problem in model.problems:
             if f"qmail-{service}." in problem.file or f"tcprules-{service}." in problem.file:
                 click.echo(f"problem: {problem}", err=True)
+        for line in admin.undo_enable(directory, service, existed):
+            click.echo(line)
         raise UserError(
-            f"{service} is enabled in bootctrl but cannot run",
-            "fix the problem above, then: systemctl daemon-reload",
+            f"{service} cannot run, so it was not enabled",
+            f"fix the problem above, then: qbootctl enable {service}",
         )
     with Systemd() as manager:
         manager.reload()

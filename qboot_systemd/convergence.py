@@ -180,6 +180,15 @@ class Step:
     verb: Verb
     unit: str
 
+    @property
+    def waits(self) -> bool:
+        """A tcp service's start is ordered after qboot-reconcile.service (so that an
+        admin's `systemctl restart` right after a reload runs on the new socket): the
+        reconcile queues it and must not wait for it."""
+        starts = self.verb in (Verb.START, Verb.RESTART)
+        tcp_service = self.unit.startswith("qmail-tcpd@") and self.unit.endswith(".service")
+        return not (starts and tcp_service)
+
 
 @dataclass(frozen=True)
 class Change:
@@ -231,7 +240,10 @@ def plan_one(item: Observed) -> Change | None:
             return None  # stopped by the admin: a reload does not start it again
         return Change(item.name, (Step(Verb.START, socket),), f"started {socket} (newly enabled)")
     if listen_stale(item):
-        steps = [Step(Verb.STOP, service), Step(Verb.RESTART, socket)]
+        # Stop only a service that runs: stopping one that waits to start would cancel
+        # the admin's own restart job.
+        steps = [Step(Verb.STOP, service)] if item.service_active else []
+        steps.append(Step(Verb.RESTART, socket))
         if item.service_active:
             steps.append(Step(Verb.START, service))
         was = item.held or item.bound

@@ -85,7 +85,7 @@ def observe(manager: Systemd, output: Path, state: Path) -> list[Observed]:
                 generated=name in generated,
                 applied_before=name in remembered,
                 socket_active=socket.active == "active",
-                service_active=service.active == "active",
+                service_active=service.active in ("active", "reloading"),
                 loaded_hash=loaded_hash(output, units.tcpd_service(name)),
                 running_hash=(
                     listening.environment_value(main, convergence.STAMP_VARIABLE) or ""
@@ -175,6 +175,27 @@ def broken_services(model: bootctrl.Bootctrl, output: Path = GENERATOR_OUTPUT) -
     ]
 
 
+ROUNDS = 3
+
+
+def _apply(manager: Systemd, change: convergence.Change) -> JobFailed | None:
+    touched = dict.fromkeys(step.unit for step in change.steps)
+    try:
+        for step in change.steps:
+            if step.waits:
+                manager.act(step.verb.value, step.unit)
+            elif step.verb is convergence.Verb.START:
+                manager.start(step.unit)
+            else:
+                manager.queue_restart(step.unit)
+    except JobFailed as error:
+        journal.send(f"{change.message} failed: {error}", error.unit, journal.PRIORITY_ERR)
+        return error
+    for unit in touched:
+        journal.send(change.message, unit, journal.PRIORITY_INFO)
+    return None
+
+
 @dataclass(frozen=True)
 class Outcome:
     lines: tuple[str, ...]
@@ -190,23 +211,20 @@ def reconcile(
     """Apply the plan; the caller holds the lock."""
     state = state or convergence.state_dir()
     (output / convergence.TRIGGER).unlink(missing_ok=True)
-    observed = observe(manager, output, state)
     lines: list[str] = []
     failed = False
-    for change in convergence.plan(observed):
-        touched = dict.fromkeys(step.unit for step in change.steps)
-        try:
-            for step in change.steps:
-                manager.act(step.verb.value, step.unit)
-        except JobFailed as error:
-            failed = True
-            message = f"{change.message} failed: {error}"
-            journal.send(message, error.unit, journal.PRIORITY_ERR)
-            lines.append(message)
-            continue
-        for unit in touched:
-            journal.send(change.message, unit, journal.PRIORITY_INFO)
-        lines.append(change.message)
+    # An admin's own `systemctl restart` may run between our jobs: look again until
+    # nothing differs (a change that keeps failing is tried ROUNDS times, then reported).
+    for _ in range(ROUNDS):
+        observed = observe(manager, output, state)
+        changes = convergence.plan(observed)
+        if not changes:
+            break
+        failed = False
+        for change in changes:
+            error = _apply(manager, change)
+            lines.append(change.message if error is None else f"{change.message} failed: {error}")
+            failed = failed or error is not None
     remember(output, state, observed)
     for broken in broken_services(model, output):
         unit = units.tcpd_service(broken.name)

@@ -97,6 +97,10 @@ class Systemd:
         """Queue a start job without waiting for it (boot: systemd orders the rest)."""
         return self._job("StartUnit", unit)
 
+    def queue_restart(self, unit: str) -> bytes:
+        """Queue a restart job without waiting (it may be ordered after the caller)."""
+        return self._job("RestartUnit", unit)
+
     def _job(self, method: str, unit: str) -> bytes:
         try:
             job: bytes = getattr(self._manager.Manager, method)(unit.encode(), b"replace")

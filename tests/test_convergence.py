@@ -13,11 +13,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from qboot_systemd import convergence, listening
+from qboot_systemd import admin, bootctrl, convergence, listening
 from qboot_systemd.convergence import Observed, Step, Verb
+from qboot_systemd.errors import UserError
 
 from .conftest import ROOT
 from .e2e_stage import BOOTCTRL, booted_sandbox
@@ -67,10 +69,8 @@ def test_plan_listen_change_restarts_socket_between_service_stop_and_start() -> 
     idle = observed(
         wanted=frozenset({("::", 2525)}), bound=frozenset(), service_active=False, held=frozenset()
     )
-    assert steps(idle) == [
-        ("stop", "qmail-tcpd@smtp.service"),
-        ("restart", "qmail-tcpd@smtp.socket"),
-    ]
+    assert steps(idle) == [("restart", "qmail-tcpd@smtp.socket")]
+    assert [step.waits for step in convergence.plan_one(moved).steps] == [True, True, False]
 
 
 def test_plan_command_or_environment_change_restarts_only_the_service() -> None:
@@ -130,6 +130,34 @@ def test_drift_says_what_differs() -> None:
     assert "daemon-reload" in (convergence.drift("b", "a", "a", here, here) or "")
     assert "listens on nothing" in (convergence.drift("a", "a", None, here, frozenset()) or "")
     assert "older settings" in (convergence.drift("a", "a", "old", here, here) or "")
+
+
+def clash_bootctrl(directory: Path) -> Path:
+    directory.mkdir()
+    (directory / "qmail-tcpd").write_text("")
+    (directory / "tcprules-default.cdb").write_bytes(b"")
+    (directory / "qmail-smtp.rc").symlink_to("qmail-tcpd")
+    (directory / "tcprules-smtp.cdb").symlink_to("tcprules-default.cdb")
+    (directory / "qmail-smtp.env").write_text("PORT=25\n")
+    return directory
+
+
+def test_a_named_port_wins_against_the_default_one(tmp_path: Path) -> None:
+    directory = clash_bootctrl(tmp_path / "b")
+    (directory / "qmail-nosuch.rc").symlink_to("qmail-tcpd")
+    (directory / "tcprules-nosuch.cdb").symlink_to("tcprules-default.cdb")
+    model = bootctrl.load(directory, "/q")
+    assert [service.name for service in model.services] == ["smtp"]
+    assert "25 is already used by service smtp; service nosuch skipped" in str(model.problems[0])
+
+
+def test_enable_refuses_a_clash_before_any_link(tmp_path: Path) -> None:
+    directory = clash_bootctrl(tmp_path / "b")
+    with pytest.raises(UserError, match="nosuch would listen on 25, which service smtp uses"):
+        admin.enable(directory, "nosuch")
+    assert sorted(p.name for p in directory.iterdir() if "nosuch" in p.name) == []
+    (directory / "qmail-subm.env").write_text("PORT=587\n")
+    assert admin.enable(directory, "subm")[0] == "created qmail-subm.rc -> qmail-tcpd"
 
 
 # --- against systemd ------------------------------------------------------------------------
@@ -262,6 +290,29 @@ def test_setenv_edit_restarts_the_service_and_keeps_the_socket(box: Sandbox) -> 
     assert show(box, "qmail-tcpd@smtp.service", "MainPID") == smtp_pid
 
 
+def test_systemctl_restart_right_after_the_reload_applies_everything(box: Sandbox) -> None:
+    env = f"{BOOTCTRL}/qmail-subm.env"
+    box.run("sed", "-i", "s/^PORT=2587/PORT=2588/", env)
+    box.run("sh", "-c", f"echo 'setenv RESTARTED yes' >> {env}")
+    done = box.run(
+        "sh",
+        "-c",
+        "systemctl daemon-reload && systemctl restart qmail-tcpd@subm.service",
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr  # the start waits for the reconcile
+    assert wait_until(
+        lambda: settled(box) and listening_on(box, 2588) and not listening_on(box, 2587)
+    )
+    assert banner(box, 2588).startswith("220 ")
+    pid = show(box, "qmail-tcpd@subm.service", "MainPID")
+    assert "RESTARTED=yes" in box.run("cat", f"/proc/{pid}/environ").stdout.split("\0")
+    assert box.run(QBOOTCTL, "status", check=False).returncode == 0
+    box.run("sed", "-i", "s/^PORT=2588/PORT=2587/", env)
+    reload_and_settle(box)
+    assert listening_on(box, 2587)
+
+
 def test_status_shows_a_pending_change(box: Sandbox) -> None:
     box.run("sh", "-c", f"echo 'setenv PENDING 1' >> {BOOTCTRL}/qmail-subm.env")
     done = box.run(QBOOTCTL, "status", check=False)
@@ -310,6 +361,25 @@ def test_byte_order_mark_never_stops_the_service(box: Sandbox) -> None:
     assert show(box, "qmail-tcpd@subm.service", "MainPID") == pid
     edit(box, "subm", good)
     reload_and_settle(box)
+
+
+def test_enable_never_takes_a_port_in_use(box: Sandbox) -> None:
+    smtp_pid = show(box, "qmail-tcpd@smtp.service", "MainPID")
+    done = box.run(QBOOTCTL, "enable", "nosuch", check=False)
+    assert done.returncode == 1
+    assert "nosuch would listen on 25, which service smtp uses" in done.stderr
+    assert "Traceback" not in done.stderr
+    leftovers = box.run("sh", "-c", f"ls {BOOTCTRL} | grep nosuch", check=False).stdout
+    assert leftovers == ""
+    box.run("sh", "-c", f"echo 'PORT=2600' > {BOOTCTRL}/qmail-broken.env")
+    box.run("sh", "-c", f"echo 'USER=\"' >> {BOOTCTRL}/qmail-broken.env")
+    done = box.run(QBOOTCTL, "enable", "broken", check=False)
+    assert done.returncode == 1 and "removed qmail-broken.rc again" in done.stdout
+    leftovers = box.run("sh", "-c", f"ls {BOOTCTRL} | grep -v env | grep broken", check=False)
+    assert leftovers.stdout == ""
+    reload_and_settle(box)
+    assert show(box, "qmail-tcpd@smtp.service", "MainPID") == smtp_pid
+    assert banner(box, 25).startswith("220 ")
 
 
 def test_removed_rc_link_stops_the_service(box: Sandbox) -> None:

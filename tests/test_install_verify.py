@@ -40,6 +40,8 @@ def test_install_into_a_root_and_uninstall(tmp_path: Path) -> None:
     units = root / "usr/lib/systemd/system"
     assert sorted(p.name for p in units.iterdir()) == [
         "qboot-boot.service",
+        "qboot-reconcile.path",
+        "qboot-reconcile.service",
         "qmail-send.service",
         "qmail-tcpd@.service",
         "qmail-tcpd@.socket",
@@ -108,7 +110,7 @@ def test_verify_passes_on_the_shipped_bootctrl(tmp_path: Path) -> None:
     )
     done = qbootctl("verify", "--bootctrl", str(bootctrl), "--qmail-home", str(home))
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "verified 5 units" in done.stdout
+    assert "verified 6 units" in done.stdout  # with qboot-reconcile.path
 
 
 def test_verify_reports_bootctrl_and_systemd_problems(tmp_path: Path) -> None:
