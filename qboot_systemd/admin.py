@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bootctrl, envfile, mktcprules, units
+from . import bootctrl, convergence, envfile, mktcprules, units
 from .errors import UserError
 from .systemd import Systemd, UnitState
 
@@ -150,7 +150,7 @@ def _wanted_listen(directory: Path, name: str) -> tuple[bootctrl.Listen, ...]:
 
 
 def _refuse_clash(directory: Path, name: str) -> None:
-    model = bootctrl.load(directory)
+    model = convergence.load(directory)
     for mine in _wanted_listen(directory, name):
         for other in model.services:
             if other.name != name and any(mine.conflicts_with(t) for t in other.listen):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -149,8 +150,14 @@ class _ServiceProblem(Exception):
         self.problem = problem
 
 
-def load(directory: Path | str, qmail_home: Path | str | None = None) -> Bootctrl:
-    """Read a bootctrl directory. Never raises for bad content: problems are collected."""
+def load(
+    directory: Path | str,
+    qmail_home: Path | str | None = None,
+    holders: Mapping[str, frozenset[str]] | None = None,
+) -> Bootctrl:
+    """Read a bootctrl directory. Never raises for bad content: problems are collected.
+    `holders`: the ListenStream= values each service runs with now; in a clash, the
+    service that already holds the address keeps it."""
     directory = Path(directory).absolute()
     home = Path(qmail_home) if qmail_home is not None else default_qmail_home()
     try:
@@ -173,7 +180,7 @@ def load(directory: Path | str, qmail_home: Path | str | None = None) -> Bootctr
             services.append(_load_service(directory, home, match.group(1), problems))
         except _ServiceProblem as error:
             problems.append(error.problem)
-    services = _drop_conflicting(services, problems)
+    services = _drop_conflicting(services, problems, holders or {})
     return Bootctrl(str(directory), str(home), send, tuple(services), tuple(sorted(problems)))
 
 
@@ -384,13 +391,20 @@ def _build_service(
     )
 
 
-def _drop_conflicting(services: list[Service], problems: list[Problem]) -> list[Service]:
-    """Two services cannot bind the same address and port. A service that names its
-    port (PORT=/IP= in its env file) keeps it against one that only has the default
-    port 25 (`ln -s qmail-tcpd qmail-nosuch.rc` must not take smtp's port); among equals
-    the first by name keeps it."""
+def _drop_conflicting(
+    services: list[Service], problems: list[Problem], holders: Mapping[str, frozenset[str]]
+) -> list[Service]:
+    """Two services cannot bind the same address and port. The one running there now
+    keeps it; then one that names its port (PORT=/IP= in its env file) keeps it against
+    one that only has the default port 25 (`ln -s qmail-tcpd qmail-nosuch.rc` must not
+    take smtp's port); among equals the first by name keeps it."""
+
+    def priority(service: Service) -> tuple[bool, bool, str]:
+        held = {item.systemd() for item in service.listen} <= holders.get(service.name, set())
+        return (not held, service.listen_line == 0, service.name)
+
     kept: list[Service] = []
-    for service in sorted(services, key=lambda s: (s.listen_line == 0, s.name)):
+    for service in sorted(services, key=priority):
         clash = next(
             (
                 (other, mine)

@@ -13,7 +13,7 @@ from typing import ParamSpec, TypeVar
 
 import click
 
-from . import admin, install, mktcprules, rules
+from . import admin, convergence, install, mktcprules, rules
 from . import bootctrl as bootctrl_model
 from . import units as units_module
 from .cdb import CdbFormatError, CdbReader
@@ -64,7 +64,7 @@ def bootctrl_directory(directory: Path | None) -> Path:
 def load_bootctrl(
     directory: Path | None, qmail_home: Path | None = None
 ) -> bootctrl_model.Bootctrl:
-    return bootctrl_model.load(bootctrl_directory(directory), qmail_home)
+    return convergence.load(bootctrl_directory(directory), qmail_home)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -485,7 +485,7 @@ def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
     existed = {p for p in admin.enable_links(directory, service) if p.exists() or p.is_symlink()}
     for line in admin.enable(directory, service):
         click.echo(line)
-    model = bootctrl_model.load(directory)
+    model = convergence.load(directory)
     if model.service(service) is None:
         for problem in model.problems:
             if f"qmail-{service}." in problem.file or f"tcprules-{service}." in problem.file:
@@ -545,7 +545,6 @@ def reconcile(bootctrl_dir: Path | None, qmail_home: Path | None) -> None:
 
 
 def _reconcile(bootctrl_dir: Path | None, qmail_home: Path | None, reload: bool) -> None:
-    from . import convergence
     from . import reconcile as reconcile_module
     from .systemd import Systemd
 

@@ -102,6 +102,32 @@ def read_last_good(state: Path, name: str) -> dict[str, str] | None:
     return files
 
 
+def holders(state: Path) -> dict[str, frozenset[str]]:
+    """ListenStream= values of the drop-ins each service last ran with."""
+    found = {}
+    base = state / LAST_GOOD
+    try:
+        names = sorted(os.listdir(base))
+    except OSError:
+        return {}
+    for name in names:
+        try:
+            text = (base / name / service_files(name)[0]).read_text()
+        except (OSError, UnicodeDecodeError):
+            continue
+        found[name] = frozenset(
+            line.removeprefix("ListenStream=")
+            for line in text.splitlines()
+            if line.startswith("ListenStream=")
+        )
+    return found
+
+
+def load(directory: Path, qmail_home: Path | str | None = None) -> bootctrl.Bootctrl:
+    """The model as the generator sees it: running services keep their addresses."""
+    return bootctrl.load(directory, qmail_home, holders(state_dir()))
+
+
 def add_convergence(
     model: bootctrl.Bootctrl,
     files: dict[str, str],

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"bootctrl directory {directory} not found",
                 "set QBOOT_BOOTCTRL or run qbootctl install",
             )
-        model = bootctrl_model.load(directory)
+        model = convergence.load(directory)
         targets = admin.resolve(model, ())
         failures = 0
         # status only reads (and may run unprivileged); the others wait for a reconcile.

@@ -112,7 +112,7 @@ def run(
             log_path,
         )
         return 0
-    model = bootctrl.load(bootctrl_dir, qmail_home)
+    model = convergence.load(bootctrl_dir, qmail_home)
     files, links, problems = plan(model, paths)
     write(output, files, links)
     log(problems, log_path)

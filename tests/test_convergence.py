@@ -411,4 +411,19 @@ def test_the_seeds_flow_verbatim(box: Sandbox) -> None:
     assert done.returncode == 0
     assert listening_on(box, 209) and listening_on(box, 25)
     assert wait_until(lambda: settled(box))
-    assert box.run(QBOOTCTL, "status", check=False).returncode in (0, 1)
+    assert box.run(QBOOTCTL, "status", check=False).returncode == 0
+
+
+def test_a_port_in_use_is_never_taken_by_an_edit(box: Sandbox) -> None:
+    smtp_pid = show(box, "qmail-tcpd@smtp.service", "MainPID")
+    box.run("sed", "-i", "s/^PORT=209/PORT=25/", f"{BOOTCTRL}/qmail-qmtp.env")
+    reload_and_settle(box)
+    assert listening_on(box, 209)  # qmtp keeps its last good settings
+    assert show(box, "qmail-tcpd@smtp.service", "MainPID") == smtp_pid
+    assert banner(box, 25).startswith("220 ")
+    done = box.run(QBOOTCTL, "status", check=False)
+    assert done.returncode == 1
+    assert "25 is already used by service smtp; service qmtp skipped" in done.stdout
+    box.run("sed", "-i", "s/^PORT=25/PORT=209/", f"{BOOTCTRL}/qmail-qmtp.env")
+    reload_and_settle(box)
+    assert box.run(QBOOTCTL, "status", check=False).returncode == 0
