@@ -338,6 +338,7 @@ def boot(bootctrl_dir: Path | None) -> None:
         names = [units_module.tcpd_socket(s.name) for s in model.services]
         if model.send is not None:
             names.append(units_module.SEND_UNIT)
+        names.append(convergence.PATH_UNIT)  # linked by this reload: start it too
         for name in names:
             manager.start(name)
             click.echo(f"started {name}")

@@ -149,8 +149,9 @@ def service_problems(model: bootctrl.Bootctrl, name: str) -> list[Problem]:
     """The problems that keep one enabled service from its current files."""
     own = (f"qmail-{name}.env", f"qmail-{name}.rc", f"tcprules-{name}.")
     mention = re.compile(rf"\bservice {re.escape(name)}(?:[ ;]|$)")
+    skipped = f"; service {name} skipped"
     return [
-        problem
+        Problem(problem.file, problem.line, problem.message.removesuffix(skipped))
         for problem in model.problems
         if os.path.basename(problem.file).startswith(own) or mention.search(problem.message)
     ]

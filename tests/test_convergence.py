@@ -423,7 +423,7 @@ def test_a_port_in_use_is_never_taken_by_an_edit(box: Sandbox) -> None:
     assert banner(box, 25).startswith("220 ")
     done = box.run(QBOOTCTL, "status", check=False)
     assert done.returncode == 1
-    assert "25 is already used by service smtp; service qmtp skipped" in done.stdout
+    assert "qmail-qmtp.env:6: 25 is already used by service smtp\n" in done.stdout
     box.run("sed", "-i", "s/^PORT=25/PORT=209/", f"{BOOTCTRL}/qmail-qmtp.env")
     reload_and_settle(box)
     assert box.run(QBOOTCTL, "status", check=False).returncode == 0
