@@ -549,11 +549,14 @@ def _reconcile(bootctrl_dir: Path | None, qmail_home: Path | None, reload: bool)
     from . import reconcile as reconcile_module
     from .systemd import Systemd
 
-    with reconcile_module.locked(convergence.state_dir()), Systemd() as manager:
-        if reload:
-            manager.reload()
-        model = load_bootctrl(bootctrl_dir, qmail_home)
-        outcome = reconcile_module.reconcile(manager, model)
+    with reconcile_module.locked(convergence.state_dir()):
+        if not reload:
+            reconcile_module.take_trigger()
+        with Systemd() as manager:
+            if reload:
+                manager.reload()
+            model = load_bootctrl(bootctrl_dir, qmail_home)
+            outcome = reconcile_module.reconcile(manager, model)
     for line in outcome.lines:
         click.echo(line)
     if not outcome.lines:

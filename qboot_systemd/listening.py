@@ -70,14 +70,21 @@ def held_by(pid: int, table: dict[int, Address], proc: Path = Path("/proc")) -> 
     return frozenset(table[inode] for inode in socket_inodes(pid, proc) if inode in table)
 
 
-def environment_value(pid: int, name: str, proc: Path = Path("/proc")) -> str | None:
-    """A variable as the process was started with it (None: no process or no variable)."""
+def readable(pid: int, proc: Path = Path("/proc")) -> bool:
+    """Can we see this process's fds and environment (root, or our own)?"""
+    return os.access(proc / str(pid) / "environ", os.R_OK) and os.access(
+        proc / str(pid) / "fd", os.R_OK | os.X_OK
+    )
+
+
+def environment_value(pid: int, name: str, proc: Path = Path("/proc")) -> str:
+    """A variable as the process was started with it ("" when it has none)."""
     try:
         data = (proc / str(pid) / "environ").read_bytes()
     except OSError:
-        return None
+        return ""
     prefix = name.encode() + b"="
     for entry in data.split(b"\0"):
         if entry.startswith(prefix):
             return entry[len(prefix) :].decode("utf-8", "replace")
-    return None
+    return ""

@@ -88,9 +88,7 @@ def observe(manager: Systemd, output: Path, state: Path) -> list[Observed]:
                 service_active=service.active in ("active", "reloading"),
                 loaded_hash=loaded_hash(output, units.tcpd_service(name)),
                 running_hash=(
-                    listening.environment_value(main, convergence.STAMP_VARIABLE) or ""
-                    if main
-                    else None
+                    listening.environment_value(main, convergence.STAMP_VARIABLE) if main else None
                 ),
                 wanted=wanted,
                 bound=by_manager & wanted,
@@ -108,7 +106,7 @@ def observe(manager: Systemd, output: Path, state: Path) -> list[Observed]:
             service_active=send.active == "active",
             loaded_hash=loaded_hash(output, units.SEND_UNIT),
             running_hash=(
-                listening.environment_value(send_main, convergence.STAMP_VARIABLE) or ""
+                listening.environment_value(send_main, convergence.STAMP_VARIABLE)
                 if send_main
                 else None
             ),
@@ -203,6 +201,11 @@ class Outcome:
     failed: bool
 
 
+def take_trigger(output: Path = GENERATOR_OUTPUT) -> None:
+    """First thing, whatever fails later: qboot-reconcile.path must not loop on it."""
+    (output / convergence.TRIGGER).unlink(missing_ok=True)
+
+
 def reconcile(
     manager: Systemd,
     model: bootctrl.Bootctrl,
@@ -211,7 +214,7 @@ def reconcile(
 ) -> Outcome:
     """Apply the plan; the caller holds the lock."""
     state = state or convergence.state_dir()
-    (output / convergence.TRIGGER).unlink(missing_ok=True)
+    take_trigger(output)
     lines: list[str] = []
     failed = False
     # An admin's own `systemctl restart` may run between our jobs: look again until
@@ -254,8 +257,15 @@ def status_notes(
             reasons = [str(problem) for problem in broken.problems] or ["see qbootctl show"]
             notes += [f"{what}: {reason}" for reason in reasons]
     running = service.main_pid if service.active == "active" else 0
+    if running and not listening.readable(running):
+        running = 0  # not root: what runs cannot be compared
     wanted = bound = None
-    if socket is not None and socket.active == "active" and isinstance(current, bootctrl.Service):
+    if (
+        socket is not None
+        and socket.active == "active"
+        and isinstance(current, bootctrl.Service)
+        and listening.readable(1)
+    ):
         wanted = frozenset(
             address
             for item in current.listen
@@ -265,9 +275,7 @@ def status_notes(
     note = convergence.drift(
         convergence.config_hash(current, model.directory) if current is not None else None,
         loaded_hash(output, service.name),
-        (listening.environment_value(running, convergence.STAMP_VARIABLE) or "")
-        if running
-        else None,
+        listening.environment_value(running, convergence.STAMP_VARIABLE) if running else None,
         wanted,
         bound,
     )

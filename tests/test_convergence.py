@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from qboot_systemd import admin, bootctrl, convergence, listening
+from qboot_systemd import admin, bootctrl, convergence, generator, listening, reconcile, units
 from qboot_systemd.convergence import Observed, Step, Verb
 from qboot_systemd.errors import UserError
 
@@ -160,6 +160,47 @@ def test_enable_refuses_a_clash_before_any_link(tmp_path: Path) -> None:
     assert admin.enable(directory, "subm")[0] == "created qmail-subm.rc -> qmail-tcpd"
 
 
+def test_generator_keeps_a_broken_service_on_its_last_good_drop_ins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory = clash_bootctrl(tmp_path / "b")
+    state = tmp_path / "state"
+    monkeypatch.setenv("QBOOT_STATE_DIR", str(state))
+    paths = units.Paths()
+    files, links, problems = generator.plan(convergence.load(directory, "/q"), paths)
+    assert problems == []
+    stamp = files["qmail-tcpd@smtp.service.d/qboot-config.conf"]
+    assert stamp.endswith("[Service]\nEnvironment=QBOOT_CONFIG=" + stamp[-17:])
+    assert files[convergence.TRIGGER] and links["paths.target.wants/qboot-reconcile.path"]
+    for relative in convergence.service_files("smtp"):  # what reconcile remembers
+        (state / "last-good" / "smtp" / relative).parent.mkdir(parents=True, exist_ok=True)
+        (state / "last-good" / "smtp" / relative).write_text(files[relative])
+    (directory / "qmail-smtp.env").write_text('PORT=2525\nBANNER="oops\n')
+    broken = convergence.load(directory, "/q")
+    assert broken.services == ()
+    again, links, problems = generator.plan(broken, paths)
+    assert {k: v for k, v in again.items() if k != convergence.TRIGGER} == {
+        k: v for k, v in files.items() if k != convergence.TRIGGER
+    }
+    assert links["sockets.target.wants/qmail-tcpd@smtp.socket"].endswith("qmail-tcpd@.socket")
+    assert any("service smtp keeps its last good settings" in str(p) for p in problems)
+    found = reconcile.service_problems(broken, "smtp")
+    assert [str(p) for p in found] == [
+        f"{directory}/qmail-smtp.env:2: newline inside a quoted value (unterminated double quote?)"
+    ]
+
+
+def test_holders_keep_their_port_against_an_edit(tmp_path: Path) -> None:
+    directory = clash_bootctrl(tmp_path / "b")
+    (directory / "qmail-abc.rc").symlink_to("qmail-tcpd")
+    (directory / "tcprules-abc.cdb").symlink_to("tcprules-default.cdb")
+    (directory / "qmail-abc.env").write_text("PORT=25\n")
+    assert [s.name for s in bootctrl.load(directory, "/q").services] == ["abc"]
+    held = bootctrl.load(directory, "/q", {"smtp": frozenset({"25"})})
+    assert [s.name for s in held.services] == ["smtp"]
+    assert "25 is already used by service smtp; service abc skipped" in str(held.problems[0])
+
+
 # --- against systemd ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def box() -> Iterator[Sandbox]:
@@ -224,6 +265,9 @@ def test_boot_runs_reconcile_once_and_remembers(box: Sandbox) -> None:
     assert banner(box, 25).startswith("220 ")
     status = box.run(QBOOTCTL, "status", check=False)
     assert status.returncode == 0, status.stdout + status.stderr
+    nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
+    unprivileged = box.run(*nobody, QBOOTCTL, "status", check=False)
+    assert unprivileged.returncode == 0, unprivileged.stdout  # cannot see what runs: no guess
 
 
 def test_newly_enabled_service_starts_after_a_plain_reload(box: Sandbox) -> None:
