@@ -13,7 +13,7 @@ from typing import ParamSpec, TypeVar
 
 import click
 
-from . import admin, convergence, install, mktcprules, rules
+from . import admin, convergence, install, migrate, mktcprules, rules
 from . import bootctrl as bootctrl_model
 from . import units as units_module
 from .cdb import CdbFormatError, CdbReader
@@ -272,12 +272,30 @@ def install_command(
             layout, python, bootctrl=not no_bootctrl, byte_compile=not no_byte_compile
         ):
             click.echo(line)
+        # The old boot scripts must not start next to the new units (processes only on
+        # this machine, not in a staging tree).
+        for line in migrate.migrate(root, Path("/proc") if root == Path("/") else None):
+            click.echo(line)
     except OSError as error:
         raise UserError(
             f"cannot install: {error}", "run as root, or use --root for a staging tree"
         ) from None
     if root == Path("/") and Path("/run/systemd/system").is_dir():
         click.echo("now: systemctl daemon-reload")
+
+
+@qbootctl.command(name="check-send")
+@user_errors
+def check_send() -> None:
+    """Refuse to start qmail-send next to another one on the same queue (ExecStartPre=)."""
+    other = migrate.foreign_queue_runner()
+    if other is not None:
+        raise UserError(
+            f"qmail-send already runs as pid {other.pid} outside qmail-send.service "
+            f"({other.cgroup}); two on one queue would corrupt it",
+            "stop the old boot scripts first (/etc/init.d/qmaild stop, or svc -d), "
+            "then: qbootctl install finds and masks them",
+        )
 
 
 @qbootctl.command()

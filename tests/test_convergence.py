@@ -17,7 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from qboot_systemd import admin, bootctrl, convergence, generator, listening, reconcile, units
+from qboot_systemd import (
+    admin,
+    bootctrl,
+    convergence,
+    generator,
+    listening,
+    migrate,
+    reconcile,
+    units,
+)
 from qboot_systemd.convergence import Observed, Step, Verb
 from qboot_systemd.errors import UserError
 
@@ -199,6 +208,39 @@ def test_holders_keep_their_port_against_an_edit(tmp_path: Path) -> None:
     held = bootctrl.load(directory, "/q", {"smtp": frozenset({"25"})})
     assert [s.name for s in held.services] == ["smtp"]
     assert "25 is already used by service smtp; service abc skipped" in str(held.problems[0])
+
+
+def test_migrate_masks_the_old_boot_script_and_names_the_rest(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "etc/init.d").mkdir(parents=True)
+    (root / "etc/init.d/qmaild").symlink_to("/var/qmail/etc/eqmaild")
+    (root / "etc/init.d/cron").write_text("#!/bin/sh\nexec cron\n")
+    (root / "etc/rc2.d").mkdir()
+    (root / "etc/rc2.d/S20qmaild").symlink_to("../init.d/qmaild")
+    (root / "service/qmail-smtpd").mkdir(parents=True)
+    (root / "service/qmail-smtpd/run").write_text("#!/bin/sh\nexec tcpserver 0 25 qmail-smtpd\n")
+    proc = tmp_path / "proc"
+    for pid, comm, cgroup in (
+        (100, "qmail-send", "0::/system.slice/qmaild.service"),
+        (200, "qmail-send", "0::/system.slice/qmail-send.service"),
+        (300, "tcpserver", "1:name=systemd:/system.slice/qmail-tcpd@smtp.service\n0::/x"),
+        (400, "bash", "0::/user.slice"),
+    ):
+        (proc / str(pid)).mkdir(parents=True)
+        (proc / str(pid) / "comm").write_text(comm + "\n")
+        (proc / str(pid) / "cgroup").write_text(cgroup + "\n")
+    lines = migrate.migrate(root, proc)
+    assert os.readlink(root / "etc/systemd/system/qmaild.service") == "/dev/null"
+    assert not (root / "etc/systemd/system/cron.service").exists()
+    assert lines[0].startswith("migrate: masked qmaild.service")
+    assert lines[1].endswith(f"{root}/etc/rc2.d/S20qmaild")
+    service = root / "service/qmail-smtpd"
+    assert lines[2].endswith(f"svc -dx {service} {service}/log; rm {service}")
+    assert lines[3].startswith("migrate: qmail-send runs as pid 100 outside qboot-systemd")
+    assert len(lines) == 4
+    assert migrate.migrate(root, None)[0].startswith("migrate: old rc links")  # masked once
+    other = migrate.foreign_queue_runner(proc)
+    assert other is not None and other.pid == 100
 
 
 # --- against systemd ------------------------------------------------------------------------
@@ -471,3 +513,16 @@ def test_a_port_in_use_is_never_taken_by_an_edit(box: Sandbox) -> None:
     box.run("sed", "-i", "s/^PORT=25/PORT=209/", f"{BOOTCTRL}/qmail-qmtp.env")
     reload_and_settle(box)
     assert box.run(QBOOTCTL, "status", check=False).returncode == 0
+
+
+def test_a_second_qmail_send_never_runs_on_the_queue(box: Sandbox) -> None:
+    # An old boot script's qmail-send, outside the unit (a copy of sleep named qmail-send).
+    box.run("cp", "/bin/sleep", "/usr/local/bin/qmail-send")
+    box.run("systemd-run", "--unit=old-qboot", "/usr/local/bin/qmail-send", "1000")
+    done = box.run("systemctl", "restart", "qmail-send.service", check=False)
+    assert done.returncode != 0
+    journal = box.run("journalctl", "-u", "qmail-send.service", "-o", "cat", "--no-pager").stdout
+    assert "qmail-send already runs as pid" in journal and "old-qboot.service" in journal
+    box.run("systemctl", "stop", "old-qboot.service")
+    box.run("systemctl", "reset-failed", "qmail-send.service")
+    assert box.run("systemctl", "restart", "qmail-send.service", check=False).returncode == 0
