@@ -284,6 +284,22 @@ def install_command(
         click.echo("now: systemctl daemon-reload")
 
 
+@qbootctl.command(name="migrate")
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=Path("/"))
+@user_errors
+def migrate_command(root: Path) -> None:
+    """Mask the old qboot/qmail init script and name what else runs qmail the old way
+    (also done by install; for packages' postinst)."""
+    try:
+        lines = migrate.migrate(root, Path("/proc") if root == Path("/") else None)
+    except OSError as error:
+        raise UserError(f"cannot migrate: {error}", "run as root") from None
+    for line in lines:
+        click.echo(line)
+    if not lines:
+        click.echo("migrate: no old boot scripts, service directories or processes found")
+
+
 @qbootctl.command(name="check-send")
 @user_errors
 def check_send() -> None:
