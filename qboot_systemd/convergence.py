@@ -143,8 +143,12 @@ def add_convergence(
             files[stamp_path(unit)] = stamp_dropin(config_hash(service, model.directory))
     if model.send is not None and f"{units.SEND_UNIT}.d/{units.DROPIN_NAME}" in files:
         files[stamp_path(units.SEND_UNIT)] = stamp_dropin(config_hash(model.send, model.directory))
+    # bootctrl unreadable (or refused as a whole): everything that ran keeps running as it
+    # was, and no reconcile is triggered: it would stop every service.
+    unusable = any(p.file == model.directory and p.line == 0 for p in model.problems)
+    names = sorted(holders(state)) if unusable else enabled_names(Path(model.directory))
     degraded = []
-    for name in enabled_names(Path(model.directory)):
+    for name in names:
         if f"{units.tcpd_service(name)}.d/{units.DROPIN_NAME}" in files:
             continue
         kept = read_last_good(state, name)
@@ -153,6 +157,8 @@ def add_convergence(
         files.update(kept)
         links[wants_link(name)] = f"{paths.unit_dir}/qmail-tcpd@.socket"
         degraded.append(name)
+    if unusable:
+        return degraded
     files[TRIGGER] = "# qboot-reconcile.path starts qbootctl reconcile while this exists\n"
     links[f"paths.target.wants/{PATH_UNIT}"] = f"{paths.unit_dir}/{PATH_UNIT}"
     return degraded

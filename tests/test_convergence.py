@@ -29,6 +29,7 @@ from qboot_systemd import (
 )
 from qboot_systemd.convergence import Observed, Step, Verb
 from qboot_systemd.errors import UserError
+from qboot_systemd.problems import Problem
 
 from .conftest import ROOT
 from .e2e_stage import BOOTCTRL, booted_sandbox
@@ -193,6 +194,13 @@ def test_generator_keeps_a_broken_service_on_its_last_good_drop_ins(
     }
     assert links["sockets.target.wants/qmail-tcpd@smtp.socket"].endswith("qmail-tcpd@.socket")
     assert any("service smtp keeps its last good settings" in str(p) for p in problems)
+    unreadable = bootctrl.Bootctrl(
+        str(directory), "/q", None, (), (Problem(str(directory), 0, "cannot read directory"),)
+    )
+    kept, links, _ = generator.plan(unreadable, paths)
+    assert convergence.TRIGGER not in kept  # no reconcile: it would stop everything
+    dropin = "qmail-tcpd@smtp.service.d/qboot.conf"
+    assert kept[dropin] == files[dropin]
     found = reconcile.service_problems(broken, "smtp")
     assert [str(p) for p in found] == [
         f"{directory}/qmail-smtp.env:2: newline inside a quoted value (unterminated double quote?)"
