@@ -18,6 +18,7 @@ from pathlib import Path
 
 from . import admin, bootctrl, convergence, journal, listening, units
 from .convergence import Observed
+from .errors import UserError
 from .problems import Problem
 from .systemd import JobFailed, Systemd, UnitState
 
@@ -28,8 +29,11 @@ _STAMP_RE = re.compile(rf"^Environment={convergence.STAMP_VARIABLE}=(\S+)$", re.
 @contextmanager
 def locked(state: Path) -> Iterator[None]:
     """One reconcile (or eqmaild, or reload-config) at a time."""
-    state.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(state / convergence.LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(state / convergence.LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise UserError(f"cannot lock {state}: {error.strerror}", "run it as root") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
