@@ -67,6 +67,27 @@ def load_bootctrl(
     return convergence.load(bootctrl_directory(directory), qmail_home)
 
 
+def _completion_dir(ctx: click.Context) -> Path:
+    return ctx.params.get("bootctrl_dir") or bootctrl_model.default_bootctrl()
+
+
+def complete_enabled(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """Service names for shell completion: send, all and the enabled services."""
+    names = ["send", "all", *convergence.enabled_names(_completion_dir(ctx))]
+    return [name for name in names if name.startswith(incomplete)]
+
+
+def complete_available(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """Services `enable` can take: an env file, not enabled yet."""
+    directory = _completion_dir(ctx)
+    enabled = set(convergence.enabled_names(directory))
+    names = sorted(
+        path.name.removeprefix("qmail-").removesuffix(".env")
+        for path in directory.glob("qmail-*.env")
+    )
+    return [n for n in names if n not in enabled and n.startswith(incomplete)]
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="qboot-systemd")
 def qbootctl() -> None:
@@ -413,7 +434,7 @@ def _status_line(entry: admin.Status) -> str:
 @qbootctl.command()
 @bootctrl_option
 @click.option("--json", "as_json", is_flag=True)
-@click.argument("services", nargs=-1)
+@click.argument("services", nargs=-1, shell_complete=complete_enabled)
 @user_errors
 def status(bootctrl_dir: Path | None, as_json: bool, services: tuple[str, ...]) -> None:
     """One line per service: enabled, socket and service state, listen, rules, figures,
@@ -489,7 +510,7 @@ def _plan(verb: str, item: admin.Target) -> list[tuple[str, str]]:
 def _verb(verb: str, help_text: str) -> None:
     @qbootctl.command(name=verb, help=help_text)
     @bootctrl_option
-    @click.argument("services", nargs=-1)
+    @click.argument("services", nargs=-1, shell_complete=complete_enabled)
     @user_errors
     def command(bootctrl_dir: Path | None, services: tuple[str, ...]) -> None:
         _act(verb, bootctrl_dir, services)
@@ -509,7 +530,7 @@ _verb("reload", "Re-read rules: SIGHUP to qboot-tcpsrv (ExecReload=).")
     default=True,
     help="start the socket at once (default) or only enable",
 )
-@click.argument("service")
+@click.argument("service", shell_complete=complete_available)
 @user_errors
 def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
     """Enable SERVICE: qmail-SVC.rc -> qmail-tcpd (and a rules link), reload, start."""
@@ -543,7 +564,7 @@ def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
 
 @qbootctl.command()
 @bootctrl_option
-@click.argument("service")
+@click.argument("service", shell_complete=complete_enabled)
 @user_errors
 def disable(bootctrl_dir: Path | None, service: str) -> None:
     """Disable SERVICE: stop it, remove qmail-SVC.rc, reload. Env and rules stay."""

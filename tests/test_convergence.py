@@ -534,3 +534,22 @@ def test_a_second_qmail_send_never_runs_on_the_queue(box: Sandbox) -> None:
     box.run("systemctl", "stop", "old-qboot.service")
     box.run("systemctl", "reset-failed", "qmail-send.service")
     assert box.run("systemctl", "restart", "qmail-send.service", check=False).returncode == 0
+
+
+def test_completion_offers_service_names() -> None:
+    import subprocess
+
+    def complete(words: str) -> list[str]:
+        env = {
+            **os.environ,
+            "QBOOT_BOOTCTRL": str(ROOT / "etc" / "bootctrl"),
+            "_QBOOTCTL_COMPLETE": "bash_complete",
+            "COMP_WORDS": words,
+            "COMP_CWORD": str(len(words.split(" ")) - 1),
+        }
+        done = subprocess.run([QBOOTCTL], env=env, capture_output=True, text=True, check=False)
+        return [line.split(",", 1)[1] for line in done.stdout.splitlines()]
+
+    assert complete("qbootctl restart ") == ["send", "all", "smtp"]
+    assert complete("qbootctl status s") == ["send", "smtp"]
+    assert complete("qbootctl enable s") == ["smtps", "subm"]
