@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -537,8 +538,6 @@ def test_a_second_qmail_send_never_runs_on_the_queue(box: Sandbox) -> None:
 
 
 def test_completion_offers_service_names() -> None:
-    import subprocess
-
     def complete(words: str) -> list[str]:
         env = {
             **os.environ,
