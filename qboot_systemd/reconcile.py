@@ -22,7 +22,7 @@ from .errors import UserError
 from .problems import Problem
 from .systemd import JobFailed, Systemd, UnitState
 
-GENERATOR_OUTPUT = Path("/run/systemd/generator")
+GENERATOR_OUTPUT = admin.GENERATOR_OUTPUT
 _STAMP_RE = re.compile(rf"^Environment={convergence.STAMP_VARIABLE}=(\S+)$", re.M)
 
 

@@ -409,11 +409,18 @@ def test_systemctl_restart_right_after_the_reload_applies_everything(box: Sandbo
 
 
 def test_status_shows_a_pending_change(box: Sandbox) -> None:
+    assert banner(box, 2587).startswith("220 ")
+    pid = show(box, "qmail-tcpd@subm.service", "MainPID")
     box.run("sh", "-c", f"echo 'setenv PENDING 1' >> {BOOTCTRL}/qmail-subm.env")
     done = box.run(QBOOTCTL, "status", check=False)
     assert done.returncode == 1
     assert "pending: bootctrl changed since the last reload" in done.stdout
-    reload_and_settle(box)
+    started = time.monotonic()
+    box.run("systemctl", "daemon-reload")
+    assert wait_until(lambda: show(box, "qmail-tcpd@subm.service", "MainPID") not in ("0", pid))
+    seconds = time.monotonic() - started
+    print(f"setenv edit: service restarted {seconds:.2f} s after daemon-reload")
+    assert wait_until(lambda: settled(box))
     done = box.run(QBOOTCTL, "status", check=False)
     assert done.returncode == 0, done.stdout
 
