@@ -15,7 +15,7 @@ from pathlib import Path
 
 from . import envfile
 from .problems import Problem
-from .tcpflags import TcpFlagsError, validate_tcpflags
+from .tcpflags import TcpFlagsError, split_interface, validate_tcpflags
 
 DEFAULT_QMAIL_HOME = Path("/var/qmail")
 DEFAULT_DELIVERY = "./Maildir/"
@@ -94,6 +94,7 @@ class Service:
     group: str | None = None
     banner: str | None = None
     tcpflags: tuple[str, ...] = ()
+    interface: str | None = None  # TCPFLAGS' -I: the socket's BindToDevice=
     listen_line: int = 0  # line of PORT/IP in env_file, for messages
     lines: tuple[tuple[str, int], ...] = ()  # env file line of each name's last definition
 
@@ -119,6 +120,7 @@ class Service:
             "group": self.group,
             "banner": self.banner,
             "tcpflags": list(self.tcpflags),
+            "interface": self.interface,
             "command": list(self.command),
             "environment": dict(self.environment),
         }
@@ -381,7 +383,8 @@ def _build_service(
         user=_account(env, ("USER", "UID")),
         group=_account(env, ("GROUP", "GID")),
         banner=banner,
-        tcpflags=tcpflags,
+        tcpflags=split_interface(tcpflags)[1],
+        interface=split_interface(tcpflags)[0],
         smtpd=smtpd,
         presmtpd=_words(env, "PRESMTPD"),
         postsmtpd=_words(env, "POSTSMTPD"),

@@ -10,6 +10,9 @@ PLAIN_FLAGS = frozenset("146jpPhHrRoOdDqQvUX")
 OWN_ARG_OPTIONS = frozenset("W")
 # Options with an argument.
 ARG_OPTIONS = frozenset("cCxBgubtl")
+# eQmail's qmail-tcpsrv -I interface: under systemd the socket binds, so TCPFLAGS' -I
+# becomes BindToDevice= on the socket and never reaches qboot-tcpsrv.
+BIND_OPTIONS = frozenset("I")
 # Options that have their own env file setting; TCPFLAGS must not fight with it.
 OWNED_OPTIONS = {
     "c": "MAXCONN",
@@ -64,9 +67,24 @@ def split_options(
     return options, items[index:]
 
 
+def split_interface(words: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
+    """TCPFLAGS' -I interface (the last one counts) and the flags without it."""
+    options, _ = split_options(words, "".join(OWN_ARG_OPTIONS | BIND_OPTIONS))
+    interface = None
+    rest: list[str] = []
+    for letter, argument in options:
+        if letter in BIND_OPTIONS:
+            interface = argument
+        else:
+            rest += [f"-{letter}"] if argument is None else [f"-{letter}", argument]
+    if interface is None:
+        return None, words
+    return interface, tuple(rest)
+
+
 def validate_tcpflags(words: tuple[str, ...]) -> None:
-    """TCPFLAGS may hold flags and -t/-l, nothing that is not an option."""
-    options, operands = split_options(words, "".join(OWN_ARG_OPTIONS))
+    """TCPFLAGS may hold flags, -t/-l and -I, nothing that is not an option."""
+    options, operands = split_options(words, "".join(OWN_ARG_OPTIONS | BIND_OPTIONS))
     if operands:
         raise TcpFlagsError(f"{operands[0]!r} is not an option")
     for letter, argument in options:
@@ -74,3 +92,14 @@ def validate_tcpflags(words: tuple[str, ...]) -> None:
             raise TcpFlagsError(f"use {OWNED_OPTIONS[letter]}= instead of -{letter}")
         if letter == "t" and (argument is None or not argument.isdigit()):
             raise TcpFlagsError(f"-t needs a number of seconds, not {argument!r}")
+        if letter in BIND_OPTIONS and not _interface_name(argument or ""):
+            raise TcpFlagsError(f"-I needs a network interface name, not {argument!r}")
+
+
+def _interface_name(name: str) -> bool:
+    """What Linux accepts as an interface name: 1 to 15 bytes, no '/', ':' or space."""
+    return (
+        0 < len(name.encode()) < 16
+        and name not in (".", "..")
+        and all(char.isascii() and char.isprintable() and char not in "/: " for char in name)
+    )

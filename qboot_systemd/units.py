@@ -124,6 +124,8 @@ def socket_dropin(service: Service) -> str:
         listen.append("FreeBind=yes")
     if service.backlog is not None:
         listen.append(f"Backlog={service.backlog}")
+    if service.interface is not None:  # validated: a plain interface name
+        listen.append(f"BindToDevice={service.interface.replace('%', '%%')}")
     return _dropin(source, [("Unit", [f"SourcePath={path_setting(source)}"]), ("Socket", listen)])
 
 

@@ -252,6 +252,20 @@ def test_migrate_masks_the_old_boot_script_and_names_the_rest(tmp_path: Path) ->
     assert other is not None and other.pid == 100
 
 
+def test_tcpflags_interface_becomes_bind_to_device(tmp_path: Path) -> None:
+    directory = clash_bootctrl(tmp_path / "b")
+    (directory / "qmail-smtp.env").write_text('PORT=25\nTCPFLAGS="-vR -I eth0.1"\n')
+    model = bootctrl.load(directory, "/q")
+    (smtp,) = model.services
+    assert smtp.interface == "eth0.1" and smtp.tcpflags == ("-v", "-R")
+    assert "BindToDevice=eth0.1\n" in units.socket_dropin(smtp)
+    assert "-I" not in units.tcpsrv_argv(smtp, units.Paths())
+    for bad in ("-I", "-I a/b", "-I 0123456789abcdef"):
+        (directory / "qmail-smtp.env").write_text(f'TCPFLAGS="{bad}"\n')
+        problem = str(bootctrl.load(directory, "/q").problems[0])
+        assert "qmail-smtp.env:1: TCPFLAGS: " in problem and "-I" in problem
+
+
 # --- against systemd ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def box() -> Iterator[Sandbox]:
@@ -559,3 +573,12 @@ def test_completion_offers_service_names() -> None:
     assert complete("qbootctl restart ") == ["send", "all", "smtp"]
     assert complete("qbootctl status s") == ["send", "smtp"]
     assert complete("qbootctl enable s") == ["smtps", "subm"]
+
+
+def test_interface_flag_binds_the_socket_to_the_device(box: Sandbox) -> None:
+    edit(box, "lan", 'PORT=2700\nTCPFLAGS="-I lo"\n')
+    box.run("ln", "-s", "qmail-tcpd", f"{BOOTCTRL}/qmail-lan.rc")
+    box.run("ln", "-s", "tcprules-default.cdb", f"{BOOTCTRL}/tcprules-lan.cdb")
+    reload_and_settle(box)
+    assert show(box, "qmail-tcpd@lan.socket", "BindToDevice") == "lo"
+    assert banner(box, 2700).startswith("220 ")
