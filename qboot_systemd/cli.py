@@ -340,10 +340,24 @@ def check_send() -> None:
 @click.option("--unit-dir", type=click.Path(path_type=Path), default=None)
 @user_errors
 def uninstall(root: Path, unit_dir: Path | None) -> None:
-    """Remove the units and the generator; the bootctrl directory stays."""
+    """Stop and remove the units and the generator; the bootctrl directory stays."""
     layout = _layout(root, None, unit_dir, None)
+    live = root == Path("/") and Path("/run/systemd/system").is_dir() and os.geteuid() == 0
+    if live:  # what runs from the units about to go must not be left running
+        from . import reconcile as reconcile_module
+        from .systemd import Systemd
+
+        with reconcile_module.locked(convergence.state_dir()), Systemd() as manager:
+            for unit in reconcile_module.uninstall_order(manager):
+                manager.act("stop", unit)
+                click.echo(f"stopped {unit}")
     for line in install.uninstall(layout):
         click.echo(f"removed {line}")
+    if live:
+        from .systemd import Systemd
+
+        with Systemd() as manager:
+            manager.reload()
 
 
 def _layout(

@@ -291,3 +291,18 @@ def status_notes(
 def entry_notes(model: bootctrl.Bootctrl, entry: admin.Status) -> list[str]:
     socket = None if entry.target.is_send else entry.states[0]
     return status_notes(model, entry.target.name, socket, entry.states[-1])
+
+
+def uninstall_order(manager: Systemd) -> list[str]:
+    """Everything qboot-systemd runs, in the order to stop it: no reconcile first, then
+    each service before its socket."""
+    found = manager.active_units("qmail-tcpd@*")
+    services = [unit for unit in found if unit.endswith(".service")]
+    sockets = [unit for unit in found if unit.endswith(".socket")]
+    running = [
+        unit
+        for unit in (convergence.PATH_UNIT, units.BOOT_UNIT, units.SEND_UNIT)
+        if manager.state(unit).active != "inactive"
+    ]
+    first = [unit for unit in running if unit != units.SEND_UNIT]
+    return first + services + sockets + [unit for unit in running if unit == units.SEND_UNIT]

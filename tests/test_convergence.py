@@ -582,3 +582,15 @@ def test_interface_flag_binds_the_socket_to_the_device(box: Sandbox) -> None:
     reload_and_settle(box)
     assert show(box, "qmail-tcpd@lan.socket", "BindToDevice") == "lo"
     assert banner(box, 2700).startswith("220 ")
+
+
+def test_uninstall_stops_what_it_removes(box: Sandbox) -> None:
+    done = box.run(QBOOTCTL, "uninstall", check=False)
+    assert done.returncode == 0, done.stderr
+    assert "stopped qboot-reconcile.path" in done.stdout
+    assert "stopped qmail-tcpd@smtp.socket" in done.stdout
+    assert "stopped qmail-send.service" in done.stdout
+    for port in (25, 209, 2587, 2700):
+        assert not listening_on(box, port)
+    left = box.run("systemctl", "list-units", "--no-legend", "--state=active", "qmail*", "qboot*")
+    assert left.stdout.strip() == ""
