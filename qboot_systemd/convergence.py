@@ -195,6 +195,7 @@ class Observed:
     wanted: frozenset[Address] = frozenset()  # the socket's Listen=, as loaded
     bound: frozenset[Address] = frozenset()  # listening sockets systemd holds now
     held: frozenset[Address] = frozenset()  # listening sockets the main process holds
+    socket_failed: bool = False  # e.g. its new port was still taken: try again
 
     @property
     def is_send(self) -> bool:
@@ -268,6 +269,8 @@ def plan_one(item: Observed) -> Change | None:
             )
         return None
     if not item.socket_active:
+        if item.socket_failed:
+            return Change(item.name, (Step(Verb.START, socket),), f"started {socket} (had failed)")
         if item.applied_before:
             return None  # stopped by the admin: a reload does not start it again
         return Change(item.name, (Step(Verb.START, socket),), f"started {socket} (newly enabled)")

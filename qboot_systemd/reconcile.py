@@ -82,7 +82,7 @@ def observe(manager: Systemd, output: Path, state: Path) -> list[Observed]:
             for entry in socket.listen
             if (address := convergence.parse_listen(entry)) is not None
         )
-        main = service.main_pid if service.active == "active" else 0
+        main = service.main_pid if service.active in ("active", "reloading") else 0
         found.append(
             Observed(
                 name=name,
@@ -97,6 +97,7 @@ def observe(manager: Systemd, output: Path, state: Path) -> list[Observed]:
                 wanted=wanted,
                 bound=by_manager & wanted,
                 held=listening.held_by(main, table) if main else frozenset(),
+                socket_failed=socket.active == "failed",
             )
         )
     send = manager.state(units.SEND_UNIT)
@@ -181,19 +182,21 @@ def broken_services(model: bootctrl.Bootctrl, output: Path = GENERATOR_OUTPUT) -
 ROUNDS = 3
 
 
-def _apply(manager: Systemd, change: convergence.Change) -> JobFailed | None:
+def _apply(manager: Systemd, change: convergence.Change) -> str | None:
+    """Carry out one change; the reason it failed, or None."""
     touched = dict.fromkeys(step.unit for step in change.steps)
-    try:
-        for step in change.steps:
+    for step in change.steps:
+        try:
             if step.waits:
                 manager.act(step.verb.value, step.unit)
             elif step.verb is convergence.Verb.START:
                 manager.start(step.unit)
             else:
                 manager.queue_restart(step.unit)
-    except JobFailed as error:
-        journal.send(f"{change.message} failed: {error}", error.unit, journal.PRIORITY_ERR)
-        return error
+        except (JobFailed, UserError) as error:
+            reason = str(error)
+            journal.send(f"{change.message} failed: {reason}", step.unit, journal.PRIORITY_ERR)
+            return reason
     for unit in touched:
         journal.send(change.message, unit, journal.PRIORITY_INFO)
     return None

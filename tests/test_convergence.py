@@ -7,6 +7,7 @@ order (each test leaves the state the next one starts from).
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -93,6 +94,8 @@ def test_plan_new_removed_and_stopped_by_the_admin() -> None:
     assert steps(new) == [("start", "qmail-tcpd@smtp.socket")]
     stopped = observed(socket_active=False, service_active=False)
     assert steps(stopped) == []  # a reload does not undo `qbootctl stop`
+    failed = observed(socket_active=False, service_active=False, socket_failed=True)
+    assert steps(failed) == [("start", "qmail-tcpd@smtp.socket")]  # its port may be free now
     removed = observed(generated=False)
     assert steps(removed) == [
         ("stop", "qmail-tcpd@smtp.service"),
@@ -496,6 +499,27 @@ def test_enable_never_takes_a_port_in_use(box: Sandbox) -> None:
     reload_and_settle(box)
     assert show(box, "qmail-tcpd@smtp.service", "MainPID") == smtp_pid
     assert banner(box, 25).startswith("220 ")
+
+
+def test_two_services_swap_ports(box: Sandbox) -> None:
+    subm, smtps = f"{BOOTCTRL}/qmail-subm.env", f"{BOOTCTRL}/qmail-smtps.env"
+    box.run("sh", "-c", f"printf 'PORT=2590\\n' > {smtps}")
+    box.run("ln", "-s", "qmail-tcpd", f"{BOOTCTRL}/qmail-smtps.rc")
+    box.run("ln", "-s", "tcprules-default.cdb", f"{BOOTCTRL}/tcprules-smtps.cdb")
+    reload_and_settle(box)
+    assert banner(box, 2587).startswith("220 ") and banner(box, 2590).startswith("220 ")
+    box.run("sed", "-i", "s/^PORT=2590/PORT=2587/", smtps)
+    box.run("sed", "-i", "s/^PORT=2587/PORT=2590/", subm)
+    reload_and_settle(box)
+    assert banner(box, 2587).startswith("220 ") and banner(box, 2590).startswith("220 ")
+    status = box.run(QBOOTCTL, "status", "--json", check=False)
+    listen = {entry["name"]: entry.get("listen") for entry in json.loads(status.stdout)}
+    assert listen["subm"] == ["2590"] and listen["smtps"] == ["2587"]
+    assert status.returncode == 0, status.stdout
+    box.run("sed", "-i", "s/^PORT=2590/PORT=2587/", subm)
+    box.run("rm", f"{BOOTCTRL}/qmail-smtps.rc")
+    reload_and_settle(box)
+    assert banner(box, 2587).startswith("220 ")
 
 
 def test_removed_rc_link_stops_the_service(box: Sandbox) -> None:
