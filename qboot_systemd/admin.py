@@ -34,6 +34,21 @@ def target(name: str) -> Target:
     return Target(name, (units.tcpd_socket(name), units.tcpd_service(name)))
 
 
+def plan(verb: str, item: Target) -> list[tuple[str, str]]:
+    """Unit jobs for one verb. A tcp service's socket stays up across restarts, so the
+    kernel queues what arrives meanwhile; start starts the service too, so that a service
+    that cannot run shows now, not at the first connection."""
+    if item.is_send:
+        return [(verb, item.units[0])]
+    socket, service = item.units
+    return {
+        "start": [("start", socket), ("start", service)],
+        "stop": [("stop", service), ("stop", socket)],
+        "restart": [("start", socket), ("restart", service)],
+        "reload": [("reload", service)],
+    }[verb]
+
+
 def resolve(model: bootctrl.Bootctrl, names: tuple[str, ...]) -> list[Target]:
     """Named targets; `all` or nothing means qmail-send plus every enabled service."""
     if not names or "all" in names:

@@ -9,18 +9,21 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import envfile
-from .problems import Problem
+from . import accounts, envfile, strictmodes
+from .problems import Problem, quote
 from .tcpflags import TcpFlagsError, split_interface, validate_tcpflags
 
 DEFAULT_QMAIL_HOME = Path("/var/qmail")
 DEFAULT_DELIVERY = "./Maildir/"
 DEFAULT_PORT = 25
 DEFAULT_MAXCONN = 40
+# tcpserver's -l when control/me is missing: its man page's "common choice", no DNS lookup.
+FALLBACK_LOCAL_NAME = "0"
 RC_TARGET = "qmail-tcpd"
 SEND_RC = "qmail-init.rc"
 
@@ -95,6 +98,7 @@ class Service:
     banner: str | None = None
     tcpflags: tuple[str, ...] = ()
     interface: str | None = None  # TCPFLAGS' -I: the socket's BindToDevice=
+    local_name: str = FALLBACK_LOCAL_NAME  # tcpserver -l: control/me, as lifewithqmail does
     listen_line: int = 0  # line of PORT/IP in env_file, for messages
     lines: tuple[tuple[str, int], ...] = ()  # env file line of each name's last definition
 
@@ -121,6 +125,7 @@ class Service:
             "banner": self.banner,
             "tcpflags": list(self.tcpflags),
             "interface": self.interface,
+            "local_name": self.local_name,
             "command": list(self.command),
             "environment": dict(self.environment),
         }
@@ -155,22 +160,41 @@ class _ServiceProblem(Exception):
 def load(
     directory: Path | str,
     qmail_home: Path | str | None = None,
+    *,
+    check_accounts: bool = False,
     holders: Mapping[str, frozenset[str]] | None = None,
 ) -> Bootctrl:
     """Read a bootctrl directory. Never raises for bad content: problems are collected.
-    `holders`: the ListenStream= values each service runs with now; in a clash, the
+    check_accounts: also report USER/GROUP names unknown here (qbootctl; not the generator).
+    holders: the ListenStream= values each service runs with now; in a clash, the
     service that already holds the address keeps it."""
     directory = Path(directory).absolute()
     home = Path(qmail_home) if qmail_home is not None else default_qmail_home()
+    trusted = strictmodes.TrustedDirectory(directory)
     try:
-        names = sorted(os.listdir(directory))
+        return _load_trusted(trusted, home, check_accounts, holders or {})
+    finally:
+        trusted.close()
+
+
+def _load_trusted(
+    trusted: strictmodes.TrustedDirectory,
+    home: Path,
+    check_accounts: bool,
+    holders: Mapping[str, frozenset[str]],
+) -> Bootctrl:
+    directory = trusted.path
+    try:
+        names = trusted.open().names()
     except (FileNotFoundError, NotADirectoryError):
         problem = Problem(str(directory), 0, "bootctrl directory not found")
+        return Bootctrl(str(directory), str(home), None, (), (problem,))
+    except strictmodes.Untrusted as error:
+        problem = Problem(error.path, 0, f"{error.message}; nothing in {directory} is used")
         return Bootctrl(str(directory), str(home), None, (), (problem,))
     except OSError as error:
         problem = Problem(str(directory), 0, f"cannot read directory: {error.strerror}")
         return Bootctrl(str(directory), str(home), None, (), (problem,))
-
     problems: list[Problem] = []
     send = _load_send(directory, home, names, problems)
     services: list[Service] = []
@@ -179,11 +203,28 @@ def load(
         if not match or name == SEND_RC:
             continue
         try:
-            services.append(_load_service(directory, home, match.group(1), problems))
+            services.append(_load_service(trusted, home, match.group(1), problems))
         except _ServiceProblem as error:
             problems.append(error.problem)
-    services = _drop_conflicting(services, problems, holders or {})
+        except Exception as error:  # one service's files never stop the others
+            problems.append(_unexpected(error, str(directory / name), match.group(1)))
+    services = _drop_conflicting(services, problems, holders)
+    if check_accounts:
+        for service in services:
+            problems.extend(unknown_accounts(service))
     return Bootctrl(str(directory), str(home), send, tuple(services), tuple(sorted(problems)))
+
+
+def _unexpected(error: Exception, where: str, name: str) -> Problem:
+    """Whatever else reading one service's files raised (EACCES, ELOOP, MemoryError...)."""
+    if isinstance(error, strictmodes.Untrusted):
+        return Problem(error.path, 0, f"{error.message}; service {name} skipped")
+    if isinstance(error, OSError):
+        where = str(error.filename) if error.filename else where
+        what = f"cannot read: {error.strerror}"
+    else:
+        what = f"cannot read: {type(error).__name__}"
+    return Problem(where, 0, f"{what}; service {name} skipped")
 
 
 def _load_send(
@@ -191,13 +232,21 @@ def _load_send(
 ) -> Send | None:
     if SEND_RC not in names:
         return None
-    source = home / "control" / "defaultdelivery"
+    source = home.absolute() / "control" / "defaultdelivery"
     try:
-        text = source.read_bytes().decode("utf-8")
+        text = strictmodes.read_file(str(source)).decode("utf-8")
     except FileNotFoundError:
         return Send(str(directory / SEND_RC), str(home), DEFAULT_DELIVERY, "default")
-    except (OSError, UnicodeDecodeError) as error:
-        problems.append(Problem(str(source), 0, f"cannot read ({error}); using {DEFAULT_DELIVERY}"))
+    except strictmodes.Untrusted as error:
+        problems.append(Problem(error.path, 0, f"{error.message}; using {DEFAULT_DELIVERY}"))
+        return Send(str(directory / SEND_RC), str(home), DEFAULT_DELIVERY, "default")
+    except OSError as error:
+        problems.append(
+            Problem(str(source), 0, f"cannot read: {error.strerror}; using {DEFAULT_DELIVERY}")
+        )
+        return Send(str(directory / SEND_RC), str(home), DEFAULT_DELIVERY, "default")
+    except UnicodeDecodeError:
+        problems.append(Problem(str(source), 0, f"not UTF-8; using {DEFAULT_DELIVERY}"))
         return Send(str(directory / SEND_RC), str(home), DEFAULT_DELIVERY, "default")
     # Like the shell's `cat` in backquotes: trailing newlines go, inner ones stay
     # (qmail-start takes several delivery lines).
@@ -208,47 +257,56 @@ def _load_send(
     return Send(str(directory / SEND_RC), str(home), delivery, str(source))
 
 
-def _check_rc_link(directory: Path, name: str, rc_name: str) -> None:
-    rc_path = directory / rc_name
+def _check_rc_link(bootctrl: strictmodes.TrustedDirectory, name: str, rc_name: str) -> None:
+    rc_path = bootctrl.where(rc_name)
     if not SERVICE_NAME_RE.match(name):
         raise _ServiceProblem(
-            Problem(str(rc_path), 0, f"invalid service name {name!r} (use letters, digits, - _ .)")
+            Problem(rc_path, 0, f"invalid service name {quote(name)} (use letters, digits, - _ .)")
         )
-    if not rc_path.is_symlink():
-        raise _ServiceProblem(
-            Problem(str(rc_path), 0, f"not a symlink to {RC_TARGET}; service ignored")
-        )
-    target = os.readlink(rc_path)
+    status = bootctrl.lstat(rc_name)
+    if status is None or not stat.S_ISLNK(status.st_mode):
+        raise _ServiceProblem(Problem(rc_path, 0, f"not a symlink to {RC_TARGET}; service ignored"))
+    target = bootctrl.readlink(rc_name)
     if os.path.basename(target) != RC_TARGET:
         raise _ServiceProblem(
-            Problem(str(rc_path), 0, f"points to {target!r}, not {RC_TARGET}; service ignored")
+            Problem(rc_path, 0, f"points to {quote(target)}, not {RC_TARGET}; service ignored")
         )
-    if not rc_path.exists():
+    try:
+        bootctrl.check(rc_name)  # the script it names: trusted like everything else
+    except FileNotFoundError:
         raise _ServiceProblem(
-            Problem(str(rc_path), 0, f"dangling symlink to {target!r}; service ignored")
-        )
+            Problem(rc_path, 0, f"dangling symlink to {quote(target)}; service ignored")
+        ) from None
 
 
-def _load_service(directory: Path, home: Path, name: str, problems: list[Problem]) -> Service:
+def _load_service(
+    bootctrl: strictmodes.TrustedDirectory, home: Path, name: str, problems: list[Problem]
+) -> Service:
     rc_name = f"qmail-{name}.rc"
-    _check_rc_link(directory, name, rc_name)
-    env_path = directory / f"qmail-{name}.env"
+    _check_rc_link(bootctrl, name, rc_name)
+    env_name = f"qmail-{name}.env"
+    env_path = bootctrl.where(env_name)
     env: envfile.EnvFile | None = None
-    if env_path.exists() or env_path.is_symlink():
+    if bootctrl.lstat(env_name) is not None:
         try:
-            data = env_path.read_bytes()
+            data = bootctrl.read(env_name)
+        except strictmodes.Untrusted as error:
+            # Refused before a byte is read: nothing of it reaches a message.
+            raise _ServiceProblem(
+                Problem(error.path, 0, f"{error.message}; service {name} skipped")
+            ) from None
         except OSError as error:
             raise _ServiceProblem(
-                Problem(str(env_path), 0, f"cannot read: {error.strerror}; service skipped")
-            ) from error
-        env = envfile.parse(data, str(env_path), {"QMAILHOME": str(home), "SERVICE": name})
+                Problem(env_path, 0, f"cannot read: {error.strerror}; service {name} skipped")
+            ) from None
+        env = envfile.parse(data, env_path, {"QMAILHOME": str(home), "SERVICE": name})
         if env.problems:
             problems.extend(env.problems[1:])
             first = env.problems[0]
             raise _ServiceProblem(
                 Problem(first.file, first.line, f"{first.message}; service {name} skipped")
             )
-    return _build_service(directory, home, name, rc_name, env)
+    return _build_service(bootctrl, home, name, rc_name, env)
 
 
 def _option(env: envfile.EnvFile | None, name: str) -> envfile.Assignment | None:
@@ -266,7 +324,7 @@ def _positive_int(env: envfile.EnvFile | None, name: str, low: int, high: int) -
             Problem(
                 env.path,
                 assignment.line,
-                f"{name}={assignment.value!r}: expected a number from {low} to {high}",
+                f"{name}={quote(assignment.value)}: expected a number from {low} to {high}",
             )
         )
     return int(value)
@@ -291,12 +349,25 @@ def _listen(env: envfile.EnvFile | None, port: int) -> tuple[Listen, ...]:
             address = ipaddress.ip_address(text)
         except ValueError:
             raise _ServiceProblem(
-                Problem(env.path, assignment.line, f"IP: {word!r} is not an IP address")
+                Problem(env.path, assignment.line, f"IP: {quote(word)} is not an IP address")
             ) from None
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+            # systemd's ListenStream= takes no scope id (252 refuses `[fe80::1%eth0]:25`).
+            raise _ServiceProblem(
+                Problem(
+                    env.path,
+                    assignment.line,
+                    f"IP: {quote(word)}: ListenStream= cannot take a scope id; use "
+                    f"IP={address.compressed.split('%')[0]} and BindToDevice={address.scope_id} "
+                    f"in a drop-in for the socket (systemctl edit qmail-tcpd@SVC.socket)",
+                )
+            )
         if address.is_unspecified:
             raise _ServiceProblem(
                 Problem(
-                    env.path, assignment.line, f"IP: {word!r} means all addresses; use IP=0 alone"
+                    env.path,
+                    assignment.line,
+                    f"IP: {quote(word)} means all addresses; use IP=0 alone",
                 )
             )
         item = Listen(port, str(address))
@@ -307,6 +378,7 @@ def _listen(env: envfile.EnvFile | None, port: int) -> tuple[Listen, ...]:
 
 
 def _account(env: envfile.EnvFile | None, names: tuple[str, str]) -> str | None:
+    """USER/UID or GROUP/GID: a name or a number (its existence: unknown_accounts)."""
     for name in names:
         assignment = _option(env, name)
         if assignment is None or not assignment.value:
@@ -324,32 +396,92 @@ def _account(env: envfile.EnvFile | None, names: tuple[str, str]) -> str | None:
     return None
 
 
+def unknown_accounts(service: Service) -> list[Problem]:
+    """A named user or group that does not exist here. Reported, but the service is still
+    generated: qboot-tcpsrv resolves names when it starts and refuses until they exist.
+    Not for the generator: a lookup of a missing name may ask systemd itself (nss-systemd)
+    while it waits for the generators, or the network (NSS) before it is up."""
+    found = []
+    for value, exists, kind, names in (
+        (service.user, accounts.user_exists, "user", ("USER", "UID")),
+        (service.group, accounts.group_exists, "group", ("GROUP", "GID")),
+    ):
+        if value is None or exists(value):
+            continue
+        setting = next((name for name in names if service.line_of(name)), names[0])
+        found.append(
+            Problem(
+                service.env_file or service.rc_file,
+                service.line_of(setting),
+                f"{setting}={value}: no such {kind} on this system; qboot-tcpsrv will "
+                f"refuse to start (unknown {kind} {value}) until it exists",
+            )
+        )
+    return found
+
+
+def local_name(home: Path) -> str:
+    """The first line of control/me, as lifewithqmail's run script passes it to tcpserver -l;
+    the fallback when qmail is not configured yet."""
+    try:
+        with open(home / "control" / "me", "rb") as control:
+            first = control.readline(256).decode("ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        return FALLBACK_LOCAL_NAME
+    if not first or any(char.isspace() or not char.isprintable() for char in first):
+        return FALLBACK_LOCAL_NAME
+    return first
+
+
 def _words(env: envfile.EnvFile | None, name: str) -> tuple[str, ...]:
     assignment = _option(env, name)
     return tuple(assignment.value.split()) if assignment else ()
 
 
-def _rules_path(directory: Path, env: envfile.EnvFile | None, name: str) -> str:
+def _rules_path(
+    bootctrl: strictmodes.TrustedDirectory, env: envfile.EnvFile | None, name: str
+) -> str:
+    """CDB= names a file in bootctrl, or an absolute path; either must pass StrictModes."""
     assignment = _option(env, "CDB")
     value = assignment.value if assignment and assignment.value else f"tcprules-{name}.cdb"
-    path = directory / value
-    if not path.is_file():
-        where = (env.path, assignment.line) if env and assignment else (str(directory / value), 0)
-        what = "dangling symlink" if path.is_symlink() else "missing"
-        raise _ServiceProblem(
-            Problem(
-                where[0],
-                where[1],
-                f"rules {path} {what}: create tcprules-{name}.txt and run "
-                f"mktcprules, or link tcprules-{name}.cdb to tcprules-default.cdb; "
-                f"service {name} skipped",
-            )
+    given = env is not None and assignment is not None and bool(assignment.value)
+    where = (
+        (env.path, assignment.line) if env and assignment and given else (bootctrl.where(value), 0)
+    )
+
+    def problem(message: str) -> _ServiceProblem:
+        return _ServiceProblem(Problem(where[0], where[1], f"{message}; service {name} skipped"))
+
+    if given and (not value.endswith(".cdb") or (not os.path.isabs(value) and "/" in value)):
+        raise problem(
+            f"CDB={quote(value)}: name a .cdb file in the bootctrl directory "
+            "(tcprules-SVC.cdb) or give an absolute path to one"
         )
-    return str(path)
+    try:
+        if os.path.isabs(value):
+            strictmodes.check_file(os.path.normpath(value), bootctrl.trusted)
+            return os.path.normpath(value)
+        return bootctrl.check(value)
+    except FileNotFoundError:
+        path = quote(value) if given else bootctrl.where(value)
+        linked = not os.path.isabs(value) and bootctrl.lstat(value) is not None
+        what = "dangling symlink" if linked else "missing"
+        raise problem(
+            f"rules {path} {what}: create tcprules-{name}.txt and run "
+            f"mktcprules, or link tcprules-{name}.cdb to tcprules-default.cdb"
+        ) from None
+    except strictmodes.Untrusted as error:
+        raise problem(f"rules {error.path}: {error.message}") from None
+    except OSError as error:
+        raise problem(f"rules {quote(value)}: {error.strerror}") from None
 
 
 def _build_service(
-    directory: Path, home: Path, name: str, rc_name: str, env: envfile.EnvFile | None
+    bootctrl: strictmodes.TrustedDirectory,
+    home: Path,
+    name: str,
+    rc_name: str,
+    env: envfile.EnvFile | None,
 ) -> Service:
     port = _positive_int(env, "PORT", 1, 65535) or DEFAULT_PORT
     listen = _listen(env, port)
@@ -373,10 +505,10 @@ def _build_service(
     smtpd = _words(env, "SMTPD") or (str(home / "bin" / _DEFAULT_SERVERS.get(name, "qmail-smtpd")),)
     return Service(
         name=name,
-        rc_file=str(directory / rc_name),
+        rc_file=bootctrl.where(rc_name),
         env_file=env.path if env else None,
         listen=listen,
-        rules=_rules_path(directory, env, name),
+        rules=_rules_path(bootctrl, env, name),
         maxconn=_positive_int(env, "MAXCONN", 1, 100000) or DEFAULT_MAXCONN,
         maxperip=_positive_int(env, "MAXPERIP", 1, 100000),
         backlog=_positive_int(env, "BACKLOG", 1, 65535),
@@ -385,6 +517,7 @@ def _build_service(
         banner=banner,
         tcpflags=split_interface(tcpflags)[1],
         interface=split_interface(tcpflags)[0],
+        local_name=local_name(home),
         smtpd=smtpd,
         presmtpd=_words(env, "PRESMTPD"),
         postsmtpd=_words(env, "POSTSMTPD"),

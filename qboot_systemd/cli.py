@@ -17,14 +17,15 @@ from . import admin, convergence, install, migrate, mktcprules, rules
 from . import bootctrl as bootctrl_model
 from . import units as units_module
 from .cdb import CdbFormatError, CdbReader
-from .errors import UserError
+from .errors import UserError, from_os_error
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 
 def user_errors(function: Callable[P, R]) -> Callable[P, R]:
-    """Turn UserError into one line plus a hint and a non-zero exit."""
+    """Turn UserError, and OSError (an unreadable or read-only path), into one line plus a
+    hint and a non-zero exit."""
 
     @functools.wraps(function)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
@@ -32,6 +33,8 @@ def user_errors(function: Callable[P, R]) -> Callable[P, R]:
             return function(*args, **kwargs)
         except UserError as error:
             sys.exit(error.report("qbootctl"))
+        except OSError as error:
+            sys.exit(from_os_error(error).report("qbootctl"))
 
     return wrapper
 
@@ -64,7 +67,7 @@ def bootctrl_directory(directory: Path | None) -> Path:
 def load_bootctrl(
     directory: Path | None, qmail_home: Path | None = None
 ) -> bootctrl_model.Bootctrl:
-    return convergence.load(bootctrl_directory(directory), qmail_home)
+    return convergence.load(bootctrl_directory(directory), qmail_home, check_accounts=True)
 
 
 def _completion_dir(ctx: click.Context) -> Path:
@@ -276,6 +279,11 @@ def _installed_tcpsrv() -> str:
     help="do not copy the default bootctrl (packages do it in postinst)",
 )
 @click.option("--no-byte-compile", is_flag=True, help="leave byte-compiling to the package manager")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="install even when code that will run as root can be changed by another user",
+)
 @user_errors
 def install_command(
     root: Path,
@@ -285,9 +293,12 @@ def install_command(
     python: str | None,
     no_bootctrl: bool,
     no_byte_compile: bool,
+    force: bool,
 ) -> None:
     """Install the units, the generator and the default bootctrl (never overwriting)."""
     layout = _layout(root, prefix, unit_dir, qmail_home)
+    if root == Path("/"):
+        _refuse_untrusted_code(python or sys.executable, layout.bindir, force)
     try:
         for line in install.install(
             layout, python, bootctrl=not no_bootctrl, byte_compile=not no_byte_compile
@@ -333,6 +344,28 @@ def check_send() -> None:
             "stop the old boot scripts first (/etc/init.d/qmaild stop, or svc -d), "
             "then: qbootctl install finds and masks them",
         )
+
+
+def _refuse_untrusted_code(python: str, bindir: Path, force: bool) -> None:
+    """The generator and the units run this code as root at every boot: whoever can
+    change it (a checkout owned by a normal user) would become root."""
+    found = install.untrusted_code(install.code_paths(python, bindir))
+    if not found:
+        return
+    shown = found[:5] + ([f"... and {len(found) - 5} more"] if len(found) > 5 else [])
+    if not force:
+        for line in shown:
+            click.echo(f"qbootctl: untrusted: {line}", err=True)
+        raise UserError(
+            "the code to install can be changed by a user other than root, "
+            "and it would run as root at every boot",
+            "install from a root-owned copy (chown -R root, chmod -R go-w), "
+            "or pass --force to do it anyway",
+        )
+    click.echo("qbootctl: WARNING: installing code that non-root users can change;", err=True)
+    click.echo("qbootctl: WARNING: they can become root at the next boot:", err=True)
+    for line in shown:
+        click.echo(f"qbootctl: WARNING:   {line}", err=True)
 
 
 @qbootctl.command()
@@ -439,6 +472,9 @@ def _status_line(entry: admin.Status) -> str:
         plugins = entry.service.presmtpd + entry.service.postsmtpd
         if plugins:
             parts.append("plugins " + " ".join(plugins))
+    restarts = sum(state.restarts for state in entry.states)
+    if restarts:
+        parts.append(f"restarted {restarts}x by systemd")
     figures = next((s.status_text for s in entry.states if s.status_text), "")
     if figures:
         parts.append(f"[{figures}]")
@@ -486,17 +522,21 @@ def status(bootctrl_dir: Path | None, as_json: bool, services: tuple[str, ...]) 
 
 
 def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> None:
-    from .systemd import JobFailed, Systemd
+    from .systemd import SETTLE_SECONDS, JobFailed, Systemd
 
     _require_root(f"qbootctl {verb}")
     model = load_bootctrl(bootctrl_dir)
     failed = False
     with Systemd() as manager:
         for item in admin.resolve(model, services):
-            plan = _plan(verb, item)
             try:
-                for unit_verb, unit in plan:
-                    manager.act(unit_verb, unit)
+                if verb == "reload" and manager.state(item.units[-1]).active != "active":
+                    # Nothing runs yet (a tcp service starts at its first connection):
+                    # it reads its rules and control files when it starts.
+                    click.echo(f"reload {item.name}: not running, nothing to reload")
+                    continue
+                for unit_verb, unit in admin.plan(verb, item):
+                    manager.act(unit_verb, unit, settle=SETTLE_SECONDS)
                 click.echo(f"{verb} {item.name}: done")
             except JobFailed as error:
                 failed = True
@@ -505,20 +545,6 @@ def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> Non
                     click.echo(f"  {journal_line}", err=True)
     if failed:
         sys.exit(1)
-
-
-def _plan(verb: str, item: admin.Target) -> list[tuple[str, str]]:
-    """Unit jobs for one verb. A tcp service's socket stays up across restarts, so the
-    kernel queues what arrives meanwhile."""
-    if item.is_send:
-        return [(verb, item.units[0])]
-    socket, service = item.units
-    return {
-        "start": [("start", socket), ("start", service)],
-        "stop": [("stop", service), ("stop", socket)],
-        "restart": [("start", socket), ("restart", service)],
-        "reload": [("reload", service)],
-    }[verb]
 
 
 def _verb(verb: str, help_text: str) -> None:
@@ -530,10 +556,16 @@ def _verb(verb: str, help_text: str) -> None:
         _act(verb, bootctrl_dir, services)
 
 
-_verb("start", "Start services (SVC..., send, all; default all) and wait for the result.")
+_verb(
+    "start",
+    "Start services (SVC..., send, all; default all); FAILED unless they stay up 1.5 s.",
+)
 _verb("stop", "Stop services: the service, then its socket.")
 _verb("restart", "Restart services; their sockets keep listening, nothing is refused.")
-_verb("reload", "Re-read rules: SIGHUP to qboot-tcpsrv (ExecReload=).")
+_verb(
+    "reload",
+    "SIGHUP: qboot-tcpsrv re-reads its rules; qmail-send re-reads locals and virtualdomains.",
+)
 
 
 @qbootctl.command()
@@ -555,11 +587,11 @@ def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
     existed = {p for p in admin.enable_links(directory, service) if p.exists() or p.is_symlink()}
     for line in admin.enable(directory, service):
         click.echo(line)
-    model = convergence.load(directory)
+    model = convergence.load(directory, check_accounts=True)
+    for problem in model.problems:
+        if f"qmail-{service}." in problem.file or f"tcprules-{service}." in problem.file:
+            click.echo(f"problem: {problem}", err=True)
     if model.service(service) is None:
-        for problem in model.problems:
-            if f"qmail-{service}." in problem.file or f"tcprules-{service}." in problem.file:
-                click.echo(f"problem: {problem}", err=True)
         for line in admin.undo_enable(directory, service, existed):
             click.echo(line)
         raise UserError(

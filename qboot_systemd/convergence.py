@@ -123,9 +123,13 @@ def holders(state: Path) -> dict[str, frozenset[str]]:
     return found
 
 
-def load(directory: Path, qmail_home: Path | str | None = None) -> bootctrl.Bootctrl:
+def load(
+    directory: Path, qmail_home: Path | str | None = None, *, check_accounts: bool = False
+) -> bootctrl.Bootctrl:
     """The model as the generator sees it: running services keep their addresses."""
-    return bootctrl.load(directory, qmail_home, holders(state_dir()))
+    return bootctrl.load(
+        directory, qmail_home, check_accounts=check_accounts, holders=holders(state_dir())
+    )
 
 
 def add_convergence(

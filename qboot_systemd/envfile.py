@@ -12,10 +12,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .problems import Problem
+from .problems import Problem, quote
 
 NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
+_NAME_CHARS_RE = re.compile(r"[A-Za-z0-9_]+")
 _SHELL_SPECIAL = frozenset(";&|<>()`")
 _DQUOTE_ESCAPABLE = frozenset('$`"\\')
 
@@ -63,30 +63,71 @@ class EnvSyntaxError(Exception):
         self.message = message
 
 
+# What expansion may produce: `A="$A$A"` doubles A on every line, so without caps 250
+# bytes of env file ask for gigabytes. One value, and all values of a file together.
+MAX_VALUE = 64 * 1024
+MAX_TOTAL = 256 * 1024
+
+# Runs of characters that stand for themselves, unquoted and inside double quotes.
+_PLAIN_RUN = re.compile(r"[^ \t\n'\"\\$;&|<>()`=]+")
+_DQUOTE_RUN = re.compile(r'[^"\n`\\$]+')
+_NAME_RUN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 @dataclass
 class _Word:
-    text: str = ""
+    # The value in pieces, joined once at the end: building it with `+=` is quadratic.
+    parts: list[str] = field(default_factory=list)
     # Set when the word starts with an unquoted `NAME=`: a shell assignment.
     assign_name: str | None = None
     # Unquoted name characters seen so far at the start of the word, if nothing else yet.
     literal_prefix: str | None = ""
     line: int = 0
+    length: int = 0
+
+    @property
+    def text(self) -> str:
+        if len(self.parts) != 1:
+            self.parts = ["".join(self.parts)]
+        return self.parts[0]
 
 
 @dataclass
 class _Lexer:
+    """Reads one physical line at a time: every search stops at the end of the line,
+    so the work is linear in the input whatever it holds."""
+
     text: str
     variables: dict[str, str]
     pos: int = 0
     line: int = 1
-    commands: list[list[_Word]] = field(default_factory=list)
+    line_end: int = -1  # index of the current line's newline, or len(text)
+    produced: int = 0  # characters put into values so far, for MAX_TOTAL
 
-    def peek(self, offset: int = 0) -> str:
-        index = self.pos + offset
-        return self.text[index] if index < len(self.text) else ""
+    def __post_init__(self) -> None:
+        self.line_end = self._end_of_line(0)
+
+    def _end_of_line(self, start: int) -> int:
+        end = self.text.find("\n", start)
+        return len(self.text) if end == -1 else end
+
+    def next_line(self) -> None:
+        """Move past the current line's newline."""
+        self.pos = self.line_end + 1
+        self.line += 1
+        self.line_end = self._end_of_line(self.pos)
 
     def fail(self, message: str) -> EnvSyntaxError:
         return EnvSyntaxError(self.line, message)
+
+    def append(self, word: _Word, piece: str) -> None:
+        word.length += len(piece)
+        self.produced += len(piece)
+        if word.length > MAX_VALUE:
+            raise self.fail(f"value longer than {MAX_VALUE // 1024} KiB")
+        if self.produced > MAX_TOTAL:
+            raise self.fail(f"values of this file longer than {MAX_TOTAL // 1024} KiB in all")
+        word.parts.append(piece)
 
     def read_command(self) -> list[_Word] | None:
         """Words of the next logical line; None at end of input."""
@@ -97,31 +138,26 @@ class _Lexer:
         while self.pos < len(self.text):
             char = self.text[self.pos]
             if char == "\n":
-                self.pos += 1
-                self.line += 1
+                self.next_line()
                 break
             if char in " \t":
                 self.pos += 1
-                word = self._finish(word, words)
+                if word is not None:
+                    words.append(word)
+                    word = None
                 continue
             if char == "#" and word is None:
-                while self.pos < len(self.text) and self.text[self.pos] != "\n":
-                    self.pos += 1
+                self.pos = self.line_end
                 continue
-            if char == "\\" and self.peek(1) == "\n":
-                self.pos += 2
-                self.line += 1
+            if char == "\\" and self.pos + 1 == self.line_end and self.line_end < len(self.text):
+                self.next_line()  # backslash-newline: the logical line goes on
                 continue
             if word is None:
                 word = _Word(line=self.line)
             self._read_into(word)
-        self._finish(word, words)
-        return words
-
-    @staticmethod
-    def _finish(word: _Word | None, words: list[_Word]) -> None:
         if word is not None:
             words.append(word)
+        return words
 
     def _read_into(self, word: _Word) -> None:
         char = self.text[self.pos]
@@ -130,13 +166,10 @@ class _Lexer:
             raise self.fail(f"{what} is not allowed in an env file")
         if char == "'":
             word.literal_prefix = None
-            end = self.text.find("'", self.pos + 1)
+            end = self.text.find("'", self.pos + 1, self.line_end)
             if end == -1:
                 raise self.fail("unterminated single quote")
-            value = self.text[self.pos + 1 : end]
-            if "\n" in value:
-                raise self.fail("newline inside a quoted value")
-            word.text += value
+            self.append(word, self.text[self.pos + 1 : end])
             self.pos = end + 1
             return
         if char == '"':
@@ -145,27 +178,33 @@ class _Lexer:
             return
         if char == "\\":
             word.literal_prefix = None
-            following = self.peek(1)
-            if following == "":
+            if self.pos + 1 >= len(self.text):
                 raise self.fail("backslash at end of file")
-            word.text += following
+            self.append(word, self.text[self.pos + 1])
             self.pos += 2
             return
         if char == "$":
             word.literal_prefix = None
-            word.text += self._expand()
+            self.append(word, self._expand())
             return
         prefix = word.literal_prefix
-        if char == "=" and word.assign_name is None and prefix and NAME_RE.match(prefix):
-            word.assign_name = prefix
-            word.text = ""
-            word.literal_prefix = None
+        if char == "=":
+            if word.assign_name is None and prefix and NAME_RE.match(prefix):
+                word.assign_name = prefix
+                word.parts, word.length = [], 0
+                word.literal_prefix = None
+            else:
+                word.literal_prefix = None
+                self.append(word, "=")
             self.pos += 1
             return
-        if word.literal_prefix is not None:
-            word.literal_prefix = word.literal_prefix + char if char in _NAME_CHARS else None
-        word.text += char
-        self.pos += 1
+        match = _PLAIN_RUN.match(self.text, self.pos, self.line_end)
+        assert match is not None  # every other character starts a run
+        run = match.group()
+        if prefix is not None:
+            word.literal_prefix = prefix + run if _NAME_CHARS_RE.fullmatch(run) else None
+        self.append(word, run)
+        self.pos = match.end()
 
     def _read_double_quoted(self, word: _Word) -> None:
         self.pos += 1
@@ -181,44 +220,45 @@ class _Lexer:
             if char == "`":
                 raise self.fail("command substitution is not allowed in an env file")
             if char == "\\":
-                following = self.peek(1)
+                following = self.text[self.pos + 1 : self.pos + 2]
                 if following == "\n":
                     raise self.fail("newline inside a quoted value")
                 if following in _DQUOTE_ESCAPABLE and following:
-                    word.text += following
+                    self.append(word, following)
                     self.pos += 2
                     continue
-                word.text += "\\"
+                self.append(word, "\\")
                 self.pos += 1
                 continue
             if char == "$":
-                word.text += self._expand()
+                self.append(word, self._expand())
                 continue
-            word.text += char
-            self.pos += 1
+            match = _DQUOTE_RUN.match(self.text, self.pos, self.line_end)
+            assert match is not None
+            self.append(word, match.group())
+            self.pos = match.end()
 
     def _expand(self) -> str:
-        following = self.peek(1)
+        following = self.text[self.pos + 1 : self.pos + 2]
         if following == "{":
-            end = self.text.find("}", self.pos + 2)
-            if end == -1 or "\n" in self.text[self.pos : end]:
+            end = self.text.find("}", self.pos + 2, self.line_end)
+            if end == -1:
                 raise self.fail("unterminated ${...}")
             name = self.text[self.pos + 2 : end]
             if not NAME_RE.match(name):
-                raise self.fail(f"unsupported expansion ${{{name}}}: only ${{NAME}} is allowed")
+                raise self.fail(
+                    f"unsupported expansion ${{{quote(name)[1:-1]}}}: only ${{NAME}} is allowed"
+                )
             self.pos = end + 1
             return self.variables.get(name, "")
         if following == "(":
             raise self.fail("command substitution is not allowed in an env file")
         if following and (following.isdigit() or following in "$?#@*!-"):
             raise self.fail(f"special parameter ${following} is not allowed in an env file")
-        if following and (following.isalpha() or following == "_"):
-            end = self.pos + 1
-            while end < len(self.text) and self.text[end] in _NAME_CHARS:
-                end += 1
-            name = self.text[self.pos + 1 : end]
-            self.pos = end
-            return self.variables.get(name, "")
+        match = _NAME_RUN.match(self.text, self.pos + 1, self.line_end)
+        if match:
+            self.pos = match.end()
+            return self.variables.get(match.group(), "")
         self.pos += 1
         return "$"
 
@@ -264,12 +304,10 @@ def parse(data: bytes, path: str, predefined: Mapping[str, str] | None = None) -
 
 
 def _skip_line(lexer: _Lexer) -> None:
-    end = lexer.text.find("\n", lexer.pos)
-    if end == -1:
+    if lexer.line_end >= len(lexer.text):
         lexer.pos = len(lexer.text)
     else:
-        lexer.line += lexer.text.count("\n", lexer.pos, end + 1)
-        lexer.pos = end + 1
+        lexer.next_line()
 
 
 def _interpret(words: list[_Word], variables: Mapping[str, str]) -> list[Assignment]:
@@ -289,7 +327,7 @@ def _interpret(words: list[_Word], variables: Mapping[str, str]) -> list[Assignm
             raise EnvSyntaxError(line, "setenv takes NAME and one VALUE: quote values with spaces")
         name = words[1].text
         if words[1].assign_name is not None or not NAME_RE.match(name):
-            raise EnvSyntaxError(line, f"setenv: invalid variable name {name!r} (no '=')")
+            raise EnvSyntaxError(line, f"setenv: invalid variable name {quote(name)} (no '=')")
         value = words[2].text if len(words) == 3 else ""
         return [Assignment(name, value, line, True)]
     if command == "export":
@@ -300,8 +338,9 @@ def _interpret(words: list[_Word], variables: Mapping[str, str]) -> list[Assignm
             elif NAME_RE.match(word.text) and word.literal_prefix is not None:
                 result.append(Assignment(word.text, variables.get(word.text, ""), line, True))
             else:
-                raise EnvSyntaxError(line, f"export: invalid argument {word.text!r}")
+                raise EnvSyntaxError(line, f"export: invalid argument {quote(word.text)}")
         return result
     raise EnvSyntaxError(
-        line, f"unknown command {first.text!r}: only NAME=value, export and setenv are allowed"
+        line,
+        f"unknown command {quote(first.text)}: only NAME=value, export and setenv are allowed",
     )

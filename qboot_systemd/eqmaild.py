@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import os
 import sys
-from contextlib import nullcontext
 
-from . import admin, convergence, reconcile
+from . import admin, convergence
 from . import bootctrl as bootctrl_model
-from .errors import UserError
-from .systemd import JobFailed, Systemd
+from .errors import UserError, from_os_error
+from .systemd import SETTLE_SECONDS, JobFailed, Systemd
 
 USAGE = "usage: eqmaild start|stop|restart|status"
 
@@ -37,18 +36,29 @@ def _noresult(model: bootctrl_model.Bootctrl, name: str) -> bool:
     return service is not None and dict(service.environment).get("NORESULT") == "1"
 
 
-def _step(manager: Systemd, verb: str, item: admin.Target) -> bool:
-    units = item.units
+def _reload(manager: Systemd) -> None:
+    """The generator sees new rc links and env edits; then the reconcile that reload
+    triggers runs first (a service's start waits for it anyway)."""
+    manager.reload()
+    try:
+        manager.act("start", convergence.RECONCILE_UNIT, timeout=300)
+    except (JobFailed, UserError) as error:
+        print(f"eqmaild: {error}", file=sys.stderr)
+
+
+def _step(manager: Systemd, verb: str, item: admin.Target, was_running: bool) -> JobFailed | bool:
+    """True when done; False when stopping what did not run (the seed shows FAILED); the
+    JobFailed of a unit that did not start or did not stay up."""
     try:
         if verb == "stop":
-            was_running = manager.state(units[0]).active == "active"
-            for unit in reversed(units):
+            for _, unit in admin.plan("stop", item):
                 manager.act("stop", unit)
-            return was_running  # stopping what did not run fails, as the seed shows
-        manager.act("start", units[0])
+            return was_running
+        for unit_verb, unit in admin.plan("start", item):
+            manager.act(unit_verb, unit, settle=SETTLE_SECONDS)
         return True
-    except JobFailed:
-        return False
+    except JobFailed as error:
+        return error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,11 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         model = convergence.load(directory)
         targets = admin.resolve(model, ())
         failures = 0
-        # status only reads (and may run unprivileged); the others wait for a reconcile.
-        lock = reconcile.locked(convergence.state_dir()) if verb != "status" else nullcontext()
-        with lock, Systemd() as manager:
+        with Systemd() as manager:
+            # Stopping what did not run fails, as the seed shows: as it was before the
+            # reload (a newly enabled service is started by the reconcile it triggers).
+            running = {
+                item.name: manager.state(item.units[0]).active == "active" for item in targets
+            }
             if verb in ("start", "restart"):
-                manager.reload()  # the generator sees new rc links and env edits
+                _reload(manager)
             for item in targets:
                 quiet = _noresult(model, item.name)
                 if verb == "status":
@@ -80,11 +93,18 @@ def main(argv: list[str] | None = None) -> int:
                     failures += not ok
                     continue
                 for step in ("stop", "start") if verb == "restart" else (verb,):
-                    ok = _step(manager, step, item)
+                    outcome = _step(manager, step, item, running[item.name])
+                    ok = outcome is True
                     print(line("Starting" if step == "start" else "Stopping", item.name, ok, quiet))
+                    if isinstance(outcome, JobFailed):
+                        print(f"eqmaild: {outcome}", file=sys.stderr)
+                        for journal_line in outcome.journal.splitlines():
+                            print(f"  {journal_line}", file=sys.stderr)
                     failures += not ok and step == "start"
     except UserError as error:
         return error.report("eqmaild")
+    except OSError as error:
+        return from_os_error(error).report("eqmaild")
     if verb == "status":
         return 3 if failures else 0
     return 1 if failures else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 
 
@@ -17,3 +18,23 @@ class UserError(Exception):
         if self.hint:
             print(f"{program}: hint: {self.hint}", file=sys.stderr)
         return self.status
+
+
+_OS_HINTS = {
+    errno.EACCES: "run it as root, or check the permissions of that path",
+    errno.EPERM: "run it as root, or check the permissions of that path",
+    errno.EROFS: "that file system is read-only: choose another path",
+    errno.ENOSPC: "that file system is full",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "check the path: a part of it is not a directory",
+    errno.ELOOP: "check the path: too many symlinks",
+}
+
+
+def from_os_error(error: OSError, status: int = 1) -> UserError:
+    """An OSError as one line with a hint: `cannot write /x: Permission denied`."""
+    where = f"{error.filename}: " if error.filename is not None else ""
+    if error.filename2 is not None:
+        where = f"{error.filename} -> {error.filename2}: "
+    text = error.strerror or str(error)
+    return UserError(f"{where}{text}", _OS_HINTS.get(error.errno or 0), status)

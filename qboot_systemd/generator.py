@@ -26,13 +26,17 @@ def plan(
     problems = list(model.problems)
     for service in model.services:
         socket, unit = units.tcpd_socket(service.name), units.tcpd_service(service.name)
+        where = service.env_file or service.rc_file
         try:
             socket_text = units.socket_dropin(service)
             service_text = units.service_dropin(service, paths)
         except units.UnsafeValue as error:
-            where = service.env_file or service.rc_file
             line = service.line_of(error.setting) if error.setting else 0
             problems.append(Problem(where, line, f"{error}; service {service.name} skipped"))
+            continue
+        except Exception as error:  # one service never stops the others
+            message = f"cannot write its units ({type(error).__name__})"
+            problems.append(Problem(where, 0, f"{message}; service {service.name} skipped"))
             continue
         files[f"{socket}.d/{units.DROPIN_NAME}"] = socket_text
         files[f"{unit}.d/{units.DROPIN_NAME}"] = service_text
@@ -61,7 +65,8 @@ def write(output: Path, files: dict[str, str], links: dict[str, str]) -> None:
         target = output / relative
         target.parent.mkdir(parents=True, exist_ok=True)
         temporary = target.with_name(target.name + ".tmp")
-        temporary.write_text(text)
+        # UTF-8 whatever the locale: systemd reads unit files as UTF-8.
+        temporary.write_bytes(text.encode("utf-8", "surrogateescape"))
         os.replace(temporary, target)
     for relative, destination in sorted(links.items()):
         link = output / relative
@@ -73,17 +78,20 @@ def write(output: Path, files: dict[str, str], links: dict[str, str]) -> None:
 
 def log(problems: list[Problem], stream_path: str = "/dev/kmsg") -> None:
     """To the kernel log when there is one (generators may not use syslog), else stderr."""
-    lines = [f"<3>{PROGRAM}[{os.getpid()}]: {problem}\n" for problem in problems]
+    lines = [
+        f"<3>{PROGRAM}[{os.getpid()}]: {problem}\n".encode("utf-8", "backslashreplace")
+        for problem in problems
+    ]
     if not lines:
         return
     try:
-        with open(stream_path, "w") as kmsg:
+        with open(stream_path, "wb", buffering=0) as kmsg:
             for line in lines:
-                kmsg.write(line)
-                kmsg.flush()
+                kmsg.write(line)  # one record per write
     except OSError:
         for line in lines:
-            sys.stderr.write(line[3:])
+            sys.stderr.buffer.write(line[3:])
+        sys.stderr.flush()
 
 
 def run(
@@ -112,7 +120,12 @@ def run(
             log_path,
         )
         return 0
-    model = convergence.load(bootctrl_dir, qmail_home)
+    try:
+        model = convergence.load(bootctrl_dir, qmail_home)
+    except Exception as error:  # load() collects problems; this is the last line of defence
+        message = f"cannot read ({type(error).__name__}); no qmail unit generated"
+        log([Problem(str(bootctrl_dir), 0, message)], log_path)
+        return 0
     files, links, problems = plan(model, paths)
     write(output, files, links)
     log(problems, log_path)

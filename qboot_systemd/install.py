@@ -9,11 +9,12 @@ from __future__ import annotations
 import compileall
 import os
 import shutil
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import units
+from . import strictmodes, units
 
 GENERATOR_DIR = "usr/lib/systemd/system-generators"
 GENERATOR_NAME = "qboot-systemd-generator"
@@ -108,7 +109,7 @@ def _write(path: Path, text: str, mode: int = 0o644) -> None:
 def copy_missing(source: Path, target: Path) -> list[Path]:
     """Copy the default bootctrl, never overwriting an admin's file or link."""
     created: list[Path] = []
-    target.mkdir(parents=True, exist_ok=True)
+    _make_directories(target)
     for entry in sorted(source.iterdir()):
         destination = target / entry.name
         if destination.exists() or destination.is_symlink():
@@ -117,8 +118,74 @@ def copy_missing(source: Path, target: Path) -> list[Path]:
             destination.symlink_to(os.readlink(entry))
         else:
             shutil.copy2(entry, destination)
+            # StrictModes: a checkout made with umask 002 must not give g+w files.
+            destination.chmod(0o755 if entry.stat().st_mode & 0o100 else 0o644)
         created.append(destination)
     return created
+
+
+def _make_directories(target: Path) -> None:
+    """mkdir -p with mode 755 whatever the umask (the generator refuses g+w and o+w)."""
+    missing: list[Path] = []
+    current = target
+    while not current.exists():
+        missing.append(current)
+        current = current.parent
+    for directory in reversed(missing):
+        directory.mkdir()
+        directory.chmod(0o755)
+
+
+# Files that run: modules, byte code, .pth files (executed at start-up), extensions.
+_CODE_SUFFIXES = (".py", ".pyc", ".pth", ".so")
+ROOT_ONLY = frozenset({0})
+
+
+def code_paths(python: str, bindir: Path) -> list[Path]:
+    """What runs as root once installed: this package, the environment it lives in, the
+    interpreter the launcher names, and the programs the units' ExecStart= names."""
+    paths = [Path(__file__).resolve().parent, Path(python), bindir / "qboot-tcpsrv"]
+    if sys.prefix != sys.base_prefix:  # a venv: its site-packages run too
+        paths.append(Path(sys.prefix))
+    return paths
+
+
+def untrusted_code(paths: list[Path], trusted: frozenset[int] = ROOT_ONLY) -> list[str]:
+    """Where a user other than root could change code that will run as root at boot:
+    a path, a directory above it, or (for directories) anything in it."""
+    found: list[str] = []
+    for path in paths:
+        try:
+            real = os.path.realpath(path, strict=True)
+            strictmodes.check_directory_chain(os.path.dirname(real), trusted, strict_first=False)
+            status = os.lstat(real)
+        except strictmodes.Untrusted as error:
+            found.append(str(error))
+            continue
+        except OSError:
+            continue  # not there: nothing to run
+        problem = strictmodes.mode_problem(real, status, trusted)
+        if problem:
+            found.append(f"{real}: {problem}")
+        elif os.path.isdir(real):
+            found.extend(_untrusted_below(real, trusted))
+    return sorted(set(found))
+
+
+def _untrusted_below(top: str, trusted: frozenset[int]) -> list[str]:
+    found: list[str] = []
+    for directory, subdirectories, files in os.walk(top):
+        for name in subdirectories + files:
+            path = os.path.join(directory, name)
+            status = os.lstat(path)
+            is_code = stat.S_ISDIR(status.st_mode) or (
+                stat.S_ISREG(status.st_mode)
+                and (name.endswith(_CODE_SUFFIXES) or status.st_mode & 0o111)
+            )
+            problem = strictmodes.mode_problem(path, status, trusted) if is_code else None
+            if problem:
+                found.append(f"{path}: {problem}")
+    return found
 
 
 def install(

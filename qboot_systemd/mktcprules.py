@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import fnmatch
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import rules
+from . import cdb, rules, strictmodes
+from .problems import quote
+
+# A rules text is read whole; 100,000 rules are about 3 MB.
+MAX_SOURCE = 64 * 1024 * 1024
 
 
 class Outcome(enum.StrEnum):
@@ -28,9 +35,9 @@ class Result:
 
 
 def targets(directory: Path) -> list[tuple[Path, Path]]:
-    return [
-        (source, source.with_suffix(".cdb")) for source in sorted(directory.glob("tcprules-*.txt"))
-    ]
+    # listdir, not glob: an unreadable directory is an error, not "no rules files".
+    names = sorted(n for n in os.listdir(directory) if fnmatch.fnmatchcase(n, "tcprules-*.txt"))
+    return [(directory / name, (directory / name).with_suffix(".cdb")) for name in names]
 
 
 def is_up_to_date(source: Path, target: Path) -> bool:
@@ -46,16 +53,18 @@ def compile_one(source: Path, target: Path, force: bool = False) -> Result:
         if not force and is_up_to_date(source, target):
             return Result(source, target, Outcome.UP_TO_DATE, f"newer than {source.name}")
         replaced = os.readlink(target) if target.is_symlink() else None
-        data = source.read_bytes()
-        count = rules.compile_file(data, target, target.with_name(target.name + ".tmp"))
+        data = strictmodes.read_file(str(source.absolute()), MAX_SOURCE)
+        count = write_cdb_atomically(rules.records(rules.parse(data)), target)
     except rules.RulesSyntaxError as error:
-        text = error.text.decode("utf-8", "replace")
+        text = quote(error.text.decode("utf-8", "replace"), 80)
         return Result(
             source,
             target,
             Outcome.FAILED,
             f"{source}:{error.line}: unable to parse: {text} (old cdb kept)",
         )
+    except strictmodes.Untrusted as error:
+        return Result(source, target, Outcome.FAILED, f"{error} (old cdb kept)")
     except OSError as error:
         return Result(
             source,
@@ -69,6 +78,41 @@ def compile_one(source: Path, target: Path, force: bool = False) -> Result:
     return Result(source, target, Outcome.COMPILED, detail)
 
 
+def write_cdb_atomically(items: list[tuple[bytes, bytes]], target: Path) -> int:
+    """What tcprules guarantees: the new cdb appears whole or not at all. The temporary
+    file is new (O_EXCL, never a planted symlink) and unique (two runs do not share it)."""
+    try:
+        descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(target.parent)) from None
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            cdb.write_cdb(handle, items)
+            handle.flush()
+            os.fchmod(handle.fileno(), 0o644)  # qboot-tcpsrv may read it after -u
+            os.fsync(handle.fileno())
+        os.rename(temporary, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        raise
+    _fsync_directory(target.parent)
+    return len(items)
+
+
+def _fsync_directory(directory: Path) -> None:
+    try:
+        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
 def compile_directory(directory: Path, force: bool = False) -> list[Result]:
     return [compile_one(source, target, force) for source, target in targets(directory)]
 
@@ -77,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     import sys
 
     from .bootctrl import default_bootctrl
+    from .errors import UserError, from_os_error
 
     args = sys.argv[1:] if argv is None else argv
     force = "-f" in args or "--force" in args
@@ -85,13 +130,18 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write("usage: mktcprules [-f|--force] [BOOTCTRL]\n")
         return 100
     directory = Path(operands[0]) if operands else default_bootctrl()
-    if not directory.is_dir():
-        sys.stderr.write(
-            f"mktcprules: error: bootctrl directory {directory} not found\n"
-            "mktcprules: hint: pass the directory or set QBOOT_BOOTCTRL\n"
-        )
-        return 111
-    results = compile_directory(directory, force)
+    try:
+        if not directory.is_dir():
+            raise UserError(
+                f"bootctrl directory {directory} not found",
+                "pass the directory or set QBOOT_BOOTCTRL",
+                111,
+            )
+        results = compile_directory(directory, force)
+    except UserError as error:
+        return error.report("mktcprules")
+    except OSError as error:
+        return from_os_error(error, 111).report("mktcprules")
     if not results:
         print(f"mktcprules: no tcprules-*.txt in {directory}")
     for result in results:

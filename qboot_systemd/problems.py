@@ -17,3 +17,12 @@ class Problem:
 
     def as_json(self) -> dict[str, object]:
         return {"file": self.file, "line": self.line, "message": self.message}
+
+
+def quote(text: str, limit: int = 60) -> str:
+    """A value quoted in a message: escaped as Python's repr does (no line breaks, no
+    control characters), and cut, so a message never carries a whole file."""
+    shown = repr(text[:limit])
+    if len(text) > limit:
+        shown += f"... ({len(text)} characters)"
+    return shown

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -11,6 +12,9 @@ from .errors import UserError
 from .run import run
 
 PRIVATE_SOCKET = "/run/systemd/private"
+# How long a started service must stay up to count as started: a crash loop shows within
+# it (qboot-tcpsrv restarts after 1 s, qmail-send exits at once when it cannot start).
+SETTLE_SECONDS = 1.5
 
 
 def _bus() -> Any:
@@ -26,6 +30,14 @@ def _text(value: object) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
+def _refusal(error: Exception) -> str:
+    """systemd's own words from a pystemd D-Bus error, whose text is
+    `b'org.freedesktop.systemd1.Name'[err -8]: b'message'` and a paragraph of pystemd's."""
+    text = str(error)
+    quoted = re.findall(r"b'([^']*)'", text.split("\n", 1)[0])
+    return quoted[-1] if quoted else text.split("\n", 1)[0] or type(error).__name__
+
+
 @dataclass(frozen=True)
 class UnitState:
     name: str
@@ -37,6 +49,7 @@ class UnitState:
     status_text: str = ""
     listen: tuple[str, ...] = ()
     need_reload: bool = False
+    restarts: int = 0  # NRestarts: automatic restarts so far
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -49,12 +62,17 @@ class UnitState:
             "status": self.status_text,
             "listen": list(self.listen),
             "need_daemon_reload": self.need_reload,
+            "restarts": self.restarts,
         }
 
 
 class JobFailed(Exception):
-    def __init__(self, unit: str, state: UnitState, journal: str) -> None:
-        super().__init__(f"{unit}: {state.active} ({state.result or state.sub})")
+    def __init__(self, unit: str, state: UnitState, journal: str, why: str = "") -> None:
+        # The result says why (exit-code, start-limit-hit) unless it is still "success",
+        # as between automatic restarts, where the sub-state does (auto-restart).
+        why_state = state.result if state.result not in ("", "success") else state.sub
+        text = f"{unit}: {state.active} ({why_state})"
+        super().__init__(f"{text}, {why}" if why else text)
         self.unit = unit
         self.state = state
         self.journal = journal
@@ -106,7 +124,8 @@ class Systemd:
             job: bytes = getattr(self._manager.Manager, method)(unit.encode(), b"replace")
         except Exception as error:
             raise UserError(
-                f"{unit}: {error}", "is the unit name right? see qbootctl status"
+                f"{unit}: systemd refused: {_refusal(error)}",
+                "is the unit name right? see qbootctl status",
             ) from None
         return job
 
@@ -119,8 +138,9 @@ class Systemd:
             time.sleep(0.05)
         raise UserError(f"job {_text(job)} did not finish within {timeout:.0f} s")
 
-    def act(self, verb: str, unit: str, timeout: float = 90) -> UnitState:
-        """start/stop/restart/reload a unit, wait for the job, check the outcome."""
+    def act(self, verb: str, unit: str, timeout: float = 90, settle: float = 0) -> UnitState:
+        """start/stop/restart/reload a unit, wait for the job, check the outcome; a started
+        service must then stay up for `settle` seconds (no exit, no automatic restart)."""
         method = {
             "start": "StartUnit",
             "stop": "StopUnit",
@@ -132,7 +152,22 @@ class Systemd:
         wanted = ("inactive", "failed") if verb == "stop" else ("active",)
         if state.active not in wanted:
             raise JobFailed(unit, state, self.journal(unit))
+        if settle and verb in ("start", "restart") and unit.endswith(".service"):
+            self._stays_up(unit, state, settle)
         return state
+
+    def _stays_up(self, unit: str, started: UnitState, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            time.sleep(0.1)
+            now = self.state(unit)
+            if now.active != "active":
+                why = "did not stay up"
+            elif now.restarts != started.restarts or now.main_pid != started.main_pid:
+                why = "restarted by itself"
+            else:
+                continue
+            raise JobFailed(unit, now, self.journal(unit), why)
 
     def active_units(self, pattern: str) -> list[str]:
         """Loaded units matching a glob that are not inactive (active, failing, ...)."""
@@ -152,6 +187,7 @@ class Systemd:
                 "result": _text(service.Result),
                 "main_pid": int(service.MainPID),
                 "status_text": _text(service.StatusText),
+                "restarts": int(service.NRestarts),
             }
         elif unit.endswith(".socket"):
             socket = handle.Socket

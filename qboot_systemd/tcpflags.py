@@ -83,7 +83,8 @@ def split_interface(words: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]
 
 
 def validate_tcpflags(words: tuple[str, ...]) -> None:
-    """TCPFLAGS may hold flags, -t/-l and -I, nothing that is not an option."""
+    """TCPFLAGS may hold flags and -t/-l/-W/-I, nothing that is not an option. They come
+    after the defaults (-v -R -l control/me), so -r, -q, -Q or another -l override those."""
     options, operands = split_options(words, "".join(OWN_ARG_OPTIONS | BIND_OPTIONS))
     if operands:
         raise TcpFlagsError(f"{operands[0]!r} is not an option")
@@ -92,6 +93,12 @@ def validate_tcpflags(words: tuple[str, ...]) -> None:
             raise TcpFlagsError(f"use {OWNED_OPTIONS[letter]}= instead of -{letter}")
         if letter == "t" and (argument is None or not argument.isdigit()):
             raise TcpFlagsError(f"-t needs a number of seconds, not {argument!r}")
+        if letter == "W" and (argument is None or not argument.isdigit()):
+            raise TcpFlagsError(f"-W needs a number of seconds, not {argument!r}")
+        if letter == "l" and (
+            not argument or any(c.isspace() or not c.isprintable() for c in argument)
+        ):
+            raise TcpFlagsError(f"-l needs a host name without spaces, not {argument!r}")
         if letter in BIND_OPTIONS and not _interface_name(argument or ""):
             raise TcpFlagsError(f"-I needs a network interface name, not {argument!r}")
 

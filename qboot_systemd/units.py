@@ -104,21 +104,41 @@ def _dropin(source: str, sections: list[tuple[str, list[str]]]) -> str:
     return "\n".join(parts)
 
 
+# As the qmail guides run tcpserver for qmail-smtpd (lifewithqmail: -v -R -l "$(head -1
+# control/me)"): every connection logged, no ident query to the client. TCPFLAGS comes
+# after them, and tcpserver's options are last-one-wins: TCPFLAGS=-r turns ident back on.
+DEFAULT_TCPFLAGS = ("-v", "-R")
+
+
 def tcpsrv_argv(service: Service, paths: Paths) -> list[str]:
     """qboot-tcpsrv's command line: tcpserver flags, then `- -` (sockets come from
     systemd), then the chain."""
-    argv = [paths.tcpsrv, *service.tcpflags, "-c", str(service.maxconn)]
+    argv = [paths.tcpsrv, *DEFAULT_TCPFLAGS, "-l", service.local_name, *service.tcpflags]
+    argv += ["-c", str(service.maxconn)]
     if service.maxperip:
         argv += ["-C", str(service.maxperip)]
+    # qboot-tcpsrv drops privileges itself once it holds the sockets, as tcpserver does:
+    # User= with this sandboxing would imply NoNewPrivileges= and break setuid qmail-queue.
+    if service.user is not None:
+        argv += ["-u", service.user]
+    if service.group is not None:
+        argv += ["-g", service.group]
     argv += ["-x", service.rules]
     if service.banner is not None:
         argv += ["-B", service.banner]
     return [*argv, "-", "-", *service.command]
 
 
+def _listen_value(value: str) -> str:
+    """An address for ListenStream=: `%` doubled (systemd expands specifiers there)."""
+    if any(ord(char) < 33 or ord(char) == 127 for char in value):
+        raise UnsafeValue(f"listen address {value!r} cannot be written into a unit file", "IP")
+    return value.replace("%", "%%")
+
+
 def socket_dropin(service: Service) -> str:
     source = service.env_file or service.rc_file
-    listen = [f"ListenStream={item.systemd()}" for item in service.listen]
+    listen = [f"ListenStream={_listen_value(item.systemd())}" for item in service.listen]
     if any(item.address is not None for item in service.listen):
         # Specific addresses may not be configured yet when the socket starts.
         listen.append("FreeBind=yes")
@@ -158,10 +178,6 @@ def service_dropin(service: Service, paths: Paths) -> str:
     source = service.env_file or service.rc_file
     lines = ["ExecStart=", f"ExecStart={exec_line(tcpsrv_argv(service, paths))}"]
     lines += [f"Environment={environment_assignment(n, v)}" for n, v in service.environment]
-    if service.user is not None:
-        lines.append(f"User={service.user}")
-    if service.group is not None:
-        lines.append(f"Group={service.group}")
     return _dropin(source, [("Unit", [f"SourcePath={path_setting(source)}"]), ("Service", lines)])
 
 

@@ -1,4 +1,6 @@
-"""SMTP client run inside the sandbox: sends N messages, prints a JSON summary."""
+"""SMTP client run inside the sandbox: sends N messages, prints a JSON summary.
+
+usage: e2e_client.py HOST PORT COUNT [TAG [RECIPIENT]]"""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import time
 def main() -> None:
     host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     tag = sys.argv[4] if len(sys.argv) > 4 else "m"
+    rcpt = sys.argv[5] if len(sys.argv) > 5 else "rcpt@example.net"
     # Like an MTA: a session cut off mid-way is sent again (the sender keeps the mail).
     summary = {"sent": 0, "refused": 0, "rejected": 0, "retried": 0, "errors": []}
     for index in range(count):
@@ -19,7 +22,7 @@ def main() -> None:
                 with smtplib.SMTP(host, port, timeout=20) as client:
                     client.sendmail(
                         "sender@example.org",
-                        ["rcpt@example.net"],
+                        [rcpt],
                         f"Subject: {tag}-{index}\r\n\r\nbody {index}\r\n",
                     )
                 summary["sent"] += 1

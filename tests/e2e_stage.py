@@ -1,5 +1,14 @@
-"""The staged installation the end-to-end tests boot: qboot-systemd installed with
-`qbootctl install`, plus stand-ins for qmail (not packaged in Debian)."""
+"""The staged installations the end-to-end tests boot.
+
+`build_stage`: qboot-systemd installed with `qbootctl install` and real qmail (notqmail,
+built once per run by qmail_oracle) installed into the stage, so that /var/qmail, qmail's
+users and a test user with ~/Maildir exist only inside the sandbox. Mail for other domains
+goes through control/smtproutes to an SMTP sink on the sandbox's loopback (mailfront).
+
+`add_stand_ins`: the older stand-ins (qmail-start sleeps, qmail-smtpd is mailfront writing
+into a queue directory), for tests that need no real qmail; qmail's accounts are staged too,
+since the shipped qmail-smtp.env runs the chain as qmaild:nofiles.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +20,16 @@ from pathlib import Path
 
 import pytest
 
+from . import qmail_oracle
 from .conftest import ROOT, STRICT, require_tool, venv_script
 from .sandbox import Sandbox, missing_requirements
 
 SPOOL = "/var/spool/qboot-test"
 BOOTCTRL = "/var/qmail/etc/bootctrl"
-
+MAILDIR = f"{qmail_oracle.TEST_HOME}/Maildir"
+LOCAL_RCPT = f"{qmail_oracle.TEST_USER}@{qmail_oracle.ME}"
+SINK_PORT = 2525  # the remote SMTP server qmail-remote reaches through smtproutes
+REMOTE_DOMAIN = "example.net"
 
 QMAIL_SMTPD = f"""#!/bin/sh
 # Stand-in for qmail-smtpd: record what qboot-tcpsrv gave this session, then serve SMTP.
@@ -27,6 +40,23 @@ QUEUEDIR={SPOOL}/queue PLUGINS=add-received:relayclient:accept-sender \\
 QMAIL_START = (
     "#!/bin/sh\n# Stand-in for qmail-start: qmail-send.service must run.\nexec sleep infinity\n"
 )
+# A PRESMTPD plugin (the way rblsmtpd sits in the chain): records the session's
+# environment, then execs the rest of the chain.
+RECORD_ENV = f"""#!/bin/sh
+env > {SPOOL}/env/$$
+exec "$@"
+"""
+SINK_UNIT = f"""[Unit]
+Description=SMTP sink standing in for remote mail servers (tests)
+
+[Service]
+Environment=QUEUEDIR={SPOOL}/queue PLUGINS=accept
+ExecStart=/usr/bin/tcpserver -q -R -H -l sink 127.0.0.1 {SINK_PORT} \\
+    /usr/sbin/mailfront smtp queuedir
+
+[Install]
+WantedBy=multi-user.target
+"""
 
 
 def write(path: Path, text: str, mode: int = 0o644) -> None:
@@ -35,7 +65,7 @@ def write(path: Path, text: str, mode: int = 0o644) -> None:
     path.chmod(mode)
 
 
-def build_stage(stage: Path) -> None:
+def install_qboot(stage: Path) -> None:
     done = subprocess.run(
         [
             venv_script("qbootctl"),
@@ -52,7 +82,6 @@ def build_stage(stage: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    add_stand_ins(stage)
     if ROOT.is_relative_to("/tmp"):
         # PrivateTmp= would hide a checkout under /tmp (and its venv) from the service;
         # a real installation lives in /usr or /opt. Test-only: the hardening stays.
@@ -62,12 +91,45 @@ def build_stage(stage: Path) -> None:
         )
 
 
+def _spool(stage: Path) -> None:
+    for sub in ("queue/tmp", "queue/new", "env"):
+        directory = stage / SPOOL.lstrip("/") / sub
+        directory.mkdir(parents=True, exist_ok=True)
+        # written by sessions running as qmaild, by root plugins and by the sink
+        directory.chmod(0o1777)
+
+
+def build_stage(stage: Path) -> None:
+    """qboot-systemd plus real qmail, and the remote sink."""
+    install_qboot(stage)
+    try:
+        qmail_oracle.install_into_stage(stage)
+    except qmail_oracle.OracleUnavailable as error:
+        if STRICT:
+            pytest.fail(f"real qmail unavailable: {error}")
+        pytest.skip(f"real qmail unavailable: {error}")
+    control = stage / "var/qmail/control"
+    write(control / "smtproutes", f"{REMOTE_DOMAIN}:127.0.0.1:{SINK_PORT}\n")
+    write(stage / "usr/local/bin/qboot-record-env", RECORD_ENV, 0o755)
+    write(stage / "etc/systemd/system/qboot-test-sink.service", SINK_UNIT)
+    wants = stage / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / "qboot-test-sink.service").symlink_to("../qboot-test-sink.service")
+    _spool(stage)
+
+
 def add_stand_ins(stage: Path) -> None:
-    """qmail-start and qmail-smtpd stand-ins, and the queue directory mailfront fills."""
+    """qmail-start and qmail-smtpd stand-ins, the queue directory mailfront fills, and
+    qmail's accounts (the shipped smtp runs as qmaild:nofiles)."""
     write(stage / "var/qmail/bin/qmail-smtpd", QMAIL_SMTPD, 0o755)
     write(stage / "var/qmail/bin/qmail-start", QMAIL_START, 0o755)
-    for sub in ("queue/tmp", "queue/new", "env"):
-        (stage / SPOOL.lstrip("/") / sub).mkdir(parents=True, exist_ok=True)
+    qmail_oracle.stage_accounts(stage)
+    _spool(stage)
+
+
+def build_stand_in_stage(stage: Path) -> None:
+    install_qboot(stage)
+    add_stand_ins(stage)
 
 
 @contextmanager
@@ -79,14 +141,17 @@ def booted_sandbox(prepare: Callable[[Path], None] = build_stage) -> Iterator[Sa
             pytest.fail(f"sandbox unavailable: {reason}")
         pytest.skip(f"sandbox unavailable: {reason}")
     require_tool("mailfront")
+    require_tool("tcpserver")
     stage = Path(tempfile.mkdtemp(prefix="qboot-stage."))
-    prepare(stage)
-    box = Sandbox(stage, ROOT)
     try:
-        box.start()
-        yield box
+        prepare(stage)
+        box = Sandbox(stage, ROOT)
+        try:
+            box.start()
+            yield box
+        finally:
+            left = box.stop()
+            assert left == [], f"left behind on the host: {left}"
+            assert not box.work.exists()
     finally:
-        left = box.stop()
         subprocess.run(["rm", "-rf", str(stage)], check=False)
-        assert left == [], f"left behind on the host: {left}"
-        assert not box.work.exists()

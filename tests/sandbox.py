@@ -27,7 +27,9 @@ mkdir "$work/upper" "$work/work" "$work/root"
 mount -t overlay overlay -o "lowerdir=/,upperdir=$work/upper,workdir=$work/work" "$work/root"
 # nspawn keeps its state in /run, which is on disk here: give this namespace its own.
 mount -t tmpfs -o mode=0755 tmpfs /run
-tar -C "$stage" -cf - . | tar -C "$work/root" -xf - --no-overwrite-dir
+# Numeric owners: the staged qmail accounts exist only in the stage's /etc/passwd.
+tar -C "$stage" --numeric-owner -cf - . \
+    | tar -C "$work/root" --numeric-owner -xpf - --no-overwrite-dir
 for root in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified; do
     if [ -d "$root" ]; then mkdir -p "$root/$name"; echo $$ > "$root/$name/cgroup.procs"; fi
 done

@@ -21,11 +21,27 @@ def model_json(directory: Path) -> str:
     return text.replace(str(directory), "@BOOTCTRL@")
 
 
+def stage_copy(source: Path, target: Path) -> Path:
+    """A fixture bootctrl copied with the modes of a root-owned install (755/644), set
+    explicitly: a checkout made with umask 002 would otherwise fail StrictModes."""
+    target.mkdir(mode=0o755)
+    target.chmod(0o755)
+    for entry in sorted(source.iterdir()):
+        destination = target / entry.name
+        if entry.is_symlink():
+            destination.symlink_to(os.readlink(entry))
+        else:
+            destination.write_bytes(entry.read_bytes())
+            destination.chmod(0o755 if entry.stat().st_mode & 0o100 else 0o644)
+    return target
+
+
 @pytest.mark.parametrize(
     "case", sorted(p.name for p in GOLDEN.iterdir() if (p / "bootctrl").is_dir())
 )
-def test_golden_model(case: str) -> None:
-    check_golden(GOLDEN / case / "model.json", model_json(GOLDEN / case / "bootctrl"))
+def test_golden_model(case: str, tmp_path: Path) -> None:
+    staged = stage_copy(GOLDEN / case / "bootctrl", tmp_path / "bootctrl")
+    check_golden(GOLDEN / case / "model.json", model_json(staged))
 
 
 def test_shipped_bootctrl_enables_send_and_smtp_without_problems() -> None:
@@ -50,16 +66,7 @@ def test_shipped_subm_env_gives_port_587(tmp_path: Path) -> None:
 
 
 def copy_shipped(tmp_path: Path) -> Path:
-    target = tmp_path / "bootctrl"
-    target.mkdir()
-    for entry in SHIPPED_BOOTCTRL.iterdir():
-        destination = target / entry.name
-        if entry.is_symlink():
-            destination.symlink_to(os.readlink(entry))
-        else:
-            destination.write_bytes(entry.read_bytes())
-            destination.chmod(entry.stat().st_mode)
-    return target
+    return stage_copy(SHIPPED_BOOTCTRL, tmp_path / "bootctrl")
 
 
 def make(tmp_path: Path, env: str, name: str = "x") -> bootctrl.Bootctrl:

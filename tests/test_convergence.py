@@ -217,7 +217,7 @@ def test_holders_keep_their_port_against_an_edit(tmp_path: Path) -> None:
     (directory / "tcprules-abc.cdb").symlink_to("tcprules-default.cdb")
     (directory / "qmail-abc.env").write_text("PORT=25\n")
     assert [s.name for s in bootctrl.load(directory, "/q").services] == ["abc"]
-    held = bootctrl.load(directory, "/q", {"smtp": frozenset({"25"})})
+    held = bootctrl.load(directory, "/q", holders={"smtp": frozenset({"25"})})
     assert [s.name for s in held.services] == ["smtp"]
     assert "25 is already used by service smtp; service abc skipped" in str(held.problems[0])
 
@@ -616,5 +616,6 @@ def test_uninstall_stops_what_it_removes(box: Sandbox) -> None:
     assert "stopped qmail-send.service" in done.stdout
     for port in (25, 209, 2587, 2700):
         assert not listening_on(box, port)
-    left = box.run("systemctl", "list-units", "--no-legend", "--state=active", "qmail*", "qboot*")
+    ours = ("qmail*", "qboot-reconcile*", "qboot-boot*")
+    left = box.run("systemctl", "list-units", "--no-legend", "--state=active", *ours)
     assert left.stdout.strip() == ""

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import time
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -143,3 +145,90 @@ def test_reader_never_crashes_on_shell_like_text(text: str) -> None:
         assert problem.line >= 1
     for assignment in result.assignments:
         assert "\n" not in assignment.value
+
+
+# Sizes an attacker (or a slip of the keyboard) reaches: the reader is linear in its
+# input and caps what expansion produces, so each parse has a deadline.
+PARSE_DEADLINE = 5.0
+
+
+def timed_parse(text: str) -> tuple[envfile.EnvFile, float]:
+    started = time.monotonic()
+    result = parse(text)
+    return result, time.monotonic() - started
+
+
+def check_bounded(text: str) -> envfile.EnvFile:
+    result, elapsed = timed_parse(text)
+    assert elapsed < PARSE_DEADLINE, f"{len(text)} characters took {elapsed:.1f} s"
+    total = 0
+    for assignment in result.assignments:
+        assert len(assignment.value) <= envfile.MAX_VALUE
+        total += len(assignment.value)
+    assert total <= envfile.MAX_TOTAL
+    for problem in result.problems:
+        assert len(problem.message) < 300  # a message never carries a whole line
+    return result
+
+
+def test_doubling_is_capped_at_its_line() -> None:
+    # 251 bytes of this took 20 s and 1.8 GB before the caps
+    text = "A=x\n" + 'A="$A$A"\n' * 24  # 16 MiB without the cap: safe to run on old code
+    result = check_bounded(text)
+    assert result.problems[0].line == 18  # 2**17 > 64 KiB
+    assert "value longer than 64 KiB" in result.problems[0].message
+
+
+def test_many_expansions_in_one_value() -> None:
+    result = check_bounded("A=" + "x" * 100 + "\nB=" + "$A" * 1000 + "\n")
+    assert [(p.line, p.message) for p in result.problems] == [(2, "value longer than 64 KiB")]
+
+
+def test_total_of_all_values_is_capped() -> None:
+    text = "A=" + "x" * 60_000 + "\n" + "".join(f"B{i}=$A\n" for i in range(10))
+    result = check_bounded(text)
+    assert result.problems[0].line == 5
+    assert "256 KiB in all" in result.problems[0].message
+
+
+def test_long_lines_and_deep_nesting_stay_linear() -> None:
+    for text in (
+        "A=" + "x" * 100_000 + "\n",
+        "A='x\n" * 20_000,  # unterminated quotes: no search past the line
+        "A=${x\n" * 20_000 + "}\n",
+        "A=" + "${" * 50_000 + "\n",
+        'A="' + "'\"'\"" * 25_000 + '"\n',
+        "A=" + "a\\ " * 40_000 + "\n",
+        "A=" + "\\\n" * 50_000 + "x\n",
+        "X" * 100_000 + "=1\n",
+    ):
+        check_bounded(text)
+
+
+def test_messages_quote_little_and_escape_it() -> None:
+    result = parse("\x1b[31m" + "y" * 10_000 + "\n")
+    (problem,) = result.problems
+    assert "\x1b" not in problem.message and "\\x1b" in problem.message
+    assert "(10005 characters)" in problem.message and len(problem.message) < 200
+
+
+pieces = st.sampled_from(
+    ["$A", "${A}", "$A$A", '"$A"', "'x'", "\\", "\\\n", "\n", "A=", "=", " ", '"', "'", "#", "${"]
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.tuples(pieces, st.integers(1, 3000)), min_size=1, max_size=12),
+    st.text(alphabet="Ax$", max_size=50),
+)
+def test_big_generated_inputs_are_bounded(runs: list[tuple[str, int]], seed: str) -> None:
+    text = "A=" + seed + "\n" + "".join(piece * count for piece, count in runs)
+    check_bounded(text)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 200), st.integers(2, 6), st.integers(0, 2000))
+def test_growth_by_repetition_is_bounded(lines: int, copies: int, width: int) -> None:
+    text = f"A={'z' * width}\n" + ('A="' + "$A" * copies + '"\n') * lines
+    check_bounded(text)

@@ -12,6 +12,7 @@ from qboot_systemd import generator, units
 
 from .conftest import ROOT
 from .golden import UPDATE
+from .test_bootctrl import stage_copy
 
 CASES = ROOT / "tests" / "generator"
 PATHS = units.Paths(tcpsrv="/usr/bin/qboot-tcpsrv", unit_dir="/usr/lib/systemd/system")
@@ -40,7 +41,10 @@ def write_tree(directory: Path, content: dict[str, str]) -> None:
 
 
 def run_case(case: Path, output: Path) -> tuple[dict[str, str], str]:
-    bootctrl_dir = (case / "bootctrl").resolve()
+    staged = output.parent / f"{output.name}.bootctrl"
+    bootctrl_dir = (
+        stage_copy((case / "bootctrl").resolve(), staged) if not staged.exists() else staged
+    )
     log = output.parent / f"{output.name}.log"
     status = generator.run(output, bootctrl_dir, Path("/var/qmail"), PATHS, str(log))
     assert status == 0
@@ -186,3 +190,127 @@ def test_unsafe_values_are_refused() -> None:
         units.path_setting("relative/path")
     with pytest.raises(units.UnsafeValue):
         units.path_setting("/a\nb")
+
+
+def test_listen_stream_doubles_percent() -> None:
+    from qboot_systemd.bootctrl import Listen, Service
+
+    service = Service(
+        name="x",
+        rc_file="/b/qmail-x.rc",
+        env_file=None,
+        listen=(Listen(25, "fe80::1%eth0"),),
+        rules="/b/tcprules-x.cdb",
+        maxconn=40,
+        smtpd=("/bin/true",),
+    )
+    assert "ListenStream=[fe80::1%%eth0]:25\n" in units.socket_dropin(service)
+
+
+def test_scoped_ipv6_address_is_refused_with_a_hint(tmp_path: Path) -> None:
+    from qboot_systemd import bootctrl
+
+    from .test_bootctrl import copy_shipped
+
+    directory = copy_shipped(tmp_path)
+    (directory / "qmail-subm.rc").symlink_to("qmail-tcpd")
+    (directory / "tcprules-subm.cdb").symlink_to("tcprules-default.cdb")
+    (directory / "qmail-subm.env").write_text("PORT=587\nIP=fe80::1%eth0\n")
+    model = bootctrl.load(directory, "/var/qmail")
+    assert [s.name for s in model.services] == ["smtp"]
+    (problem,) = model.problems
+    assert problem.line == 2
+    assert "cannot take a scope id; use IP=fe80::1 and BindToDevice=eth0" in problem.message
+
+
+ENCODING_ENV = {"PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING": ""}
+
+
+@pytest.mark.parametrize("locale", [{"LANG": "C"}, {"LC_ALL": "POSIX"}])
+def test_units_are_utf8_whatever_the_locale(tmp_path: Path, locale: dict[str, str]) -> None:
+    from .test_bootctrl import copy_shipped
+
+    directory = copy_shipped(tmp_path)
+    (directory / "qmail-smtp.env").write_text(
+        "setenv GREETING 'héllo wörld ✓'\nBANNER='Grüße'\n", encoding="utf-8"
+    )
+    (directory / "qmail-subm.rc").symlink_to("qmail-tcpd")
+    (directory / "qmail-subm.env").write_text("IP=ünïcode\n", encoding="utf-8")
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("LC_") and key not in ("LANG", "LANGUAGE", "PYTHONIOENCODING")
+    }
+    env.update(ENCODING_ENV, **locale)
+    log = tmp_path / "log"
+    code = (
+        "import sys; from pathlib import Path; from qboot_systemd import generator, units; "
+        "sys.exit(generator.run(Path(sys.argv[1]), Path(sys.argv[2]), Path('/var/qmail'), "
+        "units.Paths(), sys.argv[3]))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "out"), str(directory), str(log)],
+        env=env,
+        capture_output=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr.decode(errors="replace")
+    service = (tmp_path / "out" / "qmail-tcpd@smtp.service.d" / "qboot.conf").read_bytes()
+    assert 'Environment="GREETING=héllo wörld ✓"'.encode() in service
+    assert "Grüße".encode() in service
+    assert "IP: 'ünïcode' is not an IP address".encode() in log.read_bytes()
+
+
+def test_any_exception_reading_one_service_skips_only_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from qboot_systemd import bootctrl, envfile
+
+    from .test_bootctrl import copy_shipped
+
+    directory = copy_shipped(tmp_path)
+    (directory / "qmail-subm.rc").symlink_to("qmail-tcpd")
+    (directory / "tcprules-subm.cdb").symlink_to("tcprules-default.cdb")
+    real_parse = envfile.parse
+
+    def parse(data: bytes, path: str, predefined: object = None) -> envfile.EnvFile:
+        if path.endswith("qmail-subm.env"):
+            raise MemoryError
+        return real_parse(data, path, predefined)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(envfile, "parse", parse)
+    log = tmp_path / "log"
+    assert generator.run(tmp_path / "out", directory, Path("/var/qmail"), PATHS, str(log)) == 0
+    assert (tmp_path / "out" / "sockets.target.wants" / "qmail-tcpd@smtp.socket").is_symlink()
+    assert f"{directory}/qmail-subm.rc: cannot read: MemoryError; service subm skipped" in (
+        log.read_text()
+    )
+    assert bootctrl.load(directory, "/var/qmail").service("smtp") is not None
+
+
+def test_generate_into_an_unwritable_output_is_one_line(tmp_path: Path) -> None:
+    from .conftest import venv_script
+    from .test_bootctrl import copy_shipped
+
+    directory = copy_shipped(tmp_path)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    done = subprocess.run(
+        [
+            venv_script("qbootctl"),
+            "generate",
+            "--bootctrl",
+            str(directory),
+            "--output",
+            str(blocker / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    first = done.stderr.splitlines()[0]
+    assert first.startswith(f"qbootctl: error: {blocker / 'out'}")
+    assert first.endswith(": Not a directory")
+    assert done.stderr.splitlines()[1].startswith("qbootctl: hint: ")

@@ -5,6 +5,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+from click.testing import CliRunner
+
+from qboot_systemd import cli
+
 from .conftest import require_tool, venv_script
 from .test_bootctrl import copy_shipped
 
@@ -83,7 +88,7 @@ def test_install_into_a_root_and_uninstall(tmp_path: Path) -> None:
         == "/usr/lib/systemd/system/qmail-tcpd@.socket"
     )
     assert (
-        "ExecStart=/usr/bin/qboot-tcpsrv -c 40 -x"
+        "ExecStart=/usr/bin/qboot-tcpsrv -v -R -l 0 -c 40 -u qmaild -g nofiles -x"
         in (output / "qmail-tcpd@smtp.service.d/qboot.conf").read_text()
     )
     # an admin's edit survives a second install
@@ -108,9 +113,12 @@ def test_verify_passes_on_the_shipped_bootctrl(tmp_path: Path) -> None:
         f'PRESMTPD="/usr/bin/rblsmtpd -r zen.example"\nSMTPD={home}/bin/qmail-smtpd\n'
         'POSTSMTPD="/bin/checkpassword /bin/true"\nUSER=qmaild\nGROUP=nofiles\n'
     )
-    done = qbootctl("verify", "--bootctrl", str(bootctrl), "--qmail-home", str(home))
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert "verified 6 units" in done.stdout  # with qboot-reconcile.path
+    # In-process: qmaild and nofiles exist for it as on a qmail host (conftest).
+    done = CliRunner().invoke(
+        cli.qbootctl, ["verify", "--bootctrl", str(bootctrl), "--qmail-home", str(home)]
+    )
+    assert done.exit_code == 0, done.output
+    assert "verified 6 units" in done.output  # with qboot-reconcile.path
 
 
 def test_verify_reports_bootctrl_and_systemd_problems(tmp_path: Path) -> None:
@@ -122,3 +130,81 @@ def test_verify_reports_bootctrl_and_systemd_problems(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert f"problem: {bootctrl}/qmail-bad.env:1: PORT='25x'" in done.stdout
     assert "qmail-start is not executable" in done.stdout
+
+
+def test_code_owned_or_writable_by_another_user_is_found(tmp_path: Path) -> None:
+    from qboot_systemd import install
+
+    top = tmp_path / "checkout"
+    package = top / "pkg"
+    package.mkdir(parents=True)
+    for path in (tmp_path, top, package):
+        path.chmod(0o755)
+    (package / "mod.py").write_text("")
+    (package / "data.txt").write_text("")
+    assert install.untrusted_code([package]) == []
+    os.chown(top, 65534, 65534)
+    assert install.untrusted_code([package]) == [f"{top}: owned by uid 65534; run chown root {top}"]
+    os.chown(top, 0, 0)
+    (package / "mod.py").chmod(0o664)
+    (package / "data.txt").chmod(0o666)  # not code: not reported
+    assert install.untrusted_code([package]) == [
+        f"{package}/mod.py: writable by group; run chmod go-w {package}/mod.py"
+    ]
+    assert install.untrusted_code([package], frozenset({0})) != []
+
+
+def test_install_refuses_untrusted_code_unless_forced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from qboot_systemd import cli, install
+
+    user_checkout = tmp_path / "home" / "user" / "qboot"
+    user_checkout.mkdir(parents=True)
+    (user_checkout / "generator.py").write_text("")
+    os.chown(user_checkout, 1000, 1000)
+    installed: list[str] = []
+    monkeypatch.setattr(install, "code_paths", lambda python, bindir: [user_checkout])
+    monkeypatch.setattr(
+        install, "install", lambda *args, **kwargs: installed.append("x") or ["did it"]
+    )
+    done = CliRunner().invoke(cli.qbootctl, ["install"])
+    assert done.exit_code == 1 and installed == []
+    assert f"untrusted: {user_checkout}: owned by uid 1000" in done.output
+    assert "would run as root at every boot" in done.output
+    done = CliRunner().invoke(cli.qbootctl, ["install", "--force"])
+    assert done.exit_code == 0 and installed == ["x"]
+    assert "WARNING: they can become root at the next boot" in done.output
+
+
+def test_bootctrl_is_copied_with_explicit_modes(tmp_path: Path) -> None:
+    from qboot_systemd import install
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "qmail-tcpd").write_text("#!/bin/sh\n")
+    (source / "qmail-tcpd").chmod(0o775)
+    (source / "qmail-smtp.env").write_text("PORT=25\n")
+    (source / "qmail-smtp.env").chmod(0o664)
+    previous = os.umask(0o002)
+    try:
+        install.copy_missing(source, tmp_path / "var" / "qmail" / "etc" / "bootctrl")
+    finally:
+        os.umask(previous)
+    for path, mode in (
+        (tmp_path / "var", 0o755),
+        (tmp_path / "var" / "qmail" / "etc" / "bootctrl", 0o755),
+        (tmp_path / "var" / "qmail" / "etc" / "bootctrl" / "qmail-tcpd", 0o755),
+        (tmp_path / "var" / "qmail" / "etc" / "bootctrl" / "qmail-smtp.env", 0o644),
+    ):
+        assert path.stat().st_mode & 0o777 == mode, path
+
+
+def test_uninstall_on_a_path_it_cannot_remove_is_one_line(tmp_path: Path) -> None:
+    units = tmp_path / "usr/lib/systemd/system"
+    (units / "qmail-send.service").mkdir(parents=True)  # a directory: unlink fails
+    done = qbootctl("uninstall", "--root", str(tmp_path))
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"qbootctl: error: {units / 'qmail-send.service'}: ")

@@ -1,4 +1,5 @@
-"""qbootctl's D-Bus verbs and eqmaild against a real systemd (see test_e2e_systemd)."""
+"""qbootctl's D-Bus verbs and eqmaild against a real systemd and real qmail (see
+test_e2e_systemd)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import json
 from collections.abc import Iterator
 
 import pytest
+
+from qboot_systemd.eqmaild import line
 
 from .conftest import ROOT
 from .e2e_stage import BOOTCTRL, booted_sandbox
@@ -88,23 +91,57 @@ def test_stop_start_restart_reload(box: Sandbox) -> None:
     assert ctl(box, "restart", "smtp")[0] == 0
     assert show(box, "qmail-tcpd@smtp.service", "MainPID") != pid
     assert ctl(box, "restart", "send")[0] == 0
+    # SIGHUP to qmail-send alone (it re-reads locals and virtualdomains): same process
+    pid = show(box, "qmail-send.service", "MainPID")
+    status, out, err = ctl(box, "reload", "send")
+    assert (status, out, err) == (0, "reload send: done\n", "")
+    assert show(box, "qmail-send.service", "MainPID") == pid
 
 
-def test_failed_start_reports_the_reason(box: Sandbox) -> None:
+def test_unknown_user_is_a_problem_and_a_failed_start(box: Sandbox) -> None:
     box.run("sh", "-c", f"printf 'PORT=2600\\nUSER=nosuchuser\\n' > {BOOTCTRL}/qmail-smtps.env")
     box.run("ln", "-s", "qmail-tcpd", f"{BOOTCTRL}/qmail-smtps.rc")
     box.run("ln", "-s", "tcprules-default.cdb", f"{BOOTCTRL}/tcprules-smtps.cdb")
+    status, out, _ = ctl(box, "show")
+    assert status == 1
+    assert f"{BOOTCTRL}/qmail-smtps.env:2: USER=nosuchuser: no such user" in out
     box.run("systemctl", "daemon-reload")
     status, _, err = ctl(box, "start", "smtps")
     assert status == 1
     # the unit's result and its last journal lines, not a traceback
+    print(err)
     assert "start smtps failed: qmail-tcpd@smtps.service: activating (exit-code)" in err
-    assert "Failed with result 'exit-code'" in err
+    assert "qboot-tcpsrv: fatal: unknown user nosuchuser" in err
     assert "Traceback" not in err
     ctl(box, "stop", "smtps")
     box.run("sed", "-i", "/^USER=/d", f"{BOOTCTRL}/qmail-smtps.env")
     box.run("systemctl", "daemon-reload")
     box.run("systemctl", "reset-failed", "qmail-tcpd@smtps.service")
+
+
+def test_start_reports_a_crash_loop_of_qmail_send(box: Sandbox) -> None:
+    # The bug this project shipped once: no PATH, so qmail-start cannot find its helpers.
+    dropin = "/run/systemd/system/qmail-send.service.d/no-path.conf"
+    box.run("mkdir", "-p", dropin.rsplit("/", 1)[0])
+    box.run("sh", "-c", f"printf '[Service]\\nEnvironment=PATH=/usr/bin:/bin\\n' > {dropin}")
+    box.run("systemctl", "daemon-reload")
+    try:
+        status, out, err = ctl(box, "restart", "send")
+        print(err)
+        assert status == 1, out + err
+        assert "restart send failed: qmail-send.service:" in err
+        done = box.run(EQMAILD, "start", check=False)
+        assert done.returncode == 1
+        assert line("Starting", "send", ok=False) in done.stdout.splitlines()
+        assert "qmail-send.service:" in done.stderr
+        status, out, _ = ctl(box, "status", "send")
+        assert status == 3 and "restarted" in out, out
+    finally:
+        box.run("rm", "-f", dropin)
+        box.run("systemctl", "daemon-reload")
+        box.run("systemctl", "reset-failed", "qmail-send.service", check=False)
+    status, _, err = ctl(box, "restart", "send")
+    assert status == 0, err
 
 
 def test_reload_config_restarts_only_what_changed(box: Sandbox) -> None:
@@ -141,7 +178,7 @@ def test_eqmaild_prints_the_seed_lines(box: Sandbox) -> None:
 
 def test_errors_are_one_line_with_a_hint(box: Sandbox) -> None:
     status, _, err = ctl(box, "start", "nosuch")
-    assert status != 0 and "Traceback" not in err
+    assert status != 0 and "Traceback" not in err and "DBusBaseError" not in err
     status, _, err = ctl(box, "status", "--bootctrl", "/nonexistent")
     assert status == 1
     assert err.splitlines() == [

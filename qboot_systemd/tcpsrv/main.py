@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
+from ..accounts import UnknownAccount, group_id, user_id
 from ..rules import RuleSet
 from . import logline
 from .listen import ListenError, bind, systemd_sockets
@@ -29,6 +30,28 @@ def _standard_fds() -> None:
             os.open(os.devnull, os.O_RDWR)
 
 
+def _drop_privileges(user: str | None, group: str | None) -> str | None:
+    """-g then -u, as tcpserver does, once the sockets are held; supplementary groups are
+    cleared (root's would otherwise stay). Names are resolved now, not when the unit was
+    generated. Returns the fatal message, or None."""
+    if user is None and group is None:
+        return None
+    try:
+        gid = group_id(group) if group is not None else None
+        uid = user_id(user) if user is not None else None
+        if os.geteuid() == 0:
+            os.setgroups([gid] if gid is not None else [])
+        if gid is not None:
+            os.setgid(gid)
+        if uid is not None:
+            os.setuid(uid)
+    except UnknownAccount as error:
+        return str(error)
+    except OSError as error:
+        return f"unable to set uid/gid: {error.strerror}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -49,14 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     if options.print_port:
         sys.stdout.write(f"{listeners[0].getsockname()[1]}\n")
         sys.stdout.flush()
-    try:
-        if options.gid is not None:
-            os.setgroups([options.gid])
-            os.setgid(options.gid)
-        if options.uid is not None:
-            os.setuid(options.uid)
-    except OSError as error:
-        return _fatal(f"unable to set uid/gid: {error.strerror}")
+    failure = _drop_privileges(options.user, options.group)
+    if failure is not None:
+        return _fatal(failure)
     rules = RuleSet(options.rules) if options.rules else None
     under_systemd = passed is not None or bool(os.environ.get("NOTIFY_SOCKET"))
     server = Server(options, listeners, rules, under_systemd=under_systemd)

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 
 from ..tcpflags import TcpFlagsError, split_options
-
-USAGE = (
-    "usage: qboot-tcpsrv [ -146jpPhHrRoOdDqQvUX ] [ -c limit ] [ -C perip ] [ -x rules.cdb ] "
-    "[ -B banner ] [ -g gid ] [ -u uid ] [ -b backlog ] [ -l localname ] [ -t timeout ] "
-    "[ -W drain ] host port program [ arg ... ]"
-)
 
 
 class UsageError(ValueError):
@@ -29,8 +24,8 @@ class Options:
     rules: str | None = None
     missing_rules_ok: bool = False  # -X
     banner: str = ""
-    uid: int | None = None
-    gid: int | None = None
+    user: str | None = None  # -u: a uid, or a user name resolved at start
+    group: str | None = None  # -g: a gid, or a group name resolved at start
     localname: str | None = None
     timeout: int = 26
     remote_host: bool = True  # -h / -H
@@ -45,73 +40,89 @@ class Options:
     drain: float = 50.0  # -W: seconds to let sessions finish after SIGTERM under systemd
 
 
-def _number(letter: str, value: str | None) -> int:
+def _number(letter: str, value: str) -> int:
     if value is None or not value.isdigit():
         raise UsageError(f"-{letter} needs a number, not {value!r}")
     return int(value)
 
 
+def _account(letter: str, value: str) -> str:
+    """-u/-g take a number as tcpserver does, or a name (resolved when the server starts)."""
+    if not value or value.startswith("-") or any(c.isspace() or c == ":" for c in value):
+        raise UsageError(f"-{letter} needs a number or a name, not {value!r}")
+    return value
+
+
+# One row per option: what it does to Options. Each setter is checked by mypy against the
+# field it sets (dataclasses.replace), and the usage text comes from the same rows.
+Flag = Callable[[Options], Options]
+Setter = Callable[[Options, str], Options]
+
+FLAGS: dict[str, Flag] = {
+    "1": lambda o: replace(o, print_port=True),
+    "4": lambda o: replace(o, ipv4_only=True),
+    "6": lambda o: replace(o, ipv6_env=True),
+    # -j is qmail-tcpsrv's; accepted so its command lines keep working.
+    "j": lambda o: o,
+    "p": lambda o: replace(o, paranoid=True),
+    "P": lambda o: replace(o, paranoid=False),
+    "h": lambda o: replace(o, remote_host=True),
+    "H": lambda o: replace(o, remote_host=False),
+    "r": lambda o: replace(o, remote_info=True),
+    "R": lambda o: replace(o, remote_info=False),
+    "o": lambda o: replace(o, kill_ip_options=False),
+    "O": lambda o: replace(o, kill_ip_options=True),
+    "d": lambda o: replace(o, nodelay=False),
+    "D": lambda o: replace(o, nodelay=True),
+    "q": lambda o: replace(o, verbosity=0),
+    "Q": lambda o: replace(o, verbosity=1),
+    "v": lambda o: replace(o, verbosity=2),
+    "U": lambda o: _from_environment(o),
+    "X": lambda o: replace(o, missing_rules_ok=True),
+}
+ARGUMENTS: dict[str, tuple[str, Setter]] = {
+    "c": ("limit", lambda o, a: replace(o, limit=max(1, _number("c", a)))),
+    "C": ("perip", lambda o, a: replace(o, per_ip=_number("C", a))),
+    "x": ("rules.cdb", lambda o, a: replace(o, rules=a)),
+    "B": ("banner", lambda o, a: replace(o, banner=a)),
+    "g": ("gid", lambda o, a: replace(o, group=_account("g", a))),
+    "u": ("uid", lambda o, a: replace(o, user=_account("u", a))),
+    "b": ("backlog", lambda o, a: replace(o, backlog=_number("b", a))),
+    "l": ("localname", lambda o, a: replace(o, localname=a)),
+    "t": ("timeout", lambda o, a: replace(o, timeout=_number("t", a))),
+    "W": ("drain", lambda o, a: replace(o, drain=float(_number("W", a)))),
+}
+USAGE = (
+    f"usage: qboot-tcpsrv [ -{''.join(FLAGS)} ] "
+    + " ".join(f"[ -{letter} {metavar} ]" for letter, (metavar, _) in ARGUMENTS.items())
+    + " host port program [ arg ... ]"
+)
+
+
+def _from_environment(options: Options) -> Options:
+    """-U: -u $UID -g $GID, each when set."""
+    for variable, letter in (("UID", "u"), ("GID", "g")):
+        text = os.environ.get(variable)
+        if text is not None:
+            options = ARGUMENTS[letter][1](options, str(_number("U", text)))
+    return options
+
+
 def parse(argv: list[str]) -> Options:
     """Parse tcpserver's flags (clustered like -vRl0 or -c40); UsageError on misuse."""
     try:
-        options, operands = split_options(argv, extra_arguments="W")
+        found, operands = split_options(argv, extra_arguments="W")
     except TcpFlagsError as error:
         raise UsageError(str(error)) from None
     if len(operands) < 3:
         raise UsageError("need host, port and program")
-    values: dict[str, object] = {}
-    flag_effects: dict[str, tuple[str, object]] = {
-        "X": ("missing_rules_ok", True),
-        "h": ("remote_host", True),
-        "H": ("remote_host", False),
-        "p": ("paranoid", True),
-        "P": ("paranoid", False),
-        "r": ("remote_info", True),
-        "R": ("remote_info", False),
-        "d": ("nodelay", False),
-        "D": ("nodelay", True),
-        "o": ("kill_ip_options", False),
-        "O": ("kill_ip_options", True),
-        "q": ("verbosity", 0),
-        "Q": ("verbosity", 1),
-        "v": ("verbosity", 2),
-        "1": ("print_port", True),
-        "4": ("ipv4_only", True),
-        "6": ("ipv6_env", True),
-        # -j is qmail-tcpsrv's; accepted so its command lines keep working.
-        "j": ("", None),
-    }
-    for letter, argument in options:
-        if letter in flag_effects:
-            name, value = flag_effects[letter]
-            if name:
-                values[name] = value
-        elif letter == "c":
-            values["limit"] = max(1, _number(letter, argument))
-        elif letter == "C":
-            values["per_ip"] = _number(letter, argument)
-        elif letter == "b":
-            values["backlog"] = _number(letter, argument)
-        elif letter == "t":
-            values["timeout"] = _number(letter, argument)
-        elif letter == "W":
-            values["drain"] = float(_number(letter, argument))
-        elif letter == "x":
-            values["rules"] = argument
-        elif letter == "B":
-            values["banner"] = argument
-        elif letter == "l":
-            values["localname"] = argument
-        elif letter == "u":
-            values["uid"] = _number(letter, argument)
-        elif letter == "g":
-            values["gid"] = _number(letter, argument)
-        elif letter == "U":
-            for name, variable in (("uid", "UID"), ("gid", "GID")):
-                text = os.environ.get(variable)
-                if text is not None:
-                    values[name] = _number(letter, text)
+    host, port, *program = operands
+    options = Options(host=host, port=port, program=tuple(program))
+    for letter, argument in found:
+        if letter in FLAGS:
+            options = FLAGS[letter](options)
+        elif letter in ARGUMENTS and argument is not None:
+            options = ARGUMENTS[letter][1](options, argument)
         else:  # pragma: no cover - split_options only returns known letters
             raise UsageError(f"unknown option -{letter}")
-    host, port, *program = operands
-    return Options(host=host, port=port, program=tuple(program), **values)  # type: ignore[arg-type]
+    return options
