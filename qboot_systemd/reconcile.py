@@ -28,7 +28,7 @@ _STAMP_RE = re.compile(rf"^Environment={convergence.STAMP_VARIABLE}=(\S+)$", re.
 
 @contextmanager
 def locked(state: Path) -> Iterator[None]:
-    """One reconcile (or eqmaild, or reload-config) at a time."""
+    """One reconcile (qboot-reconcile, reload-config, uninstall) at a time."""
     try:
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(state / convergence.LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
