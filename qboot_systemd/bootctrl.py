@@ -25,6 +25,7 @@ DEFAULT_MAXCONN = 40
 # tcpserver's -l when control/me is missing: its man page's "common choice", no DNS lookup.
 FALLBACK_LOCAL_NAME = "0"
 RC_TARGET = "qmail-tcpd"
+SERVICES_FILE = "/etc/services"
 SEND_RC = "qmail-init.rc"
 
 _RC_RE = re.compile(r"qmail-(.+)\.rc\Z")
@@ -306,7 +307,52 @@ def _load_service(
             raise _ServiceProblem(
                 Problem(first.file, first.line, f"{first.message}; service {name} skipped")
             )
+        problems.extend(option_typos(env))
     return _build_service(bootctrl, home, name, rc_name, env)
+
+
+# The env file settings qboot reads; any other name is a variable for $NAME expansion.
+OPTIONS = (
+    "PORT",
+    "IP",
+    "CDB",
+    "MAXCONN",
+    "MAXPERIP",
+    "BACKLOG",
+    "USER",
+    "UID",
+    "GROUP",
+    "GID",
+    "BANNER",
+    "TCPFLAGS",
+    "SMTPD",
+    "PRESMTPD",
+    "POSTSMTPD",
+)
+
+
+def option_typos(env: envfile.EnvFile) -> list[Problem]:
+    """`PROT=2588` is a variable nobody reads: a warning (the service still runs) when an
+    unknown UPPERCASE name that nothing exports looks like a setting (names with an
+    underscore are taken for the admin's own variables)."""
+    import difflib
+
+    exported = {name for name, _ in env.exported()}
+    found = []
+    for name, line in env.lines():
+        if name in OPTIONS or name in exported or not name.isupper() or "_" in name:
+            continue
+        near = difflib.get_close_matches(name, OPTIONS, n=1, cutoff=0.75)
+        if near:
+            found.append(
+                Problem(
+                    env.path,
+                    line,
+                    f"warning: {name} is not a setting qboot reads; did you mean {near[0]}? "
+                    f"(a variable for $NAME needs no change)",
+                )
+            )
+    return found
 
 
 def _option(env: envfile.EnvFile | None, name: str) -> envfile.Assignment | None:
@@ -328,6 +374,42 @@ def _positive_int(env: envfile.EnvFile | None, name: str, low: int, high: int) -
             )
         )
     return int(value)
+
+
+def _port(env: envfile.EnvFile | None) -> int:
+    """PORT= as a number or, like tcpserver, a name from /etc/services (smtp, submission)."""
+    assignment = _option(env, "PORT")
+    name = assignment.value.strip() if assignment is not None else ""
+    if name and not name.isdigit() and re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", name):
+        number = service_port(name)
+        if number is None:
+            assert env is not None and assignment is not None
+            raise _ServiceProblem(
+                Problem(
+                    env.path,
+                    assignment.line,
+                    f"PORT={name!r}: not a port number, nor a tcp service in {SERVICES_FILE}",
+                )
+            )
+        return number
+    return _positive_int(env, "PORT", 1, 65535) or DEFAULT_PORT
+
+
+def service_port(name: str, services: str = SERVICES_FILE) -> int | None:
+    """A tcp service's port from /etc/services, read as a file: the generator must not
+    ask NSS (which may talk to another process)."""
+    try:
+        lines = Path(services).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2 or not fields[1].endswith("/tcp"):
+            continue
+        if name in (fields[0], *fields[2:]) and fields[1][:-4].isdigit():
+            port = int(fields[1][:-4])
+            return port if 0 < port < 65536 else None
+    return None
 
 
 def _listen(env: envfile.EnvFile | None, port: int) -> tuple[Listen, ...]:
@@ -483,7 +565,7 @@ def _build_service(
     rc_name: str,
     env: envfile.EnvFile | None,
 ) -> Service:
-    port = _positive_int(env, "PORT", 1, 65535) or DEFAULT_PORT
+    port = _port(env)
     listen = _listen(env, port)
     listen_line = max(
         (a.line for a in (_option(env, "PORT"), _option(env, "IP")) if a is not None), default=0

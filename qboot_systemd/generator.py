@@ -140,9 +140,12 @@ def main(
     qmail_home: str | None = None,
 ) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (1, 3):
+    if len(args) not in (1, 3) or any(arg.startswith("-") for arg in args):
+        # systemd passes absolute directories; `--help` must not become ./--help.
         sys.stderr.write(f"usage: {PROGRAM} normal-dir [early-dir late-dir]\n")
-        return 100
+        sys.stderr.write("systemd runs it at boot and at every daemon-reload; to see what it\n")
+        sys.stderr.write("makes of bootctrl, run: qbootctl generate\n")
+        return 0 if args and args[0] in ("-h", "--help") else 100
     defaults = units.Paths()
     paths = units.Paths(
         tcpsrv=os.environ.get("QBOOT_TCPSRV", tcpsrv or defaults.tcpsrv),

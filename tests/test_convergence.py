@@ -269,6 +269,44 @@ def test_tcpflags_interface_becomes_bind_to_device(tmp_path: Path) -> None:
         assert "qmail-smtp.env:1: TCPFLAGS: " in problem and "-I" in problem
 
 
+def test_papercuts_in_env_files(tmp_path: Path) -> None:
+    directory = clash_bootctrl(tmp_path / "b")
+    env = directory / "qmail-smtp.env"
+
+    def load(data: bytes) -> bootctrl.Bootctrl:
+        env.write_bytes(data)
+        return bootctrl.load(directory, "/q")
+
+    bom = load(b"\xef\xbb\xbfPORT=25\n")
+    assert "qmail-smtp.env:1: starts with a UTF-8 byte order mark (BOM)" in str(bom.problems[0])
+    crlf = load(b"PORT=25\nIP=0\r\n")
+    assert "qmail-smtp.env:2: carriage return (a DOS/Windows line end)" in str(crlf.problems[0])
+    for name, port in (("smtp", 25), ("submission", 587), ("mail", 25)):
+        assert load(f"PORT={name}\n".encode()).services[0].listen[0].port == port
+    unknown = load(b"PORT=nosuch\n")
+    assert "PORT='nosuch': not a port number, nor a tcp service in /etc/services" in str(
+        unknown.problems[0]
+    )
+    typo = load(b"PORT=25\nPROT=2588\nRBL=x\nPRESMTPD=$RBL\n")
+    assert [s.name for s in typo.services] == ["smtp"]  # a warning: it still runs
+    assert [str(p) for p in typo.problems] == [
+        f"{env}:2: warning: PROT is not a setting qboot reads; did you mean PORT? "
+        "(a variable for $NAME needs no change)"
+    ]
+
+
+def test_generator_help_is_usage_not_a_directory(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [str(ROOT / ".venv/bin/qboot-systemd-generator"), "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0 and "qbootctl generate" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 # --- against systemd ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def box() -> Iterator[Sandbox]:
@@ -478,6 +516,10 @@ def test_byte_order_mark_never_stops_the_service(box: Sandbox) -> None:
     reload_and_settle(box)
     assert listening_on(box, 2587) and banner(box, 2587).startswith("220 ")
     assert show(box, "qmail-tcpd@subm.service", "MainPID") == pid
+    done = box.run(QBOOTCTL, "status", check=False)
+    assert done.returncode == 1 and "qmail-subm.env:1: starts with a UTF-8 byte order mark" in (
+        done.stdout
+    )
     edit(box, "subm", good)
     reload_and_settle(box)
 
