@@ -24,6 +24,7 @@ from qboot_systemd import (
     bootctrl,
     convergence,
     generator,
+    install,
     listening,
     migrate,
     reconcile,
@@ -307,6 +308,19 @@ def test_generator_help_is_usage_not_a_directory(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
+def test_install_puts_the_commands_on_path(tmp_path: Path) -> None:
+    units_at, home = Path("/lib/systemd/system"), Path("/q")
+    layout = install.Layout(tmp_path, Path("/opt/qboot/bin"), units_at, home)
+    lines = install.install(layout, "/usr/bin/python3", bootctrl=False, byte_compile=False)
+    link = tmp_path / "usr/local/sbin/qbootctl"
+    assert os.readlink(link) == "/opt/qboot/bin/qbootctl"
+    assert f"command {link} -> /opt/qboot/bin/qbootctl" in lines
+    assert str(link) in install.uninstall(layout) and not link.is_symlink()
+    packaged = install.Layout(tmp_path, Path("/usr/bin"), units_at, home)
+    install.install(packaged, "/usr/bin/python3", bootctrl=False, byte_compile=False)
+    assert not (tmp_path / "usr/local/sbin/qbootctl").exists()
+
+
 # --- against systemd ------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def box() -> Iterator[Sandbox]:
@@ -371,6 +385,8 @@ def test_boot_runs_reconcile_once_and_remembers(box: Sandbox) -> None:
     assert banner(box, 25).startswith("220 ")
     status = box.run(QBOOTCTL, "status", check=False)
     assert status.returncode == 0, status.stdout + status.stderr
+    path = "PATH=/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin"
+    assert box.run("env", path, "qbootctl", "--help", check=False).returncode == 0  # on PATH
     nobody = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
     unprivileged = box.run(*nobody, QBOOTCTL, "status", check=False)
     assert unprivileged.returncode == 0, unprivileged.stdout  # cannot see what runs: no guess
