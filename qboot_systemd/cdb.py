@@ -1,13 +1,16 @@
 """djb's constant database: a reader with djb's bounds checks and a safe writer.
 
-The reader works on the bytes of the file (an mmap in the server), so a lookup costs
-no system call. The writer is pure-cdb's, with its hash-0 slot bug fixed.
+The reader works on a copy of the file in memory, so a lookup costs no system call, and
+an admin who rewrites the file in place (`cp new.cdb rules.cdb`) gives the server a
+half-written copy at worst (a format error, fail closed), never a SIGBUS as an mmap would.
+The writer is pure-cdb's, with its hash-0 slot bug fixed.
 """
 
 from __future__ import annotations
 
-import mmap
+import errno
 import os
+import stat
 import struct
 from itertools import chain
 from typing import IO
@@ -17,6 +20,8 @@ from cdblib import djb_hash
 
 _PAIR = struct.Struct("<LL")
 _HEADER_SIZE = 2048
+MAX_SIZE = 1 << 30  # 4 million rules take about 200 MB
+_CHUNK = 1 << 20
 
 
 class CdbFormatError(Exception):
@@ -28,17 +33,31 @@ class CdbReader:
 
     __slots__ = ("_data", "_size")
 
-    def __init__(self, data: bytes | mmap.mmap) -> None:
+    def __init__(self, data: bytes) -> None:
         self._data = data
         self._size = len(data)
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> CdbReader:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size == 0:
-                return cls(b"")
-            return cls(mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ))
+        """Read the file into memory. O_NONBLOCK and the regular-file check keep a FIFO or
+        a device at the path from holding up the caller (OSError: EINVAL, EFBIG)."""
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                raise OSError(errno.EINVAL, "not a regular file")
+            if status.st_size > MAX_SIZE:
+                raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+            chunks = []
+            total = 0
+            while chunk := os.read(fd, _CHUNK):
+                chunks.append(chunk)
+                total += len(chunk)
+                if total > MAX_SIZE:  # it grew while we read
+                    raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+        finally:
+            os.close(fd)
+        return cls(b"".join(chunks))
 
     def _pair(self, position: int) -> tuple[int, int]:
         if position + 8 > self._size:
@@ -75,8 +94,8 @@ class CdbReader:
         return None
 
     def close(self) -> None:
-        if isinstance(self._data, mmap.mmap):
-            self._data.close()
+        self._data = b""
+        self._size = 0
 
 
 class SafeCdbWriter(cdblib.Writer):  # type: ignore[misc]

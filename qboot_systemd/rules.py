@@ -278,7 +278,7 @@ class RuleSet:
             except OSError as error:
                 return RulesError(
                     self.path,
-                    os.strerror(error.errno or errno.EIO),
+                    error.strerror or os.strerror(error.errno or errno.EIO),
                     missing=error.errno == errno.ENOENT,
                 )
             self._identity = identity

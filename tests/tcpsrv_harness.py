@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import random
 import re
 import signal
 import socket
+import struct
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .conftest import venv_script
@@ -24,6 +29,170 @@ def write_script(directory: Path, name: str, text: str) -> str:
     return str(path)
 
 
+NO_DNS = "127.0.0.254"
+
+
+def loopback_address() -> str:
+    """A loopback address of its own for a test's identd or DNS server (ports 113 and
+    53 are fixed, and other test runs on the machine may use 127.0.0.1)."""
+    return f"127.{random.randint(64, 250)}.{random.randint(0, 255)}.{random.randint(1, 254)}"
+
+
+class Identd:
+    """An identd on address:113 that sends `reply` (bytes, or a function of the query)
+    to every query, `drip` seconds between bytes when set, and counts connections."""
+
+    def __init__(
+        self,
+        address: str,
+        reply: bytes | Callable[[bytes], bytes],
+        drip: float = 0.0,
+    ) -> None:
+        self.reply = reply
+        self.drip = drip
+        self.queries = 0
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind((address, 113))
+        self.listener.listen(256)
+        # Closed only by its own thread: a socket closed under a blocked call frees its
+        # fd number for the next socket the test opens, and the call would read that.
+        self.listener.settimeout(0.1)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        with self.listener:
+            while not self.stopped.is_set():
+                try:
+                    conn, _ = self.listener.accept()
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                self.queries += 1
+                threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                conn.settimeout(60)
+                query = conn.recv(100).strip()
+                reply = self.reply(query) if callable(self.reply) else self.reply
+                if not self.drip:
+                    conn.sendall(reply)
+                    return
+                for byte in reply:
+                    if self.stopped.wait(self.drip):
+                        return
+                    conn.sendall(bytes([byte]))
+            except OSError:
+                return
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+
+
+def dns_labels(*labels: bytes) -> bytes:
+    return b"".join(bytes([len(label)]) + label for label in labels) + b"\0"
+
+
+class FakeDns:
+    """A DNS server on address:53 (UDP). records maps (question name as dotted text,
+    type) to answers: a list of (type, rdata bytes) or, for PTR, wire names. delay
+    holds answers back; queries counts what was asked. rcode answers every question
+    with that error; forged (a wire name) is first sent as the answer under a wrong id
+    and from another address with the right id, as a spoofer would."""
+
+    def __init__(
+        self, address: str, delay: float = 0.0, rcode: int | None = None, forged: bytes = b""
+    ) -> None:
+        self.records: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
+        self.delay = delay
+        self.rcode = rcode
+        self.forged = forged
+        self.queries: list[tuple[str, int]] = []
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.socket.bind((address, 53))
+        self.socket.settimeout(0.1)  # closed by its own thread, as Identd's listener
+        self.address = address
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def ptr(self, ip: str, wire_name: bytes) -> None:
+        reverse = ipaddress.ip_address(ip).reverse_pointer
+        self.records.setdefault((reverse, 12), []).append((12, wire_name))
+
+    def a(self, name: str, ip: str) -> None:
+        if ":" in ip:
+            self.records.setdefault((name, 28), []).append((28, ipaddress.ip_address(ip).packed))
+        else:
+            self.records.setdefault((name, 1), []).append((1, socket.inet_aton(ip)))
+
+    def _serve(self) -> None:
+        with self.socket:
+            while not self.stopped.is_set():
+                try:
+                    packet, peer = self.socket.recvfrom(4096)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                threading.Thread(target=self._answer, args=(packet, peer), daemon=True).start()
+
+    def _answer(self, packet: bytes, peer: tuple[str, int]) -> None:
+        if self.delay and self.stopped.wait(self.delay):
+            return
+        query_id = packet[:2]
+        labels, position = [], 12
+        while packet[position]:
+            length = packet[position]
+            labels.append(packet[position + 1 : position + 1 + length].decode("latin-1"))
+            position += 1 + length
+        question = packet[12 : position + 5]
+        (qtype,) = struct.unpack("!H", packet[position + 1 : position + 3])
+        name = ".".join(labels).lower()
+        self.queries.append((name, qtype))
+        found = self.records.get((name, qtype), [])
+        rcode = 0 if found or any(key[0] == name for key in self.records) else 3
+        if self.rcode is not None:
+            rcode, found = self.rcode, []
+        if self.stopped.is_set():
+            return
+        try:
+            if self.forged:
+                forged = self._packet(query_id, rcode, question, [(12, self.forged)])
+                wrong_id = bytes([query_id[0] ^ 0x55, query_id[1]])
+                self.socket.sendto(
+                    self._packet(wrong_id, rcode, question, [(12, self.forged)]), peer
+                )
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+                    other.bind((loopback_address(), 53))
+                    other.sendto(forged, peer)
+                time.sleep(0.05)
+            self.socket.sendto(self._packet(query_id, rcode, question, found), peer)
+        except OSError:
+            return
+
+    @staticmethod
+    def _packet(
+        query_id: bytes, rcode: int, question: bytes, found: list[tuple[int, bytes]]
+    ) -> bytes:
+        header = query_id + struct.pack("!HHHHH", 0x8180 | rcode, 1, len(found), 0, 0)
+        answers = b"".join(
+            b"\xc0\x0c" + struct.pack("!HHIH", rtype, 1, 60, len(data)) + data
+            for rtype, data in found
+        )
+        return header + question + answers
+
+    def close(self) -> None:
+        self.stopped.set()
+        self.thread.join(5)
+
+
 class Running:
     def __init__(
         self,
@@ -38,7 +207,9 @@ class Running:
             argv,
             stdout=subprocess.PIPE,
             stderr=self._stderr,
-            env={**os.environ, **(env or {})},
+            # /etc/resolv.conf points off the machine: DNS goes to loopback, where
+            # nothing answers unless a test starts its own server (FakeDns).
+            env={**os.environ, "DNSCACHEIP": NO_DNS, **(env or {})},
             pass_fds=pass_fds,
         )
         if port is None:

@@ -52,8 +52,14 @@ def send(
 
 
 def _count(box: Sandbox, pattern: str, tag: str) -> int:
+    """Distinct messages: a session cut off after qmail-queue took the message but before
+    the client read 250 is sent again by the client (as an MTA does), so a message may
+    arrive twice; what counts is that none is lost."""
     done = box.run(
-        "sh", "-c", f"grep -l 'Subject: {tag}-' {pattern} 2>/dev/null | wc -l", check=False
+        "sh",
+        "-c",
+        f"grep -hoa 'Subject: {tag}-[0-9]*' {pattern} 2>/dev/null | sort -u | wc -l",
+        check=False,
     )
     return int(done.stdout.strip() or 0)
 

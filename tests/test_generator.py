@@ -290,15 +290,17 @@ def test_any_exception_reading_one_service_skips_only_it(
 
 
 def test_generate_into_an_unwritable_output_is_one_line(tmp_path: Path) -> None:
-    from .conftest import venv_script
     from .test_bootctrl import copy_shipped
 
     directory = copy_shipped(tmp_path)
     blocker = tmp_path / "file"
     blocker.write_text("")
+    # The module, not .venv's script: this test also runs against the built Debian package.
     done = subprocess.run(
         [
-            venv_script("qbootctl"),
+            sys.executable,
+            "-m",
+            "qboot_systemd.cli",
             "generate",
             "--bootctrl",
             str(directory),

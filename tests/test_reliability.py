@@ -9,7 +9,6 @@ import resource
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from qboot_systemd import bootctrl, generator, rules, units
 
 from .conftest import ROOT, venv_script
 from .load import run_load
-from .tcpsrv_harness import ours, read_all, write_script
+from .tcpsrv_harness import Identd, loopback_address, ours, read_all, write_script
 from .test_generator import ALLOWED
 
 HOLD = "#!/bin/sh\necho hello\nread line\n"
@@ -248,27 +247,17 @@ def test_generated_units_only_carry_fixed_settings(
     assert generator.PROGRAM  # the generator module stays importable without click
 
 
-def test_hostile_ident_answer_is_escaped_in_logs_and_kept_in_env(tmp_path: Path) -> None:
-    """An identd (ours, on 127.0.0.1:113) answers with control characters, %, and 300
-    bytes: the log line shows it escaped and cut, the child's environment gets it as is."""
+def test_hostile_ident_answer_is_escaped_in_logs_and_cut_in_env(tmp_path: Path) -> None:
+    """An identd answers with control characters, %, and 300 bytes: the log line shows it
+    escaped and cut at 100, the child's environment gets it cut as tcpserver cuts it
+    (257 bytes, spaces dropped)."""
     hostile = "evil\x01name%" + "x" * 300
-    identd = socket.socket()
-    identd.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    identd.bind(("127.0.0.1", 113))
-    identd.listen(5)
-
-    def answer() -> None:
-        conn, _ = identd.accept()
-        with conn:
-            query = conn.recv(100).decode().strip()
-            conn.sendall(f"{query} : USERID : UNIX : {hostile}\r\n".encode())
-
-    thread = threading.Thread(target=answer, daemon=True)
-    thread.start()
+    client = loopback_address()
+    identd = Identd(client, lambda query: query + f" : USERID : UNIX : {hostile}\r\n".encode())
     script = write_script(tmp_path, "info", '#!/bin/sh\nprintf "%s" "$TCPREMOTEINFO"\n')
     server = ours("-v", "-Hr", "-t", "5", "-l", "x", "127.0.0.1", "0", script)
     try:
-        assert server.request().decode() == hostile
+        assert server.request(source=client).decode() == hostile[:257]
         log = server.wait_log(r"ok \d+ ")
         line = next(line for line in log.splitlines() if " ok " in line)
         remote = line.split(" ")[-1]
@@ -278,4 +267,3 @@ def test_hostile_ident_answer_is_escaped_in_logs_and_kept_in_env(tmp_path: Path)
     finally:
         server.stop()
         identd.close()
-        thread.join(5)

@@ -17,7 +17,16 @@ from qboot_systemd.tcpsrv.logline import safe
 from qboot_systemd.tcpsrv.options import UsageError, parse
 
 from .conftest import require_tool, venv_script
-from .tcpsrv_harness import DUMP_ENV, Running, ours, read_all, write_script
+from .tcpsrv_harness import (
+    DUMP_ENV,
+    FakeDns,
+    Running,
+    dns_labels,
+    loopback_address,
+    ours,
+    read_all,
+    write_script,
+)
 
 HOLD = "#!/bin/sh\necho hello\nread line\necho bye $line\n"
 
@@ -137,14 +146,16 @@ def test_exec_failure_is_logged_and_serving_goes_on(tmp_path: Path) -> None:
 
 def test_reverse_dns_and_banner(tmp_path: Path) -> None:
     dump = write_script(tmp_path, "dump", DUMP_ENV)
-    # 127.0.0.1 is in /etc/hosts: no DNS traffic leaves the machine.
-    server = ours("-hR", "-B", "220 hi\r\n", "0", "0", dump)
+    dns = FakeDns(loopback_address())
+    dns.ptr("127.0.0.1", dns_labels(b"LocalHost"))  # names come back in lower case
+    server = ours("-hR", "-B", "220 hi\r\n", "0", "0", dump, env={"DNSCACHEIP": dns.address})
     try:
         output = server.request()
         assert output.startswith(b"220 hi\r\n")
         assert b"TCPREMOTEHOST=localhost" in output and b"TCPLOCALHOST=localhost" in output
     finally:
         server.stop()
+        dns.close()
 
 
 def test_client_reset_before_accept(tmp_path: Path) -> None:

@@ -22,12 +22,22 @@ def _fatal(message: str) -> int:
 
 
 def _standard_fds() -> None:
-    """fds 0-2 must be taken, or a connection could land on them and be closed at exec."""
+    """fds 0-2 must be taken, or a connection could land on them and be closed at exec,
+    and the chain must find them open: a closed one becomes /dev/null, inheritable (os.open
+    makes close-on-exec fds), and Python's stdout/stderr are rebuilt on it."""
     for fd in (0, 1, 2):
         try:
             os.fstat(fd)
         except OSError:
-            os.open(os.devnull, os.O_RDWR)
+            opened = os.open(os.devnull, os.O_RDWR)
+            if opened != fd:  # cannot happen while 0..fd-1 are taken; be sure anyway
+                os.dup2(opened, fd)
+                os.close(opened)
+            os.set_inheritable(fd, True)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)  # noqa: SIM115 - lives as long as the process
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)  # noqa: SIM115 - lives as long as the process
 
 
 def _drop_privileges(user: str | None, group: str | None) -> str | None:

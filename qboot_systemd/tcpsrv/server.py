@@ -1,9 +1,10 @@
 """The accept loop: limits, rules, spawning the chain, reaping, signals.
 
-One thread runs the loop. Reverse DNS and ident run in worker threads, and spawning runs
-in spawner threads (posix_spawnp with the GIL released, see spawn.py), so nothing a client
+One thread runs the loop. Reverse DNS and ident are non-blocking sockets driven by the
+same loop (lookups.py, a Reactor whose epoll fd the loop watches), and spawning runs in
+spawner threads (posix_spawnp with the GIL released, see spawn.py), so nothing a client
 does can stall the loop. A spawner thread books its child itself, under a lock; the loop
-hears only of lookups, failed spawns and SIGCHLD, through a wake-up socket, and reaps with
+hears only of failed spawns and SIGCHLD, through a wake-up socket, and reaps with
 waitpid as tcpserver does. Every thread switch and syscall costs the loop its share of the
 GIL, so the common path has as few as possible.
 """
@@ -13,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import heapq
 import itertools
 import os
 import queue
@@ -25,16 +25,17 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TextIO
 
 from ..rules import Decision, RulesError, RuleSet
 from . import logline, quick
+from .dns import Resolver
 from .environ import Endpoints, base_environment, connection_environment, ipv4_form
-from .lookups import ident, reverse_name
+from .lookups import NO_NAMES, ConnectionLookups, Names, lookup_key
 from .notify import Notifier
 from .options import Options
+from .reactor import Reactor
 from .spawn import best_spawner
 
 # accept() errors that mean "out of resources for now": back off instead of spinning.
@@ -45,6 +46,13 @@ SPAWN_THREADS = 4
 EXIT_DENY_STATUS = 100 << 8
 EXIT_DROP_STATUS = 111 << 8
 DEFAULT_ALLOW = Decision(False, (), None)  # no rules file, or no rule matched
+# Lookups in flight per client address (IPv6: per /64): more connections from there go
+# on at once without names, so one address cannot hold the -c slots for -t seconds.
+MAX_LOOKUPS_PER_ADDRESS = 8
+
+
+def lookups_per_address(limit: int) -> int:
+    return max(1, min(MAX_LOOKUPS_PER_ADDRESS, limit // 4))
 
 
 @dataclass
@@ -54,7 +62,8 @@ class Pending:
     ident: int
     fd: int
     endpoints: Endpoints
-    deadline: float
+    key: str  # lookup_key() of the client
+    lookups: ConnectionLookups | None = None
 
 
 @dataclass
@@ -97,7 +106,10 @@ class Server:
         self.child_exited = False
         self.local_endpoints = {id(sock): _fixed_local(sock) for sock in self.listeners}
         self.pending: dict[int, Pending] = {}
-        self.deadlines: list[tuple[float, int]] = []
+        self.lookups_by_key: Counter[str] = Counter()
+        self.max_lookups = lookups_per_address(self.options.limit)
+        self.reactor = Reactor()  # started at the first lookup
+        self.resolver: Resolver | None = None
         self.counters = Counters()
         self.accepting = False
         self.backoff_until: float | None = None
@@ -105,8 +117,6 @@ class Server:
         self.stop_at: float | None = None
         self.signals: list[int] = []
         self.local_names: dict[str, str | None] = {}
-        self.completed: queue.SimpleQueue[tuple[int, tuple[str | None, ...]]] = queue.SimpleQueue()
-        self.workers: ThreadPoolExecutor | None = None
         self.ids = itertools.count(1)
         self.spawner = best_spawner(self.program, base_environment(dict(os.environ)))
         self.spawning = 0
@@ -125,7 +135,9 @@ class Server:
     # --- logging -----------------------------------------------------------------------
     def _say(self, line: str, level: int = 2) -> None:
         if self.options.verbosity >= level:
-            with self.log_lock:  # spawner threads log too: whole lines only
+            # spawner threads log too: whole lines only. A log that cannot be written
+            # (a reader gone) is ignored, as tcpserver ignores it.
+            with self.log_lock, contextlib.suppress(OSError, ValueError):
                 self.log.write(line)
                 self.log.flush()
 
@@ -222,15 +234,7 @@ class Server:
         if not (self.options.remote_host or self.options.remote_info or needs_local):
             self._decide(fd, endpoints, self._local_name(endpoints), None, None)
             return
-        pending = Pending(next(self.ids), fd, endpoints, time.monotonic() + self.options.timeout)
-        self.pending[pending.ident] = pending
-        heapq.heappush(self.deadlines, (pending.deadline, pending.ident))
-        if self.workers is None:
-            self.workers = ThreadPoolExecutor(
-                max_workers=min(64, self.options.limit), thread_name_prefix="lookup"
-            )
-        future = self.workers.submit(self._lookups, endpoints, needs_local)
-        future.add_done_callback(self._lookup_done(pending.ident))
+        self._start_lookups(fd, endpoints, needs_local)
 
     def _prepare_socket(self, fd: int, family: int) -> None:
         if self.options.nodelay:
@@ -244,59 +248,51 @@ class Server:
             return self.options.localname
         return self.local_names.get(endpoints.local_ip)
 
-    def _lookups(self, endpoints: Endpoints, needs_local: bool) -> tuple[str | None, ...]:
-        """Runs in a worker thread."""
-        start = time.monotonic()
-        local_name = reverse_name(endpoints.local_ip, False) if needs_local else None
-        remote_host = (
-            reverse_name(endpoints.remote_ip, self.options.paranoid)
-            if self.options.remote_host
-            else None
+    def _start_lookups(self, fd: int, endpoints: Endpoints, needs_local: bool) -> None:
+        key = lookup_key(endpoints.remote_ip)
+        if self.lookups_by_key[key] >= self.max_lookups:
+            # This address has enough in flight: on at once, without its names.
+            self._decide(fd, endpoints, self._local_name(endpoints), None, None)
+            return
+        if self.resolver is None:
+            self.reactor.start()
+            self._watch(self.reactor.fileno(), self.reactor.run_ready)
+            self.resolver = Resolver(self.reactor)
+        self.lookups_by_key[key] += 1
+        pending = Pending(next(self.ids), fd, endpoints, key)
+        self.pending[pending.ident] = pending
+        pending.lookups = ConnectionLookups(
+            self.reactor,
+            self.resolver,
+            endpoints,
+            time.monotonic() + self.options.timeout,
+            (needs_local, self.options.remote_host, self.options.remote_info),
+            self.options.paranoid,
+            functools.partial(self._lookups_done, pending.ident),
         )
-        remote_info = None
-        if self.options.remote_info:
-            left = self.options.timeout - (time.monotonic() - start)
-            remote_info = ident(
-                (endpoints.remote_ip, endpoints.remote_port),
-                (endpoints.local_ip, endpoints.local_port),
-                left,
-            )
-        return (local_name, remote_host, remote_info)
+        pending.lookups.start()  # may call _lookups_done at once
 
-    def _lookup_done(self, ident_: int) -> Callable[[Future[tuple[str | None, ...]]], None]:
-        def done(future: Future[tuple[str | None, ...]]) -> None:
-            try:
-                result = future.result()
-            except Exception:
-                result = (None, None, None)
-            self.completed.put((ident_, result))
-            with contextlib.suppress(OSError):
-                self.wake_write.send(b"l")
+    def _lookups_done(self, ident_: int, names: Names) -> None:
+        pending = self.pending.pop(ident_, None)
+        if pending is None:
+            return
+        self.lookups_by_key[pending.key] -= 1
+        if self.lookups_by_key[pending.key] <= 0:
+            del self.lookups_by_key[pending.key]
+        if self.options.localname is None and names.local_host is not None:
+            self.local_names[pending.endpoints.local_ip] = names.local_host
+        local = names.local_host
+        if local is None:
+            local = self._local_name(pending.endpoints)
+        self._decide(pending.fd, pending.endpoints, local, names.remote_host, names.remote_info)
 
-        return done
-
-    def _finish_lookups(self) -> None:
-        while True:
-            try:
-                ident_, (local_name, remote_host, remote_info) = self.completed.get_nowait()
-            except queue.Empty:
-                return
-            pending = self.pending.pop(ident_, None)
-            if pending is None:
-                continue  # it timed out and went on without the names
-            if self.options.localname is None and local_name is not None:
-                self.local_names[pending.endpoints.local_ip] = local_name
-            local = local_name if local_name is not None else self._local_name(pending.endpoints)
-            self._decide(pending.fd, pending.endpoints, local, remote_host, remote_info)
-
-    def _expire_lookups(self, now: float) -> None:
-        while self.deadlines and self.deadlines[0][0] <= now:
-            _, ident_ = heapq.heappop(self.deadlines)
-            pending = self.pending.pop(ident_, None)
-            if pending is not None:
-                self._decide(
-                    pending.fd, pending.endpoints, self._local_name(pending.endpoints), None, None
-                )
+    def _cut_lookups_short(self) -> None:
+        """SIGTERM: every pending connection goes on now, with the names it has."""
+        for pending in list(self.pending.values()):
+            names = pending.lookups.names() if pending.lookups is not None else NO_NAMES
+            if pending.lookups is not None:
+                pending.lookups.close()
+            self._lookups_done(pending.ident, names)
 
     # --- the decision and the spawn ----------------------------------------------------
     def _decide(
@@ -352,6 +348,8 @@ class Server:
             job.pid = self.spawner.spawn(env, job.fd)
         except OSError as error:
             job.error = error.strerror or str(error)
+        except Exception as error:  # one job is refused, the thread goes on
+            job.error = f"{type(error).__name__}: {error}"
         quick.close(job.fd)
         with self.books:
             self.spawning -= 1
@@ -451,6 +449,8 @@ class Server:
                 if self.rules is not None:
                     self.rules = RuleSet(self.rules.path)
                 self.local_names.clear()
+                if self.resolver is not None:
+                    self.resolver.reload()
                 self._say(logline.warning("SIGHUP: rules and names reloaded"), 2)
                 self.notifier.send("READY=1")
             elif self.stop_at is None:
@@ -460,11 +460,12 @@ class Server:
                 self._set_accepting(False)
                 for listener in self.listeners:
                     listener.close()
+                self._cut_lookups_short()
 
     def _timed(self) -> bool:
         """Is anything waiting for a moment rather than for an fd?"""
         return bool(
-            self.deadlines
+            self.pending
             or self.backoff_until is not None
             or self.stop_at is not None
             or self.notifier.next_flush() is not None
@@ -483,8 +484,10 @@ class Server:
             )
             if t is not None
         ]
-        if self.deadlines:
-            candidates.append(self.deadlines[0][0])
+        if self.pending:
+            lookup_deadline = self.reactor.next_deadline()
+            if lookup_deadline is not None:
+                candidates.append(lookup_deadline)
         return max(0.0, min(candidates) - time.monotonic()) if candidates else -1
 
     def _busy(self) -> bool:
@@ -509,14 +512,13 @@ class Server:
             if self.child_exited:
                 self.child_exited = False
                 self._reap()
-            if not self.completed.empty():
-                self._finish_lookups()
             if not self.ended.empty():
                 self._finish_ended()
             if not self._timed():
                 continue
             now = time.monotonic()
-            self._expire_lookups(now)
+            if self.pending:
+                self.reactor.run_timers(now)
             if self.backoff_until is not None and now >= self.backoff_until:
                 self.backoff_until = None
                 self._set_accepting(self._may_accept())

@@ -54,33 +54,40 @@ def _signals_to_default() -> list[int]:
     return numbers
 
 
-def _pack(data: bytes, lengths: Iterable[int] | None = None) -> tuple[object, array.array[int]]:
-    """data (strings each ending in NUL) copied to C memory, and the strings' addresses.
-    lengths, when known, spares the search for the NULs."""
+def _pack(data: bytes, lengths: Iterable[int]) -> tuple[object, array.array[int]]:
+    """data (strings each followed by a NUL) copied to C memory, and the strings'
+    addresses. The boundaries come from lengths, never from a search for NULs: a NUL
+    inside a string only ends that string early in C, it cannot start another one."""
     if not data:
         return None, array.array(_POINTER)
     buffer = (ctypes.c_char * len(data)).from_buffer_copy(data)
     at = ctypes.addressof(buffer)
     pointers = array.array(_POINTER)
-    if lengths is None:
-        start = 0
-        while start < len(data):
-            pointers.append(at + start)
-            start = data.index(0, start) + 1
-    else:
-        for length in lengths:
-            pointers.append(at)
-            at += length + 1
+    for length in lengths:
+        pointers.append(at)
+        at += length + 1
     return buffer, pointers
 
 
+def check_names(env: Mapping[str, str]) -> None:
+    """A name with '=' or NUL would set another variable: refuse the whole environment
+    (names come from us and the rules; a value may hold anything)."""
+    names = "".join(env)  # one scan for all of them: this runs per connection
+    if "=" in names or "\0" in names:
+        bad = next(name for name in env if "=" in name or "\0" in name)
+        raise ValueError(f"bad environment variable name {bad!r}")
+
+
 def _pack_env(env: Mapping[str, str]) -> tuple[object, array.array[int]]:
-    """`NAME=value` entries as execve wants them, packed as _pack does."""
+    """`NAME=value` entries as execve wants them, packed as _pack does. A value with a
+    NUL reaches the program cut there, as from tcpserver (a C string)."""
+    check_names(env)
     text = "".join([f"{name}={value}\0" for name, value in env.items()])
     data = text.encode("utf-8", "surrogateescape")
-    if len(data) != len(text):  # not ASCII: find the NULs
-        return _pack(data)
-    return _pack(data, [len(name) + len(value) + 1 for name, value in env.items()])
+    if len(data) == len(text):  # one byte per character: the text's lengths hold
+        return _pack(data, [len(name) + len(value) + 1 for name, value in env.items()])
+    entries = [f"{name}={value}".encode("utf-8", "surrogateescape") for name, value in env.items()]
+    return _pack(b"".join(entry + b"\0" for entry in entries), map(len, entries))
 
 
 class LibcSpawner:
@@ -122,7 +129,9 @@ class LibcSpawner:
         if any(checks):
             raise OSError("posix_spawnattr setup failed")
         self._file = argv[0]
-        self._argv, self._argv_pointers = _pack(b"".join(word + b"\0" for word in argv))
+        self._argv, self._argv_pointers = _pack(
+            b"".join(word + b"\0" for word in argv), [len(word) for word in argv]
+        )
         self._argv_pointers.append(0)
         self._base_env = dict(base_env)
         self._base, self._base_pointers = _pack_env(base_env)
@@ -168,8 +177,9 @@ class PythonSpawner:
         self._base_env = {os.fsencode(name): os.fsencode(value) for name, value in base_env.items()}
 
     def spawn(self, extra_env: Mapping[str, str], fd: int) -> int:
+        check_names(extra_env)
         env = dict(self._base_env)
-        env.update((os.fsencode(k), os.fsencode(v)) for k, v in extra_env.items())
+        env.update((os.fsencode(k), os.fsencode(c_string(v))) for k, v in extra_env.items())
         return os.posix_spawnp(
             self._argv[0],
             self._argv,
@@ -178,6 +188,11 @@ class PythonSpawner:
             setsigdef=DEFAULT_SIGNALS,
             setsigmask=(),
         )
+
+
+def c_string(value: str) -> str:
+    """value as a C program gets it: up to its first NUL."""
+    return value.partition("\0")[0] if "\0" in value else value
 
 
 def best_spawner(argv: Sequence[bytes], base_env: Mapping[str, str]) -> LibcSpawner | PythonSpawner:
