@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from qboot_systemd import rules
+from qboot_systemd import rules, units
 from qboot_systemd.tcpsrv import dns, rbl
 from qboot_systemd.tcpsrv.dnscache import CachingResolver, cache_seconds
 from qboot_systemd.tcpsrv.rbl import ACCEPT, PENDING, Kind, Source, Verdict
@@ -23,6 +23,7 @@ from qboot_systemd.tcpsrv.rbl import ACCEPT, PENDING, Kind, Source, Verdict
 from .conftest import require_tool, venv_script
 from .dnsbl_server import TXT, BlocklistDns, Table, listed, wire
 from .tcpsrv_harness import Running, loopback_address, ours, theirs, write_script
+from .test_bootctrl import make
 
 
 # --- the command line ------------------------------------------------------------------
@@ -484,3 +485,65 @@ def test_listed_session_cap_gives_the_answer_line_only(chain: tuple[str, str]) -
         for client in held:
             client.close()
         server.stop()
+
+
+# --- the env file and the unit -------------------------------------------------------------
+def exec_start(tmp_path: Path, env: str) -> tuple[list[str], str]:
+    model = make(tmp_path, env + "SMTPD=/q/bin/qmail-smtpd\n")
+    assert model.problems == ()
+    (service,) = model.services
+    return units.tcpsrv_argv(service, units.Paths()), units.service_dropin(service, units.Paths())
+
+
+def test_dnsbl_becomes_an_in_core_rblsmtpd(tmp_path: Path) -> None:
+    argv, dropin = exec_start(
+        tmp_path, "DNSBL='zen.spamhaus.org bl.test'\nDNSBLFLAGS='-b -a ok.test'\nRATE=30\n"
+    )
+    options, chain = argv[: argv.index("-")], argv[argv.index("-") + 2 :]
+    assert options[-3:] == ["-N", "30", "-L"]
+    assert chain == [
+        "rblsmtpd", "-b", "-a", "ok.test", "-r", "zen.spamhaus.org", "-r", "bl.test",
+        "/q/bin/qmail-smtpd",
+    ]  # fmt: skip
+    assert "# rblsmtpd" not in dropin
+
+
+@pytest.mark.parametrize(
+    ("env", "note"),
+    [
+        ("PRESMTPD='rblsmtpd -r zen.spamhaus.org'\n", None),
+        ("PRESMTPD='/usr/bin/rblsmtpd -bC -t30 -rzen.spamhaus.org'\n", None),
+        ("PRESMTPD='rblsmtpd -r zen.spamhaus.org'\nRBL_INCORE=no\n", "RBL_INCORE=no"),
+        ("PRESMTPD='/opt/bin/rblsmtpd -r zen'\n", "not at a usual path"),
+        ("PRESMTPD='rblsmtpd -r zen:go away'\n", "not a plain DNS name"),
+        ("PRESMTPD='rblsmtpd -R -r zen'\n", "not all ones ucspi-tcp 0.88 knows"),
+        ("PRESMTPD='greetdelay rblsmtpd -r zen'\n", None),
+    ],
+)
+def test_which_presmtpd_is_translated(tmp_path: Path, env: str, note: str | None) -> None:
+    argv, dropin = exec_start(tmp_path, env + "RATE=5\nRATE_ANSWER=421\n")
+    assert ("-M" in argv and "5" in argv) and "-N" not in argv
+    translated = "-L" in argv[: argv.index("-")]
+    if note is None:
+        assert translated == ("greetdelay" not in env)
+        assert "# rblsmtpd" not in dropin
+    else:
+        assert not translated
+        assert "# rblsmtpd runs as a process: " in dropin and note in dropin
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ("DNSBL='zen;rm'\n", "is not a DNS name"),
+        ("DNSBL=zen\nDNSBLFLAGS='-r x y'\n", "rblsmtpd options only"),
+        ("DNSBLFLAGS=-b\n", "set DNSBL too"),
+        ("RBL_INCORE=maybe\n", "expected yes or no"),
+        ("RATE=0\n", "expected a number"),
+        ("RATE_ANSWER=450\n", "expected close or 421"),
+    ],
+)
+def test_bad_screening_settings_are_problems(tmp_path: Path, env: str, fragment: str) -> None:
+    model = make(tmp_path, env)
+    (problem,) = model.problems
+    assert problem.line >= 1 and fragment in problem.message

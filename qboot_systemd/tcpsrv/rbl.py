@@ -106,6 +106,36 @@ def parse_command(words: Sequence[str]) -> tuple[RblConfig, tuple[str, ...]] | N
     return RblConfig(tuple(sources), timeout), program
 
 
+# rblsmtpd where a distribution puts it; one elsewhere may be a patched build (some take
+# `-r base:reply`), so it stays a process.
+KNOWN_PATHS = ("rblsmtpd", "/usr/bin/rblsmtpd", "/bin/rblsmtpd", "/usr/local/bin/rblsmtpd")
+
+
+def plain_dns_name(base: str) -> bool:
+    labels = base.rstrip(".").split(".")
+    return all(
+        0 < len(label) <= 63 and all(c.isascii() and (c.isalnum() or c in "-_") for c in label)
+        for label in labels
+    )
+
+
+def not_in_core(chain: Sequence[str]) -> str | None:
+    """Why a chain that starts with rblsmtpd cannot have it in the core (None: it can,
+    and qboot-tcpsrv -L takes it over). Only Debian's rblsmtpd, by name or a usual path,
+    with the options ucspi-tcp 0.88 knows and plain DNS names as sources."""
+    if not chain or chain[0].rpartition("/")[2] != "rblsmtpd":
+        return "the chain does not start with rblsmtpd"
+    if chain[0] not in KNOWN_PATHS:
+        return f"{chain[0]} is not at a usual path (a patched build?)"
+    parsed = parse_command(chain)
+    if parsed is None:
+        return "rblsmtpd's options are not all ones ucspi-tcp 0.88 knows (-bBcC -t -r -a)"
+    bad = [s.base for s in parsed[0].sources if not plain_dns_name(s.base)]
+    if bad:
+        return f"{bad[0]!r} is not a plain DNS name"
+    return None
+
+
 def _scan_ulong(text: str) -> int:
     """djb's scan_ulong: the leading digits (none: 0)."""
     digits = ""
