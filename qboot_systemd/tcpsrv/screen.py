@@ -18,11 +18,12 @@ import resource
 import select
 import socket
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from . import dns, rbl
-from .dnscache import CachingResolver
+from .dnscache import MAX_ENTRIES, CachingResolver, cache_seconds
 from .reactor import Reactor, Timer
 
 MAX_SESSIONS = 512
@@ -149,6 +150,7 @@ class Waiting:
     resume: Callable[[rbl.Verdict], None]
     results: list[rbl.Result] = field(default_factory=list)
     starting: bool = True
+    good_for: float = float("inf")  # seconds until the first of its answers expires
 
 
 class RblScreen:
@@ -168,6 +170,9 @@ class RblScreen:
         self._cache: CachingResolver | None = None
         self._waiting: dict[int, Waiting] = {}
         self._sessions: set[ListedSession] = set()
+        # Verdicts by TCPREMOTEIP, kept as long as the answers they came from: a flood
+        # from one address costs a dict lookup per connection. Bounded as the cache is.
+        self._verdicts: OrderedDict[str, tuple[float, rbl.Verdict]] = OrderedDict()
         self._ids = itertools.count(1)
         self.max_sessions = session_cap() if max_sessions is None else max_sessions
         self.listed = 0
@@ -201,6 +206,12 @@ class RblScreen:
             resume(found)
             return
         ip = rbl.environment_value(extra, self._base_env, "TCPREMOTEIP") or ""
+        known = self._verdicts.get(ip)
+        if known is not None:
+            if known[0] > time.monotonic():
+                resume(known[1])
+                return
+            del self._verdicts[ip]
         sources = self.config.sources
         waiting = Waiting(next(self._ids), fd, ip, resume, [rbl.PENDING] * len(sources))
         self._waiting[waiting.ident] = waiting
@@ -223,6 +234,9 @@ class RblScreen:
             return
         source = self.config.sources[index]
         result: rbl.Result
+        if answer is not None:
+            qtype = dns.TYPE_TXT if source.kind is rbl.Kind.RBL else dns.TYPE_A
+            waiting.good_for = min(waiting.good_for, cache_seconds(answer, qtype))
         if answer is None:
             result = None
         elif source.kind is rbl.Kind.RBL:
@@ -239,6 +253,11 @@ class RblScreen:
             return
         assert isinstance(found, rbl.Verdict)
         del self._waiting[waiting.ident]
+        if None not in waiting.results and waiting.good_for > 0:  # failures: asked again
+            self._verdicts[waiting.remote_ip] = (time.monotonic() + waiting.good_for, found)
+            self._verdicts.move_to_end(waiting.remote_ip)
+            while len(self._verdicts) > MAX_ENTRIES:
+                self._verdicts.popitem(last=False)
         waiting.resume(found)
 
     def converse(self, fd: int, line: bytes) -> None:

@@ -382,10 +382,12 @@ class Server:
             # Logged as tcpserver and rblsmtpd would; the dialogue needs no -c slot.
             pid = os.getpid()
             self.counters.denied += 1
-            self._say(logline.pid_from(pid, client))
-            self._say(logline.verdict("ok", pid, log_local, log_remote))
+            if self.verbose:
+                self._say(logline.pid_from(pid, client))
+                self._say(logline.verdict("ok", pid, log_local, log_remote))
             self._say(rblsmtpd_log(extra.get("TCPREMOTEIP", ""), pid, verdict.line), 0)
-            self._say(logline.end(pid, 0))
+            if self.verbose:
+                self._say(logline.end(pid, 0))
             self._session_over(client)
             assert self.screen is not None
             self.screen.converse(fd, verdict.line)
