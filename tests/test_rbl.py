@@ -547,3 +547,44 @@ def test_bad_screening_settings_are_problems(tmp_path: Path, env: str, fragment:
     model = make(tmp_path, env)
     (problem,) = model.problems
     assert problem.line >= 1 and fragment in problem.message
+
+
+def test_a_listed_client_that_never_reads_costs_bounded_output_and_time(
+    chain: tuple[str, str],
+) -> None:
+    """It sends NOOPs without reading our replies: we stop reading it once 4 KiB of
+    replies wait (as rblsmtpd blocks in write), others are served meanwhile, and -t ends
+    it; the server's memory does not grow with what it sent."""
+    cdb, smtpd = chain
+    server = ours("-L", "-HR", "-l", "x", "-x", cdb, "127.0.0.1", "0", "rblsmtpd", "-t", "3", smtpd)
+    try:
+        hog = server.connect(source=DEFERRED)
+        hog.setblocking(False)
+        sent = 0
+        deadline = time.monotonic() + 1.5  # the server's -t is 3 s
+        while time.monotonic() < deadline:
+            try:
+                sent += hog.send(b"NOOP\r\n" * 10000)
+            except BlockingIOError:
+                time.sleep(0.05)
+                continue
+        assert sent < 20_000_000  # the kernel's buffers filled up: we stopped reading
+        rss = int(
+            Path(f"/proc/{server.process.pid}/status").read_text().split("VmRSS:")[1].split()[0]
+        )
+        assert rss < 200_000
+        other = converse(server, DEFERRED, [b"QUIT\r\n"])
+        assert other == b"220 rblsmtpd.local\r\n221 rblsmtpd.local\r\n<closed>"
+        hog.setblocking(True)
+        hog.settimeout(10)
+        got = b""
+        try:
+            while chunk := hog.recv(65536):
+                got += chunk
+        except ConnectionResetError:
+            pass
+        assert got.startswith(b"220 rblsmtpd.local\r\n250 rblsmtpd.local\r\n")
+        assert got.count(b"\n") - 1 <= sent // 6  # a reply per NOOP at most, then -t
+        hog.close()
+    finally:
+        server.stop()
