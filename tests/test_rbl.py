@@ -8,6 +8,7 @@ honour DNSCACHEIP), and compare every byte a scripted SMTP client gets back.
 from __future__ import annotations
 
 import random
+import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -586,5 +587,24 @@ def test_a_listed_client_that_never_reads_costs_bounded_output_and_time(
         assert got.startswith(b"220 rblsmtpd.local\r\n250 rblsmtpd.local\r\n")
         assert got.count(b"\n") - 1 <= sent // 6  # a reply per NOOP at most, then -t
         hog.close()
+    finally:
+        server.stop()
+
+
+def test_sighup_forgets_cached_verdicts(blocklist: BlocklistDns, chain: tuple[str, str]) -> None:
+    cdb, smtpd = chain
+    server = ours(
+        "-vL", "-HR", "-l", "x", "-x", cdb, "127.0.0.1", "0", "rblsmtpd", "-r", "bl.test", smtpd,
+        env={"DNSCACHEIP": blocklist.address},
+    )  # fmt: skip
+    try:
+        assert converse(server, CLEAN, []).startswith(b"220 real smtpd")
+        assert converse(server, CLEAN, []).startswith(b"220 real smtpd")
+        asked = [q for q in blocklist.queries if q[0] == "4.0.0.127.bl.test"]
+        server.process.send_signal(signal.SIGHUP)
+        server.wait_log("SIGHUP")
+        assert converse(server, CLEAN, []).startswith(b"220 real smtpd")
+        again = [q for q in blocklist.queries if q[0] == "4.0.0.127.bl.test"]
+        assert len(again) == len(asked) + 1
     finally:
         server.stop()

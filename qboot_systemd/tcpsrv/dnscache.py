@@ -100,6 +100,9 @@ class CachingResolver:
         for done in waiters:
             done(answer)
 
+    def forget(self) -> None:
+        self._cache.clear()
+
     def close(self) -> None:
         for query, _ in self._in_flight.values():
             query.close()

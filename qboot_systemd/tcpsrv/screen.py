@@ -271,6 +271,12 @@ class RblScreen:
             self._sessions.add(session)
         session.start(answer_only=full)
 
+    def forget(self) -> None:
+        """SIGHUP: answers and verdicts are asked again (new servers, a fixed listing)."""
+        self._verdicts.clear()
+        if self._cache is not None:
+            self._cache.forget()
+
     def cut_short(self) -> None:
         """Shutting down: waiting clients go on as if clean (rblsmtpd's -C), dialogues end."""
         for waiting in list(self._waiting.values()):

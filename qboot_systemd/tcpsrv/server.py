@@ -525,6 +525,8 @@ class Server:
                 self.local_names.clear()
                 if self.resolver is not None:
                     self.resolver.reload()
+                if self.screen is not None:
+                    self.screen.forget()
                 self._say(logline.warning("SIGHUP: rules and names reloaded"), 2)
                 self.notifier.send("READY=1")
             elif self.stop_at is None:
