@@ -8,6 +8,7 @@ honour DNSCACHEIP), and compare every byte a scripted SMTP client gets back.
 from __future__ import annotations
 
 import random
+import re
 import signal
 import subprocess
 import time
@@ -330,8 +331,15 @@ def side_by_side(
         server = ours("-L", *args, env=env) if name == "ours" else theirs(tcpserver, *args, env=env)
         try:
             results[name] = [converse(server, source, script) for source, script in clients]
+            logged = server.log()
         finally:
             server.stop()
+        # rblsmtpd's own line for each client it turned away, the pid masked
+        results[f"{name} log"] = [
+            re.sub(rb" pid \d+:", b" pid PID:", line)
+            for line in logged.encode().splitlines()
+            if line.startswith(b"rblsmtpd: ")
+        ]
     return results
 
 
@@ -354,6 +362,8 @@ def test_same_bytes_as_debians_rblsmtpd(
     got = side_by_side(blocklist, chain, options, [(ip, SCRIPT) for ip in ALL_CLIENTS])
     for index, (mine, theirs_) in enumerate(zip(got["ours"], got["theirs"], strict=True)):
         assert (index, mine) == (index, theirs_)
+    assert got["ours log"] == got["theirs log"]
+    assert len(got["ours log"]) >= 3
     listed_reply = got["ours"][0]
     if "-t" not in options:
         assert listed_reply.startswith(b"220 rblsmtpd.local\r\n250 rblsmtpd.local\r\n")
