@@ -267,6 +267,7 @@ def blocklist() -> Iterator[BlocklistDns]:
     for ip in (LISTED, ALLOWED, LISTED_OK, BOUNCED):
         listed(table, ip, "bl.test", LISTED_TEXT if ip == LISTED else b"listed " + ip.encode())
     listed(table, ALLOWED, "ok.test", b"")
+    listed(table, "::1", "bl.test", b"rblsmtpd 0.88 asks ::1.bl.test")
     server = BlocklistDns(loopback_address(), table, servfail=frozenset({FLAKY_NAME}))
     server.start()
     yield server
@@ -284,7 +285,8 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 def converse(server: Running, source: str, script: list[bytes], timeout: float = 10) -> bytes:
     """Send each line once the answer to the one before is in; everything received."""
     got = b""
-    with server.connect(source=source, timeout=timeout) as client:
+    host = "::1" if ":" in source else "127.0.0.1"
+    with server.connect(host, source=source, timeout=timeout) as client:
         client.settimeout(timeout if source != FLAKY else 30)
         for line in [b"", *script]:
             if line:
@@ -318,6 +320,7 @@ def side_by_side(
     chain: tuple[str, str],
     options: list[str],
     clients: list[tuple[str, list[bytes]]],
+    host: str = "127.0.0.1",
 ) -> dict[str, list[bytes]]:
     tcpserver = require_tool("tcpserver")
     require_tool("rblsmtpd")
@@ -327,7 +330,7 @@ def side_by_side(
     flaky = set(blocklist.flaky)
     for name in ("theirs", "ours"):
         blocklist.flaky = set(flaky)
-        args = ["-HR", "-x", cdb, "127.0.0.1", "0", "rblsmtpd", *options, smtpd]
+        args = ["-HR", "-x", cdb, host, "0", "rblsmtpd", *options, smtpd]
         server = ours("-L", *args, env=env) if name == "ours" else theirs(tcpserver, *args, env=env)
         try:
             results[name] = [converse(server, source, script) for source, script in clients]
@@ -386,6 +389,17 @@ def test_failed_lookups_decide_as_rblsmtpd(
     got = side_by_side(blocklist, chain, options, [(FLAKY, [b"RCPT TO:<x>\r\n", b"QUIT\r\n"])])
     assert got["ours"] == got["theirs"]
     assert expected in got["ours"][0]
+
+
+def test_an_ipv6_client_is_asked_as_rblsmtpd_asks(
+    blocklist: BlocklistDns, chain: tuple[str, str]
+) -> None:
+    """0.88 puts an address without dots before the base as it is: `::1.bl.test`."""
+    script = [SCRIPT[0], SCRIPT[-1]]
+    got = side_by_side(blocklist, chain, ["-r", "bl.test"], [("::1", script)], host="::1")
+    assert got["ours"] == got["theirs"]
+    assert got["ours"][0].startswith(b"220 rblsmtpd.local\r\n250 rblsmtpd.local\r\n")
+    assert got["ours log"] == [b"rblsmtpd: ::1 pid PID: 451 rblsmtpd 0.88 asks ::1.bl.test"]
 
 
 def test_timeout_and_hostile_clients_match(blocklist: BlocklistDns, chain: tuple[str, str]) -> None:
