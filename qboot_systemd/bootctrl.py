@@ -17,6 +17,7 @@ from pathlib import Path
 from . import accounts, envfile, strictmodes
 from .problems import Problem, quote
 from .tcpflags import TcpFlagsError, split_interface, validate_tcpflags
+from .tcpsrv.rbl import parse_command, plain_dns_name
 
 DEFAULT_QMAIL_HOME = Path("/var/qmail")
 DEFAULT_DELIVERY = "./Maildir/"
@@ -102,11 +103,24 @@ class Service:
     local_name: str = FALLBACK_LOCAL_NAME  # tcpserver -l: control/me, as lifewithqmail does
     listen_line: int = 0  # line of PORT/IP in env_file, for messages
     lines: tuple[tuple[str, int], ...] = ()  # env file line of each name's last definition
+    dnsbl: tuple[str, ...] = ()  # DNSBL: blocklists, each an rblsmtpd -r
+    dnsblflags: tuple[str, ...] = ()  # DNSBLFLAGS: rblsmtpd options before them
+    rbl_incore: bool = True  # RBL_INCORE: a leading rblsmtpd runs inside qboot-tcpsrv
+    rate: int | None = None  # RATE: new connections per minute per address
+    rate_reply: bool = False  # RATE_ANSWER=421 (else a plain close)
 
     @property
     def command(self) -> tuple[str, ...]:
-        """The chain run per connection: PRESMTPD words, SMTPD, POSTSMTPD words."""
-        return self.presmtpd + self.smtpd + self.postsmtpd
+        """The chain run per connection: rblsmtpd for DNSBL, PRESMTPD words, SMTPD,
+        POSTSMTPD words."""
+        return self.screening + self.presmtpd + self.smtpd + self.postsmtpd
+
+    @property
+    def screening(self) -> tuple[str, ...]:
+        """`rblsmtpd DNSBLFLAGS -r base ...` for DNSBL, or nothing."""
+        if not self.dnsbl:
+            return ()
+        return ("rblsmtpd", *self.dnsblflags, *[w for base in self.dnsbl for w in ("-r", base)])
 
     def line_of(self, name: str) -> int:
         return next((line for key, line in self.lines if key == name), 0)
@@ -584,6 +598,7 @@ def _build_service(
         flags_line = _option(env, "TCPFLAGS")
         assert env is not None and flags_line is not None
         raise _ServiceProblem(Problem(env.path, flags_line.line, f"TCPFLAGS: {error}")) from None
+    screening = _screening(env)
     smtpd = _words(env, "SMTPD") or (str(home / "bin" / _DEFAULT_SERVERS.get(name, "qmail-smtpd")),)
     return Service(
         name=name,
@@ -603,10 +618,55 @@ def _build_service(
         smtpd=smtpd,
         presmtpd=_words(env, "PRESMTPD"),
         postsmtpd=_words(env, "POSTSMTPD"),
+        dnsbl=screening.dnsbl,
+        dnsblflags=screening.dnsblflags,
+        rbl_incore=screening.rbl_incore,
+        rate=screening.rate,
+        rate_reply=screening.rate_reply,
         environment=env.exported() if env else (),
         listen_line=listen_line,
         lines=env.lines() if env else (),
     )
+
+
+@dataclass(frozen=True)
+class _Screening:
+    dnsbl: tuple[str, ...]
+    dnsblflags: tuple[str, ...]
+    rbl_incore: bool
+    rate: int | None
+    rate_reply: bool
+
+
+def _screening(env: envfile.EnvFile | None) -> _Screening:
+    """DNSBL, DNSBLFLAGS, RBL_INCORE, RATE and RATE_ANSWER (issue 16)."""
+
+    def problem(name: str, message: str) -> _ServiceProblem:
+        assignment = _option(env, name)
+        assert env is not None and assignment is not None
+        return _ServiceProblem(
+            Problem(env.path, assignment.line, f"{name}={quote(assignment.value)}: {message}")
+        )
+
+    dnsbl = _words(env, "DNSBL")
+    bad = [base for base in dnsbl if not plain_dns_name(base)]
+    if bad:
+        raise problem("DNSBL", f"{quote(bad[0])} is not a DNS name (zen.spamhaus.org)")
+    flags = _words(env, "DNSBLFLAGS")
+    parsed = parse_command(["rblsmtpd", *flags, "smtpd"])
+    if parsed is None or parsed[1] != ("smtpd",):
+        raise problem("DNSBLFLAGS", "rblsmtpd options only: -a base, -b, -B, -c, -C, -t seconds")
+    if flags and not dnsbl:
+        raise problem("DNSBLFLAGS", "set DNSBL too (the blocklists these options are for)")
+    switches = {}
+    for name, choices in (("RBL_INCORE", ("yes", "no")), ("RATE_ANSWER", ("close", "421"))):
+        assignment = _option(env, name)
+        value = assignment.value.strip() if assignment is not None else choices[0]
+        if value not in choices:
+            raise problem(name, f"expected {' or '.join(choices)}")
+        switches[name] = value == choices[0]
+    rate = _positive_int(env, "RATE", 1, 1000000)
+    return _Screening(dnsbl, flags, switches["RBL_INCORE"], rate, not switches["RATE_ANSWER"])
 
 
 def _drop_conflicting(

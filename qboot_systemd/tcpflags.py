@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 # Flags without an argument, as tcpserver and qmail-tcpsrv take them.
-PLAIN_FLAGS = frozenset("146jpPhHrRoOdDqQvUX")
-# qboot-tcpsrv's own option with an argument (-W drain seconds).
-OWN_ARG_OPTIONS = frozenset("W")
+PLAIN_FLAGS = frozenset("146jpPhHrRoOdDqQvUXL")
+# qboot-tcpsrv's own options with an argument (-W drain seconds, -N/-M connections per
+# minute per address).
+OWN_ARG_OPTIONS = frozenset("WNM")
 # Options with an argument.
 ARG_OPTIONS = frozenset("cCxBgubtl")
 # eQmail's qmail-tcpsrv -I interface: under systemd the socket binds, so TCPFLAGS' -I
@@ -22,6 +23,9 @@ OWNED_OPTIONS = {
     "g": "GROUP",
     "u": "USER",
     "b": "BACKLOG",
+    "L": "RBL_INCORE",
+    "N": "RATE",
+    "M": "RATE",
 }
 
 

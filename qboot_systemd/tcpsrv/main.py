@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 
 from ..accounts import UnknownAccount, group_id, user_id
 from ..rules import RuleSet
 from . import logline
 from .listen import ListenError, bind, systemd_sockets
-from .options import USAGE, UsageError, parse
+from .options import USAGE, Options, UsageError, parse
+from .rbl import RblConfig, parse_command
 from .server import Server
 
 EXIT_USAGE = 100
@@ -62,6 +64,23 @@ def _drop_privileges(user: str | None, group: str | None) -> str | None:
     return None
 
 
+def _in_core_rbl(options: Options) -> tuple[Options, RblConfig | None]:
+    """-L: a leading rblsmtpd whose command line it would accept runs in the server; the
+    program becomes what rblsmtpd would have run. Anything else stays a process."""
+    if not options.rbl_incore:
+        return options, None
+    parsed = parse_command(options.program)
+    if parsed is None:
+        if options.program[0].rpartition("/")[2] == "rblsmtpd":
+            sys.stderr.write(
+                f"{logline.PROGRAM}: warning: -L: rblsmtpd's options are not all understood; "
+                "it runs as a program\n"
+            )
+        return options, None
+    config, program = parsed
+    return replace(options, program=program), config
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -69,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         sys.stderr.write(f"{logline.PROGRAM}: {error}\n{logline.PROGRAM}: {USAGE}\n")
         return EXIT_USAGE
+    options, rbl = _in_core_rbl(options)
     _standard_fds()
     try:
         passed = systemd_sockets()
@@ -87,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         return _fatal(failure)
     rules = RuleSet(options.rules) if options.rules else None
     under_systemd = passed is not None or bool(os.environ.get("NOTIFY_SOCKET"))
-    server = Server(options, listeners, rules, under_systemd=under_systemd)
+    server = Server(options, listeners, rules, under_systemd=under_systemd, rbl=rbl)
     return server.serve()
 
 

@@ -35,7 +35,10 @@ from .environ import Endpoints, base_environment, connection_environment, ipv4_f
 from .lookups import NO_NAMES, ConnectionLookups, Names, lookup_key
 from .notify import Notifier
 from .options import Options
+from .ratelimit import REPLY_421, RateLimiter
+from .rbl import RblConfig, Verdict, rblsmtpd_log
 from .reactor import Reactor
+from .screen import RblScreen
 from .spawn import best_spawner
 
 # accept() errors that mean "out of resources for now": back off instead of spinning.
@@ -89,6 +92,7 @@ class Server:
     rules: RuleSet | None
     log: TextIO = field(default_factory=lambda: sys.stderr)
     under_systemd: bool = False
+    rbl: RblConfig | None = None  # the in-core rblsmtpd (-L), program being the rest
 
     def __post_init__(self) -> None:
         self.verbose = self.options.verbosity >= 2  # -v: build log lines only then
@@ -131,6 +135,9 @@ class Server:
         self._watch(self.wake_read.fileno(), self._on_wake)
         for listener in self.listeners:
             listener.setblocking(False)
+        # Screening (issue 16): components the loop calls at one or two points each.
+        self.screen = RblScreen(self.rbl, os.environ, self._dns) if self.rbl else None
+        self.rate = RateLimiter(self.options.rate) if self.options.rate else None
 
     # --- logging -----------------------------------------------------------------------
     def _say(self, line: str, level: int = 2) -> None:
@@ -212,6 +219,9 @@ class Server:
             remote_ip = remote_ip.partition("%")[0]
         endpoints = Endpoints(local[0], local[1], remote_ip, address[1])
         client = ipv4_form(endpoints.remote_ip)
+        if self.rate is not None and not self.rate.allow(client):
+            self._over_rate(fd, client)
+            return
         if self.options.per_ip and self.per_ip[client] >= self.options.per_ip:
             self._say(
                 logline.warning(
@@ -254,16 +264,13 @@ class Server:
             # This address has enough in flight: on at once, without its names.
             self._decide(fd, endpoints, self._local_name(endpoints), None, None)
             return
-        if self.resolver is None:
-            self.reactor.start()
-            self._watch(self.reactor.fileno(), self.reactor.run_ready)
-            self.resolver = Resolver(self.reactor)
+        resolver = self._dns()
         self.lookups_by_key[key] += 1
         pending = Pending(next(self.ids), fd, endpoints, key)
         self.pending[pending.ident] = pending
         pending.lookups = ConnectionLookups(
             self.reactor,
-            self.resolver,
+            resolver,
             endpoints,
             time.monotonic() + self.options.timeout,
             (needs_local, self.options.remote_host, self.options.remote_info),
@@ -271,6 +278,14 @@ class Server:
             functools.partial(self._lookups_done, pending.ident),
         )
         pending.lookups.start()  # may call _lookups_done at once
+
+    def _dns(self) -> Resolver:
+        """The resolver, its reactor started and watched by the loop at the first use."""
+        if self.resolver is None:
+            self.reactor.start()
+            self._watch(self.reactor.fileno(), self.reactor.run_ready)
+            self.resolver = Resolver(self.reactor)
+        return self.resolver
 
     def _lookups_done(self, ident_: int, names: Names) -> None:
         pending = self.pending.pop(ident_, None)
@@ -329,12 +344,71 @@ class Server:
             endpoints, local_host, remote_host, remote_info, self.options.ipv6_env
         )
         extra.update(decision.env)  # rules may override TCP* and the server's own
+        if self.screen is not None:
+            self._screen(fd, client, log_local, log_remote, extra)
+            return
+        self._spawn_chain(fd, client, log_local, log_remote, extra)
+
+    def _spawn_chain(
+        self,
+        fd: int,
+        client: str,
+        log_local: tuple[str | None, str, str],
+        log_remote: tuple[str | None, str, str | None, str],
+        extra: dict[str, str],
+    ) -> None:
         job = SpawnJob(fd, client, log_local, log_remote)
         with self.books:
             self.spawning += 1
         self.counters.served += 1  # taken back if the chain cannot be run
         self._publish()
         self.spawn_queue.put((job, extra))
+
+    # --- screening (issue 16): the in-core rblsmtpd and the rate limit ----------------
+    def _screen(
+        self,
+        fd: int,
+        client: str,
+        log_local: tuple[str | None, str, str],
+        log_remote: tuple[str | None, str, str | None, str],
+        extra: dict[str, str],
+    ) -> None:
+        assert self.screen is not None
+
+        def resume(verdict: Verdict) -> None:
+            if verdict.line is None:
+                self._spawn_chain(fd, client, log_local, log_remote, extra)
+                return
+            # Logged as tcpserver and rblsmtpd would; the dialogue needs no -c slot.
+            pid = os.getpid()
+            self.counters.denied += 1
+            if self.verbose:
+                self._say(logline.pid_from(pid, client))
+                self._say(logline.verdict("ok", pid, log_local, log_remote))
+            self._say(rblsmtpd_log(extra.get("TCPREMOTEIP", ""), pid, verdict.line), 0)
+            if self.verbose:
+                self._say(logline.end(pid, 0))
+            self._session_over(client)
+            assert self.screen is not None
+            self.screen.converse(fd, verdict.line)
+
+        self.screen.screen(fd, extra, resume)
+
+    def _over_rate(self, fd: int, client: str) -> None:
+        assert self.rate is not None
+        self._say(
+            logline.warning(
+                f"rate limit {self.rate.per_minute}/min reached, "
+                f"dropping connection from {logline.safe(client)}"
+            ),
+            1,
+        )
+        if self.options.rate_reply:
+            quick.send_now(fd, REPLY_421)
+        quick.close(fd)
+
+    def _screening(self) -> bool:
+        return self.screen is not None and self.screen.active
 
     def _spawn_worker(self) -> None:
         """Runs in a spawner thread: the kernel's part of spawning happens here, and the
@@ -451,6 +525,8 @@ class Server:
                 self.local_names.clear()
                 if self.resolver is not None:
                     self.resolver.reload()
+                if self.screen is not None:
+                    self.screen.forget()
                 self._say(logline.warning("SIGHUP: rules and names reloaded"), 2)
                 self.notifier.send("READY=1")
             elif self.stop_at is None:
@@ -461,11 +537,14 @@ class Server:
                 for listener in self.listeners:
                     listener.close()
                 self._cut_lookups_short()
+                if self.screen is not None:
+                    self.screen.cut_short()
 
     def _timed(self) -> bool:
         """Is anything waiting for a moment rather than for an fd?"""
         return bool(
             self.pending
+            or self._screening()
             or self.backoff_until is not None
             or self.stop_at is not None
             or self.notifier.next_flush() is not None
@@ -484,7 +563,7 @@ class Server:
             )
             if t is not None
         ]
-        if self.pending:
+        if self.pending or self._screening():
             lookup_deadline = self.reactor.next_deadline()
             if lookup_deadline is not None:
                 candidates.append(lookup_deadline)
@@ -517,7 +596,7 @@ class Server:
             if not self._timed():
                 continue
             now = time.monotonic()
-            if self.pending:
+            if self.pending or self._screening():
                 self.reactor.run_timers(now)
             if self.backoff_until is not None and now >= self.backoff_until:
                 self.backoff_until = None
