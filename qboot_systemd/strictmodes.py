@@ -5,6 +5,8 @@ counts only when nobody but root could have written it: the file and every direc
 above it are owned by root (or by whoever runs the command, as sshd accepts the user's
 own files) and not writable by group or others. A parent directory may be writable by
 others when it is sticky (/tmp): nobody else can then rename or remove what is in it.
+Paths are followed link by link as open() follows them (resolve), so a symlink in a
+directory another user controls cannot be re-pointed after the check.
 
 Files are opened without following symlinks and without blocking, checked to be regular
 files with fstat, and read up to a size cap: a FIFO, /dev/zero or a symlink to a key file
@@ -177,7 +179,7 @@ def resolve(path: str, trusted: frozenset[int]) -> str:
             if target.startswith("/"):
                 current = "/"
                 holder = os.lstat(current)
-            pending.extend(part for part in reversed(target.split("/")) if part not in ("", "."))
+            pending.extend(step for step in reversed(target.split("/")) if step not in ("", "."))
             continue
         if pending:
             if not stat.S_ISDIR(status.st_mode):
