@@ -29,9 +29,12 @@ RC_TARGET = "qmail-tcpd"
 SERVICES_FILE = "/etc/services"
 SEND_RC = "qmail-init.rc"
 
-_RC_RE = re.compile(r"qmail-(.+)\.rc\Z")
+# DOTALL and `*`: `qmail-.rc` and a name with a newline are reported, not passed over.
+_RC_RE = re.compile(r"qmail-(.*)\.rc\Z", re.DOTALL)
 # A systemd instance name that needs no escaping, and a plain file name.
 SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+# control/me as tcpserver -l takes it: a host name (qmail's own `me`), or tcpserver's "0".
+_HOST_NAME_RE = re.compile(r"[A-Za-z0-9.-]{1,255}\Z")
 _ACCOUNT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\Z")
 _DEFAULT_SERVERS = {"qmtp": "qmail-qmtpd", "qmqp": "qmail-qmqpd"}
 
@@ -213,16 +216,17 @@ def _load_trusted(
     problems: list[Problem] = []
     send = _load_send(directory, home, names, problems)
     services: list[Service] = []
-    for name in names:
+    rc_names = [name for name in names if _RC_RE.match(name) and name != SEND_RC]
+    me = local_name(home, problems) if rc_names else FALLBACK_LOCAL_NAME
+    for name in rc_names:
         match = _RC_RE.match(name)
-        if not match or name == SEND_RC:
-            continue
+        assert match is not None
         try:
-            services.append(_load_service(trusted, home, match.group(1), problems))
+            services.append(_load_service(trusted, home, match.group(1), me, problems))
         except _ServiceProblem as error:
             problems.append(error.problem)
         except Exception as error:  # one service's files never stop the others
-            problems.append(_unexpected(error, str(directory / name), match.group(1)))
+            problems.append(_unexpected(error, printable(str(directory / name)), match.group(1)))
     services = _drop_conflicting(services, problems, holders)
     if check_accounts:
         for service in services:
@@ -272,11 +276,22 @@ def _load_send(
     return Send(str(directory / SEND_RC), str(home), delivery, str(source))
 
 
+def printable(path: str) -> str:
+    """A file name for a message: control characters escaped as repr() does (a newline in
+    a name must not start a new line in the kernel log)."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in path)
+
+
 def _check_rc_link(bootctrl: strictmodes.TrustedDirectory, name: str, rc_name: str) -> None:
     rc_path = bootctrl.where(rc_name)
     if not SERVICE_NAME_RE.match(name):
         raise _ServiceProblem(
-            Problem(rc_path, 0, f"invalid service name {quote(name)} (use letters, digits, - _ .)")
+            Problem(
+                printable(rc_path),
+                0,
+                f"invalid service name {quote(name)}: use 1 to 64 letters, digits, - _ . "
+                "(starting with a letter or digit); service ignored",
+            )
         )
     status = bootctrl.lstat(rc_name)
     if status is None or not stat.S_ISLNK(status.st_mode):
@@ -295,7 +310,11 @@ def _check_rc_link(bootctrl: strictmodes.TrustedDirectory, name: str, rc_name: s
 
 
 def _load_service(
-    bootctrl: strictmodes.TrustedDirectory, home: Path, name: str, problems: list[Problem]
+    bootctrl: strictmodes.TrustedDirectory,
+    home: Path,
+    name: str,
+    me: str,
+    problems: list[Problem],
 ) -> Service:
     rc_name = f"qmail-{name}.rc"
     _check_rc_link(bootctrl, name, rc_name)
@@ -322,7 +341,15 @@ def _load_service(
                 Problem(first.file, first.line, f"{first.message}; service {name} skipped")
             )
         problems.extend(option_typos(env))
-    return _build_service(bootctrl, home, name, rc_name, env)
+    try:
+        return _build_service(bootctrl, home, name, rc_name, me, env)
+    except _ServiceProblem as error:
+        # Every refused setting costs the service: say so, once.
+        found = error.problem
+        suffix = f"; service {name} skipped"
+        if found.message.endswith(suffix):
+            raise
+        raise _ServiceProblem(Problem(found.file, found.line, found.message + suffix)) from None
 
 
 # The env file settings qboot reads; any other name is a variable for $NAME expansion.
@@ -426,7 +453,7 @@ def service_port(name: str, services: str = SERVICES_FILE) -> int | None:
     return None
 
 
-def _listen(env: envfile.EnvFile | None, port: int) -> tuple[Listen, ...]:
+def _listen(env: envfile.EnvFile | None, port: int, name: str) -> tuple[Listen, ...]:
     assignment = _option(env, "IP")
     if assignment is None:
         return (Listen(port),)
@@ -455,7 +482,7 @@ def _listen(env: envfile.EnvFile | None, port: int) -> tuple[Listen, ...]:
                     assignment.line,
                     f"IP: {quote(word)}: ListenStream= cannot take a scope id; use "
                     f"IP={address.compressed.split('%')[0]} and BindToDevice={address.scope_id} "
-                    f"in a drop-in for the socket (systemctl edit qmail-tcpd@SVC.socket)",
+                    f"in a drop-in for the socket (systemctl edit qmail-tcpd@{name}.socket)",
                 )
             )
         if address.is_unspecified:
@@ -516,15 +543,35 @@ def unknown_accounts(service: Service) -> list[Problem]:
     return found
 
 
-def local_name(home: Path) -> str:
+def local_name(home: Path, problems: list[Problem]) -> str:
     """The first line of control/me, as lifewithqmail's run script passes it to tcpserver -l;
-    the fallback when qmail is not configured yet."""
+    the fallback "0" when qmail is not configured yet (no file) or the file is refused.
+    Read like defaultdelivery (StrictModes, regular file, capped, never blocking): its
+    line reaches every unit's command line and every session's TCPLOCALHOST."""
+    source = str(home.absolute() / "control" / "me")
+    fallback = f"using -l {FALLBACK_LOCAL_NAME}"
     try:
-        with open(home / "control" / "me", "rb") as control:
-            first = control.readline(256).decode("ascii").strip()
-    except (OSError, UnicodeDecodeError):
+        data = strictmodes.read_file(source)
+    except FileNotFoundError:
         return FALLBACK_LOCAL_NAME
-    if not first or any(char.isspace() or not char.isprintable() for char in first):
+    except strictmodes.Untrusted as error:
+        problems.append(Problem(error.path, 0, f"{error.message}; {fallback}"))
+        return FALLBACK_LOCAL_NAME
+    except OSError as error:
+        problems.append(Problem(source, 0, f"cannot read: {error.strerror}; {fallback}"))
+        return FALLBACK_LOCAL_NAME
+    # qmail's control_readline: the first line, trailing spaces and tabs dropped.
+    first = data.split(b"\n", 1)[0].rstrip(b" \t").decode("ascii", "replace")
+    if not _HOST_NAME_RE.match(first):
+        # The content is not quoted: the file may be a link to anything root can read.
+        problems.append(
+            Problem(
+                source,
+                1,
+                "not a host name (1 to 255 letters, digits, '-' and '.'); "
+                f"{fallback} (put this host's name on the first line)",
+            )
+        )
         return FALLBACK_LOCAL_NAME
     return first
 
@@ -577,10 +624,11 @@ def _build_service(
     home: Path,
     name: str,
     rc_name: str,
+    me: str,
     env: envfile.EnvFile | None,
 ) -> Service:
     port = _port(env)
-    listen = _listen(env, port)
+    listen = _listen(env, port, name)
     listen_line = max(
         (a.line for a in (_option(env, "PORT"), _option(env, "IP")) if a is not None), default=0
     )
@@ -614,7 +662,7 @@ def _build_service(
         banner=banner,
         tcpflags=split_interface(tcpflags)[1],
         interface=split_interface(tcpflags)[0],
-        local_name=local_name(home),
+        local_name=me,
         smtpd=smtpd,
         presmtpd=_words(env, "PRESMTPD"),
         postsmtpd=_words(env, "POSTSMTPD"),
