@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import bootctrl, envfile, mktcprules, units
+from . import bootctrl, convergence, envfile, mktcprules, units
 from .errors import UserError
 from .systemd import Systemd, UnitState
 
@@ -109,8 +109,10 @@ def status(manager: Systemd, model: bootctrl.Bootctrl, targets: list[Target]) ->
 
 # --- enable / disable --------------------------------------------------------------------
 def enable(directory: Path, name: str) -> list[str]:
-    """The seed's manual steps: the rc link, and a rules link when SVC has none."""
+    """The seed's manual steps: the rc link, and a rules link when SVC has none.
+    Refused before any link when SVC would listen where another service does."""
     target(name)
+    _refuse_clash(directory, name)
     done: list[str] = []
     rc = directory / f"qmail-{name}.rc"
     if rc.is_symlink() and os.path.basename(os.readlink(rc)) == bootctrl.RC_TARGET:
@@ -134,6 +136,45 @@ def enable(directory: Path, name: str) -> list[str]:
     return done
 
 
+def enable_links(directory: Path, name: str) -> tuple[Path, Path]:
+    """The links `enable` may create: undo_enable removes those that were new."""
+    return directory / f"qmail-{name}.rc", directory / f"tcprules-{name}.cdb"
+
+
+def undo_enable(directory: Path, name: str, existed: set[Path]) -> list[str]:
+    removed = []
+    for link in enable_links(directory, name):
+        if link not in existed and link.is_symlink():
+            link.unlink()
+            removed.append(f"removed {link.name} again")
+    return removed
+
+
+def _wanted_listen(directory: Path, name: str) -> tuple[bootctrl.Listen, ...]:
+    """Where SVC would listen, from PORT= and IP= alone (other problems show later)."""
+    env_path = directory / f"qmail-{name}.env"
+    env = envfile.parse(env_path.read_bytes(), str(env_path)) if env_path.is_file() else None
+    port_setting = env.last("PORT") if env else None
+    ip_setting = env.last("IP") if env else None
+    port_text = port_setting.value.strip() if port_setting else ""
+    port = int(port_text) if port_text.isascii() and port_text.isdigit() else bootctrl.DEFAULT_PORT
+    words = ip_setting.value.split() if ip_setting else []
+    if not words or words == ["0"]:
+        return (bootctrl.Listen(port),)
+    return tuple(bootctrl.Listen(port, word.strip("[]")) for word in words)
+
+
+def _refuse_clash(directory: Path, name: str) -> None:
+    model = convergence.load(directory)
+    for mine in _wanted_listen(directory, name):
+        for other in model.services:
+            if other.name != name and any(mine.conflicts_with(t) for t in other.listen):
+                raise UserError(
+                    f"{name} would listen on {mine.systemd()}, which service {other.name} uses",
+                    f"set another PORT= (or IP=) in {directory}/qmail-{name}.env first",
+                )
+
+
 def _names_own_rules(directory: Path, name: str) -> bool:
     """True when SVC has a rules source or its env file sets CDB=."""
     if (directory / f"tcprules-{name}.txt").exists():
@@ -155,43 +196,3 @@ def disable(directory: Path, name: str) -> list[str]:
         raise UserError(f"{rc} is not a link to {bootctrl.RC_TARGET}", "remove it by hand")
     rc.unlink()
     return [f"removed {rc.name}"]
-
-
-# --- reload-config -----------------------------------------------------------------------
-def snapshot(output: Path = GENERATOR_OUTPUT) -> dict[str, str]:
-    """Generated drop-ins by unit name."""
-    result = {}
-    for path in sorted(output.glob(f"*.d/{units.DROPIN_NAME}")):
-        try:
-            result[path.parent.name.removesuffix(".d")] = path.read_text()
-        except OSError:
-            continue
-    return result
-
-
-@dataclass(frozen=True)
-class ConfigChanges:
-    restart_sockets: tuple[str, ...]  # listen settings changed, or new: restart both
-    restart_services: tuple[str, ...]  # only the command line or environment changed
-    removed: tuple[str, ...]
-
-
-def changes(before: dict[str, str], after: dict[str, str]) -> ConfigChanges:
-    def services(snapshot_: dict[str, str]) -> set[str]:
-        return {
-            name.split("@", 1)[1].rsplit(".", 1)[0]
-            for name in snapshot_
-            if name.startswith("qmail-tcpd@")
-        }
-
-    sockets, restarts = [], []
-    for name in sorted(services(after)):
-        socket, service = units.tcpd_socket(name), units.tcpd_service(name)
-        if before.get(socket) != after.get(socket):
-            sockets.append(name)
-        elif before.get(service) != after.get(service):
-            restarts.append(name)
-    if before.get(units.SEND_UNIT) != after.get(units.SEND_UNIT) and units.SEND_UNIT in after:
-        restarts.append(SEND)
-    removed = sorted(services(before) - services(after))
-    return ConfigChanges(tuple(sockets), tuple(restarts), tuple(removed))

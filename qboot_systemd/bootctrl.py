@@ -10,12 +10,14 @@ import ipaddress
 import os
 import re
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 
 from . import accounts, envfile, strictmodes
 from .problems import Problem, quote
 from .records import NamedTuple
-from .tcpflags import TcpFlagsError, validate_tcpflags
+from .tcpflags import TcpFlagsError, split_interface, validate_tcpflags
+from .tcpsrv.rbl import parse_command, plain_dns_name
 
 DEFAULT_QMAIL_HOME = Path("/var/qmail")
 DEFAULT_DELIVERY = "./Maildir/"
@@ -24,11 +26,15 @@ DEFAULT_MAXCONN = 40
 # tcpserver's -l when control/me is missing: its man page's "common choice", no DNS lookup.
 FALLBACK_LOCAL_NAME = "0"
 RC_TARGET = "qmail-tcpd"
+SERVICES_FILE = "/etc/services"
 SEND_RC = "qmail-init.rc"
 
-_RC_RE = re.compile(r"qmail-(.+)\.rc\Z")
+# DOTALL and `*`: `qmail-.rc` and a name with a newline are reported, not passed over.
+_RC_RE = re.compile(r"qmail-(.*)\.rc\Z", re.DOTALL)
 # A systemd instance name that needs no escaping, and a plain file name.
 SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+# control/me as tcpserver -l takes it: a host name (qmail's own `me`), or tcpserver's "0".
+_HOST_NAME_RE = re.compile(r"[A-Za-z0-9.-]{1,255}\Z")
 _ACCOUNT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\Z")
 _DEFAULT_SERVERS = {"qmtp": "qmail-qmtpd", "qmqp": "qmail-qmqpd"}
 
@@ -93,14 +99,28 @@ class Service(NamedTuple):
     group: str | None = None
     banner: str | None = None
     tcpflags: tuple[str, ...] = ()
+    interface: str | None = None  # TCPFLAGS' -I: the socket's BindToDevice=
     local_name: str = FALLBACK_LOCAL_NAME  # tcpserver -l: control/me, as lifewithqmail does
     listen_line: int = 0  # line of PORT/IP in env_file, for messages
     lines: tuple[tuple[str, int], ...] = ()  # env file line of each name's last definition
+    dnsbl: tuple[str, ...] = ()  # DNSBL: blocklists, each an rblsmtpd -r
+    dnsblflags: tuple[str, ...] = ()  # DNSBLFLAGS: rblsmtpd options before them
+    rbl_incore: bool = True  # RBL_INCORE: a leading rblsmtpd runs inside qboot-tcpsrv
+    rate: int | None = None  # RATE: new connections per minute per address
+    rate_reply: bool = False  # RATE_ANSWER=421 (else a plain close)
 
     @property
     def command(self) -> tuple[str, ...]:
-        """The chain run per connection: PRESMTPD words, SMTPD, POSTSMTPD words."""
-        return self.presmtpd + self.smtpd + self.postsmtpd
+        """The chain run per connection: rblsmtpd for DNSBL, PRESMTPD words, SMTPD,
+        POSTSMTPD words."""
+        return self.screening + self.presmtpd + self.smtpd + self.postsmtpd
+
+    @property
+    def screening(self) -> tuple[str, ...]:
+        """`rblsmtpd DNSBLFLAGS -r base ...` for DNSBL, or nothing."""
+        if not self.dnsbl:
+            return ()
+        return ("rblsmtpd", *self.dnsblflags, *[w for base in self.dnsbl for w in ("-r", base)])
 
     def line_of(self, name: str) -> int:
         return next((line for key, line in self.lines if key == name), 0)
@@ -119,6 +139,7 @@ class Service(NamedTuple):
             "group": self.group,
             "banner": self.banner,
             "tcpflags": list(self.tcpflags),
+            "interface": self.interface,
             "local_name": self.local_name,
             "command": list(self.command),
             "environment": dict(self.environment),
@@ -151,21 +172,30 @@ class _ServiceProblem(Exception):
 
 
 def load(
-    directory: Path | str, qmail_home: Path | str | None = None, *, check_accounts: bool = False
+    directory: Path | str,
+    qmail_home: Path | str | None = None,
+    *,
+    check_accounts: bool = False,
+    holders: Mapping[str, frozenset[str]] | None = None,
 ) -> Bootctrl:
     """Read a bootctrl directory. Never raises for bad content: problems are collected.
-    check_accounts: also report USER/GROUP names unknown here (qbootctl; not the generator)."""
+    check_accounts: also report USER/GROUP names unknown here (qbootctl; not the generator).
+    holders: the ListenStream= values each service runs with now; in a clash, the
+    service that already holds the address keeps it."""
     directory = Path(directory).absolute()
     home = Path(qmail_home) if qmail_home is not None else default_qmail_home()
     trusted = strictmodes.TrustedDirectory(directory)
     try:
-        return _load_trusted(trusted, home, check_accounts)
+        return _load_trusted(trusted, home, check_accounts, holders or {})
     finally:
         trusted.close()
 
 
 def _load_trusted(
-    trusted: strictmodes.TrustedDirectory, home: Path, check_accounts: bool
+    trusted: strictmodes.TrustedDirectory,
+    home: Path,
+    check_accounts: bool,
+    holders: Mapping[str, frozenset[str]],
 ) -> Bootctrl:
     directory = trusted.path
     try:
@@ -182,17 +212,18 @@ def _load_trusted(
     problems: list[Problem] = []
     send = _load_send(directory, home, names, problems)
     services: list[Service] = []
-    for name in names:
+    rc_names = [name for name in names if _RC_RE.match(name) and name != SEND_RC]
+    me = local_name(home, problems) if rc_names else FALLBACK_LOCAL_NAME
+    for name in rc_names:
         match = _RC_RE.match(name)
-        if not match or name == SEND_RC:
-            continue
+        assert match is not None
         try:
-            services.append(_load_service(trusted, home, match.group(1), problems))
+            services.append(_load_service(trusted, home, match.group(1), me, problems))
         except _ServiceProblem as error:
             problems.append(error.problem)
         except Exception as error:  # one service's files never stop the others
-            problems.append(_unexpected(error, str(directory / name), match.group(1)))
-    services = _drop_conflicting(services, problems)
+            problems.append(_unexpected(error, printable(str(directory / name)), match.group(1)))
+    services = _drop_conflicting(services, problems, holders)
     if check_accounts:
         for service in services:
             problems.extend(unknown_accounts(service))
@@ -241,11 +272,22 @@ def _load_send(
     return Send(str(directory / SEND_RC), str(home), delivery, str(source))
 
 
+def printable(path: str) -> str:
+    """A file name for a message: control characters escaped as repr() does (a newline in
+    a name must not start a new line in the kernel log)."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in path)
+
+
 def _check_rc_link(bootctrl: strictmodes.TrustedDirectory, name: str, rc_name: str) -> None:
     rc_path = bootctrl.where(rc_name)
     if not SERVICE_NAME_RE.match(name):
         raise _ServiceProblem(
-            Problem(rc_path, 0, f"invalid service name {quote(name)} (use letters, digits, - _ .)")
+            Problem(
+                printable(rc_path),
+                0,
+                f"invalid service name {quote(name)}: use 1 to 64 letters, digits, - _ . "
+                "(starting with a letter or digit); service ignored",
+            )
         )
     status = bootctrl.lstat(rc_name)
     if status is None or not stat.S_ISLNK(status.st_mode):
@@ -264,7 +306,11 @@ def _check_rc_link(bootctrl: strictmodes.TrustedDirectory, name: str, rc_name: s
 
 
 def _load_service(
-    bootctrl: strictmodes.TrustedDirectory, home: Path, name: str, problems: list[Problem]
+    bootctrl: strictmodes.TrustedDirectory,
+    home: Path,
+    name: str,
+    me: str,
+    problems: list[Problem],
 ) -> Service:
     rc_name = f"qmail-{name}.rc"
     _check_rc_link(bootctrl, name, rc_name)
@@ -290,7 +336,60 @@ def _load_service(
             raise _ServiceProblem(
                 Problem(first.file, first.line, f"{first.message}; service {name} skipped")
             )
-    return _build_service(bootctrl, home, name, rc_name, env)
+        problems.extend(option_typos(env))
+    try:
+        return _build_service(bootctrl, home, name, rc_name, me, env)
+    except _ServiceProblem as error:
+        # Every refused setting costs the service: say so, once.
+        found = error.problem
+        suffix = f"; service {name} skipped"
+        if found.message.endswith(suffix):
+            raise
+        raise _ServiceProblem(Problem(found.file, found.line, found.message + suffix)) from None
+
+
+# The env file settings qboot reads; any other name is a variable for $NAME expansion.
+OPTIONS = (
+    "PORT",
+    "IP",
+    "CDB",
+    "MAXCONN",
+    "MAXPERIP",
+    "BACKLOG",
+    "USER",
+    "UID",
+    "GROUP",
+    "GID",
+    "BANNER",
+    "TCPFLAGS",
+    "SMTPD",
+    "PRESMTPD",
+    "POSTSMTPD",
+)
+
+
+def option_typos(env: envfile.EnvFile) -> list[Problem]:
+    """`PROT=2588` is a variable nobody reads: a warning (the service still runs) when an
+    unknown UPPERCASE name that nothing exports looks like a setting (names with an
+    underscore are taken for the admin's own variables)."""
+    import difflib
+
+    exported = {name for name, _ in env.exported()}
+    found = []
+    for name, line in env.lines():
+        if name in OPTIONS or name in exported or not name.isupper() or "_" in name:
+            continue
+        near = difflib.get_close_matches(name, OPTIONS, n=1, cutoff=0.75)
+        if near:
+            found.append(
+                Problem(
+                    env.path,
+                    line,
+                    f"warning: {name} is not a setting qboot reads; did you mean {near[0]}? "
+                    f"(a variable for $NAME needs no change)",
+                )
+            )
+    return found
 
 
 def _option(env: envfile.EnvFile | None, name: str) -> envfile.Assignment | None:
@@ -314,7 +413,43 @@ def _positive_int(env: envfile.EnvFile | None, name: str, low: int, high: int) -
     return int(value)
 
 
-def _listen(env: envfile.EnvFile | None, port: int) -> tuple[Listen, ...]:
+def _port(env: envfile.EnvFile | None) -> int:
+    """PORT= as a number or, like tcpserver, a name from /etc/services (smtp, submission)."""
+    assignment = _option(env, "PORT")
+    name = assignment.value.strip() if assignment is not None else ""
+    if name and not name.isdigit() and re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", name):
+        number = service_port(name)
+        if number is None:
+            assert env is not None and assignment is not None
+            raise _ServiceProblem(
+                Problem(
+                    env.path,
+                    assignment.line,
+                    f"PORT={name!r}: not a port number, nor a tcp service in {SERVICES_FILE}",
+                )
+            )
+        return number
+    return _positive_int(env, "PORT", 1, 65535) or DEFAULT_PORT
+
+
+def service_port(name: str, services: str = SERVICES_FILE) -> int | None:
+    """A tcp service's port from /etc/services, read as a file: the generator must not
+    ask NSS (which may talk to another process)."""
+    try:
+        lines = Path(services).read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split("#", 1)[0].split()
+        if len(fields) < 2 or not fields[1].endswith("/tcp"):
+            continue
+        if name in (fields[0], *fields[2:]) and fields[1][:-4].isdigit():
+            port = int(fields[1][:-4])
+            return port if 0 < port < 65536 else None
+    return None
+
+
+def _listen(env: envfile.EnvFile | None, port: int, name: str) -> tuple[Listen, ...]:
     assignment = _option(env, "IP")
     if assignment is None:
         return (Listen(port),)
@@ -343,7 +478,7 @@ def _listen(env: envfile.EnvFile | None, port: int) -> tuple[Listen, ...]:
                     assignment.line,
                     f"IP: {quote(word)}: ListenStream= cannot take a scope id; use "
                     f"IP={address.compressed.split('%')[0]} and BindToDevice={address.scope_id} "
-                    f"in a drop-in for the socket (systemctl edit qmail-tcpd@SVC.socket)",
+                    f"in a drop-in for the socket (systemctl edit qmail-tcpd@{name}.socket)",
                 )
             )
         if address.is_unspecified:
@@ -404,15 +539,35 @@ def unknown_accounts(service: Service) -> list[Problem]:
     return found
 
 
-def local_name(home: Path) -> str:
+def local_name(home: Path, problems: list[Problem]) -> str:
     """The first line of control/me, as lifewithqmail's run script passes it to tcpserver -l;
-    the fallback when qmail is not configured yet."""
+    the fallback "0" when qmail is not configured yet (no file) or the file is refused.
+    Read like defaultdelivery (StrictModes, regular file, capped, never blocking): its
+    line reaches every unit's command line and every session's TCPLOCALHOST."""
+    source = str(home.absolute() / "control" / "me")
+    fallback = f"using -l {FALLBACK_LOCAL_NAME}"
     try:
-        with open(home / "control" / "me", "rb") as control:
-            first = control.readline(256).decode("ascii").strip()
-    except (OSError, UnicodeDecodeError):
+        data = strictmodes.read_file(source)
+    except FileNotFoundError:
         return FALLBACK_LOCAL_NAME
-    if not first or any(char.isspace() or not char.isprintable() for char in first):
+    except strictmodes.Untrusted as error:
+        problems.append(Problem(error.path, 0, f"{error.message}; {fallback}"))
+        return FALLBACK_LOCAL_NAME
+    except OSError as error:
+        problems.append(Problem(source, 0, f"cannot read: {error.strerror}; {fallback}"))
+        return FALLBACK_LOCAL_NAME
+    # qmail's control_readline: the first line, trailing spaces and tabs dropped.
+    first = data.split(b"\n", 1)[0].rstrip(b" \t").decode("ascii", "replace")
+    if not _HOST_NAME_RE.match(first):
+        # The content is not quoted: the file may be a link to anything root can read.
+        problems.append(
+            Problem(
+                source,
+                1,
+                "not a host name (1 to 255 letters, digits, '-' and '.'); "
+                f"{fallback} (put this host's name on the first line)",
+            )
+        )
         return FALLBACK_LOCAL_NAME
     return first
 
@@ -465,10 +620,11 @@ def _build_service(
     home: Path,
     name: str,
     rc_name: str,
+    me: str,
     env: envfile.EnvFile | None,
 ) -> Service:
-    port = _positive_int(env, "PORT", 1, 65535) or DEFAULT_PORT
-    listen = _listen(env, port)
+    port = _port(env)
+    listen = _listen(env, port, name)
     listen_line = max(
         (a.line for a in (_option(env, "PORT"), _option(env, "IP")) if a is not None), default=0
     )
@@ -486,6 +642,7 @@ def _build_service(
         flags_line = _option(env, "TCPFLAGS")
         assert env is not None and flags_line is not None
         raise _ServiceProblem(Problem(env.path, flags_line.line, f"TCPFLAGS: {error}")) from None
+    screening = _screening(env)
     smtpd = _words(env, "SMTPD") or (str(home / "bin" / _DEFAULT_SERVERS.get(name, "qmail-smtpd")),)
     return Service(
         name=name,
@@ -499,21 +656,76 @@ def _build_service(
         user=_account(env, ("USER", "UID")),
         group=_account(env, ("GROUP", "GID")),
         banner=banner,
-        tcpflags=tcpflags,
-        local_name=local_name(home),
+        tcpflags=split_interface(tcpflags)[1],
+        interface=split_interface(tcpflags)[0],
+        local_name=me,
         smtpd=smtpd,
         presmtpd=_words(env, "PRESMTPD"),
         postsmtpd=_words(env, "POSTSMTPD"),
+        dnsbl=screening.dnsbl,
+        dnsblflags=screening.dnsblflags,
+        rbl_incore=screening.rbl_incore,
+        rate=screening.rate,
+        rate_reply=screening.rate_reply,
         environment=env.exported() if env else (),
         listen_line=listen_line,
         lines=env.lines() if env else (),
     )
 
 
-def _drop_conflicting(services: list[Service], problems: list[Problem]) -> list[Service]:
-    """Two services cannot bind the same address and port: the first by name keeps it."""
+class _Screening(NamedTuple):
+    dnsbl: tuple[str, ...]
+    dnsblflags: tuple[str, ...]
+    rbl_incore: bool
+    rate: int | None
+    rate_reply: bool
+
+
+def _screening(env: envfile.EnvFile | None) -> _Screening:
+    """DNSBL, DNSBLFLAGS, RBL_INCORE, RATE and RATE_ANSWER (issue 16)."""
+
+    def problem(name: str, message: str) -> _ServiceProblem:
+        assignment = _option(env, name)
+        assert env is not None and assignment is not None
+        return _ServiceProblem(
+            Problem(env.path, assignment.line, f"{name}={quote(assignment.value)}: {message}")
+        )
+
+    dnsbl = _words(env, "DNSBL")
+    bad = [base for base in dnsbl if not plain_dns_name(base)]
+    if bad:
+        raise problem("DNSBL", f"{quote(bad[0])} is not a DNS name (zen.spamhaus.org)")
+    flags = _words(env, "DNSBLFLAGS")
+    parsed = parse_command(["rblsmtpd", *flags, "smtpd"])
+    if parsed is None or parsed[1] != ("smtpd",):
+        raise problem("DNSBLFLAGS", "rblsmtpd options only: -a base, -b, -B, -c, -C, -t seconds")
+    if flags and not dnsbl:
+        raise problem("DNSBLFLAGS", "set DNSBL too (the blocklists these options are for)")
+    switches = {}
+    for name, choices in (("RBL_INCORE", ("yes", "no")), ("RATE_ANSWER", ("close", "421"))):
+        assignment = _option(env, name)
+        value = assignment.value.strip() if assignment is not None else choices[0]
+        if value not in choices:
+            raise problem(name, f"expected {' or '.join(choices)}")
+        switches[name] = value == choices[0]
+    rate = _positive_int(env, "RATE", 1, 1000000)
+    return _Screening(dnsbl, flags, switches["RBL_INCORE"], rate, not switches["RATE_ANSWER"])
+
+
+def _drop_conflicting(
+    services: list[Service], problems: list[Problem], holders: Mapping[str, frozenset[str]]
+) -> list[Service]:
+    """Two services cannot bind the same address and port. The one running there now
+    keeps it; then one that names its port (PORT=/IP= in its env file) keeps it against
+    one that only has the default port 25 (`ln -s qmail-tcpd qmail-nosuch.rc` must not
+    take smtp's port); among equals the first by name keeps it."""
+
+    def priority(service: Service) -> tuple[bool, bool, str]:
+        held = {item.systemd() for item in service.listen} <= holders.get(service.name, set())
+        return (not held, service.listen_line == 0, service.name)
+
     kept: list[Service] = []
-    for service in services:
+    for service in sorted(services, key=priority):
         clash = next(
             (
                 (other, mine)
@@ -537,4 +749,4 @@ def _drop_conflicting(services: list[Service], problems: list[Problem]) -> list[
                 f"service {service.name} skipped",
             )
         )
-    return kept
+    return sorted(kept, key=lambda s: s.name)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -12,7 +13,7 @@ from typing import ParamSpec, TypeVar
 
 import click
 
-from . import admin, install, mktcprules, rules
+from . import admin, convergence, install, migrate, mktcprules, rules
 from . import bootctrl as bootctrl_model
 from . import units as units_module
 from .addresses import unmap_ipv4
@@ -67,7 +68,28 @@ def bootctrl_directory(directory: Path | None) -> Path:
 def load_bootctrl(
     directory: Path | None, qmail_home: Path | None = None
 ) -> bootctrl_model.Bootctrl:
-    return bootctrl_model.load(bootctrl_directory(directory), qmail_home, check_accounts=True)
+    return convergence.load(bootctrl_directory(directory), qmail_home, check_accounts=True)
+
+
+def _completion_dir(ctx: click.Context) -> Path:
+    return ctx.params.get("bootctrl_dir") or bootctrl_model.default_bootctrl()
+
+
+def complete_enabled(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """Service names for shell completion: send, all and the enabled services."""
+    names = ["send", "all", *convergence.enabled_names(_completion_dir(ctx))]
+    return [name for name in names if name.startswith(incomplete)]
+
+
+def complete_available(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
+    """Services `enable` can take: an env file, not enabled yet."""
+    directory = _completion_dir(ctx)
+    enabled = set(convergence.enabled_names(directory))
+    names = sorted(
+        path.name.removeprefix("qmail-").removesuffix(".env")
+        for path in directory.glob("qmail-*.env")
+    )
+    return [n for n in names if n not in enabled and n.startswith(incomplete)]
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -283,12 +305,46 @@ def install_command(
             layout, python, bootctrl=not no_bootctrl, byte_compile=not no_byte_compile
         ):
             click.echo(line)
+        # The old boot scripts must not start next to the new units (processes only on
+        # this machine, not in a staging tree).
+        for line in migrate.migrate(root, Path("/proc") if root == Path("/") else None):
+            click.echo(line)
     except OSError as error:
         raise UserError(
             f"cannot install: {error}", "run as root, or use --root for a staging tree"
         ) from None
     if root == Path("/") and Path("/run/systemd/system").is_dir():
         click.echo("now: systemctl daemon-reload")
+
+
+@qbootctl.command(name="migrate")
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=Path("/"))
+@user_errors
+def migrate_command(root: Path) -> None:
+    """Mask the old qboot/qmail init script and name what else runs qmail the old way
+    (also done by install; for packages' postinst)."""
+    try:
+        lines = migrate.migrate(root, Path("/proc") if root == Path("/") else None)
+    except OSError as error:
+        raise UserError(f"cannot migrate: {error}", "run as root") from None
+    for line in lines:
+        click.echo(line)
+    if not lines:
+        click.echo("migrate: no old boot scripts, service directories or processes found")
+
+
+@qbootctl.command(name="check-send")
+@user_errors
+def check_send() -> None:
+    """Refuse to start qmail-send next to another one on the same queue (ExecStartPre=)."""
+    other = migrate.foreign_queue_runner()
+    if other is not None:
+        raise UserError(
+            f"qmail-send already runs as pid {other.pid} outside qmail-send.service "
+            f"({other.cgroup}); two on one queue would corrupt it",
+            "stop the old boot scripts first (/etc/init.d/qmaild stop, or svc -d), "
+            "then: qbootctl install finds and masks them",
+        )
 
 
 def _refuse_untrusted_code(python: str, bindir: Path, force: bool) -> None:
@@ -318,10 +374,24 @@ def _refuse_untrusted_code(python: str, bindir: Path, force: bool) -> None:
 @click.option("--unit-dir", type=click.Path(path_type=Path), default=None)
 @user_errors
 def uninstall(root: Path, unit_dir: Path | None) -> None:
-    """Remove the units and the generator; the bootctrl directory stays."""
+    """Stop and remove the units and the generator; the bootctrl directory stays."""
     layout = _layout(root, None, unit_dir, None)
+    live = root == Path("/") and Path("/run/systemd/system").is_dir() and os.geteuid() == 0
+    if live:  # what runs from the units about to go must not be left running
+        from . import reconcile as reconcile_module
+        from .systemd import Systemd
+
+        with reconcile_module.locked(convergence.state_dir()), Systemd() as manager:
+            for unit in reconcile_module.uninstall_order(manager):
+                manager.act("stop", unit)
+                click.echo(f"stopped {unit}")
     for line in install.uninstall(layout):
         click.echo(f"removed {line}")
+    if live:
+        from .systemd import Systemd
+
+        with Systemd() as manager:
+            manager.reload()
 
 
 def _layout(
@@ -371,6 +441,7 @@ def boot(bootctrl_dir: Path | None) -> None:
         names = [units_module.tcpd_socket(s.name) for s in model.services]
         if model.send is not None:
             names.append(units_module.SEND_UNIT)
+        names.append(convergence.PATH_UNIT)  # linked by this reload: start it too
         for name in names:
             manager.start(name)
             click.echo(f"started {name}")
@@ -414,23 +485,41 @@ def _status_line(entry: admin.Status) -> str:
 @qbootctl.command()
 @bootctrl_option
 @click.option("--json", "as_json", is_flag=True)
-@click.argument("services", nargs=-1)
+@click.argument("services", nargs=-1, shell_complete=complete_enabled)
 @user_errors
 def status(bootctrl_dir: Path | None, as_json: bool, services: tuple[str, ...]) -> None:
-    """One line per service: enabled, socket and service state, listen, rules, figures.
+    """One line per service: enabled, socket and service state, listen, rules, figures,
+    then what differs from bootctrl (degraded, pending change).
 
-    Exit 0 when all are running, 3 when something is not (like systemctl)."""
+    Exit 0 when all run as bootctrl says, 3 when something is not running (like
+    systemctl), 1 when something runs degraded or with a pending change."""
+    from . import reconcile as reconcile_module
     from .systemd import Systemd
 
     model = load_bootctrl(bootctrl_dir)
     with Systemd() as manager:
-        entries = admin.status(manager, model, admin.resolve(model, services))
+        targets = admin.resolve(model, services)
+        broken = {item.name for item in reconcile_module.broken_services(model)}
+        if not services or "all" in services:  # enabled but broken ones too
+            targets += [admin.target(name) for name in sorted(broken)]
+        entries = [
+            dataclasses.replace(entry, enabled=True) if entry.target.name in broken else entry
+            for entry in admin.status(manager, model, targets)
+        ]
+        notes = [reconcile_module.entry_notes(model, entry) for entry in entries]
     if as_json:
-        click.echo(json.dumps([entry.as_json() for entry in entries], indent=2))
+        documents = [
+            entry.as_json() | {"notes": note} for entry, note in zip(entries, notes, strict=True)
+        ]
+        click.echo(json.dumps(documents, indent=2))
     else:
-        for entry in entries:
+        for entry, note in zip(entries, notes, strict=True):
             click.echo(_status_line(entry))
-    sys.exit(0 if all(entry.running for entry in entries) else 3)
+            for line in note:
+                click.echo(_styled(f"{'':<8} {line}", False))
+    if not all(entry.running for entry in entries):
+        sys.exit(3)
+    sys.exit(1 if any(notes) else 0)
 
 
 def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> None:
@@ -462,7 +551,7 @@ def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> Non
 def _verb(verb: str, help_text: str) -> None:
     @qbootctl.command(name=verb, help=help_text)
     @bootctrl_option
-    @click.argument("services", nargs=-1)
+    @click.argument("services", nargs=-1, shell_complete=complete_enabled)
     @user_errors
     def command(bootctrl_dir: Path | None, services: tuple[str, ...]) -> None:
         _act(verb, bootctrl_dir, services)
@@ -488,7 +577,7 @@ _verb(
     default=True,
     help="start the socket at once (default) or only enable",
 )
-@click.argument("service")
+@click.argument("service", shell_complete=complete_available)
 @user_errors
 def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
     """Enable SERVICE: qmail-SVC.rc -> qmail-tcpd (and a rules link), reload, start."""
@@ -496,16 +585,19 @@ def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
 
     _require_root("qbootctl enable")
     directory = bootctrl_directory(bootctrl_dir)
+    existed = {p for p in admin.enable_links(directory, service) if p.exists() or p.is_symlink()}
     for line in admin.enable(directory, service):
         click.echo(line)
-    model = bootctrl_model.load(directory, check_accounts=True)
+    model = convergence.load(directory, check_accounts=True)
     for problem in model.problems:
         if f"qmail-{service}." in problem.file or f"tcprules-{service}." in problem.file:
             click.echo(f"problem: {problem}", err=True)
     if model.service(service) is None:
+        for line in admin.undo_enable(directory, service, existed):
+            click.echo(line)
         raise UserError(
-            f"{service} is enabled in bootctrl but cannot run",
-            "fix the problem above, then: systemctl daemon-reload",
+            f"{service} cannot run, so it was not enabled",
+            f"fix the problem above, then: qbootctl enable {service}",
         )
     with Systemd() as manager:
         manager.reload()
@@ -519,7 +611,7 @@ def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
 
 @qbootctl.command()
 @bootctrl_option
-@click.argument("service")
+@click.argument("service", shell_complete=complete_enabled)
 @user_errors
 def disable(bootctrl_dir: Path | None, service: str) -> None:
     """Disable SERVICE: stop it, remove qmail-SVC.rc, reload. Env and rules stay."""
@@ -539,29 +631,43 @@ def disable(bootctrl_dir: Path | None, service: str) -> None:
 @user_errors
 def reload_config() -> None:
     """daemon-reload, then restart only what the bootctrl changes touched."""
+    _require_root("qbootctl reload-config")
+    _reconcile(None, None, reload=True)
+
+
+@qbootctl.command()
+@bootctrl_option
+@qmail_home_option
+@user_errors
+def reconcile(bootctrl_dir: Path | None, qmail_home: Path | None) -> None:
+    """Apply what systemd loaded to what runs: restart only what differs.
+
+    qboot-reconcile.service runs it after every daemon-reload."""
+    _require_root("qbootctl reconcile")
+    _reconcile(bootctrl_dir, qmail_home, reload=False)
+
+
+def _reconcile(bootctrl_dir: Path | None, qmail_home: Path | None, reload: bool) -> None:
+    from . import reconcile as reconcile_module
     from .systemd import Systemd
 
-    _require_root("qbootctl reload-config")
-    before = admin.snapshot()
-    with Systemd() as manager:
-        manager.reload()
-        found = admin.changes(before, admin.snapshot())
-        for name in found.removed:
-            for unit in reversed(admin.target(name).units):
-                manager.act("stop", unit)
-            click.echo(f"stopped {name} (no longer enabled)")
-        for name in found.restart_sockets:
-            socket, service = admin.target(name).units
-            manager.act("stop", service)
-            manager.act("restart", socket)
-            click.echo(f"restarted {socket} (listen settings changed)")
-        for name in found.restart_services:
-            unit = admin.target(name).units[-1]
-            if manager.state(unit).active == "active":
-                manager.act("restart", unit)
-                click.echo(f"restarted {unit} (command or environment changed)")
-        if not (found.removed or found.restart_sockets or found.restart_services):
-            click.echo("nothing changed")
+    with reconcile_module.locked(convergence.state_dir()):
+        if not reload:
+            reconcile_module.take_trigger()
+        with Systemd() as manager:
+            if reload:
+                manager.reload()
+            model = load_bootctrl(bootctrl_dir, qmail_home)
+            outcome = reconcile_module.reconcile(manager, model)
+    for line in outcome.lines:
+        click.echo(line)
+    if not outcome.lines:
+        click.echo("nothing changed")
+    for broken in reconcile_module.broken_services(model):
+        for problem in broken.problems:
+            click.echo(f"problem: {problem}", err=True)
+    if outcome.failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

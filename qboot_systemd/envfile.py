@@ -260,7 +260,21 @@ class _Lexer:
         return "$"
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def _decode(data: bytes, path: str) -> tuple[str | None, Problem | None]:
+    # Editors on other systems add these; a shell would choke on them too, and the
+    # service keeps its last good settings: say exactly what to change.
+    if data.startswith(_BOM):
+        return None, Problem(
+            path, 1, "starts with a UTF-8 byte order mark (BOM): save it without one"
+        )
+    if b"\r" in data:
+        line = data[: data.index(b"\r")].count(b"\n") + 1
+        return None, Problem(
+            path, line, "carriage return (a DOS/Windows line end): convert it with dos2unix"
+        )
     if b"\0" in data:
         line = data[: data.index(b"\0")].count(b"\n") + 1
         return None, Problem(path, line, "NUL byte in env file")

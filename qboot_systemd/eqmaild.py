@@ -4,7 +4,10 @@
     Starting qmail-send ...           OK
     Starting qmail-smtp ...           OK
 
-NORESULT=1 leaves out OK/FAILED.
+NORESULT=1 leaves out OK/FAILED: in eqmaild's environment for every line, or as
+`setenv NORESULT 1` in qmail-SVC.env for that service's lines (as the seed's rc scripts
+read their env file). start and restart reload systemd first, so `ln -s ...` then
+`eqmaild restart` works as in the seed.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import admin
+from . import admin, convergence
 from . import bootctrl as bootctrl_model
 from .errors import UserError, from_os_error
 from .systemd import SETTLE_SECONDS, JobFailed, Systemd
@@ -20,20 +23,34 @@ from .systemd import SETTLE_SECONDS, JobFailed, Systemd
 USAGE = "usage: eqmaild start|stop|restart|status"
 
 
-def line(verb: str, name: str, ok: bool) -> str:
+def line(verb: str, name: str, ok: bool, noresult: bool = False) -> str:
     """`Starting qmail-send ...           OK`: the result centred after column 30."""
     text = f"{verb} qmail-{name} ..."
-    if os.environ.get("NORESULT") == "1":
+    if noresult or os.environ.get("NORESULT") == "1":
         return text
     return (f"{text:<30}" + f"{'OK' if ok else 'FAILED':^10}").rstrip()
 
 
-def _step(manager: Systemd, verb: str, item: admin.Target) -> JobFailed | bool:
+def _noresult(model: bootctrl_model.Bootctrl, name: str) -> bool:
+    service = model.service(name)
+    return service is not None and dict(service.environment).get("NORESULT") == "1"
+
+
+def _reload(manager: Systemd) -> None:
+    """The generator sees new rc links and env edits; then the reconcile that reload
+    triggers runs first (a service's start waits for it anyway)."""
+    manager.reload()
+    try:
+        manager.act("start", convergence.RECONCILE_UNIT, timeout=300)
+    except (JobFailed, UserError) as error:
+        print(f"eqmaild: {error}", file=sys.stderr)
+
+
+def _step(manager: Systemd, verb: str, item: admin.Target, was_running: bool) -> JobFailed | bool:
     """True when done; False when stopping what did not run (the seed shows FAILED); the
     JobFailed of a unit that did not start or did not stay up."""
     try:
         if verb == "stop":
-            was_running = manager.state(item.units[0]).active == "active"
             for _, unit in admin.plan("stop", item):
                 manager.act("stop", unit)
             return was_running
@@ -57,20 +74,28 @@ def main(argv: list[str] | None = None) -> int:
                 f"bootctrl directory {directory} not found",
                 "set QBOOT_BOOTCTRL or run qbootctl install",
             )
-        model = bootctrl_model.load(directory)
+        model = convergence.load(directory)
         targets = admin.resolve(model, ())
         failures = 0
         with Systemd() as manager:
+            # Stopping what did not run fails, as the seed shows: as it was before the
+            # reload (a newly enabled service is started by the reconcile it triggers).
+            running = {
+                item.name: manager.state(item.units[0]).active == "active" for item in targets
+            }
+            if verb in ("start", "restart"):
+                _reload(manager)
             for item in targets:
+                quiet = _noresult(model, item.name)
                 if verb == "status":
                     ok = manager.state(item.units[0]).active == "active"
-                    print(line("Checking", item.name, ok))
+                    print(line("Checking", item.name, ok, quiet))
                     failures += not ok
                     continue
                 for step in ("stop", "start") if verb == "restart" else (verb,):
-                    outcome = _step(manager, step, item)
+                    outcome = _step(manager, step, item, running[item.name])
                     ok = outcome is True
-                    print(line("Starting" if step == "start" else "Stopping", item.name, ok))
+                    print(line("Starting" if step == "start" else "Stopping", item.name, ok, quiet))
                     if isinstance(outcome, JobFailed):
                         print(f"eqmaild: {outcome}", file=sys.stderr)
                         for journal_line in outcome.journal.splitlines():

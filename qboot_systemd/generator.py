@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import bootctrl, units
+from . import bootctrl, convergence, units
 from .problems import Problem
 
 PROGRAM = "qboot-systemd-generator"
@@ -49,6 +49,9 @@ def plan(
             )
         except units.UnsafeValue as error:
             problems.append(Problem(model.send.rc_file, 0, f"{error}; qmail-send skipped"))
+    for name in convergence.add_convergence(model, files, links, paths, convergence.state_dir()):
+        rc_file = f"{model.directory}/qmail-{name}.rc"
+        problems.append(Problem(rc_file, 0, f"service {name} keeps its last good settings"))
     return files, links, sorted(problems)
 
 
@@ -118,7 +121,7 @@ def run(
         )
         return 0
     try:
-        model = bootctrl.load(bootctrl_dir, qmail_home)
+        model = convergence.load(bootctrl_dir, qmail_home)
     except Exception as error:  # load() collects problems; this is the last line of defence
         message = f"cannot read ({type(error).__name__}); no qmail unit generated"
         log([Problem(str(bootctrl_dir), 0, message)], log_path)
@@ -137,9 +140,12 @@ def main(
     qmail_home: str | None = None,
 ) -> int:
     args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (1, 3):
+    if len(args) not in (1, 3) or any(arg.startswith("-") for arg in args):
+        # systemd passes absolute directories; `--help` must not become ./--help.
         sys.stderr.write(f"usage: {PROGRAM} normal-dir [early-dir late-dir]\n")
-        return 100
+        sys.stderr.write("systemd runs it at boot and at every daemon-reload; to see what it\n")
+        sys.stderr.write("makes of bootctrl, run: qbootctl generate\n")
+        return 0 if args and args[0] in ("-h", "--help") else 100
     defaults = units.Paths()
     paths = units.Paths(
         tcpsrv=os.environ.get("QBOOT_TCPSRV", tcpsrv or defaults.tcpsrv),

@@ -21,7 +21,14 @@ GENERATOR_NAME = "qboot-systemd-generator"
 TEMPLATES = Path(__file__).resolve().parent / "templates"
 MAN_PAGES = Path(__file__).resolve().parent / "man"
 MAN_DIR = "usr/share/man"
-UNIT_NAMES = ("qmail-send.service", "qmail-tcpd@.socket", "qmail-tcpd@.service", units.BOOT_UNIT)
+UNIT_NAMES = (
+    "qmail-send.service",
+    "qmail-tcpd@.socket",
+    "qmail-tcpd@.service",
+    units.BOOT_UNIT,
+    "qboot-reconcile.path",
+    "qboot-reconcile.service",
+)
 
 
 @dataclass(frozen=True)
@@ -181,6 +188,35 @@ def _untrusted_below(top: str, trusted: frozenset[int]) -> list[str]:
     return found
 
 
+# The admin's commands, and where they go when the installation's bin directory (a venv,
+# a checkout) is not on PATH.
+COMMANDS = ("qbootctl", "eqmaild", "mktcprules", "qboot-tcprules", "qboot-tcprulescheck")
+COMMAND_LINK_DIR = Path("/usr/local/sbin")
+ON_PATH = frozenset(map(Path, ("/usr/bin", "/usr/sbin", "/bin", "/sbin", "/usr/local/bin")))
+
+
+def command_links(layout: Layout) -> dict[Path, Path]:
+    """Link (under --root) -> command, when bindir is not a directory on PATH."""
+    if layout.bindir in ON_PATH or layout.bindir == COMMAND_LINK_DIR:
+        return {}
+    directory = layout.on_target(COMMAND_LINK_DIR)
+    return {directory / name: layout.bindir / name for name in COMMANDS}
+
+
+def _link_commands(layout: Layout) -> list[str]:
+    report = []
+    for link, command in command_links(layout).items():
+        if link.exists() and not link.is_symlink():
+            report.append(f"command {link} exists and is not a link: left alone")
+            continue
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(command)
+        report.append(f"command {link} -> {command}")
+    return report
+
+
 def install(
     layout: Layout, python: str | None = None, bootctrl: bool = True, byte_compile: bool = True
 ) -> list[str]:
@@ -192,6 +228,7 @@ def install(
     generator = layout.root / GENERATOR_DIR / GENERATOR_NAME
     _write(generator, launcher_text(layout, python or sys.executable), 0o755)
     report.append(f"generator {generator}")
+    report += _link_commands(layout)
     for page in man_pages():
         target = layout.root / MAN_DIR / f"man{page.suffix[1:]}" / page.name
         _write(target, page.read_text())
@@ -220,4 +257,8 @@ def uninstall(layout: Layout) -> list[str]:
         if path.exists() or path.is_symlink():
             path.unlink()
             removed.append(str(path))
+    for link, command in command_links(layout).items():
+        if link.is_symlink() and Path(os.readlink(link)) == command:
+            link.unlink()
+            removed.append(str(link))
     return removed

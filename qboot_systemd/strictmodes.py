@@ -5,6 +5,8 @@ counts only when nobody but root could have written it: the file and every direc
 above it are owned by root (or by whoever runs the command, as sshd accepts the user's
 own files) and not writable by group or others. A parent directory may be writable by
 others when it is sticky (/tmp): nobody else can then rename or remove what is in it.
+Paths are followed link by link as open() follows them (resolve), so a symlink in a
+directory another user controls cannot be re-pointed after the check.
 
 Files are opened without following symlinks and without blocking, checked to be regular
 files with fstat, and read up to a size cap: a FIFO, /dev/zero or a symlink to a key file
@@ -22,6 +24,7 @@ from .problems import quote
 
 MAX_FILE = 64 * 1024  # an env file or qmail control file; the real ones are < 2 KiB
 MAX_LINK_HOPS = 8
+MAX_PATH_LINKS = 40  # the kernel's limit before ELOOP
 
 
 class Untrusted(Exception):
@@ -124,19 +127,87 @@ def _read_descriptor(descriptor: int, path: str, expected: os.stat_result, limit
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
-def check_file(path: str, trusted: frozenset[int] | None = None) -> tuple[str, os.stat_result]:
-    """An absolute file outside bootctrl (CDB=/..., a control file): resolve it, then
-    check it and every directory above it. Returns the resolved path and its status."""
-    trusted = trusted_uids() if trusted is None else trusted
+def _check_link(
+    link: str, status: os.stat_result, holder: os.stat_result, trusted: frozenset[int]
+) -> None:
+    """A symlink on the way: its directory was checked; where others may write to that
+    directory (sticky, like /tmp), its owner could still replace the link."""
+    shared = holder.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+    if shared and status.st_uid not in trusted:
+        raise Untrusted(
+            link,
+            f"symlink owned by uid {status.st_uid} in a directory others can write; "
+            f"run chown -h root {link}",
+        )
+
+
+def resolve(path: str, trusted: frozenset[int]) -> str:
+    """Follow an absolute path component by component, as open() will follow it every time
+    (qboot-tcpsrv opens the cdb at each connection), and return where it leads.
+
+    Every directory passed through, including the directory of every symlink on the way
+    and then each link's target, must pass mode_problem (sticky-writable allowed): then only
+    a trusted user can change where the path leads, so the unit may keep the path as given
+    (`tcprules-smtp.cdb -> tcprules-default.cdb` keeps following mktcprules' renames).
+    Checking only realpath()'s directories would miss `/tmp/evil/link.cdb`, a link in a
+    directory another user owns, that the user could point elsewhere after the check.
+    The final component is returned unchecked: the caller knows what it must be.
+    Raises Untrusted, FileNotFoundError, NotADirectoryError or OSError(ELOOP)."""
     if not os.path.isabs(path):
         raise Untrusted(path, "not an absolute path")
-    real = os.path.realpath(path, strict=True)
-    check_directory_chain(os.path.dirname(real), trusted, strict_first=False)
+    pending = [part for part in reversed(path.split("/")) if part not in ("", ".")]
+    current = "/"
+    holder = os.lstat(current)
+    problem = mode_problem(current, holder, trusted, sticky_ok=True)
+    if problem:
+        raise Untrusted(current, problem)
+    follows = 0
+    while pending:
+        part = pending.pop()
+        if part == "..":
+            current = os.path.dirname(current)
+            holder = os.lstat(current)
+            continue
+        candidate = os.path.join(current, part)
+        status = os.lstat(candidate)
+        if stat.S_ISLNK(status.st_mode):
+            follows += 1
+            if follows > MAX_PATH_LINKS:
+                raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+            _check_link(candidate, status, holder, trusted)
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                current = "/"
+                holder = os.lstat(current)
+            pending.extend(step for step in reversed(target.split("/")) if step not in ("", "."))
+            continue
+        if pending:
+            if not stat.S_ISDIR(status.st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), candidate)
+            problem = mode_problem(candidate, status, trusted, sticky_ok=True)
+            if problem:
+                raise Untrusted(candidate, problem)
+        current, holder = candidate, status
+    return current
+
+
+def check_file(path: str, trusted: frozenset[int] | None = None) -> tuple[str, os.stat_result]:
+    """An absolute file outside bootctrl (CDB=/..., a control file, an rc link's script):
+    follow it with resolve(), then check the file it leads to. Returns that file's path
+    and status; the path as given stays safe to use (see resolve)."""
+    trusted = trusted_uids() if trusted is None else trusted
+    given = os.path.normpath(path) if os.path.isabs(path) else path
+    try:
+        real = resolve(path, trusted)
+    except Untrusted as error:
+        if error.path == given:
+            raise
+        raise Untrusted(path, f"leads through {error.path}: {error.message}") from None
     status = os.lstat(real)
     try:
         check_regular(real, status, trusted)
     except Untrusted as error:
-        if real == os.path.normpath(path):
+        if real == given:
             raise
         raise Untrusted(path, f"symlink to {real}: {error.message}") from None
     return real, status
@@ -156,17 +227,22 @@ class TrustedDirectory:
     its descriptor, so renaming a parent cannot swap it between the check and the reads."""
 
     def __init__(self, path: Path, trusted: frozenset[int] | None = None) -> None:
-        self.path = path
+        self.path = path.absolute()
         self.trusted = trusted_uids() if trusted is None else trusted
         self._descriptor: int | None = None
 
     def open(self) -> TrustedDirectory:
         """Raises Untrusted, or OSError when the directory cannot be read."""
-        real = os.path.realpath(self.path, strict=True)
-        if not stat.S_ISDIR(os.lstat(real).st_mode):
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(self.path))
-        check_directory_chain(real, self.trusted, strict_first=True)
+        # Units name files by this path, not the resolved one: resolve() makes sure only
+        # a trusted user can change where it leads.
+        real = resolve(str(self.path), self.trusted)
         checked = os.lstat(real)
+        if not stat.S_ISDIR(checked.st_mode):
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(self.path))
+        # Not even sticky-writable: a new name in bootctrl would be a new service.
+        problem = mode_problem(real, checked, self.trusted)
+        if problem:
+            raise Untrusted(real, problem)
         descriptor = os.open(real, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         opened = os.fstat(descriptor)
         if (opened.st_dev, opened.st_ino) != (checked.st_dev, checked.st_ino):

@@ -115,6 +115,10 @@ class Systemd:
         """Queue a start job without waiting for it (boot: systemd orders the rest)."""
         return self._job("StartUnit", unit)
 
+    def queue_restart(self, unit: str) -> bytes:
+        """Queue a restart job without waiting (it may be ordered after the caller)."""
+        return self._job("RestartUnit", unit)
+
     def _job(self, method: str, unit: str) -> bytes:
         try:
             job: bytes = getattr(self._manager.Manager, method)(unit.encode(), b"replace")
@@ -164,6 +168,11 @@ class Systemd:
             else:
                 continue
             raise JobFailed(unit, now, self.journal(unit), why)
+
+    def active_units(self, pattern: str) -> list[str]:
+        """Loaded units matching a glob that are not inactive (active, failing, ...)."""
+        entries = self._manager.Manager.ListUnitsByPatterns([], [pattern.encode()])
+        return sorted(_text(entry[0]) for entry in entries if _text(entry[3]) != "inactive")
 
     # --- units -------------------------------------------------------------------------
     def state(self, unit: str) -> UnitState:

@@ -5,11 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 # Flags without an argument, as tcpserver and qmail-tcpsrv take them.
-PLAIN_FLAGS = frozenset("146jpPhHrRoOdDqQvUX")
-# qboot-tcpsrv's own option with an argument (-W drain seconds).
-OWN_ARG_OPTIONS = frozenset("W")
+PLAIN_FLAGS = frozenset("146jpPhHrRoOdDqQvUXL")
+# qboot-tcpsrv's own options with an argument (-W drain seconds, -N/-M connections per
+# minute per address).
+OWN_ARG_OPTIONS = frozenset("WNM")
 # Options with an argument.
 ARG_OPTIONS = frozenset("cCxBgubtl")
+# eQmail's qmail-tcpsrv -I interface: under systemd the socket binds, so TCPFLAGS' -I
+# becomes BindToDevice= on the socket and never reaches qboot-tcpsrv.
+BIND_OPTIONS = frozenset("I")
 # Options that have their own env file setting; TCPFLAGS must not fight with it.
 OWNED_OPTIONS = {
     "c": "MAXCONN",
@@ -19,6 +23,9 @@ OWNED_OPTIONS = {
     "g": "GROUP",
     "u": "USER",
     "b": "BACKLOG",
+    "L": "RBL_INCORE",
+    "N": "RATE",
+    "M": "RATE",
 }
 
 
@@ -64,10 +71,25 @@ def split_options(
     return options, items[index:]
 
 
+def split_interface(words: tuple[str, ...]) -> tuple[str | None, tuple[str, ...]]:
+    """TCPFLAGS' -I interface (the last one counts) and the flags without it."""
+    options, _ = split_options(words, "".join(OWN_ARG_OPTIONS | BIND_OPTIONS))
+    interface = None
+    rest: list[str] = []
+    for letter, argument in options:
+        if letter in BIND_OPTIONS:
+            interface = argument
+        else:
+            rest += [f"-{letter}"] if argument is None else [f"-{letter}", argument]
+    if interface is None:
+        return None, words
+    return interface, tuple(rest)
+
+
 def validate_tcpflags(words: tuple[str, ...]) -> None:
-    """TCPFLAGS may hold flags and -t/-l/-W, nothing that is not an option. They come after
-    the defaults (-v -R -l control/me), so -r, -q, -Q or another -l override those."""
-    options, operands = split_options(words, "".join(OWN_ARG_OPTIONS))
+    """TCPFLAGS may hold flags and -t/-l/-W/-I, nothing that is not an option. They come
+    after the defaults (-v -R -l control/me), so -r, -q, -Q or another -l override those."""
+    options, operands = split_options(words, "".join(OWN_ARG_OPTIONS | BIND_OPTIONS))
     if operands:
         raise TcpFlagsError(f"{operands[0]!r} is not an option")
     for letter, argument in options:
@@ -81,3 +103,14 @@ def validate_tcpflags(words: tuple[str, ...]) -> None:
             not argument or any(c.isspace() or not c.isprintable() for c in argument)
         ):
             raise TcpFlagsError(f"-l needs a host name without spaces, not {argument!r}")
+        if letter in BIND_OPTIONS and not _interface_name(argument or ""):
+            raise TcpFlagsError(f"-I needs a network interface name, not {argument!r}")
+
+
+def _interface_name(name: str) -> bool:
+    """What Linux accepts as an interface name: 1 to 15 bytes, no '/', ':' or space."""
+    return (
+        0 < len(name.encode()) < 16
+        and name not in (".", "..")
+        and all(char.isascii() and char.isprintable() and char not in "/: " for char in name)
+    )

@@ -21,7 +21,7 @@ class Report:
 
 def concrete_units(files: dict[str, str], links: dict[str, str]) -> list[str]:
     """Unit instances the generator configured (qmail-tcpd@smtp.socket, ...)."""
-    names = {relative.split("/")[0].removesuffix(".d") for relative in files}
+    names = {relative.split("/")[0].removesuffix(".d") for relative in files if "/" in relative}
     names |= {relative.split("/")[1] for relative in links}
     return sorted(names)
 

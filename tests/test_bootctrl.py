@@ -184,3 +184,50 @@ def test_specific_addresses_on_one_port_do_not_clash(tmp_path: Path) -> None:
     assert [s.name for s in model.services] == ["a", "b"]
     assert "127.0.0.1:26 is already used by service a" not in model.problems[0].message
     assert "is already used by service a; service c skipped" in model.problems[0].message
+
+
+@pytest.mark.parametrize(
+    ("rc_name", "shown", "fragment"),
+    [
+        ("qmail-.rc", "qmail-.rc", "invalid service name ''"),
+        ("qmail-nl\nx.rc", "qmail-nl\\nx.rc", "invalid service name 'nl\\nx'"),
+        ("qmail-" + "a" * 240 + ".rc", "qmail-" + "a" * 240 + ".rc", "(240 characters)"),
+        ("qmail-\x1b[2J.rc", "qmail-\\x1b[2J.rc", "invalid service name '\\x1b[2J'"),
+    ],
+)
+def test_every_ignored_rc_link_is_reported_with_its_name_escaped(
+    tmp_path: Path, rc_name: str, shown: str, fragment: str
+) -> None:
+    directory = tmp_path / "b"
+    directory.mkdir()
+    (directory / "qmail-tcpd").write_text("")
+    (directory / rc_name).symlink_to("qmail-tcpd")
+    model = bootctrl.load(directory, "/q")
+    assert model.services == ()
+    (problem,) = model.problems
+    assert problem.file == f"{directory}/{shown}"
+    assert fragment in problem.message and "1 to 64 letters" in problem.message
+    assert problem.message.endswith("; service ignored")
+    assert all(char.isprintable() for char in str(problem))
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ("IP=fe80::1%eth0\n", "systemctl edit qmail-tcpd@subm.socket)"),
+        ('IP="127.0.0.1 ::1 0"\n', "use IP=0 alone"),
+        ("IP=::\n", "means all addresses"),
+        ("PORT=0\n", "expected a number"),
+        ("TCPFLAGS=-Z\n", "unknown option -Z"),
+        ("CDB=missing.cdb\n", "missing"),
+    ],
+)
+def test_a_refused_setting_says_the_service_is_skipped_once(
+    tmp_path: Path, env: str, fragment: str
+) -> None:
+    model = make(tmp_path, env, name="subm")
+    assert model.services == ()
+    (problem,) = model.problems
+    assert fragment in problem.message and "SVC" not in problem.message
+    assert problem.message.endswith("; service subm skipped")
+    assert problem.message.count("skipped") == 1

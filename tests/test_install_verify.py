@@ -45,6 +45,8 @@ def test_install_into_a_root_and_uninstall(tmp_path: Path) -> None:
     units = root / "usr/lib/systemd/system"
     assert sorted(p.name for p in units.iterdir()) == [
         "qboot-boot.service",
+        "qboot-reconcile.path",
+        "qboot-reconcile.service",
         "qmail-send.service",
         "qmail-tcpd@.service",
         "qmail-tcpd@.socket",
@@ -116,7 +118,7 @@ def test_verify_passes_on_the_shipped_bootctrl(tmp_path: Path) -> None:
         cli.qbootctl, ["verify", "--bootctrl", str(bootctrl), "--qmail-home", str(home)]
     )
     assert done.exit_code == 0, done.output
-    assert "verified 5 units" in done.output
+    assert "verified 6 units" in done.output  # with qboot-reconcile.path
 
 
 def test_verify_reports_bootctrl_and_systemd_problems(tmp_path: Path) -> None:

@@ -241,3 +241,53 @@ def test_qbootctl_show_with_a_300_character_cdb_is_a_problem_not_a_traceback(
     assert f"{directory}/qmail-subm.env:2: rules 'xxx" in done.stdout
     assert "File name too long; service subm skipped" in done.stdout
     assert "smtp     listen 25" in done.stdout
+
+
+SECRET = "root:SECRET-HASH-6f1d:19000:0:99999:7:::"
+
+
+@pytest.mark.parametrize("how", ["link-out", "link-out-relative", "owner", "fifo"])
+def test_a_refused_rules_text_is_not_read_nor_quoted(tmp_path: Path, how: str) -> None:
+    directory = copy_shipped(tmp_path)
+    key = tmp_path / "shadow"
+    key.write_text(SECRET + "\n")
+    key.chmod(0o600)
+    source = directory / "tcprules-x.txt"
+    if how == "link-out":
+        source.symlink_to(key)
+    elif how == "link-out-relative":
+        source.symlink_to("../shadow")
+    elif how == "owner":
+        source.write_text(SECRET + "\n")
+        source.chmod(0o644)
+        os.chown(source, 65534, 65534)
+    else:
+        os.mkfifo(source, 0o644)
+    results = mktcprules.compile_directory(directory, force=True)
+    failed = [r for r in results if r.outcome is mktcprules.Outcome.FAILED]
+    assert [r.target.name for r in failed] == ["tcprules-x.cdb"]
+    assert "SECRET" not in failed[0].detail and "root:" not in failed[0].detail
+    assert not (directory / "tcprules-x.cdb").exists()
+    done = run(venv_script("mktcprules"), str(directory))
+    assert done.returncode == 1 and "SECRET" not in done.stdout + done.stderr
+    assert "tcprules-x.cdb: FAILED" in done.stderr
+    done = run(venv_script("qbootctl"), "rules", "compile", "--bootctrl", str(directory), "x")
+    assert done.returncode != 0 and "SECRET" not in done.stdout + done.stderr
+
+
+def test_a_link_to_another_rules_text_in_bootctrl_is_compiled(tmp_path: Path) -> None:
+    directory = copy_shipped(tmp_path)
+    (directory / "tcprules-x.txt").symlink_to("tcprules-default.txt")
+    results = mktcprules.compile_directory(directory, force=True)
+    assert {r.outcome for r in results} == {mktcprules.Outcome.COMPILED}
+    assert (directory / "tcprules-x.cdb").read_bytes() == (
+        directory / "tcprules-default.cdb"
+    ).read_bytes()
+
+
+def test_parse_error_snippet_is_short(tmp_path: Path) -> None:
+    directory = copy_shipped(tmp_path)
+    (directory / "tcprules-default.txt").write_text("bad line " + "z" * 200 + "\n")
+    (result,) = mktcprules.compile_directory(directory, force=True)
+    assert result.outcome is mktcprules.Outcome.FAILED
+    assert "z" * 41 not in result.detail and "(209 characters)" in result.detail

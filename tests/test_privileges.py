@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from qboot_systemd import bootctrl, units
+from qboot_systemd.problems import Problem
 from qboot_systemd.tcpflags import TcpFlagsError, validate_tcpflags
 from qboot_systemd.tcpsrv.options import UsageError, parse
 
@@ -111,20 +112,30 @@ def test_dropin_runs_the_lifewithqmail_defaults(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("content", "expected"),
+    ("content", "expected", "reported"),
     [
-        (None, "0"),
-        (b"", "0"),
-        (b"two words\n", "0"),
-        (b"\xff\n", "0"),
-        (b"mx.example\n", "mx.example"),
+        (None, "0", False),  # qmail not configured yet: the documented fallback, silently
+        (b"", "0", True),
+        (b"two words\n", "0", True),
+        (b"\xff\n", "0", True),
+        (b"mx.example\n", "mx.example", False),
+        (b"mx.example \t\nsecond line\n", "mx.example", False),
     ],
 )
-def test_local_name_from_control_me(tmp_path: Path, content: bytes | None, expected: str) -> None:
+def test_local_name_from_control_me(
+    tmp_path: Path, content: bytes | None, expected: str, reported: bool
+) -> None:
     if content is not None:
-        (tmp_path / "control").mkdir()
+        (tmp_path / "control").mkdir(mode=0o755)
+        (tmp_path / "control").chmod(0o755)
         (tmp_path / "control" / "me").write_bytes(content)
-    assert bootctrl.local_name(tmp_path) == expected
+        (tmp_path / "control" / "me").chmod(0o644)
+    problems: list[Problem] = []
+    assert bootctrl.local_name(tmp_path, problems) == expected
+    assert bool(problems) == reported
+    for problem in problems:
+        assert str(problem).startswith(f"{tmp_path}/control/me:") and "-l 0" in str(problem)
+        assert "words" not in str(problem)
 
 
 def test_tcpflags_may_override_the_defaults() -> None:

@@ -386,3 +386,174 @@ def test_unreadable_env_file_skips_only_its_service() -> None:
         )
     finally:
         shutil.rmtree(base)
+
+
+def swappable_link(tmp_path: Path, target: Path) -> Path:
+    """The review's repro: a link to a good cdb, in a directory uid 65534 owns; that
+    user could point it at rules of their own (`:allow,RELAYCLIENT=""`) after the check."""
+    evil = tmp_path / "rev" / "evil"
+    evil.mkdir(parents=True)
+    for path in (evil.parent, evil):
+        path.chmod(0o755)
+    chown_nobody(evil)
+    link_path = evil / "link.cdb"
+    link_path.symlink_to(target)
+    chown_nobody(link_path)
+    return link_path
+
+
+@pytest.mark.parametrize("how", ["cdb-setting", "rules-link"])
+def test_cdb_reached_through_a_link_another_user_can_swap_is_refused(
+    tmp_path: Path, how: str
+) -> None:
+    directory = stage(tmp_path)
+    good = tmp_path / "rev" / "good.cdb"
+    link_path = swappable_link(tmp_path, good)
+    write(good, "\0" * 2048, 0o644)
+    if how == "cdb-setting":
+        write(directory / "qmail-x.env", f"PORT=2526\nCDB={link_path}\n", 0o644)
+    else:
+        link(link_path)(directory / "tcprules-x.cdb")
+    enabled, log = generate(directory)
+    assert enabled == {"good"}, log
+    (line,) = [line for line in log.splitlines() if "service x skipped" in line]
+    assert f"{link_path}: leads through {link_path.parent}: owned by uid 65534" in line
+    assert f"run chown root {link_path.parent}" in line
+
+
+def test_link_owned_by_another_user_in_a_sticky_shared_directory_is_refused(
+    tmp_path: Path,
+) -> None:
+    directory = stage(tmp_path)
+    good = tmp_path / "rev" / "good.cdb"
+    link_path = swappable_link(tmp_path, good)
+    write(good, "\0" * 2048, 0o644)
+    os.chown(link_path.parent, 0, 0)
+    link_path.parent.chmod(0o1777)  # like /tmp: its owner may still replace the link
+    write(directory / "qmail-x.env", f"PORT=2526\nCDB={link_path}\n", 0o644)
+    model = bootctrl.load(directory, tmp_path / "q")
+    assert model.service("x") is None
+    assert (
+        f"symlink owned by uid 65534 in a directory others can write; run chown -h root {link_path}"
+        in str(model.problems)
+    )
+    os.chown(link_path, 0, 0, follow_symlinks=False)
+    model = bootctrl.load(directory, tmp_path / "q")
+    assert model.problems == () and model.service("x") is not None
+
+
+def test_links_through_trusted_directories_keep_the_path_as_given(tmp_path: Path) -> None:
+    """Only root can change where such a path leads, so the unit keeps it: a later
+    `ln -sf` or mktcprules' rename in bootctrl reaches qboot-tcpsrv at its next connection."""
+    directory = stage(tmp_path)
+    hop = tmp_path / "hop"
+    hop.mkdir(mode=0o755)
+    (hop / "rules.cdb").symlink_to("../other/rules.cdb")
+    (hop / "up").symlink_to("..")
+    given = f"{hop}/up/hop/rules.cdb"
+    write(directory / "qmail-x.env", f"PORT=2526\nCDB={given}\n", 0o644)
+    model = bootctrl.load(directory, tmp_path / "q")
+    assert model.problems == ()
+    assert model.service("x").rules == given  # type: ignore[union-attr]
+    assert model.service("good").rules == f"{directory}/tcprules-good.cdb"  # type: ignore[union-attr]
+    (tmp_path / "other").chmod(0o777)  # now the target's directory fails, via both links
+    model = bootctrl.load(directory, tmp_path / "q")
+    assert model.service("x") is None
+    assert f"leads through {tmp_path}/other: writable by group and others" in str(model.problems)
+
+
+def test_link_loop_outside_bootctrl_is_a_problem(tmp_path: Path) -> None:
+    directory = stage(tmp_path)
+    (tmp_path / "loop.cdb").symlink_to("loop.cdb")
+    link(tmp_path / "loop.cdb")(directory / "tcprules-x.cdb")
+    enabled, log = generate(directory)
+    assert enabled == {"good"} and "Too many levels of symbolic links" in log
+
+
+def test_rc_script_reached_through_a_swappable_link_is_refused(tmp_path: Path) -> None:
+    directory = stage(tmp_path)
+    link_path = swappable_link(tmp_path, tmp_path / "other" / "qmail-tcpd")
+    link_path.rename(link_path.with_name("qmail-tcpd"))
+    link(link_path.with_name("qmail-tcpd"))(directory / "qmail-x.rc")
+    enabled, log = generate(directory)
+    assert enabled == {"good"}
+    (line,) = [line for line in log.splitlines() if "service x skipped" in line]
+    assert f"leads through {link_path.parent}: owned by uid 65534" in line
+
+
+def test_bootctrl_reached_through_a_swappable_link_gives_nothing(tmp_path: Path) -> None:
+    directory = stage(tmp_path)
+    alias = swappable_link(tmp_path, directory)
+    model = bootctrl.load(alias, tmp_path / "q")
+    assert model.services == () and model.send is None
+    (problem,) = model.problems
+    assert problem.file == str(alias.parent) and "owned by uid 65534" in problem.message
+
+
+def test_defaultdelivery_through_a_swappable_link_falls_back(tmp_path: Path) -> None:
+    directory = stage(tmp_path)
+    write(directory / "qmail-init.rc", "", 0o755)
+    control = qmail_control(tmp_path)
+    good = tmp_path / "rev" / "delivery"
+    link_path = swappable_link(tmp_path, good)
+    write(good, "|/usr/bin/procmail\n", 0o644)
+    (control / "defaultdelivery").symlink_to(link_path)
+    model = bootctrl.load(directory, control.parent)
+    assert model.send is not None and model.send.default_delivery == "./Maildir/"
+    assert f"leads through {link_path.parent}: owned by uid 65534" in str(model.problems)
+
+
+def qmail_control(tmp_path: Path) -> Path:
+    control = tmp_path / "qmail" / "control"
+    control.mkdir(parents=True)
+    for path in (control.parent, control):
+        path.chmod(0o755)
+    return control
+
+
+def local_names(directory: Path, home: Path) -> tuple[set[str], str]:
+    model = bootctrl.load(directory, home)
+    return {service.local_name for service in model.services}, "\n".join(map(str, model.problems))
+
+
+ME_CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "owner": (chown_nobody, "owned by uid 65534"),
+    "writable": (chmod(0o666), "writable by group and others"),
+    "shadow-link": (link("../../other/shadow"), "not a host name"),
+    "directory-link-swappable": (link("../../rev/evil/me"), "leads through"),
+    "spaces": (lambda p: write(p, "mx example\n", 0o644), "not a host name"),
+    "control-char": (lambda p: write(p, "mx\x1b[2J\n", 0o644), "not a host name"),
+    "too-long": (lambda p: write(p, "a" * 256 + "\n", 0o644), "not a host name"),
+    "empty": (lambda p: write(p, "", 0o644), "not a host name"),
+    "huge": (lambda p: write(p, "a" * 70_000, 0o644), "larger than 64 KiB"),
+    "device": (device, "a character device"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(ME_CASES))
+def test_control_me_that_fails_gives_l_0_and_names_the_file(case: str, tmp_path: Path) -> None:
+    directory = stage(tmp_path)
+    control = qmail_control(tmp_path)
+    write(control / "me", "mx.example.org\n", 0o644)
+    assert local_names(directory, control.parent) == ({"mx.example.org"}, "")
+    write(tmp_path / "other" / "shadow", f"root:*:{SECRET}:0:99999:7:::\n", 0o600)
+    swappable_link(tmp_path, tmp_path / "other" / "key").rename(tmp_path / "rev" / "evil" / "me")
+    change, fragment = ME_CASES[case]
+    change(control / "me")
+    names, problems = local_names(directory, control.parent)
+    assert names == {"0"}
+    assert problems.startswith(f"{control}/me") and fragment in problems
+    assert "; using -l 0" in problems and problems.count("\n") == 0
+    for secret in (SECRET, "example", "\x1b", "aaaa"):
+        assert secret not in problems
+
+
+def test_control_me_fifo_does_not_hang_the_generator(tmp_path: Path) -> None:
+    directory = stage(tmp_path)
+    control = qmail_control(tmp_path)
+    os.mkfifo(control / "me", 0o644)
+    enabled, log = generate(directory, control.parent)
+    assert enabled == {"good", "x"}
+    assert f"{control}/me: a FIFO, not a regular file; refused; using -l 0" in log
+    unit = directory.parent.parent / "out" / "qmail-tcpd@good.service.d" / "qboot.conf"
+    assert " -l 0 " in unit.read_text()

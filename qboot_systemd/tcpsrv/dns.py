@@ -26,6 +26,7 @@ from .reactor import Reactor, Timer
 TYPE_A = 1
 TYPE_CNAME = 5
 TYPE_PTR = 12
+TYPE_SOA = 6
 TYPE_TXT = 16
 TYPE_AAAA = 28
 CLASS_IN = 1
@@ -180,6 +181,9 @@ class Answer:
     rcode: int
     truncated: bool
     records: tuple[Record, ...]
+    # For an answer without records: how long the zone says to remember that (RFC 2308:
+    # the lesser of its SOA's TTL and MINIMUM); None when no SOA came with it.
+    negative_ttl: int | None = None
 
     @property
     def final(self) -> bool:
@@ -253,7 +257,35 @@ def _parse(packet: bytes, query_id: int, name: bytes, qtype: int) -> Answer | No
                     Record(owner, rtype, ttl, packet[position : position + length], target)
                 )
             position += length
-    return Answer(rcode, False, tuple(records))
+    return Answer(rcode, False, tuple(records), _negative_ttl(packet, position, flags, records))
+
+
+def _negative_ttl(packet: bytes, position: int, flags: int, records: list[Record]) -> int | None:
+    """The SOA of the authority section of a NXDOMAIN or NODATA answer, if any (a broken
+    authority section only means: not remembered)."""
+    try:
+        return _soa_ttl(packet, position, flags, records)
+    except (DnsFormatError, struct.error):
+        return None
+
+
+def _soa_ttl(packet: bytes, position: int, flags: int, records: list[Record]) -> int | None:
+    if records or (flags & 0xF) not in (RCODE_OK, RCODE_NXDOMAIN):
+        return None
+    _, _, _, answers, authorities, _ = _HEADER.unpack_from(packet, 0)
+    if flags & 0xF == RCODE_NXDOMAIN:  # its answer section (a CNAME chain) was not read
+        for _ in range(answers):
+            _, position = read_name(packet, position)
+            position += _FIXED.size + _FIXED.unpack_from(packet, position)[3]
+    for _ in range(authorities):
+        _, position = read_name(packet, position)
+        rtype, rclass, ttl, length = _FIXED.unpack_from(packet, position)
+        position += _FIXED.size
+        if rtype == TYPE_SOA and rclass == CLASS_IN and length >= 20:
+            minimum = int.from_bytes(packet[position + length - 4 : position + length], "big")
+            return min(int(ttl), minimum)
+        position += length
+    return None
 
 
 # --- one question ----------------------------------------------------------------------

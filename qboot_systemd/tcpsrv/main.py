@@ -6,11 +6,15 @@ import os
 import sys
 
 from ..accounts import UnknownAccount, group_id, user_id
+from ..records import TYPE_CHECKING
 from ..rules import RuleSet
 from . import logline
 from .listen import ListenError, bind, systemd_sockets
-from .options import USAGE, UsageError, parse
-from .server import Server, import_lookups
+from .options import USAGE, Options, UsageError, parse
+from .server import Server, import_what_options_need
+
+if TYPE_CHECKING:
+    from .rbl import RblConfig
 
 EXIT_USAGE = 100
 EXIT_FATAL = 111
@@ -62,6 +66,25 @@ def _drop_privileges(user: str | None, group: str | None) -> str | None:
     return None
 
 
+def _in_core_rbl(options: Options) -> tuple[Options, RblConfig | None]:
+    """-L: a leading rblsmtpd whose command line it would accept runs in the server; the
+    program becomes what rblsmtpd would have run. Anything else stays a process."""
+    if not options.rbl_incore:
+        return options, None
+    from .rbl import parse_command  # only for -L: rbl is not imported otherwise
+
+    parsed = parse_command(options.program)
+    if parsed is None:
+        if options.program[0].rpartition("/")[2] == "rblsmtpd":
+            sys.stderr.write(
+                f"{logline.PROGRAM}: warning: -L: rblsmtpd's options are not all understood; "
+                "it runs as a program\n"
+            )
+        return options, None
+    config, program = parsed
+    return options._replace(program=program), config
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -69,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as error:
         sys.stderr.write(f"{logline.PROGRAM}: {error}\n{logline.PROGRAM}: {USAGE}\n")
         return EXIT_USAGE
+    options, rbl = _in_core_rbl(options)
     _standard_fds()
     try:
         passed = systemd_sockets()
@@ -82,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     if options.print_port:
         sys.stdout.write(f"{listeners[0].getsockname()[1]}\n")
         sys.stdout.flush()
-    import_lookups(options)  # while we may still read the library: -u may not
+    import_what_options_need(options)  # while we can read the library: -u may not
     failure = _drop_privileges(options.user, options.group)
     if failure is not None:
         return _fatal(failure)
@@ -94,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
         rules,
         under_systemd=under_systemd,
         systemd_sockets=bool(passed),
+        rbl=rbl,
     )
     server.start()
     try:

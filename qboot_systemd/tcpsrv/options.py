@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 
 from ..records import NamedTuple
-from ..tcpflags import TcpFlagsError, split_options
+from ..tcpflags import OWN_ARG_OPTIONS, TcpFlagsError, split_options
 
 
 class UsageError(ValueError):
@@ -37,6 +37,9 @@ class Options(NamedTuple):
     ipv4_only: bool = False  # -4
     ipv6_env: bool = False  # -6: PROTO=TCP6 and mapped addresses for IPv4 clients too
     drain: float = 50.0  # -W: seconds to let sessions finish after SIGTERM under systemd
+    rbl_incore: bool = False  # -L: a leading rblsmtpd of the program runs in the server
+    rate: int = 0  # -N/-M: new connections per minute per address (IPv6 /64); 0: no cap
+    rate_reply: bool = False  # -M: a 421 line for a connection over the rate; -N: a close
 
 
 def _number(letter: str, value: str) -> int:
@@ -79,6 +82,7 @@ FLAGS: dict[str, Flag] = {
     "v": lambda o: o._replace(verbosity=2),
     "U": lambda o: _from_environment(o),
     "X": lambda o: o._replace(missing_rules_ok=True),
+    "L": lambda o: o._replace(rbl_incore=True),
 }
 ARGUMENTS: dict[str, tuple[str, Setter]] = {
     "c": ("limit", lambda o, a: o._replace(limit=max(1, _number("c", a)))),
@@ -91,6 +95,8 @@ ARGUMENTS: dict[str, tuple[str, Setter]] = {
     "l": ("localname", lambda o, a: o._replace(localname=a)),
     "t": ("timeout", lambda o, a: o._replace(timeout=_number("t", a))),
     "W": ("drain", lambda o, a: o._replace(drain=float(_number("W", a)))),
+    "N": ("perminute", lambda o, a: o._replace(rate=_number("N", a), rate_reply=False)),
+    "M": ("perminute", lambda o, a: o._replace(rate=_number("M", a), rate_reply=True)),
 }
 USAGE = (
     f"usage: qboot-tcpsrv [ -{''.join(FLAGS)} ] "
@@ -111,7 +117,7 @@ def _from_environment(options: Options) -> Options:
 def parse(argv: list[str]) -> Options:
     """Parse tcpserver's flags (clustered like -vRl0 or -c40); UsageError on misuse."""
     try:
-        found, operands = split_options(argv, extra_arguments="W")
+        found, operands = split_options(argv, extra_arguments="".join(sorted(OWN_ARG_OPTIONS)))
     except TcpFlagsError as error:
         raise UsageError(str(error)) from None
     if len(operands) < 3:

@@ -36,11 +36,14 @@ from .options import Options
 from .reactor import Reactor
 from .spawn import ExtensionPool, PythonPool, best_spawner, spawn_pool
 
-if TYPE_CHECKING:  # dns and lookups are imported at the first lookup: a server without
-    from typing import TextIO  # -h, -r or names never needs them, nor their memory
+if TYPE_CHECKING:  # dns, lookups and screening are imported when used: a server without
+    from typing import TextIO  # -h, -r, names or -L never needs them, nor their memory
 
     from .dns import Resolver
     from .lookups import ConnectionLookups, Names
+    from .ratelimit import RateLimiter
+    from .rbl import RblConfig, Verdict
+    from .screen import RblScreen
 
 # accept() errors that mean "out of resources for now": back off instead of spinning.
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -55,13 +58,17 @@ DEFAULT_ALLOW = Decision(False, (), None)  # no rules file, or no rule matched
 MAX_LOOKUPS_PER_ADDRESS = 8
 
 
-def import_lookups(options: Options) -> None:
-    """Import the lookups' modules when these options will use them. They are not imported
-    with this module (a server without -h, -r or unknown local names never needs them, nor
-    their memory), but they must be before the server drops privileges: the user of -u may
-    not be able to read the library."""
+def import_what_options_need(options: Options) -> None:
+    """Import the lookups', screening's and rate limit's modules when these options use
+    them. They are not imported with this module (a server without -h, -r, unknown local
+    names, -L or -N/-M never needs them, nor their memory), but they must be before the
+    server drops privileges: the user of -u may not be able to read the library."""
     if options.remote_host or options.remote_info or options.localname is None:
         from . import dns, lookups  # noqa: F401
+    if options.rbl_incore:
+        from . import rbl, screen  # noqa: F401
+    if options.rate:
+        from . import ratelimit  # noqa: F401
 
 
 def lookups_per_address(limit: int) -> int:
@@ -119,11 +126,13 @@ class Server:
         log: TextIO | None = None,
         under_systemd: bool = False,
         systemd_sockets: bool = False,
+        rbl: RblConfig | None = None,  # the in-core rblsmtpd (-L), program being the rest
     ) -> None:
         # What was asked for.
         self.options = options
         self.listeners = listeners
         self.rules = rules
+        self.rbl = rbl
         self.log = sys.stderr if log is None else log
         self.log_lock = threading.Lock()  # spawner threads log too
         self.under_systemd = under_systemd
@@ -165,6 +174,13 @@ class Server:
         self.spawner = best_spawner(self.program, base_environment(dict(os.environ)))
         self.spawns: ExtensionPool | PythonPool | None = None
         self.spawning: dict[int, SpawnJob] = {}  # by job ident
+        # Screening (issue 16): the in-core rblsmtpd (made by start()) and the rate limit.
+        self.screen: RblScreen | None = None
+        self.rate: RateLimiter | None = None
+        if options.rate:
+            from .ratelimit import RateLimiter
+
+            self.rate = RateLimiter(options.rate)
 
     def start(self) -> None:
         """The epoll fd, the wake-up socket pair and the spawner pool."""
@@ -177,6 +193,11 @@ class Server:
             listener.setblocking(False)
         self.spawns = spawn_pool(self.spawner, SPAWN_THREADS)
         self._watch(self.spawns.fileno(), self._on_spawned)
+        # Screening (issue 16): components the loop calls at one or two points each.
+        if self.rbl is not None:
+            from .screen import RblScreen
+
+            self.screen = RblScreen(self.rbl, os.environ, self._dns)
 
     def close(self) -> None:
         """Stop the spawner pool (after the jobs queued) and close our own fds."""
@@ -274,6 +295,9 @@ class Server:
             remote_ip = remote_ip.partition("%")[0]
         endpoints = Endpoints(local[0], local[1], remote_ip, address[1])
         client = unmap_ipv4(endpoints.remote_ip)
+        if self.rate is not None and not self.rate.allow(client):
+            self._over_rate(fd, client)
+            return
         if self.options.per_ip and self.per_ip[client] >= self.options.per_ip:
             self.log_verbose(
                 logline.warning(
@@ -318,18 +342,13 @@ class Server:
             # This address has enough in flight: on at once, without its names.
             self._decide(fd, endpoints, self._local_name(endpoints), None, None)
             return
-        if self.resolver is None:
-            from .dns import Resolver
-
-            self.reactor.start()
-            self._watch(self.reactor.fileno(), self.reactor.run_ready)
-            self.resolver = Resolver(self.reactor)
+        resolver = self._dns()
         self.lookups_by_key[key] += 1
         pending = Pending(next(self.ids), fd, endpoints, key)
         self.pending[pending.ident] = pending
         pending.lookups = ConnectionLookups(
             self.reactor,
-            self.resolver,
+            resolver,
             endpoints,
             time.monotonic() + self.options.timeout,
             (needs_local, self.options.remote_host, self.options.remote_info),
@@ -337,6 +356,16 @@ class Server:
             functools.partial(self._lookups_done, pending.ident),
         )
         pending.lookups.start()  # may call _lookups_done at once
+
+    def _dns(self) -> Resolver:
+        """The resolver, its reactor started and watched by the loop at the first use."""
+        if self.resolver is None:
+            from .dns import Resolver
+
+            self.reactor.start()
+            self._watch(self.reactor.fileno(), self.reactor.run_ready)
+            self.resolver = Resolver(self.reactor)
+        return self.resolver
 
     def _lookups_done(self, ident_: int, names: Names) -> None:
         pending = self.pending.pop(ident_, None)
@@ -402,6 +431,19 @@ class Server:
             endpoints, local_host, remote_host, remote_info, self.options.ipv6_env
         )
         extra.update(decision.env)  # rules may override TCP* and the server's own
+        if self.screen is not None:
+            self._screen(fd, client, log_local, log_remote, extra)
+            return
+        self._spawn_chain(fd, client, log_local, log_remote, extra)
+
+    def _spawn_chain(
+        self,
+        fd: int,
+        client: str,
+        log_local: tuple[str | None, str, str],
+        log_remote: tuple[str | None, str, str | None, str],
+        extra: dict[str, str],
+    ) -> None:
         job = SpawnJob(fd, client, log_local, log_remote)
         ident = next(self.ids)
         self.counters.served += 1  # taken back if the chain cannot be run
@@ -438,6 +480,56 @@ class Server:
         program = logline.safe(os.fsdecode(self.program[0]))
         message = logline.warning(f"unable to run {program}: {error}")
         self._refuse(None, job.client, EXIT_DROP_STATUS, message, level=1)
+
+    # --- screening (issue 16): the in-core rblsmtpd and the rate limit ----------------
+    def _screen(
+        self,
+        fd: int,
+        client: str,
+        log_local: tuple[str | None, str, str],
+        log_remote: tuple[str | None, str, str | None, str],
+        extra: dict[str, str],
+    ) -> None:
+        assert self.screen is not None
+
+        from .rbl import rblsmtpd_log
+
+        def resume(verdict: Verdict) -> None:
+            if verdict.line is None:
+                self._spawn_chain(fd, client, log_local, log_remote, extra)
+                return
+            # Logged as tcpserver and rblsmtpd would; the dialogue needs no -c slot.
+            pid = os.getpid()
+            self.counters.denied += 1
+            if self.verbose:
+                self.log_verbose(logline.pid_from(pid, client))
+                self.log_verbose(logline.verdict("ok", pid, log_local, log_remote))
+            self.log_verbose(rblsmtpd_log(extra.get("TCPREMOTEIP", ""), pid, verdict.line), 0)
+            if self.verbose:
+                self.log_verbose(logline.end(pid, 0))
+            self._session_over(client)
+            assert self.screen is not None
+            self.screen.converse(fd, verdict.line)
+
+        self.screen.screen(fd, extra, resume)
+
+    def _over_rate(self, fd: int, client: str) -> None:
+        assert self.rate is not None
+        self.log_verbose(
+            logline.warning(
+                f"rate limit {self.rate.per_minute}/min reached, "
+                f"dropping connection from {logline.safe(client)}"
+            ),
+            1,
+        )
+        if self.options.rate_reply:
+            from .ratelimit import REPLY_421
+
+            netcalls.send_now(fd, REPLY_421)
+        netcalls.close(fd)
+
+    def _screening(self) -> bool:
+        return self.screen is not None and self.screen.active
 
     def _refuse(self, fd: int | None, client: str, status: int, line: str, level: int = 2) -> None:
         """Close (unless a spawner did) without running anything; log it the way
@@ -511,6 +603,8 @@ class Server:
                 self.local_names.clear()
                 if self.resolver is not None:
                     self.resolver.reload()
+                if self.screen is not None:
+                    self.screen.forget()
                 self.log_verbose(logline.warning("SIGHUP: rules and names reloaded"), 2)
                 self.notifier.send("READY=1")
             elif self.stop_at is None:
@@ -521,11 +615,14 @@ class Server:
                 for listener in self.listeners:
                     listener.close()
                 self._cut_lookups_short()
+                if self.screen is not None:
+                    self.screen.cut_short()
 
     def _timed(self) -> bool:
         """Is anything waiting for a moment rather than for an fd?"""
         return bool(
             self.pending
+            or self._screening()
             or self.backoff_until is not None
             or self.stop_at is not None
             or self.notifier.next_flush() is not None
@@ -544,7 +641,7 @@ class Server:
             )
             if t is not None
         ]
-        if self.pending:
+        if self.pending or self._screening():
             lookup_deadline = self.reactor.next_deadline()
             if lookup_deadline is not None:
                 candidates.append(lookup_deadline)
@@ -576,7 +673,7 @@ class Server:
             if not self._timed():
                 continue
             now = time.monotonic()
-            if self.pending:
+            if self.pending or self._screening():
                 self.reactor.run_timers(now)
             if self.backoff_until is not None and now >= self.backoff_until:
                 self.backoff_until = None

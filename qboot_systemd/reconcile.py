@@ -1,0 +1,311 @@
+"""qbootctl reconcile: make what runs equal to what systemd loaded from bootctrl.
+
+The I/O half of convergence.py: observe (D-Bus, /proc, the generator's output), plan
+(pure), act (systemd jobs), then remember what was applied (the last good drop-ins)
+and write the problems of broken services into their own journals.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import admin, bootctrl, convergence, journal, listening, units
+from .convergence import Observed
+from .errors import UserError
+from .problems import Problem
+from .systemd import JobFailed, Systemd, UnitState
+
+GENERATOR_OUTPUT = admin.GENERATOR_OUTPUT
+_STAMP_RE = re.compile(rf"^Environment={convergence.STAMP_VARIABLE}=(\S+)$", re.M)
+
+
+@contextmanager
+def locked(state: Path) -> Iterator[None]:
+    """One reconcile (qboot-reconcile, reload-config, uninstall) at a time."""
+    try:
+        state.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(state / convergence.LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as error:
+        raise UserError(f"cannot lock {state}: {error.strerror}", "run it as root") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def loaded_hash(output: Path, unit: str) -> str:
+    try:
+        text = (output / convergence.stamp_path(unit)).read_text()
+    except OSError:
+        return ""
+    match = _STAMP_RE.search(text)
+    return match.group(1) if match else ""
+
+
+def generated_names(output: Path) -> set[str]:
+    return {
+        path.parent.name.removeprefix("qmail-tcpd@").removesuffix(".service.d")
+        for path in output.glob(f"qmail-tcpd@*.service.d/{units.DROPIN_NAME}")
+    }
+
+
+def last_good_names(state: Path) -> set[str]:
+    base = state / convergence.LAST_GOOD
+    return {path.name for path in base.iterdir() if path.is_dir()} if base.is_dir() else set()
+
+
+def observe(manager: Systemd, output: Path, state: Path) -> list[Observed]:
+    table = listening.listening_sockets()
+    by_manager = listening.held_by(1, table)
+    generated = generated_names(output)
+    remembered = last_good_names(state)
+    running = {
+        name.removeprefix("qmail-tcpd@").rsplit(".", 1)[0]
+        for name in manager.active_units("qmail-tcpd@*")
+    }
+    found = []
+    for name in sorted(generated | remembered | running):
+        if not bootctrl.SERVICE_NAME_RE.match(name):
+            continue
+        socket = manager.state(units.tcpd_socket(name))
+        service = manager.state(units.tcpd_service(name))
+        wanted = frozenset(
+            address
+            for entry in socket.listen
+            if (address := convergence.parse_listen(entry)) is not None
+        )
+        main = service.main_pid if service.active in ("active", "reloading") else 0
+        found.append(
+            Observed(
+                name=name,
+                generated=name in generated,
+                applied_before=name in remembered,
+                socket_active=socket.active == "active",
+                service_active=service.active in ("active", "reloading"),
+                loaded_hash=loaded_hash(output, units.tcpd_service(name)),
+                running_hash=(
+                    listening.environment_value(main, convergence.STAMP_VARIABLE) if main else None
+                ),
+                wanted=wanted,
+                bound=by_manager & wanted,
+                held=listening.held_by(main, table) if main else frozenset(),
+                socket_failed=socket.active == "failed",
+            )
+        )
+    send = manager.state(units.SEND_UNIT)
+    send_main = send.main_pid if send.active == "active" else 0
+    found.append(
+        Observed(
+            name=convergence.SEND,
+            generated=(output / f"{units.SEND_UNIT}.d" / units.DROPIN_NAME).exists(),
+            applied_before=(state / convergence.LAST_GOOD / f"{convergence.SEND}.applied").exists(),
+            socket_active=True,
+            service_active=send.active == "active",
+            loaded_hash=loaded_hash(output, units.SEND_UNIT),
+            running_hash=(
+                listening.environment_value(send_main, convergence.STAMP_VARIABLE)
+                if send_main
+                else None
+            ),
+        )
+    )
+    return found
+
+
+def remember(output: Path, state: Path, observed: list[Observed]) -> None:
+    """Copy what systemd loaded: the generator re-emits it if the files break later."""
+    base = state / convergence.LAST_GOOD
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for item in observed:
+        if item.is_send:
+            marker = base / f"{convergence.SEND}.applied"
+            if item.generated:
+                marker.touch()
+            else:
+                marker.unlink(missing_ok=True)
+            continue
+        directory = base / item.name
+        if not item.generated:
+            shutil.rmtree(directory, ignore_errors=True)
+            continue
+        for relative in convergence.service_files(item.name):
+            try:
+                text = (output / relative).read_text()
+            except OSError:
+                continue
+            target = directory / relative
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            temporary = target.with_name(target.name + ".tmp")
+            temporary.write_text(text)
+            os.replace(temporary, target)
+
+
+def service_problems(model: bootctrl.Bootctrl, name: str) -> list[Problem]:
+    """The problems that keep one enabled service from its current files."""
+    own = (f"qmail-{name}.env", f"qmail-{name}.rc", f"tcprules-{name}.")
+    mention = re.compile(rf"\bservice {re.escape(name)}(?:[ ;]|$)")
+    skipped = f"; service {name} skipped"
+    return [
+        Problem(problem.file, problem.line, problem.message.removesuffix(skipped))
+        for problem in model.problems
+        if os.path.basename(problem.file).startswith(own) or mention.search(problem.message)
+    ]
+
+
+@dataclass(frozen=True)
+class Broken:
+    """An enabled service whose files have problems."""
+
+    name: str
+    problems: tuple[Problem, ...]
+    kept: bool  # still running (or ready) with its last good settings
+
+
+def broken_services(model: bootctrl.Bootctrl, output: Path = GENERATOR_OUTPUT) -> list[Broken]:
+    generated = generated_names(output)
+    good = {service.name for service in model.services}
+    return [
+        Broken(name, tuple(service_problems(model, name)), name in generated)
+        for name in convergence.enabled_names(Path(model.directory))
+        if name not in good
+    ]
+
+
+ROUNDS = 3
+
+
+def _apply(manager: Systemd, change: convergence.Change) -> str | None:
+    """Carry out one change; the reason it failed, or None."""
+    touched = dict.fromkeys(step.unit for step in change.steps)
+    for step in change.steps:
+        try:
+            if step.waits:
+                manager.act(step.verb.value, step.unit)
+            elif step.verb is convergence.Verb.START:
+                manager.start(step.unit)
+            else:
+                manager.queue_restart(step.unit)
+        except (JobFailed, UserError) as error:
+            reason = str(error)
+            journal.send(f"{change.message} failed: {reason}", step.unit, journal.PRIORITY_ERR)
+            return reason
+    for unit in touched:
+        journal.send(change.message, unit, journal.PRIORITY_INFO)
+    return None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    lines: tuple[str, ...]
+    failed: bool
+
+
+def take_trigger(output: Path = GENERATOR_OUTPUT) -> None:
+    """First thing, whatever fails later: qboot-reconcile.path must not loop on it."""
+    (output / convergence.TRIGGER).unlink(missing_ok=True)
+
+
+def reconcile(
+    manager: Systemd,
+    model: bootctrl.Bootctrl,
+    output: Path = GENERATOR_OUTPUT,
+    state: Path | None = None,
+) -> Outcome:
+    """Apply the plan; the caller holds the lock."""
+    state = state or convergence.state_dir()
+    take_trigger(output)
+    lines: list[str] = []
+    failed = False
+    # An admin's own `systemctl restart` may run between our jobs: look again until
+    # nothing differs (a change that keeps failing is tried ROUNDS times, then reported).
+    for _ in range(ROUNDS):
+        observed = observe(manager, output, state)
+        changes = convergence.plan(observed)
+        if not changes:
+            break
+        failed = False
+        for change in changes:
+            error = _apply(manager, change)
+            lines.append(change.message if error is None else f"{change.message} failed: {error}")
+            failed = failed or error is not None
+    remember(output, state, observed)
+    for broken in broken_services(model, output):
+        unit = units.tcpd_service(broken.name)
+        what = "keeps running its last good settings" if broken.kept else "is not running"
+        for problem in broken.problems:
+            journal.send(f"{problem} ({broken.name} {what})", unit, journal.PRIORITY_ERR)
+    return Outcome(tuple(lines), failed)
+
+
+def status_notes(
+    model: bootctrl.Bootctrl,
+    name: str,
+    socket: UnitState | None,
+    service: UnitState,
+    output: Path = GENERATOR_OUTPUT,
+) -> list[str]:
+    """What `qbootctl status` adds for one target: degraded/broken and pending changes."""
+    notes = []
+    if name == convergence.SEND:
+        current: bootctrl.Service | bootctrl.Send | None = model.send
+    else:
+        current = model.service(name)
+        broken = next((b for b in broken_services(model, output) if b.name == name), None)
+        if broken is not None:
+            what = "degraded, runs its last good settings" if broken.kept else "broken"
+            reasons = [str(problem) for problem in broken.problems] or ["see qbootctl show"]
+            notes += [f"{what}: {reason}" for reason in reasons]
+    running = service.main_pid if service.active == "active" else 0
+    if running and not listening.readable(running):
+        running = 0  # not root: what runs cannot be compared
+    wanted = bound = None
+    if (
+        socket is not None
+        and socket.active == "active"
+        and isinstance(current, bootctrl.Service)
+        and listening.readable(1)
+    ):
+        wanted = frozenset(
+            address
+            for item in current.listen
+            if (address := convergence.parse_listen(item.systemd())) is not None
+        )
+        bound = listening.held_by(1, listening.listening_sockets()) & wanted
+    note = convergence.drift(
+        convergence.config_hash(current, model.directory) if current is not None else None,
+        loaded_hash(output, service.name),
+        listening.environment_value(running, convergence.STAMP_VARIABLE) if running else None,
+        wanted,
+        bound,
+    )
+    if note is not None:
+        notes.append(note)
+    return notes
+
+
+def entry_notes(model: bootctrl.Bootctrl, entry: admin.Status) -> list[str]:
+    socket = None if entry.target.is_send else entry.states[0]
+    return status_notes(model, entry.target.name, socket, entry.states[-1])
+
+
+def uninstall_order(manager: Systemd) -> list[str]:
+    """Everything qboot-systemd runs, in the order to stop it: no reconcile first, then
+    each service before its socket."""
+    found = manager.active_units("qmail-tcpd@*")
+    services = [unit for unit in found if unit.endswith(".service")]
+    sockets = [unit for unit in found if unit.endswith(".socket")]
+    running = [
+        unit
+        for unit in (convergence.PATH_UNIT, units.BOOT_UNIT, units.SEND_UNIT)
+        if manager.state(unit).active != "inactive"
+    ]
+    first = [unit for unit in running if unit != units.SEND_UNIT]
+    return first + services + sockets + [unit for unit in running if unit == units.SEND_UNIT]

@@ -1,0 +1,1 @@
+# qboot-reconcile.path starts qbootctl reconcile while this exists
