@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import signal
@@ -439,3 +440,44 @@ def test_sd_notify_reaches_an_abstract_socket(monkeypatch: pytest.MonkeyPatch) -
     assert notify_address("vsock:2:1234") is None
     monkeypatch.setenv("NOTIFY_SOCKET", "/nonexistent/notify")
     sd_notify("READY=1")  # nobody listening: ignored, as by libsystemd's callers
+
+
+@pytest.mark.parametrize("extension", [True, False])
+def test_spawn_pool_gives_the_exact_environment_and_reports(extension: bool) -> None:
+    """Through the pool (the server's path): the child's environment is the server's plus
+    the connection's, the connection's winning, a value cut at a NUL; a failed spawn is
+    reported with its error, and the pool closes every fd it was given."""
+    from qboot_systemd.tcpsrv import spawn
+
+    if extension:
+        require_extension()
+    base = {"A": "1", "KEEP": "ü"}
+    kind = spawn.ExtensionSpawner if extension else spawn.PythonSpawner
+    pool = spawn.spawn_pool(kind([b"/usr/bin/env"], base), 2)
+    missing = spawn.spawn_pool(kind([b"/nonexistent/program"], base), 1)
+    try:
+        ours, theirs = socket.socketpair()
+        with ours:
+            pool.submit(7, {"A": "2", "RAW": "\udcff", "CUT": "x\0y"}, theirs.detach())
+            output = read_all(ours)
+        done: list[tuple[int, int, str | None]] = []
+        while not done:
+            select.select([pool.fileno()], [], [], 10)
+            done += pool.finished()
+        ((ident, pid, error),) = done
+        assert (ident, error) == (7, None)
+        assert os.waitpid(pid, 0)[1] == 0
+        lines = sorted(output.split(b"\n")[:-1])
+        assert lines == [b"A=2", b"CUT=x", b"KEEP=\xc3\xbc", b"RAW=\xff"]
+        null = os.open(os.devnull, os.O_RDWR)
+        missing.submit(8, {}, null)
+        failed: list[tuple[int, int, str | None]] = []
+        while not failed:
+            select.select([missing.fileno()], [], [], 10)
+            failed += missing.finished()
+        assert failed == [(8, 0, os.strerror(errno.ENOENT))]
+        with pytest.raises(OSError):
+            os.fstat(null)  # closed by the pool
+    finally:
+        pool.close()
+        missing.close()
