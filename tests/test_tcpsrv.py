@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import select
@@ -481,3 +482,32 @@ def test_spawn_pool_gives_the_exact_environment_and_reports(extension: bool) -> 
     finally:
         pool.close()
         missing.close()
+
+
+def test_status_under_systemd_ends_on_the_sessions_served(tmp_path: Path) -> None:
+    """READY=1, then STATUS= lines throttled to two a second; once the sessions are over
+    the last one systemd got says so (it used to be able to stay at `0 served`)."""
+    from .tcpsrv_harness import Running
+
+    path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as systemd:
+        systemd.bind(str(path))
+        server = Running(
+            [venv_script("qboot-tcpsrv"), "-1", "-HR", "-l", "x", "127.0.0.1", "0", "/bin/true"],
+            env={"NOTIFY_SOCKET": str(path)},
+        )
+        try:
+            for _ in range(3):
+                with server.connect() as client:
+                    assert read_all(client) == b""
+            time.sleep(1.5)  # past the throttle's 0.5 s, with nothing else happening
+            systemd.setblocking(False)
+            messages = []
+            with contextlib.suppress(BlockingIOError):
+                while True:
+                    messages.append(systemd.recv(4096).decode())
+        finally:
+            server.stop()
+    assert messages[0] == "READY=1"
+    statuses = [m for m in messages if m.startswith("STATUS=")]
+    assert statuses[-1] == "STATUS=0/40 sessions, 3 served, 0 denied", messages
