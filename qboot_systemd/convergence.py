@@ -16,10 +16,10 @@ a copy under /run/qboot/last-good), so a typo never stops what runs.
 from __future__ import annotations
 
 import enum
-import hashlib
 import ipaddress
 import json
 import os
+import zlib
 from pathlib import Path
 
 from . import bootctrl, units
@@ -46,7 +46,11 @@ def config_hash(model: bootctrl.Service | bootctrl.Send, directory: str) -> str:
     Paths are taken relative to the bootctrl directory, so a copy hashes the same."""
     text = json.dumps(model.as_json(), sort_keys=True, separators=(",", ":"))
     text = text.replace(json.dumps(directory.rstrip("/") + "/")[1:-1], "@BOOTCTRL@/")
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+    # A change detector for files only root may write, not a defence against forgery:
+    # two CRC-32s (forwards and backwards) give 64 bits without hashlib, whose OpenSSL
+    # load was a sixth of the generator's start-up.
+    data = text.encode()
+    return f"{zlib.crc32(data):08x}{zlib.crc32(data[::-1]):08x}"
 
 
 def stamp_dropin(value: str) -> str:
