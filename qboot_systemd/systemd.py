@@ -50,6 +50,7 @@ class UnitState:
     listen: tuple[str, ...] = ()
     need_reload: bool = False
     restarts: int = 0  # NRestarts: automatic restarts so far
+    reload_result: str = ""  # ReloadResult of the last reload (success, exit-code, ...)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -63,7 +64,15 @@ class UnitState:
             "listen": list(self.listen),
             "need_daemon_reload": self.need_reload,
             "restarts": self.restarts,
+            "reload_result": self.reload_result,
         }
+
+    @property
+    def crash_looping(self) -> bool:
+        """Failed, or between automatic restarts (Restart=always never lets it fail)."""
+        if self.active == "failed" or self.sub == "auto-restart":
+            return True
+        return self.active == "activating" and self.result not in ("", "success")
 
 
 class JobFailed(Exception):
@@ -152,8 +161,27 @@ class Systemd:
         wanted = ("inactive", "failed") if verb == "stop" else ("active",)
         if state.active not in wanted:
             raise JobFailed(unit, state, self.journal(unit))
+        if verb == "reload" and state.reload_result not in ("", "success"):
+            # The unit stays active when its ExecReload= fails: only this says so.
+            raise JobFailed(unit, state, self.journal(unit), f"reload {state.reload_result}")
         if settle and verb in ("start", "restart") and unit.endswith(".service"):
             self._stays_up(unit, state, settle)
+        return state
+
+    def settled(self, unit: str, seconds: float, timeout: float = 90) -> UnitState:
+        """Wait for the unit's queued jobs (a restart the reconcile did not wait for),
+        then, if it is meant to run, that it stays up for `seconds`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(
+            _text(entry[1]) == unit for entry in self._manager.Manager.ListJobs()
+        ):
+            time.sleep(0.05)
+        state = self.state(unit)
+        if state.active == "inactive" and not state.crash_looping:
+            return state  # stopped, or waiting for its first connection
+        if state.active != "active":
+            raise JobFailed(unit, state, self.journal(unit))
+        self._stays_up(unit, state, seconds)
         return state
 
     def _stays_up(self, unit: str, started: UnitState, seconds: float) -> None:
@@ -188,6 +216,7 @@ class Systemd:
                 "main_pid": int(service.MainPID),
                 "status_text": _text(service.StatusText),
                 "restarts": int(service.NRestarts),
+                "reload_result": _text(service.ReloadResult),
             }
         elif unit.endswith(".socket"):
             socket = handle.Socket
