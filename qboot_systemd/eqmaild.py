@@ -41,7 +41,7 @@ def _reload(manager: Systemd) -> None:
     triggers runs first (a service's start waits for it anyway)."""
     manager.reload()
     try:
-        manager.act("start", convergence.RECONCILE_UNIT, timeout=300)
+        manager.act("start", convergence.RECONCILE_UNIT, timeout=300, oneshot=True)
     except (JobFailed, UserError) as error:
         print(f"eqmaild: {error}", file=sys.stderr)
 

@@ -147,9 +147,12 @@ class Systemd:
             time.sleep(0.05)
         raise UserError(f"job {_text(job)} did not finish within {timeout:.0f} s")
 
-    def act(self, verb: str, unit: str, timeout: float = 90, settle: float = 0) -> UnitState:
+    def act(
+        self, verb: str, unit: str, timeout: float = 90, settle: float = 0, oneshot: bool = False
+    ) -> UnitState:
         """start/stop/restart/reload a unit, wait for the job, check the outcome; a started
-        service must then stay up for `settle` seconds (no exit, no automatic restart)."""
+        service must then stay up for `settle` seconds (no exit, no automatic restart).
+        `oneshot`: a started Type=oneshot unit is inactive once it ran successfully."""
         method = {
             "start": "StartUnit",
             "stop": "StopUnit",
@@ -158,7 +161,9 @@ class Systemd:
         }[verb]
         self._wait(self._job(method, unit), timeout)
         state = self.state(unit)
-        wanted = ("inactive", "failed") if verb == "stop" else ("active",)
+        wanted: tuple[str, ...] = ("inactive", "failed") if verb == "stop" else ("active",)
+        if oneshot and verb == "start" and state.active == "inactive":
+            wanted = ("inactive",) if state.result == "success" else ()  # it ran
         if state.active not in wanted:
             raise JobFailed(unit, state, self.journal(unit))
         if verb == "reload" and state.reload_result not in ("", "success"):

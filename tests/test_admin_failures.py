@@ -159,3 +159,31 @@ def test_an_unknown_group_is_one_line_and_status_fails(box: Sandbox) -> None:
         ctl(box, "reload-config")
         box.run("systemctl", "reset-failed", SERVICE, check=False)
     assert wait_for(lambda: ctl(box, "status")[0] == 0, 30)
+
+
+def test_reconcile_leaves_a_starting_qmail_send_alone(box: Sandbox) -> None:
+    """The flaky `Starting qmail-send ... FAILED`: a reconcile that ran while qmail-send
+    started read QBOOT_CONFIG from systemd's forked child (not yet qmail-start) and
+    restarted it. A FIFO as stdin holds the child before its execve, as load did."""
+    fifo = "/run/qboot-test-stdin.fifo"
+    dropin = "/run/systemd/system/qmail-send.service.d/slow-exec.conf"
+    box.run("mkfifo", fifo)
+    box.run("mkdir", "-p", dropin.rsplit("/", 1)[0])
+    box.run(
+        "sh", "-c", f"printf '[Service]\\nExecStartPre=\\nStandardInput=file:{fifo}\\n' > {dropin}"
+    )
+    reconciled(box)
+    try:
+        box.run("systemctl", "restart", "--no-block", "qmail-send.service")
+        assert wait_for(lambda: show(box, "qmail-send.service", "MainPID") != "0")
+        done = box.run("timeout", "30", QBOOTCTL, "reconcile", check=False, timeout=60)
+        print(done.stdout, done.stderr)
+        assert (done.returncode, done.stdout) == (0, "nothing changed\n")
+    finally:
+        box.run("timeout", "10", "sh", "-c", f"exec 3>{fifo}; sleep 1", check=False)
+        box.run("rm", "-f", dropin, fifo)
+        reconciled(box)
+    assert box.run(QBOOTCTL, "restart", "send", check=False).returncode == 0
+    done = box.run(EQMAILD, "restart", check=False, timeout=300)
+    assert done.returncode == 0 and "FAILED" not in done.stdout
+    assert done.stderr == ""  # no "qboot-reconcile.service: inactive (dead)"
