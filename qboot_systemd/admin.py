@@ -67,8 +67,9 @@ class Status:
     @property
     def running(self) -> bool:
         # A tcp service runs when its socket listens; the service starts with the first
-        # connection (Accept=no).
-        return self.states[0].active == "active"
+        # connection (Accept=no), and must not be crash-looping then (Restart=always
+        # keeps it "activating" for ever, never "failed").
+        return self.states[0].active == "active" and not self.states[-1].crash_looping
 
     def rules_stale(self) -> bool:
         if self.service is None:

@@ -19,6 +19,7 @@ from . import units as units_module
 from .addresses import unmap_ipv4
 from .cdb import CdbFormatError, CdbReader
 from .errors import UserError, from_os_error
+from .systemd import JobFailed
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -36,6 +37,11 @@ def user_errors(function: Callable[P, R]) -> Callable[P, R]:
             sys.exit(error.report("qbootctl"))
         except OSError as error:
             sys.exit(from_os_error(error).report("qbootctl"))
+        except JobFailed as error:  # a unit that did not start: its state and journal
+            click.echo(f"qbootctl: error: {error}", err=True)
+            for journal_line in error.journal.splitlines():
+                click.echo(f"  {journal_line}", err=True)
+            sys.exit(1)
 
     return wrapper
 
@@ -523,13 +529,33 @@ def status(bootctrl_dir: Path | None, as_json: bool, services: tuple[str, ...]) 
 
 
 def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> None:
-    from .systemd import SETTLE_SECONDS, JobFailed, Systemd
+    from . import reconcile as reconcile_module
+    from .systemd import SETTLE_SECONDS, Systemd
 
     _require_root(f"qbootctl {verb}")
     model = load_bootctrl(bootctrl_dir)
+    broken = {item.name: item for item in reconcile_module.broken_services(model)}
     failed = False
     with Systemd() as manager:
         for item in admin.resolve(model, services):
+            if item.name in broken and verb != "stop":
+                # Its files have problems: name them, whatever systemd says. It can
+                # only run its last good settings (when it has run before).
+                failed = True
+                found = broken[item.name]
+                for problem in found.problems:
+                    click.echo(f"qbootctl: {verb} {item.name}: {problem}", err=True)
+                if not found.kept:
+                    click.echo(
+                        f"qbootctl: {verb} {item.name}: not done, fix the file first "
+                        "(see qbootctl show)",
+                        err=True,
+                    )
+                    continue
+                click.echo(f"qbootctl: {verb} {item.name}: with its last good settings", err=True)
+            elif not item.is_send:
+                for problem in reconcile_module.service_problems(model, item.name):
+                    click.echo(f"problem: {problem}", err=True)  # USER=/GROUP= unknown here
             try:
                 if verb == "reload" and manager.state(item.units[-1]).active != "active":
                     # Nothing runs yet (a tcp service starts at its first connection):
@@ -663,11 +689,37 @@ def _reconcile(bootctrl_dir: Path | None, qmail_home: Path | None, reload: bool)
         click.echo(line)
     if not outcome.lines:
         click.echo("nothing changed")
-    for broken in reconcile_module.broken_services(model):
-        for problem in broken.problems:
+    # The known problems of every enabled service (an unknown GROUP= is known here, not
+    # to the generator): those it touched or that are broken make reload-config fail.
+    broken = [item.name for item in reconcile_module.broken_services(model)]
+    named = [name for name in outcome.touched if name != convergence.SEND and name not in broken]
+    failed = outcome.failed
+    for name in dict.fromkeys([*broken, *named, *(s.name for s in model.services)]):
+        for problem in reconcile_module.service_problems(model, name):
             click.echo(f"problem: {problem}", err=True)
-    if outcome.failed:
+            failed = failed or (reload and (name in broken or name in named))
+    if reload:  # the admin waits: say whether what it restarted stays up
+        failed = _restarted_stay_up(named) or failed
+    if failed:
         sys.exit(1)
+
+
+def _restarted_stay_up(names: list[str]) -> bool:
+    """Wait for the restarts the reconcile queued; True when one does not stay up."""
+    from .systemd import SETTLE_SECONDS, JobFailed, Systemd
+
+    failed = False
+    with Systemd() as manager:
+        for name in names:
+            unit = units_module.tcpd_service(name)
+            try:
+                manager.settled(unit, SETTLE_SECONDS)
+            except JobFailed as error:
+                failed = True
+                click.echo(f"qbootctl: {error}", err=True)
+                for journal_line in error.journal.splitlines():
+                    click.echo(f"  {journal_line}", err=True)
+    return failed
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import admin, convergence
+from . import admin, convergence, reconcile
 from . import bootctrl as bootctrl_model
 from .errors import UserError, from_os_error
 from .systemd import SETTLE_SECONDS, JobFailed, Systemd
@@ -41,7 +41,7 @@ def _reload(manager: Systemd) -> None:
     triggers runs first (a service's start waits for it anyway)."""
     manager.reload()
     try:
-        manager.act("start", convergence.RECONCILE_UNIT, timeout=300)
+        manager.act("start", convergence.RECONCILE_UNIT, timeout=300, oneshot=True)
     except (JobFailed, UserError) as error:
         print(f"eqmaild: {error}", file=sys.stderr)
 
@@ -59,6 +59,20 @@ def _step(manager: Systemd, verb: str, item: admin.Target, was_running: bool) ->
         return True
     except JobFailed as error:
         return error
+
+
+def _status_broken(model: bootctrl_model.Bootctrl) -> int:
+    """Enabled services whose files have problems: FAILED and why, even while they
+    run their last good settings. Returns how many."""
+    found = reconcile.broken_services(model)
+    for broken in found:
+        print(line("Checking", broken.name, False, _noresult(model, broken.name)))
+        what = "runs its last good settings" if broken.kept else "not running"
+        for problem in broken.problems:
+            print(f"  {problem} ({what})")
+        if not broken.problems:
+            print(f"  {what}: see qbootctl show")
+    return len(found)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -88,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             for item in targets:
                 quiet = _noresult(model, item.name)
                 if verb == "status":
-                    ok = manager.state(item.units[0]).active == "active"
+                    states = [manager.state(unit) for unit in item.units]
+                    ok = states[0].active == "active" and not states[-1].crash_looping
                     print(line("Checking", item.name, ok, quiet))
                     failures += not ok
                     continue
@@ -101,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                         for journal_line in outcome.journal.splitlines():
                             print(f"  {journal_line}", file=sys.stderr)
                     failures += not ok and step == "start"
+            if verb == "status":
+                failures += _status_broken(model)
     except UserError as error:
         return error.report("eqmaild")
     except OSError as error:

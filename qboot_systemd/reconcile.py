@@ -206,6 +206,7 @@ def _apply(manager: Systemd, change: convergence.Change) -> str | None:
 class Outcome:
     lines: tuple[str, ...]
     failed: bool
+    touched: tuple[str, ...] = ()  # the services it started, stopped or restarted
 
 
 def take_trigger(output: Path = GENERATOR_OUTPUT) -> None:
@@ -223,6 +224,7 @@ def reconcile(
     state = state or convergence.state_dir()
     take_trigger(output)
     lines: list[str] = []
+    touched: dict[str, None] = {}
     failed = False
     # An admin's own `systemctl restart` may run between our jobs: look again until
     # nothing differs (a change that keeps failing is tried ROUNDS times, then reported).
@@ -234,6 +236,7 @@ def reconcile(
         failed = False
         for change in changes:
             error = _apply(manager, change)
+            touched[change.name] = None
             lines.append(change.message if error is None else f"{change.message} failed: {error}")
             failed = failed or error is not None
     remember(output, state, observed)
@@ -242,7 +245,7 @@ def reconcile(
         what = "keeps running its last good settings" if broken.kept else "is not running"
         for problem in broken.problems:
             journal.send(f"{problem} ({broken.name} {what})", unit, journal.PRIORITY_ERR)
-    return Outcome(tuple(lines), failed)
+    return Outcome(tuple(lines), failed, tuple(touched))
 
 
 def status_notes(

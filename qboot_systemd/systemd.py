@@ -50,6 +50,7 @@ class UnitState:
     listen: tuple[str, ...] = ()
     need_reload: bool = False
     restarts: int = 0  # NRestarts: automatic restarts so far
+    reload_result: str = ""  # ReloadResult of the last reload (success, exit-code, ...)
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -63,7 +64,15 @@ class UnitState:
             "listen": list(self.listen),
             "need_daemon_reload": self.need_reload,
             "restarts": self.restarts,
+            "reload_result": self.reload_result,
         }
+
+    @property
+    def crash_looping(self) -> bool:
+        """Failed, or between automatic restarts (Restart=always never lets it fail)."""
+        if self.active == "failed" or self.sub == "auto-restart":
+            return True
+        return self.active == "activating" and self.result not in ("", "success")
 
 
 class JobFailed(Exception):
@@ -138,9 +147,12 @@ class Systemd:
             time.sleep(0.05)
         raise UserError(f"job {_text(job)} did not finish within {timeout:.0f} s")
 
-    def act(self, verb: str, unit: str, timeout: float = 90, settle: float = 0) -> UnitState:
+    def act(
+        self, verb: str, unit: str, timeout: float = 90, settle: float = 0, oneshot: bool = False
+    ) -> UnitState:
         """start/stop/restart/reload a unit, wait for the job, check the outcome; a started
-        service must then stay up for `settle` seconds (no exit, no automatic restart)."""
+        service must then stay up for `settle` seconds (no exit, no automatic restart).
+        `oneshot`: a started Type=oneshot unit is inactive once it ran successfully."""
         method = {
             "start": "StartUnit",
             "stop": "StopUnit",
@@ -149,11 +161,32 @@ class Systemd:
         }[verb]
         self._wait(self._job(method, unit), timeout)
         state = self.state(unit)
-        wanted = ("inactive", "failed") if verb == "stop" else ("active",)
+        wanted: tuple[str, ...] = ("inactive", "failed") if verb == "stop" else ("active",)
+        if oneshot and verb == "start" and state.active == "inactive":
+            wanted = ("inactive",) if state.result == "success" else ()  # it ran
         if state.active not in wanted:
             raise JobFailed(unit, state, self.journal(unit))
+        if verb == "reload" and state.reload_result not in ("", "success"):
+            # The unit stays active when its ExecReload= fails: only this says so.
+            raise JobFailed(unit, state, self.journal(unit), f"reload {state.reload_result}")
         if settle and verb in ("start", "restart") and unit.endswith(".service"):
             self._stays_up(unit, state, settle)
+        return state
+
+    def settled(self, unit: str, seconds: float, timeout: float = 90) -> UnitState:
+        """Wait for the unit's queued jobs (a restart the reconcile did not wait for),
+        then, if it is meant to run, that it stays up for `seconds`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and any(
+            _text(entry[1]) == unit for entry in self._manager.Manager.ListJobs()
+        ):
+            time.sleep(0.05)
+        state = self.state(unit)
+        if state.active == "inactive" and not state.crash_looping:
+            return state  # stopped, or waiting for its first connection
+        if state.active != "active":
+            raise JobFailed(unit, state, self.journal(unit))
+        self._stays_up(unit, state, seconds)
         return state
 
     def _stays_up(self, unit: str, started: UnitState, seconds: float) -> None:
@@ -188,6 +221,7 @@ class Systemd:
                 "main_pid": int(service.MainPID),
                 "status_text": _text(service.StatusText),
                 "restarts": int(service.NRestarts),
+                "reload_result": _text(service.ReloadResult),
             }
         elif unit.endswith(".socket"):
             socket = handle.Socket

@@ -33,3 +33,20 @@ def test_plans_start_the_service_too_and_keep_the_socket_on_restart() -> None:
     assert admin.plan("restart", smtp) == [("start", socket), ("restart", service)]
     assert admin.plan("stop", smtp) == [("stop", service), ("stop", socket)]
     assert admin.plan("reload", admin.target("send")) == [("reload", "qmail-send.service")]
+
+
+def test_a_crash_loop_is_not_running() -> None:
+    """Restart=always never lets the service fail: between restarts it is activating."""
+    socket = UnitState("a.socket", "loaded", "active", "running")
+
+    def entry(active: str, sub: str, result: str) -> admin.Status:
+        service = UnitState("a.service", "loaded", active, sub, result)
+        return admin.Status(admin.target("a"), True, (socket, service), None)
+
+    assert not entry("activating", "auto-restart", "success").running
+    assert not entry("activating", "start", "exit-code").running
+    assert not entry("failed", "failed", "start-limit-hit").running
+    assert entry("inactive", "dead", "success").running  # waits for its first connection
+    assert entry("activating", "start", "success").running  # starting
+    assert entry("active", "running", "success").running
+    assert entry("reloading", "reload", "success").running
