@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,27 @@ def test_environment_and_log_match_tcpserver(setup: tuple[str, str], flags: list
     assert our_env[0].count("X=one") == 1 and "X=server-x" not in our_env[0]
     assert "X=server-x" in our_env[3] and "Y=six" in our_env[4]
     assert our_log == their_log
+
+
+@pytest.mark.parametrize("verbosity", ["-q", "-Q", "-v"])
+def test_unreadable_rules_warning_shown_as_tcpserver_shows_it(
+    tmp_path: Path, verbosity: str
+) -> None:
+    """A connection dropped for rules that cannot be read is a warning: hidden only by
+    -q, as tcpserver's (an admin with TCPFLAGS=-Q must still see why mail is refused).
+    The reason's wording is the C library's, not djb's ('file does not exist')."""
+    tcpserver = require_tool("tcpserver")
+    missing = str(tmp_path / "missing.cdb")
+    shown = {}
+    for name, start in (("ours", ours), ("theirs", lambda *a: theirs(tcpserver, *a))):
+        server: Running = start(
+            verbosity, "-HR", "-l", "x", "-x", missing, "127.0.0.1", "0", "/bin/true"
+        )
+        try:
+            with server.connect() as client:
+                assert client.recv(100) == b"", name  # dropped: nothing ran
+            time.sleep(0.3)
+            shown[name] = f"warning: dropping connection, unable to read {missing}" in server.log()
+        finally:
+            server.stop()
+    assert shown["ours"] == shown["theirs"] == (verbosity != "-q")

@@ -412,7 +412,8 @@ class Server:
             if isinstance(found, RulesError):
                 if not (found.missing and self.options.missing_rules_ok):
                     message = logline.warning(f"dropping connection, {found}")
-                    self._refuse(fd, client, EXIT_DROP_STATUS, message)
+                    # A warning, as tcpserver's: shown unless -q.
+                    self._refuse(fd, client, EXIT_DROP_STATUS, message, level=1)
                     return
             else:
                 decision = found
