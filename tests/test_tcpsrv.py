@@ -59,6 +59,23 @@ def test_usage_error_exits_100() -> None:
     assert done.returncode == 100 and "usage: qboot-tcpsrv" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("argv", "status", "message"),
+    [
+        (["-b", "99999999999", "127.0.0.1", "0", "/bin/true"], 100, "-b 99999999999 is too large"),
+        (["-c", "\u00b2", "127.0.0.1", "0", "/bin/true"], 100, "-c needs a number"),
+        (["127.0.0.1", "99999", "/bin/true"], 111, "port 99999 is out of range"),
+    ],
+)
+def test_numbers_out_of_range_are_one_line(argv: list[str], status: int, message: str) -> None:
+    """Numbers a C int or a port cannot hold: a usage or fatal line, no OverflowError."""
+    done = subprocess.run(
+        [venv_script("qboot-tcpsrv"), *argv], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == status, done.stderr
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
 def test_log_escaping() -> None:
     assert safe("a b%c\x01\xe9") == "a?b?c???"
     assert safe("x" * 99) == "x" * 99

@@ -27,7 +27,9 @@ def systemd_sockets() -> list[socket.socket] | None:
 
 
 def _port(port: str) -> int:
-    if port.isdigit():
+    if port.isascii() and port.isdigit():
+        if int(port) > 65535:
+            raise ListenError(f"port {port} is out of range (0 to 65535)")
         return int(port)
     try:
         return socket.getservbyname(port, "tcp")

@@ -42,9 +42,16 @@ class Options(NamedTuple):
     rate_reply: bool = False  # -M: a 421 line for a connection over the rate; -N: a close
 
 
+# Every number ends up in a C int (listen(), the limits): larger is a usage error, not an
+# OverflowError from deep inside the server.
+_LARGEST = 2**31 - 1
+
+
 def _number(letter: str, value: str) -> int:
-    if value is None or not value.isdigit():
+    if value is None or not value.isascii() or not value.isdigit():
         raise UsageError(f"-{letter} needs a number, not {value!r}")
+    if int(value) > _LARGEST:
+        raise UsageError(f"-{letter} {value} is too large (at most {_LARGEST})")
     return int(value)
 
 
