@@ -198,8 +198,14 @@ def test_dns_compression_loops_are_refused() -> None:
     header = b"\x00\x07\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00"
     looping = header + question[12:] + b"\xc0\x0c\x00\x0c\x00\x01\x00\x00\x00\x3c\x00\x02"
     looping += b"\xc0" + bytes([len(looping)])  # the PTR target points at itself
-    assert dns.parse_response(looping, 7, name, dns.TYPE_PTR) is None
+    # Our id and question, broken past them: that server failed (ask the next at once),
+    # not silence that would cost the client the whole -t.
+    failed = dns.parse_response(looping, 7, name, dns.TYPE_PTR)
+    assert failed is not None and failed.rcode == dns.RCODE_SERVFAIL
+    assert not failed.final and failed.records == ()
     assert dns.parse_response(looping, 8, name, dns.TYPE_PTR) is None  # another id
+    past_end = header + question[12:] + b"\xc0\x0c\x00\x0c\x00\x01\x00\x00\x00\x3c\x7f\xff"
+    assert dns.parse_response(past_end, 7, name, dns.TYPE_PTR) == failed
 
 
 class FirstFailsAtOnce:

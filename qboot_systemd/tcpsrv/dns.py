@@ -31,6 +31,7 @@ TYPE_TXT = 16
 TYPE_AAAA = 28
 CLASS_IN = 1
 RCODE_OK = 0
+RCODE_SERVFAIL = 2
 RCODE_NXDOMAIN = 3
 ATTEMPT_TIMEOUTS = (1.0, 3.0, 11.0, 45.0)  # djb's dns_transmit
 MAX_NAME = 255  # wire bytes, RFC 1035
@@ -220,24 +221,37 @@ class Answer:
 
 def parse_response(packet: bytes, query_id: int, name: bytes, qtype: int) -> Answer | None:
     """The answer to our question, or None when the packet is not one (wrong id or
-    question, not a response, malformed): the query keeps waiting, as djb's does."""
+    question, not a response): the query keeps waiting, as djb's does. A packet that is
+    the answer to our question but malformed past it counts as that server failing (the
+    next one is asked at once), not as silence that costs the client the whole -t."""
     try:
-        return _parse(packet, query_id, name, qtype)
+        position = _answers_our_question(packet, query_id, name, qtype)
     except (DnsFormatError, struct.error):
         return None
+    if position is None:
+        return None
+    try:
+        return _parse(packet, position)
+    except (DnsFormatError, struct.error):
+        return Answer(RCODE_SERVFAIL, False, ())
 
 
-def _parse(packet: bytes, query_id: int, name: bytes, qtype: int) -> Answer | None:
+def _answers_our_question(packet: bytes, query_id: int, name: bytes, qtype: int) -> int | None:
+    """Where the answer section starts, if packet is a response to our question."""
     if len(packet) < _HEADER.size:
         return None
-    answer_id, flags, questions, answers, _, _ = _HEADER.unpack_from(packet, 0)
+    answer_id, flags, questions, _, _, _ = _HEADER.unpack_from(packet, 0)
     if answer_id != query_id or not flags & _FLAG_QR or (flags >> 11) & 0xF or questions != 1:
         return None
     asked, position = read_name(packet, _HEADER.size)
     asked_type, asked_class = struct.unpack_from("!HH", packet, position)
     if not names_equal(asked, name) or asked_type != qtype or asked_class != CLASS_IN:
         return None
-    position += 4
+    return position + 4
+
+
+def _parse(packet: bytes, position: int) -> Answer:
+    _, flags, _, answers, _, _ = _HEADER.unpack_from(packet, 0)
     rcode = flags & 0xF
     if flags & _FLAG_TC:
         return Answer(rcode, True, ())
