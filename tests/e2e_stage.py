@@ -5,9 +5,9 @@ built once per run by qmail_oracle) installed into the stage, so that /var/qmail
 users and a test user with ~/Maildir exist only inside the sandbox. Mail for other domains
 goes through control/smtproutes to an SMTP sink on the sandbox's loopback (mailfront).
 
-`add_stand_ins`: the older stand-ins (qmail-start sleeps, qmail-smtpd is mailfront writing
-into a queue directory), for tests that need no real qmail; qmail's accounts are staged too,
-since the shipped qmail-smtp.env runs the chain as qmaild:nofiles.
+`add_real_qmail`: the same real qmail and sink for a stage whose qboot-systemd comes from
+elsewhere (the Debian package test). No stand-in for qmail is left: a test that needs a
+fault real qmail cannot make builds it itself (a drop-in that takes qmail's PATH away).
 """
 
 from __future__ import annotations
@@ -31,15 +31,6 @@ LOCAL_RCPT = f"{qmail_oracle.TEST_USER}@{qmail_oracle.ME}"
 SINK_PORT = 2525  # the remote SMTP server qmail-remote reaches through smtproutes
 REMOTE_DOMAIN = "example.net"
 
-QMAIL_SMTPD = f"""#!/bin/sh
-# Stand-in for qmail-smtpd: record what qboot-tcpsrv gave this session, then serve SMTP.
-env > {SPOOL}/env/$$
-QUEUEDIR={SPOOL}/queue PLUGINS=add-received:relayclient:accept-sender \\
-    exec /usr/sbin/mailfront smtp queuedir "$@"
-"""
-QMAIL_START = (
-    "#!/bin/sh\n# Stand-in for qmail-start: qmail-send.service must run.\nexec sleep infinity\n"
-)
 # A PRESMTPD plugin (the way rblsmtpd sits in the chain): records the session's
 # environment, then execs the rest of the chain.
 RECORD_ENV = f"""#!/bin/sh
@@ -102,6 +93,13 @@ def _spool(stage: Path) -> None:
 def build_stage(stage: Path) -> None:
     """qboot-systemd plus real qmail, and the remote sink."""
     install_qboot(stage)
+    add_real_qmail(stage)
+
+
+def add_real_qmail(stage: Path) -> None:
+    """notqmail as a host has it (users, /var/qmail, a test user's Maildir), and the sink
+    that stands in for remote mail servers; for a stage whose qboot-systemd comes from
+    elsewhere (the package test)."""
     try:
         qmail_oracle.install_into_stage(stage)
     except qmail_oracle.OracleUnavailable as error:
@@ -116,20 +114,6 @@ def build_stage(stage: Path) -> None:
     wants.mkdir(parents=True, exist_ok=True)
     (wants / "qboot-test-sink.service").symlink_to("../qboot-test-sink.service")
     _spool(stage)
-
-
-def add_stand_ins(stage: Path) -> None:
-    """qmail-start and qmail-smtpd stand-ins, the queue directory mailfront fills, and
-    qmail's accounts (the shipped smtp runs as qmaild:nofiles)."""
-    write(stage / "var/qmail/bin/qmail-smtpd", QMAIL_SMTPD, 0o755)
-    write(stage / "var/qmail/bin/qmail-start", QMAIL_START, 0o755)
-    qmail_oracle.stage_accounts(stage)
-    _spool(stage)
-
-
-def build_stand_in_stage(stage: Path) -> None:
-    install_qboot(stage)
-    add_stand_ins(stage)
 
 
 @contextmanager

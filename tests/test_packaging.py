@@ -10,6 +10,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ import pytest
 
 from .build_root import run_in_build_root
 from .conftest import ROOT, require_tool
-from .e2e_stage import SPOOL, add_stand_ins, booted_sandbox
+from .e2e_stage import LOCAL_RCPT, MAILDIR, add_real_qmail, booted_sandbox
 from .sandbox import Sandbox
 
 pytestmark = pytest.mark.slow
@@ -185,7 +186,7 @@ def test_deb_contents_depends_and_lintian(packages: Packages) -> None:
 @pytest.fixture(scope="module")
 def box(packages: Packages) -> Iterator[Sandbox]:
     def stage_with_debs(stage: Path) -> None:
-        add_stand_ins(stage)
+        add_real_qmail(stage)
         shutil.copy(packages.dependency_deb, stage / "python3-pure-cdb.deb")
         shutil.copy(packages.deb, stage / "qboot-systemd.deb")
 
@@ -218,15 +219,20 @@ def test_deb_installs_boots_serves_and_purges(box: Sandbox) -> None:
         "/usr/bin/python3",
         "-c",
         "import smtplib; s=smtplib.SMTP('127.0.0.1', 25, timeout=20); "
-        "s.sendmail('a@example.org', ['b@example.net'], 'Subject: deb\\r\\n\\r\\nx');"
+        f"s.sendmail('a@example.org', ['{LOCAL_RCPT}'], 'Subject: deb\\r\\n\\r\\nx');"
         " s.quit()",
         check=False,
     )
     assert mail.returncode == 0, mail.stderr
-    assert (
-        box.run("sh", "-c", f"grep -l 'Subject: deb' {SPOOL}/queue/new/*", check=False).returncode
-        == 0
-    )
+    # Real qmail: qmail-smtpd (as qmaild) queued it, qmail-send had qmail-local deliver it.
+    deadline = time.monotonic() + 30
+    delivered = ""
+    while time.monotonic() < deadline and not delivered:
+        delivered = box.run(
+            "sh", "-c", f"grep -l 'Subject: deb' {MAILDIR}/new/* 2>/dev/null", check=False
+        ).stdout
+        time.sleep(0.2)
+    assert delivered, box.run("journalctl", "-u", "qmail-send", "-n", "20", check=False).stdout
     box.run("/usr/bin/qbootctl", "stop")
     box.run("sh", "-c", "echo '# admin edit' >> /var/qmail/etc/bootctrl/qmail-smtp.env")
     done = box.run("dpkg", "--purge", "qboot-systemd", check=False, timeout=300)
