@@ -233,10 +233,14 @@ def test_deb_installs_boots_serves_and_purges(box: Sandbox) -> None:
         ).stdout
         time.sleep(0.2)
     assert delivered, box.run("journalctl", "-u", "qmail-send", "-n", "20", check=False).stdout
-    box.run("/usr/bin/qbootctl", "stop")
     box.run("sh", "-c", "echo '# admin edit' >> /var/qmail/etc/bootctrl/qmail-smtp.env")
+    # Purged while mail runs: prerm stops the units, whose programs are about to go.
     done = box.run("dpkg", "--purge", "qboot-systemd", check=False, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+    for unit in ("qmail-send.service", "qmail-tcpd@smtp.socket", "qmail-tcpd@smtp.service"):
+        state = box.run("systemctl", "is-active", unit, check=False).stdout.strip()
+        assert state in ("inactive", "unknown"), (unit, state)
+    assert not box.run("ss", "-Htln", "sport = :25", check=False).stdout.strip()
     for gone in (
         "/usr/bin/qbootctl",
         "/usr/lib/systemd/system/qmail-tcpd@.service",
