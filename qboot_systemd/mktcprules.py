@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import fnmatch
 import os
@@ -10,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cdb, rules, strictmodes
+from . import rules, strictmodes
 from .problems import quote
 
 # A rules text is read whole; 100,000 rules are about 3 MB.
@@ -97,32 +96,9 @@ def write_cdb_atomically(items: list[tuple[bytes, bytes]], target: Path) -> int:
         descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
     except OSError as error:
         raise OSError(error.errno, error.strerror, str(target.parent)) from None
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            cdb.write_cdb(handle, items)
-            handle.flush()
-            os.fchmod(handle.fileno(), 0o644)  # qboot-tcpsrv may read it after -u
-            os.fsync(handle.fileno())
-        os.rename(temporary, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-    _fsync_directory(target.parent)
+    # 644 whatever the umask: qboot-tcpsrv may read it after -u.
+    rules.write_and_rename(items, descriptor, Path(temporary), target, 0o644)
     return len(items)
-
-
-def _fsync_directory(directory: Path) -> None:
-    try:
-        descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
 
 
 def compile_directory(directory: Path, force: bool = False) -> list[Result]:

@@ -145,18 +145,34 @@ def compile_file(source: bytes, cdb_path: Path, tmp_path: Path) -> int:
     Raises RulesSyntaxError or OSError; in both cases cdb_path is untouched.
     """
     items = records(parse(source))
+    descriptor = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    write_and_rename(items, descriptor, tmp_path, cdb_path)
+    return len(items)
+
+
+def write_and_rename(
+    items: list[tuple[bytes, bytes]],
+    descriptor: int,
+    temporary: Path,
+    target: Path,
+    mode: int | None = None,
+) -> None:
+    """Write items as a cdb into the open temporary file, fsync, rename it onto target and
+    fsync the directory: the new cdb appears whole or not at all, and the temporary file
+    is gone on any error. mode, when given, is set whatever the umask."""
     try:
-        with open(tmp_path, "wb") as handle:
+        with os.fdopen(descriptor, "wb") as handle:
             write_cdb(handle, items)
             handle.flush()
+            if mode is not None:
+                os.fchmod(handle.fileno(), mode)
             os.fsync(handle.fileno())
-        os.rename(tmp_path, cdb_path)
+        os.rename(temporary, target)
     except BaseException:
         with contextlib.suppress(OSError):
-            os.unlink(tmp_path)
+            os.unlink(temporary)
         raise
-    _fsync_directory(cdb_path.parent)
-    return len(items)
+    _fsync_directory(target.parent)
 
 
 def _fsync_directory(directory: Path) -> None:
