@@ -568,6 +568,9 @@ def test_which_presmtpd_is_translated(tmp_path: Path, env: str, note: str | None
     ("env", "fragment"),
     [
         ("DNSBL='zen;rm'\n", "is not a DNS name"),
+        # an option where a list belongs would become a list named '-b': refused
+        ("DNSBL='-b zen.spamhaus.org'\n", "is not a DNS name"),
+        ("DNSBL='zen.spamhaus.org -c'\n", "is not a DNS name"),
         ("DNSBL=zen\nDNSBLFLAGS='-r x y'\n", "rblsmtpd options only"),
         ("DNSBLFLAGS=-b\n", "set DNSBL too"),
         ("RBL_INCORE=maybe\n", "expected yes or no"),

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import re
+import socket
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
 from qboot_systemd import rules
+from qboot_systemd.tcpsrv.environ import base_environment
 
-from .conftest import require_tool
-from .tcpsrv_harness import DUMP_ENV, Running, ours, theirs, write_script
+from .conftest import require_tool, venv_script
+from .tcpsrv_harness import DUMP_ENV, NO_DNS, Running, ours, read_all, theirs, write_script
 
 RULES = (
     b'127.0.0.1:allow,X="one",RELAYCLIENT=""\n'
@@ -106,3 +109,35 @@ def test_unreadable_rules_warning_shown_as_tcpserver_shows_it(
         finally:
             server.stop()
     assert shown["ours"] == shown["theirs"] == (verbosity != "-q")
+
+
+def test_child_environment_under_the_c_locale_matches_tcpserver(tmp_path: Path) -> None:
+    """Started with an empty environment (the C locale, as under systemd without LANG),
+    Python coerces the locale and sets LC_CTYPE=C.UTF-8 in its own environment (PEP 538);
+    the chain must not get it: tcpserver's child does not."""
+    tcpserver = require_tool("tcpserver")
+    children = {}
+    for name, program in (("ours", venv_script("qboot-tcpsrv")), ("theirs", tcpserver)):
+        server = subprocess.Popen(
+            [program, "-1", "-HR", "-l", "x", "127.0.0.1", "0", "/usr/bin/env"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env={"PATH": "/usr/bin:/bin", "DNSCACHEIP": NO_DNS},
+        )
+        try:
+            assert server.stdout is not None
+            port = int(server.stdout.readline())
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as client:
+                output = read_all(client)
+        finally:
+            server.terminate()
+            server.wait(10)
+        children[name] = sorted(masked_env(output))
+    assert children["ours"] == children["theirs"]
+    assert not any(line.startswith("LC_CTYPE=") for line in children["ours"])
+
+
+def test_base_environment_keeps_an_lc_ctype_the_admin_set() -> None:
+    coerced = {"LC_CTYPE": "C.UTF-8", "PATH": "/bin"}
+    assert base_environment(coerced, frozenset({"PATH"})) == {"PATH": "/bin"}
+    assert base_environment(coerced, frozenset({"PATH", "LC_CTYPE"})) == coerced

@@ -49,11 +49,37 @@ class Endpoints(NamedTuple):
         return ":" not in self.remote_ip or is_mapped(self.remote_ip)
 
 
-def base_environment(environ: dict[str, str]) -> dict[str, str]:
-    """The server's environment minus systemd's hand-over and stale TCP variables."""
+def base_environment(
+    environ: dict[str, str], initial_names: frozenset[str] | None = None
+) -> dict[str, str]:
+    """The server's environment minus systemd's hand-over and stale TCP variables, and
+    minus an LC_CTYPE that Python itself added (PEP 538 locale coercion under the C
+    locale, as under systemd without LANG): tcpserver's children do not get one.
+    initial_names: the names the process was started with (from /proc/self/environ)."""
+    names = initial_environment_names() if initial_names is None else initial_names
+    coerced = names is not None and "LC_CTYPE" not in names
     return {
-        k: v for k, v in environ.items() if k not in PRIVATE_VARIABLES and k not in TCP_VARIABLES
+        k: v
+        for k, v in environ.items()
+        if k not in PRIVATE_VARIABLES
+        and k not in TCP_VARIABLES
+        and not (coerced and k == "LC_CTYPE")
     }
+
+
+def initial_environment_names() -> frozenset[str] | None:
+    """Names in the environment this process was exec'd with (the kernel's copy, which
+    setenv() does not change); None where /proc cannot tell."""
+    try:
+        with open("/proc/self/environ", "rb") as initial:
+            data = initial.read()
+    except OSError:
+        return None
+    return frozenset(
+        entry.partition(b"=")[0].decode("utf-8", "surrogateescape")
+        for entry in data.split(b"\0")
+        if entry
+    )
 
 
 def connection_environment(

@@ -111,9 +111,13 @@ KNOWN_PATHS = ("rblsmtpd", "/usr/bin/rblsmtpd", "/bin/rblsmtpd", "/usr/local/bin
 
 
 def plain_dns_name(base: str) -> bool:
+    """Letters, digits, '-' and '_' in labels of 1 to 63; no label starts with '-', so an
+    option (`DNSBL="-b zen.spamhaus.org"`) is never taken for a list."""
     labels = base.rstrip(".").split(".")
     return all(
-        0 < len(label) <= 63 and all(c.isascii() and (c.isalnum() or c in "-_") for c in label)
+        0 < len(label) <= 63
+        and not label.startswith("-")
+        and all(c.isascii() and (c.isalnum() or c in "-_") for c in label)
         for label in labels
     )
 
