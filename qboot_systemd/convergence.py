@@ -76,7 +76,9 @@ def wants_link(name: str) -> str:
 
 
 def enabled_names(directory: Path) -> tuple[str, ...]:
-    """Services whose rc link points at qmail-tcpd, broken or not: the admin's switch."""
+    """Services whose rc link points at qmail-tcpd, broken or not: the admin's switch. A
+    regular file in its place (a copy of the script, as SysV rc directories allowed) is a
+    switch too: the service stays, broken ("not a symlink"), on its last good settings."""
     try:
         entries = sorted(os.listdir(directory))
     except OSError:
@@ -87,9 +89,12 @@ def enabled_names(directory: Path) -> tuple[str, ...]:
             continue
         name = entry[len("qmail-") : -len(".rc")]
         path = directory / entry
-        if not bootctrl.SERVICE_NAME_RE.match(name) or not path.is_symlink():
+        if not bootctrl.SERVICE_NAME_RE.match(name):
             continue
-        if os.path.basename(os.readlink(path)) == bootctrl.RC_TARGET:
+        if path.is_symlink():
+            if os.path.basename(os.readlink(path)) == bootctrl.RC_TARGET:
+                found.append(name)
+        elif path.is_file():
             found.append(name)
     return tuple(found)
 

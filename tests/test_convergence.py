@@ -540,6 +540,22 @@ def test_byte_order_mark_never_stops_the_service(box: Sandbox) -> None:
     reload_and_settle(box)
 
 
+def test_a_copied_rc_script_never_stops_the_service(box: Sandbox) -> None:
+    """`cp qmail-tcpd qmail-subm.rc` instead of the link: still the admin's switch, so subm
+    keeps serving on its last good settings and status names the problem."""
+    rc = f"{BOOTCTRL}/qmail-subm.rc"
+    pid = show(box, "qmail-tcpd@subm.service", "MainPID")
+    box.run("sh", "-c", f"rm {rc} && cp {BOOTCTRL}/qmail-tcpd {rc}")
+    reload_and_settle(box)
+    assert listening_on(box, 2587) and banner(box, 2587).startswith("220 ")
+    assert show(box, "qmail-tcpd@subm.service", "MainPID") == pid
+    done = box.run(QBOOTCTL, "status", check=False)
+    assert done.returncode != 0 and f"{rc}: not a symlink to qmail-tcpd" in done.stdout
+    box.run("sh", "-c", f"rm {rc} && ln -s qmail-tcpd {rc}")
+    reload_and_settle(box)
+    assert show(box, "qmail-tcpd@subm.service", "MainPID") == pid
+
+
 def test_enable_never_takes_a_port_in_use(box: Sandbox) -> None:
     smtp_pid = show(box, "qmail-tcpd@smtp.service", "MainPID")
     done = box.run(QBOOTCTL, "enable", "nosuch", check=False)
