@@ -36,10 +36,17 @@ class TcpFlagsError(ValueError):
 def split_options(
     args: Iterable[str], extra_arguments: str = ""
 ) -> tuple[list[tuple[str, str | None]], list[str]]:
-    """djb-style getopt: clustered flags, `-c40` or `-c 40`, `--` ends options.
+    """tcpserver's options (plus extra_arguments, letters that take an argument) from
+    args: the (letter, argument) pairs and the remaining operands."""
+    return getopt(args, PLAIN_FLAGS, ARG_OPTIONS | frozenset(extra_arguments))
 
-    Returns the (letter, argument) pairs and the remaining operands.
-    """
+
+def getopt(
+    args: Iterable[str], plain: Iterable[str], with_argument: Iterable[str]
+) -> tuple[list[tuple[str, str | None]], list[str]]:
+    """djb-style getopt (tcpserver's, rblsmtpd's): clustered flags, `-c40` or `-c 40`,
+    `--` ends options. Raises TcpFlagsError for an unknown letter or a missing argument."""
+    flags, takes_argument = frozenset(plain), frozenset(with_argument)
     items = list(args)
     options: list[tuple[str, str | None]] = []
     index = 0
@@ -53,7 +60,7 @@ def split_options(
         position = 1
         while position < len(word):
             letter = word[position]
-            if letter in ARG_OPTIONS or letter in extra_arguments:
+            if letter in takes_argument:
                 rest = word[position + 1 :]
                 if rest:
                     options.append((letter, rest))
@@ -63,7 +70,7 @@ def split_options(
                         raise TcpFlagsError(f"option -{letter} needs an argument")
                     options.append((letter, items[index]))
                 break
-            if letter not in PLAIN_FLAGS:
+            if letter not in flags:
                 raise TcpFlagsError(f"unknown option -{letter}")
             options.append((letter, None))
             position += 1

@@ -29,6 +29,7 @@ import enum
 from collections.abc import Callable, Mapping, Sequence
 
 from ..records import NamedTuple
+from ..tcpflags import TcpFlagsError, getopt
 
 GREETING = b"220 rblsmtpd.local\r\n"
 OK_REPLY = b"250 rblsmtpd.local\r\n"
@@ -66,40 +67,23 @@ def parse_command(words: Sequence[str]) -> tuple[RblConfig, tuple[str, ...]] | N
     argument, no program) or the command is not rblsmtpd at all."""
     if not words or words[0].rpartition("/")[2] != "rblsmtpd":
         return None
+    try:
+        options, operands = getopt(words[1:], "bBcC", "tra")
+    except TcpFlagsError:
+        return None  # rblsmtpd's usage message
     sources: list[Source] = []
     bounce = fail_closed = False
     timeout = DEFAULT_TIMEOUT
-    index = 1
-    while index < len(words):
-        word = words[index]
-        if word == "--":
-            index += 1
-            break
-        if not word.startswith("-") or word == "-":
-            break
-        position = 1
-        while position < len(word):
-            letter = word[position]
-            if letter in "tra":
-                argument = word[position + 1 :]
-                if not argument:
-                    index += 1
-                    if index >= len(words):
-                        return None
-                    argument = words[index]
-                if letter == "t":
-                    timeout = _scan_ulong(argument)
-                else:
-                    kind = Kind.RBL if letter == "r" else Kind.ANTI
-                    sources.append(Source(kind, argument, bounce, fail_closed))
-                break
-            if letter not in "bBcC":
-                return None
+    for letter, argument in options:
+        if argument is None:
             bounce = letter == "b" if letter in "bB" else bounce
             fail_closed = letter == "c" if letter in "cC" else fail_closed
-            position += 1
-        index += 1
-    program = tuple(words[index:])
+        elif letter == "t":
+            timeout = _scan_ulong(argument)
+        else:
+            kind = Kind.RBL if letter == "r" else Kind.ANTI
+            sources.append(Source(kind, argument, bounce, fail_closed))
+    program = tuple(operands)
     if not program or timeout >= _ALARM_MAX:
         return None
     return RblConfig(tuple(sources), timeout), program
