@@ -64,16 +64,21 @@ def write(output: Path, files: dict[str, str], links: dict[str, str]) -> None:
     for relative, text in sorted(files.items()):
         target = output / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        temporary = target.with_name(target.name + ".tmp")
         # UTF-8 whatever the locale: systemd reads unit files as UTF-8.
-        temporary.write_bytes(text.encode("utf-8", "surrogateescape"))
-        os.replace(temporary, target)
+        replace_file(target, text.encode("utf-8", "surrogateescape"))
     for relative, destination in sorted(links.items()):
         link = output / relative
         link.parent.mkdir(parents=True, exist_ok=True)
         if link.is_symlink() or link.exists():
             link.unlink()
         link.symlink_to(destination)
+
+
+def replace_file(target: Path, data: bytes) -> None:
+    """target holds data, old or new whole, never half written (a temporary beside it)."""
+    temporary = target.with_name(target.name + ".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, target)
 
 
 def log(problems: list[Problem], stream_path: str = "/dev/kmsg") -> None:

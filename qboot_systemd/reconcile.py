@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import admin, bootctrl, convergence, journal, listening, units
+from . import admin, bootctrl, convergence, generator, journal, listening, units
 from .convergence import Observed
 from .errors import UserError
 from .problems import Problem
@@ -138,14 +138,12 @@ def remember(output: Path, state: Path, observed: list[Observed]) -> None:
             continue
         for relative in convergence.service_files(item.name):
             try:
-                text = (output / relative).read_text()
+                data = (output / relative).read_bytes()  # a copy: no decoding, any locale
             except OSError:
                 continue
             target = directory / relative
             target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            temporary = target.with_name(target.name + ".tmp")
-            temporary.write_text(text)
-            os.replace(temporary, target)
+            generator.replace_file(target, data)
 
 
 def service_problems(model: bootctrl.Bootctrl, name: str) -> list[Problem]:
