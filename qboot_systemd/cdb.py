@@ -84,6 +84,11 @@ class CdbReader:
             os.close(fd)
         return cls(b"".join(chunks))
 
+    @property
+    def data(self) -> bytes:
+        """The whole file as read (the C Lane looks keys up in it itself)."""
+        return self._data
+
     def _pair(self, position: int) -> tuple[int, int]:
         if position + 8 > self._size:
             raise CdbFormatError("invalid argument")

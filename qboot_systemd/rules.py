@@ -292,6 +292,15 @@ class RuleSet:
             self._identity = identity
         return self._reader
 
+    def snapshot(self) -> tuple[tuple[int, int, int, int], bytes] | RulesError:
+        """The file's identity (st_dev, st_ino, st_size, st_mtime_ns) and its bytes, for
+        a reader of its own (the C Lane), which stat()s and asks again when it changes."""
+        reader = self._current()
+        if isinstance(reader, RulesError):
+            return reader
+        assert self._identity is not None, "_current() sets it with the reader"
+        return self._identity, reader.data
+
     def _drop(self) -> None:
         if self._reader is not None:
             self._reader.close()

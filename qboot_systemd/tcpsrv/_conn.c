@@ -7,8 +7,7 @@
  * own environment laid out once, the spawn attributes built once from the real glibc types.
  * spawn.py and netcalls.py hold the pure-Python equivalents (QBOOT_NO_EXTENSION=1).
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_conn.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -24,7 +23,7 @@
 #include <unistd.h>
 
 /* An int argument (PyLong_AsInt is public only from Python 3.13 on). */
-static int as_int(PyObject *object, int *out)
+int qboot_as_int(PyObject *object, int *out)
 {
     long value = PyLong_AsLong(object);
     if (value == -1 && PyErr_Occurred())
@@ -62,7 +61,7 @@ static PyObject *address_tuple(const struct sockaddr_storage *address)
 static PyObject *conn_accept(PyObject *self, PyObject *arg)
 {
     int listener;
-    if (as_int(arg, &listener) < 0)
+    if (qboot_as_int(arg, &listener) < 0)
         return NULL;
     struct sockaddr_storage address;
     socklen_t size = sizeof address;
@@ -85,7 +84,7 @@ static PyObject *conn_accept(PyObject *self, PyObject *arg)
 static PyObject *conn_local_address(PyObject *self, PyObject *arg)
 {
     int fd;
-    if (as_int(arg, &fd) < 0)
+    if (qboot_as_int(arg, &fd) < 0)
         return NULL;
     struct sockaddr_storage address;
     socklen_t size = sizeof address;
@@ -97,7 +96,7 @@ static PyObject *conn_local_address(PyObject *self, PyObject *arg)
 static PyObject *conn_close(PyObject *self, PyObject *arg)
 {
     int fd;
-    if (as_int(arg, &fd) < 0)
+    if (qboot_as_int(arg, &fd) < 0)
         return NULL;
     close(fd); /* EINTR/EIO: the fd is gone either way on Linux */
     Py_RETURN_NONE;
@@ -114,7 +113,7 @@ static PyObject *conn_set_option(PyObject *self, PyObject *args)
         setsockopt(fd, level, name, NULL, 0);
     } else {
         int number;
-        if (as_int(value, &number) < 0)
+        if (qboot_as_int(value, &number) < 0)
             return NULL;
         setsockopt(fd, level, name, &number, sizeof number);
     }
@@ -150,16 +149,6 @@ static PyObject *conn_djb_hash(PyObject *self, PyObject *arg)
 
 /* --- Spawner -------------------------------------------------------------------------- */
 
-typedef struct {
-    PyObject_HEAD
-    PyObject *file;  /* bytes */
-    PyObject *argv;  /* tuple of bytes, kept alive for argv_pointers */
-    PyObject *base;  /* tuple of bytes: the server's environment */
-    char **argv_pointers;
-    const char *file_path; /* the bytes of file */
-    posix_spawnattr_t attributes;
-    int attributes_ready;
-} Spawner;
 
 /* A list or tuple of bytes as a new tuple (no str, nothing else). */
 static PyObject *bytes_tuple(PyObject *sequence, const char *what)
@@ -215,7 +204,7 @@ static int spawner_init(Spawner *self, PyObject *args, PyObject *kwargs)
         return -1;
     for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(numbers); i++) {
         int number;
-        if (as_int(PyTuple_GET_ITEM(numbers, i), &number) < 0) {
+        if (qboot_as_int(PyTuple_GET_ITEM(numbers, i), &number) < 0) {
             Py_DECREF(numbers);
             return -1;
         }
@@ -259,7 +248,7 @@ static void spawner_dealloc(Spawner *self)
 
 /* posix_spawnp of the Spawner's command line with envp, fd as stdin and stdout; touches
  * no Python object (it runs without the GIL). Returns 0 or an errno value. */
-static int spawn_with(Spawner *self, char **envp, int fd, pid_t *pid)
+int qboot_spawn(Spawner *self, char **envp, int fd, pid_t *pid)
 {
     posix_spawn_file_actions_t actions;
     int error = posix_spawn_file_actions_init(&actions);
@@ -311,7 +300,7 @@ static PyObject *spawner_spawn(Spawner *self, PyObject *args)
     int error;
     /* The kernel's part (vfork until the child has exec'd): let the loop run. */
     Py_BEGIN_ALLOW_THREADS
-    error = spawn_with(self, envp, fd, &pid);
+    error = qboot_spawn(self, envp, fd, &pid);
     Py_END_ALLOW_THREADS
     PyMem_Free(envp);
     Py_DECREF(extra);
@@ -329,7 +318,7 @@ static PyMethodDef spawner_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyTypeObject SpawnerType = {
+PyTypeObject SpawnerType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "qboot_systemd.tcpsrv._conn.Spawner",
     .tp_basicsize = sizeof(Spawner),
@@ -397,7 +386,7 @@ static void *pool_worker(void *arg)
             pool->queue_tail = NULL;
         pthread_mutex_unlock(&pool->lock);
 
-        job->error = spawn_with(pool->spawner, job->envp, job->fd, &job->pid);
+        job->error = qboot_spawn(pool->spawner, job->envp, job->fd, &job->pid);
         close(job->fd); /* the child has its copies */
 
         job->next = NULL;
@@ -640,13 +629,15 @@ static struct PyModuleDef conn_module = {
 
 PyMODINIT_FUNC PyInit__conn(void)
 {
-    if (PyType_Ready(&SpawnerType) < 0 || PyType_Ready(&SpawnPoolType) < 0)
+    if (PyType_Ready(&SpawnerType) < 0 || PyType_Ready(&SpawnPoolType) < 0 ||
+        PyType_Ready(&LaneType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&conn_module);
     if (!module)
         return NULL;
     if (PyModule_AddObjectRef(module, "Spawner", (PyObject *)&SpawnerType) < 0 ||
-        PyModule_AddObjectRef(module, "SpawnPool", (PyObject *)&SpawnPoolType) < 0) {
+        PyModule_AddObjectRef(module, "SpawnPool", (PyObject *)&SpawnPoolType) < 0 ||
+        PyModule_AddObjectRef(module, "Lane", (PyObject *)&LaneType) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -8,6 +8,11 @@ pool reports each pid or failure through an fd the loop watches; the loop books 
 hears of its exit by SIGCHLD through a wake-up socket, and reaps with waitpid as tcpserver
 does. Every thread switch and syscall costs the loop its share of the CPU, so the common
 path has as few as possible.
+
+A server that needs no names (-H -R and -l), no screening and no rate or per-address
+limit hands its whole per-connection path to the _conn extension's Lane (_lane.c): accept,
+rules, environment, spawn, reap and the -v lines in C, in this thread. Python keeps the
+rest: signals, reloading the rules, the back-off after EMFILE, STATUS= and the drain.
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ from .environ import Endpoints, base_environment, connection_environment
 from .notify import Notifier
 from .options import Options
 from .reactor import Reactor
-from .spawn import ExtensionPool, PythonPool, best_spawner, spawn_pool
+from .spawn import ExtensionPool, ExtensionSpawner, PythonPool, best_spawner, spawn_pool
 
 if TYPE_CHECKING:  # dns, lookups and screening are imported when used: a server without
     from typing import TextIO  # -h, -r, names or -L never needs them, nor their memory
 
+    from ._conn import Lane
     from .dns import Resolver
     from .lookups import ConnectionLookups, Names
     from .ratelimit import RateLimiter
@@ -68,6 +74,24 @@ def import_what_options_need(options: Options) -> None:
         from . import rbl, screen  # noqa: F401
     if options.rate:
         from . import ratelimit  # noqa: F401
+
+
+def lane_fits(options: Options) -> bool:
+    """Can the _conn extension's Lane serve these options? Only the per-connection work it
+    knows: no lookups, no screening, no rate or per-address limit."""
+    return (
+        netcalls.EXTENSION is not None
+        and not options.remote_host
+        and not options.remote_info
+        and options.localname is not None
+        and not options.rbl_incore
+        and not options.rate
+        and not options.per_ip
+    )
+
+
+# Lane.run()'s outcomes (_lane.c)
+LANE_TIMEOUT, LANE_SIGNAL, LANE_RESOURCE = 0, 1, 2
 
 
 def lookups_per_address(limit: int) -> int:
@@ -172,6 +196,7 @@ class Server:
         self.spawner = best_spawner(self.program, base_environment(dict(os.environ)))
         self.spawns: ExtensionPool | PythonPool | None = None
         self.spawning: dict[int, SpawnJob] = {}  # by job ident
+        self.lane: Lane | None = None  # the C path, when lane_fits() (made by start())
         # Screening (issue 16): the in-core rblsmtpd (made by start()) and the rate limit.
         self.screen: RblScreen | None = None
         self.rate: RateLimiter | None = None
@@ -189,6 +214,10 @@ class Server:
         self._watch(self.wake_read.fileno(), self._on_wake)
         for listener in self.listeners:
             listener.setblocking(False)
+        log_fd = _fileno(self.log)
+        if log_fd is not None and lane_fits(self.options):
+            self.lane = self._make_lane(log_fd)
+            return
         self.spawns = spawn_pool(self.spawner, SPAWN_THREADS)
         self._watch(self.spawns.fileno(), self._on_spawned)
         # Screening (issue 16): components the loop calls at one or two points each.
@@ -197,8 +226,59 @@ class Server:
 
             self.screen = RblScreen(self.rbl, os.environ, self._dns)
 
+    def _make_lane(self, log_fd: int) -> Lane:
+        assert netcalls.EXTENSION is not None and self.wake_read is not None
+        assert isinstance(self.spawner, ExtensionSpawner) and self.options.localname is not None
+        lane: Lane = netcalls.EXTENSION.Lane(
+            spawner=self.spawner.c_spawner,
+            wake_fd=self.wake_read.fileno(),
+            log_fd=log_fd,
+            limit=self.options.limit,
+            verbosity=self.options.verbosity,
+            local_host=_encode(self.options.localname),
+            local_host_log=logline.safe(self.options.localname).encode("ascii"),
+            banner=_encode(self.options.banner),
+            program_log=logline.safe(os.fsdecode(self.program[0])).encode("ascii"),
+            ipv6_env=self.options.ipv6_env,
+            nodelay=self.options.nodelay,
+            kill_ip_options=self.options.kill_ip_options,
+            unmap_in_log=self.logged_ip is unmap_ipv4,
+        )
+        for listener in self.listeners:
+            lane.add_listener(listener.fileno(), self.local_endpoints[id(listener)])
+        self._give_lane_rules(lane)
+        lane.start()
+        return lane
+
+    def _give_lane_rules(self, lane: Lane) -> None:
+        """The rules file the Lane reads (it asks _rules_state again when stat() shows
+        another file), and the line for a file that is not a cdb."""
+        if self.rules is None:
+            lane.set_rules(None, None, b"")
+            return
+        unreadable = RulesError(self.rules.path, "invalid argument")
+        lane.set_rules(
+            os.fsencode(self.rules.path),
+            self._rules_state,
+            _encode(logline.warning(f"dropping connection, {unreadable}")),
+        )
+
+    def _rules_state(self) -> tuple[tuple[int, int, int, int] | None, bytes | None, bytes | None]:
+        """For the Lane: (identity, cdb bytes, None), or (None, None, the warning to log as
+        each connection is dropped), or (None, None, None) to allow all (-X, no file)."""
+        assert self.rules is not None
+        state = self.rules.snapshot()
+        if not isinstance(state, RulesError):
+            return state[0], state[1], None
+        if state.missing and self.options.missing_rules_ok:
+            return None, None, None
+        return None, None, _encode(logline.warning(f"dropping connection, {state}"))
+
     def close(self) -> None:
         """Stop the spawner pool (after the jobs queued) and close our own fds."""
+        if self.lane is not None:
+            self.lane.close()
+            self.lane = None
         if self.spawns is not None:
             self.spawns.close()
             self.spawns = None
@@ -231,9 +311,12 @@ class Server:
         """STATUS= for systemctl status (the notifier throttles it)."""
         if not self.notifier.enabled:
             return
+        if self.lane is not None:
+            running, served, denied = self.lane.counts()
+        else:
+            running, served, denied = self.running, self.counters.served, self.counters.denied
         self.notifier.status(
-            f"{self.running}/{self.options.limit} sessions, "
-            f"{self.counters.served} served, {self.counters.denied} denied"
+            f"{running}/{self.options.limit} sessions, {served} served, {denied} denied"
         )
 
     # --- accepting -----------------------------------------------------------------------
@@ -265,20 +348,24 @@ class Server:
                 return
             except OSError as error:
                 if error.errno in _RESOURCE_ERRORS:
-                    self.log_verbose(
-                        logline.warning(
-                            f"unable to accept: {error.strerror}; pausing {self.backoff:.2f} s"
-                        ),
-                        1,
-                    )
-                    self.backoff_until = time.monotonic() + self.backoff
-                    self.backoff = min(self.backoff * 2, 1.0)
+                    self._out_of_resources(error.errno)
                     self._set_accepting(False)
                     return
                 continue  # ECONNABORTED, EPROTO, EPERM: that client is gone
             self.backoff = 0.05
             self._on_connection(listener, fd, address)
         self._set_accepting(self._may_accept())
+
+    def _out_of_resources(self, number: int) -> None:
+        """accept() failed for lack of fds or memory: pause, longer each time in a row."""
+        self.log_verbose(
+            logline.warning(
+                f"unable to accept: {os.strerror(number)}; pausing {self.backoff:.2f} s"
+            ),
+            1,
+        )
+        self.backoff_until = time.monotonic() + self.backoff
+        self.backoff = min(self.backoff * 2, 1.0)
 
     def _on_connection(self, listener: socket.socket, fd: int, address: tuple[str, int]) -> None:
         local = self.local_endpoints[id(listener)]
@@ -599,6 +686,8 @@ class Server:
                 self.notifier.send("RELOADING=1")
                 if self.rules is not None:
                     self.rules = RuleSet(self.rules.path)
+                    if self.lane is not None:
+                        self._give_lane_rules(self.lane)
                 self.local_names.clear()
                 if self.resolver is not None:
                     self.resolver.reload()
@@ -611,6 +700,8 @@ class Server:
                 drain = self.options.drain if self.under_systemd else 0.0
                 self.stop_at = time.monotonic() + drain
                 self._set_accepting(False)
+                if self.lane is not None:
+                    self.lane.stop()  # out of its epoll set before they are closed
                 for listener in self.listeners:
                     listener.close()
                 self._cut_lookups_short()
@@ -647,6 +738,8 @@ class Server:
         return max(0.0, min(candidates) - time.monotonic()) if candidates else -1
 
     def _busy(self) -> bool:
+        if self.lane is not None:
+            return self.lane.counts()[0] > 0
         return bool(self.children or self.pending or self.spawning)
 
     def serve(self) -> int:
@@ -656,8 +749,10 @@ class Server:
         for number in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(number, self._on_signal)
         signal.signal(signal.SIGCHLD, self._on_sigchld)
-        self._set_accepting(True)
         self.notifier.send("READY=1")
+        if self.lane is not None:
+            return self._serve_lane(self.lane)
+        self._set_accepting(True)
         self._status_changed()
         while True:
             for fd, _ in self.poller.poll(self._timeout()):
@@ -680,6 +775,46 @@ class Server:
             self.notifier.flush(now)
             if self.stop_at is not None and (now >= self.stop_at or not self._busy()):
                 return 0
+
+    def _serve_lane(self, lane: Lane) -> int:
+        """serve() when the Lane does the connections: between its returns, the signals,
+        the back-off, STATUS= and the end of the drain."""
+        self._status_changed()
+        while True:
+            timeout = self._timeout()
+            if self.notifier.enabled:  # the Lane's counts reach STATUS= this often
+                interval = self.notifier.interval
+                timeout = interval if timeout < 0 else min(timeout, interval)
+            with contextlib.suppress(OSError, ValueError):
+                self.log.flush()  # before the Lane writes to the same fd
+            outcome, number = lane.run(timeout)
+            if outcome == LANE_RESOURCE:
+                self._out_of_resources(number)
+                lane.pause(True)
+            elif self.backoff_until is None:
+                self.backoff = 0.05
+            if self.signals:
+                self._handle_signals()
+            now = time.monotonic()
+            if self.backoff_until is not None and now >= self.backoff_until:
+                self.backoff_until = None
+                lane.pause(False)
+            self._publish()
+            self.notifier.flush(now)
+            if self.stop_at is not None and (now >= self.stop_at or not self._busy()):
+                return 0
+
+
+def _fileno(stream: TextIO) -> int | None:
+    """The fd under a log stream, for the Lane to write to; None for one without."""
+    try:
+        return stream.fileno()
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _encode(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
 
 
 def _fixed_local(listener: socket.socket) -> tuple[str, int] | None:

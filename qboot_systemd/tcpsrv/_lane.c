@@ -1,0 +1,809 @@
+/* The Lane: qboot-tcpsrv's whole per-connection path in C, for a server that needs no
+ * names (-H -R and -l), no screening, no rate or per-address limit.
+ *
+ * In one thread and without the GIL's hand-overs it accepts, looks the client up in the
+ * rules cdb (tcpserver's key order), lays out tcp-environ(5), posix_spawnp's the program,
+ * reaps on SIGCHLD and writes tcpserver's -v lines. What is policy stays in Python
+ * (server.py): it decides whether a server may use the Lane, reads the rules file (the
+ * Lane asks it again when stat() shows a new file), handles every other signal, the
+ * back-off after EMFILE, STATUS= and the drain after SIGTERM. The Python loop does the
+ * same work per connection for the servers the Lane is not for, and when the extension
+ * is not built (QBOOT_NO_EXTENSION=1).
+ */
+#include "_conn.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PROGRAM "qboot-tcpsrv"
+#define WAKE_TAG UINT32_MAX
+#define ACCEPTS_PER_WAKE 16 /* keeps the loop fair between listeners and children */
+#define EXIT_DENY_STATUS (100 << 8)
+#define EXIT_DROP_STATUS (111 << 8)
+
+typedef struct {
+    int fd;
+    int fixed;                    /* the local address is known: not a wildcard */
+    char ip[INET6_ADDRSTRLEN];    /* when fixed */
+    int port;
+} Listener;
+
+typedef struct {
+    PyObject_HEAD
+    Spawner *spawner;
+    int epoll_fd; /* -1 until start() */
+    int wake_fd;  /* signal.set_wakeup_fd's: one byte per signal number */
+    int log_fd;
+    Listener *listeners;
+    int listener_count;
+    int watching; /* the listeners are in the epoll set */
+    int paused;   /* Python's back-off after EMFILE and alike */
+    int stopped;  /* SIGTERM: the listeners are Python's to close */
+    int limit, running;
+    long served, denied;
+    int verbosity, ipv6_env, nodelay, kill_ip_options, unmap_in_log;
+    pid_t server_pid;
+    PyObject *local_host;     /* bytes: TCPLOCALHOST */
+    PyObject *local_host_log; /* bytes: the same as logline.safe() shows it */
+    PyObject *banner;         /* bytes, maybe empty */
+    PyObject *program_log;    /* bytes: the program's name for warnings */
+    /* The rules: path None for no -x; reload() -> (identity, data, drop_line). */
+    PyObject *rules_path, *reload, *rules_data, *drop_line, *format_error_line;
+    int have_identity;
+    dev_t dev;
+    ino_t ino;
+    off_t size;
+    long long mtime_ns;
+} Lane;
+
+/* --- log lines, as logline.py writes them ------------------------------------------ */
+
+static void log_write(Lane *self, int level, const char *format, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static void log_write(Lane *self, int level, const char *format, ...)
+{
+    if (self->verbosity < level)
+        return;
+    char line[1024];
+    va_list arguments;
+    va_start(arguments, format);
+    int length = vsnprintf(line, sizeof line, format, arguments);
+    va_end(arguments);
+    if (length < 0)
+        return;
+    if ((size_t)length >= sizeof line)
+        length = sizeof line - 1;
+    /* A log nobody reads (EPIPE, EAGAIN) is ignored, as tcpserver ignores it. */
+    (void)!write(self->log_fd, line, (size_t)length);
+}
+
+static void session_started(Lane *self)
+{
+    self->running++;
+    log_write(self, 2, PROGRAM ": status: %d/%d\n", self->running, self->limit);
+}
+
+static void session_over(Lane *self)
+{
+    self->running--;
+    log_write(self, 2, PROGRAM ": status: %d/%d\n", self->running, self->limit);
+}
+
+/* A connection closed without running anything: the lines tcpserver's child would log. */
+static void refuse(Lane *self, int fd, const char *client, int status, int level,
+                   const char *line, size_t length)
+{
+    close(fd);
+    log_write(self, 2, PROGRAM ": pid %d from %s\n", (int)self->server_pid, client);
+    if (self->verbosity >= level && length)
+        (void)!write(self->log_fd, line, length);
+    log_write(self, 2, PROGRAM ": end %d status %d\n", (int)self->server_pid, status);
+    session_over(self);
+}
+
+/* --- addresses ------------------------------------------------------------------------ */
+
+static int format_address(const struct sockaddr_storage *address, char *text, int *port)
+{
+    if (address->ss_family == AF_INET) {
+        const struct sockaddr_in *in4 = (const struct sockaddr_in *)address;
+        *port = ntohs(in4->sin_port);
+        return inet_ntop(AF_INET, &in4->sin_addr, text, INET6_ADDRSTRLEN) ? 0 : -1;
+    }
+    if (address->ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)address;
+        *port = ntohs(in6->sin6_port);
+        return inet_ntop(AF_INET6, &in6->sin6_addr, text, INET6_ADDRSTRLEN) ? 0 : -1;
+    }
+    return -1;
+}
+
+/* addresses.py's forms: `::ffff:1.2.3.4` is an IPv4 client on a dual-stack socket. */
+static int is_mapped(const char *ip)
+{
+    return strncmp(ip, "::ffff:", 7) == 0 && strchr(ip, '.') != NULL;
+}
+
+static const char *unmapped(const char *ip)
+{
+    return is_mapped(ip) ? ip + 7 : ip;
+}
+
+/* map_ipv4: `1.2.3.4` -> `::ffff:1.2.3.4`, IPv6 as it is (into out, 7 + INET6_ADDRSTRLEN) */
+static const char *mapped(const char *ip, char *out)
+{
+    if (strchr(ip, ':'))
+        return ip;
+    snprintf(out, 7 + INET6_ADDRSTRLEN, "::ffff:%s", ip);
+    return out;
+}
+
+/* --- rules ------------------------------------------------------------------------------ */
+
+static uint32_t u32_at(const unsigned char *data)
+{
+    return (uint32_t)data[0] | (uint32_t)data[1] << 8 | (uint32_t)data[2] << 16 |
+           (uint32_t)data[3] << 24;
+}
+
+/* cdb.py's CdbReader.get, with its bounds checks: 1 found (value, length), 0 not found,
+ * -1 not a cdb. */
+static int cdb_get(const unsigned char *data, uint64_t size, const char *key, size_t length,
+                   const unsigned char **value, uint32_t *value_length)
+{
+    uint32_t hash = 5381;
+    for (size_t i = 0; i < length; i++)
+        hash = ((hash << 5) + hash) ^ (unsigned char)key[i];
+    uint64_t header = (hash << 3) & 2047;
+    if (header + 8 > size)
+        return -1;
+    uint64_t table = u32_at(data + header), slots = u32_at(data + header + 4);
+    if (!slots)
+        return 0;
+    uint64_t table_end = table + (slots << 3);
+    uint64_t slot = table + (((hash >> 8) % slots) << 3);
+    for (uint64_t i = 0; i < slots; i++) {
+        if (slot + 8 > size)
+            return -1;
+        uint32_t slot_hash = u32_at(data + slot), record = u32_at(data + slot + 4);
+        if (!record)
+            return 0;
+        slot += 8;
+        if (slot == table_end)
+            slot = table;
+        if (slot_hash != hash)
+            continue;
+        if ((uint64_t)record + 8 > size)
+            return -1;
+        uint32_t key_length = u32_at(data + record), data_length = u32_at(data + record + 4);
+        if (key_length != length)
+            continue;
+        uint64_t start = (uint64_t)record + 8;
+        if (start + key_length + data_length > size)
+            return -1;
+        if (memcmp(data + start, key, length) == 0) {
+            *value = data + start + key_length;
+            *value_length = data_length;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* rules.find for a client without names: the IP, its prefixes at '.' and ':', then "". */
+static int rules_find(Lane *self, const char *ip, const unsigned char **value,
+                      uint32_t *value_length)
+{
+    const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(self->rules_data);
+    uint64_t size = (uint64_t)PyBytes_GET_SIZE(self->rules_data);
+    size_t length = strlen(ip);
+    int found = cdb_get(data, size, ip, length, value, value_length);
+    for (size_t cut = length; found == 0 && cut > 0; cut--)
+        if (ip[cut - 1] == '.' || ip[cut - 1] == ':')
+            found = cdb_get(data, size, ip, cut, value, value_length);
+    if (found == 0)
+        found = cdb_get(data, size, "", 0, value, value_length);
+    return found;
+}
+
+/* Ask Python for the rules when the file is not the one read last: (identity or None,
+ * cdb bytes or None, the line to log for dropping a connection or None). */
+static int rules_refresh(Lane *self)
+{
+    struct stat status;
+    const char *path = PyBytes_AS_STRING(self->rules_path);
+    if (stat(path, &status) == 0 && self->have_identity && status.st_dev == self->dev &&
+        status.st_ino == self->ino && status.st_size == self->size &&
+        (long long)status.st_mtim.tv_sec * 1000000000LL + status.st_mtim.tv_nsec ==
+            self->mtime_ns)
+        return 0;
+    PyObject *state = PyObject_CallNoArgs(self->reload);
+    if (!state)
+        return -1;
+    PyObject *identity, *data, *drop_line;
+    if (!PyArg_ParseTuple(state, "OOO", &identity, &data, &drop_line)) {
+        Py_DECREF(state);
+        return -1;
+    }
+    self->have_identity = 0;
+    if (identity != Py_None) {
+        unsigned long long dev, ino;
+        long long size, mtime_ns;
+        if (!PyArg_ParseTuple(identity, "KKLL", &dev, &ino, &size, &mtime_ns)) {
+            Py_DECREF(state);
+            return -1;
+        }
+        self->dev = (dev_t)dev;
+        self->ino = (ino_t)ino;
+        self->size = (off_t)size;
+        self->mtime_ns = mtime_ns;
+        self->have_identity = 1;
+    }
+    Py_XSETREF(self->rules_data, data == Py_None ? NULL : Py_NewRef(data));
+    Py_XSETREF(self->drop_line, drop_line == Py_None ? NULL : Py_NewRef(drop_line));
+    Py_DECREF(state);
+    if ((self->rules_data && !PyBytes_Check(self->rules_data)) ||
+        (self->drop_line && !PyBytes_Check(self->drop_line))) {
+        Py_CLEAR(self->rules_data);
+        Py_CLEAR(self->drop_line);
+        self->have_identity = 0;
+        PyErr_SetString(PyExc_TypeError, "reload() must give bytes or None");
+        return -1;
+    }
+    return 0;
+}
+
+/* --- the environment ------------------------------------------------------------------ */
+
+typedef struct {
+    const char *text; /* NAME=value */
+    size_t length;
+    size_t name_length;
+} Entry;
+
+static size_t name_length_of(const char *text, size_t length)
+{
+    const char *equals = memchr(text, '=', length);
+    return equals ? (size_t)(equals - text) : length;
+}
+
+/* Add NAME=value: a name set before keeps its place and takes the new value (a dict's
+ * update, as server.py's extra.update(decision.env)). */
+static void entry_set(Entry *entries, int *count, const char *text, size_t length)
+{
+    size_t name = name_length_of(text, length);
+    for (int i = 0; i < *count; i++) {
+        if (entries[i].name_length == name && memcmp(entries[i].text, text, name) == 0) {
+            entries[i].text = text;
+            entries[i].length = length;
+            return;
+        }
+    }
+    entries[*count] = (Entry){text, length, name};
+    (*count)++;
+}
+
+/* Spawn the program for fd with tcp-environ(5) and the rule's variables. Returns 0 and
+ * the pid, an errno value, or -1 with a Python exception (no memory). */
+static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_port,
+                            const char *remote_ip, int remote_port,
+                            const unsigned char *rule, uint32_t rule_length, pid_t *pid)
+{
+    int ipv4 = (!strchr(remote_ip, ':') || is_mapped(remote_ip)) && !self->ipv6_env;
+    char local_mapped[7 + INET6_ADDRSTRLEN], remote_mapped[7 + INET6_ADDRSTRLEN];
+    const char *local_shown = ipv4 ? unmapped(local_ip) : mapped(local_ip, local_mapped);
+    const char *remote_shown = ipv4 ? unmapped(remote_ip) : mapped(remote_ip, remote_mapped);
+    const char *local6 = mapped(local_ip, local_mapped);
+    const char *remote6 = mapped(remote_ip, remote_mapped);
+    const char *host = PyBytes_AS_STRING(self->local_host);
+
+    char tcp[1024];
+    int tcp_length = snprintf(
+        tcp, sizeof tcp,
+        "PROTO=%s%cTCPLOCALIP=%s%cTCPLOCALPORT=%d%cTCPREMOTEIP=%s%cTCPREMOTEPORT=%d%c"
+        "TCP6LOCALIP=%s%cTCP6LOCALPORT=%d%cTCP6REMOTEIP=%s%cTCP6REMOTEPORT=%d%c",
+        ipv4 ? "TCP" : "TCP6", 0, local_shown, 0, local_port, 0, remote_shown, 0,
+        remote_port, 0, local6, 0, local_port, 0, remote6, 0, remote_port, 0);
+    if (tcp_length < 0 || (size_t)tcp_length >= sizeof tcp)
+        return EINVAL;
+    /* -l's name (a C string: an argument cannot hold a NUL) */
+    size_t host_length = strlen(host);
+    size_t hosts_size = 2 * (host_length + 20);
+    char *hosts = PyMem_Malloc(hosts_size);
+    if (!hosts) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    int first_host = snprintf(hosts, hosts_size, "TCPLOCALHOST=%s", host);
+    snprintf(hosts + first_host + 1, hosts_size - (size_t)first_host - 1, "TCP6LOCALHOST=%s",
+             host);
+
+    /* The rule's records: `+NAME=value`, up to its `D` if any (decided before). */
+    int most = 11 + (int)rule_length / 2 + 1;
+    Py_ssize_t base_count = PyTuple_GET_SIZE(self->spawner->base);
+    Entry *extra = PyMem_Malloc(sizeof(Entry) * (size_t)most);
+    char **envp = PyMem_Malloc(sizeof(char *) * (size_t)(base_count + most + 1));
+    if (!extra || !envp) {
+        PyMem_Free(hosts);
+        PyMem_Free(extra);
+        PyMem_Free(envp);
+        PyErr_NoMemory();
+        return -1;
+    }
+    int count = 0;
+    for (const char *at = tcp; at < tcp + tcp_length; at += strlen(at) + 1)
+        entry_set(extra, &count, at, strlen(at));
+    entry_set(extra, &count, hosts, (size_t)first_host);
+    entry_set(extra, &count, hosts + first_host + 1, strlen(hosts + first_host + 1));
+    for (uint32_t at = 0; at < rule_length;) {
+        const unsigned char *end = memchr(rule + at, 0, rule_length - at);
+        if (!end)
+            break;
+        uint32_t length = (uint32_t)(end - (rule + at));
+        if (length > 1 && rule[at] == '+' && memchr(rule + at + 1, '=', length - 1))
+            entry_set(extra, &count, (const char *)rule + at + 1, length - 1);
+        at += length + 1;
+    }
+    /* The server's environment, without what the connection's variables replace. */
+    int envc = 0;
+    for (Py_ssize_t i = 0; i < base_count; i++) {
+        const char *text = PyBytes_AS_STRING(PyTuple_GET_ITEM(self->spawner->base, i));
+        size_t name = name_length_of(text, strlen(text));
+        int replaced = 0;
+        for (int j = 0; j < count && !replaced; j++)
+            replaced = extra[j].name_length == name && memcmp(extra[j].text, text, name) == 0;
+        if (!replaced)
+            envp[envc++] = (char *)text;
+    }
+    /* Entries point into tcp, hosts and the rule, none NUL-terminated but tcp's and the
+     * hosts': copy the rule's ones into one block. */
+    size_t copies = 0;
+    for (int j = 0; j < count; j++)
+        copies += extra[j].length + 1;
+    char *block = PyMem_Malloc(copies ? copies : 1);
+    if (!block) {
+        PyMem_Free(hosts);
+        PyMem_Free(extra);
+        PyMem_Free(envp);
+        PyErr_NoMemory();
+        return -1;
+    }
+    char *cursor = block;
+    for (int j = 0; j < count; j++) {
+        memcpy(cursor, extra[j].text, extra[j].length);
+        cursor[extra[j].length] = '\0';
+        envp[envc++] = cursor;
+        cursor += extra[j].length + 1;
+    }
+    envp[envc] = NULL;
+    /* The GIL stays: the Lane is the only thread, and the kernel's vfork wait is short. */
+    int error = qboot_spawn(self->spawner, envp, fd, pid);
+    PyMem_Free(block);
+    PyMem_Free(hosts);
+    PyMem_Free(extra);
+    PyMem_Free(envp);
+    return error;
+}
+
+/* --- one connection --------------------------------------------------------------------- */
+
+static int connection(Lane *self, Listener *listener, int fd,
+                      const struct sockaddr_storage *address)
+{
+    char remote_ip[INET6_ADDRSTRLEN], local_ip[INET6_ADDRSTRLEN];
+    int remote_port, local_port;
+    if (format_address(address, remote_ip, &remote_port) != 0) {
+        close(fd);
+        return 0;
+    }
+    if (listener->fixed) {
+        memcpy(local_ip, listener->ip, sizeof local_ip);
+        local_port = listener->port;
+    } else {
+        struct sockaddr_storage local;
+        socklen_t size = sizeof local;
+        if (getsockname(fd, (struct sockaddr *)&local, &size) != 0 ||
+            format_address(&local, local_ip, &local_port) != 0) {
+            close(fd);
+            return 0;
+        }
+    }
+    const char *client = unmapped(remote_ip);
+    session_started(self);
+    int one = 1;
+    if (self->nodelay)
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (self->kill_ip_options && address->ss_family == AF_INET)
+        setsockopt(fd, IPPROTO_IP, IP_OPTIONS, NULL, 0);
+    if (PyBytes_GET_SIZE(self->banner))
+        (void)send(fd, PyBytes_AS_STRING(self->banner), (size_t)PyBytes_GET_SIZE(self->banner),
+                   MSG_DONTWAIT | MSG_NOSIGNAL);
+
+    const char *local_logged = self->unmap_in_log ? unmapped(local_ip) : local_ip;
+    const char *remote_logged = self->unmap_in_log ? client : remote_ip;
+    const char *host_log = PyBytes_AS_STRING(self->local_host_log);
+    const unsigned char *rule = NULL;
+    uint32_t rule_length = 0;
+    if (self->rules_path) {
+        if (rules_refresh(self) < 0) {
+            close(fd);
+            session_over(self);
+            return -1;
+        }
+        if (!self->rules_data) {
+            if (self->drop_line) {
+                refuse(self, fd, client, EXIT_DROP_STATUS, 1, PyBytes_AS_STRING(self->drop_line),
+                       (size_t)PyBytes_GET_SIZE(self->drop_line));
+                return 0;
+            }
+        } else if (rules_find(self, client, &rule, &rule_length) < 0) {
+            refuse(self, fd, client, EXIT_DROP_STATUS, 1,
+                   PyBytes_AS_STRING(self->format_error_line),
+                   (size_t)PyBytes_GET_SIZE(self->format_error_line));
+            return 0;
+        }
+    }
+    /* Deny: a record starting with D (after any + records, as rules.decide reads them). */
+    for (uint32_t at = 0; rule && at < rule_length;) {
+        const unsigned char *end = memchr(rule + at, 0, rule_length - at);
+        if (!end)
+            break;
+        if (rule[at] == 'D') {
+            self->denied++;
+            char line[512];
+            int length = snprintf(line, sizeof line, PROGRAM ": deny %d %s:%s:%d :%s::%d\n",
+                                  (int)self->server_pid, host_log, local_logged, local_port,
+                                  remote_logged, remote_port);
+            refuse(self, fd, client, EXIT_DENY_STATUS, 2, line,
+                   length < 0 ? 0 : (size_t)length < sizeof line ? (size_t)length : sizeof line - 1);
+            return 0;
+        }
+        at += (uint32_t)(end - (rule + at)) + 1;
+    }
+    pid_t pid = 0;
+    int error = spawn_connection(self, fd, local_ip, local_port, remote_ip, remote_port, rule,
+                                 rule_length, &pid);
+    if (error < 0) {
+        close(fd);
+        session_over(self);
+        return -1;
+    }
+    if (error != 0) {
+        char line[512];
+        int length = snprintf(line, sizeof line, PROGRAM ": warning: unable to run %s: %s\n",
+                              PyBytes_AS_STRING(self->program_log), strerror(error));
+        refuse(self, fd, client, EXIT_DROP_STATUS, 1, line,
+               length < 0 ? 0 : (size_t)length < sizeof line ? (size_t)length : sizeof line - 1);
+        return 0;
+    }
+    close(fd); /* the child has its copies */
+    self->served++;
+    log_write(self, 2, PROGRAM ": pid %d from %s\n", (int)pid, client);
+    log_write(self, 2, PROGRAM ": ok %d %s:%s:%d :%s::%d\n", (int)pid, host_log, local_logged,
+              local_port, remote_logged, remote_port);
+    return 0;
+}
+
+static void reap(Lane *self)
+{
+    for (;;) {
+        int status;
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid <= 0)
+            return;
+        log_write(self, 2, PROGRAM ": end %d status %d\n", (int)pid, status);
+        session_over(self);
+    }
+}
+
+/* Listeners in the epoll set exactly when a connection may be taken. */
+static int update_watch(Lane *self)
+{
+    if (self->epoll_fd < 0)
+        return 0;
+    int wanted = !self->paused && !self->stopped && self->running < self->limit;
+    if (wanted == self->watching)
+        return 0;
+    for (int i = 0; i < self->listener_count; i++) {
+        struct epoll_event event = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
+        int done = wanted ? epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, self->listeners[i].fd, &event)
+                          : epoll_ctl(self->epoll_fd, EPOLL_CTL_DEL, self->listeners[i].fd, NULL);
+        if (done != 0) {
+            PyErr_SetFromErrno(PyExc_OSError);
+            return -1;
+        }
+    }
+    self->watching = wanted;
+    return 0;
+}
+
+static double monotonic(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
+}
+
+/* Outcomes of run(): what Python is to do. */
+enum { RUN_TIMEOUT = 0, RUN_SIGNAL = 1, RUN_RESOURCE = 2 };
+
+/* run(timeout) -> (outcome, errno): serve until a signal other than SIGCHLD arrives
+ * (1), accept() runs out of resources (2, with its errno), or timeout seconds have
+ * passed (0; a negative timeout: no limit). */
+static PyObject *lane_run(Lane *self, PyObject *arg)
+{
+    double timeout = PyFloat_AsDouble(arg);
+    if (timeout == -1.0 && PyErr_Occurred())
+        return NULL;
+    if (self->epoll_fd < 0)
+        return PyErr_Format(PyExc_RuntimeError, "start() first");
+    double deadline = timeout < 0 ? -1.0 : monotonic() + timeout;
+    for (;;) {
+        if (update_watch(self) < 0)
+            return NULL;
+        int wait_ms = -1;
+        if (deadline >= 0) {
+            double left = deadline - monotonic();
+            if (left <= 0)
+                return Py_BuildValue("(ii)", RUN_TIMEOUT, 0);
+            wait_ms = (int)(left * 1000.0) + 1;
+        }
+        struct epoll_event events[16];
+        int ready = epoll_wait(self->epoll_fd, events, 16, wait_ms);
+        if (ready < 0) {
+            if (errno == EINTR)
+                continue; /* the handler wrote the signal to the wake-up fd */
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        int children = 0, signals = 0;
+        for (int e = 0; e < ready; e++) {
+            if (events[e].data.u32 != WAKE_TAG)
+                continue;
+            unsigned char numbers[256];
+            ssize_t got;
+            while ((got = read(self->wake_fd, numbers, sizeof numbers)) > 0)
+                for (ssize_t i = 0; i < got; i++) {
+                    if (numbers[i] == SIGCHLD)
+                        children = 1;
+                    else
+                        signals = 1;
+                }
+        }
+        if (children)
+            reap(self);
+        for (int e = 0; e < ready; e++) {
+            uint32_t index = events[e].data.u32;
+            if (index == WAKE_TAG || (int)index >= self->listener_count)
+                continue;
+            Listener *listener = &self->listeners[index];
+            for (int n = 0; n < ACCEPTS_PER_WAKE; n++) {
+                if (self->paused || self->stopped || self->running >= self->limit)
+                    break;
+                struct sockaddr_storage address;
+                socklen_t size = sizeof address;
+                /* blocking, as the child wants it */
+                int fd = accept4(listener->fd, (struct sockaddr *)&address, &size, SOCK_CLOEXEC);
+                if (fd < 0) {
+                    if (errno == EAGAIN || errno == EINTR)
+                        break;
+                    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
+                        errno == ENOMEM)
+                        return Py_BuildValue("(ii)", RUN_RESOURCE, errno);
+                    continue; /* ECONNABORTED, EPROTO, EPERM: that client is gone */
+                }
+                if (connection(self, listener, fd, &address) < 0)
+                    return NULL;
+            }
+        }
+        if (signals) {
+            /* Python's handlers run now, so the loop finds what they noted. */
+            if (PyErr_CheckSignals() < 0)
+                return NULL;
+            return Py_BuildValue("(ii)", RUN_SIGNAL, 0);
+        }
+    }
+}
+
+static PyObject *lane_start(Lane *self, PyObject *unused)
+{
+    if (self->epoll_fd >= 0)
+        return PyErr_Format(PyExc_RuntimeError, "the Lane is started");
+    self->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
+    if (self->epoll_fd < 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    struct epoll_event event = {.events = EPOLLIN, .data.u32 = WAKE_TAG};
+    if (epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, self->wake_fd, &event) != 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        close(self->epoll_fd);
+        self->epoll_fd = -1;
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *lane_close(Lane *self, PyObject *unused)
+{
+    if (self->epoll_fd >= 0)
+        close(self->epoll_fd);
+    self->epoll_fd = -1;
+    self->watching = 0;
+    Py_RETURN_NONE;
+}
+
+/* add_listener(fd, local): local (ip, port) for a listener bound to one address, None
+ * for a wildcard (each connection's local address is asked for). */
+static PyObject *lane_add_listener(Lane *self, PyObject *args)
+{
+    int fd;
+    PyObject *local;
+    if (!PyArg_ParseTuple(args, "iO", &fd, &local))
+        return NULL;
+    Listener listener = {.fd = fd};
+    if (local != Py_None) {
+        const char *ip;
+        if (!PyArg_ParseTuple(local, "si", &ip, &listener.port))
+            return NULL;
+        if (strlen(ip) >= sizeof listener.ip)
+            return PyErr_Format(PyExc_ValueError, "not an IP address: %s", ip);
+        strcpy(listener.ip, ip);
+        listener.fixed = 1;
+    }
+    if (self->watching)
+        return PyErr_Format(PyExc_RuntimeError, "add listeners before run()");
+    Listener *grown = PyMem_Realloc(self->listeners,
+                                    sizeof(Listener) * (size_t)(self->listener_count + 1));
+    if (!grown)
+        return PyErr_NoMemory();
+    self->listeners = grown;
+    self->listeners[self->listener_count++] = listener;
+    Py_RETURN_NONE;
+}
+
+/* set_rules(path, reload, format_error_line): path None: no rules, every client allowed. */
+static PyObject *lane_set_rules(Lane *self, PyObject *args)
+{
+    PyObject *path, *reload, *format_error_line;
+    if (!PyArg_ParseTuple(args, "OOS", &path, &reload, &format_error_line))
+        return NULL;
+    if (path != Py_None && (!PyBytes_Check(path) || !PyCallable_Check(reload)))
+        return PyErr_Format(PyExc_TypeError, "set_rules(bytes, callable, bytes)");
+    Py_XSETREF(self->rules_path, path == Py_None ? NULL : Py_NewRef(path));
+    Py_XSETREF(self->reload, Py_NewRef(reload));
+    Py_XSETREF(self->format_error_line, Py_NewRef(format_error_line));
+    Py_CLEAR(self->rules_data);
+    Py_CLEAR(self->drop_line);
+    self->have_identity = 0;
+    Py_RETURN_NONE;
+}
+
+static PyObject *lane_pause(Lane *self, PyObject *arg)
+{
+    int paused = PyObject_IsTrue(arg);
+    if (paused < 0)
+        return NULL;
+    self->paused = paused;
+    if (update_watch(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/* SIGTERM: no more accepting; run() goes on reaping. */
+static PyObject *lane_stop(Lane *self, PyObject *unused)
+{
+    self->stopped = 1;
+    if (update_watch(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *lane_counts(Lane *self, PyObject *unused)
+{
+    return Py_BuildValue("(ill)", self->running, self->served, self->denied);
+}
+
+static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
+{
+    static char *keywords[] = {"spawner", "wake_fd", "log_fd", "limit", "verbosity",
+                               "local_host", "local_host_log", "banner", "program_log",
+                               "ipv6_env", "nodelay", "kill_ip_options", "unmap_in_log",
+                               NULL};
+    PyObject *spawner, *local_host, *local_host_log, *banner, *program_log;
+    int wake_fd, log_fd, limit, verbosity, ipv6_env, nodelay, kill_ip_options, unmap_in_log;
+    if (self->spawner) {
+        PyErr_SetString(PyExc_RuntimeError, "Lane initialised twice");
+        return -1;
+    }
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$O!iiiiSSSSpppp", keywords, &SpawnerType,
+                                     &spawner, &wake_fd, &log_fd, &limit, &verbosity,
+                                     &local_host, &local_host_log, &banner, &program_log,
+                                     &ipv6_env, &nodelay, &kill_ip_options, &unmap_in_log))
+        return -1;
+    if (!((Spawner *)spawner)->argv_pointers) {
+        PyErr_SetString(PyExc_ValueError, "the Spawner is not initialised");
+        return -1;
+    }
+    if (limit < 1) {
+        PyErr_SetString(PyExc_ValueError, "limit: at least 1");
+        return -1;
+    }
+    self->spawner = (Spawner *)Py_NewRef(spawner);
+    self->local_host = Py_NewRef(local_host);
+    self->local_host_log = Py_NewRef(local_host_log);
+    self->banner = Py_NewRef(banner);
+    self->program_log = Py_NewRef(program_log);
+    self->wake_fd = wake_fd;
+    self->log_fd = log_fd;
+    self->limit = limit;
+    self->verbosity = verbosity;
+    self->ipv6_env = ipv6_env;
+    self->nodelay = nodelay;
+    self->kill_ip_options = kill_ip_options;
+    self->unmap_in_log = unmap_in_log;
+    self->server_pid = getpid();
+    return 0;
+}
+
+static PyObject *lane_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+{
+    Lane *self = (Lane *)type->tp_alloc(type, 0);
+    if (self)
+        self->epoll_fd = -1;
+    return (PyObject *)self;
+}
+
+static void lane_dealloc(Lane *self)
+{
+    if (self->epoll_fd >= 0)
+        close(self->epoll_fd);
+    PyMem_Free(self->listeners);
+    Py_XDECREF(self->spawner);
+    Py_XDECREF(self->local_host);
+    Py_XDECREF(self->local_host_log);
+    Py_XDECREF(self->banner);
+    Py_XDECREF(self->program_log);
+    Py_XDECREF(self->rules_path);
+    Py_XDECREF(self->reload);
+    Py_XDECREF(self->rules_data);
+    Py_XDECREF(self->drop_line);
+    Py_XDECREF(self->format_error_line);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyMethodDef lane_methods[] = {
+    {"start", (PyCFunction)lane_start, METH_NOARGS, "its epoll fd, watching the wake-up fd"},
+    {"close", (PyCFunction)lane_close, METH_NOARGS, "close what start() opened"},
+    {"add_listener", (PyCFunction)lane_add_listener, METH_VARARGS,
+     "add_listener(fd, (ip, port) or None for a wildcard)"},
+    {"set_rules", (PyCFunction)lane_set_rules, METH_VARARGS,
+     "set_rules(path or None, reload, format_error_line)"},
+    {"run", (PyCFunction)lane_run, METH_O, "run(timeout) -> (outcome, errno)"},
+    {"pause", (PyCFunction)lane_pause, METH_O, "pause(flag): stop or go on accepting"},
+    {"stop", (PyCFunction)lane_stop, METH_NOARGS, "accept no more; run() still reaps"},
+    {"counts", (PyCFunction)lane_counts, METH_NOARGS, "(running, served, denied)"},
+    {NULL, NULL, 0, NULL},
+};
+
+PyTypeObject LaneType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "qboot_systemd.tcpsrv._conn.Lane",
+    .tp_basicsize = sizeof(Lane),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Lane(...): accept, rules, environment, spawn and reap in C.",
+    .tp_new = lane_new,
+    .tp_init = (initproc)lane_init,
+    .tp_dealloc = (destructor)lane_dealloc,
+    .tp_methods = lane_methods,
+};

@@ -1,0 +1,219 @@
+"""The _conn extension's Lane (accept, rules, environment, spawn and reap in C) against
+the Python loop it stands in for: the same flags, rules and clients through both, and
+the same environment, bytes and log lines out. The Python loop is the one the tcpserver
+differential tests checked first; QBOOT_NO_EXTENSION=1 selects it."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+import signal
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from qboot_systemd import rules
+from qboot_systemd.tcpsrv.options import parse
+from qboot_systemd.tcpsrv.server import lane_fits
+
+from .conftest import require_extension
+from .tcpsrv_harness import Running, ours, write_script
+
+DUMP = "#!/bin/sh\nenv | grep -v -E '^(_|PWD|SHLVL|QBOOT_NO_EXTENSION)=' | sort\n"
+PATHS = {"lane": {}, "python": {"QBOOT_NO_EXTENSION": "1"}}
+
+# Rules as an admin (or an attacker who got a line into the source) may write them: a
+# deny, overrides of tcp-environ and of the server's own variables, a name set twice,
+# `=` and non-ASCII in values, an empty value and name, a long value, many variables.
+RULES = (
+    b"127.0.0.2:deny\n"
+    b'127.0.0.3:allow,TCPLOCALHOST="over",TCPREMOTEIP="9.9.9.9",HOME="/nowhere",'
+    b'A="1",A="2",EQ="x=y=z",UTF="\xc3\xa9\xff",EMPTY=""\n'
+    b'127.0.0.4:allow,LONG="' + b"L" * 60000 + b'"\n'
+    b"127.0.0.5:allow," + b",".join(b'V%d="%d"' % (n, n) for n in range(1500)) + b"\n"
+    b'127.:allow,RELAYCLIENT=""\n'
+    b'::1:allow,SIX="1"\n'
+    b":deny\n"
+)
+SOURCES = ["127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5"]
+
+
+def compile_rules(path: Path, text: bytes) -> None:
+    rules.compile_file(text, path, path.with_suffix(".tmp"))
+
+
+def masked(text: str) -> str:
+    """Pids and ephemeral ports differ from run to run."""
+    text = re.sub(r"\b(pid|ok|deny|end) \d+", r"\1 PID", text)
+    text = re.sub(r"PORT=\d+", "PORT=N", text)
+    return re.sub(r":\d{4,5}\b", ":PORT", text)
+
+
+def assert_same(lane: tuple[list[str], str], python: tuple[list[str], str]) -> None:
+    """Equal, or a failure that shows the lines that differ."""
+    if lane == python:
+        return
+    diff = [
+        "".join(difflib.unified_diff(p.splitlines(True), o.splitlines(True), "python", "lane"))
+        for p, o in zip([*python[0], python[1]], [*lane[0], lane[1]], strict=False)
+    ]
+    pytest.fail("the Lane differs from the Python loop:\n" + "".join(diff))
+
+
+def threads(server: Running) -> int:
+    return len(os.listdir(f"/proc/{server.process.pid}/task"))
+
+
+@pytest.fixture()
+def dump(tmp_path: Path) -> str:
+    return write_script(tmp_path, "dump", DUMP)
+
+
+def both(start: Callable[[dict[str, str]], Running]) -> Iterator[tuple[str, Running]]:
+    """Each path's server in turn. Once it has served, the Lane's runs in one thread and
+    the Python loop's with its spawner pool: a test cannot compare a path with itself."""
+    for name, env in PATHS.items():
+        server = start(env)
+        try:
+            yield name, server
+            assert (threads(server) == 1) == (name == "lane"), name
+        finally:
+            server.stop()
+
+
+def one_at_a_time(server: Running, sources: list[str], host: str = "127.0.0.1") -> list[str]:
+    outputs = []
+    verbose = "-v" in server.process.args  # type: ignore[operator]
+    if verbose:
+        server.wait_log(r"status: 0/")  # the first line: logged after the port is printed
+    for source in sources:
+        ended = len(re.findall(r"status: 0/", server.log()))
+        outputs.append(masked(server.request(host, source).decode("utf-8", "replace")))
+        if verbose:
+            server.wait_count(r"status: 0/\d+\n", ended + 1)  # one order for both logs
+    return outputs
+
+
+def test_lane_is_for_servers_without_names_screening_or_limits() -> None:
+    require_extension()
+    assert lane_fits(parse(["-HR", "-l", "x", "0", "25", "p"]))
+    for flags in (["-R", "-l", "x"], ["-H", "-l", "x"], ["-HR"], ["-HRL", "-l", "x"]):
+        assert not lane_fits(parse([*flags, "0", "25", "p"])), flags
+    for flags in (["-C", "2"], ["-N", "60"]):
+        assert not lane_fits(parse(["-HR", "-l", "x", *flags, "0", "25", "p"])), flags
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["-v", "-HR", "-l", "mx.example"],
+        ["-v", "-HR", "-l", "bad%name\x01", "-B", "220 hi\r\n", "-6"],
+        ["-HR", "-l0", "-D", "-o"],
+    ],
+)
+def test_environment_bytes_and_log_as_the_python_loop(
+    tmp_path: Path, dump: str, flags: list[str]
+) -> None:
+    require_extension()
+    cdb = tmp_path / "rules.cdb"
+    compile_rules(cdb, RULES)
+    results = {}
+    for name, server in both(lambda env: ours(*flags, "-x", str(cdb), "0", "0", dump, env=env)):
+        outputs = one_at_a_time(server, SOURCES)
+        outputs += one_at_a_time(server, [None], host="::1")  # type: ignore[list-item]
+        results[name] = (outputs, masked(server.log()))
+    assert_same(results["lane"], results["python"])
+    lane_outputs, lane_log = results["lane"]
+    assert "EQ=x=y=z" in lane_outputs[2] and "A=2" in lane_outputs[2]
+    assert "HOME=/nowhere" in lane_outputs[2] and "TCPLOCALHOST=over" in lane_outputs[2]
+    assert "L" * 60000 in lane_outputs[3] and "V1499=1499" in lane_outputs[4]
+    assert lane_outputs[1].removeprefix("220 hi\r\n") == ""  # denied: no program
+    assert "SIX=1" in lane_outputs[5] and "RELAYCLIENT=" in lane_outputs[0]
+    if "-v" in flags:
+        assert "deny PID" in lane_log and "end PID status 25600" in lane_log
+
+
+def test_rules_replaced_removed_and_broken_while_serving(tmp_path: Path, dump: str) -> None:
+    """tcprules' rename takes effect at the next connection; a removed file drops every
+    client (fail closed) with tcpserver's warning, or lets it in under -X; a file that is
+    not a cdb drops them too."""
+    require_extension()
+    cdb = tmp_path / "rules.cdb"
+    results = {}
+    for extra in ([], ["-X"]):
+        for name, server in both(
+            lambda env, extra=extra: ours(
+                "-v", *extra, "-HR", "-l", "x", "-x", str(cdb), "0", "0", dump, env=env
+            )
+        ):
+            compile_rules(cdb, b'127.0.0.1:allow,STEP="one"\n:deny\n')
+            outputs = one_at_a_time(server, ["127.0.0.1"])
+            compile_rules(cdb, b'127.0.0.1:allow,STEP="two"\n:deny\n')
+            outputs += one_at_a_time(server, ["127.0.0.1"])
+            cdb.unlink()
+            outputs += one_at_a_time(server, ["127.0.0.1"])
+            cdb.write_bytes(b"\xff" * 100)  # not a cdb: shorter than its header
+            outputs += one_at_a_time(server, ["127.0.0.1"])
+            compile_rules(cdb, b'127.0.0.1:allow,STEP="three"\n')
+            outputs += one_at_a_time(server, ["127.0.0.1"])
+            results[(name, tuple(extra))] = (outputs, masked(server.log()))
+            cdb.unlink()
+        lane_outputs, lane_log = results[("lane", tuple(extra))]
+        assert_same((lane_outputs, lane_log), results[("python", tuple(extra))])
+        assert "STEP=one" in lane_outputs[0] and "STEP=two" in lane_outputs[1]
+        assert "STEP=three" in lane_outputs[4] and lane_outputs[3] == ""
+        assert "unable to read" in lane_log and "invalid argument" in lane_log
+        assert (lane_outputs[2] != "") == bool(extra)
+
+
+def test_program_that_cannot_run(tmp_path: Path) -> None:
+    require_extension()
+    results = {}
+    missing = str(tmp_path / "no-such-program")
+    for name, server in both(lambda env: ours("-v", "-HR", "-l", "x", "0", "0", missing, env=env)):
+        assert server.request() == b""
+        server.wait_log(r"status: 0/40\n.*\Z")
+        results[name] = masked(server.log())
+    assert results["lane"] == results["python"]
+    assert "unable to run" in results["lane"] and "end PID status 28416" in results["lane"]
+
+
+def test_limit_and_signals(tmp_path: Path) -> None:
+    """-c 1: the second client waits for the first session; SIGHUP reloads the rules;
+    SIGTERM closes the listener and ends the server (outside systemd: no drain), and the
+    running session goes on."""
+    require_extension()
+    hold = write_script(tmp_path, "hold", "#!/bin/sh\necho hello\nread line\necho bye $line\n")
+    cdb = tmp_path / "rules.cdb"
+    compile_rules(cdb, b":allow\n")
+    server = ours("-v", "-HR", "-l", "x", "-c", "1", "-x", str(cdb), "0", "0", hold)
+    try:
+        assert threads(server) == 1  # the Lane
+        first = server.connect()
+        assert first.recv(100) == b"hello\n"
+        second = server.connect()
+        second.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            second.recv(100)  # accepted by the kernel, not yet by the server
+        first.sendall(b"1\n")
+        assert first.recv(100) == b"bye 1\n"
+        second.settimeout(10)
+        assert second.recv(100) == b"hello\n"
+        server.process.send_signal(signal.SIGHUP)
+        server.wait_log("SIGHUP")
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(10) == 0  # outside systemd no drain, as tcpserver
+        with (
+            pytest.raises(ConnectionRefusedError),
+            socket.create_connection(("127.0.0.1", server.port), timeout=2),
+        ):
+            pass
+        second.sendall(b"2\n")  # the session goes on without the server
+        assert second.recv(100) == b"bye 2\n"
+        first.close()
+        second.close()
+    finally:
+        server.stop()
