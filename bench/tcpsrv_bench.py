@@ -5,10 +5,10 @@ Same 1000-line rules cdb, same tiny child (bench/greet.c, built here with gcc -n
 -HR -l x -c 100 -b 256, loopback clients at concurrency 1, 10 and 50, the two servers
 interleaved round by round. Prints the median and the best of the rounds: connections per
 second, greeting latency p50/p99, the server's own CPU time per connection (from /proc,
-the server process without its children) and the ratios ours/theirs, then how fast each
-way of spawning the chain is, and both servers' idle RSS.
+the server process without its children) and the ratios ours/theirs; then the same for our
+Python loop (QBOOT_NO_EXTENSION=1: what serves -h, -r, -L, -C and -N, and a build without
+the extension); then the servers' idle RSS and how fast each way of spawning from Python is.
 Run: .venv/bin/python bench/tcpsrv_bench.py [connections-per-round]
-(QBOOT_NO_EXTENSION=1 in the environment measures the pure-Python path.)
 """
 
 from __future__ import annotations
@@ -46,8 +46,12 @@ def rules_text(count: int) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def start(argv: list[str]) -> tuple[subprocess.Popen[bytes], int]:
-    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+def start(
+    argv: list[str], env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, **(env or {})}
+    )
     assert process.stdout is not None
     port = int(process.stdout.readline())
     return process, port
@@ -136,10 +140,23 @@ def median_figures(rounds: list[Figures]) -> Figures:
     return rate, p50, p99, cpu
 
 
-def show(concurrency: int, label: str, ours: Figures, theirs: Figures) -> None:
-    for name, (rate, p50, p99, cpu) in (("ours", ours), ("tcpserver", theirs)):
+def measure(argv: list[str], env: dict[str, str] | None, total: int, concurrency: int) -> Figures:
+    process, port = start(argv, env)
+    try:
+        before = cpu_seconds(process.pid)
+        rate, latencies = asyncio.run(load(port, total, concurrency))
+        cpu = (cpu_seconds(process.pid) - before) / total * 1e6
+    finally:
+        process.terminate()
+        process.wait()
+    return rate, percentile(latencies, 0.5) * 1e3, percentile(latencies, 0.99) * 1e3, cpu
+
+
+def show(concurrency: int, label: str, ours: Figures, theirs: Figures, name: str = "ours") -> None:
+    rows = [(name, ours), ("tcpserver", theirs)] if name == "ours" else [(name, ours)]
+    for row_name, (rate, p50, p99, cpu) in rows:
         print(
-            f"{concurrency:>4} {label:>6} {name:>10} {rate:>8.0f} "
+            f"{concurrency:>4} {label:>6} {row_name:>10} {rate:>8.0f} "
             f"{p50:>7.2f} {p99:>7.2f} {cpu:>7.0f}"
         )
     print(
@@ -174,35 +191,42 @@ def main() -> None:
             *child,
         ]
         servers = {"ours": [OURS, *flags], "tcpserver": [tcpserver, *flags]}
+        # Our Python loop, which serves what the Lane does not (names, screening, limits)
+        # and everything without the extension: the same flags, QBOOT_NO_EXTENSION=1.
+        python_loop = {"QBOOT_NO_EXTENSION": "1"}
         print(f"{total} connections per round, {ROUNDS} interleaved rounds")
         print(
             f"{'conc':>4} {'of':>6} {'server':>10} {'conn/s':>8} "
             f"{'p50 ms':>7} {'p99 ms':>7} {'cpu us':>7}"
         )
         for concurrency in (1, 10, 50):
-            rounds: dict[str, list[Figures]] = {name: [] for name in servers}
+            rounds: dict[str, list[Figures]] = {name: [] for name in (*servers, "python")}
             for _ in range(ROUNDS):
-                for name, argv in servers.items():
-                    process, port = start(argv)
-                    try:
-                        before = cpu_seconds(process.pid)
-                        rate, latencies = asyncio.run(load(port, total, concurrency))
-                        cpu = (cpu_seconds(process.pid) - before) / total * 1e6
-                    finally:
-                        process.terminate()
-                        process.wait()
-                    rounds[name].append(
-                        (
-                            rate,
-                            percentile(latencies, 0.5) * 1e3,
-                            percentile(latencies, 0.99) * 1e3,
-                            cpu,
-                        )
-                    )
-            ours, theirs = rounds["ours"], rounds["tcpserver"]
+                for name, argv, env in (
+                    ("ours", servers["ours"], None),
+                    ("tcpserver", servers["tcpserver"], None),
+                    ("python", servers["ours"], python_loop),
+                ):
+                    rounds[name].append(measure(argv, env, total, concurrency))
+            ours, theirs, python = rounds["ours"], rounds["tcpserver"], rounds["python"]
             show(concurrency, "median", median_figures(ours), median_figures(theirs))
             show(concurrency, "best", max(ours), max(theirs))
-        for name, argv in servers.items():
+            show(concurrency, "py", median_figures(python), median_figures(theirs), "python")
+        # RSS of ours as a package runs it (no development venv: its editable-install hook
+        # imports pathlib, re and importlib.util into every process) and from the venv.
+        packaged = [
+            sys.executable,
+            "-S",
+            "-c",
+            f"import sys; sys.path.insert(0, {str(ROOT)!r}); "
+            "from qboot_systemd.tcpsrv.main import main; sys.exit(main())",
+            *flags,
+        ]
+        for name, argv in (
+            ("ours (as packaged)", packaged),
+            ("ours (from the venv)", servers["ours"]),
+            ("tcpserver", servers["tcpserver"]),
+        ):
             process, _ = start(argv)
             time.sleep(0.5)
             print(f"idle RSS of {name}: {rss_kib(process.pid) / 1024:.1f} MiB")
