@@ -9,6 +9,7 @@ import os
 import resource
 import socket
 import subprocess
+import time
 import tempfile
 from pathlib import Path
 
@@ -114,7 +115,17 @@ def test_emfile_backs_off_and_recovers(tmp_path: Path) -> None:
         warm = socket.create_connection(("127.0.0.1", port), timeout=10)
         clients.append(warm)
         assert warm.recv(100) == b"hello\n"  # every fd the server keeps is open by now
-        held = len(os.listdir(f"/proc/{process.pid}/fd"))
+        # The spawner closes the connection's fd once the child runs, which may be after
+        # the child's greeting: wait until the count settles, with no gap below the top.
+        held = -1
+        for _ in range(100):
+            fds = sorted(int(fd) for fd in os.listdir(f"/proc/{process.pid}/fd"))
+            if len(fds) == held and fds[-1] == held - 1:
+                break
+            held = len(fds)
+            time.sleep(0.05)
+        else:
+            pytest.fail(f"the server's fds did not settle: {fds}")
         _, hard = resource.prlimit(process.pid, resource.RLIMIT_NOFILE)
         resource.prlimit(process.pid, resource.RLIMIT_NOFILE, (held, hard))
         for _ in range(10):

@@ -336,37 +336,57 @@ PyTypeObject SpawnerType = {
  * GIL, so handing a connection to them and hearing back costs no GIL hand-over, only a
  * futex wake and an eventfd the loop watches. Each job owns a copy of its strings. */
 
-typedef struct Job {
-    struct Job *next;
-    long id;
-    int fd;
-    pid_t pid;
-    int error;
-    char **envp;   /* NULL-terminated; points into strings and into the Spawner's base */
-    char *strings; /* the job's own copies */
-} Job;
-
-typedef struct {
-    PyObject_HEAD
-    Spawner *spawner; /* strong reference: its argv, base and attributes stay alive */
-    pthread_t *threads;
-    int thread_count;
-    pthread_mutex_t lock;
-    pthread_cond_t wanted;
-    Job *queue_head, *queue_tail; /* to spawn */
-    Job *done_head, *done_tail;   /* spawned (or failed), for finished() */
-    int event_fd;
-    int stopping;
-    int ready;
-} SpawnPool;
-
-static void job_free(Job *job)
+void qboot_job_free(Job *job)
 {
     if (job) {
         PyMem_RawFree(job->envp);
         PyMem_RawFree(job->strings);
+        PyMem_RawFree(job->note);
         PyMem_RawFree(job);
     }
+}
+
+void qboot_pool_queue(SpawnPool *pool, Job *job)
+{
+    job->next = NULL;
+    pthread_mutex_lock(&pool->lock);
+    if (pool->queue_tail)
+        pool->queue_tail->next = job;
+    else
+        pool->queue_head = job;
+    pool->queue_tail = job;
+    pthread_cond_signal(&pool->wanted);
+    pthread_mutex_unlock(&pool->lock);
+}
+
+Job *qboot_pool_take_done(SpawnPool *pool)
+{
+    uint64_t count;
+    (void)!read(pool->event_fd, &count, sizeof count); /* EAGAIN: nothing new, fine */
+    pthread_mutex_lock(&pool->lock);
+    Job *done = pool->done_head;
+    pool->done_head = pool->done_tail = NULL;
+    pthread_mutex_unlock(&pool->lock);
+    return done;
+}
+
+/* Jobs taken but not reported (no memory for the report): back to the front, and the
+ * eventfd set again, so the next look finds them. */
+static void pool_give_back(SpawnPool *pool, Job *jobs)
+{
+    if (!jobs)
+        return;
+    Job *last = jobs;
+    while (last->next)
+        last = last->next;
+    pthread_mutex_lock(&pool->lock);
+    last->next = pool->done_head;
+    pool->done_head = jobs;
+    if (!pool->done_tail)
+        pool->done_tail = last;
+    pthread_mutex_unlock(&pool->lock);
+    uint64_t one = 1;
+    (void)!write(pool->event_fd, &one, sizeof one);
 }
 
 static void *pool_worker(void *arg)
@@ -430,6 +450,8 @@ static int pool_init(SpawnPool *self, PyObject *args, PyObject *kwargs)
     }
     self->threads = PyMem_RawCalloc((size_t)threads, sizeof(pthread_t));
     if (!self->threads) {
+        close(self->event_fd); /* not ready: dealloc would not */
+        self->event_fd = -1;
         PyErr_NoMemory();
         return -1;
     }
@@ -479,7 +501,7 @@ static void pool_dealloc(SpawnPool *self)
         Py_XDECREF(done);
         for (Job *job = self->done_head, *next; job; job = next) {
             next = job->next;
-            job_free(job);
+            qboot_job_free(job);
         }
         pthread_mutex_destroy(&self->lock);
         pthread_cond_destroy(&self->wanted);
@@ -522,7 +544,7 @@ static PyObject *pool_submit(SpawnPool *self, PyObject *args)
         job->strings = PyMem_RawMalloc(bytes ? bytes : 1);
     }
     if (!job || !job->envp || !job->strings) {
-        job_free(job);
+        qboot_job_free(job);
         Py_DECREF(extra);
         Py_XDECREF(base);
         return PyErr_NoMemory();
@@ -550,14 +572,7 @@ static PyObject *pool_submit(SpawnPool *self, PyObject *args)
     Py_XDECREF(base);
     job->id = id;
     job->fd = fd;
-    pthread_mutex_lock(&self->lock);
-    if (self->queue_tail)
-        self->queue_tail->next = job;
-    else
-        self->queue_head = job;
-    self->queue_tail = job;
-    pthread_cond_signal(&self->wanted);
-    pthread_mutex_unlock(&self->lock);
+    qboot_pool_queue(self, job);
     Py_RETURN_NONE;
 }
 
@@ -566,21 +581,20 @@ static PyObject *pool_finished(SpawnPool *self, PyObject *unused)
 {
     if (!self->ready)
         return PyList_New(0);
-    uint64_t count;
-    (void)!read(self->event_fd, &count, sizeof count); /* EAGAIN: nothing new, fine */
-    pthread_mutex_lock(&self->lock);
-    Job *job = self->done_head;
-    self->done_head = self->done_tail = NULL;
-    pthread_mutex_unlock(&self->lock);
+    Job *job = qboot_pool_take_done(self);
     PyObject *results = PyList_New(0);
     for (Job *next; job; job = next) {
-        next = job->next;
         PyObject *item = results ? Py_BuildValue("(lii)", job->id, (int)job->pid, job->error)
                                  : NULL;
-        if (results && (!item || PyList_Append(results, item) < 0))
+        if (!item || PyList_Append(results, item) < 0) {
+            Py_XDECREF(item);
             Py_CLEAR(results);
-        Py_XDECREF(item);
-        job_free(job);
+            pool_give_back(self, job); /* reported at the next call */
+            return NULL;
+        }
+        Py_DECREF(item);
+        next = job->next;
+        qboot_job_free(job);
     }
     return results;
 }
@@ -600,7 +614,7 @@ static PyMethodDef pool_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
-static PyTypeObject SpawnPoolType = {
+PyTypeObject SpawnPoolType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "qboot_systemd.tcpsrv._conn.SpawnPool",
     .tp_basicsize = sizeof(SpawnPool),

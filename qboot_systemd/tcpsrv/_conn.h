@@ -6,6 +6,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <pthread.h>
 #include <spawn.h>
 #include <sys/types.h>
 
@@ -20,7 +21,36 @@ typedef struct {
     int attributes_ready;
 } Spawner;
 
+/* The SpawnPool's threads run queued Jobs; the Lane queues its own and takes the done ones
+ * (the pool's eventfd tells when). */
+typedef struct Job {
+    struct Job *next;
+    long id;
+    int fd;
+    pid_t pid;
+    int error;
+    char **envp;   /* NULL-terminated; points into strings and into the Spawner's base */
+    char *strings; /* the job's own copies */
+    char *note;    /* the submitter's, for its report (the Lane's log lines) */
+} Job;
+
+typedef struct {
+    PyObject_HEAD
+    Spawner *spawner; /* strong reference: its argv, base and attributes stay alive */
+    pthread_t *threads;
+    int thread_count;
+    pthread_mutex_t lock;
+    pthread_cond_t wanted;
+    Job *queue_head, *queue_tail; /* to spawn */
+    Job *done_head, *done_tail;   /* spawned (or failed), for finished() */
+    int event_fd;
+    int stopping;
+    int ready;
+} SpawnPool;
+
+
 extern PyTypeObject SpawnerType;
+extern PyTypeObject SpawnPoolType;
 extern PyTypeObject LaneType;
 
 /* An int argument (PyLong_AsInt is public only from Python 3.13 on). */
@@ -28,5 +58,11 @@ int qboot_as_int(PyObject *object, int *out);
 /* posix_spawnp of the Spawner's command line with envp, fd as stdin and stdout; touches
  * no Python object. Returns 0 or an errno value. */
 int qboot_spawn(Spawner *spawner, char **envp, int fd, pid_t *pid);
+
+void qboot_job_free(Job *job);
+/* Hand a job to the pool's threads (they spawn it and close its fd). */
+void qboot_pool_queue(SpawnPool *pool, Job *job);
+/* The jobs done since the last call, in order (the caller frees them). */
+Job *qboot_pool_take_done(SpawnPool *pool);
 
 #endif

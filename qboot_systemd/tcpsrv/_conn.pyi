@@ -28,7 +28,7 @@ class Lane:
     def __init__(
         self,
         *,
-        spawner: object,
+        pool: object,
         wake_fd: int,
         log_fd: int,
         limit: int,

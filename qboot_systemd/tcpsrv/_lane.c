@@ -1,9 +1,10 @@
 /* The Lane: qboot-tcpsrv's whole per-connection path in C, for a server that needs no
  * names (-H -R and -l), no screening, no rate or per-address limit.
  *
- * In one thread and without the GIL's hand-overs it accepts, looks the client up in the
- * rules cdb (tcpserver's key order), lays out tcp-environ(5), posix_spawnp's the program,
- * reaps on SIGCHLD and writes tcpserver's -v lines. What is policy stays in Python
+ * In the loop's thread and without a GIL hand-over it accepts, looks the client up in the
+ * rules cdb (tcpserver's key order), lays out tcp-environ(5), hands the spawn to the
+ * SpawnPool's threads (they wait for the kernel's vfork while the loop accepts), books
+ * what they report, reaps on SIGCHLD and writes tcpserver's -v lines in its order. What is policy stays in Python
  * (server.py): it decides whether a server may use the Lane, reads the rules file (the
  * Lane asks it again when stat() shows a new file), handles every other signal, the
  * back-off after EMFILE, STATUS= and the drain after SIGTERM. The Python loop does the
@@ -29,6 +30,7 @@
 
 #define PROGRAM "qboot-tcpsrv"
 #define WAKE_TAG UINT32_MAX
+#define POOL_TAG (UINT32_MAX - 1)
 #define ACCEPTS_PER_WAKE 16 /* keeps the loop fair between listeners and children */
 #define EXIT_DENY_STATUS (100 << 8)
 #define EXIT_DROP_STATUS (111 << 8)
@@ -40,10 +42,24 @@ typedef struct {
     int port;
 } Listener;
 
+/* Pids of children whose spawn has been reported (open addressing, 0 for a free slot). */
+typedef struct {
+    pid_t *slots;
+    size_t capacity; /* a power of two, or 0 */
+    size_t count;
+} PidSet;
+
+/* A child reaped before its spawn was reported: its end is logged after its ok line. */
+typedef struct {
+    pid_t pid;
+    int status;
+} EarlyExit;
+
 typedef struct {
     PyObject_HEAD
-    Spawner *spawner;
-    int epoll_fd; /* -1 until start() */
+    SpawnPool *pool;  /* strong reference; its threads run posix_spawnp */
+    Spawner *spawner; /* the pool's */
+    int epoll_fd;     /* -1 until start() */
     int wake_fd;  /* signal.set_wakeup_fd's: one byte per signal number */
     int log_fd;
     Listener *listeners;
@@ -53,6 +69,10 @@ typedef struct {
     int stopped;  /* SIGTERM: the listeners are Python's to close */
     int limit, running;
     long served, denied;
+    int in_flight;     /* jobs with the pool, not reported yet */
+    PidSet reported;   /* running children whose spawn was reported */
+    EarlyExit *early;  /* reaped before reported */
+    int early_count, early_capacity;
     int verbosity, ipv6_env, nodelay, kill_ip_options, unmap_in_log;
     pid_t server_pid;
     PyObject *local_host;     /* bytes: TCPLOCALHOST */
@@ -106,7 +126,8 @@ static void session_over(Lane *self)
 static void refuse(Lane *self, int fd, const char *client, int status, int level,
                    const char *line, size_t length)
 {
-    close(fd);
+    if (fd >= 0)
+        close(fd);
     log_write(self, 2, PROGRAM ": pid %d from %s\n", (int)self->server_pid, client);
     if (self->verbosity >= level && length)
         (void)!write(self->log_fd, line, length);
@@ -266,6 +287,139 @@ static int rules_refresh(Lane *self)
     return 0;
 }
 
+/* --- children --------------------------------------------------------------------------- */
+
+static size_t pid_slot(const PidSet *set, pid_t pid)
+{
+    return ((uint32_t)pid * 2654435761u) & (set->capacity - 1);
+}
+
+static int pidset_add(PidSet *set, pid_t pid)
+{
+    if ((set->count + 1) * 2 > set->capacity) {
+        size_t capacity = set->capacity ? set->capacity * 2 : 64;
+        pid_t *slots = PyMem_Calloc(capacity, sizeof(pid_t));
+        if (!slots) {
+            PyErr_NoMemory();
+            return -1;
+        }
+        PidSet grown = {slots, capacity, 0};
+        for (size_t i = 0; i < set->capacity; i++)
+            if (set->slots[i]) {
+                size_t at = pid_slot(&grown, set->slots[i]);
+                while (slots[at])
+                    at = (at + 1) & (capacity - 1);
+                slots[at] = set->slots[i];
+                grown.count++;
+            }
+        PyMem_Free(set->slots);
+        *set = grown;
+    }
+    size_t at = pid_slot(set, pid);
+    while (set->slots[at] && set->slots[at] != pid)
+        at = (at + 1) & (set->capacity - 1);
+    if (!set->slots[at])
+        set->count++;
+    set->slots[at] = pid;
+    return 0;
+}
+
+/* 1 if pid was there (now gone), else 0. Linear probing's deletion: later entries of the
+ * run move back, so every lookup still finds them. */
+static int pidset_remove(PidSet *set, pid_t pid)
+{
+    if (!set->capacity)
+        return 0;
+    size_t mask = set->capacity - 1, at = pid_slot(set, pid);
+    while (set->slots[at] != pid) {
+        if (!set->slots[at])
+            return 0;
+        at = (at + 1) & mask;
+    }
+    set->slots[at] = 0;
+    set->count--;
+    for (size_t next = (at + 1) & mask; set->slots[next]; next = (next + 1) & mask) {
+        size_t home = pid_slot(set, set->slots[next]);
+        /* move it into the hole unless its home lies cyclically in (at, next] */
+        if ((next > at && (home <= at || home > next)) ||
+            (next < at && (home <= at && home > next))) {
+            set->slots[at] = set->slots[next];
+            set->slots[next] = 0;
+            at = next;
+        }
+    }
+    return 1;
+}
+
+static void child_over(Lane *self, pid_t pid, int status)
+{
+    log_write(self, 2, PROGRAM ": end %d status %d\n", (int)pid, status);
+    session_over(self);
+}
+
+/* The pool's reports, in the order it spawned: log each child's pid and ok lines (as
+ * tcpserver's child does before its exec) and book it, or refuse the connection whose
+ * program could not run. */
+static int spawns_reported(Lane *self)
+{
+    Job *job = qboot_pool_take_done(self->pool);
+    int result = 0;
+    for (Job *next; job; job = next) {
+        next = job->next;
+        self->in_flight--;
+        const char *client = job->note, *ok = job->note + strlen(job->note) + 1;
+        if (job->error) {
+            char line[512];
+            int length = snprintf(line, sizeof line, PROGRAM ": warning: unable to run %s: %s\n",
+                                  PyBytes_AS_STRING(self->program_log), strerror(job->error));
+            refuse(self, -1, client, EXIT_DROP_STATUS, 1, line,
+                   length < 0 ? 0 : (size_t)length < sizeof line ? (size_t)length : sizeof line - 1);
+        } else {
+            self->served++;
+            log_write(self, 2, PROGRAM ": pid %d from %s\n", (int)job->pid, client);
+            log_write(self, 2, PROGRAM ": ok %d %s\n", (int)job->pid, ok);
+            int early = -1;
+            for (int i = 0; i < self->early_count && early < 0; i++)
+                if (self->early[i].pid == job->pid)
+                    early = i;
+            if (early >= 0) {
+                child_over(self, job->pid, self->early[early].status);
+                self->early[early] = self->early[--self->early_count];
+            } else if (result == 0 && pidset_add(&self->reported, job->pid) < 0) {
+                result = -1; /* the others are still reported; run() raises MemoryError */
+            }
+        }
+        qboot_job_free(job);
+    }
+    return result;
+}
+
+static int reap(Lane *self)
+{
+    for (;;) {
+        int status;
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid <= 0)
+            return 0;
+        if (pidset_remove(&self->reported, pid)) {
+            child_over(self, pid, status);
+            continue;
+        }
+        /* its spawn's report is on its way: the pool's thread has not queued it yet */
+        if (self->early_count == self->early_capacity) {
+            int capacity = self->early_capacity ? self->early_capacity * 2 : 16;
+            EarlyExit *grown = PyMem_Realloc(self->early, sizeof(EarlyExit) * (size_t)capacity);
+            if (!grown) {
+                PyErr_NoMemory();
+                return -1;
+            }
+            self->early = grown;
+            self->early_capacity = capacity;
+        }
+        self->early[self->early_count++] = (EarlyExit){pid, status};
+    }
+}
+
 /* --- the environment ------------------------------------------------------------------ */
 
 typedef struct {
@@ -296,11 +450,12 @@ static void entry_set(Entry *entries, int *count, const char *text, size_t lengt
     (*count)++;
 }
 
-/* Spawn the program for fd with tcp-environ(5) and the rule's variables. Returns 0 and
- * the pid, an errno value, or -1 with a Python exception (no memory). */
+/* Hand fd to the pool with tcp-environ(5) and the rule's variables; note is what the
+ * report's log lines need. Returns 0, or -1 with a Python exception (no memory; fd is
+ * the caller's to close then). */
 static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_port,
                             const char *remote_ip, int remote_port,
-                            const unsigned char *rule, uint32_t rule_length, pid_t *pid)
+                            const unsigned char *rule, uint32_t rule_length, char *note)
 {
     int ipv4 = (!strchr(remote_ip, ':') || is_mapped(remote_ip)) && !self->ipv6_env;
     char local_mapped[7 + INET6_ADDRSTRLEN], remote_mapped[7 + INET6_ADDRSTRLEN];
@@ -317,13 +472,17 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
         "TCP6LOCALIP=%s%cTCP6LOCALPORT=%d%cTCP6REMOTEIP=%s%cTCP6REMOTEPORT=%d%c",
         ipv4 ? "TCP" : "TCP6", 0, local_shown, 0, local_port, 0, remote_shown, 0,
         remote_port, 0, local6, 0, local_port, 0, remote6, 0, remote_port, 0);
-    if (tcp_length < 0 || (size_t)tcp_length >= sizeof tcp)
-        return EINVAL;
+    if (tcp_length < 0 || (size_t)tcp_length >= sizeof tcp) { /* cannot be: addresses */
+        PyMem_RawFree(note);
+        PyErr_SetString(PyExc_ValueError, "addresses too long");
+        return -1;
+    }
     /* -l's name (a C string: an argument cannot hold a NUL) */
     size_t host_length = strlen(host);
     size_t hosts_size = 2 * (host_length + 20);
     char *hosts = PyMem_Malloc(hosts_size);
     if (!hosts) {
+        PyMem_RawFree(note);
         PyErr_NoMemory();
         return -1;
     }
@@ -335,11 +494,14 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
     int most = 11 + (int)rule_length / 2 + 1;
     Py_ssize_t base_count = PyTuple_GET_SIZE(self->spawner->base);
     Entry *extra = PyMem_Malloc(sizeof(Entry) * (size_t)most);
-    char **envp = PyMem_Malloc(sizeof(char *) * (size_t)(base_count + most + 1));
-    if (!extra || !envp) {
+    Job *job = PyMem_RawCalloc(1, sizeof(Job));
+    char **envp = PyMem_RawMalloc(sizeof(char *) * (size_t)(base_count + most + 1));
+    if (!extra || !envp || !job) {
         PyMem_Free(hosts);
         PyMem_Free(extra);
-        PyMem_Free(envp);
+        PyMem_RawFree(envp);
+        PyMem_RawFree(job);
+        PyMem_RawFree(note);
         PyErr_NoMemory();
         return -1;
     }
@@ -368,16 +530,18 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
         if (!replaced)
             envp[envc++] = (char *)text;
     }
-    /* Entries point into tcp, hosts and the rule, none NUL-terminated but tcp's and the
-     * hosts': copy the rule's ones into one block. */
+    /* The job's own copies (entries point into tcp, hosts and the rule, which do not
+     * outlive this call); the base's stay in the Spawner, which the pool keeps alive. */
     size_t copies = 0;
     for (int j = 0; j < count; j++)
         copies += extra[j].length + 1;
-    char *block = PyMem_Malloc(copies ? copies : 1);
+    char *block = PyMem_RawMalloc(copies ? copies : 1);
     if (!block) {
         PyMem_Free(hosts);
         PyMem_Free(extra);
-        PyMem_Free(envp);
+        PyMem_RawFree(envp);
+        PyMem_RawFree(job);
+        PyMem_RawFree(note);
         PyErr_NoMemory();
         return -1;
     }
@@ -389,13 +553,17 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
         cursor += extra[j].length + 1;
     }
     envp[envc] = NULL;
-    /* The GIL stays: the Lane is the only thread, and the kernel's vfork wait is short. */
-    int error = qboot_spawn(self->spawner, envp, fd, pid);
-    PyMem_Free(block);
     PyMem_Free(hosts);
     PyMem_Free(extra);
-    PyMem_Free(envp);
-    return error;
+    job->envp = envp;
+    job->strings = block;
+    job->note = note;
+    job->fd = fd;
+    /* The pool's threads wait for the kernel's vfork (until the child's exec) while this
+     * one goes on accepting. */
+    qboot_pool_queue(self->pool, job);
+    self->in_flight++;
+    return 0;
 }
 
 /* --- one connection --------------------------------------------------------------------- */
@@ -473,40 +641,26 @@ static int connection(Lane *self, Listener *listener, int fd,
         }
         at += (uint32_t)(end - (rule + at)) + 1;
     }
-    pid_t pid = 0;
-    int error = spawn_connection(self, fd, local_ip, local_port, remote_ip, remote_port, rule,
-                                 rule_length, &pid);
-    if (error < 0) {
+    /* "client\0ok-line-after-the-pid" for the report's log lines */
+    size_t client_length = strlen(client);
+    size_t note_size = client_length + 1 + 512;
+    char *note = PyMem_RawMalloc(note_size);
+    if (!note) {
+        close(fd);
+        session_over(self);
+        PyErr_NoMemory();
+        return -1;
+    }
+    memcpy(note, client, client_length + 1);
+    snprintf(note + client_length + 1, note_size - client_length - 1, "%s:%s:%d :%s::%d",
+             host_log, local_logged, local_port, remote_logged, remote_port);
+    if (spawn_connection(self, fd, local_ip, local_port, remote_ip, remote_port, rule,
+                         rule_length, note) < 0) {
         close(fd);
         session_over(self);
         return -1;
     }
-    if (error != 0) {
-        char line[512];
-        int length = snprintf(line, sizeof line, PROGRAM ": warning: unable to run %s: %s\n",
-                              PyBytes_AS_STRING(self->program_log), strerror(error));
-        refuse(self, fd, client, EXIT_DROP_STATUS, 1, line,
-               length < 0 ? 0 : (size_t)length < sizeof line ? (size_t)length : sizeof line - 1);
-        return 0;
-    }
-    close(fd); /* the child has its copies */
-    self->served++;
-    log_write(self, 2, PROGRAM ": pid %d from %s\n", (int)pid, client);
-    log_write(self, 2, PROGRAM ": ok %d %s:%s:%d :%s::%d\n", (int)pid, host_log, local_logged,
-              local_port, remote_logged, remote_port);
     return 0;
-}
-
-static void reap(Lane *self)
-{
-    for (;;) {
-        int status;
-        pid_t pid = waitpid(-1, &status, WNOHANG);
-        if (pid <= 0)
-            return;
-        log_write(self, 2, PROGRAM ": end %d status %d\n", (int)pid, status);
-        session_over(self);
-    }
 }
 
 /* Listeners in the epoll set exactly when a connection may be taken. */
@@ -568,8 +722,10 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
                 continue; /* the handler wrote the signal to the wake-up fd */
             return PyErr_SetFromErrno(PyExc_OSError);
         }
-        int children = 0, signals = 0;
+        int children = 0, signals = 0, reports = 0;
         for (int e = 0; e < ready; e++) {
+            if (events[e].data.u32 == POOL_TAG)
+                reports = 1;
             if (events[e].data.u32 != WAKE_TAG)
                 continue;
             unsigned char numbers[256];
@@ -582,11 +738,14 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
                         signals = 1;
                 }
         }
-        if (children)
-            reap(self);
+        /* reports first: a child reaped before its report waits for it */
+        if (reports && spawns_reported(self) < 0)
+            return NULL;
+        if (children && reap(self) < 0)
+            return NULL;
         for (int e = 0; e < ready; e++) {
             uint32_t index = events[e].data.u32;
-            if (index == WAKE_TAG || (int)index >= self->listener_count)
+            if (index == WAKE_TAG || index == POOL_TAG || (int)index >= self->listener_count)
                 continue;
             Listener *listener = &self->listeners[index];
             for (int n = 0; n < ACCEPTS_PER_WAKE; n++) {
@@ -624,8 +783,10 @@ static PyObject *lane_start(Lane *self, PyObject *unused)
     self->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     if (self->epoll_fd < 0)
         return PyErr_SetFromErrno(PyExc_OSError);
-    struct epoll_event event = {.events = EPOLLIN, .data.u32 = WAKE_TAG};
-    if (epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, self->wake_fd, &event) != 0) {
+    struct epoll_event wake = {.events = EPOLLIN, .data.u32 = WAKE_TAG};
+    struct epoll_event pool = {.events = EPOLLIN, .data.u32 = POOL_TAG};
+    if (epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, self->wake_fd, &wake) != 0 ||
+        epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, self->pool->event_fd, &pool) != 0) {
         PyErr_SetFromErrno(PyExc_OSError);
         close(self->epoll_fd);
         self->epoll_fd = -1;
@@ -716,30 +877,31 @@ static PyObject *lane_counts(Lane *self, PyObject *unused)
 
 static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
 {
-    static char *keywords[] = {"spawner", "wake_fd", "log_fd", "limit", "verbosity",
+    static char *keywords[] = {"pool", "wake_fd", "log_fd", "limit", "verbosity",
                                "local_host", "local_host_log", "banner", "program_log",
                                "ipv6_env", "nodelay", "kill_ip_options", "unmap_in_log",
                                NULL};
-    PyObject *spawner, *local_host, *local_host_log, *banner, *program_log;
+    PyObject *pool, *local_host, *local_host_log, *banner, *program_log;
     int wake_fd, log_fd, limit, verbosity, ipv6_env, nodelay, kill_ip_options, unmap_in_log;
-    if (self->spawner) {
+    if (self->pool) {
         PyErr_SetString(PyExc_RuntimeError, "Lane initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$O!iiiiSSSSpppp", keywords, &SpawnerType,
-                                     &spawner, &wake_fd, &log_fd, &limit, &verbosity,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$O!iiiiSSSSpppp", keywords, &SpawnPoolType,
+                                     &pool, &wake_fd, &log_fd, &limit, &verbosity,
                                      &local_host, &local_host_log, &banner, &program_log,
                                      &ipv6_env, &nodelay, &kill_ip_options, &unmap_in_log))
         return -1;
-    if (!((Spawner *)spawner)->argv_pointers) {
-        PyErr_SetString(PyExc_ValueError, "the Spawner is not initialised");
+    if (!((SpawnPool *)pool)->ready || ((SpawnPool *)pool)->stopping) {
+        PyErr_SetString(PyExc_ValueError, "the SpawnPool is not running");
         return -1;
     }
     if (limit < 1) {
         PyErr_SetString(PyExc_ValueError, "limit: at least 1");
         return -1;
     }
-    self->spawner = (Spawner *)Py_NewRef(spawner);
+    self->pool = (SpawnPool *)Py_NewRef(pool);
+    self->spawner = self->pool->spawner;
     self->local_host = Py_NewRef(local_host);
     self->local_host_log = Py_NewRef(local_host_log);
     self->banner = Py_NewRef(banner);
@@ -769,7 +931,9 @@ static void lane_dealloc(Lane *self)
     if (self->epoll_fd >= 0)
         close(self->epoll_fd);
     PyMem_Free(self->listeners);
-    Py_XDECREF(self->spawner);
+    PyMem_Free(self->reported.slots);
+    PyMem_Free(self->early);
+    Py_XDECREF(self->pool);
     Py_XDECREF(self->local_host);
     Py_XDECREF(self->local_host_log);
     Py_XDECREF(self->banner);

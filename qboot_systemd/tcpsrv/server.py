@@ -11,8 +11,9 @@ path has as few as possible.
 
 A server that needs no names (-H -R and -l), no screening and no rate or per-address
 limit hands its whole per-connection path to the _conn extension's Lane (_lane.c): accept,
-rules, environment, spawn, reap and the -v lines in C, in this thread. Python keeps the
-rest: signals, reloading the rules, the back-off after EMFILE, STATUS= and the drain.
+rules, environment, booking the pool's spawns, reaping and the -v lines in C, in this
+thread. Python keeps the rest: signals, reloading the rules, the back-off after EMFILE,
+STATUS= and the drain.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from .environ import Endpoints, base_environment, connection_environment
 from .notify import Notifier
 from .options import Options
 from .reactor import Reactor
-from .spawn import ExtensionPool, ExtensionSpawner, PythonPool, best_spawner, spawn_pool
+from .spawn import ExtensionPool, PythonPool, best_spawner, spawn_pool
 
 if TYPE_CHECKING:  # dns, lookups and screening are imported when used: a server without
     from typing import TextIO  # -h, -r, names or -L never needs them, nor their memory
@@ -214,11 +215,12 @@ class Server:
         self._watch(self.wake_read.fileno(), self._on_wake)
         for listener in self.listeners:
             listener.setblocking(False)
+        self.spawns = spawn_pool(self.spawner, SPAWN_THREADS)
         log_fd = _fileno(self.log)
         if log_fd is not None and lane_fits(self.options):
-            self.lane = self._make_lane(log_fd)
+            assert isinstance(self.spawns, ExtensionPool), "lane_fits() wants the extension"
+            self.lane = self._make_lane(log_fd, self.spawns)
             return
-        self.spawns = spawn_pool(self.spawner, SPAWN_THREADS)
         self._watch(self.spawns.fileno(), self._on_spawned)
         # Screening (issue 16): components the loop calls at one or two points each.
         if self.rbl is not None:
@@ -226,11 +228,11 @@ class Server:
 
             self.screen = RblScreen(self.rbl, os.environ, self._dns)
 
-    def _make_lane(self, log_fd: int) -> Lane:
+    def _make_lane(self, log_fd: int, pool: ExtensionPool) -> Lane:
         assert netcalls.EXTENSION is not None and self.wake_read is not None
-        assert isinstance(self.spawner, ExtensionSpawner) and self.options.localname is not None
+        assert self.options.localname is not None
         lane: Lane = netcalls.EXTENSION.Lane(
-            spawner=self.spawner.c_spawner,
+            pool=pool.c_pool,
             wake_fd=self.wake_read.fileno(),
             log_fd=log_fd,
             limit=self.options.limit,

@@ -142,6 +142,11 @@ class ExtensionPool:
         self._spawner = spawner
         self._pool = extension.SpawnPool(spawner.c_spawner, threads)
 
+    @property
+    def c_pool(self) -> object:
+        """The extension's SpawnPool, for the Lane to queue its own jobs."""
+        return self._pool
+
     def submit(self, ident: int, extra_env: Mapping[str, str], fd: int) -> None:
         """Queue a spawn; raises ValueError (and leaves fd open) for a bad name."""
         extra, base = self._spawner.entries(extra_env)
