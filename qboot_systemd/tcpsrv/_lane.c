@@ -22,6 +22,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/epoll.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -31,6 +32,7 @@
 #define PROGRAM "qboot-tcpsrv"
 #define WAKE_TAG UINT32_MAX
 #define POOL_TAG (UINT32_MAX - 1)
+#define CHILD_TAG (UINT32_MAX - 2)
 #define ACCEPTS_PER_WAKE 16 /* keeps the loop fair between listeners and children */
 #define EXIT_DENY_STATUS (100 << 8)
 #define EXIT_DROP_STATUS (111 << 8)
@@ -61,6 +63,8 @@ typedef struct {
     Spawner *spawner; /* the pool's */
     int epoll_fd;     /* -1 until start() */
     int wake_fd;  /* signal.set_wakeup_fd's: one byte per signal number */
+    int child_fd; /* a signalfd for SIGCHLD, which start() blocks in this thread */
+    sigset_t saved_mask;
     int log_fd;
     Listener *listeners;
     int listener_count;
@@ -726,6 +730,12 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
         for (int e = 0; e < ready; e++) {
             if (events[e].data.u32 == POOL_TAG)
                 reports = 1;
+            if (events[e].data.u32 == CHILD_TAG) {
+                struct signalfd_siginfo infos[16];
+                while (read(self->child_fd, infos, sizeof infos) > 0) {
+                }
+                children = 1;
+            }
             if (events[e].data.u32 != WAKE_TAG)
                 continue;
             unsigned char numbers[256];
@@ -745,7 +755,7 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
             return NULL;
         for (int e = 0; e < ready; e++) {
             uint32_t index = events[e].data.u32;
-            if (index == WAKE_TAG || index == POOL_TAG || (int)index >= self->listener_count)
+            if (index >= CHILD_TAG || (int)index >= self->listener_count)
                 continue;
             Listener *listener = &self->listeners[index];
             for (int n = 0; n < ACCEPTS_PER_WAKE; n++) {
@@ -776,20 +786,34 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
     }
 }
 
+static PyObject *lane_close(Lane *self, PyObject *unused);
+
+/* SIGCHLD through a signalfd: no signal frame and no wake-up byte per child, only an fd
+ * that epoll reports. Python's handler for it does not run while the Lane is started. */
 static PyObject *lane_start(Lane *self, PyObject *unused)
 {
     if (self->epoll_fd >= 0)
         return PyErr_Format(PyExc_RuntimeError, "the Lane is started");
-    self->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
-    if (self->epoll_fd < 0)
+    sigset_t child;
+    sigemptyset(&child);
+    sigaddset(&child, SIGCHLD);
+    int error = pthread_sigmask(SIG_BLOCK, &child, &self->saved_mask);
+    if (error != 0) {
+        errno = error;
         return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    self->child_fd = signalfd(-1, &child, SFD_NONBLOCK | SFD_CLOEXEC);
+    self->epoll_fd = epoll_create1(EPOLL_CLOEXEC);
     struct epoll_event wake = {.events = EPOLLIN, .data.u32 = WAKE_TAG};
     struct epoll_event pool = {.events = EPOLLIN, .data.u32 = POOL_TAG};
-    if (epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, self->wake_fd, &wake) != 0 ||
-        epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, self->pool->event_fd, &pool) != 0) {
+    struct epoll_event children = {.events = EPOLLIN, .data.u32 = CHILD_TAG};
+    if (self->child_fd < 0 || self->epoll_fd < 0 ||
+        epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, self->wake_fd, &wake) != 0 ||
+        epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, self->pool->event_fd, &pool) != 0 ||
+        epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, self->child_fd, &children) != 0) {
         PyErr_SetFromErrno(PyExc_OSError);
-        close(self->epoll_fd);
-        self->epoll_fd = -1;
+        PyObject *closed = lane_close(self, NULL);
+        Py_XDECREF(closed);
         return NULL;
     }
     Py_RETURN_NONE;
@@ -799,7 +823,11 @@ static PyObject *lane_close(Lane *self, PyObject *unused)
 {
     if (self->epoll_fd >= 0)
         close(self->epoll_fd);
-    self->epoll_fd = -1;
+    if (self->child_fd >= 0) {
+        close(self->child_fd);
+        pthread_sigmask(SIG_SETMASK, &self->saved_mask, NULL);
+    }
+    self->epoll_fd = self->child_fd = -1;
     self->watching = 0;
     Py_RETURN_NONE;
 }
@@ -922,14 +950,14 @@ static PyObject *lane_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
     Lane *self = (Lane *)type->tp_alloc(type, 0);
     if (self)
-        self->epoll_fd = -1;
+        self->epoll_fd = self->child_fd = -1;
     return (PyObject *)self;
 }
 
 static void lane_dealloc(Lane *self)
 {
-    if (self->epoll_fd >= 0)
-        close(self->epoll_fd);
+    PyObject *closed = lane_close(self, NULL);
+    Py_XDECREF(closed);
     PyMem_Free(self->listeners);
     PyMem_Free(self->reported.slots);
     PyMem_Free(self->early);
