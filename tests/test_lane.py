@@ -21,7 +21,7 @@ from qboot_systemd.tcpsrv.server import Server, lane_fits
 from .conftest import require_extension
 from .tcpsrv_harness import Running, ours, write_script
 
-DUMP = "#!/bin/sh\nenv | grep -v -E '^(_|PWD|SHLVL|QBOOT_NO_EXTENSION)=' | sort\n"
+DUMP = "#!/bin/sh\nenv | grep -a -v -E '^(_|PWD|SHLVL|QBOOT_NO_EXTENSION)=' | sort\n"
 PATHS = {"lane": {}, "python": {"QBOOT_NO_EXTENSION": "1"}}
 
 # Rules as an admin (or an attacker who got a line into the source) may write them: a
