@@ -507,7 +507,8 @@ def status(bootctrl_dir: Path | None, as_json: bool, services: tuple[str, ...]) 
         targets = admin.resolve(model, services)
         broken = {item.name for item in reconcile_module.broken_services(model)}
         if not services or "all" in services:  # enabled but broken ones too
-            targets += [admin.target(name) for name in sorted(broken)]
+            listed = {item.name for item in targets}
+            targets += [admin.target(name) for name in sorted(broken - listed)]
         entries = [
             dataclasses.replace(entry, enabled=True) if entry.target.name in broken else entry
             for entry in admin.status(manager, model, targets)

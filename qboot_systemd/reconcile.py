@@ -1,8 +1,9 @@
 """qbootctl reconcile: make what runs equal to what systemd loaded from bootctrl.
 
-The I/O half of convergence.py: observe (D-Bus, /proc, the generator's output), plan
-(pure), act (systemd jobs), then remember what was applied (the last good drop-ins)
-and write the problems of broken services into their own journals.
+The I/O half of convergence.py: refuse settings whose accounts do not exist, observe
+(D-Bus, /proc, the generator's output), plan (pure), act (systemd jobs), then remember
+what was applied (the last good drop-ins) and write the problems of broken services
+into their own journals.
 """
 
 from __future__ import annotations
@@ -167,14 +168,56 @@ class Broken:
     kept: bool  # still running (or ready) with its last good settings
 
 
+def unknown_accounts(model: bootctrl.Bootctrl) -> dict[str, tuple[Problem, ...]]:
+    """Services whose USER=/GROUP= names no account here: qboot-tcpsrv would refuse to
+    start. Looked up here, never in the generator (NSS there would ask PID 1 while it
+    waits for the generators)."""
+    found = {}
+    for service in model.services:
+        problems = bootctrl.unknown_accounts(service)
+        if problems:
+            found[service.name] = tuple(problems)
+    return found
+
+
 def broken_services(model: bootctrl.Bootctrl, output: Path = GENERATOR_OUTPUT) -> list[Broken]:
     generated = generated_names(output)
     good = {service.name for service in model.services}
-    return [
+    found = [
         Broken(name, tuple(service_problems(model, name)), name in generated)
         for name in convergence.enabled_names(Path(model.directory))
         if name not in good
     ]
+    for name, problems in unknown_accounts(model).items():
+        service = model.service(name)
+        assert service is not None
+        # Kept when what systemd loaded is not these settings (the reconcile refused them
+        # and the generator emitted the last good ones); else these very settings.
+        loaded = loaded_hash(output, units.tcpd_service(name))
+        current = convergence.config_hash(service, model.directory)
+        found.append(Broken(name, problems, name in generated and loaded not in ("", current)))
+    return sorted(found, key=lambda broken: broken.name)
+
+
+def refuse_unknown_accounts(model: bootctrl.Bootctrl, state: Path) -> bool:
+    """Mark the settings of services whose accounts do not exist as refused (the generator
+    then emits their last good drop-ins), and clear the marks that no longer hold.
+    True when a mark changed: the caller reloads systemd before it applies anything."""
+    wanted = {
+        name: convergence.config_hash(service, model.directory)
+        for name in unknown_accounts(model)
+        if (service := model.service(name)) is not None
+    }
+    if wanted == convergence.read_refused(state):
+        return False
+    base = state / convergence.REFUSED
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path in base.iterdir():
+        if path.name not in wanted:
+            path.unlink(missing_ok=True)
+    for name, stamp in wanted.items():
+        generator.replace_file(base / name, f"{stamp}\n".encode())
+    return True
 
 
 ROUNDS = 3
@@ -207,6 +250,15 @@ class Outcome:
     touched: tuple[str, ...] = ()  # the services it started, stopped or restarted
 
 
+def _why_stopped(change: convergence.Change, refused: set[str]) -> convergence.Change:
+    """A refused service with no last good settings is not generated: it is stopped for
+    its unknown account, not because its rc link went away."""
+    if change.name in refused and change.message.endswith("(no longer enabled)"):
+        message = f"stopped {change.name} (unknown account: see qbootctl status)"
+        return convergence.Change(change.name, change.steps, message)
+    return change
+
+
 def take_trigger(output: Path = GENERATOR_OUTPUT) -> None:
     """First thing, whatever fails later: qboot-reconcile.path must not loop on it."""
     (output / convergence.TRIGGER).unlink(missing_ok=True)
@@ -221,6 +273,12 @@ def reconcile(
     """Apply the plan; the caller holds the lock."""
     state = state or convergence.state_dir()
     take_trigger(output)
+    if refuse_unknown_accounts(model, state):
+        # Before anything is applied: systemd loads the last good drop-ins again for a
+        # refused service (the generator reads the marks), so its restart never comes.
+        manager.reload()
+        take_trigger(output)  # this reconcile applies what that reload loaded
+    refused = set(convergence.read_refused(state))
     lines: list[str] = []
     touched: dict[str, None] = {}
     failed = False
@@ -228,7 +286,7 @@ def reconcile(
     # nothing differs (a change that keeps failing is tried ROUNDS times, then reported).
     for _ in range(ROUNDS):
         observed = observe(manager, output, state)
-        changes = convergence.plan(observed)
+        changes = [_why_stopped(change, refused) for change in convergence.plan(observed)]
         if not changes:
             break
         failed = False
@@ -264,6 +322,7 @@ def status_notes(
             what = "degraded, runs its last good settings" if broken.kept else "broken"
             reasons = [str(problem) for problem in broken.problems] or ["see qbootctl show"]
             notes += [f"{what}: {reason}" for reason in reasons]
+            current = None  # it does not run what bootctrl says: nothing to compare
     running = service.main_pid if service.active == "active" else 0
     if running and not listening.readable(running):
         running = 0  # not root: what runs cannot be compared
