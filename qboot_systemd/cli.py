@@ -608,6 +608,7 @@ _verb(
 @user_errors
 def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
     """Enable SERVICE: qmail-SVC.rc -> qmail-tcpd (and a rules link), reload, start."""
+    from . import reconcile as reconcile_module
     from .systemd import JobFailed, Systemd
 
     _require_root("qbootctl enable")
@@ -619,7 +620,8 @@ def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
     for problem in model.problems:
         if f"qmail-{service}." in problem.file or f"tcprules-{service}." in problem.file:
             click.echo(f"problem: {problem}", err=True)
-    if model.service(service) is None:
+    # An unknown USER=/GROUP= too: the reconcile would refuse to run it.
+    if model.service(service) is None or service in reconcile_module.unknown_accounts(model):
         for line in admin.undo_enable(directory, service, existed):
             click.echo(line)
         raise UserError(

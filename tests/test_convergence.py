@@ -607,11 +607,15 @@ def test_an_unknown_user_keeps_the_running_service(box: Sandbox) -> None:
 
 def test_a_new_service_with_an_unknown_user_says_why_it_does_not_run(box: Sandbox) -> None:
     edit(box, "nouser", "PORT=2601\nUSER=nosuchuser\n")
+    where = f'{BOOTCTRL}/qmail-nouser.env:2: unknown user "nosuchuser"'
+    done = box.run(QBOOTCTL, "enable", "nouser", check=False)
+    assert done.returncode == 1 and where in done.stderr
+    assert "removed qmail-nouser.rc again" in done.stdout
+    # The seed's way, by hand: enabled, but never run into a crash loop.
     box.run("ln", "-s", "qmail-tcpd", f"{BOOTCTRL}/qmail-nouser.rc")
     box.run("ln", "-s", "tcprules-default.cdb", f"{BOOTCTRL}/tcprules-nouser.cdb")
     reload_and_settle(box)
     assert not listening_on(box, 2601)
-    where = f'{BOOTCTRL}/qmail-nouser.env:2: unknown user "nosuchuser"'
     done = box.run(QBOOTCTL, "status", check=False)
     print(done.stdout)
     assert done.returncode == 3 and f"broken: {where}" in done.stdout
