@@ -394,6 +394,10 @@ def uninstall(root: Path, unit_dir: Path | None) -> None:
     for line in install.uninstall(layout):
         click.echo(f"removed {line}")
     if live:
+        from . import persisted
+
+        if persisted.forget_all(persisted.persist_dir()):
+            click.echo(f"removed {persisted.persist_dir()} (last good settings kept for reboots)")
         from .systemd import Systemd
 
         with Systemd() as manager:

@@ -1,5 +1,6 @@
-"""An unknown USER=/GROUP= on a running service: the reconcile looks the accounts up before
-it applies anything, and keeps the last good drop-ins (the generator never looks them up).
+"""Last good drop-ins beyond broken files: an unknown USER=/GROUP= (the reconcile looks the
+accounts up before it applies anything; the generator never does), and a reboot (the
+reconcile keeps a copy on disk and brings it back into the emptied /run).
 
 systemd is played by a fake manager whose reload runs the generator into a directory, and
 the running service by a process started with the stamp the good settings had.
@@ -13,7 +14,17 @@ from pathlib import Path
 
 import pytest
 
-from qboot_systemd import accounts, bootctrl, convergence, generator, journal, reconcile, units
+from qboot_systemd import (
+    __version__,
+    accounts,
+    bootctrl,
+    convergence,
+    generator,
+    journal,
+    persisted,
+    reconcile,
+    units,
+)
 from qboot_systemd.systemd import UnitState
 
 SMTP = "qmail-tcpd@smtp.service"
@@ -55,8 +66,8 @@ class FakeSystemd:
 
     def act(self, verb: str, unit: str) -> None:
         self.calls.append((verb, unit))
-        if verb == "stop" and unit.endswith(".socket"):
-            self.socket_active = False
+        if unit.endswith(".socket"):
+            self.socket_active = verb != "stop"
         elif verb == "stop":
             self.close()
             self.main = None
@@ -87,6 +98,7 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path
     (directory / "qmail-smtp.env").write_text(GOOD)
     state = tmp_path / "state"
     monkeypatch.setenv("QBOOT_STATE_DIR", str(state))
+    monkeypatch.setenv("QBOOT_PERSIST_DIR", str(tmp_path / "var-lib-qboot"))
     sent: list[tuple[str, str]] = []
     monkeypatch.setattr(journal, "send", lambda text, unit, _p: sent.append((unit, text)))
     yield directory, tmp_path / "output", state
@@ -204,3 +216,106 @@ def test_the_generator_emits_the_last_good_drop_ins_for_refused_settings_only(
     (state / convergence.REFUSED / "smtp").write_bytes(b"\xff\xfe")
     generate(directory, output)
     assert b"DATABYTES" in dropins(output)[f"{SMTP}.d/{units.DROPIN_NAME}"]
+
+
+# --- across a reboot ----------------------------------------------------------------------
+def reboot(directory: Path, output: Path, state: Path) -> FakeSystemd:
+    """/run is emptied, the generator runs at boot, sockets.target starts what it made."""
+    subprocess.run(["rm", "-rf", str(state)], check=True)
+    generate(directory, output)
+    manager = FakeSystemd(directory, output, False)
+    manager.socket_active = (output / f"{SMTP}.d").exists()
+    return manager
+
+
+@pytest.mark.parametrize(
+    ("broken", "generated_at_boot"), [('PORT=2525\nBANNER="oops\n', False), (UNKNOWN, True)]
+)
+def test_a_broken_service_runs_its_last_good_settings_after_a_reboot(
+    site: tuple[Path, Path, Path], broken: str, generated_at_boot: bool
+) -> None:
+    directory, output, state = site
+    persist = persisted.persist_dir()
+    generate(directory, output)
+    manager = FakeSystemd(directory, output, True)
+    try:
+        reconcile.reconcile(manager, model(directory), output, state)  # type: ignore[arg-type]
+    finally:
+        manager.close()
+    good = dropins(output)
+    assert persisted.load(persist, "smtp", convergence.service_files("smtp")) == good
+    (directory / "qmail-smtp.env").write_text(broken)
+    manager = reboot(directory, output, state)
+    assert manager.socket_active == generated_at_boot
+    outcome = reconcile.reconcile(manager, model(directory), output, state)  # type: ignore[arg-type]
+    if generated_at_boot:  # its socket is up already: the service starts on the old settings
+        assert (outcome.lines, manager.calls) == ((), [("reload", "")])
+    else:
+        assert manager.calls == [("reload", ""), ("start", "qmail-tcpd@smtp.socket")]
+        assert outcome.lines == (
+            "started qmail-tcpd@smtp.socket (last good settings kept on disk)",
+        )
+    assert dropins(output) == good and manager.socket_active
+    (found,) = reconcile.broken_services(model(directory), output)
+    assert found.kept
+    # Fixed: the new settings run and are kept from now on; disabled: forgotten.
+    (directory / "qmail-smtp.env").write_text("PORT=2526\n")
+    generate(directory, output)
+    reconcile.reconcile(manager, model(directory), output, state)  # type: ignore[arg-type]
+    assert persisted.load(persist, "smtp", convergence.service_files("smtp")) == dropins(output)
+    (directory / "qmail-smtp.rc").unlink()
+    generate(directory, output)
+    reconcile.reconcile(manager, model(directory), output, state)  # type: ignore[arg-type]
+    assert persisted.load(persist, "smtp", convergence.service_files("smtp")) is None
+    assert not (persist / "last-good" / "smtp.json").exists()
+
+
+def test_without_a_copy_on_disk_a_broken_service_stays_down_after_a_reboot(
+    site: tuple[Path, Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    directory, output, state = site
+    monkeypatch.setenv("QBOOT_PERSIST_DIR", "/proc/no-such-dir")  # not writable: warned
+    generate(directory, output)
+    manager = FakeSystemd(directory, output, True)
+    try:
+        reconcile.reconcile(manager, model(directory), output, state)  # type: ignore[arg-type]
+    finally:
+        manager.close()
+    (directory / "qmail-smtp.env").write_text('BANNER="oops\n')
+    manager = reboot(directory, output, state)
+    outcome = reconcile.reconcile(manager, model(directory), output, state)  # type: ignore[arg-type]
+    assert (outcome.lines, manager.calls) == ((), [])
+    (found,) = reconcile.broken_services(model(directory), output)
+    assert not found.kept
+
+
+def test_what_is_kept_on_disk_is_used_only_as_written(tmp_path: Path) -> None:
+    wanted = convergence.service_files("smtp")
+    files = {name: f"[Unit]\n# {name}\n".encode() for name in wanted}
+    files[wanted[0]] += b"\xff not UTF-8\n"
+    base = tmp_path / "qboot"
+    assert persisted.save(base, "smtp", files)
+    assert not persisted.save(base, "smtp", files)  # unchanged: not written again
+    assert persisted.load(base, "smtp", wanted) == files
+    assert persisted.load(base, "smtp", wanted[:2]) is None  # not the files asked for
+    entry = base / "last-good" / "smtp.json"
+    assert oct(entry.stat().st_mode & 0o777) == "0o600"
+    text = entry.read_text()
+    entry.write_text(text.replace(__version__, "0.0.0"))  # another version's
+    assert persisted.load(base, "smtp", wanted) is None
+    for garbage in (b"", b"\0" * 10, b"[]", b'{"qboot-systemd": 1}', b"\xff"):
+        entry.write_bytes(garbage)
+        assert persisted.load(base, "smtp", wanted) is None
+    entry.write_text(text)
+    (base / "last-good").chmod(0o777)  # writable by others: its files could run as root
+    assert persisted.load(base, "smtp", wanted) is None
+    (base / "last-good").chmod(0o700)
+    entry.unlink()
+    entry.symlink_to(tmp_path / "elsewhere.json")
+    (tmp_path / "elsewhere.json").write_text(text)
+    assert persisted.load(base, "smtp", wanted) is None  # never followed
+    entry.unlink()
+    entry.write_bytes(b" " * (persisted.MAX_BYTES + 1))
+    assert persisted.load(base, "smtp", wanted) is None
+    assert persisted.remove(base, "smtp") and not persisted.remove(base, "smtp")
+    assert persisted.forget_all(base) and not base.exists()
