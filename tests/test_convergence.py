@@ -592,6 +592,10 @@ def test_an_unknown_user_keeps_the_running_service(box: Sandbox) -> None:
     journal = box.run("journalctl", "-u", "qmail-tcpd@smtp.service", "-o", "cat", "--no-pager")
     assert where in journal.stdout and "keeps running its last good settings" in journal.stdout
     assert "fatal: unknown user" not in journal.stdout
+    seeds = box.run(EQMAILD, "status", check=False)
+    checked = [line for line in seeds.stdout.splitlines() if line.startswith("Checking qmail-smtp")]
+    assert seeds.returncode == 3 and len(checked) == 1 and "FAILED" in checked[0]
+    assert f"{where} (USER=): no such user" in seeds.stdout
     # A crash of the degraded service: systemd starts it again with its last good settings.
     box.run("kill", "-9", pid)
     assert wait_until(lambda: show(box, "qmail-tcpd@smtp.service", "MainPID") not in ("0", pid))
