@@ -516,8 +516,8 @@ def _account(env: envfile.EnvFile | None, names: tuple[str, str]) -> str | None:
 
 
 def unknown_accounts(service: Service) -> list[Problem]:
-    """A named user or group that does not exist here. Reported, but the service is still
-    generated: qboot-tcpsrv resolves names when it starts and refuses until they exist.
+    """A named user or group that does not exist here (qboot-tcpsrv refuses to start
+    then). The reconcile refuses such settings and keeps the last good ones running.
     Not for the generator: a lookup of a missing name may ask systemd itself (nss-systemd)
     while it waits for the generators, or the network (NSS) before it is up."""
     found = []
@@ -532,8 +532,8 @@ def unknown_accounts(service: Service) -> list[Problem]:
             Problem(
                 service.env_file or service.rc_file,
                 service.line_of(setting),
-                f"{setting}={value}: no such {kind} on this system; qboot-tcpsrv will "
-                f"refuse to start (unknown {kind} {value}) until it exists",
+                f'unknown {kind} "{value}" ({setting}=): no such {kind} on this system; '
+                f"create it or fix the name",
             )
         )
     return found

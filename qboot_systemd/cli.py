@@ -394,6 +394,10 @@ def uninstall(root: Path, unit_dir: Path | None) -> None:
     for line in install.uninstall(layout):
         click.echo(f"removed {line}")
     if live:
+        from . import persisted
+
+        if persisted.forget_all(persisted.persist_dir()):
+            click.echo(f"removed {persisted.persist_dir()} (last good settings kept for reboots)")
         from .systemd import Systemd
 
         with Systemd() as manager:
@@ -507,7 +511,8 @@ def status(bootctrl_dir: Path | None, as_json: bool, services: tuple[str, ...]) 
         targets = admin.resolve(model, services)
         broken = {item.name for item in reconcile_module.broken_services(model)}
         if not services or "all" in services:  # enabled but broken ones too
-            targets += [admin.target(name) for name in sorted(broken)]
+            listed = {item.name for item in targets}
+            targets += [admin.target(name) for name in sorted(broken - listed)]
         entries = [
             dataclasses.replace(entry, enabled=True) if entry.target.name in broken else entry
             for entry in admin.status(manager, model, targets)
@@ -607,6 +612,7 @@ _verb(
 @user_errors
 def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
     """Enable SERVICE: qmail-SVC.rc -> qmail-tcpd (and a rules link), reload, start."""
+    from . import reconcile as reconcile_module
     from .systemd import JobFailed, Systemd
 
     _require_root("qbootctl enable")
@@ -618,7 +624,8 @@ def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
     for problem in model.problems:
         if f"qmail-{service}." in problem.file or f"tcprules-{service}." in problem.file:
             click.echo(f"problem: {problem}", err=True)
-    if model.service(service) is None:
+    # An unknown USER=/GROUP= too: the reconcile would refuse to run it.
+    if model.service(service) is None or service in reconcile_module.unknown_accounts(model):
         for line in admin.undo_enable(directory, service, existed):
             click.echo(line)
         raise UserError(

@@ -10,7 +10,9 @@ systemd runs nothing after a daemon-reload. So the generator also writes
     checks it again after every reload and starts qboot-reconcile.service, which
     deletes it, compares what is loaded with what runs and restarts only what differs.
 A service whose files became broken gets its last good drop-ins again (reconcile keeps
-a copy under /run/qboot/last-good), so a typo never stops what runs.
+a copy under /run/qboot/last-good), so a typo never stops what runs. So does one whose
+USER=/GROUP= the reconcile found unknown (/run/qboot/refused/SVC holds the hash of the
+refused settings): the generator never looks accounts up itself.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from .records import NamedTuple
 
 STATE_DIR = Path("/run/qboot")
 LAST_GOOD = "last-good"
+REFUSED = "refused"
 LOCK_NAME = "lock"
 STAMP_NAME = "qboot-config.conf"
 STAMP_VARIABLE = "QBOOT_CONFIG"
@@ -111,6 +114,22 @@ def read_last_good(state: Path, name: str) -> dict[str, str] | None:
     return files
 
 
+def read_refused(state: Path) -> dict[str, str]:
+    """Settings the reconcile refused (an unknown USER=/GROUP=): service -> config hash."""
+    base = state / REFUSED
+    try:
+        names = sorted(os.listdir(base))
+    except OSError:
+        return {}
+    found = {}
+    for name in names:
+        try:
+            found[name] = (base / name).read_text().strip()
+        except (OSError, UnicodeDecodeError):
+            continue
+    return found
+
+
 def holders(state: Path) -> dict[str, frozenset[str]]:
     """ListenStream= values of the drop-ins each service last ran with."""
     found = {}
@@ -148,12 +167,20 @@ def add_convergence(
     paths: units.Paths,
     state: Path,
 ) -> list[str]:
-    """Stamps, the reconcile trigger, and last good drop-ins for broken services.
-    Returns the names of the services kept on their last good settings (degraded)."""
+    """Stamps, the reconcile trigger, and last good drop-ins for broken services (and for
+    settings the reconcile refused). Returns the names of the services kept on their last
+    good settings (degraded)."""
+    refused = read_refused(state)
     for service in model.services:
         unit = units.tcpd_service(service.name)
         if f"{unit}.d/{units.DROPIN_NAME}" in files:
-            files[stamp_path(unit)] = stamp_dropin(config_hash(service, model.directory))
+            stamp = config_hash(service, model.directory)
+            if refused.get(service.name) == stamp:
+                for relative in service_files(service.name):
+                    files.pop(relative, None)
+                links.pop(wants_link(service.name), None)
+                continue
+            files[stamp_path(unit)] = stamp_dropin(stamp)
     if model.send is not None and f"{units.SEND_UNIT}.d/{units.DROPIN_NAME}" in files:
         files[stamp_path(units.SEND_UNIT)] = stamp_dropin(config_hash(model.send, model.directory))
     # bootctrl unreadable (or refused as a whole): everything that ran keeps running as it

@@ -99,9 +99,12 @@ def main(argv: list[str] | None = None) -> int:
             }
             if verb in ("start", "restart"):
                 _reload(manager)
+            broken = {item.name for item in reconcile.broken_services(model)}
             for item in targets:
                 quiet = _noresult(model, item.name)
                 if verb == "status":
+                    if item.name in broken:
+                        continue  # _status_broken says FAILED and why
                     states = [manager.state(unit) for unit in item.units]
                     ok = states[0].active == "active" and not states[-1].crash_looping
                     print(line("Checking", item.name, ok, quiet))

@@ -1,8 +1,9 @@
 """qbootctl reconcile: make what runs equal to what systemd loaded from bootctrl.
 
-The I/O half of convergence.py: observe (D-Bus, /proc, the generator's output), plan
-(pure), act (systemd jobs), then remember what was applied (the last good drop-ins)
-and write the problems of broken services into their own journals.
+The I/O half of convergence.py: refuse settings whose accounts do not exist, bring back
+last good drop-ins kept across a reboot, observe (D-Bus, /proc, the generator's output),
+plan (pure), act (systemd jobs), then remember what was applied (the last good drop-ins,
+in /run and on disk) and write the problems of broken services into their own journals.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import admin, bootctrl, convergence, generator, journal, listening, units
-from .convergence import Observed
+from . import admin, bootctrl, convergence, generator, journal, listening, persisted, units
+from .convergence import Observed, Step, Verb
 from .errors import UserError
 from .problems import Problem
 from .systemd import JobFailed, Systemd, UnitState
@@ -120,8 +121,11 @@ def observe(manager: Systemd, output: Path, state: Path) -> list[Observed]:
     return found
 
 
-def remember(output: Path, state: Path, observed: list[Observed]) -> None:
-    """Copy what systemd loaded: the generator re-emits it if the files break later."""
+def remember(
+    output: Path, state: Path, observed: list[Observed], persist: Path | None = None
+) -> None:
+    """Copy what systemd loaded: the generator re-emits it if the files break later.
+    With persist, keep a copy there too, for after a reboot."""
     base = state / convergence.LAST_GOOD
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     for item in observed:
@@ -144,6 +148,52 @@ def remember(output: Path, state: Path, observed: list[Observed]) -> None:
             target = directory / relative
             target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             generator.replace_file(target, data)
+    if persist is not None:
+        keep_across_reboots(output, observed, persist)
+
+
+def keep_across_reboots(output: Path, observed: list[Observed], persist: Path) -> None:
+    """Mirror the last good drop-ins to disk. Never fails the reconcile: without /var
+    (read-only, full) a broken service just does not start after a reboot, as before."""
+    for item in observed:
+        if item.is_send:
+            continue
+        try:
+            if not item.generated:
+                persisted.remove(persist, item.name)
+                continue
+            files = {
+                relative: (output / relative).read_bytes()
+                for relative in convergence.service_files(item.name)
+            }
+            persisted.save(persist, item.name, files)
+        except OSError as error:
+            message = (
+                f"cannot keep the last good settings of {item.name} in {persist}: "
+                f"{error.strerror}; after a reboot, broken files stop it"
+            )
+            journal.send(message, convergence.RECONCILE_UNIT, journal.PRIORITY_WARNING)
+
+
+def restore_after_reboot(
+    model: bootctrl.Bootctrl, output: Path, state: Path, persist: Path
+) -> list[str]:
+    """Enabled services that cannot run their files (broken, or an unknown account) and
+    have no last good drop-ins in /run (emptied at reboot): the copy kept on disk goes back
+    into /run, for the generator. Returns their names; the caller reloads systemd."""
+    restored = []
+    for broken in broken_services(model, output):
+        directory = state / convergence.LAST_GOOD / broken.name
+        if directory.exists():
+            continue
+        files = persisted.load(persist, broken.name, convergence.service_files(broken.name))
+        if files is None:
+            continue
+        for relative, data in files.items():
+            (directory / relative).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            generator.replace_file(directory / relative, data)
+        restored.append(broken.name)
+    return restored
 
 
 def service_problems(model: bootctrl.Bootctrl, name: str) -> list[Problem]:
@@ -167,14 +217,56 @@ class Broken:
     kept: bool  # still running (or ready) with its last good settings
 
 
+def unknown_accounts(model: bootctrl.Bootctrl) -> dict[str, tuple[Problem, ...]]:
+    """Services whose USER=/GROUP= names no account here: qboot-tcpsrv would refuse to
+    start. Looked up here, never in the generator (NSS there would ask PID 1 while it
+    waits for the generators)."""
+    found = {}
+    for service in model.services:
+        problems = bootctrl.unknown_accounts(service)
+        if problems:
+            found[service.name] = tuple(problems)
+    return found
+
+
 def broken_services(model: bootctrl.Bootctrl, output: Path = GENERATOR_OUTPUT) -> list[Broken]:
     generated = generated_names(output)
     good = {service.name for service in model.services}
-    return [
+    found = [
         Broken(name, tuple(service_problems(model, name)), name in generated)
         for name in convergence.enabled_names(Path(model.directory))
         if name not in good
     ]
+    for name, problems in unknown_accounts(model).items():
+        service = model.service(name)
+        assert service is not None
+        # Kept when what systemd loaded is not these settings (the reconcile refused them
+        # and the generator emitted the last good ones); else these very settings.
+        loaded = loaded_hash(output, units.tcpd_service(name))
+        current = convergence.config_hash(service, model.directory)
+        found.append(Broken(name, problems, name in generated and loaded not in ("", current)))
+    return sorted(found, key=lambda broken: broken.name)
+
+
+def refuse_unknown_accounts(model: bootctrl.Bootctrl, state: Path) -> bool:
+    """Mark the settings of services whose accounts do not exist as refused (the generator
+    then emits their last good drop-ins), and clear the marks that no longer hold.
+    True when a mark changed: the caller reloads systemd before it applies anything."""
+    wanted = {
+        name: convergence.config_hash(service, model.directory)
+        for name in unknown_accounts(model)
+        if (service := model.service(name)) is not None
+    }
+    if wanted == convergence.read_refused(state):
+        return False
+    base = state / convergence.REFUSED
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path in base.iterdir():
+        if path.name not in wanted:
+            path.unlink(missing_ok=True)
+    for name, stamp in wanted.items():
+        generator.replace_file(base / name, f"{stamp}\n".encode())
+    return True
 
 
 ROUNDS = 3
@@ -207,6 +299,15 @@ class Outcome:
     touched: tuple[str, ...] = ()  # the services it started, stopped or restarted
 
 
+def _why_stopped(change: convergence.Change, refused: set[str]) -> convergence.Change:
+    """A refused service with no last good settings is not generated: it is stopped for
+    its unknown account, not because its rc link went away."""
+    if change.name in refused and change.message.endswith("(no longer enabled)"):
+        message = f"stopped {change.name} (unknown account: see qbootctl status)"
+        return convergence.Change(change.name, change.steps, message)
+    return change
+
+
 def take_trigger(output: Path = GENERATOR_OUTPUT) -> None:
     """First thing, whatever fails later: qboot-reconcile.path must not loop on it."""
     (output / convergence.TRIGGER).unlink(missing_ok=True)
@@ -217,18 +318,41 @@ def reconcile(
     model: bootctrl.Bootctrl,
     output: Path = GENERATOR_OUTPUT,
     state: Path | None = None,
+    persist: Path | None = None,
 ) -> Outcome:
     """Apply the plan; the caller holds the lock."""
     state = state or convergence.state_dir()
+    persist = persist or persisted.persist_dir()
     take_trigger(output)
+    refusals_changed = refuse_unknown_accounts(model, state)
+    restored = restore_after_reboot(model, output, state, persist)
+    if refusals_changed or restored:
+        # Before anything is applied: systemd loads the last good drop-ins for a refused
+        # or restored service (the generator reads /run/qboot), so a refused restart
+        # never comes.
+        manager.reload()
+        take_trigger(output)  # this reconcile applies what that reload loaded
+    refused = set(convergence.read_refused(state))
     lines: list[str] = []
     touched: dict[str, None] = {}
-    failed = False
+    failed = restore_failed = False
+    for name in restored:
+        socket = units.tcpd_socket(name)
+        if manager.state(socket).active == "active":
+            continue
+        # Restored means remembered: the plan would take it for one the admin stopped.
+        change = convergence.Change(
+            name, (Step(Verb.START, socket),), f"started {socket} (last good settings kept on disk)"
+        )
+        error = _apply(manager, change)
+        touched[name] = None
+        lines.append(change.message if error is None else f"{change.message} failed: {error}")
+        restore_failed = restore_failed or error is not None
     # An admin's own `systemctl restart` may run between our jobs: look again until
     # nothing differs (a change that keeps failing is tried ROUNDS times, then reported).
     for _ in range(ROUNDS):
         observed = observe(manager, output, state)
-        changes = convergence.plan(observed)
+        changes = [_why_stopped(change, refused) for change in convergence.plan(observed)]
         if not changes:
             break
         failed = False
@@ -237,13 +361,13 @@ def reconcile(
             touched[change.name] = None
             lines.append(change.message if error is None else f"{change.message} failed: {error}")
             failed = failed or error is not None
-    remember(output, state, observed)
+    remember(output, state, observed, persist)
     for broken in broken_services(model, output):
         unit = units.tcpd_service(broken.name)
         what = "keeps running its last good settings" if broken.kept else "is not running"
         for problem in broken.problems:
             journal.send(f"{problem} ({broken.name} {what})", unit, journal.PRIORITY_ERR)
-    return Outcome(tuple(lines), failed, tuple(touched))
+    return Outcome(tuple(lines), failed or restore_failed, tuple(touched))
 
 
 def status_notes(
@@ -264,6 +388,7 @@ def status_notes(
             what = "degraded, runs its last good settings" if broken.kept else "broken"
             reasons = [str(problem) for problem in broken.problems] or ["see qbootctl show"]
             notes += [f"{what}: {reason}" for reason in reasons]
+            current = None  # it does not run what bootctrl says: nothing to compare
     running = service.main_pid if service.active == "active" else 0
     if running and not listening.readable(running):
         running = 0  # not root: what runs cannot be compared

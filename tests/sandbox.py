@@ -33,12 +33,26 @@ tar -C "$stage" --numeric-owner -cf - . \
 for root in /sys/fs/cgroup/systemd /sys/fs/cgroup/unified; do
     if [ -d "$root" ]; then mkdir -p "$root/$name"; echo $$ > "$root/$name/cgroup.procs"; fi
 done
-# The project (its venv, the generator's interpreter) at the same path inside, even when
-# the checkout lives under /tmp, which the container gets empty.
-exec systemd-nspawn -q -D "$work/root" -M "$name" --boot --private-network \
-    --bind-ro="$project" \
-    --register=no --keep-unit --link-journal=no --resolv-conf=off --timezone=off \
-    --console=read-only systemd.mask=postgresql.service
+# `systemctl reboot` inside ends nspawn with 133 (systemd-nspawn@.service restarts on it):
+# boot the same overlay again, so what the container wrote stays and its /run is new.
+# SIGTERM (stop) goes on to nspawn, which powers the container off.
+child=""
+trap 'kill -TERM "$child" 2>/dev/null || :' TERM
+while :; do
+    # The project (its venv, the generator's interpreter) at the same path inside, even
+    # when the checkout lives under /tmp, which the container gets empty.
+    systemd-nspawn -q -D "$work/root" -M "$name" --boot --private-network \
+        --bind-ro="$project" \
+        --register=no --keep-unit --link-journal=no --resolv-conf=off --timezone=off \
+        --console=read-only systemd.mask=postgresql.service &
+    child=$!
+    status=0
+    while kill -0 "$child" 2>/dev/null; do  # a trapped SIGTERM interrupts wait: again
+        status=0
+        wait "$child" || status=$?
+    done
+    [ "$status" = 133 ] || exit "$status"
+done
 """
 
 
@@ -126,10 +140,21 @@ class Sandbox:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
+        self._wait_booted(time.monotonic() + timeout)
+
+    def reboot(self, timeout: float = 90) -> None:
+        """`systemctl reboot` inside: the same disk (what the container wrote to its root
+        stays), a new PID 1, an empty /run."""
+        before = self.pid1
+        self.run("systemctl", "reboot", check=False)
+        self._wait_booted(time.monotonic() + timeout, before)
+
+    def _wait_booted(self, deadline: float, old_pid1: int = 0) -> None:
+        self.pid1 = 0
         while not self.pid1:
             self._check_alive()
-            self.pid1 = self._find_pid1()
+            found = self._find_pid1()
+            self.pid1 = found if found != old_pid1 else 0
             if time.monotonic() > deadline:
                 raise SandboxError(f"no systemd in the container: {self.console()}")
             time.sleep(0.05)
@@ -167,9 +192,12 @@ class Sandbox:
             directory = root / self.name
             if not directory.is_dir():
                 continue
-            for procs in directory.rglob("cgroup.procs"):
+            # os.walk, not rglob: cgroups vanish while the container shuts down or reboots.
+            for parent, _, files in os.walk(directory):
+                if "cgroup.procs" not in files:
+                    continue
                 try:
-                    pids.update(int(p) for p in procs.read_text().split())
+                    pids.update(int(p) for p in Path(parent, "cgroup.procs").read_text().split())
                 except OSError:
                     continue
         return sorted(pids)

@@ -374,6 +374,12 @@ def banner(box: Sandbox, port: int, quit_after: float = 0) -> str:
     return box.run(PYTHON, "-c", script, timeout=120).stdout.strip()
 
 
+def running_stamp(box: Sandbox, pid: str) -> str:
+    """QBOOT_CONFIG of a running process: the settings it was started with."""
+    environ = box.run("cat", f"/proc/{pid}/environ").stdout.split("\0")
+    return next(item for item in environ if item.startswith(convergence.STAMP_VARIABLE + "="))
+
+
 def edit(box: Sandbox, name: str, text: str) -> None:
     box.run("sh", "-c", f"cat > {BOOTCTRL}/qmail-{name}.env", input=text.encode())
 
@@ -554,6 +560,77 @@ def test_a_copied_rc_script_never_stops_the_service(box: Sandbox) -> None:
     box.run("sh", "-c", f"rm {rc} && ln -s qmail-tcpd {rc}")
     reload_and_settle(box)
     assert show(box, "qmail-tcpd@subm.service", "MainPID") == pid
+
+
+def process_user(box: Sandbox, pid: str) -> str:
+    uid = box.run("awk", "/^Uid:/ {print $2}", f"/proc/{pid}/status").stdout.strip()
+    return box.run("getent", "passwd", uid).stdout.split(":")[0]
+
+
+def test_an_unknown_user_keeps_the_running_service(box: Sandbox) -> None:
+    """USER= names no account, plain daemon-reload: the generator does not look it up, the
+    reconcile does before it applies anything, and smtp keeps serving as qmaild."""
+    env = f"{BOOTCTRL}/qmail-smtp.env"
+    good = box.run("cat", env).stdout
+    assert "\nUSER=qmaild\n" in good
+    assert banner(box, 25).startswith("220 ")
+    pid = show(box, "qmail-tcpd@smtp.service", "MainPID")
+    stamp = running_stamp(box, pid)
+    assert process_user(box, pid) == "qmaild"
+    box.run("sed", "-i", "s/^USER=qmaild$/USER=nosuchuser/", env)
+    started = time.monotonic()
+    reload_and_settle(box)  # its reconcile: refuse, reload once more, nothing to restart
+    print(f"unknown USER=: refused and settled {time.monotonic() - started:.2f} s after reload")
+    time.sleep(2)  # a crash loop would show by now (RestartSec=1)
+    assert banner(box, 25).startswith("220 ")
+    assert show(box, "qmail-tcpd@smtp.service", "MainPID") == pid
+    assert running_stamp(box, pid) == stamp and process_user(box, pid) == "qmaild"
+    assert "nosuchuser" not in show(box, "qmail-tcpd@smtp.service", "ExecStart")
+    where = f'{env}:19: unknown user "nosuchuser"'
+    done = box.run(QBOOTCTL, "status", check=False)
+    print(done.stdout)
+    assert done.returncode == 1
+    assert f"degraded, runs its last good settings: {where}" in done.stdout
+    journal = box.run("journalctl", "-u", "qmail-tcpd@smtp.service", "-o", "cat", "--no-pager")
+    assert where in journal.stdout and "keeps running its last good settings" in journal.stdout
+    assert "fatal: unknown user" not in journal.stdout
+    seeds = box.run(EQMAILD, "status", check=False)
+    checked = [line for line in seeds.stdout.splitlines() if line.startswith("Checking qmail-smtp")]
+    assert seeds.returncode == 3 and len(checked) == 1 and "FAILED" in checked[0]
+    assert f"{where} (USER=): no such user" in seeds.stdout
+    # A crash of the degraded service: systemd starts it again with its last good settings.
+    box.run("kill", "-9", pid)
+    assert wait_until(lambda: show(box, "qmail-tcpd@smtp.service", "MainPID") not in ("0", pid))
+    assert banner(box, 25).startswith("220 ")
+    pid = show(box, "qmail-tcpd@smtp.service", "MainPID")
+    assert process_user(box, pid) == "qmaild"
+    edit(box, "smtp", good)
+    reload_and_settle(box)
+    assert show(box, "qmail-tcpd@smtp.service", "MainPID") == pid  # the same settings again
+    assert box.run("ls", "/run/qboot/refused").stdout == ""
+    assert box.run(QBOOTCTL, "status", check=False).returncode == 0
+
+
+def test_a_new_service_with_an_unknown_user_says_why_it_does_not_run(box: Sandbox) -> None:
+    edit(box, "nouser", "PORT=2601\nUSER=nosuchuser\n")
+    where = f'{BOOTCTRL}/qmail-nouser.env:2: unknown user "nosuchuser"'
+    done = box.run(QBOOTCTL, "enable", "nouser", check=False)
+    assert done.returncode == 1 and where in done.stderr
+    assert "removed qmail-nouser.rc again" in done.stdout
+    # The seed's way, by hand: enabled, but never run into a crash loop.
+    box.run("ln", "-s", "qmail-tcpd", f"{BOOTCTRL}/qmail-nouser.rc")
+    box.run("ln", "-s", "tcprules-default.cdb", f"{BOOTCTRL}/tcprules-nouser.cdb")
+    reload_and_settle(box)
+    assert not listening_on(box, 2601)
+    done = box.run(QBOOTCTL, "status", check=False)
+    print(done.stdout)
+    assert done.returncode == 3 and f"broken: {where}" in done.stdout
+    journal = box.run("journalctl", "-u", "qmail-tcpd@nouser.service", "-o", "cat", "--no-pager")
+    assert where in journal.stdout and "nouser is not running" in journal.stdout
+    box.run("rm", f"{BOOTCTRL}/qmail-nouser.rc", f"{BOOTCTRL}/tcprules-nouser.cdb")
+    box.run("rm", f"{BOOTCTRL}/qmail-nouser.env")
+    reload_and_settle(box)
+    assert box.run(QBOOTCTL, "status", check=False).returncode == 0
 
 
 def test_enable_never_takes_a_port_in_use(box: Sandbox) -> None:

@@ -75,10 +75,10 @@ def test_unknown_user_is_a_clear_fatal_error() -> None:
 def test_unknown_account_is_a_problem_at_its_line(tmp_path: Path) -> None:
     model = make(tmp_path, "PORT=2525\nUSER=nosuchuser\nGROUP=nosuchgroup\n")
     assert [str(p).split("/")[-1] for p in model.problems] == [
-        "qmail-x.env:2: USER=nosuchuser: no such user on this system; qboot-tcpsrv will "
-        "refuse to start (unknown user nosuchuser) until it exists",
-        "qmail-x.env:3: GROUP=nosuchgroup: no such group on this system; qboot-tcpsrv will "
-        "refuse to start (unknown group nosuchgroup) until it exists",
+        'qmail-x.env:2: unknown user "nosuchuser" (USER=): no such user on this system; '
+        "create it or fix the name",
+        'qmail-x.env:3: unknown group "nosuchgroup" (GROUP=): no such group on this system; '
+        "create it or fix the name",
     ]
     # still generated: the account may exist by the time the service starts
     assert [service.name for service in model.services] == ["x"]

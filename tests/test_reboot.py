@@ -1,0 +1,115 @@
+"""A broken edit survives a reboot: the services keep their last good settings.
+
+/run (where the reconcile keeps the last good drop-ins) is emptied at reboot; a copy on
+disk (/var/lib/qboot) brings them back. Tried as an admin would, in the real-systemd
+sandbox: edits, plain `systemctl daemon-reload`, `systemctl reboot`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from qboot_systemd import convergence
+
+from .conftest import ROOT
+from .e2e_stage import BOOTCTRL, booted_sandbox
+from .sandbox import Sandbox
+
+QBOOTCTL = str(ROOT / ".venv" / "bin" / "qbootctl")
+
+
+@pytest.fixture(scope="module")
+def box() -> Iterator[Sandbox]:
+    with booted_sandbox() as sandbox:
+        yield sandbox
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def show(box: Sandbox, unit: str, prop: str) -> str:
+    return box.run("systemctl", "show", "-P", prop, unit).stdout.strip()
+
+
+def settled(box: Sandbox) -> bool:
+    trigger = box.run("test", "-e", f"/run/systemd/generator/{convergence.TRIGGER}", check=False)
+    active = show(box, convergence.RECONCILE_UNIT, "ActiveState")
+    return trigger.returncode != 0 and active in ("inactive", "failed")
+
+
+def reload_and_settle(box: Sandbox) -> None:
+    box.run("systemctl", "daemon-reload")
+    assert wait_until(lambda: settled(box))
+
+
+def greeting(box: Sandbox, port: int) -> str:
+    """The first line the service sends (socket activation starts it)."""
+    script = f"exec 3<>/dev/tcp/127.0.0.1/{port} && timeout 10 head -n 1 <&3"
+    return box.run("bash", "-c", script, check=False, timeout=30).stdout
+
+
+def user_of(box: Sandbox, unit: str) -> str:
+    pid = show(box, unit, "MainPID")
+    uid = box.run("awk", "/^Uid:/ {print $2}", f"/proc/{pid}/status").stdout.strip()
+    return box.run("getent", "passwd", uid).stdout.split(":")[0]
+
+
+def test_broken_edits_keep_their_last_good_settings_across_a_reboot(box: Sandbox) -> None:
+    smtp_env, subm_env = f"{BOOTCTRL}/qmail-smtp.env", f"{BOOTCTRL}/qmail-subm.env"
+    assert wait_until(lambda: settled(box))
+    box.run("ln", "-s", "qmail-tcpd", f"{BOOTCTRL}/qmail-subm.rc")
+    box.run("ln", "-s", "tcprules-default.cdb", f"{BOOTCTRL}/tcprules-subm.cdb")
+    reload_and_settle(box)
+    assert greeting(box, 25).startswith("220 ") and greeting(box, 587).startswith("220 ")
+    # Two broken edits, each applied with a plain reload: both keep running as they were.
+    box.run("sed", "-i", "s/^USER=qmaild$/USER=nosuchuser/", smtp_env)
+    box.run("sh", "-c", f"echo 'BANNER=\"unterminated' >> {subm_env}")
+    reload_and_settle(box)
+    kept = box.run("ls", "/var/lib/qboot/last-good").stdout.split()
+    assert kept == ["smtp.json", "subm.json"]
+    box.run("touch", "/run/qboot/before-the-reboot")
+
+    box.reboot()
+
+    assert box.run("test", "-e", "/run/qboot/before-the-reboot", check=False).returncode != 0
+    assert wait_until(lambda: settled(box))
+    assert greeting(box, 25).startswith("220 "), box.run(
+        "journalctl", "-b", "-u", "qmail-tcpd@smtp.service", "--no-pager", check=False
+    ).stdout
+    assert greeting(box, 587).startswith("220 ")
+    assert user_of(box, "qmail-tcpd@smtp.service") == "qmaild"
+    assert "nosuchuser" not in show(box, "qmail-tcpd@smtp.service", "ExecStart")
+    done = box.run(QBOOTCTL, "status", check=False)
+    print(done.stdout)
+    assert done.returncode == 1
+    smtp_problem = f'{smtp_env}:19: unknown user "nosuchuser"'
+    subm_problem = f"{subm_env}:"
+    assert f"degraded, runs its last good settings: {smtp_problem}" in done.stdout
+    assert f"degraded, runs its last good settings: {subm_problem}" in done.stdout
+    journal = box.run(
+        "journalctl", "-b", "-u", "qmail-tcpd@subm.socket", "-o", "cat", "--no-pager"
+    ).stdout
+    assert "started qmail-tcpd@subm.socket (last good settings kept on disk)" in journal
+    journal = box.run(
+        "journalctl", "-b", "-u", "qmail-tcpd@smtp.service", "-o", "cat", "--no-pager"
+    ).stdout
+    assert smtp_problem in journal and "fatal: unknown user" not in journal
+    # Fixed after the reboot: the new settings run, and status is clean again.
+    box.run("sed", "-i", "s/^USER=nosuchuser$/USER=qmaild/", smtp_env)
+    box.run("sed", "-i", "/^BANNER=/d", subm_env)
+    box.run("sh", "-c", f"echo 'setenv FIXED 1' >> {subm_env}")
+    reload_and_settle(box)
+    assert wait_until(lambda: box.run(QBOOTCTL, "status", check=False).returncode == 0)
+    pid = show(box, "qmail-tcpd@subm.service", "MainPID")
+    assert greeting(box, 587).startswith("220 ")
+    pid = show(box, "qmail-tcpd@subm.service", "MainPID")
+    assert "FIXED=1" in box.run("cat", f"/proc/{pid}/environ").stdout.split("\0")
