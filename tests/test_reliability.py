@@ -9,8 +9,8 @@ import os
 import resource
 import socket
 import subprocess
-import time
 import tempfile
+import time
 from pathlib import Path
 
 import pytest

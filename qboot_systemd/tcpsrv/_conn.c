@@ -3,8 +3,8 @@
  * accept4() giving an fd and (ip, port) without a socket object; close, setsockopt and a
  * MSG_DONTWAIT send that keep the GIL (they cannot block, and each release of the GIL is a
  * thread switch while spawner threads wait for it); getsockname() for wildcard listeners;
- * and a Spawner: posix_spawnp() with the GIL released, the command line and the server's
- * own environment laid out once, the spawn attributes built once from the real glibc types.
+ * and a Spawner: a vfork-style clone() and execve with the GIL released, the command line,
+ * the server's own environment and the program's places on PATH laid out once.
  * spawn.py and netcalls.py hold the pure-Python equivalents (QBOOT_NO_EXTENSION=1).
  */
 #include "_conn.h"
@@ -13,13 +13,16 @@
 #include <errno.h>
 #include <limits.h>
 #include <netinet/in.h>
+#include <fcntl.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdint.h>
-#include <spawn.h>
+#include <stdlib.h>
 #include <string.h>
 #include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 /* An int argument (PyLong_AsInt is public only from Python 3.13 on). */
@@ -165,6 +168,50 @@ static PyObject *bytes_tuple(PyObject *sequence, const char *what)
     return items;
 }
 
+/* Where execve looks for the program, as execvp and tcpserver's pathexec do: the name
+ * itself if it has a '/', else each directory of PATH ("/bin:/usr/bin" without one; an
+ * empty entry is the current directory). Made once: the server's PATH does not change. */
+static int spawner_find_candidates(Spawner *self)
+{
+    const char *file = self->file_path;
+    const char *path = strchr(file, '/') ? "" : getenv("PATH");
+    if (!path)
+        path = "/bin:/usr/bin";
+    size_t entries = 1, file_length = strlen(file);
+    for (const char *at = path; *at; at++)
+        entries += *at == ':';
+    self->candidates = PyMem_Calloc(entries + 1, sizeof(char *));
+    self->candidate_strings = PyMem_Malloc(strlen(path) + entries * (file_length + 3) + 1);
+    if (!self->candidates || !self->candidate_strings) {
+        PyErr_NoMemory();
+        return -1;
+    }
+    if (strchr(file, '/')) {
+        self->candidates[0] = (char *)file;
+        return 0;
+    }
+    char *cursor = self->candidate_strings;
+    size_t count = 0;
+    for (const char *start = path;; start++) {
+        const char *end = strchr(start, ':');
+        size_t length = end ? (size_t)(end - start) : strlen(start);
+        if (length == 0) {
+            memcpy(cursor, "./", 2);
+            length = 2;
+        } else {
+            memcpy(cursor, start, length);
+            cursor[length++] = '/';
+        }
+        memcpy(cursor + length, file, file_length + 1);
+        self->candidates[count++] = cursor;
+        cursor += length + file_length + 1;
+        if (!end)
+            break;
+        start = end;
+    }
+    return 0;
+}
+
 static int spawner_init(Spawner *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"argv", "base_env", "default_signals", NULL};
@@ -196,9 +243,8 @@ static int spawner_init(Spawner *self, PyObject *args, PyObject *kwargs)
     for (Py_ssize_t i = 0; i < count; i++)
         self->argv_pointers[i] = PyBytes_AS_STRING(PyTuple_GET_ITEM(self->argv, i));
 
-    sigset_t defaults, empty;
+    sigset_t defaults;
     sigemptyset(&defaults);
-    sigemptyset(&empty);
     PyObject *numbers = PySequence_Tuple(signals);
     if (!numbers)
         return -1;
@@ -217,28 +263,16 @@ static int spawner_init(Spawner *self, PyObject *args, PyObject *kwargs)
         }
     }
     Py_DECREF(numbers);
-    int error = posix_spawnattr_init(&self->attributes);
-    if (error == 0) {
-        self->attributes_ready = 1;
-        error = posix_spawnattr_setsigdefault(&self->attributes, &defaults);
-    }
-    if (error == 0)
-        error = posix_spawnattr_setsigmask(&self->attributes, &empty);
-    if (error == 0)
-        error = posix_spawnattr_setflags(&self->attributes,
-                                         POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
-    if (error != 0) {
-        errno = error;
-        PyErr_SetFromErrno(PyExc_OSError);
+    self->defaults = defaults;
+    if (spawner_find_candidates(self) < 0)
         return -1;
-    }
     return 0;
 }
 
 static void spawner_dealloc(Spawner *self)
 {
-    if (self->attributes_ready)
-        posix_spawnattr_destroy(&self->attributes);
+    PyMem_Free(self->candidates);
+    PyMem_Free(self->candidate_strings);
     PyMem_Free(self->argv_pointers);
     Py_XDECREF(self->file);
     Py_XDECREF(self->argv);
@@ -246,22 +280,78 @@ static void spawner_dealloc(Spawner *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* posix_spawnp of the Spawner's command line with envp, fd as stdin and stdout; touches
- * no Python object (it runs without the GIL). Returns 0 or an errno value. */
+/* The child, from clone() to execve, on its own stack in the parent's memory: only
+ * system calls, nothing that takes a lock or allocates. Its signals arrive blocked (the
+ * parent blocked them all for the clone); the handlers it inherited are reset before they
+ * are unblocked, so none of the server's runs here. */
+typedef struct {
+    const Spawner *spawner;
+    char **envp;
+    int fd;
+    int error; /* written by the child when it cannot exec */
+} ChildArgs;
+
+static int spawn_child(void *arg)
+{
+    ChildArgs *args = arg;
+    const Spawner *spawner = args->spawner;
+    struct sigaction action;
+    memset(&action, 0, sizeof action);
+    action.sa_handler = SIG_DFL;
+    for (int number = 1; number < NSIG; number++)
+        if (sigismember(&spawner->defaults, number) == 1)
+            sigaction(number, &action, NULL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    for (int target = 0; target < 2; target++) {
+        /* dup2 onto itself keeps close-on-exec: clear it instead */
+        int done = args->fd == target ? fcntl(target, F_SETFD, 0) : dup2(args->fd, target);
+        if (done < 0) {
+            args->error = errno;
+            _exit(127);
+        }
+    }
+    /* execvp's search: go on past a missing file, a directory, no permission; keep the
+     * most telling error. */
+    int error = ENOENT;
+    for (char **candidate = spawner->candidates; *candidate; candidate++) {
+        execve(*candidate, spawner->argv_pointers, args->envp);
+        if (errno == ENOENT || errno == ENOTDIR)
+            continue;
+        error = errno;
+        if (errno != EACCES && errno != EPERM && errno != EISDIR)
+            break;
+    }
+    args->error = error;
+    _exit(127);
+}
+
+/* The child's stack: in this thread's own stack frame, which the kernel's vfork keeps
+ * still until the child has exec'd (posix_spawn maps and unmaps one per call, and each
+ * unmap costs every CPU running our threads a TLB flush). */
+#define CHILD_STACK_SIZE (64 * 1024)
+
 int qboot_spawn(Spawner *self, char **envp, int fd, pid_t *pid)
 {
-    posix_spawn_file_actions_t actions;
-    int error = posix_spawn_file_actions_init(&actions);
-    if (error != 0)
-        return error;
-    error = posix_spawn_file_actions_adddup2(&actions, fd, 0);
-    if (error == 0)
-        error = posix_spawn_file_actions_adddup2(&actions, fd, 1);
-    if (error == 0)
-        error = posix_spawnp(pid, self->file_path, &actions, &self->attributes,
-                             self->argv_pointers, envp);
-    posix_spawn_file_actions_destroy(&actions);
-    return error;
+    _Alignas(64) char stack[CHILD_STACK_SIZE];
+    ChildArgs args = {self, envp, fd, 0};
+    sigset_t all, old;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    /* CLONE_VFORK: this thread waits until the child has exec'd or exited */
+    pid_t child = clone(spawn_child, stack + sizeof stack, CLONE_VM | CLONE_VFORK | SIGCHLD,
+                        &args);
+    int clone_error = errno;
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (child < 0) {
+        *pid = 0;
+        return clone_error;
+    }
+    *pid = child;
+    if (args.error != 0)
+        (void)waitpid(child, NULL, 0); /* ECHILD: the loop's waitpid(-1) took it */
+    return args.error;
 }
 
 /* spawn(extra, fd, base=None): run the program with base (or the server's environment)
@@ -314,7 +404,7 @@ static PyObject *spawner_spawn(Spawner *self, PyObject *args)
 
 static PyMethodDef spawner_methods[] = {
     {"spawn", (PyCFunction)spawner_spawn, METH_VARARGS,
-     "spawn(extra, fd, base=None) -> pid: posix_spawnp with the GIL released."},
+     "spawn(extra, fd, base=None) -> pid: spawn with the GIL released."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -323,7 +413,7 @@ PyTypeObject SpawnerType = {
     .tp_name = "qboot_systemd.tcpsrv._conn.Spawner",
     .tp_basicsize = sizeof(Spawner),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Spawner(argv, base_env, default_signals): posix_spawnp of one command line.",
+    .tp_doc = "Spawner(argv, base_env, default_signals): spawns of one command line.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)spawner_init,
     .tp_dealloc = (destructor)spawner_dealloc,
@@ -332,7 +422,7 @@ PyTypeObject SpawnerType = {
 
 
 /* --- SpawnPool ------------------------------------------------------------------------ */
-/* Threads of our own, not Python's, that run a Spawner's posix_spawnp: they never need the
+/* Threads of our own, not Python's, that run a Spawner's spawns: they never need the
  * GIL, so handing a connection to them and hearing back costs no GIL hand-over, only a
  * futex wake and an eventfd the loop watches. Each job owns a copy of its strings. */
 
@@ -619,7 +709,7 @@ PyTypeObject SpawnPoolType = {
     .tp_name = "qboot_systemd.tcpsrv._conn.SpawnPool",
     .tp_basicsize = sizeof(SpawnPool),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "SpawnPool(spawner, threads): posix_spawnp in threads without the GIL.",
+    .tp_doc = "SpawnPool(spawner, threads): spawns in threads without the GIL.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)pool_init,
     .tp_dealloc = (destructor)pool_dealloc,

@@ -1,5 +1,5 @@
 /* What _conn.c and _lane.c share: the Spawner (a command line, the server's environment
- * and glibc's spawn attributes, made once) and its posix_spawnp. */
+ * and the signals to reset, made once), its spawn, and the SpawnPool's jobs. */
 #ifndef QBOOT_CONN_H
 #define QBOOT_CONN_H
 
@@ -7,7 +7,6 @@
 #include <Python.h>
 
 #include <pthread.h>
-#include <spawn.h>
 #include <sys/types.h>
 
 typedef struct {
@@ -17,8 +16,9 @@ typedef struct {
     PyObject *base;  /* tuple of bytes: the server's environment */
     char **argv_pointers;
     const char *file_path; /* the bytes of file */
-    posix_spawnattr_t attributes;
-    int attributes_ready;
+    sigset_t defaults;  /* signals the child gets at their default action */
+    char **candidates;  /* where execve looks for file: argv[0], or each PATH entry's */
+    char *candidate_strings;
 } Spawner;
 
 /* The SpawnPool's threads run queued Jobs; the Lane queues its own and takes the done ones
@@ -55,8 +55,10 @@ extern PyTypeObject LaneType;
 
 /* An int argument (PyLong_AsInt is public only from Python 3.13 on). */
 int qboot_as_int(PyObject *object, int *out);
-/* posix_spawnp of the Spawner's command line with envp, fd as stdin and stdout; touches
- * no Python object. Returns 0 or an errno value. */
+/* Run the Spawner's command line with envp and fd as stdin and stdout, as posix_spawnp
+ * would; touches no Python object. Returns 0, or an errno value; *pid is the child's, or
+ * 0 if there was none (one that could not exec has been reaped here unless someone's
+ * waitpid(-1) was first). */
 int qboot_spawn(Spawner *spawner, char **envp, int fd, pid_t *pid);
 
 void qboot_job_free(Job *job);

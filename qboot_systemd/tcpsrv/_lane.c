@@ -373,6 +373,10 @@ static int spawns_reported(Lane *self)
         self->in_flight--;
         const char *client = job->note, *ok = job->note + strlen(job->note) + 1;
         if (job->error) {
+            /* a child that could not exec, reaped by us before the pool's waitpid */
+            for (int i = 0; i < self->early_count; i++)
+                if (job->pid > 0 && self->early[i].pid == job->pid)
+                    self->early[i--] = self->early[--self->early_count];
             char line[512];
             int length = snprintf(line, sizeof line, PROGRAM ": warning: unable to run %s: %s\n",
                                   PyBytes_AS_STRING(self->program_log), strerror(job->error));

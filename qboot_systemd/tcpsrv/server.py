@@ -552,6 +552,8 @@ class Server:
         for ident, pid, error in self.spawns.finished():
             job = self.spawning.pop(ident)
             if error is not None:
+                # a child that could not exec, reaped by the loop before the pool could
+                self.exited_early.pop(pid, None)
                 self._spawn_failed(job, error)
                 continue
             if self.verbose:  # before its end line, as tcpserver's child logs them
