@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import re
 import stat
 from collections.abc import Mapping
 from pathlib import Path
 
-from . import accounts, envfile, strictmodes
+from . import envfile, strictmodes
 from .problems import Problem, quote
 from .records import NamedTuple
 from .tcpflags import TcpFlagsError, split_interface, validate_tcpflags
@@ -29,14 +28,45 @@ RC_TARGET = "qmail-tcpd"
 SERVICES_FILE = "/etc/services"
 SEND_RC = "qmail-init.rc"
 
-# DOTALL and `*`: `qmail-.rc` and a name with a newline are reported, not passed over.
-_RC_RE = re.compile(r"qmail-(.*)\.rc\Z", re.DOTALL)
-# A systemd instance name that needs no escaping, and a plain file name.
-SERVICE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
-# control/me as tcpserver -l takes it: a host name (qmail's own `me`), or tcpserver's "0".
-_HOST_NAME_RE = re.compile(r"[A-Za-z0-9.-]{1,255}\Z")
-_ACCOUNT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\Z")
 _DEFAULT_SERVERS = {"qmtp": "qmail-qmtpd", "qmqp": "qmail-qmqpd"}
+
+# Names are checked against sets of ASCII characters, not regular expressions: compiling
+# those was a twentieth of the generator's start-up.
+_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_ALNUM = _LETTERS | frozenset("0123456789")
+_SERVICE_CHARS = _ALNUM | frozenset("_.-")
+_HOST_CHARS = _ALNUM | frozenset(".-")
+_PORT_NAME_CHARS = _ALNUM | frozenset("_-")
+
+
+def rc_service(file_name: str) -> str | None:
+    """`qmail-NAME.rc` -> NAME, whatever NAME holds (`qmail-.rc` and a name with a
+    newline are reported, not passed over); None for other files."""
+    if file_name.startswith("qmail-") and file_name.endswith(".rc"):
+        return file_name[len("qmail-") : -len(".rc")]
+    return None
+
+
+def valid_service_name(name: str) -> bool:
+    """A systemd instance name that needs no escaping, and a plain file name: 1 to 64
+    ASCII letters, digits, `_ . -`, starting with a letter or digit."""
+    return 0 < len(name) <= 64 and name[0] in _ALNUM and _SERVICE_CHARS.issuperset(name)
+
+
+def _host_name(text: str) -> bool:
+    """control/me as tcpserver -l takes it: a host name (qmail's own `me`), or "0"."""
+    return 0 < len(text) <= 255 and _HOST_CHARS.issuperset(text)
+
+
+def _account_name(text: str) -> bool:
+    """USER=/GROUP=: a name or number, 1 to 32 of `A-Z a-z 0-9 _ . -`, no leading . or -."""
+    return 0 < len(text) <= 32 and text[0] not in ".-" and _SERVICE_CHARS.issuperset(text)
+
+
+def _port_name(text: str) -> bool:
+    """PORT= as a name from /etc/services (smtp, submission): a letter, then up to 31
+    of `A-Z a-z 0-9 _ -`."""
+    return 0 < len(text) <= 32 and text[0] in _LETTERS and _PORT_NAME_CHARS.issuperset(text)
 
 
 def default_bootctrl() -> Path:
@@ -212,17 +242,17 @@ def _load_trusted(
     problems: list[Problem] = []
     send = _load_send(directory, home, names, problems)
     services: list[Service] = []
-    rc_names = [name for name in names if _RC_RE.match(name) and name != SEND_RC]
+    rc_names = [name for name in names if rc_service(name) is not None and name != SEND_RC]
     me = local_name(home, problems) if rc_names else FALLBACK_LOCAL_NAME
     for name in rc_names:
-        match = _RC_RE.match(name)
-        assert match is not None
+        service_name = rc_service(name)
+        assert service_name is not None
         try:
-            services.append(_load_service(trusted, home, match.group(1), me, problems))
+            services.append(_load_service(trusted, home, service_name, me, problems))
         except _ServiceProblem as error:
             problems.append(error.problem)
         except Exception as error:  # one service's files never stop the others
-            problems.append(_unexpected(error, printable(str(directory / name)), match.group(1)))
+            problems.append(_unexpected(error, printable(str(directory / name)), service_name))
     services = _drop_conflicting(services, problems, holders)
     if check_accounts:
         for service in services:
@@ -280,7 +310,7 @@ def printable(path: str) -> str:
 
 def _check_rc_link(bootctrl: strictmodes.TrustedDirectory, name: str, rc_name: str) -> None:
     rc_path = bootctrl.where(rc_name)
-    if not SERVICE_NAME_RE.match(name):
+    if not valid_service_name(name):
         raise _ServiceProblem(
             Problem(
                 printable(rc_path),
@@ -372,13 +402,13 @@ def option_typos(env: envfile.EnvFile) -> list[Problem]:
     """`PROT=2588` is a variable nobody reads: a warning (the service still runs) when an
     unknown UPPERCASE name that nothing exports looks like a setting (names with an
     underscore are taken for the admin's own variables)."""
-    import difflib
-
     exported = {name for name, _ in env.exported()}
     found = []
     for name, line in env.lines():
         if name in OPTIONS or name in exported or not name.isupper() or "_" in name:
             continue
+        import difflib  # only for a likely typo: its import costs the generator 1 ms
+
         near = difflib.get_close_matches(name, OPTIONS, n=1, cutoff=0.75)
         if near:
             found.append(
@@ -417,7 +447,7 @@ def _port(env: envfile.EnvFile | None) -> int:
     """PORT= as a number or, like tcpserver, a name from /etc/services (smtp, submission)."""
     assignment = _option(env, "PORT")
     name = assignment.value.strip() if assignment is not None else ""
-    if name and not name.isdigit() and re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]{0,31}", name):
+    if name and not name.isdigit() and _port_name(name):
         number = service_port(name)
         if number is None:
             assert env is not None and assignment is not None
@@ -503,7 +533,7 @@ def _account(env: envfile.EnvFile | None, names: tuple[str, str]) -> str | None:
         if assignment is None or not assignment.value:
             continue
         assert env is not None
-        if not _ACCOUNT_RE.match(assignment.value):
+        if not _account_name(assignment.value):
             raise _ServiceProblem(
                 Problem(
                     env.path,
@@ -520,6 +550,8 @@ def unknown_accounts(service: Service) -> list[Problem]:
     generated: qboot-tcpsrv resolves names when it starts and refuses until they exist.
     Not for the generator: a lookup of a missing name may ask systemd itself (nss-systemd)
     while it waits for the generators, or the network (NSS) before it is up."""
+    from . import accounts  # not the generator's: it needs no grp and pwd
+
     found = []
     for value, exists, kind, names in (
         (service.user, accounts.user_exists, "user", ("USER", "UID")),
@@ -558,7 +590,7 @@ def local_name(home: Path, problems: list[Problem]) -> str:
         return FALLBACK_LOCAL_NAME
     # qmail's control_readline: the first line, trailing spaces and tabs dropped.
     first = data.split(b"\n", 1)[0].rstrip(b" \t").decode("ascii", "replace")
-    if not _HOST_NAME_RE.match(first):
+    if not _host_name(first):
         # The content is not quoted: the file may be a link to anything root can read.
         problems.append(
             Problem(

@@ -14,9 +14,15 @@ from collections.abc import Mapping
 from .problems import Problem, quote
 from .records import NamedTuple
 
-NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
-_NAME_CHARS_RE = re.compile(r"[A-Za-z0-9_]+")
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 _SHELL_SPECIAL = frozenset(";&|<>()`")
+
+
+def is_name(text: str) -> bool:
+    """A shell variable name: `[A-Za-z_][A-Za-z0-9_]*` (an ASCII identifier is exactly that)."""
+    return text.isascii() and text.isidentifier()
+
+
 _DQUOTE_ESCAPABLE = frozenset('$`"\\')
 
 
@@ -186,7 +192,7 @@ class _Lexer:
             return
         prefix = word.literal_prefix
         if char == "=":
-            if word.assign_name is None and prefix and NAME_RE.match(prefix):
+            if word.assign_name is None and prefix and is_name(prefix):
                 word.assign_name = prefix
                 word.parts, word.length = [], 0
                 word.literal_prefix = None
@@ -199,7 +205,7 @@ class _Lexer:
         assert match is not None  # every other character starts a run
         run = match.group()
         if prefix is not None:
-            word.literal_prefix = prefix + run if _NAME_CHARS_RE.fullmatch(run) else None
+            word.literal_prefix = prefix + run if _NAME_CHARS.issuperset(run) else None
         self.append(word, run)
         self.pos = match.end()
 
@@ -242,7 +248,7 @@ class _Lexer:
             if end == -1:
                 raise self.fail("unterminated ${...}")
             name = self.text[self.pos + 2 : end]
-            if not NAME_RE.match(name):
+            if not is_name(name):
                 raise self.fail(
                     f"unsupported expansion ${{{quote(name)[1:-1]}}}: only ${{NAME}} is allowed"
                 )
@@ -337,7 +343,7 @@ def _interpret(words: list[_Word], variables: Mapping[str, str]) -> list[Assignm
         if len(words) < 2 or len(words) > 3:
             raise EnvSyntaxError(line, "setenv takes NAME and one VALUE: quote values with spaces")
         name = words[1].text
-        if words[1].assign_name is not None or not NAME_RE.match(name):
+        if words[1].assign_name is not None or not is_name(name):
             raise EnvSyntaxError(line, f"setenv: invalid variable name {quote(name)} (no '=')")
         value = words[2].text if len(words) == 3 else ""
         return [Assignment(name, value, line, True)]
@@ -346,7 +352,7 @@ def _interpret(words: list[_Word], variables: Mapping[str, str]) -> list[Assignm
         for word in words[1:]:
             if word.assign_name is not None:
                 result.append(Assignment(word.assign_name, word.text, line, True))
-            elif NAME_RE.match(word.text) and word.literal_prefix is not None:
+            elif is_name(word.text) and word.literal_prefix is not None:
                 result.append(Assignment(word.text, variables.get(word.text, ""), line, True))
             else:
                 raise EnvSyntaxError(line, f"export: invalid argument {quote(word.text)}")

@@ -61,23 +61,33 @@ def plan_late(paths: units.Paths) -> dict[str, str]:
 
 
 def write(output: Path, files: dict[str, str], links: dict[str, str]) -> None:
+    """Relative paths are plain names under output (unit names, `.d`, `.wants`): os.path
+    joins them as pathlib would, without a Path object per file."""
+    made: set[str] = set()
+
+    def parent_of(relative: str) -> str:
+        target = os.path.join(output, relative)
+        parent = os.path.dirname(target)
+        if parent not in made:
+            os.makedirs(parent, exist_ok=True)
+            made.add(parent)
+        return target
+
     for relative, text in sorted(files.items()):
-        target = output / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
         # UTF-8 whatever the locale: systemd reads unit files as UTF-8.
-        replace_file(target, text.encode("utf-8", "surrogateescape"))
+        replace_file(parent_of(relative), text.encode("utf-8", "surrogateescape"))
     for relative, destination in sorted(links.items()):
-        link = output / relative
-        link.parent.mkdir(parents=True, exist_ok=True)
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.symlink_to(destination)
+        link = parent_of(relative)
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(destination, link)
 
 
-def replace_file(target: Path, data: bytes) -> None:
+def replace_file(target: str | os.PathLike[str], data: bytes) -> None:
     """target holds data, old or new whole, never half written (a temporary beside it)."""
-    temporary = target.with_name(target.name + ".tmp")
-    temporary.write_bytes(data)
+    temporary = os.fspath(target) + ".tmp"
+    with open(temporary, "wb") as stream:
+        stream.write(data)
     os.replace(temporary, target)
 
 

@@ -16,10 +16,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import admin, bootctrl, convergence, generator, journal, listening, units
-from .convergence import Observed
+from . import admin, bootctrl, convergence, generator, journal, listening, reconcile_plan, units
 from .errors import UserError
 from .problems import Problem
+from .reconcile_plan import Observed
 from .systemd import JobFailed, Systemd, UnitState
 
 GENERATOR_OUTPUT = admin.GENERATOR_OUTPUT
@@ -73,14 +73,14 @@ def observe(manager: Systemd, output: Path, state: Path) -> list[Observed]:
     }
     found = []
     for name in sorted(generated | remembered | running):
-        if not bootctrl.SERVICE_NAME_RE.match(name):
+        if not bootctrl.valid_service_name(name):
             continue
         socket = manager.state(units.tcpd_socket(name))
         service = manager.state(units.tcpd_service(name))
         wanted = frozenset(
             address
             for entry in socket.listen
-            if (address := convergence.parse_listen(entry)) is not None
+            if (address := reconcile_plan.parse_listen(entry)) is not None
         )
         main = service.main_pid if service.active in ("active", "reloading") else 0
         found.append(
@@ -180,14 +180,14 @@ def broken_services(model: bootctrl.Bootctrl, output: Path = GENERATOR_OUTPUT) -
 ROUNDS = 3
 
 
-def _apply(manager: Systemd, change: convergence.Change) -> str | None:
+def _apply(manager: Systemd, change: reconcile_plan.Change) -> str | None:
     """Carry out one change; the reason it failed, or None."""
     touched = dict.fromkeys(step.unit for step in change.steps)
     for step in change.steps:
         try:
             if step.waits:
                 manager.act(step.verb.value, step.unit)
-            elif step.verb is convergence.Verb.START:
+            elif step.verb is reconcile_plan.Verb.START:
                 manager.start(step.unit)
             else:
                 manager.queue_restart(step.unit)
@@ -228,7 +228,7 @@ def reconcile(
     # nothing differs (a change that keeps failing is tried ROUNDS times, then reported).
     for _ in range(ROUNDS):
         observed = observe(manager, output, state)
-        changes = convergence.plan(observed)
+        changes = reconcile_plan.plan(observed)
         if not changes:
             break
         failed = False
@@ -277,10 +277,10 @@ def status_notes(
         wanted = frozenset(
             address
             for item in current.listen
-            if (address := convergence.parse_listen(item.systemd())) is not None
+            if (address := reconcile_plan.parse_listen(item.systemd())) is not None
         )
         bound = listening.held_by(1, listening.listening_sockets()) & wanted
-    note = convergence.drift(
+    note = reconcile_plan.drift(
         convergence.config_hash(current, model.directory) if current is not None else None,
         loaded_hash(output, service.name),
         listening.environment_value(running, convergence.STAMP_VARIABLE) if running else None,

@@ -41,6 +41,9 @@ def tcpd_service(name: str) -> str:
 
 _C_ESCAPES = {"\\": "\\\\", '"': '\\"', "'": "\\'", "\n": "\\n", "\t": "\\t", "\r": "\\r"}
 _PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/._-+,:=@")
+_NAME_CHARS = _PLAIN - frozenset("=/.,:@+-")
+_CONTROLS = frozenset(map(chr, [*range(32), 127]))  # what may not reach a unit line raw
+_CONTROLS_AND_SPACE = _CONTROLS | {" "}
 
 
 def _c_escape(text: str) -> str:
@@ -66,7 +69,7 @@ def quote_exec_argument(argument: str) -> str:
         raise UnsafeValue("NUL byte in a command argument")
     if argument == ";":
         raise UnsafeValue("a lone ';' would split the command line in systemd")
-    if argument and all(char in _PLAIN for char in argument):
+    if argument and _PLAIN.issuperset(argument):
         return argument
     return '"' + _c_escape(argument).replace("$", "$$") + '"'
 
@@ -79,7 +82,7 @@ def exec_line(argv: tuple[str, ...] | list[str]) -> str:
 
 def environment_assignment(name: str, value: str) -> str:
     """One Environment= value: `"NAME=value"` with systemd's C escapes."""
-    if not name or not all(char in _PLAIN and char not in "=/.,:@+-" for char in name):
+    if not name or not _NAME_CHARS.issuperset(name):
         raise UnsafeValue(f"invalid environment variable name {name!r}")
     if "\0" in value:
         raise UnsafeValue(f"NUL byte in the value of {name}")
@@ -88,7 +91,7 @@ def environment_assignment(name: str, value: str) -> str:
 
 def path_setting(path: str) -> str:
     """A path for SourcePath= and the like: absolute, printable, `%` doubled."""
-    if not path.startswith("/") or any(ord(char) < 32 or ord(char) == 127 for char in path):
+    if not path.startswith("/") or not _CONTROLS.isdisjoint(path):
         raise UnsafeValue(f"path {path!r} cannot be written into a unit file")
     return path.replace("%", "%%")
 
@@ -150,7 +153,7 @@ def rbl_note(service: Service) -> str | None:
 
 def _listen_value(value: str) -> str:
     """An address for ListenStream=: `%` doubled (systemd expands specifiers there)."""
-    if any(ord(char) < 33 or ord(char) == 127 for char in value):
+    if not _CONTROLS_AND_SPACE.isdisjoint(value):
         raise UnsafeValue(f"listen address {value!r} cannot be written into a unit file", "IP")
     return value.replace("%", "%%")
 

@@ -2,9 +2,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qboot_systemd import bootctrl
 from qboot_systemd.bootctrl import Listen
@@ -231,3 +235,35 @@ def test_a_refused_setting_says_the_service_is_skipped_once(
     assert fragment in problem.message and "SVC" not in problem.message
     assert problem.message.endswith("; service subm skipped")
     assert problem.message.count("skipped") == 1
+
+
+# The name checks were regular expressions; these are the expressions, as a reference.
+_REFERENCES = [
+    (bootctrl.valid_service_name, r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z"),
+    (bootctrl._host_name, r"[A-Za-z0-9.-]{1,255}\Z"),
+    (bootctrl._account_name, r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\Z"),
+    (bootctrl._port_name, r"[A-Za-z][A-Za-z0-9_-]{0,31}\Z"),
+]
+_NAME_TEXT = st.text(st.sampled_from("aZ09_.-/ \n\x00é٣\uff21K")) | st.text(max_size=300)
+
+
+@pytest.mark.parametrize(("check", "pattern"), _REFERENCES)
+@settings(max_examples=300)
+@given(text=_NAME_TEXT)
+def test_name_checks_accept_what_their_expression_matches(
+    check: Callable[[str], bool], pattern: str, text: str
+) -> None:
+    assert check(text) == bool(re.match(pattern, text))
+
+
+@pytest.mark.parametrize(("check", "pattern"), _REFERENCES)
+@pytest.mark.parametrize("length", [1, 31, 32, 33, 63, 64, 65, 255, 256])
+def test_name_checks_length_limits(check: Callable[[str], bool], pattern: str, length: int) -> None:
+    for text in ("a" * length, "a" + "-" * (length - 1), "1" * length):
+        assert check(text) == bool(re.match(pattern, text))
+
+
+@given(st.text(st.sampled_from("qmail-.rcx\n")) | st.text())
+def test_rc_service_is_what_the_rc_expression_took(name: str) -> None:
+    match = re.match(r"qmail-(.*)\.rc\Z", name, re.DOTALL)
+    assert bootctrl.rc_service(name) == (match.group(1) if match else None)

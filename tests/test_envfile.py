@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import time
 
 from hypothesis import given, settings
@@ -232,3 +233,8 @@ def test_big_generated_inputs_are_bounded(runs: list[tuple[str, int]], seed: str
 def test_growth_by_repetition_is_bounded(lines: int, copies: int, width: int) -> None:
     text = f"A={'z' * width}\n" + ('A="' + "$A" * copies + '"\n') * lines
     check_bounded(text)
+
+
+@given(st.text(st.sampled_from("aZ_09 =-é٣\n")) | st.text())
+def test_is_name_is_the_shell_name_expression(text: str) -> None:
+    assert envfile.is_name(text) == bool(re.match(r"[A-Za-z_][A-Za-z0-9_]*\Z", text))
