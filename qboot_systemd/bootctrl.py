@@ -10,15 +10,19 @@ import ipaddress
 import os
 import stat
 from collections.abc import Mapping
-from pathlib import Path
 
-from . import envfile, strictmodes
+from . import envfile, purepath, strictmodes
 from .problems import Problem, quote
 from .records import NamedTuple
 from .tcpflags import TcpFlagsError, split_interface, validate_tcpflags
 from .tcpsrv.rbl import parse_command, plain_dns_name
 
-DEFAULT_QMAIL_HOME = Path("/var/qmail")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING's value, without importing typing
+if TYPE_CHECKING:
+    from pathlib import Path
+
+# Paths are text here (os.path and purepath): the generator does without pathlib.
+DEFAULT_QMAIL_HOME = "/var/qmail"
 DEFAULT_DELIVERY = "./Maildir/"
 DEFAULT_PORT = 25
 DEFAULT_MAXCONN = 40
@@ -70,11 +74,15 @@ def _port_name(text: str) -> bool:
 
 
 def default_bootctrl() -> Path:
-    return Path(os.environ.get("QBOOT_BOOTCTRL", str(DEFAULT_QMAIL_HOME / "etc" / "bootctrl")))
+    from pathlib import Path  # for the commands; the generator does not call this
+
+    return Path(os.environ.get("QBOOT_BOOTCTRL", f"{DEFAULT_QMAIL_HOME}/etc/bootctrl"))
 
 
 def default_qmail_home() -> Path:
-    return Path(os.environ.get("QBOOT_QMAIL_HOME", str(DEFAULT_QMAIL_HOME)))
+    from pathlib import Path  # for the commands; the generator does not call this
+
+    return Path(os.environ.get("QBOOT_QMAIL_HOME", DEFAULT_QMAIL_HOME))
 
 
 class Listen(NamedTuple):
@@ -202,8 +210,8 @@ class _ServiceProblem(Exception):
 
 
 def load(
-    directory: Path | str,
-    qmail_home: Path | str | None = None,
+    directory: str | os.PathLike[str],
+    qmail_home: str | os.PathLike[str] | None = None,
     *,
     check_accounts: bool = False,
     holders: Mapping[str, frozenset[str]] | None = None,
@@ -212,8 +220,9 @@ def load(
     check_accounts: also report USER/GROUP names unknown here (qbootctl; not the generator).
     holders: the ListenStream= values each service runs with now; in a clash, the
     service that already holds the address keeps it."""
-    directory = Path(directory).absolute()
-    home = Path(qmail_home) if qmail_home is not None else default_qmail_home()
+    if qmail_home is None:
+        qmail_home = os.environ.get("QBOOT_QMAIL_HOME", DEFAULT_QMAIL_HOME)
+    home = purepath.pure(qmail_home)
     trusted = strictmodes.TrustedDirectory(directory)
     try:
         return _load_trusted(trusted, home, check_accounts, holders or {})
@@ -223,7 +232,7 @@ def load(
 
 def _load_trusted(
     trusted: strictmodes.TrustedDirectory,
-    home: Path,
+    home: str,
     check_accounts: bool,
     holders: Mapping[str, frozenset[str]],
 ) -> Bootctrl:
@@ -231,14 +240,14 @@ def _load_trusted(
     try:
         names = trusted.open().names()
     except (FileNotFoundError, NotADirectoryError):
-        problem = Problem(str(directory), 0, "bootctrl directory not found")
-        return Bootctrl(str(directory), str(home), None, (), (problem,))
+        problem = Problem(directory, 0, "bootctrl directory not found")
+        return Bootctrl(directory, home, None, (), (problem,))
     except strictmodes.Untrusted as error:
         problem = Problem(error.path, 0, f"{error.message}; nothing in {directory} is used")
-        return Bootctrl(str(directory), str(home), None, (), (problem,))
+        return Bootctrl(directory, home, None, (), (problem,))
     except OSError as error:
-        problem = Problem(str(directory), 0, f"cannot read directory: {error.strerror}")
-        return Bootctrl(str(directory), str(home), None, (), (problem,))
+        problem = Problem(directory, 0, f"cannot read directory: {error.strerror}")
+        return Bootctrl(directory, home, None, (), (problem,))
     problems: list[Problem] = []
     send = _load_send(directory, home, names, problems)
     services: list[Service] = []
@@ -252,12 +261,13 @@ def _load_trusted(
         except _ServiceProblem as error:
             problems.append(error.problem)
         except Exception as error:  # one service's files never stop the others
-            problems.append(_unexpected(error, printable(str(directory / name)), service_name))
+            where = printable(os.path.join(directory, name))
+            problems.append(_unexpected(error, where, service_name))
     services = _drop_conflicting(services, problems, holders)
     if check_accounts:
         for service in services:
             problems.extend(unknown_accounts(service))
-    return Bootctrl(str(directory), str(home), send, tuple(services), tuple(sorted(problems)))
+    return Bootctrl(directory, home, send, tuple(services), tuple(sorted(problems)))
 
 
 def _unexpected(error: Exception, where: str, name: str) -> Problem:
@@ -272,34 +282,33 @@ def _unexpected(error: Exception, where: str, name: str) -> Problem:
     return Problem(where, 0, f"{what}; service {name} skipped")
 
 
-def _load_send(
-    directory: Path, home: Path, names: list[str], problems: list[Problem]
-) -> Send | None:
+def _load_send(directory: str, home: str, names: list[str], problems: list[Problem]) -> Send | None:
     if SEND_RC not in names:
         return None
-    source = home.absolute() / "control" / "defaultdelivery"
+    source = purepath.join(purepath.absolute(home), "control", "defaultdelivery")
+    rc_file = os.path.join(directory, SEND_RC)
     try:
-        text = strictmodes.read_file(str(source)).decode("utf-8")
+        text = strictmodes.read_file(source).decode("utf-8")
     except FileNotFoundError:
-        return Send(str(directory / SEND_RC), str(home), DEFAULT_DELIVERY, "default")
+        return Send(rc_file, home, DEFAULT_DELIVERY, "default")
     except strictmodes.Untrusted as error:
         problems.append(Problem(error.path, 0, f"{error.message}; using {DEFAULT_DELIVERY}"))
-        return Send(str(directory / SEND_RC), str(home), DEFAULT_DELIVERY, "default")
+        return Send(rc_file, home, DEFAULT_DELIVERY, "default")
     except OSError as error:
         problems.append(
-            Problem(str(source), 0, f"cannot read: {error.strerror}; using {DEFAULT_DELIVERY}")
+            Problem(source, 0, f"cannot read: {error.strerror}; using {DEFAULT_DELIVERY}")
         )
-        return Send(str(directory / SEND_RC), str(home), DEFAULT_DELIVERY, "default")
+        return Send(rc_file, home, DEFAULT_DELIVERY, "default")
     except UnicodeDecodeError:
-        problems.append(Problem(str(source), 0, f"not UTF-8; using {DEFAULT_DELIVERY}"))
-        return Send(str(directory / SEND_RC), str(home), DEFAULT_DELIVERY, "default")
+        problems.append(Problem(source, 0, f"not UTF-8; using {DEFAULT_DELIVERY}"))
+        return Send(rc_file, home, DEFAULT_DELIVERY, "default")
     # Like the shell's `cat` in backquotes: trailing newlines go, inner ones stay
     # (qmail-start takes several delivery lines).
     delivery = text.rstrip("\n")
     if not delivery.strip() or "\0" in delivery:
-        problems.append(Problem(str(source), 1, f"empty or invalid; using {DEFAULT_DELIVERY}"))
+        problems.append(Problem(source, 1, f"empty or invalid; using {DEFAULT_DELIVERY}"))
         delivery = DEFAULT_DELIVERY
-    return Send(str(directory / SEND_RC), str(home), delivery, str(source))
+    return Send(rc_file, home, delivery, source)
 
 
 def printable(path: str) -> str:
@@ -337,7 +346,7 @@ def _check_rc_link(bootctrl: strictmodes.TrustedDirectory, name: str, rc_name: s
 
 def _load_service(
     bootctrl: strictmodes.TrustedDirectory,
-    home: Path,
+    home: str,
     name: str,
     me: str,
     problems: list[Problem],
@@ -359,7 +368,7 @@ def _load_service(
             raise _ServiceProblem(
                 Problem(env_path, 0, f"cannot read: {error.strerror}; service {name} skipped")
             ) from None
-        env = envfile.parse(data, env_path, {"QMAILHOME": str(home), "SERVICE": name})
+        env = envfile.parse(data, env_path, {"QMAILHOME": home, "SERVICE": name})
         if env.problems:
             problems.extend(env.problems[1:])
             first = env.problems[0]
@@ -466,7 +475,8 @@ def service_port(name: str, services: str = SERVICES_FILE) -> int | None:
     """A tcp service's port from /etc/services, read as a file: the generator must not
     ask NSS (which may talk to another process)."""
     try:
-        lines = Path(services).read_text(errors="replace").splitlines()
+        with open(services, errors="replace") as stream:
+            lines = stream.read().splitlines()
     except OSError:
         return None
     for line in lines:
@@ -571,12 +581,12 @@ def unknown_accounts(service: Service) -> list[Problem]:
     return found
 
 
-def local_name(home: Path, problems: list[Problem]) -> str:
+def local_name(home: str | os.PathLike[str], problems: list[Problem]) -> str:
     """The first line of control/me, as lifewithqmail's run script passes it to tcpserver -l;
     the fallback "0" when qmail is not configured yet (no file) or the file is refused.
     Read like defaultdelivery (StrictModes, regular file, capped, never blocking): its
     line reaches every unit's command line and every session's TCPLOCALHOST."""
-    source = str(home.absolute() / "control" / "me")
+    source = purepath.join(purepath.absolute(home), "control", "me")
     fallback = f"using -l {FALLBACK_LOCAL_NAME}"
     try:
         data = strictmodes.read_file(source)
@@ -649,7 +659,7 @@ def _rules_path(
 
 def _build_service(
     bootctrl: strictmodes.TrustedDirectory,
-    home: Path,
+    home: str,
     name: str,
     rc_name: str,
     me: str,
@@ -675,7 +685,8 @@ def _build_service(
         assert env is not None and flags_line is not None
         raise _ServiceProblem(Problem(env.path, flags_line.line, f"TCPFLAGS: {error}")) from None
     screening = _screening(env)
-    smtpd = _words(env, "SMTPD") or (str(home / "bin" / _DEFAULT_SERVERS.get(name, "qmail-smtpd")),)
+    server = _DEFAULT_SERVERS.get(name, "qmail-smtpd")
+    smtpd = _words(env, "SMTPD") or (purepath.join(home, "bin", server),)
     return Service(
         name=name,
         rc_file=bootctrl.where(rc_name),

@@ -16,12 +16,16 @@ a copy under /run/qboot/last-good), so a typo never stops what runs.
 from __future__ import annotations
 
 import os
+import stat
 from binascii import crc32
-from pathlib import Path
 
 from . import bootctrl, jsontext, units
 
-STATE_DIR = Path("/run/qboot")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING's value, without importing typing
+if TYPE_CHECKING:
+    from pathlib import Path
+
+STATE_DIR = "/run/qboot"
 LAST_GOOD = "last-good"
 LOCK_NAME = "lock"
 STAMP_NAME = "qboot-config.conf"
@@ -32,8 +36,15 @@ RECONCILE_UNIT = "qboot-reconcile.service"
 SEND = "send"
 
 
+def state_path() -> str:
+    """The state directory as text, for the generator (which does without pathlib)."""
+    return os.environ.get("QBOOT_STATE_DIR", STATE_DIR)
+
+
 def state_dir() -> Path:
-    return Path(os.environ.get("QBOOT_STATE_DIR", str(STATE_DIR)))
+    from pathlib import Path  # for the commands
+
+    return Path(state_path())
 
 
 # --- what the generator adds ---------------------------------------------------------------
@@ -71,7 +82,7 @@ def wants_link(name: str) -> str:
     return f"sockets.target.wants/{units.tcpd_socket(name)}"
 
 
-def enabled_names(directory: Path) -> tuple[str, ...]:
+def enabled_names(directory: str | os.PathLike[str]) -> tuple[str, ...]:
     """Services whose rc link points at qmail-tcpd, broken or not: the admin's switch. A
     regular file in its place (a copy of the script, as SysV rc directories allowed) is a
     switch too: the service stays, broken ("not a symlink"), on its last good settings."""
@@ -84,40 +95,49 @@ def enabled_names(directory: Path) -> tuple[str, ...]:
         if not (entry.startswith("qmail-") and entry.endswith(".rc")) or entry == bootctrl.SEND_RC:
             continue
         name = entry[len("qmail-") : -len(".rc")]
-        path = directory / entry
+        path = os.path.join(directory, entry)
         if not bootctrl.valid_service_name(name):
             continue
-        if path.is_symlink():
+        try:
+            status = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):  # gone since the listing
+            continue
+        if stat.S_ISLNK(status.st_mode):
             if os.path.basename(os.readlink(path)) == bootctrl.RC_TARGET:
                 found.append(name)
-        elif path.is_file():
+        elif stat.S_ISREG(status.st_mode):
             found.append(name)
     return tuple(found)
 
 
-def read_last_good(state: Path, name: str) -> dict[str, str] | None:
+def _read_text(path: str) -> str:
+    with open(path) as stream:  # as Path.read_text() reads
+        return stream.read()
+
+
+def read_last_good(state: str | os.PathLike[str], name: str) -> dict[str, str] | None:
     """The drop-ins a service last ran with, or None."""
-    base = state / LAST_GOOD / name
+    base = os.path.join(state, LAST_GOOD, name)
     files = {}
     for relative in service_files(name):
         try:
-            files[relative] = (base / relative).read_text()
+            files[relative] = _read_text(os.path.join(base, relative))
         except (OSError, UnicodeDecodeError):
             return None
     return files
 
 
-def holders(state: Path) -> dict[str, frozenset[str]]:
+def holders(state: str | os.PathLike[str]) -> dict[str, frozenset[str]]:
     """ListenStream= values of the drop-ins each service last ran with."""
     found = {}
-    base = state / LAST_GOOD
+    base = os.path.join(state, LAST_GOOD)
     try:
         names = sorted(os.listdir(base))
     except OSError:
         return {}
     for name in names:
         try:
-            text = (base / name / service_files(name)[0]).read_text()
+            text = _read_text(os.path.join(base, name, service_files(name)[0]))
         except (OSError, UnicodeDecodeError):
             continue
         found[name] = frozenset(
@@ -129,11 +149,14 @@ def holders(state: Path) -> dict[str, frozenset[str]]:
 
 
 def load(
-    directory: Path, qmail_home: Path | str | None = None, *, check_accounts: bool = False
+    directory: str | os.PathLike[str],
+    qmail_home: str | os.PathLike[str] | None = None,
+    *,
+    check_accounts: bool = False,
 ) -> bootctrl.Bootctrl:
     """The model as the generator sees it: running services keep their addresses."""
     return bootctrl.load(
-        directory, qmail_home, check_accounts=check_accounts, holders=holders(state_dir())
+        directory, qmail_home, check_accounts=check_accounts, holders=holders(state_path())
     )
 
 
@@ -142,7 +165,7 @@ def add_convergence(
     files: dict[str, str],
     links: dict[str, str],
     paths: units.Paths,
-    state: Path,
+    state: str | os.PathLike[str],
 ) -> list[str]:
     """Stamps, the reconcile trigger, and last good drop-ins for broken services.
     Returns the names of the services kept on their last good settings (degraded)."""
@@ -155,7 +178,7 @@ def add_convergence(
     # bootctrl unreadable (or refused as a whole): everything that ran keeps running as it
     # was, and no reconcile is triggered: it would stop every service.
     unusable = any(p.file == model.directory and p.line == 0 for p in model.problems)
-    names = sorted(holders(state)) if unusable else enabled_names(Path(model.directory))
+    names = sorted(holders(state)) if unusable else enabled_names(model.directory)
     degraded = []
     for name in names:
         if f"{units.tcpd_service(name)}.d/{units.DROPIN_NAME}" in files:

@@ -7,17 +7,21 @@ symlinks. Bad input is logged and skipped; only an unwritable output dir fails.
 
 from __future__ import annotations
 
+import errno
 import gc
 import os
+import stat
 import sys
-from pathlib import Path
 
-from . import bootctrl, convergence, units
+from . import bootctrl, convergence, purepath, units
 from .problems import Problem
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING's value: typing is not imported at run time
 if TYPE_CHECKING:
     from typing import NoReturn
+
+# Paths are text here (os.path and purepath, written as pathlib writes them): importing
+# pathlib cost the generator more than reading bootctrl.
 
 PROGRAM = "qboot-systemd-generator"
 
@@ -54,7 +58,7 @@ def plan(
             )
         except units.UnsafeValue as error:
             problems.append(Problem(model.send.rc_file, 0, f"{error}; qmail-send skipped"))
-    for name in convergence.add_convergence(model, files, links, paths, convergence.state_dir()):
+    for name in convergence.add_convergence(model, files, links, paths, convergence.state_path()):
         rc_file = f"{model.directory}/qmail-{name}.rc"
         problems.append(Problem(rc_file, 0, f"service {name} keeps its last good settings"))
     return files, links, sorted(problems)
@@ -65,9 +69,9 @@ def plan_late(paths: units.Paths) -> dict[str, str]:
     return {f"multi-user.target.wants/{units.BOOT_UNIT}": f"{paths.unit_dir}/{units.BOOT_UNIT}"}
 
 
-def write(output: Path, files: dict[str, str], links: dict[str, str]) -> None:
+def write(output: str | os.PathLike[str], files: dict[str, str], links: dict[str, str]) -> None:
     """Relative paths are plain names under output (unit names, `.d`, `.wants`): os.path
-    joins them as pathlib would, without a Path object per file."""
+    joins them as pathlib would."""
     made: set[str] = set()
 
     def parent_of(relative: str) -> str:
@@ -128,25 +132,39 @@ def log(problems: list[Problem], stream_path: str = "/dev/kmsg") -> None:
         sys.stderr.flush()
 
 
+def is_directory(path: str) -> bool:
+    """Path(path).is_dir(): False when it is missing or not a directory, OSError when it
+    cannot be looked at."""
+    try:
+        return stat.S_ISDIR(os.stat(path).st_mode)
+    except OSError as error:
+        if error.errno in (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP):
+            return False
+        raise
+    except ValueError:  # a NUL in the name
+        return False
+
+
 def run(
-    output: Path,
-    bootctrl_dir: Path,
-    qmail_home: Path,
+    output: str | os.PathLike[str],
+    bootctrl_dir: str | os.PathLike[str],
+    qmail_home: str | os.PathLike[str],
     paths: units.Paths,
     log_path: str = "/dev/kmsg",
 ) -> int:
+    directory = purepath.pure(bootctrl_dir)
     try:
-        present = bootctrl_dir.is_dir()
+        present = is_directory(directory)
     except OSError as error:
         message = f"cannot read: {error.strerror}; no qmail unit generated"
-        log([Problem(str(bootctrl_dir), 0, message)], log_path)
+        log([Problem(directory, 0, message)], log_path)
         return 0
     if not present:
         write(output, {}, plan_late(paths))
         log(
             [
                 Problem(
-                    str(bootctrl_dir),
+                    directory,
                     0,
                     f"not there yet: {units.BOOT_UNIT} starts the services once it is mounted",
                 )
@@ -155,10 +173,10 @@ def run(
         )
         return 0
     try:
-        model = convergence.load(bootctrl_dir, qmail_home)
+        model = convergence.load(directory, qmail_home)
     except Exception as error:  # load() collects problems; this is the last line of defence
         message = f"cannot read ({type(error).__name__}); no qmail unit generated"
-        log([Problem(str(bootctrl_dir), 0, message)], log_path)
+        log([Problem(directory, 0, message)], log_path)
         return 0
     files, links, problems = plan(model, paths)
     write(output, files, links)
@@ -185,15 +203,15 @@ def main(
         tcpsrv=os.environ.get("QBOOT_TCPSRV", tcpsrv or defaults.tcpsrv),
         unit_dir=os.environ.get("QBOOT_UNIT_DIR", unit_dir or defaults.unit_dir),
     )
-    home = Path(os.environ.get("QBOOT_QMAIL_HOME", qmail_home or "/var/qmail"))
-    directory = Path(os.environ.get("QBOOT_BOOTCTRL", str(home / "etc" / "bootctrl")))
+    home = purepath.pure(os.environ.get("QBOOT_QMAIL_HOME", qmail_home or "/var/qmail"))
+    directory = os.environ.get("QBOOT_BOOTCTRL", purepath.join(home, "etc", "bootctrl"))
     # A short run that leaves no garbage cycles to speak of: the cyclic collector's passes
     # over everything imported cost a third of the generator's own work. Callers in the
     # same process (tests) get it back.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return run(Path(args[0]), directory, home, paths)
+        return run(purepath.pure(args[0]), directory, home, paths)
     except OSError as error:
         sys.stderr.write(f"{PROGRAM}: cannot write {error.filename or args[0]}: {error.strerror}\n")
         return 1
