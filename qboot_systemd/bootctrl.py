@@ -769,18 +769,22 @@ def _drop_conflicting(
         return (not held, service.listen_line == 0, service.name)
 
     kept: list[Service] = []
+    on_port: dict[int, list[int]] = {}  # port -> indexes in kept: only those can clash
     for service in sorted(services, key=priority):
+        near = sorted({index for mine in service.listen for index in on_port.get(mine.port, ())})
         clash = next(
             (
-                (other, mine)
-                for other in kept
+                (kept[index], mine)
+                for index in near
                 for mine in service.listen
-                for theirs in other.listen
+                for theirs in kept[index].listen
                 if mine.conflicts_with(theirs)
             ),
             None,
         )
         if clash is None:
+            for item in service.listen:
+                on_port.setdefault(item.port, []).append(len(kept))
             kept.append(service)
             continue
         other, mine = clash
