@@ -43,13 +43,16 @@ def make_bootctrl(directory: Path, services: int) -> None:
         )
 
 
-def best_of(argv: list[str], env: dict[str, str], runs: int = 15) -> float:
-    times = []
-    for _ in range(runs):
-        begin = time.perf_counter()
-        subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
-        times.append(time.perf_counter() - begin)
-    return statistics.median(times)
+def medians(commands: list[tuple[list[str], dict[str, str]]], rounds: int = 15) -> list[float]:
+    """Median wall time of each command, run in turn round after round: a neighbour's
+    burst slows bare Python and the generator alike instead of one of them."""
+    times: list[list[float]] = [[] for _ in commands]
+    for _ in range(rounds):
+        for (argv, env), found in zip(commands, times, strict=True):
+            begin = time.perf_counter()
+            subprocess.run(argv, env=env, check=True, stdout=subprocess.DEVNULL)
+            found.append(time.perf_counter() - begin)
+    return [statistics.median(found) for found in times]
 
 
 def installed(scratch: Path) -> tuple[str, list[str]]:
@@ -84,16 +87,18 @@ def main() -> None:
         if "--installed" in sys.argv[1:]:
             python, generator = installed(Path(scratch))
             print("as installed: a venv without the editable finder, the launcher")
-        bare = best_of([python, "-I", "-c", "pass"], env)
-        print(f"bare python3 -I -c pass: {bare * 1e3:.1f} ms (median of 15)")
-        print(f"{'services':>8} {'ms':>7} {'x bare':>7}")
-        for count in (1, 10, 50):
+        counts = (1, 10, 50)
+        commands = [([python, "-I", "-c", "pass"], env)]
+        for count in counts:
             bootctrl = Path(scratch) / f"bootctrl{count}"
             make_bootctrl(bootctrl, count)
             output = Path(scratch) / f"out{count}"
-            run_env = {**env, "QBOOT_BOOTCTRL": str(bootctrl)}
-            elapsed = best_of([*generator, str(output)], run_env)
-            print(f"{count:>8} {elapsed * 1e3:>7.1f} {elapsed / bare:>7.2f}")
+            commands.append(([*generator, str(output)], {**env, "QBOOT_BOOTCTRL": str(bootctrl)}))
+        bare, *elapsed = medians(commands)
+        print(f"bare python3 -I -c pass: {bare * 1e3:.1f} ms (median of 15, interleaved)")
+        print(f"{'services':>8} {'ms':>7} {'x bare':>7}")
+        for count, median in zip(counts, elapsed, strict=True):
+            print(f"{count:>8} {median * 1e3:>7.1f} {median / bare:>7.2f}")
 
 
 if __name__ == "__main__":
