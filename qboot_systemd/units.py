@@ -44,9 +44,13 @@ _PLAIN = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01234567
 _NAME_CHARS = _PLAIN - frozenset("=/.,:@+-")
 _CONTROLS = frozenset(map(chr, [*range(32), 127]))  # what may not reach a unit line raw
 _CONTROLS_AND_SPACE = _CONTROLS | {" "}
+# What _c_escape changes: text without any of these comes out as it went in.
+_ESCAPED = frozenset([*_C_ESCAPES, *_CONTROLS, *map(chr, range(128, 160)), "%", "\u2028", "\u2029"])
 
 
 def _c_escape(text: str) -> str:
+    if _ESCAPED.isdisjoint(text):
+        return text
     out = []
     for char in text:
         if char in _C_ESCAPES:
