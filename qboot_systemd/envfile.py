@@ -72,8 +72,8 @@ MAX_VALUE = 64 * 1024
 MAX_TOTAL = 256 * 1024
 
 # What ends a run of characters that stand for themselves, unquoted and inside double
-# quotes. Scanned by hand, not by regular expressions: importing re and compiling them was
-# a tenth of the generator's start-up.
+# quotes. Scanned by hand, not by regular expressions: importing re and compiling them cost
+# the generator 2.5 ms at every start (installed, where nothing imported re before).
 _PLAIN_STOPS = frozenset(" \t\n'\"\\$;&|<>()`=")
 _DQUOTE_STOPS = frozenset('"\n`\\$')
 _NAME_START = _NAME_CHARS - frozenset("0123456789")
