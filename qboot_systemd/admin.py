@@ -29,7 +29,7 @@ class Target:
 def target(name: str) -> Target:
     if name == SEND:
         return Target(SEND, (units.SEND_UNIT,))
-    if not bootctrl.SERVICE_NAME_RE.match(name):
+    if not bootctrl.valid_service_name(name):
         raise UserError(f"invalid service name {name!r}", "use letters, digits, - _ .")
     return Target(name, (units.tcpd_socket(name), units.tcpd_service(name)))
 

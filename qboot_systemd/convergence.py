@@ -1,6 +1,6 @@
-"""Convergence, the pure half: what the generator adds so that edits reach what runs,
-and the plan that `qbootctl reconcile` carries out. No D-Bus, no click: the generator
-imports this module.
+"""Convergence, the generator's half: what it adds so that edits reach what runs. No
+D-Bus, no click: the generator imports this module (the plan that `qbootctl reconcile`
+carries out is reconcile_plan's).
 
 systemd runs nothing after a daemon-reload. So the generator also writes
   - a stamp drop-in per service: Environment=QBOOT_CONFIG=<hash of the service's model>.
@@ -17,17 +17,17 @@ refused settings): the generator never looks accounts up itself.
 
 from __future__ import annotations
 
-import enum
-import ipaddress
-import json
 import os
-import zlib
-from pathlib import Path
+import stat
+from binascii import crc32
 
-from . import bootctrl, units
-from .records import NamedTuple
+from . import bootctrl, jsontext, units
 
-STATE_DIR = Path("/run/qboot")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING's value, without importing typing
+if TYPE_CHECKING:
+    from pathlib import Path
+
+STATE_DIR = "/run/qboot"
 LAST_GOOD = "last-good"
 REFUSED = "refused"
 LOCK_NAME = "lock"
@@ -39,21 +39,28 @@ RECONCILE_UNIT = "qboot-reconcile.service"
 SEND = "send"
 
 
+def state_path() -> str:
+    """The state directory as text, for the generator (which does without pathlib)."""
+    return os.environ.get("QBOOT_STATE_DIR", STATE_DIR)
+
+
 def state_dir() -> Path:
-    return Path(os.environ.get("QBOOT_STATE_DIR", str(STATE_DIR)))
+    from pathlib import Path  # for the commands
+
+    return Path(state_path())
 
 
 # --- what the generator adds ---------------------------------------------------------------
 def config_hash(model: bootctrl.Service | bootctrl.Send, directory: str) -> str:
     """Everything bootctrl says about one service, hashed: equal hashes, nothing to do.
     Paths are taken relative to the bootctrl directory, so a copy hashes the same."""
-    text = json.dumps(model.as_json(), sort_keys=True, separators=(",", ":"))
-    text = text.replace(json.dumps(directory.rstrip("/") + "/")[1:-1], "@BOOTCTRL@/")
+    text = jsontext.sorted_compact(model.as_json())
+    text = text.replace(jsontext.string(directory.rstrip("/") + "/")[1:-1], "@BOOTCTRL@/")
     # A change detector for files only root may write, not a defence against forgery:
     # two CRC-32s (forwards and backwards) give 64 bits without hashlib, whose OpenSSL
-    # load was a sixth of the generator's start-up.
+    # load was a sixth of the generator's start-up (binascii's CRC-32 is zlib's).
     data = text.encode()
-    return f"{zlib.crc32(data):08x}{zlib.crc32(data[::-1]):08x}"
+    return f"{crc32(data):08x}{crc32(data[::-1]):08x}"
 
 
 def stamp_dropin(value: str) -> str:
@@ -78,7 +85,7 @@ def wants_link(name: str) -> str:
     return f"sockets.target.wants/{units.tcpd_socket(name)}"
 
 
-def enabled_names(directory: Path) -> tuple[str, ...]:
+def enabled_names(directory: str | os.PathLike[str]) -> tuple[str, ...]:
     """Services whose rc link points at qmail-tcpd, broken or not: the admin's switch. A
     regular file in its place (a copy of the script, as SysV rc directories allowed) is a
     switch too: the service stays, broken ("not a symlink"), on its last good settings."""
@@ -91,32 +98,41 @@ def enabled_names(directory: Path) -> tuple[str, ...]:
         if not (entry.startswith("qmail-") and entry.endswith(".rc")) or entry == bootctrl.SEND_RC:
             continue
         name = entry[len("qmail-") : -len(".rc")]
-        path = directory / entry
-        if not bootctrl.SERVICE_NAME_RE.match(name):
+        path = os.path.join(directory, entry)
+        if not bootctrl.valid_service_name(name):
             continue
-        if path.is_symlink():
+        try:
+            status = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):  # gone since the listing
+            continue
+        if stat.S_ISLNK(status.st_mode):
             if os.path.basename(os.readlink(path)) == bootctrl.RC_TARGET:
                 found.append(name)
-        elif path.is_file():
+        elif stat.S_ISREG(status.st_mode):
             found.append(name)
     return tuple(found)
 
 
-def read_last_good(state: Path, name: str) -> dict[str, str] | None:
+def _read_text(path: str) -> str:
+    with open(path) as stream:  # as Path.read_text() reads
+        return stream.read()
+
+
+def read_last_good(state: str | os.PathLike[str], name: str) -> dict[str, str] | None:
     """The drop-ins a service last ran with, or None."""
-    base = state / LAST_GOOD / name
+    base = os.path.join(state, LAST_GOOD, name)
     files = {}
     for relative in service_files(name):
         try:
-            files[relative] = (base / relative).read_text()
+            files[relative] = _read_text(os.path.join(base, relative))
         except (OSError, UnicodeDecodeError):
             return None
     return files
 
 
-def read_refused(state: Path) -> dict[str, str]:
+def read_refused(state: str | os.PathLike[str]) -> dict[str, str]:
     """Settings the reconcile refused (an unknown USER=/GROUP=): service -> config hash."""
-    base = state / REFUSED
+    base = os.path.join(state, REFUSED)
     try:
         names = sorted(os.listdir(base))
     except OSError:
@@ -124,23 +140,23 @@ def read_refused(state: Path) -> dict[str, str]:
     found = {}
     for name in names:
         try:
-            found[name] = (base / name).read_text().strip()
+            found[name] = _read_text(os.path.join(base, name)).strip()
         except (OSError, UnicodeDecodeError):
             continue
     return found
 
 
-def holders(state: Path) -> dict[str, frozenset[str]]:
+def holders(state: str | os.PathLike[str]) -> dict[str, frozenset[str]]:
     """ListenStream= values of the drop-ins each service last ran with."""
     found = {}
-    base = state / LAST_GOOD
+    base = os.path.join(state, LAST_GOOD)
     try:
         names = sorted(os.listdir(base))
     except OSError:
         return {}
     for name in names:
         try:
-            text = (base / name / service_files(name)[0]).read_text()
+            text = _read_text(os.path.join(base, name, service_files(name)[0]))
         except (OSError, UnicodeDecodeError):
             continue
         found[name] = frozenset(
@@ -152,11 +168,14 @@ def holders(state: Path) -> dict[str, frozenset[str]]:
 
 
 def load(
-    directory: Path, qmail_home: Path | str | None = None, *, check_accounts: bool = False
+    directory: str | os.PathLike[str],
+    qmail_home: str | os.PathLike[str] | None = None,
+    *,
+    check_accounts: bool = False,
 ) -> bootctrl.Bootctrl:
     """The model as the generator sees it: running services keep their addresses."""
     return bootctrl.load(
-        directory, qmail_home, check_accounts=check_accounts, holders=holders(state_dir())
+        directory, qmail_home, check_accounts=check_accounts, holders=holders(state_path())
     )
 
 
@@ -165,7 +184,7 @@ def add_convergence(
     files: dict[str, str],
     links: dict[str, str],
     paths: units.Paths,
-    state: Path,
+    state: str | os.PathLike[str],
 ) -> list[str]:
     """Stamps, the reconcile trigger, and last good drop-ins for broken services (and for
     settings the reconcile refused). Returns the names of the services kept on their last
@@ -186,7 +205,7 @@ def add_convergence(
     # bootctrl unreadable (or refused as a whole): everything that ran keeps running as it
     # was, and no reconcile is triggered: it would stop every service.
     unusable = any(p.file == model.directory and p.line == 0 for p in model.problems)
-    names = sorted(holders(state)) if unusable else enabled_names(Path(model.directory))
+    names = sorted(holders(state)) if unusable else enabled_names(model.directory)
     degraded = []
     for name in names:
         if f"{units.tcpd_service(name)}.d/{units.DROPIN_NAME}" in files:
@@ -202,163 +221,3 @@ def add_convergence(
     files[TRIGGER] = "# qboot-reconcile.path starts qbootctl reconcile while this exists\n"
     links[f"paths.target.wants/{PATH_UNIT}"] = f"{paths.unit_dir}/{PATH_UNIT}"
     return degraded
-
-
-# --- what reconcile sees --------------------------------------------------------------------
-Address = tuple[str, int]  # (normalised IP, port)
-
-
-def parse_listen(value: str) -> Address | None:
-    """A socket unit's Listen entry ("[::]:25", "127.0.0.1:2525", "25") as (ip, port)."""
-    host, _, port = value.rpartition(":")
-    if not port.isdigit():
-        return None
-    if not host:
-        return ("::", int(port))
-    try:
-        return (str(ipaddress.ip_address(host.strip("[]"))), int(port))
-    except ValueError:
-        return None
-
-
-class Observed(NamedTuple):
-    """One tcp service (or send), as loaded and as running."""
-
-    name: str
-    generated: bool  # systemd loaded a drop-in for it (enabled, maybe degraded)
-    applied_before: bool  # reconcile has run it before (its last good copy exists)
-    socket_active: bool  # always True for send (no socket)
-    service_active: bool
-    loaded_hash: str  # QBOOT_CONFIG in the loaded drop-in ("" when none)
-    running_hash: str | None  # QBOOT_CONFIG of the main process (None: not running)
-    wanted: frozenset[Address] = frozenset()  # the socket's Listen=, as loaded
-    bound: frozenset[Address] = frozenset()  # listening sockets systemd holds now
-    held: frozenset[Address] = frozenset()  # listening sockets the main process holds
-    socket_failed: bool = False  # e.g. its new port was still taken: try again
-
-    @property
-    def is_send(self) -> bool:
-        return self.name == SEND
-
-
-class Verb(enum.StrEnum):
-    START = "start"
-    STOP = "stop"
-    RESTART = "restart"
-
-
-class Step(NamedTuple):
-    verb: Verb
-    unit: str
-
-    @property
-    def waits(self) -> bool:
-        """A tcp service's start is ordered after qboot-reconcile.service (so that an
-        admin's `systemctl restart` right after a reload runs on the new socket): the
-        reconcile queues it and must not wait for it."""
-        starts = self.verb in (Verb.START, Verb.RESTART)
-        tcp_service = self.unit.startswith("qmail-tcpd@") and self.unit.endswith(".service")
-        return not (starts and tcp_service)
-
-
-class Change(NamedTuple):
-    """What to do for one service, and the line that says why."""
-
-    name: str
-    steps: tuple[Step, ...]
-    message: str
-
-
-def _describe(addresses: frozenset[Address]) -> str:
-    if not addresses:
-        return "nothing"
-    return " ".join(
-        f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip, port in sorted(addresses)
-    )
-
-
-def listen_stale(item: Observed) -> bool:
-    """The socket does not listen where its unit says, or the service holds old ports."""
-    return bool(item.wanted - item.bound) or bool(item.held - item.wanted)
-
-
-def plan_one(item: Observed) -> Change | None:
-    if item.is_send:
-        unit = units.SEND_UNIT
-        if not item.generated:
-            if item.service_active:
-                return Change(SEND, (Step(Verb.STOP, unit),), f"stopped {unit} (no qmail-init.rc)")
-            return None
-        if not item.service_active:
-            if item.applied_before:
-                return None
-            return Change(SEND, (Step(Verb.START, unit),), f"started {unit} (newly enabled)")
-        if item.running_hash != item.loaded_hash:
-            return Change(SEND, (Step(Verb.RESTART, unit),), f"restarted {unit} (command changed)")
-        return None
-    socket, service = units.tcpd_socket(item.name), units.tcpd_service(item.name)
-    if not item.generated:
-        if item.socket_active or item.service_active:
-            return Change(
-                item.name,
-                (Step(Verb.STOP, service), Step(Verb.STOP, socket)),
-                f"stopped {item.name} (no longer enabled)",
-            )
-        return None
-    if not item.socket_active:
-        if item.socket_failed:
-            return Change(item.name, (Step(Verb.START, socket),), f"started {socket} (had failed)")
-        if item.applied_before:
-            return None  # stopped by the admin: a reload does not start it again
-        return Change(item.name, (Step(Verb.START, socket),), f"started {socket} (newly enabled)")
-    if listen_stale(item):
-        # Stop only a service that runs: stopping one that waits to start would cancel
-        # the admin's own restart job.
-        steps = [Step(Verb.STOP, service)] if item.service_active else []
-        steps.append(Step(Verb.RESTART, socket))
-        if item.service_active:
-            steps.append(Step(Verb.START, service))
-        was = item.held or item.bound
-        return Change(
-            item.name,
-            tuple(steps),
-            f"restarted {socket} (listen settings changed): {_describe(was)} -> "
-            f"{_describe(item.wanted)}",
-        )
-    if item.service_active and item.running_hash != item.loaded_hash:
-        return Change(
-            item.name,
-            (Step(Verb.RESTART, service),),
-            f"restarted {service} (command or environment changed)",
-        )
-    return None
-
-
-def plan(observed: list[Observed]) -> list[Change]:
-    """Only what differs; removals first so a freed port can be taken by another."""
-    changes = [change for item in observed if (change := plan_one(item)) is not None]
-    return sorted(changes, key=lambda change: (change.steps[0].verb is not Verb.STOP, change.name))
-
-
-# --- what qbootctl status says --------------------------------------------------------------
-def drift(
-    now_hash: str | None,
-    loaded_hash: str,
-    running_hash: str | None,
-    wanted: frozenset[Address] | None,
-    bound: frozenset[Address] | None,
-) -> str | None:
-    """Why what runs is not what bootctrl says now, or None. `now_hash` None: bootctrl
-    does not enable it; `running_hash` None: not running; `bound` None: no socket up."""
-    if now_hash is None:
-        return None
-    if now_hash != loaded_hash:
-        return "pending: bootctrl changed since the last reload (run: systemctl daemon-reload)"
-    if wanted is not None and bound is not None and wanted - bound:
-        return (
-            f"pending: listens on {_describe(bound)}, bootctrl says {_describe(wanted)} "
-            "(see journalctl -u qboot-reconcile)"
-        )
-    if running_hash is not None and running_hash != loaded_hash:
-        return "pending: runs older settings (see journalctl -u qboot-reconcile)"
-    return None

@@ -91,9 +91,12 @@ def launcher_text(layout: Layout, python: str) -> str:
         f"#!{python} -I\n"
         "# qboot-systemd-generator, installed by qbootctl install: runs the installed\n"
         "# package with the interpreter it was installed for.\n"
-        "import sys\n"
-        "from qboot_systemd.generator import main\n"
-        f"sys.exit(main(tcpsrv={str(layout.bindir / 'qboot-tcpsrv')!r}, "
+        "import gc\n"
+        "\n"
+        "gc.disable()  # before the imports: a short run (see exit_program)\n"
+        "from qboot_systemd.generator import exit_program, main\n"
+        "\n"
+        f"exit_program(main(tcpsrv={str(layout.bindir / 'qboot-tcpsrv')!r}, "
         f"unit_dir={str(layout.unit_dir)!r}, qmail_home={str(layout.qmail_home)!r}))\n"
     )
 

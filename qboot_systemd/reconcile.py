@@ -17,10 +17,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import admin, bootctrl, convergence, generator, journal, listening, persisted, units
-from .convergence import Observed, Step, Verb
+from . import (
+    admin,
+    bootctrl,
+    convergence,
+    generator,
+    journal,
+    listening,
+    persisted,
+    reconcile_plan,
+    units,
+)
 from .errors import UserError
 from .problems import Problem
+from .reconcile_plan import Observed, Step, Verb
 from .systemd import JobFailed, Systemd, UnitState
 
 GENERATOR_OUTPUT = admin.GENERATOR_OUTPUT
@@ -74,14 +84,14 @@ def observe(manager: Systemd, output: Path, state: Path) -> list[Observed]:
     }
     found = []
     for name in sorted(generated | remembered | running):
-        if not bootctrl.SERVICE_NAME_RE.match(name):
+        if not bootctrl.valid_service_name(name):
             continue
         socket = manager.state(units.tcpd_socket(name))
         service = manager.state(units.tcpd_service(name))
         wanted = frozenset(
             address
             for entry in socket.listen
-            if (address := convergence.parse_listen(entry)) is not None
+            if (address := reconcile_plan.parse_listen(entry)) is not None
         )
         main = service.main_pid if service.active in ("active", "reloading") else 0
         found.append(
@@ -272,14 +282,14 @@ def refuse_unknown_accounts(model: bootctrl.Bootctrl, state: Path) -> bool:
 ROUNDS = 3
 
 
-def _apply(manager: Systemd, change: convergence.Change) -> str | None:
+def _apply(manager: Systemd, change: reconcile_plan.Change) -> str | None:
     """Carry out one change; the reason it failed, or None."""
     touched = dict.fromkeys(step.unit for step in change.steps)
     for step in change.steps:
         try:
             if step.waits:
                 manager.act(step.verb.value, step.unit)
-            elif step.verb is convergence.Verb.START:
+            elif step.verb is reconcile_plan.Verb.START:
                 manager.start(step.unit)
             else:
                 manager.queue_restart(step.unit)
@@ -299,12 +309,12 @@ class Outcome:
     touched: tuple[str, ...] = ()  # the services it started, stopped or restarted
 
 
-def _why_stopped(change: convergence.Change, refused: set[str]) -> convergence.Change:
+def _why_stopped(change: reconcile_plan.Change, refused: set[str]) -> reconcile_plan.Change:
     """A refused service with no last good settings is not generated: it is stopped for
     its unknown account, not because its rc link went away."""
     if change.name in refused and change.message.endswith("(no longer enabled)"):
         message = f"stopped {change.name} (unknown account: see qbootctl status)"
-        return convergence.Change(change.name, change.steps, message)
+        return reconcile_plan.Change(change.name, change.steps, message)
     return change
 
 
@@ -341,7 +351,7 @@ def reconcile(
         if manager.state(socket).active == "active":
             continue
         # Restored means remembered: the plan would take it for one the admin stopped.
-        change = convergence.Change(
+        change = reconcile_plan.Change(
             name, (Step(Verb.START, socket),), f"started {socket} (last good settings kept on disk)"
         )
         error = _apply(manager, change)
@@ -352,7 +362,7 @@ def reconcile(
     # nothing differs (a change that keeps failing is tried ROUNDS times, then reported).
     for _ in range(ROUNDS):
         observed = observe(manager, output, state)
-        changes = [_why_stopped(change, refused) for change in convergence.plan(observed)]
+        changes = [_why_stopped(change, refused) for change in reconcile_plan.plan(observed)]
         if not changes:
             break
         failed = False
@@ -402,10 +412,10 @@ def status_notes(
         wanted = frozenset(
             address
             for item in current.listen
-            if (address := convergence.parse_listen(item.systemd())) is not None
+            if (address := reconcile_plan.parse_listen(item.systemd())) is not None
         )
         bound = listening.held_by(1, listening.listening_sockets()) & wanted
-    note = convergence.drift(
+    note = reconcile_plan.drift(
         convergence.config_hash(current, model.directory) if current is not None else None,
         loaded_hash(output, service.name),
         listening.environment_value(running, convergence.STAMP_VARIABLE) if running else None,

@@ -18,8 +18,8 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from pathlib import Path
 
+from . import purepath
 from .problems import quote
 
 MAX_FILE = 64 * 1024  # an env file or qmail control file; the real ones are < 2 KiB
@@ -226,8 +226,9 @@ class TrustedDirectory:
     """The bootctrl directory, checked and held open: names are looked up relative to
     its descriptor, so renaming a parent cannot swap it between the check and the reads."""
 
-    def __init__(self, path: Path, trusted: frozenset[int] | None = None) -> None:
-        self.path = path.absolute()
+    def __init__(self, path: str | os.PathLike[str], trusted: frozenset[int] | None = None) -> None:
+        self.path = purepath.absolute(path)  # as str(Path(path).absolute()) writes it
+        self._prefix = self.path if self.path.endswith("/") else self.path + "/"
         self.trusted = trusted_uids() if trusted is None else trusted
         self._descriptor: int | None = None
 
@@ -235,10 +236,10 @@ class TrustedDirectory:
         """Raises Untrusted, or OSError when the directory cannot be read."""
         # Units name files by this path, not the resolved one: resolve() makes sure only
         # a trusted user can change where it leads.
-        real = resolve(str(self.path), self.trusted)
+        real = resolve(self.path, self.trusted)
         checked = os.lstat(real)
         if not stat.S_ISDIR(checked.st_mode):
-            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(self.path))
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), self.path)
         # Not even sticky-writable: a new name in bootctrl would be a new service.
         problem = mode_problem(real, checked, self.trusted)
         if problem:
@@ -247,7 +248,7 @@ class TrustedDirectory:
         opened = os.fstat(descriptor)
         if (opened.st_dev, opened.st_ino) != (checked.st_dev, checked.st_ino):
             os.close(descriptor)
-            raise Untrusted(str(self.path), "replaced while being checked; try again")
+            raise Untrusted(self.path, "replaced while being checked; try again")
         self._descriptor = descriptor
         return self
 
@@ -275,7 +276,9 @@ class TrustedDirectory:
         return os.readlink(name, dir_fd=self.descriptor)
 
     def where(self, name: str) -> str:
-        return str(self.path / name)
+        if "/" in name or name in ("", "."):
+            return purepath.join(self.path, name)
+        return self._prefix + name  # a plain name (most): os.path.join's text, faster
 
     def lookup(self, name: str) -> tuple[str, os.stat_result] | str:
         """Follow symlinks to plain names in this directory. Returns the final name and

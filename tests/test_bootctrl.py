@@ -2,12 +2,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from qboot_systemd import bootctrl
 from qboot_systemd.bootctrl import Listen
+from qboot_systemd.problems import Problem
 
 from .conftest import ROOT, SHIPPED_BOOTCTRL
 from .golden import check_golden
@@ -231,3 +236,113 @@ def test_a_refused_setting_says_the_service_is_skipped_once(
     assert fragment in problem.message and "SVC" not in problem.message
     assert problem.message.endswith("; service subm skipped")
     assert problem.message.count("skipped") == 1
+
+
+# The name checks were regular expressions; these are the expressions, as a reference.
+_REFERENCES = [
+    (bootctrl.valid_service_name, r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z"),
+    (bootctrl._host_name, r"[A-Za-z0-9.-]{1,255}\Z"),
+    (bootctrl._account_name, r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\Z"),
+    (bootctrl._port_name, r"[A-Za-z][A-Za-z0-9_-]{0,31}\Z"),
+]
+_NAME_TEXT = st.text(st.sampled_from("aZ09_.-/ \n\x00é٣\uff21K")) | st.text(max_size=300)
+
+
+@pytest.mark.parametrize(("check", "pattern"), _REFERENCES)
+@settings(max_examples=300)
+@given(text=_NAME_TEXT)
+def test_name_checks_accept_what_their_expression_matches(
+    check: Callable[[str], bool], pattern: str, text: str
+) -> None:
+    assert check(text) == bool(re.match(pattern, text))
+
+
+@pytest.mark.parametrize(("check", "pattern"), _REFERENCES)
+@pytest.mark.parametrize("length", [1, 31, 32, 33, 63, 64, 65, 255, 256])
+def test_name_checks_length_limits(check: Callable[[str], bool], pattern: str, length: int) -> None:
+    for text in ("a" * length, "a" + "-" * (length - 1), "1" * length):
+        assert check(text) == bool(re.match(pattern, text))
+
+
+@given(st.text(st.sampled_from("qmail-.rcx\n")) | st.text())
+def test_rc_service_is_what_the_rc_expression_took(name: str) -> None:
+    match = re.match(r"qmail-(.*)\.rc\Z", name, re.DOTALL)
+    assert bootctrl.rc_service(name) == (match.group(1) if match else None)
+
+
+def _drop_conflicting_reference(
+    services: list[bootctrl.Service], problems: list[Problem], holders: dict[str, frozenset[str]]
+) -> list[bootctrl.Service]:
+    """Every pair compared, as the clash check was written before it looked up by port."""
+
+    def priority(service: bootctrl.Service) -> tuple[bool, bool, str]:
+        held = {item.systemd() for item in service.listen} <= holders.get(service.name, set())
+        return (not held, service.listen_line == 0, service.name)
+
+    kept: list[bootctrl.Service] = []
+    for service in sorted(services, key=priority):
+        clash = next(
+            (
+                (other, mine)
+                for other in kept
+                for mine in service.listen
+                for theirs in other.listen
+                if mine.conflicts_with(theirs)
+            ),
+            None,
+        )
+        if clash is None:
+            kept.append(service)
+            continue
+        other, mine = clash
+        problems.append(
+            Problem(
+                service.env_file or service.rc_file,
+                service.listen_line if service.env_file else 0,
+                f"{mine.systemd()} is already used by service {other.name}; "
+                f"service {service.name} skipped",
+            )
+        )
+    return sorted(kept, key=lambda s: s.name)
+
+
+_LISTEN = st.builds(
+    Listen, st.sampled_from([25, 465, 587]), st.sampled_from([None, "::1", "10.0.0.1"])
+)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(
+        st.tuples(st.lists(_LISTEN, min_size=1, max_size=3, unique=True), st.integers(0, 2)),
+        max_size=7,
+    ),
+    st.sets(st.integers(0, 6)),
+)
+def test_clashes_found_by_port_as_by_every_pair(
+    specs: list[tuple[list[Listen], int]], held: set[int]
+) -> None:
+    services = [
+        bootctrl.Service(
+            name=f"s{index}",
+            rc_file=f"/b/qmail-s{index}.rc",
+            env_file=f"/b/qmail-s{index}.env" if line else None,
+            listen=tuple(listen),
+            rules="/b/r.cdb",
+            maxconn=1,
+            smtpd=("/bin/true",),
+            listen_line=line,
+        )
+        for index, (listen, line) in enumerate(specs)
+    ]
+    holders = {
+        f"s{index}": frozenset(item.systemd() for item in specs[index][0])
+        for index in held
+        if index < len(specs)
+    }
+    found: list[Problem] = []
+    expected: list[Problem] = []
+    assert bootctrl._drop_conflicting(services, found, holders) == _drop_conflicting_reference(
+        services, expected, holders
+    )
+    assert found == expected

@@ -28,11 +28,12 @@ from qboot_systemd import (
     listening,
     migrate,
     reconcile,
+    reconcile_plan,
     units,
 )
-from qboot_systemd.convergence import Observed, Step, Verb
 from qboot_systemd.errors import UserError
 from qboot_systemd.problems import Problem
+from qboot_systemd.reconcile_plan import Observed, Step, Verb
 
 from .conftest import ROOT
 from .e2e_stage import BOOTCTRL, booted_sandbox
@@ -61,7 +62,7 @@ def observed(**changes: object) -> Observed:
 
 
 def steps(item: Observed) -> list[tuple[str, str]]:
-    change = convergence.plan_one(item)
+    change = reconcile_plan.plan_one(item)
     return [(step.verb.value, step.unit) for step in change.steps] if change else []
 
 
@@ -77,13 +78,13 @@ def test_plan_listen_change_restarts_socket_between_service_stop_and_start() -> 
         ("restart", "qmail-tcpd@smtp.socket"),
         ("start", "qmail-tcpd@smtp.service"),
     ]
-    change = convergence.plan_one(moved)
+    change = reconcile_plan.plan_one(moved)
     assert change is not None and change.message.endswith("[::]:25 -> [::]:2525")
     idle = observed(
         wanted=frozenset({("::", 2525)}), bound=frozenset(), service_active=False, held=frozenset()
     )
     assert steps(idle) == [("restart", "qmail-tcpd@smtp.socket")]
-    assert [step.waits for step in convergence.plan_one(moved).steps] == [True, True, False]
+    assert [step.waits for step in reconcile_plan.plan_one(moved).steps] == [True, True, False]
 
 
 def test_plan_command_or_environment_change_restarts_only_the_service() -> None:
@@ -102,7 +103,7 @@ def test_plan_new_removed_and_stopped_by_the_admin() -> None:
         ("stop", "qmail-tcpd@smtp.service"),
         ("stop", "qmail-tcpd@smtp.socket"),
     ]
-    plan = convergence.plan(
+    plan = reconcile_plan.plan(
         [observed(name="a", running_hash="old"), observed(name="z", generated=False)]
     )
     assert [change.name for change in plan] == ["z", "a"]  # a freed port first
@@ -117,11 +118,11 @@ def test_plan_send() -> None:
 
 
 def test_listen_entries_and_kernel_addresses_compare() -> None:
-    assert convergence.parse_listen("[::]:25") == ("::", 25)
-    assert convergence.parse_listen("25") == ("::", 25)
-    assert convergence.parse_listen("127.0.0.1:2525") == ("127.0.0.1", 2525)
-    assert convergence.parse_listen("[::1]:25") == ("::1", 25)
-    assert convergence.parse_listen("/run/x.sock") is None
+    assert reconcile_plan.parse_listen("[::]:25") == ("::", 25)
+    assert reconcile_plan.parse_listen("25") == ("::", 25)
+    assert reconcile_plan.parse_listen("127.0.0.1:2525") == ("127.0.0.1", 2525)
+    assert reconcile_plan.parse_listen("[::1]:25") == ("::1", 25)
+    assert reconcile_plan.parse_listen("/run/x.sock") is None
     little = sys.byteorder == "little"
     loopback = "0100007F" if little else "7F000001"
     assert listening._address(f"{loopback}:0019") == ("127.0.0.1", 25)
@@ -140,11 +141,11 @@ def test_listening_finds_our_own_socket() -> None:
 
 def test_drift_says_what_differs() -> None:
     here = frozenset({("::", 25)})
-    assert convergence.drift(None, "", None, None, None) is None
-    assert convergence.drift("a", "a", "a", here, here) is None
-    assert "daemon-reload" in (convergence.drift("b", "a", "a", here, here) or "")
-    assert "listens on nothing" in (convergence.drift("a", "a", None, here, frozenset()) or "")
-    assert "older settings" in (convergence.drift("a", "a", "old", here, here) or "")
+    assert reconcile_plan.drift(None, "", None, None, None) is None
+    assert reconcile_plan.drift("a", "a", "a", here, here) is None
+    assert "daemon-reload" in (reconcile_plan.drift("b", "a", "a", here, here) or "")
+    assert "listens on nothing" in (reconcile_plan.drift("a", "a", None, here, frozenset()) or "")
+    assert "older settings" in (reconcile_plan.drift("a", "a", "old", here, here) or "")
 
 
 def clash_bootctrl(directory: Path) -> Path:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 import time
 
 from hypothesis import given, settings
@@ -232,3 +233,25 @@ def test_big_generated_inputs_are_bounded(runs: list[tuple[str, int]], seed: str
 def test_growth_by_repetition_is_bounded(lines: int, copies: int, width: int) -> None:
     text = f"A={'z' * width}\n" + ('A="' + "$A" * copies + '"\n') * lines
     check_bounded(text)
+
+
+@given(st.text(st.sampled_from("aZ_09 =-é٣\n")) | st.text())
+def test_is_name_is_the_shell_name_expression(text: str) -> None:
+    assert envfile.is_name(text) == bool(re.match(r"[A-Za-z_][A-Za-z0-9_]*\Z", text))
+
+
+# The runs were regular expressions; these are the expressions, as a reference.
+_RUN_TEXT = st.text(st.sampled_from(" \t\n'\"\\$;&|<>()`=#aZ_09é{}"), max_size=30)
+
+
+@given(_RUN_TEXT, st.integers(0, 30), st.integers(0, 30))
+def test_runs_end_where_their_expressions_ended(text: str, start: int, end: int) -> None:
+    for stops, pattern in (
+        (envfile._PLAIN_STOPS, r"[^ \t\n'\"\\$;&|<>()`=]+"),
+        (envfile._DQUOTE_STOPS, r'[^"\n`\\$]+'),
+    ):
+        match = re.compile(pattern).match(text, start, end)
+        found = envfile._run_end(text, start, min(end, len(text)), stops)
+        assert found == (match.end() if match else start)
+    match = re.compile(r"[A-Za-z_][A-Za-z0-9_]*").match(text, start, end)
+    assert envfile._name_end(text, start, min(end, len(text))) == (match.end() if match else start)

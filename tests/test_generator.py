@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from qboot_systemd import generator, units
 
@@ -316,3 +318,25 @@ def test_generate_into_an_unwritable_output_is_one_line(tmp_path: Path) -> None:
     assert first.startswith(f"qbootctl: error: {blocker / 'out'}")
     assert first.endswith(": Not a directory")
     assert done.stderr.splitlines()[1].startswith("qbootctl: hint: ")
+
+
+def _c_escape_every_character(text: str) -> str:
+    """units' escaping without its shortcut for text that needs none."""
+    out = []
+    for char in text:
+        if char in units._C_ESCAPES:
+            out.append(units._C_ESCAPES[char])
+        elif char == "%":
+            out.append("%%")
+        elif ord(char) < 32 or ord(char) == 127:
+            out.append(f"\\x{ord(char):02x}")
+        elif 128 <= ord(char) < 160 or char in "\u2028\u2029":
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+@given(st.text(st.sampled_from("a %$\\\"'\n\t\r\x00\x1f\x7f\x80\x9f\xa0\u2028\u2029é")) | st.text())
+def test_escaping_shortcut_changes_nothing(text: str) -> None:
+    assert units._c_escape(text) == _c_escape_every_character(text)

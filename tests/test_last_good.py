@@ -23,6 +23,7 @@ from qboot_systemd import (
     journal,
     persisted,
     reconcile,
+    reconcile_plan,
     units,
 )
 from qboot_systemd.systemd import UnitState
@@ -200,7 +201,7 @@ def test_the_generator_emits_the_last_good_drop_ins_for_refused_settings_only(
     directory, output, state = site
     generate(directory, output)
     reconcile.remember(
-        output, state, [convergence.Observed("smtp", True, True, True, True, "", None)]
+        output, state, [reconcile_plan.Observed("smtp", True, True, True, True, "", None)]
     )
     good = dropins(output)
     (directory / "qmail-smtp.env").write_text(UNKNOWN)

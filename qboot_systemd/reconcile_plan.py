@@ -1,0 +1,172 @@
+"""What `qbootctl reconcile` sees and the plan it carries out, and what `qbootctl status`
+says: pure functions over what systemd reports. Apart from convergence.py, which the
+generator imports, so that the generator's start-up does not build these models.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+
+from . import units
+from .convergence import SEND
+from .records import NamedTuple
+
+# --- what reconcile sees --------------------------------------------------------------------
+Address = tuple[str, int]  # (normalised IP, port)
+
+
+def parse_listen(value: str) -> Address | None:
+    """A socket unit's Listen entry ("[::]:25", "127.0.0.1:2525", "25") as (ip, port)."""
+    host, _, port = value.rpartition(":")
+    if not port.isdigit():
+        return None
+    if not host:
+        return ("::", int(port))
+    try:
+        return (str(ipaddress.ip_address(host.strip("[]"))), int(port))
+    except ValueError:
+        return None
+
+
+class Observed(NamedTuple):
+    """One tcp service (or send), as loaded and as running."""
+
+    name: str
+    generated: bool  # systemd loaded a drop-in for it (enabled, maybe degraded)
+    applied_before: bool  # reconcile has run it before (its last good copy exists)
+    socket_active: bool  # always True for send (no socket)
+    service_active: bool
+    loaded_hash: str  # QBOOT_CONFIG in the loaded drop-in ("" when none)
+    running_hash: str | None  # QBOOT_CONFIG of the main process (None: not running)
+    wanted: frozenset[Address] = frozenset()  # the socket's Listen=, as loaded
+    bound: frozenset[Address] = frozenset()  # listening sockets systemd holds now
+    held: frozenset[Address] = frozenset()  # listening sockets the main process holds
+    socket_failed: bool = False  # e.g. its new port was still taken: try again
+
+    @property
+    def is_send(self) -> bool:
+        return self.name == SEND
+
+
+class Verb(enum.StrEnum):
+    START = "start"
+    STOP = "stop"
+    RESTART = "restart"
+
+
+class Step(NamedTuple):
+    verb: Verb
+    unit: str
+
+    @property
+    def waits(self) -> bool:
+        """A tcp service's start is ordered after qboot-reconcile.service (so that an
+        admin's `systemctl restart` right after a reload runs on the new socket): the
+        reconcile queues it and must not wait for it."""
+        starts = self.verb in (Verb.START, Verb.RESTART)
+        tcp_service = self.unit.startswith("qmail-tcpd@") and self.unit.endswith(".service")
+        return not (starts and tcp_service)
+
+
+class Change(NamedTuple):
+    """What to do for one service, and the line that says why."""
+
+    name: str
+    steps: tuple[Step, ...]
+    message: str
+
+
+def _describe(addresses: frozenset[Address]) -> str:
+    if not addresses:
+        return "nothing"
+    return " ".join(
+        f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}" for ip, port in sorted(addresses)
+    )
+
+
+def listen_stale(item: Observed) -> bool:
+    """The socket does not listen where its unit says, or the service holds old ports."""
+    return bool(item.wanted - item.bound) or bool(item.held - item.wanted)
+
+
+def plan_one(item: Observed) -> Change | None:
+    if item.is_send:
+        unit = units.SEND_UNIT
+        if not item.generated:
+            if item.service_active:
+                return Change(SEND, (Step(Verb.STOP, unit),), f"stopped {unit} (no qmail-init.rc)")
+            return None
+        if not item.service_active:
+            if item.applied_before:
+                return None
+            return Change(SEND, (Step(Verb.START, unit),), f"started {unit} (newly enabled)")
+        if item.running_hash != item.loaded_hash:
+            return Change(SEND, (Step(Verb.RESTART, unit),), f"restarted {unit} (command changed)")
+        return None
+    socket, service = units.tcpd_socket(item.name), units.tcpd_service(item.name)
+    if not item.generated:
+        if item.socket_active or item.service_active:
+            return Change(
+                item.name,
+                (Step(Verb.STOP, service), Step(Verb.STOP, socket)),
+                f"stopped {item.name} (no longer enabled)",
+            )
+        return None
+    if not item.socket_active:
+        if item.socket_failed:
+            return Change(item.name, (Step(Verb.START, socket),), f"started {socket} (had failed)")
+        if item.applied_before:
+            return None  # stopped by the admin: a reload does not start it again
+        return Change(item.name, (Step(Verb.START, socket),), f"started {socket} (newly enabled)")
+    if listen_stale(item):
+        # Stop only a service that runs: stopping one that waits to start would cancel
+        # the admin's own restart job.
+        steps = [Step(Verb.STOP, service)] if item.service_active else []
+        steps.append(Step(Verb.RESTART, socket))
+        if item.service_active:
+            steps.append(Step(Verb.START, service))
+        was = item.held or item.bound
+        return Change(
+            item.name,
+            tuple(steps),
+            f"restarted {socket} (listen settings changed): {_describe(was)} -> "
+            f"{_describe(item.wanted)}",
+        )
+    if item.service_active and item.running_hash != item.loaded_hash:
+        return Change(
+            item.name,
+            (Step(Verb.RESTART, service),),
+            f"restarted {service} (command or environment changed)",
+        )
+    return None
+
+
+def plan(observed: list[Observed]) -> list[Change]:
+    """Only what differs; removals first so a freed port can be taken by another."""
+    changes = [change for item in observed if (change := plan_one(item)) is not None]
+    return sorted(changes, key=lambda change: (change.steps[0].verb is not Verb.STOP, change.name))
+
+
+# --- what qbootctl status says --------------------------------------------------------------
+def drift(
+    now_hash: str | None,
+    loaded_hash: str,
+    running_hash: str | None,
+    wanted: frozenset[Address] | None,
+    bound: frozenset[Address] | None,
+) -> str | None:
+    """Why what runs is not what bootctrl says now, or None. `now_hash` None: bootctrl
+    does not enable it; `running_hash` None: not running; `bound` None: no socket up."""
+    if now_hash is None:
+        return None
+    if now_hash != loaded_hash:
+        return "pending: bootctrl changed since the last reload (run: systemctl daemon-reload)"
+    if wanted is not None and bound is not None and wanted - bound:
+        return (
+            f"pending: listens on {_describe(bound)}, bootctrl says {_describe(wanted)} "
+            "(see journalctl -u qboot-reconcile)"
+        )
+    if running_hash is not None and running_hash != loaded_hash:
+        return "pending: runs older settings (see journalctl -u qboot-reconcile)"
+    return None
