@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Build the Debian packages of qboot-systemd's dependencies that Debian 12 lacks, from
+# Build the Debian packages that qboot-systemd's build needs and Debian 12 lacks, from
 # their upstream release, and write them (binary and source packages) to OUTDIR.
 #   packaging/build-deps.sh OUTDIR
-# Today: python3-pure-cdb from pure-cdb's sdist on PyPI (packaging/deps/pure-cdb/debian).
+# Today: python3-pure-cdb from pure-cdb's sdist on PyPI (packaging/deps/pure-cdb/debian),
+# the oracle of the tests dh_auto_test runs (Build-Depends <!nocheck>): qboot-systemd does
+# not use it at run time, and a nocheck build needs nothing from here.
 # Needs the network only to fetch the sdist (skipped when OUTDIR already holds it); the
 # build itself runs without network when root (unshare -n). Build dependencies: see
 # packaging/deps/*/debian/control (dpkg-buildpackage checks them).

@@ -1,6 +1,7 @@
-"""packaging/: the dependency Debian 12 lacks builds from its upstream sdist; the Debian
-package builds without network from the tree and from its source package, is
-lintian-clean, installs into a real systemd and serves; the RPM spec smoke-builds and runs
+"""packaging/: the tests' oracle Debian 12 lacks (pure-cdb) builds from its upstream sdist;
+the Debian package builds without network from the tree and from its source package, and
+without pure-cdb when its tests are off (nocheck), is lintian-clean, installs into a real
+systemd without pure-cdb and serves; the RPM spec smoke-builds and runs
 its %check; the PKGBUILD's build(), check() and package() run and ship what the deb ships.
 One build of each Debian package per session."""
 
@@ -21,28 +22,10 @@ from .build_root import run_in_build_root
 from .conftest import ROOT, require_tool
 from .e2e_stage import LOCAL_RCPT, MAILDIR, add_real_qmail, booted_sandbox
 from .sandbox import Sandbox
+from .source_tree import VERSION, clean_tree
 
 pytestmark = pytest.mark.slow
 CLEAN_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # Debian's python3, not a pyenv one
-VERSION = "0.1.0"
-
-
-def clean_tree(target: Path) -> Path:
-    """The tracked files of the checkout, as a release tarball would have them."""
-    files = (
-        subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, check=True)
-        .stdout.decode()
-        .split("\0")
-    )
-    tree = target / f"qboot-systemd-{VERSION}"
-    for name in filter(None, files):
-        source, destination = ROOT / name, tree / name
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        if source.is_symlink():
-            destination.symlink_to(os.readlink(source))
-        elif source.exists():
-            shutil.copy2(source, destination)
-    return tree
 
 
 def only(directory: Path, pattern: str) -> Path:
@@ -53,13 +36,14 @@ def only(directory: Path, pattern: str) -> Path:
 @dataclass(frozen=True)
 class Packages:
     """What one pytest session builds: python3-pure-cdb and qboot-systemd, each as a
-    binary package and a source package."""
+    binary package and a source package, and qboot-systemd once more with nocheck."""
 
     dependency_deb: Path
     dependency_dsc: Path
     deb: Path  # built from the .dsc
     dsc: Path
     tree_deb: Path  # built from the tracked tree, as the README says
+    nocheck_deb: Path  # from the tree, nocheck, without python3-pure-cdb in the build root
     dependency_log: str
     build_log: str
 
@@ -82,12 +66,17 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> Packages:
     assert dependency.returncode == 0, dependency.stdout[-6000:]
     dependency_deb = only(deps, "python3-pure-cdb_*.deb")
     dependency_dsc = only(deps, "python-pure-cdb_*.dsc")
-    # Without network, in a build root that has python3-pure-cdb from that .deb: the
-    # dependency's autopkgtest command against the installed package, then qboot-systemd's
-    # source and binary packages from the tracked tree, then a binary package from the .dsc.
+    # Without network, in a build root: a nocheck binary package before python3-pure-cdb
+    # is there (only the tests need it); then, with it installed from that .deb, the
+    # dependency's autopkgtest command against the installed package, qboot-systemd's
+    # source and binary packages from the tracked tree, and a binary package from the .dsc.
     tree = clean_tree(work / "src")
     (tree / "packaging" / "debian").rename(tree / "debian")
     script = f"""
+        if python3 -c 'import cdblib' 2>/dev/null; then echo 'cdblib in the root' >&2; exit 1; fi
+        mkdir nocheck && cp -a src/{tree.name} nocheck/
+        (cd nocheck/{tree.name} && DEB_BUILD_PROFILES=nocheck DEB_BUILD_OPTIONS=nocheck \\
+            dpkg-buildpackage -b -us -uc)
         dpkg -i deps/{dependency_deb.name} >/dev/null
         dpkg-source -x deps/{dependency_dsc.name} dependency-source >/dev/null
         (cd dependency-source && sh -ec "$(sed -n 's/^Test-Command: //p' debian/tests/control)")
@@ -103,6 +92,7 @@ def packages(tmp_path_factory: pytest.TempPathFactory) -> Packages:
         deb=only(work / "bin", "qboot-systemd_*.deb"),
         dsc=only(work / "src", "qboot-systemd_*.dsc"),
         tree_deb=only(work / "src", "qboot-systemd_*.deb"),
+        nocheck_deb=only(work / "nocheck", "qboot-systemd_*.deb"),
         dependency_log=dependency.stdout,
         build_log=done.stdout,
     )
@@ -135,10 +125,19 @@ def test_dependency_checked_at_build_time_and_installed(packages: Packages) -> N
 
 
 def test_deb_builds_offline_from_tree_and_dsc_alike_running_its_tests(packages: Packages) -> None:
-    assert deb_files(packages.tree_deb) == deb_files(packages.deb)
-    assert deb_field(packages.tree_deb, "Depends") == deb_field(packages.deb, "Depends")
+    for other in (packages.tree_deb, packages.nocheck_deb):
+        assert deb_files(other) == deb_files(packages.deb)
+        assert deb_field(other, "Depends") == deb_field(packages.deb, "Depends")
     # dh_auto_test ran the python-only tests against the built package, in both builds
+    # with tests (nocheck ran none)
     assert len(re.findall(r"^=+ \d+ passed in ", packages.build_log, re.MULTILINE)) == 2
+    # the source package holds every file of the C extension (the header too)
+    (tarball,) = packages.dsc.parent.glob(f"qboot-systemd_{VERSION}.tar.*")
+    listing = subprocess.run(
+        ["tar", "-tf", str(tarball)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    for source in ("_conn.c", "_lane.c", "_conn.h"):
+        assert f"qboot-systemd-{VERSION}/qboot_systemd/tcpsrv/{source}" in listing
 
 
 def test_deb_contents_depends_and_lintian(packages: Packages) -> None:
@@ -161,7 +160,10 @@ def test_deb_contents_depends_and_lintian(packages: Packages) -> None:
     assert not [name for name in files if "vendor" in name or name.endswith(".pth")]
     assert deb_field(packages.deb, "Architecture") not in ("", "all")
     depends = {item.split()[0] for item in deb_field(packages.deb, "Depends").split(", ")}
-    assert {"python3-pure-cdb", "python3-click", "python3-jinja2", "python3-pystemd"} <= depends
+    assert {"python3-click", "python3-jinja2", "python3-pystemd"} <= depends
+    assert "python3-pure-cdb" not in depends  # the tests' oracle: Build-Depends <!nocheck>
+    dsc = packages.dsc.read_text()
+    assert "python3-pure-cdb <!nocheck>" in dsc
     lintian = subprocess.run(
         [
             require_tool("lintian"),
@@ -187,7 +189,6 @@ def test_deb_contents_depends_and_lintian(packages: Packages) -> None:
 def box(packages: Packages) -> Iterator[Sandbox]:
     def stage_with_debs(stage: Path) -> None:
         add_real_qmail(stage)
-        shutil.copy(packages.dependency_deb, stage / "python3-pure-cdb.deb")
         shutil.copy(packages.deb, stage / "qboot-systemd.deb")
 
     with booted_sandbox(stage_with_debs) as sandbox:
@@ -195,9 +196,10 @@ def box(packages: Packages) -> Iterator[Sandbox]:
 
 
 def test_deb_installs_boots_serves_and_purges(box: Sandbox) -> None:
-    for deb in ("/python3-pure-cdb.deb", "/qboot-systemd.deb"):  # dependency first
-        done = box.run("dpkg", "-i", deb, check=False, timeout=300)
-        assert done.returncode == 0, done.stdout + done.stderr
+    # No pure-cdb on this system: the package needs none to install, boot and deliver.
+    assert box.run("/usr/bin/python3", "-c", "import cdblib", check=False).returncode == 1
+    done = box.run("dpkg", "-i", "/qboot-systemd.deb", check=False, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
     assert (
         box.run("readlink", "/var/qmail/etc/bootctrl/qmail-smtp.rc").stdout.strip() == "qmail-tcpd"
     )
@@ -250,10 +252,6 @@ def test_deb_installs_boots_serves_and_purges(box: Sandbox) -> None:
         assert box.run("test", "-e", gone, check=False).returncode == 1, gone
     edited = box.run("cat", "/var/qmail/etc/bootctrl/qmail-smtp.env").stdout
     assert "# admin edit" in edited  # the admin's bootctrl stays
-    done = box.run("dpkg", "--purge", "python3-pure-cdb", check=False, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    gone = box.run("test", "-e", "/usr/lib/python3/dist-packages/cdblib", check=False)
-    assert gone.returncode == 1
 
 
 RPM_MACROS = {
@@ -302,7 +300,7 @@ def test_rpm_spec_smoke_build(tmp_path: Path, packages: Packages) -> None:
         ],
         check=True,
     )
-    # Fedora has python3-pure-cdb for the BuildRequires; here it is our Debian package's.
+    # %check's python3-pure-cdb (Fedora's for the BuildRequires) is our Debian package's here.
     deps = tmp_path / "deps"
     subprocess.run(["dpkg-deb", "-x", str(packages.dependency_deb), str(deps)], check=True)
     defines = [arg for name, value in RPM_MACROS.items() for arg in ("--define", f"{name} {value}")]
@@ -339,9 +337,27 @@ def test_rpm_spec_smoke_build(tmp_path: Path, packages: Packages) -> None:
     requires = subprocess.run(
         ["rpm", "-qpR", str(package)], capture_output=True, text=True, check=True
     ).stdout.splitlines()
-    for needed in ("python3-pure-cdb", "python3-click", "python3-jinja2", "systemd"):
+    for needed in ("python3-click", "python3-jinja2", "systemd"):
         assert needed in requires, requires
     assert "python3-pystemd >= 0.11" in requires, requires
+    assert not [name for name in requires if "pure-cdb" in name], requires
+
+
+def test_rpm_needs_pure_cdb_only_for_its_check() -> None:
+    """pure-cdb is the tests' oracle: a BuildRequires while %check runs, else nothing."""
+    rpmspec = require_tool("rpmspec")
+    spec = str(ROOT / "packaging/rpm/qboot-systemd.spec")
+
+    def query(*args: str) -> set[str]:
+        done = subprocess.run(
+            [rpmspec, "-q", *args, spec], capture_output=True, text=True, check=True
+        )
+        assert "warning" not in done.stderr, done.stderr
+        return {line.split()[0] for line in done.stdout.splitlines()}
+
+    assert "python3-pure-cdb" in query("--buildrequires")
+    assert "python3-pure-cdb" not in query("--buildrequires", "--without", "check")
+    assert "python3-pure-cdb" not in query("--requires")
 
 
 # makepkg's part: the PKGBUILD's functions in its order, each from $srcdir, errexit.
@@ -368,9 +384,17 @@ def test_arch_pkgbuild_builds_checks_and_ships_what_the_deb_ships(
     """makepkg is not here: bash runs the PKGBUILD's build(), check() and package() as
     makepkg does, with Debian's python3 as `python` installing in a /usr layout like
     Arch's, and the file list (python's own files aside) must equal the deb's."""
-    text = (ROOT / "packaging/arch/PKGBUILD").read_text()
-    for name in ("python-jinja", "python-click", "python-pystemd", "python-pure-cdb"):
-        assert f"'{name}'" in text
+    print_arrays = 'source "$1"; echo "${depends[*]}"; echo "${checkdepends[*]}"'
+    arrays = subprocess.run(
+        ["bash", "-c", print_arrays, "pkgbuild", str(ROOT / "packaging/arch/PKGBUILD")],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    depends, checkdepends = (set(line.split()) for line in arrays)
+    assert {"python-jinja", "python-click", "python-pystemd"} <= depends
+    # the tests' oracle: needed by check() only
+    assert "python-pure-cdb" in checkdepends - depends
     srcdir, pkgdir, shims, deps = (tmp_path / name for name in ("src", "pkg", "bin", "deps"))
     clean_tree(srcdir)
     pkgdir.mkdir()
@@ -385,7 +409,7 @@ def test_arch_pkgbuild_builds_checks_and_ships_what_the_deb_ships(
             "HOME": str(tmp_path),
             "srcdir": str(srcdir),
             "pkgdir": str(pkgdir),
-            # Arch's python-pure-cdb, here our Debian package's files
+            # check()'s python-pure-cdb (Arch's checkdepends), here our Debian package's files
             "PYTHONPATH": str(deps / "usr/lib/python3/dist-packages"),
             # installer then uses /usr/bin and /usr/lib/python3/dist-packages, not /usr/local
             "DEB_PYTHON_INSTALL_LAYOUT": "deb_system",
