@@ -361,9 +361,36 @@ static void child_over(Lane *self, pid_t pid, int status)
     session_over(self);
 }
 
-/* The pool's reports, in the order it spawned: log each child's pid and ok lines (as
- * tcpserver's child does before its exec) and book it, or refuse the connection whose
- * program could not run. */
+/* A spawn done: log the child's pid and ok lines (as tcpserver's child does before its
+ * exec) and book it, or refuse the connection whose program could not run. */
+static int report(Lane *self, Job *job)
+{
+    const char *client = job->note, *ok = job->note + strlen(job->note) + 1;
+    if (job->error) {
+        /* a child that could not exec, reaped by us before the pool's waitpid */
+        for (int i = 0; i < self->early_count; i++)
+            if (job->pid > 0 && self->early[i].pid == job->pid)
+                self->early[i--] = self->early[--self->early_count];
+        char line[512];
+        int length = snprintf(line, sizeof line, PROGRAM ": warning: unable to run %s: %s\n",
+                              PyBytes_AS_STRING(self->program_log), strerror(job->error));
+        refuse(self, -1, client, EXIT_DROP_STATUS, 1, line,
+               length < 0 ? 0 : (size_t)length < sizeof line ? (size_t)length : sizeof line - 1);
+        return 0;
+    }
+    self->served++;
+    log_write(self, 2, PROGRAM ": pid %d from %s\n", (int)job->pid, client);
+    log_write(self, 2, PROGRAM ": ok %d %s\n", (int)job->pid, ok);
+    for (int i = 0; i < self->early_count; i++)
+        if (self->early[i].pid == job->pid) {
+            child_over(self, job->pid, self->early[i].status);
+            self->early[i] = self->early[--self->early_count];
+            return 0;
+        }
+    return pidset_add(&self->reported, job->pid);
+}
+
+/* The pool's reports, in the order it spawned. */
 static int spawns_reported(Lane *self)
 {
     Job *job = qboot_pool_take_done(self->pool);
@@ -371,32 +398,8 @@ static int spawns_reported(Lane *self)
     for (Job *next; job; job = next) {
         next = job->next;
         self->in_flight--;
-        const char *client = job->note, *ok = job->note + strlen(job->note) + 1;
-        if (job->error) {
-            /* a child that could not exec, reaped by us before the pool's waitpid */
-            for (int i = 0; i < self->early_count; i++)
-                if (job->pid > 0 && self->early[i].pid == job->pid)
-                    self->early[i--] = self->early[--self->early_count];
-            char line[512];
-            int length = snprintf(line, sizeof line, PROGRAM ": warning: unable to run %s: %s\n",
-                                  PyBytes_AS_STRING(self->program_log), strerror(job->error));
-            refuse(self, -1, client, EXIT_DROP_STATUS, 1, line,
-                   length < 0 ? 0 : (size_t)length < sizeof line ? (size_t)length : sizeof line - 1);
-        } else {
-            self->served++;
-            log_write(self, 2, PROGRAM ": pid %d from %s\n", (int)job->pid, client);
-            log_write(self, 2, PROGRAM ": ok %d %s\n", (int)job->pid, ok);
-            int early = -1;
-            for (int i = 0; i < self->early_count && early < 0; i++)
-                if (self->early[i].pid == job->pid)
-                    early = i;
-            if (early >= 0) {
-                child_over(self, job->pid, self->early[early].status);
-                self->early[early] = self->early[--self->early_count];
-            } else if (result == 0 && pidset_add(&self->reported, job->pid) < 0) {
-                result = -1; /* the others are still reported; run() raises MemoryError */
-            }
-        }
+        if (report(self, job) < 0)
+            result = -1; /* the others are still reported; run() raises MemoryError */
         qboot_job_free(job);
     }
     return result;
@@ -458,9 +461,9 @@ static void entry_set(Entry *entries, int *count, const char *text, size_t lengt
     (*count)++;
 }
 
-/* Hand fd to the pool with tcp-environ(5) and the rule's variables; note is what the
- * report's log lines need. Returns 0, or -1 with a Python exception (no memory; fd is
- * the caller's to close then). */
+/* Spawn for fd (in the pool, or here) with tcp-environ(5) and the rule's variables; note
+ * is what the report's log lines need. Returns 0; or -1 with a Python exception (no
+ * memory) before the spawn, fd the caller's to close; or -2 with one after it. */
 static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_port,
                             const char *remote_ip, int remote_port,
                             const unsigned char *rule, uint32_t rule_length, char *note)
@@ -567,6 +570,16 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
     job->strings = block;
     job->note = note;
     job->fd = fd;
+    if (self->running == 1 && self->in_flight == 0) {
+        /* The only session: nothing waits for this thread, so it spawns itself rather
+         * than wake a pool thread and be woken by its report (a connection arriving now
+         * waits in the kernel's queue for the child's exec, some 50 µs). */
+        job->error = qboot_spawn(self->spawner, job->envp, fd, &job->pid);
+        close(fd);
+        int result = report(self, job);
+        qboot_job_free(job);
+        return result < 0 ? -2 : 0;
+    }
     /* The pool's threads wait for the kernel's vfork (until the child's exec) while this
      * one goes on accepting. */
     qboot_pool_queue(self->pool, job);
@@ -662,13 +675,13 @@ static int connection(Lane *self, Listener *listener, int fd,
     memcpy(note, client, client_length + 1);
     snprintf(note + client_length + 1, note_size - client_length - 1, "%s:%s:%d :%s::%d",
              host_log, local_logged, local_port, remote_logged, remote_port);
-    if (spawn_connection(self, fd, local_ip, local_port, remote_ip, remote_port, rule,
-                         rule_length, note) < 0) {
+    int spawned = spawn_connection(self, fd, local_ip, local_port, remote_ip, remote_port, rule,
+                                   rule_length, note);
+    if (spawned == -1) {
         close(fd);
         session_over(self);
-        return -1;
     }
-    return 0;
+    return spawned < 0 ? -1 : 0;
 }
 
 /* Listeners in the epoll set exactly when a connection may be taken. */
