@@ -445,20 +445,49 @@ static size_t name_length_of(const char *text, size_t length)
     return equals ? (size_t)(equals - text) : length;
 }
 
-/* Add NAME=value: a name set before keeps its place and takes the new value (a dict's
- * update, as server.py's extra.update(decision.env)). */
-static void entry_set(Entry *entries, int *count, const char *text, size_t length)
+/* The connection's variables by name, in the order first set (a dict's, as server.py's
+ * extra.update(decision.env)), with a hash index: a rule may set thousands. */
+typedef struct {
+    Entry *entries;
+    size_t count;
+    size_t *slots; /* index + 1 of an entry, 0 for a free slot */
+    size_t mask;
+} EntrySet;
+
+static size_t name_hash(const char *name, size_t length)
+{
+    uint64_t hash = 14695981039346656037ULL; /* FNV-1a */
+    for (size_t i = 0; i < length; i++)
+        hash = (hash ^ (unsigned char)name[i]) * 1099511628211ULL;
+    return (size_t)hash;
+}
+
+/* The slot of name's entry, or the free slot where it would go. */
+static size_t entry_slot(const EntrySet *set, const char *name, size_t length)
+{
+    size_t at = name_hash(name, length) & set->mask;
+    while (set->slots[at]) {
+        const Entry *entry = &set->entries[set->slots[at] - 1];
+        if (entry->name_length == length && memcmp(entry->text, name, length) == 0)
+            break;
+        at = (at + 1) & set->mask;
+    }
+    return at;
+}
+
+/* Add NAME=value: a name set before keeps its place and takes the new value. */
+static void entry_set(EntrySet *set, const char *text, size_t length)
 {
     size_t name = name_length_of(text, length);
-    for (int i = 0; i < *count; i++) {
-        if (entries[i].name_length == name && memcmp(entries[i].text, text, name) == 0) {
-            entries[i].text = text;
-            entries[i].length = length;
-            return;
-        }
+    size_t at = entry_slot(set, text, name);
+    if (set->slots[at]) {
+        Entry *entry = &set->entries[set->slots[at] - 1];
+        entry->text = text;
+        entry->length = length;
+        return;
     }
-    entries[*count] = (Entry){text, length, name};
-    (*count)++;
+    set->entries[set->count++] = (Entry){text, length, name};
+    set->slots[at] = set->count;
 }
 
 /* Spawn for fd (in the pool, or here) with tcp-environ(5) and the rule's variables; note
@@ -501,51 +530,57 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
     snprintf(hosts + first_host + 1, hosts_size - (size_t)first_host - 1, "TCP6LOCALHOST=%s",
              host);
 
-    /* The rule's records: `+NAME=value`, up to its `D` if any (decided before). */
-    int most = 11 + (int)rule_length / 2 + 1;
-    Py_ssize_t base_count = PyTuple_GET_SIZE(self->spawner->base);
-    Entry *extra = PyMem_Malloc(sizeof(Entry) * (size_t)most);
+    /* Room for the TCP variables and the rule's records (`+NAME=value`), counted: a value
+     * may be as long as the cdb (1 GiB), so its length says nothing of their number. */
+    size_t most = 11;
+    for (const unsigned char *at = rule, *end = rule + rule_length; at && at < end; at++)
+        most += *at == 0;
+    size_t base_count = (size_t)PyTuple_GET_SIZE(self->spawner->base);
+    size_t slots = 16;
+    while (slots < 2 * most)
+        slots *= 2;
+    EntrySet set = {PyMem_Malloc(sizeof(Entry) * most), 0, PyMem_Calloc(slots, sizeof(size_t)),
+                    slots - 1};
+    Entry *extra = set.entries;
     Job *job = PyMem_RawCalloc(1, sizeof(Job));
-    char **envp = PyMem_RawMalloc(sizeof(char *) * (size_t)(base_count + most + 1));
-    if (!extra || !envp || !job) {
+    char **envp = PyMem_RawMalloc(sizeof(char *) * (base_count + most + 1));
+    if (!extra || !set.slots || !envp || !job) {
         PyMem_Free(hosts);
         PyMem_Free(extra);
+        PyMem_Free(set.slots);
         PyMem_RawFree(envp);
         PyMem_RawFree(job);
         PyMem_RawFree(note);
         PyErr_NoMemory();
         return -1;
     }
-    int count = 0;
     for (const char *at = tcp; at < tcp + tcp_length; at += strlen(at) + 1)
-        entry_set(extra, &count, at, strlen(at));
-    entry_set(extra, &count, hosts, (size_t)first_host);
-    entry_set(extra, &count, hosts + first_host + 1, strlen(hosts + first_host + 1));
+        entry_set(&set, at, strlen(at));
+    entry_set(&set, hosts, (size_t)first_host);
+    entry_set(&set, hosts + first_host + 1, strlen(hosts + first_host + 1));
     for (uint32_t at = 0; at < rule_length;) {
         const unsigned char *end = memchr(rule + at, 0, rule_length - at);
         if (!end)
             break;
         uint32_t length = (uint32_t)(end - (rule + at));
         if (length > 1 && rule[at] == '+' && memchr(rule + at + 1, '=', length - 1))
-            entry_set(extra, &count, (const char *)rule + at + 1, length - 1);
+            entry_set(&set, (const char *)rule + at + 1, length - 1);
         at += length + 1;
     }
     /* The server's environment, without what the connection's variables replace. */
-    int envc = 0;
-    for (Py_ssize_t i = 0; i < base_count; i++) {
-        const char *text = PyBytes_AS_STRING(PyTuple_GET_ITEM(self->spawner->base, i));
+    size_t envc = 0;
+    for (size_t i = 0; i < base_count; i++) {
+        const char *text = PyBytes_AS_STRING(PyTuple_GET_ITEM(self->spawner->base, (Py_ssize_t)i));
         size_t name = name_length_of(text, strlen(text));
-        int replaced = 0;
-        for (int j = 0; j < count && !replaced; j++)
-            replaced = extra[j].name_length == name && memcmp(extra[j].text, text, name) == 0;
-        if (!replaced)
+        if (!set.slots[entry_slot(&set, text, name)])
             envp[envc++] = (char *)text;
     }
     /* The job's own copies (entries point into tcp, hosts and the rule, which do not
      * outlive this call); the base's stay in the Spawner, which the pool keeps alive. */
     size_t copies = 0;
-    for (int j = 0; j < count; j++)
+    for (size_t j = 0; j < set.count; j++)
         copies += extra[j].length + 1;
+    PyMem_Free(set.slots);
     char *block = PyMem_RawMalloc(copies ? copies : 1);
     if (!block) {
         PyMem_Free(hosts);
@@ -557,7 +592,7 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
         return -1;
     }
     char *cursor = block;
-    for (int j = 0; j < count; j++) {
+    for (size_t j = 0; j < set.count; j++) {
         memcpy(cursor, extra[j].text, extra[j].length);
         cursor[extra[j].length] = '\0';
         envp[envc++] = cursor;
