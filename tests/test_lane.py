@@ -179,6 +179,24 @@ def test_rules_replaced_removed_and_broken_while_serving(tmp_path: Path, dump: s
         assert (lane_outputs[2] != "") == bool(extra)
 
 
+def test_a_rule_with_thousands_of_variables(tmp_path: Path, dump: str) -> None:
+    """Each name once, the last value of a name set twice, in the order first set, the
+    server's own variables replaced: as the Python loop's dict gives them."""
+    require_extension()
+    settings = [b'N%d="%d"' % (n % 20000, n) for n in range(30000)]
+    cdb = tmp_path / "rules.cdb"
+    compile_rules(cdb, b":allow," + b",".join(settings) + b',HOME="/x"\n')
+    results = {}
+    for name, server in both(
+        lambda env: ours("-HR", "-l", "x", "-x", str(cdb), "0", "0", dump, env=env)
+    ):
+        results[name] = masked(server.request().decode())
+    assert results["lane"] == results["python"]
+    lines = results["lane"].splitlines()
+    assert "N0=20000" in lines and "N19999=19999" in lines and "HOME=/x" in lines
+    assert len([line for line in lines if re.match(r"N\d+=", line)]) == 20000
+
+
 def test_program_that_cannot_run(tmp_path: Path) -> None:
     require_extension()
     results = {}

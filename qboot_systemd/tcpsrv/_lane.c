@@ -361,9 +361,36 @@ static void child_over(Lane *self, pid_t pid, int status)
     session_over(self);
 }
 
-/* The pool's reports, in the order it spawned: log each child's pid and ok lines (as
- * tcpserver's child does before its exec) and book it, or refuse the connection whose
- * program could not run. */
+/* A spawn done: log the child's pid and ok lines (as tcpserver's child does before its
+ * exec) and book it, or refuse the connection whose program could not run. */
+static int report(Lane *self, Job *job)
+{
+    const char *client = job->note, *ok = job->note + strlen(job->note) + 1;
+    if (job->error) {
+        /* a child that could not exec, reaped by us before the pool's waitpid */
+        for (int i = 0; i < self->early_count; i++)
+            if (job->pid > 0 && self->early[i].pid == job->pid)
+                self->early[i--] = self->early[--self->early_count];
+        char line[512];
+        int length = snprintf(line, sizeof line, PROGRAM ": warning: unable to run %s: %s\n",
+                              PyBytes_AS_STRING(self->program_log), strerror(job->error));
+        refuse(self, -1, client, EXIT_DROP_STATUS, 1, line,
+               length < 0 ? 0 : (size_t)length < sizeof line ? (size_t)length : sizeof line - 1);
+        return 0;
+    }
+    self->served++;
+    log_write(self, 2, PROGRAM ": pid %d from %s\n", (int)job->pid, client);
+    log_write(self, 2, PROGRAM ": ok %d %s\n", (int)job->pid, ok);
+    for (int i = 0; i < self->early_count; i++)
+        if (self->early[i].pid == job->pid) {
+            child_over(self, job->pid, self->early[i].status);
+            self->early[i] = self->early[--self->early_count];
+            return 0;
+        }
+    return pidset_add(&self->reported, job->pid);
+}
+
+/* The pool's reports, in the order it spawned. */
 static int spawns_reported(Lane *self)
 {
     Job *job = qboot_pool_take_done(self->pool);
@@ -371,32 +398,8 @@ static int spawns_reported(Lane *self)
     for (Job *next; job; job = next) {
         next = job->next;
         self->in_flight--;
-        const char *client = job->note, *ok = job->note + strlen(job->note) + 1;
-        if (job->error) {
-            /* a child that could not exec, reaped by us before the pool's waitpid */
-            for (int i = 0; i < self->early_count; i++)
-                if (job->pid > 0 && self->early[i].pid == job->pid)
-                    self->early[i--] = self->early[--self->early_count];
-            char line[512];
-            int length = snprintf(line, sizeof line, PROGRAM ": warning: unable to run %s: %s\n",
-                                  PyBytes_AS_STRING(self->program_log), strerror(job->error));
-            refuse(self, -1, client, EXIT_DROP_STATUS, 1, line,
-                   length < 0 ? 0 : (size_t)length < sizeof line ? (size_t)length : sizeof line - 1);
-        } else {
-            self->served++;
-            log_write(self, 2, PROGRAM ": pid %d from %s\n", (int)job->pid, client);
-            log_write(self, 2, PROGRAM ": ok %d %s\n", (int)job->pid, ok);
-            int early = -1;
-            for (int i = 0; i < self->early_count && early < 0; i++)
-                if (self->early[i].pid == job->pid)
-                    early = i;
-            if (early >= 0) {
-                child_over(self, job->pid, self->early[early].status);
-                self->early[early] = self->early[--self->early_count];
-            } else if (result == 0 && pidset_add(&self->reported, job->pid) < 0) {
-                result = -1; /* the others are still reported; run() raises MemoryError */
-            }
-        }
+        if (report(self, job) < 0)
+            result = -1; /* the others are still reported; run() raises MemoryError */
         qboot_job_free(job);
     }
     return result;
@@ -442,25 +445,54 @@ static size_t name_length_of(const char *text, size_t length)
     return equals ? (size_t)(equals - text) : length;
 }
 
-/* Add NAME=value: a name set before keeps its place and takes the new value (a dict's
- * update, as server.py's extra.update(decision.env)). */
-static void entry_set(Entry *entries, int *count, const char *text, size_t length)
+/* The connection's variables by name, in the order first set (a dict's, as server.py's
+ * extra.update(decision.env)), with a hash index: a rule may set thousands. */
+typedef struct {
+    Entry *entries;
+    size_t count;
+    size_t *slots; /* index + 1 of an entry, 0 for a free slot */
+    size_t mask;
+} EntrySet;
+
+static size_t name_hash(const char *name, size_t length)
 {
-    size_t name = name_length_of(text, length);
-    for (int i = 0; i < *count; i++) {
-        if (entries[i].name_length == name && memcmp(entries[i].text, text, name) == 0) {
-            entries[i].text = text;
-            entries[i].length = length;
-            return;
-        }
-    }
-    entries[*count] = (Entry){text, length, name};
-    (*count)++;
+    uint64_t hash = 14695981039346656037ULL; /* FNV-1a */
+    for (size_t i = 0; i < length; i++)
+        hash = (hash ^ (unsigned char)name[i]) * 1099511628211ULL;
+    return (size_t)hash;
 }
 
-/* Hand fd to the pool with tcp-environ(5) and the rule's variables; note is what the
- * report's log lines need. Returns 0, or -1 with a Python exception (no memory; fd is
- * the caller's to close then). */
+/* The slot of name's entry, or the free slot where it would go. */
+static size_t entry_slot(const EntrySet *set, const char *name, size_t length)
+{
+    size_t at = name_hash(name, length) & set->mask;
+    while (set->slots[at]) {
+        const Entry *entry = &set->entries[set->slots[at] - 1];
+        if (entry->name_length == length && memcmp(entry->text, name, length) == 0)
+            break;
+        at = (at + 1) & set->mask;
+    }
+    return at;
+}
+
+/* Add NAME=value: a name set before keeps its place and takes the new value. */
+static void entry_set(EntrySet *set, const char *text, size_t length)
+{
+    size_t name = name_length_of(text, length);
+    size_t at = entry_slot(set, text, name);
+    if (set->slots[at]) {
+        Entry *entry = &set->entries[set->slots[at] - 1];
+        entry->text = text;
+        entry->length = length;
+        return;
+    }
+    set->entries[set->count++] = (Entry){text, length, name};
+    set->slots[at] = set->count;
+}
+
+/* Spawn for fd (in the pool, or here) with tcp-environ(5) and the rule's variables; note
+ * is what the report's log lines need. Returns 0; or -1 with a Python exception (no
+ * memory) before the spawn, fd the caller's to close; or -2 with one after it. */
 static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_port,
                             const char *remote_ip, int remote_port,
                             const unsigned char *rule, uint32_t rule_length, char *note)
@@ -498,51 +530,57 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
     snprintf(hosts + first_host + 1, hosts_size - (size_t)first_host - 1, "TCP6LOCALHOST=%s",
              host);
 
-    /* The rule's records: `+NAME=value`, up to its `D` if any (decided before). */
-    int most = 11 + (int)rule_length / 2 + 1;
-    Py_ssize_t base_count = PyTuple_GET_SIZE(self->spawner->base);
-    Entry *extra = PyMem_Malloc(sizeof(Entry) * (size_t)most);
+    /* Room for the TCP variables and the rule's records (`+NAME=value`), counted: a value
+     * may be as long as the cdb (1 GiB), so its length says nothing of their number. */
+    size_t most = 11;
+    for (const unsigned char *at = rule, *end = rule + rule_length; at && at < end; at++)
+        most += *at == 0;
+    size_t base_count = (size_t)PyTuple_GET_SIZE(self->spawner->base);
+    size_t slots = 16;
+    while (slots < 2 * most)
+        slots *= 2;
+    EntrySet set = {PyMem_Malloc(sizeof(Entry) * most), 0, PyMem_Calloc(slots, sizeof(size_t)),
+                    slots - 1};
+    Entry *extra = set.entries;
     Job *job = PyMem_RawCalloc(1, sizeof(Job));
-    char **envp = PyMem_RawMalloc(sizeof(char *) * (size_t)(base_count + most + 1));
-    if (!extra || !envp || !job) {
+    char **envp = PyMem_RawMalloc(sizeof(char *) * (base_count + most + 1));
+    if (!extra || !set.slots || !envp || !job) {
         PyMem_Free(hosts);
         PyMem_Free(extra);
+        PyMem_Free(set.slots);
         PyMem_RawFree(envp);
         PyMem_RawFree(job);
         PyMem_RawFree(note);
         PyErr_NoMemory();
         return -1;
     }
-    int count = 0;
     for (const char *at = tcp; at < tcp + tcp_length; at += strlen(at) + 1)
-        entry_set(extra, &count, at, strlen(at));
-    entry_set(extra, &count, hosts, (size_t)first_host);
-    entry_set(extra, &count, hosts + first_host + 1, strlen(hosts + first_host + 1));
+        entry_set(&set, at, strlen(at));
+    entry_set(&set, hosts, (size_t)first_host);
+    entry_set(&set, hosts + first_host + 1, strlen(hosts + first_host + 1));
     for (uint32_t at = 0; at < rule_length;) {
         const unsigned char *end = memchr(rule + at, 0, rule_length - at);
         if (!end)
             break;
         uint32_t length = (uint32_t)(end - (rule + at));
         if (length > 1 && rule[at] == '+' && memchr(rule + at + 1, '=', length - 1))
-            entry_set(extra, &count, (const char *)rule + at + 1, length - 1);
+            entry_set(&set, (const char *)rule + at + 1, length - 1);
         at += length + 1;
     }
     /* The server's environment, without what the connection's variables replace. */
-    int envc = 0;
-    for (Py_ssize_t i = 0; i < base_count; i++) {
-        const char *text = PyBytes_AS_STRING(PyTuple_GET_ITEM(self->spawner->base, i));
+    size_t envc = 0;
+    for (size_t i = 0; i < base_count; i++) {
+        const char *text = PyBytes_AS_STRING(PyTuple_GET_ITEM(self->spawner->base, (Py_ssize_t)i));
         size_t name = name_length_of(text, strlen(text));
-        int replaced = 0;
-        for (int j = 0; j < count && !replaced; j++)
-            replaced = extra[j].name_length == name && memcmp(extra[j].text, text, name) == 0;
-        if (!replaced)
+        if (!set.slots[entry_slot(&set, text, name)])
             envp[envc++] = (char *)text;
     }
     /* The job's own copies (entries point into tcp, hosts and the rule, which do not
      * outlive this call); the base's stay in the Spawner, which the pool keeps alive. */
     size_t copies = 0;
-    for (int j = 0; j < count; j++)
+    for (size_t j = 0; j < set.count; j++)
         copies += extra[j].length + 1;
+    PyMem_Free(set.slots);
     char *block = PyMem_RawMalloc(copies ? copies : 1);
     if (!block) {
         PyMem_Free(hosts);
@@ -554,7 +592,7 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
         return -1;
     }
     char *cursor = block;
-    for (int j = 0; j < count; j++) {
+    for (size_t j = 0; j < set.count; j++) {
         memcpy(cursor, extra[j].text, extra[j].length);
         cursor[extra[j].length] = '\0';
         envp[envc++] = cursor;
@@ -567,6 +605,16 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
     job->strings = block;
     job->note = note;
     job->fd = fd;
+    if (self->running == 1 && self->in_flight == 0) {
+        /* The only session: nothing waits for this thread, so it spawns itself rather
+         * than wake a pool thread and be woken by its report (a connection arriving now
+         * waits in the kernel's queue for the child's exec, some 50 µs). */
+        job->error = qboot_spawn(self->spawner, job->envp, fd, &job->pid);
+        close(fd);
+        int result = report(self, job);
+        qboot_job_free(job);
+        return result < 0 ? -2 : 0;
+    }
     /* The pool's threads wait for the kernel's vfork (until the child's exec) while this
      * one goes on accepting. */
     qboot_pool_queue(self->pool, job);
@@ -662,13 +710,13 @@ static int connection(Lane *self, Listener *listener, int fd,
     memcpy(note, client, client_length + 1);
     snprintf(note + client_length + 1, note_size - client_length - 1, "%s:%s:%d :%s::%d",
              host_log, local_logged, local_port, remote_logged, remote_port);
-    if (spawn_connection(self, fd, local_ip, local_port, remote_ip, remote_port, rule,
-                         rule_length, note) < 0) {
+    int spawned = spawn_connection(self, fd, local_ip, local_port, remote_ip, remote_port, rule,
+                                   rule_length, note);
+    if (spawned == -1) {
         close(fd);
         session_over(self);
-        return -1;
     }
-    return 0;
+    return spawned < 0 ? -1 : 0;
 }
 
 /* Listeners in the epoll set exactly when a connection may be taken. */
