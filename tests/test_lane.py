@@ -9,6 +9,7 @@ import difflib
 import re
 import signal
 import socket
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,8 +19,8 @@ from qboot_systemd import rules
 from qboot_systemd.tcpsrv.options import parse
 from qboot_systemd.tcpsrv.server import Server, lane_fits
 
-from .conftest import require_extension
-from .tcpsrv_harness import Running, ours, write_script
+from .conftest import require_extension, require_tool, venv_script
+from .tcpsrv_harness import Running, ours, read_all, write_script
 
 DUMP = "#!/bin/sh\nenv | grep -a -v -E '^(_|PWD|SHLVL|QBOOT_NO_EXTENSION)=' | sort\n"
 PATHS = {"lane": {}, "python": {"QBOOT_NO_EXTENSION": "1"}}
@@ -226,3 +227,37 @@ def test_limit_and_signals(tmp_path: Path) -> None:
         second.close()
     finally:
         server.stop()
+
+
+def test_drain_ends_with_the_last_session(tmp_path: Path) -> None:
+    """Under systemd (socket activation, here without NOTIFY_SOCKET) SIGTERM drains: the
+    server exits when the last session ends, not when -W runs out, on both paths."""
+    require_extension()
+    activate = require_tool("systemd-socket-activate")
+    hold = write_script(tmp_path, "hold", "#!/bin/sh\necho hello\nread line\necho bye $line\n")
+    for name, env in PATHS.items():
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        passed = [arg for item in env.items() for arg in ("-E", "=".join(item))]
+        command = [activate, *passed, "-l", f"127.0.0.1:{port}", venv_script("qboot-tcpsrv")]
+        server = Running([*command, "-v", "-HR", "-l", "x", "-W", "30", "-", "-", hold], port=port)
+        try:
+            deadline = time.monotonic() + 10
+            while "Listening on" not in server.log():  # activate execs us at the first client
+                assert time.monotonic() < deadline, server.log()
+                time.sleep(0.02)
+            session = server.connect()
+            assert session.recv(100) == b"hello\n"
+            assert extension_loaded(server) == (name == "lane"), name
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            assert server.process.poll() is None, name  # draining: the session may finish
+            session.sendall(b"done\n")
+            assert read_all(session) == b"bye done\n"
+            session.close()
+            started = time.monotonic()
+            assert server.process.wait(20) == 0, name
+            assert time.monotonic() - started < 3, f"{name}: waited for -W, not the session"
+        finally:
+            server.stop()

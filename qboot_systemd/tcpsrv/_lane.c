@@ -700,11 +700,12 @@ static double monotonic(void)
 }
 
 /* Outcomes of run(): what Python is to do. */
-enum { RUN_TIMEOUT = 0, RUN_SIGNAL = 1, RUN_RESOURCE = 2 };
+enum { RUN_TIMEOUT = 0, RUN_SIGNAL = 1, RUN_RESOURCE = 2, RUN_DRAINED = 3 };
 
 /* run(timeout) -> (outcome, errno): serve until a signal other than SIGCHLD arrives
- * (1), accept() runs out of resources (2, with its errno), or timeout seconds have
- * passed (0; a negative timeout: no limit). */
+ * (1), accept() runs out of resources (2, with its errno), the last session after
+ * stop() has ended (3: the drain is over), or timeout seconds have passed (0; a
+ * negative timeout: no limit). */
 static PyObject *lane_run(Lane *self, PyObject *arg)
 {
     double timeout = PyFloat_AsDouble(arg);
@@ -714,6 +715,8 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
         return PyErr_Format(PyExc_RuntimeError, "start() first");
     double deadline = timeout < 0 ? -1.0 : monotonic() + timeout;
     for (;;) {
+        if (self->stopped && self->running == 0) /* nothing left to wait for */
+            return Py_BuildValue("(ii)", RUN_DRAINED, 0);
         if (update_watch(self) < 0)
             return NULL;
         int wait_ms = -1;

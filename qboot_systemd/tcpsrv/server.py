@@ -91,8 +91,9 @@ def lane_fits(options: Options) -> bool:
     )
 
 
-# Lane.run()'s outcomes (_lane.c)
-LANE_TIMEOUT, LANE_SIGNAL, LANE_RESOURCE = 0, 1, 2
+# Lane.run()'s outcomes (_lane.c); after DRAINED (stop() and no session left) the
+# loop's own check ends serve().
+LANE_TIMEOUT, LANE_SIGNAL, LANE_RESOURCE, LANE_DRAINED = 0, 1, 2, 3
 
 
 def lookups_per_address(limit: int) -> int:
