@@ -471,6 +471,8 @@ class Server:
 
     def _cut_lookups_short(self) -> None:
         """SIGTERM: every pending connection goes on now, with the names it has."""
+        if not self.pending:  # nothing to import then (after -u the library may be unreadable)
+            return
         from .lookups import NO_NAMES
 
         for pending in list(self.pending.values()):
