@@ -436,26 +436,78 @@ typedef struct {
     size_t name_length;
 } Entry;
 
+/* The connection's variables in the order first set, a name set again keeping its place
+ * with the new value (a dict's update, as server.py's extra.update(decision.env)); names
+ * found through an open-addressing index, so a rule with many variables costs linear
+ * time, not a scan of the ones before per variable. */
+typedef struct {
+    Entry *entries;
+    size_t count;
+    size_t *index; /* entry number + 1, or 0 for a free slot */
+    size_t mask;   /* slots - 1, slots a power of two at least twice the entries */
+} Variables;
+
 static size_t name_length_of(const char *text, size_t length)
 {
     const char *equals = memchr(text, '=', length);
     return equals ? (size_t)(equals - text) : length;
 }
 
-/* Add NAME=value: a name set before keeps its place and takes the new value (a dict's
- * update, as server.py's extra.update(decision.env)). */
-static void entry_set(Entry *entries, int *count, const char *text, size_t length)
+/* Room for most entries; -1 with MemoryError. */
+static int variables_init(Variables *variables, size_t most)
+{
+    size_t slots = 16;
+    while (slots < 2 * most)
+        slots *= 2;
+    variables->count = 0;
+    variables->mask = slots - 1;
+    variables->entries = PyMem_Malloc(sizeof(Entry) * most);
+    variables->index = PyMem_Calloc(slots, sizeof(size_t));
+    if (!variables->entries || !variables->index) {
+        PyMem_Free(variables->entries);
+        PyMem_Free(variables->index);
+        PyErr_NoMemory();
+        return -1;
+    }
+    return 0;
+}
+
+static void variables_free(Variables *variables)
+{
+    PyMem_Free(variables->entries);
+    PyMem_Free(variables->index);
+}
+
+/* The index slot of name: its entry's, or the free one where it would go. */
+static size_t *variables_slot(const Variables *variables, const char *name, size_t length)
+{
+    uint32_t hash = 2166136261u; /* FNV-1a */
+    for (size_t i = 0; i < length; i++)
+        hash = (hash ^ (unsigned char)name[i]) * 16777619u;
+    size_t at = hash & variables->mask;
+    for (;;) {
+        size_t *slot = &variables->index[at];
+        if (!*slot)
+            return slot;
+        const Entry *entry = &variables->entries[*slot - 1];
+        if (entry->name_length == length && memcmp(entry->text, name, length) == 0)
+            return slot;
+        at = (at + 1) & variables->mask;
+    }
+}
+
+/* NAME=value (or NAME alone); the caller made room for it (variables_init's most). */
+static void variables_set(Variables *variables, const char *text, size_t length)
 {
     size_t name = name_length_of(text, length);
-    for (int i = 0; i < *count; i++) {
-        if (entries[i].name_length == name && memcmp(entries[i].text, text, name) == 0) {
-            entries[i].text = text;
-            entries[i].length = length;
-            return;
-        }
+    size_t *slot = variables_slot(variables, text, name);
+    if (*slot) {
+        variables->entries[*slot - 1].text = text;
+        variables->entries[*slot - 1].length = length;
+        return;
     }
-    entries[*count] = (Entry){text, length, name};
-    (*count)++;
+    variables->entries[variables->count++] = (Entry){text, length, name};
+    *slot = variables->count;
 }
 
 /* Hand fd to the pool with tcp-environ(5) and the rule's variables; note is what the
@@ -498,55 +550,62 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
     snprintf(hosts + first_host + 1, hosts_size - (size_t)first_host - 1, "TCP6LOCALHOST=%s",
              host);
 
-    /* The rule's records: `+NAME=value`, up to its `D` if any (decided before). */
-    int most = 11 + (int)rule_length / 2 + 1;
+    /* The rule's records: `+NAME=value`, up to its `D` if any (decided before). Room for
+     * as many variables as it has records, not as its length would allow. */
+    size_t records = 0;
+    for (uint32_t at = 0; rule && at < rule_length; records++) {
+        const unsigned char *end = memchr(rule + at, 0, rule_length - at);
+        if (!end)
+            break;
+        at = (uint32_t)(end - rule) + 1;
+    }
     Py_ssize_t base_count = PyTuple_GET_SIZE(self->spawner->base);
-    Entry *extra = PyMem_Malloc(sizeof(Entry) * (size_t)most);
-    Job *job = PyMem_RawCalloc(1, sizeof(Job));
-    char **envp = PyMem_RawMalloc(sizeof(char *) * (size_t)(base_count + most + 1));
-    if (!extra || !envp || !job) {
+    Variables extra;
+    if (variables_init(&extra, 11 + records) < 0) {
         PyMem_Free(hosts);
-        PyMem_Free(extra);
+        PyMem_RawFree(note);
+        return -1;
+    }
+    Job *job = PyMem_RawCalloc(1, sizeof(Job));
+    char **envp = PyMem_RawMalloc(sizeof(char *) * ((size_t)base_count + 11 + records + 1));
+    if (!envp || !job) {
+        PyMem_Free(hosts);
+        variables_free(&extra);
         PyMem_RawFree(envp);
         PyMem_RawFree(job);
         PyMem_RawFree(note);
         PyErr_NoMemory();
         return -1;
     }
-    int count = 0;
     for (const char *at = tcp; at < tcp + tcp_length; at += strlen(at) + 1)
-        entry_set(extra, &count, at, strlen(at));
-    entry_set(extra, &count, hosts, (size_t)first_host);
-    entry_set(extra, &count, hosts + first_host + 1, strlen(hosts + first_host + 1));
+        variables_set(&extra, at, strlen(at));
+    variables_set(&extra, hosts, (size_t)first_host);
+    variables_set(&extra, hosts + first_host + 1, strlen(hosts + first_host + 1));
     for (uint32_t at = 0; at < rule_length;) {
         const unsigned char *end = memchr(rule + at, 0, rule_length - at);
         if (!end)
             break;
         uint32_t length = (uint32_t)(end - (rule + at));
         if (length > 1 && rule[at] == '+' && memchr(rule + at + 1, '=', length - 1))
-            entry_set(extra, &count, (const char *)rule + at + 1, length - 1);
+            variables_set(&extra, (const char *)rule + at + 1, length - 1);
         at += length + 1;
     }
     /* The server's environment, without what the connection's variables replace. */
-    int envc = 0;
+    size_t envc = 0;
     for (Py_ssize_t i = 0; i < base_count; i++) {
         const char *text = PyBytes_AS_STRING(PyTuple_GET_ITEM(self->spawner->base, i));
-        size_t name = name_length_of(text, strlen(text));
-        int replaced = 0;
-        for (int j = 0; j < count && !replaced; j++)
-            replaced = extra[j].name_length == name && memcmp(extra[j].text, text, name) == 0;
-        if (!replaced)
+        if (!*variables_slot(&extra, text, name_length_of(text, strlen(text))))
             envp[envc++] = (char *)text;
     }
     /* The job's own copies (entries point into tcp, hosts and the rule, which do not
      * outlive this call); the base's stay in the Spawner, which the pool keeps alive. */
     size_t copies = 0;
-    for (int j = 0; j < count; j++)
-        copies += extra[j].length + 1;
+    for (size_t j = 0; j < extra.count; j++)
+        copies += extra.entries[j].length + 1;
     char *block = PyMem_RawMalloc(copies ? copies : 1);
     if (!block) {
         PyMem_Free(hosts);
-        PyMem_Free(extra);
+        variables_free(&extra);
         PyMem_RawFree(envp);
         PyMem_RawFree(job);
         PyMem_RawFree(note);
@@ -554,15 +613,15 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
         return -1;
     }
     char *cursor = block;
-    for (int j = 0; j < count; j++) {
-        memcpy(cursor, extra[j].text, extra[j].length);
-        cursor[extra[j].length] = '\0';
+    for (size_t j = 0; j < extra.count; j++) {
+        memcpy(cursor, extra.entries[j].text, extra.entries[j].length);
+        cursor[extra.entries[j].length] = '\0';
         envp[envc++] = cursor;
-        cursor += extra[j].length + 1;
+        cursor += extra.entries[j].length + 1;
     }
     envp[envc] = NULL;
     PyMem_Free(hosts);
-    PyMem_Free(extra);
+    variables_free(&extra);
     job->envp = envp;
     job->strings = block;
     job->note = note;
