@@ -290,3 +290,44 @@ def test_a_rule_with_many_variables_costs_the_loop_no_more_than_the_python_loop(
         assert server.request(source="127.0.0.9") == b"80000\nlast\n", name
         cpu[name] = cpu_seconds(server.process.pid) - before
     assert cpu["lane"] < 2 * cpu["python"] + 0.2, cpu
+
+
+def test_a_child_not_ours_is_not_taken_for_a_spawn_that_reuses_its_pid(tmp_path: Path) -> None:
+    """A child the server did not spawn (started before it exec'd, or an orphan it gets
+    as a container's pid 1) is reaped and forgotten: when its pid comes back for a spawn,
+    that session is not ended at once, and -c 1 holds. In a pid namespace of its own,
+    where ns_last_pid makes the pid come back at once."""
+    require_extension()
+    unshare = require_tool("unshare")
+    program = write_script(
+        tmp_path,
+        "program",
+        '#!/bin/sh\necho "pid $$"\nread line\n'
+        'if [ "$line" = next ]; then echo 1 > /proc/sys/kernel/ns_last_pid; fi\n'
+        "echo bye\n",
+    )
+    tcpsrv = venv_script("qboot-tcpsrv")
+    for name, env in PATHS.items():
+        # sh is the namespace's pid 1, its sleep pid 2, and sh becomes the server
+        script = f"sleep 0.2 & exec {tcpsrv} -1 -v -HR -l x -c 1 127.0.0.1 0 {program}"
+        server = Running([unshare, "--pid", "--fork", "--mount-proc", "sh", "-c", script], env)
+        try:
+            time.sleep(0.6)  # the sleep has ended and been reaped: a child not spawned
+            with server.connect() as first:
+                first.sendall(b"next\n")  # the next pid is 2 again
+                assert read_all(first).endswith(b"bye\n"), name
+            with server.connect() as held:
+                assert held.recv(100) == b"pid 2\n", (name, server.log())
+                with server.connect() as waiting:
+                    waiting.settimeout(0.5)
+                    with pytest.raises(TimeoutError):
+                        waiting.recv(100)  # -c 1: the held session still runs
+                    held.sendall(b"x\n")
+                    assert read_all(held) == b"bye\n", name
+                    waiting.settimeout(10)
+                    assert waiting.recv(100).startswith(b"pid "), name
+        finally:
+            children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+            for pid in children.read_text().split():  # the server, the namespace's pid 1
+                os.kill(int(pid), signal.SIGTERM)
+            server.stop()

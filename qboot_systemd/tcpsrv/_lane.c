@@ -399,6 +399,9 @@ static int spawns_reported(Lane *self)
         }
         qboot_job_free(job);
     }
+    /* Every spawn reported: a child reaped early and still unmatched was not ours. */
+    if (self->in_flight == 0)
+        self->early_count = 0;
     return result;
 }
 
@@ -413,7 +416,13 @@ static int reap(Lane *self)
             child_over(self, pid, status);
             continue;
         }
-        /* its spawn's report is on its way: the pool's thread has not queued it yet */
+        /* Not a child we spawned (one from before our exec, or an orphan we got as a
+         * pid 1): forgotten, or its pid, when it comes back for a spawn, would end that
+         * session at once. */
+        if (self->in_flight == 0)
+            continue;
+        /* else maybe one whose spawn's report is on its way (the pool's thread has not
+         * queued it yet) */
         if (self->early_count == self->early_capacity) {
             int capacity = self->early_capacity ? self->early_capacity * 2 : 16;
             EarlyExit *grown = PyMem_Realloc(self->early, sizeof(EarlyExit) * (size_t)capacity);

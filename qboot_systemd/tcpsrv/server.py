@@ -567,6 +567,8 @@ class Server:
                 self.children[pid] = job.client
             else:
                 self._child_over(pid, job.client, status)
+        if not self.spawning:  # every spawn reported: the rest were not our children
+            self.exited_early.clear()
 
     def _spawn_failed(self, job: SpawnJob, error: str) -> None:
         self.counters.served -= 1
@@ -653,8 +655,12 @@ class Server:
             if pid == 0:
                 return
             client = self.children.pop(pid, None)
-            if client is None:  # its spawn is not reported yet
-                self.exited_early[pid] = status
+            if client is None:
+                # Its spawn is not reported yet; or, with none in flight, it is not a
+                # child we spawned (one from before our exec, an orphan we got as a pid
+                # 1): forgotten, or its pid coming back for a spawn would end that session.
+                if self.spawning:
+                    self.exited_early[pid] = status
                 continue
             self._child_over(pid, client, status)
 
