@@ -59,7 +59,7 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    SpawnPool *pool;  /* strong reference; its threads run posix_spawnp */
+    SpawnPool *pool;  /* strong reference; its threads run the spawns */
     Spawner *spawner; /* the pool's */
     int epoll_fd;     /* -1 until start() */
     int wake_fd;  /* signal.set_wakeup_fd's: one byte per signal number */
