@@ -560,12 +560,13 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
              host);
 
     /* The rule's records: `+NAME=value`, up to its `D` if any (decided before). Room for
-     * as many variables as it has records, not as its length would allow. */
+     * as many variables as it has `+` records, not as its length would allow. */
     size_t records = 0;
-    for (uint32_t at = 0; rule && at < rule_length; records++) {
+    for (uint32_t at = 0; rule && at < rule_length;) {
         const unsigned char *end = memchr(rule + at, 0, rule_length - at);
         if (!end)
             break;
+        records += rule[at] == '+';
         at = (uint32_t)(end - rule) + 1;
     }
     Py_ssize_t base_count = PyTuple_GET_SIZE(self->spawner->base);
