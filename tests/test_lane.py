@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import difflib
 import os
+import random
 import re
 import signal
 import socket
+import struct
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -331,3 +333,39 @@ def test_a_child_not_ours_is_not_taken_for_a_spawn_that_reuses_its_pid(tmp_path:
             for pid in children.read_text().split():  # the server, the namespace's pid 1
                 os.kill(int(pid), signal.SIGTERM)
             server.stop()
+
+
+def test_hostile_cdbs_decide_as_the_python_loop(tmp_path: Path, dump: str) -> None:
+    """Rules files damaged where a reader trusts them (table positions and counts, record
+    and value lengths claiming up to 4 GiB, a header only, every slot taken): the Lane's
+    bounds checks give the Python reader's decision (run, deny, drop) for every client."""
+    require_extension()
+    cdb = tmp_path / "rules.cdb"
+    compile_rules(cdb, RULES)
+    valid = cdb.read_bytes()
+    shuffle = random.Random(17)
+    variants = [valid[:2048], valid[:2056], b"\xff" * 4096]
+    variants.append(struct.pack("<LL", 2048, 0xFFFFFFFF) * 256 + b"\1" * 64)  # 2^32 slots
+    variants.append(struct.pack("<LL", 2048, 64) * 256 + struct.pack("<LL", 1, 2048) * 64)
+    record = valid.index(b"127.0.0.3") - 8  # key and value lengths, then the key
+    for value_length in (len(valid), 0xFFFFFFFF, 40):  # past the end; a value cut short
+        variants.append(valid[: record + 4] + struct.pack("<L", value_length) + valid[record + 8 :])
+    for _ in range(25):
+        data = bytearray(valid)
+        for _ in range(shuffle.randint(1, 6)):
+            at = shuffle.randrange(len(data) - 4)
+            claim = shuffle.choice([0, 1, 0x7FFFFFFF, 0xFFFFFFFF, len(data) - 4])
+            data[at : at + 4] = struct.pack("<L", shuffle.choice([claim, shuffle.getrandbits(32)]))
+        variants.append(bytes(data))
+    results = {}
+    for name, server in both(
+        lambda env: ours("-v", "-HR", "-l", "x", "-x", str(cdb), "127.0.0.1", "0", dump, env=env)
+    ):
+        outputs = []
+        for data in variants:
+            (tmp_path / "new.cdb").write_bytes(data)
+            (tmp_path / "new.cdb").rename(cdb)
+            outputs += one_at_a_time(server, ["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+        results[name] = (outputs, masked(server.log()))
+    assert_same(results["lane"], results["python"])
+    assert "invalid argument" in results["lane"][1] and "PROTO=TCP" in "".join(results["lane"][0])
