@@ -318,6 +318,7 @@ def test_a_child_not_ours_is_not_taken_for_a_spawn_that_reuses_its_pid(tmp_path:
             with server.connect() as first:
                 first.sendall(b"next\n")  # the next pid is 2 again
                 assert read_all(first).endswith(b"bye\n"), name
+            server.wait_log(r"end \d+ status")  # reaped, and the sleep with it (waitpid(-1))
             with server.connect() as held:
                 assert held.recv(100) == b"pid 2\n", (name, server.log())
                 with server.connect() as waiting:
