@@ -6,9 +6,13 @@ differential tests checked first; QBOOT_NO_EXTENSION=1 selects it."""
 from __future__ import annotations
 
 import difflib
+import os
+import random
 import re
 import signal
 import socket
+import struct
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -18,8 +22,8 @@ from qboot_systemd import rules
 from qboot_systemd.tcpsrv.options import parse
 from qboot_systemd.tcpsrv.server import Server, lane_fits
 
-from .conftest import require_extension
-from .tcpsrv_harness import Running, ours, write_script
+from .conftest import require_extension, require_tool, venv_script
+from .tcpsrv_harness import Running, ours, read_all, write_script
 
 DUMP = "#!/bin/sh\nenv | grep -a -v -E '^(_|PWD|SHLVL|QBOOT_NO_EXTENSION)=' | sort\n"
 PATHS = {"lane": {}, "python": {"QBOOT_NO_EXTENSION": "1"}}
@@ -244,3 +248,143 @@ def test_limit_and_signals(tmp_path: Path) -> None:
         second.close()
     finally:
         server.stop()
+
+
+def test_drain_ends_with_the_last_session(tmp_path: Path) -> None:
+    """Under systemd (socket activation, here without NOTIFY_SOCKET) SIGTERM drains: the
+    server exits when the last session ends, not when -W runs out, on both paths."""
+    require_extension()
+    activate = require_tool("systemd-socket-activate")
+    hold = write_script(tmp_path, "hold", "#!/bin/sh\necho hello\nread line\necho bye $line\n")
+    for name, env in PATHS.items():
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        passed = [arg for item in env.items() for arg in ("-E", "=".join(item))]
+        command = [activate, *passed, "-l", f"127.0.0.1:{port}", venv_script("qboot-tcpsrv")]
+        server = Running([*command, "-v", "-HR", "-l", "x", "-W", "30", "-", "-", hold], port=port)
+        try:
+            deadline = time.monotonic() + 10
+            while "Listening on" not in server.log():  # activate execs us at the first client
+                assert time.monotonic() < deadline, server.log()
+                time.sleep(0.02)
+            session = server.connect()
+            assert session.recv(100) == b"hello\n"
+            assert extension_loaded(server) == (name == "lane"), name
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)
+            assert server.process.poll() is None, name  # draining: the session may finish
+            session.sendall(b"done\n")
+            assert read_all(session) == b"bye done\n"
+            session.close()
+            started = time.monotonic()
+            assert server.process.wait(20) == 0, name
+            assert time.monotonic() - started < 3, f"{name}: waited for -W, not the session"
+        finally:
+            server.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """The process's own CPU time (all its threads, not its children's)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_a_rule_with_many_variables_costs_the_loop_no_more_than_the_python_loop(
+    tmp_path: Path,
+) -> None:
+    """A rule with tens of thousands of variables (a hostile or generated rules file):
+    laying out the environment is linear in the Lane too, as the Python loop's dict, not
+    a scan of every variable set so far per variable (seconds of a stalled loop each)."""
+    require_extension()
+    cdb = tmp_path / "rules.cdb"
+    names = b",".join(b'V%d="%d"' % (n, n) for n in range(80000))
+    compile_rules(cdb, b"127.0.0.9:allow," + names + b',V7="last"\n:allow\n')
+    count = write_script(tmp_path, "count", "#!/bin/sh\nenv | grep -c '^V'\necho $V7\n")
+    cpu = {}
+    for name, server in both(
+        lambda env: ours("-HR", "-l", "x", "-x", str(cdb), "127.0.0.1", "0", count, env=env)
+    ):
+        assert server.request(source="127.0.0.1") == b"0\n\n"  # the rules are read
+        before = cpu_seconds(server.process.pid)
+        assert server.request(source="127.0.0.9") == b"80000\nlast\n", name
+        cpu[name] = cpu_seconds(server.process.pid) - before
+    assert cpu["lane"] < 2 * cpu["python"] + 0.2, cpu
+
+
+def test_a_child_not_ours_is_not_taken_for_a_spawn_that_reuses_its_pid(tmp_path: Path) -> None:
+    """A child the server did not spawn (started before it exec'd, or an orphan it gets
+    as a container's pid 1) is reaped and forgotten: when its pid comes back for a spawn,
+    that session is not ended at once, and -c 1 holds. In a pid namespace of its own,
+    where ns_last_pid makes the pid come back at once."""
+    require_extension()
+    unshare = require_tool("unshare")
+    program = write_script(
+        tmp_path,
+        "program",
+        '#!/bin/sh\necho "pid $$"\nread line\n'
+        'if [ "$line" = next ]; then echo 1 > /proc/sys/kernel/ns_last_pid; fi\n'
+        "echo bye\n",
+    )
+    tcpsrv = venv_script("qboot-tcpsrv")
+    for name, env in PATHS.items():
+        # sh is the namespace's pid 1, its sleep pid 2, and sh becomes the server
+        script = f"sleep 0.2 & exec {tcpsrv} -1 -v -HR -l x -c 1 127.0.0.1 0 {program}"
+        server = Running([unshare, "--pid", "--fork", "--mount-proc", "sh", "-c", script], env)
+        try:
+            time.sleep(0.6)  # the sleep has ended and been reaped: a child not spawned
+            with server.connect() as first:
+                first.sendall(b"next\n")  # the next pid is 2 again
+                assert read_all(first).endswith(b"bye\n"), name
+            server.wait_log(r"end \d+ status")  # reaped, and the sleep with it (waitpid(-1))
+            with server.connect() as held:
+                assert held.recv(100) == b"pid 2\n", (name, server.log())
+                with server.connect() as waiting:
+                    waiting.settimeout(0.5)
+                    with pytest.raises(TimeoutError):
+                        waiting.recv(100)  # -c 1: the held session still runs
+                    held.sendall(b"x\n")
+                    assert read_all(held) == b"bye\n", name
+                    waiting.settimeout(10)
+                    assert waiting.recv(100).startswith(b"pid "), name
+        finally:
+            children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+            for pid in children.read_text().split():  # the server, the namespace's pid 1
+                os.kill(int(pid), signal.SIGTERM)
+            server.stop()
+
+
+def test_hostile_cdbs_decide_as_the_python_loop(tmp_path: Path, dump: str) -> None:
+    """Rules files damaged where a reader trusts them (table positions and counts, record
+    and value lengths claiming up to 4 GiB, a header only, every slot taken): the Lane's
+    bounds checks give the Python reader's decision (run, deny, drop) for every client."""
+    require_extension()
+    cdb = tmp_path / "rules.cdb"
+    compile_rules(cdb, RULES)
+    valid = cdb.read_bytes()
+    shuffle = random.Random(17)
+    variants = [valid[:2048], valid[:2056], b"\xff" * 4096]
+    variants.append(struct.pack("<LL", 2048, 0xFFFFFFFF) * 256 + b"\1" * 64)  # 2^32 slots
+    variants.append(struct.pack("<LL", 2048, 64) * 256 + struct.pack("<LL", 1, 2048) * 64)
+    record = valid.index(b"127.0.0.3") - 8  # key and value lengths, then the key
+    for value_length in (len(valid), 0xFFFFFFFF, 40):  # past the end; a value cut short
+        variants.append(valid[: record + 4] + struct.pack("<L", value_length) + valid[record + 8 :])
+    for _ in range(25):
+        data = bytearray(valid)
+        for _ in range(shuffle.randint(1, 6)):
+            at = shuffle.randrange(len(data) - 4)
+            claim = shuffle.choice([0, 1, 0x7FFFFFFF, 0xFFFFFFFF, len(data) - 4])
+            data[at : at + 4] = struct.pack("<L", shuffle.choice([claim, shuffle.getrandbits(32)]))
+        variants.append(bytes(data))
+    results = {}
+    for name, server in both(
+        lambda env: ours("-v", "-HR", "-l", "x", "-x", str(cdb), "127.0.0.1", "0", dump, env=env)
+    ):
+        outputs = []
+        for data in variants:
+            (tmp_path / "new.cdb").write_bytes(data)
+            (tmp_path / "new.cdb").rename(cdb)
+            outputs += one_at_a_time(server, ["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+        results[name] = (outputs, masked(server.log()))
+    assert_same(results["lane"], results["python"])
+    assert "invalid argument" in results["lane"][1] and "PROTO=TCP" in "".join(results["lane"][0])

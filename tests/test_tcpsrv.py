@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import select
 import signal
 import socket
@@ -532,3 +533,22 @@ def test_status_under_systemd_ends_on_the_sessions_served(tmp_path: Path) -> Non
     assert messages[0] == "READY=1"
     statuses = [m for m in messages if m.startswith("STATUS=")]
     assert statuses[-1] == "STATUS=0/40 sessions, 3 served, 0 denied", messages
+
+
+@pytest.mark.parametrize("no_extension", ["", "1"])
+def test_sigterm_imports_nothing_a_server_without_names_did_not(no_extension: str) -> None:
+    """The lookups' modules are imported before -u drops privileges, for the servers
+    that use them; SIGTERM must not import them for one that never did (after -u the
+    library may be unreadable, and a stop is no time to load it)."""
+    env = {"PYTHONPROFILEIMPORTTIME": "1", "QBOOT_NO_EXTENSION": no_extension}
+    server = ours("-HR", "-l", "x", "127.0.0.1", "0", "/bin/true", env=env)
+    try:
+        assert server.request() == b""
+        server.process.send_signal(signal.SIGTERM)
+        assert server.process.wait(10) == 0
+        imported = re.findall(r"\| +([\w.]+)$", server.log(), re.M)
+        assert "qboot_systemd.tcpsrv.server" in imported  # the import log works
+        assert "qboot_systemd.tcpsrv.lookups" not in imported
+        assert "qboot_systemd.tcpsrv.dns" not in imported
+    finally:
+        server.stop()

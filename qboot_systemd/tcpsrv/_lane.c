@@ -59,7 +59,7 @@ typedef struct {
 
 typedef struct {
     PyObject_HEAD
-    SpawnPool *pool;  /* strong reference; its threads run posix_spawnp */
+    SpawnPool *pool;  /* strong reference; its threads run the spawns */
     Spawner *spawner; /* the pool's */
     int epoll_fd;     /* -1 until start() */
     int wake_fd;  /* signal.set_wakeup_fd's: one byte per signal number */
@@ -402,6 +402,9 @@ static int spawns_reported(Lane *self)
             result = -1; /* the others are still reported; run() raises MemoryError */
         qboot_job_free(job);
     }
+    /* Every spawn reported: a child reaped early and still unmatched was not ours. */
+    if (self->in_flight == 0)
+        self->early_count = 0;
     return result;
 }
 
@@ -416,7 +419,13 @@ static int reap(Lane *self)
             child_over(self, pid, status);
             continue;
         }
-        /* its spawn's report is on its way: the pool's thread has not queued it yet */
+        /* Not a child we spawned (one from before our exec, or an orphan we got as a
+         * pid 1): forgotten, or its pid, when it comes back for a spawn, would end that
+         * session at once. */
+        if (self->in_flight == 0)
+            continue;
+        /* else maybe one whose spawn's report is on its way (the pool's thread has not
+         * queued it yet) */
         if (self->early_count == self->early_capacity) {
             int capacity = self->early_capacity ? self->early_capacity * 2 : 16;
             EarlyExit *grown = PyMem_Realloc(self->early, sizeof(EarlyExit) * (size_t)capacity);
@@ -748,11 +757,12 @@ static double monotonic(void)
 }
 
 /* Outcomes of run(): what Python is to do. */
-enum { RUN_TIMEOUT = 0, RUN_SIGNAL = 1, RUN_RESOURCE = 2 };
+enum { RUN_TIMEOUT = 0, RUN_SIGNAL = 1, RUN_RESOURCE = 2, RUN_DRAINED = 3 };
 
 /* run(timeout) -> (outcome, errno): serve until a signal other than SIGCHLD arrives
- * (1), accept() runs out of resources (2, with its errno), or timeout seconds have
- * passed (0; a negative timeout: no limit). */
+ * (1), accept() runs out of resources (2, with its errno), the last session after
+ * stop() has ended (3: the drain is over), or timeout seconds have passed (0; a
+ * negative timeout: no limit). */
 static PyObject *lane_run(Lane *self, PyObject *arg)
 {
     double timeout = PyFloat_AsDouble(arg);
@@ -762,6 +772,8 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
         return PyErr_Format(PyExc_RuntimeError, "start() first");
     double deadline = timeout < 0 ? -1.0 : monotonic() + timeout;
     for (;;) {
+        if (self->stopped && self->running == 0) /* nothing left to wait for */
+            return Py_BuildValue("(ii)", RUN_DRAINED, 0);
         if (update_watch(self) < 0)
             return NULL;
         int wait_ms = -1;

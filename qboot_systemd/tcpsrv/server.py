@@ -91,8 +91,9 @@ def lane_fits(options: Options) -> bool:
     )
 
 
-# Lane.run()'s outcomes (_lane.c)
-LANE_TIMEOUT, LANE_SIGNAL, LANE_RESOURCE = 0, 1, 2
+# Lane.run()'s outcomes (_lane.c); after DRAINED (stop() and no session left) the
+# loop's own check ends serve().
+LANE_TIMEOUT, LANE_SIGNAL, LANE_RESOURCE, LANE_DRAINED = 0, 1, 2, 3
 
 
 def lookups_per_address(limit: int) -> int:
@@ -470,6 +471,8 @@ class Server:
 
     def _cut_lookups_short(self) -> None:
         """SIGTERM: every pending connection goes on now, with the names it has."""
+        if not self.pending:  # nothing to import then (after -u the library may be unreadable)
+            return
         from .lookups import NO_NAMES
 
         for pending in list(self.pending.values()):
@@ -564,6 +567,8 @@ class Server:
                 self.children[pid] = job.client
             else:
                 self._child_over(pid, job.client, status)
+        if not self.spawning:  # every spawn reported: the rest were not our children
+            self.exited_early.clear()
 
     def _spawn_failed(self, job: SpawnJob, error: str) -> None:
         self.counters.served -= 1
@@ -650,8 +655,12 @@ class Server:
             if pid == 0:
                 return
             client = self.children.pop(pid, None)
-            if client is None:  # its spawn is not reported yet
-                self.exited_early[pid] = status
+            if client is None:
+                # Its spawn is not reported yet; or, with none in flight, it is not a
+                # child we spawned (one from before our exec, an orphan we got as a pid
+                # 1): forgotten, or its pid coming back for a spawn would end that session.
+                if self.spawning:
+                    self.exited_early[pid] = status
                 continue
             self._child_over(pid, client, status)
 

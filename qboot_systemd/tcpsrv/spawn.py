@@ -2,10 +2,11 @@
 
 CPython's os.posix_spawnp keeps the GIL while the kernel creates the child, and with
 posix_spawn's vfork semantics that lasts until the child has exec'd: 70-130 µs per
-connection in which nothing else runs. The _conn extension's Spawner releases the GIL for
-posix_spawnp, so spawner threads wait for the kernel while the loop goes on accepting; its
-command line, server environment and spawn attributes are built once, from glibc's own
-types. PythonSpawner (os.posix_spawnp) is the fallback, and what QBOOT_NO_EXTENSION=1 uses.
+connection in which nothing else runs. The _conn extension's Spawner (a vfork-style
+clone() and execve over the PATH entries found once) runs without the GIL, so spawner
+threads wait for the kernel while the loop goes on accepting; its command line, server
+environment and signals to reset are laid out once. PythonSpawner (os.posix_spawnp) is
+the fallback, and what QBOOT_NO_EXTENSION=1 uses.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def env_entries(env: Mapping[str, str]) -> list[bytes]:
 
 
 class ExtensionSpawner:
-    """posix_spawnp in the _conn extension (GIL released during the call)."""
+    """The _conn extension's clone() and execve (GIL released during the call)."""
 
     def __init__(self, argv: Sequence[bytes], base_env: Mapping[str, str]) -> None:
         extension = netcalls.EXTENSION
