@@ -504,7 +504,8 @@ static void entry_set(EntrySet *set, const char *text, size_t length)
  * memory) before the spawn, fd the caller's to close; or -2 with one after it. */
 static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_port,
                             const char *remote_ip, int remote_port,
-                            const unsigned char *rule, uint32_t rule_length, char *note)
+                            const unsigned char *rule, uint32_t rule_length, char *note,
+                            int queue_empty)
 {
     int ipv4 = (!strchr(remote_ip, ':') || is_mapped(remote_ip)) && !self->ipv6_env;
     char local_mapped[7 + INET6_ADDRSTRLEN], remote_mapped[7 + INET6_ADDRSTRLEN];
@@ -614,10 +615,10 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
     job->strings = block;
     job->note = note;
     job->fd = fd;
-    if (self->running == 1 && self->in_flight == 0) {
-        /* The only session: nothing waits for this thread, so it spawns itself rather
-         * than wake a pool thread and be woken by its report (a connection arriving now
-         * waits in the kernel's queue for the child's exec, some 50 µs). */
+    if (queue_empty && self->running == 1 && self->in_flight == 0) {
+        /* The only session and no connection queued behind it: nothing waits for this
+         * thread, so it spawns itself rather than wake a pool thread and be woken by its
+         * report (a connection arriving now waits for the child's exec, some 50 µs). */
         job->error = qboot_spawn(self->spawner, job->envp, fd, &job->pid);
         close(fd);
         int result = report(self, job);
@@ -634,7 +635,7 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
 /* --- one connection --------------------------------------------------------------------- */
 
 static int connection(Lane *self, Listener *listener, int fd,
-                      const struct sockaddr_storage *address)
+                      const struct sockaddr_storage *address, int queue_empty)
 {
     char remote_ip[INET6_ADDRSTRLEN], local_ip[INET6_ADDRSTRLEN];
     int remote_port, local_port;
@@ -720,7 +721,7 @@ static int connection(Lane *self, Listener *listener, int fd,
     snprintf(note + client_length + 1, note_size - client_length - 1, "%s:%s:%d :%s::%d",
              host_log, local_logged, local_port, remote_logged, remote_port);
     int spawned = spawn_connection(self, fd, local_ip, local_port, remote_ip, remote_port, rule,
-                                   rule_length, note);
+                                   rule_length, note, queue_empty);
     if (spawned == -1) {
         close(fd);
         session_over(self);
@@ -747,6 +748,32 @@ static int update_watch(Lane *self)
     }
     self->watching = wanted;
     return 0;
+}
+
+/* Room for one more connection, besides `held` accepted and not yet counted? */
+static int may_accept(const Lane *self, int held)
+{
+    return !self->paused && !self->stopped && self->running + held < self->limit;
+}
+
+/* The next connection's fd, or -1: nothing waiting (or EINTR), or *resource set to the
+ * errno of running out of fds or memory. A client gone before its accept is skipped. */
+static int accept_one(Listener *listener, struct sockaddr_storage *address, int *resource)
+{
+    for (;;) {
+        socklen_t size = sizeof *address;
+        /* blocking, as the child wants it */
+        int fd = accept4(listener->fd, (struct sockaddr *)address, &size, SOCK_CLOEXEC);
+        if (fd >= 0)
+            return fd;
+        if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+            *resource = errno;
+            return -1;
+        }
+        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)
+            return -1;
+        /* ECONNABORTED, EPROTO, EPERM: that client is gone, the next one may not be */
+    }
 }
 
 static double monotonic(void)
@@ -822,24 +849,27 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
             if (index >= CHILD_TAG || (int)index >= self->listener_count)
                 continue;
             Listener *listener = &self->listeners[index];
-            for (int n = 0; n < ACCEPTS_PER_WAKE; n++) {
-                if (self->paused || self->stopped || self->running >= self->limit)
-                    break;
-                struct sockaddr_storage address;
-                socklen_t size = sizeof address;
-                /* blocking, as the child wants it */
-                int fd = accept4(listener->fd, (struct sockaddr *)&address, &size, SOCK_CLOEXEC);
-                if (fd < 0) {
-                    if (errno == EAGAIN || errno == EINTR)
-                        break;
-                    if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS ||
-                        errno == ENOMEM)
-                        return Py_BuildValue("(ii)", RUN_RESOURCE, errno);
-                    continue; /* ECONNABORTED, EPROTO, EPERM: that client is gone */
+            /* One accepted ahead: a connection with nothing behind it in the queue, and
+             * no other session, is spawned by this thread itself (see spawn_connection). */
+            struct sockaddr_storage held, ahead;
+            int resource = 0;
+            int held_fd = may_accept(self, 0) ? accept_one(listener, &held, &resource) : -1;
+            for (int n = 1; held_fd >= 0; n++) {
+                int ahead_fd = -1, queue_empty = 0;
+                if (n < ACCEPTS_PER_WAKE && may_accept(self, 1)) {
+                    ahead_fd = accept_one(listener, &ahead, &resource);
+                    queue_empty = ahead_fd < 0 && !resource;
                 }
-                if (connection(self, listener, fd, &address) < 0)
+                if (connection(self, listener, held_fd, &held, queue_empty) < 0) {
+                    if (ahead_fd >= 0)
+                        close(ahead_fd);
                     return NULL;
+                }
+                held_fd = ahead_fd;
+                held = ahead;
             }
+            if (resource)
+                return Py_BuildValue("(ii)", RUN_RESOURCE, resource);
         }
         if (signals) {
             /* Python's handlers run now, so the loop finds what they noted. */
