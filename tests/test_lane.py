@@ -12,6 +12,8 @@ import re
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -282,6 +284,48 @@ def test_drain_ends_with_the_last_session(tmp_path: Path) -> None:
             assert time.monotonic() - started < 3, f"{name}: waited for -W, not the session"
         finally:
             server.stop()
+
+
+# sd_listen_fds(3) as systemd hands a socket over: fd 3 and LISTEN_PID the server's own.
+ACTIVATE = (
+    "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_FDS'] = '1'; "
+    "os.environ['LISTEN_PID'] = str(os.getpid()); os.execv(sys.argv[2], sys.argv[2:])"
+)
+
+
+def test_a_listener_shut_down_by_another_holder_leaves_sigterm_working(tmp_path: Path) -> None:
+    """A passed socket is shared (systemd, a sibling holds it too): one holder's
+    shutdown() leaves it not listening, accept() fails with EINVAL at every try and epoll
+    reports it at every wait. The loop must still hear SIGTERM: the Lane once retried that
+    accept for ever, signals unread."""
+    require_extension()
+    quick = write_script(tmp_path, "quick", "#!/bin/sh\necho hi\n")
+    for name, env in PATHS.items():
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(16)
+            port = int(listener.getsockname()[1])
+            fd = str(listener.fileno())
+            command = [sys.executable, "-c", ACTIVATE, fd, venv_script("qboot-tcpsrv")]
+            server = Running(
+                [*command, "-v", "-HR", "-l", "x", "0", "0", quick],
+                env=env,
+                pass_fds=(listener.fileno(),),
+                port=port,
+            )
+            try:
+                assert server.request() == b"hi\n", name
+                server.wait_log(r"status: 0/40\n.*\Z")
+                assert extension_loaded(server) == (name == "lane"), name
+                listener.shutdown(socket.SHUT_RDWR)
+                time.sleep(0.3)
+                server.process.send_signal(signal.SIGTERM)
+                try:
+                    server.process.wait(5)
+                except subprocess.TimeoutExpired:
+                    pytest.fail(f"{name}: SIGTERM not heard with the listener shut down")
+            finally:
+                server.stop(signal.SIGKILL)
 
 
 def cpu_seconds(pid: int) -> float:

@@ -757,10 +757,13 @@ static int may_accept(const Lane *self, int held)
 }
 
 /* The next connection's fd, or -1: nothing waiting (or EINTR), or *resource set to the
- * errno of running out of fds or memory. A client gone before its accept is skipped. */
+ * errno of running out of fds or memory. A client gone before its accept is skipped, a
+ * few times at most: an error that stays (a listener another holder of the socket shut
+ * down: EINVAL, and epoll reports it for ever) must not keep this thread from the
+ * signals, as the Python loop's 16 tries do not. */
 static int accept_one(Listener *listener, struct sockaddr_storage *address, int *resource)
 {
-    for (;;) {
+    for (int tries = 0; tries < ACCEPTS_PER_WAKE; tries++) {
         socklen_t size = sizeof *address;
         /* blocking, as the child wants it */
         int fd = accept4(listener->fd, (struct sockaddr *)address, &size, SOCK_CLOEXEC);
@@ -774,6 +777,7 @@ static int accept_one(Listener *listener, struct sockaddr_storage *address, int 
             return -1;
         /* ECONNABORTED, EPROTO, EPERM: that client is gone, the next one may not be */
     }
+    return -1;
 }
 
 static double monotonic(void)
