@@ -252,6 +252,42 @@ def test_limit_and_signals(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_bursts_with_resets_never_pass_the_limit_nor_leak(tmp_path: Path) -> None:
+    """Simultaneous clients, a third of them reset at once (SO_LINGER 0), against -c 1
+    and -c 2 with a child that exits at once: the Lane accepts one connection ahead, and
+    that one must count against -c before it is a session; every session ends, no child
+    is left over and the server holds no more fds than before the burst."""
+    require_extension()
+    quick = write_script(tmp_path, "quick", "#!/bin/sh\necho hi\n")
+    for limit in ("1", "2"):
+        for name, server in both(
+            lambda env, limit=limit: ours(
+                "-v", "-HR", "-l", "x", "-c", limit, "0", "0", quick, env=env
+            )
+        ):
+            server.wait_log(r"status: 0/")
+            fds = len(os.listdir(f"/proc/{server.process.pid}/fd"))
+            clients = []
+            for n in range(45):
+                client = server.connect()
+                if n % 3 == 0:
+                    client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    client.close()
+                else:
+                    clients.append(client)
+            for client in clients:
+                assert read_all(client) == b"hi\n", name
+                client.close()
+            log = server.wait_log(r"status: 0/\d+\n\Z")
+            running = [int(count) for count in re.findall(r"status: (\d+)/", log)]
+            assert max(running) == int(limit), (name, limit)
+            assert len(re.findall(r" ok \d+ ", log)) == len(re.findall(r" end \d+ ", log))
+            assert len(re.findall(r" ok \d+ ", log)) >= len(clients), (name, limit)
+            children = Path(f"/proc/{server.process.pid}/task/{server.process.pid}/children")
+            assert children.read_text().split() == [], (name, limit)
+            assert len(os.listdir(f"/proc/{server.process.pid}/fd")) == fds, (name, limit)
+
+
 def test_drain_ends_with_the_last_session(tmp_path: Path) -> None:
     """Under systemd (socket activation, here without NOTIFY_SOCKET) SIGTERM drains: the
     server exits when the last session ends, not when -W runs out, on both paths."""
