@@ -22,8 +22,32 @@ def systemd_sockets() -> list[socket.socket] | None:
     sockets = []
     for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
         os.set_inheritable(fd, False)  # children get their connection only
-        sockets.append(socket.socket(fileno=fd))
+        sockets.append(_listening_tcp(fd))
     return sockets
+
+
+def _listening_tcp(fd: int) -> socket.socket:
+    """The passed fd as a socket, if it is one we can accept TCP connections on: a unit's
+    ListenStream=/path, ListenDatagram= or Accept=yes would otherwise fail at start-up
+    with a traceback, or make every accept() fail (EINVAL) for ever."""
+    hint = "the .socket unit needs ListenStream= with a port or address:port, and Accept=no"
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError as error:
+        message = f"fd {fd} from systemd is not a socket ({error.strerror}): {hint}"
+        raise ListenError(message) from None
+    try:
+        listening = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    except OSError:
+        listening = 0
+    if (
+        sock.family not in (socket.AF_INET, socket.AF_INET6)
+        or sock.type != socket.SOCK_STREAM
+        or not listening
+    ):
+        sock.detach()
+        raise ListenError(f"fd {fd} from systemd is not a listening TCP socket: {hint}")
+    return sock
 
 
 def _port(port: str) -> int:
