@@ -260,11 +260,11 @@ def test_bursts_with_resets_never_pass_the_limit_nor_leak(tmp_path: Path) -> Non
     require_extension()
     quick = write_script(tmp_path, "quick", "#!/bin/sh\necho hi\n")
     for limit in ("1", "2"):
-        for name, server in both(
-            lambda env, limit=limit: ours(
-                "-v", "-HR", "-l", "x", "-c", limit, "0", "0", quick, env=env
-            )
-        ):
+
+        def start(env: dict[str, str], limit: str = limit) -> Running:
+            return ours("-v", "-HR", "-l", "x", "-c", limit, "0", "0", quick, env=env)
+
+        for name, server in both(start):
             server.wait_log(r"status: 0/")
             fds = len(os.listdir(f"/proc/{server.process.pid}/fd"))
             clients = []
