@@ -16,6 +16,8 @@ import struct
 import sys
 import threading
 
+from .dns_wire import read_question, receive, response
+
 TXT = 16
 A = 1
 SOA = 6
@@ -62,28 +64,16 @@ class BlocklistDns:
         return self
 
     def serve(self) -> None:
-        with self.socket:
-            while not self.stopped.is_set():
-                try:
-                    packet, peer = self.socket.recvfrom(4096)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                reply = self.answer(packet)
-                if reply is not None:
-                    with contextlib.suppress(OSError):
-                        self.socket.sendto(reply, peer)
+        receive(self.socket, self.stopped, self._reply)
+
+    def _reply(self, packet: bytes, peer: tuple[str, int]) -> None:
+        reply = self.answer(packet)
+        if reply is not None:
+            with contextlib.suppress(OSError):
+                self.socket.sendto(reply, peer)
 
     def answer(self, packet: bytes) -> bytes | None:
-        labels, position = [], 12
-        while packet[position]:
-            length = packet[position]
-            labels.append(packet[position + 1 : position + 1 + length].decode("latin-1"))
-            position += 1 + length
-        question = packet[12 : position + 5]
-        (qtype,) = struct.unpack("!H", packet[position + 1 : position + 3])
-        name = ".".join(labels).lower()
+        name, qtype, question = read_question(packet)
         self.queries.append((name, qtype))
         if name in self.flaky:
             self.flaky.discard(name)
@@ -103,19 +93,15 @@ class BlocklistDns:
         found: list[tuple[int, bytes]],
         soa: bool,
     ) -> bytes:
-        header = query_id + struct.pack("!HHHHH", 0x8180 | rcode, 1, len(found), int(soa), 0)
-        body = b"".join(
-            b"\xc0\x0c" + struct.pack("!HHIH", rtype, 1, self.ttl, len(data)) + data
-            for rtype, data in found
-        )
+        authority = b""
         if soa:
             rdata = (
                 wire("ns.test")
                 + wire("hostmaster.test")
                 + struct.pack("!IIIII", 1, 60, 60, 600, self.ttl)
             )
-            body += wire("test") + struct.pack("!HHIH", SOA, 1, self.ttl, len(rdata)) + rdata
-        return header + question + body
+            authority = wire("test") + struct.pack("!HHIH", SOA, 1, self.ttl, len(rdata)) + rdata
+        return response(query_id, rcode, question, found, self.ttl, authority)
 
     def close(self) -> None:
         self.stopped.set()

@@ -8,7 +8,6 @@ import random
 import re
 import signal
 import socket
-import struct
 import subprocess
 import threading
 import time
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .conftest import venv_script
+from .dns_wire import read_question, receive, response
 
 DUMP_ENV = """#!/bin/sh
 env | grep -E '^(PROTO|TCP[A-Z0-9]*|RELAYCLIENT|RBLSMTPD|X|Y)=' | sort
@@ -133,28 +133,16 @@ class FakeDns:
             self.records.setdefault((name, 1), []).append((1, socket.inet_aton(ip)))
 
     def _serve(self) -> None:
-        with self.socket:
-            while not self.stopped.is_set():
-                try:
-                    packet, peer = self.socket.recvfrom(4096)
-                except TimeoutError:
-                    continue
-                except OSError:
-                    return
-                threading.Thread(target=self._answer, args=(packet, peer), daemon=True).start()
+        receive(self.socket, self.stopped, self._answer_in_thread)
+
+    def _answer_in_thread(self, packet: bytes, peer: tuple[str, int]) -> None:
+        threading.Thread(target=self._answer, args=(packet, peer), daemon=True).start()
 
     def _answer(self, packet: bytes, peer: tuple[str, int]) -> None:
         if self.delay and self.stopped.wait(self.delay):
             return
         query_id = packet[:2]
-        labels, position = [], 12
-        while packet[position]:
-            length = packet[position]
-            labels.append(packet[position + 1 : position + 1 + length].decode("latin-1"))
-            position += 1 + length
-        question = packet[12 : position + 5]
-        (qtype,) = struct.unpack("!H", packet[position + 1 : position + 3])
-        name = ".".join(labels).lower()
+        name, qtype, question = read_question(packet)
         self.queries.append((name, qtype))
         found = self.records.get((name, qtype), [])
         rcode = 0 if found or any(key[0] == name for key in self.records) else 3
@@ -181,12 +169,7 @@ class FakeDns:
     def _packet(
         query_id: bytes, rcode: int, question: bytes, found: list[tuple[int, bytes]]
     ) -> bytes:
-        header = query_id + struct.pack("!HHHHH", 0x8180 | rcode, 1, len(found), 0, 0)
-        answers = b"".join(
-            b"\xc0\x0c" + struct.pack("!HHIH", rtype, 1, 60, len(data)) + data
-            for rtype, data in found
-        )
-        return header + question + answers
+        return response(query_id, rcode, question, found, 60)
 
     def close(self) -> None:
         self.stopped.set()
