@@ -94,6 +94,27 @@ typedef struct {
 
 /* --- log lines, as logline.py writes them ------------------------------------------ */
 
+/* format into line (size bytes), cut to fit: the length written. */
+static size_t format_line(char *line, size_t size, const char *format, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static size_t format_line_va(char *line, size_t size, const char *format, va_list arguments)
+{
+    int length = vsnprintf(line, size, format, arguments);
+    if (length < 0)
+        return 0;
+    return (size_t)length < size ? (size_t)length : size - 1;
+}
+
+static size_t format_line(char *line, size_t size, const char *format, ...)
+{
+    va_list arguments;
+    va_start(arguments, format);
+    size_t length = format_line_va(line, size, format, arguments);
+    va_end(arguments);
+    return length;
+}
+
 static void log_write(Lane *self, int level, const char *format, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -104,14 +125,10 @@ static void log_write(Lane *self, int level, const char *format, ...)
     char line[1024];
     va_list arguments;
     va_start(arguments, format);
-    int length = vsnprintf(line, sizeof line, format, arguments);
+    size_t length = format_line_va(line, sizeof line, format, arguments);
     va_end(arguments);
-    if (length < 0)
-        return;
-    if ((size_t)length >= sizeof line)
-        length = sizeof line - 1;
     /* A log nobody reads (EPIPE, EAGAIN) is ignored, as tcpserver ignores it. */
-    (void)!write(self->log_fd, line, (size_t)length);
+    (void)!write(self->log_fd, line, length);
 }
 
 static void session_started(Lane *self)
@@ -372,10 +389,9 @@ static int report(Lane *self, Job *job)
             if (job->pid > 0 && self->early[i].pid == job->pid)
                 self->early[i--] = self->early[--self->early_count];
         char line[512];
-        int length = snprintf(line, sizeof line, PROGRAM ": warning: unable to run %s: %s\n",
-                              PyBytes_AS_STRING(self->program_log), strerror(job->error));
-        refuse(self, -1, client, EXIT_DROP_STATUS, 1, line,
-               length < 0 ? 0 : (size_t)length < sizeof line ? (size_t)length : sizeof line - 1);
+        size_t length = format_line(line, sizeof line, PROGRAM ": warning: unable to run %s: %s\n",
+                                    PyBytes_AS_STRING(self->program_log), strerror(job->error));
+        refuse(self, -1, client, EXIT_DROP_STATUS, 1, line, length);
         return 0;
     }
     self->served++;
@@ -698,11 +714,10 @@ static int connection(Lane *self, Listener *listener, int fd,
         if (rule[at] == 'D') {
             self->denied++;
             char line[512];
-            int length = snprintf(line, sizeof line, PROGRAM ": deny %d %s:%s:%d :%s::%d\n",
-                                  (int)self->server_pid, host_log, local_logged, local_port,
-                                  remote_logged, remote_port);
-            refuse(self, fd, client, EXIT_DENY_STATUS, 2, line,
-                   length < 0 ? 0 : (size_t)length < sizeof line ? (size_t)length : sizeof line - 1);
+            size_t length = format_line(line, sizeof line, PROGRAM ": deny %d %s:%s:%d :%s::%d\n",
+                                        (int)self->server_pid, host_log, local_logged, local_port,
+                                        remote_logged, remote_port);
+            refuse(self, fd, client, EXIT_DENY_STATUS, 2, line, length);
             return 0;
         }
         at += (uint32_t)(end - (rule + at)) + 1;
@@ -833,15 +848,10 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
             }
             if (events[e].data.u32 != WAKE_TAG)
                 continue;
+            /* a signal for Python (SIGCHLD is blocked here: it comes by child_fd) */
             unsigned char numbers[256];
-            ssize_t got;
-            while ((got = read(self->wake_fd, numbers, sizeof numbers)) > 0)
-                for (ssize_t i = 0; i < got; i++) {
-                    if (numbers[i] == SIGCHLD)
-                        children = 1;
-                    else
-                        signals = 1;
-                }
+            while (read(self->wake_fd, numbers, sizeof numbers) > 0)
+                signals = 1;
         }
         /* reports first: a child reaped before its report waits for it */
         if (reports && spawns_reported(self) < 0)
