@@ -80,28 +80,24 @@ def test_program_found_on_path_as_execvp(tmp_path: Path) -> None:
     (first / "greet").write_text("#!/bin/sh\necho first\n")  # not executable
     (second / "greet").mkdir()
     write_script(third, "greet", "#!/bin/sh\necho third\n")
-    write_script(third, "runs-nowhere", "#!/bin/sh\necho no\n")
     (first / "blocked").write_text("#!/bin/sh\necho no\n")
     path = f"{first}:{second}:{third}"
+    cases = (
+        ("greet", b"third\n", None),
+        ("blocked", b"", "unable to run blocked: Permission denied"),
+        ("nowhere", b"", "unable to run nowhere: No such file or directory"),
+    )
     for name, env in PATHS.items():
-        env = {**env, "PATH": path}
-        server = ours("-v", "-HR", "-l", "x", "127.0.0.1", "0", "greet", env=env)
-        try:
-            assert server.request() == b"third\n", name
-        finally:
-            server.stop()
-        server = ours("-v", "-HR", "-l", "x", "127.0.0.1", "0", "blocked", env=env)
-        try:
-            assert server.request() == b"", name
-            server.wait_log("unable to run blocked: Permission denied")
-        finally:
-            server.stop()
-        server = ours("-v", "-HR", "-l", "x", "127.0.0.1", "0", "nowhere", env=env)
-        try:
-            assert server.request() == b"", name
-            server.wait_log("unable to run nowhere: No such file or directory")
-        finally:
-            server.stop()
+        for program, reply, logged in cases:
+            server = ours(
+                "-v", "-HR", "-l", "x", "127.0.0.1", "0", program, env={**env, "PATH": path}
+            )
+            try:
+                assert server.request() == reply, (name, program)
+                if logged is not None:
+                    server.wait_log(logged)
+            finally:
+                server.stop()
 
 
 def test_no_zombie_and_no_session_left_by_a_program_that_cannot_run(tmp_path: Path) -> None:
