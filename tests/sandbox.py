@@ -15,6 +15,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 CGROUP_ROOTS = (Path("/sys/fs/cgroup/systemd"), Path("/sys/fs/cgroup/unified"))
@@ -264,3 +265,18 @@ class Sandbox:
                 f"{' '.join(argv)}: exit {done.returncode}\n{done.stdout}\n{done.stderr}"
             )
         return done
+
+
+def show(box: Sandbox, unit: str, prop: str) -> str:
+    """A unit's property as `systemctl show -P` prints it, inside the sandbox."""
+    return box.run("systemctl", "show", "-P", prop, unit).stdout.strip()
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 20, interval: float = 0.1) -> bool:
+    """Poll condition until it is true (True) or timeout seconds have passed (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return False

@@ -4,14 +4,16 @@ failure, status non-zero while something does not run as bootctrl says."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Iterator
 
 import pytest
 
+from . import sandbox
 from .conftest import ROOT
 from .e2e_stage import BOOTCTRL, booted_sandbox
-from .sandbox import Sandbox
+from .sandbox import Sandbox, show
 
 QBOOTCTL = str(ROOT / ".venv" / "bin" / "qbootctl")
 EQMAILD = str(ROOT / ".venv" / "bin" / "eqmaild")
@@ -30,8 +32,7 @@ def ctl(box: Sandbox, *args: str) -> tuple[int, str, str]:
     return done.returncode, done.stdout, done.stderr
 
 
-def show(box: Sandbox, unit: str, prop: str) -> str:
-    return box.run("systemctl", "show", "-P", prop, unit).stdout.strip()
+wait_for = functools.partial(sandbox.wait_until, interval=0.2)
 
 
 def greeting(box: Sandbox, port: int = 25) -> str:
@@ -52,16 +53,6 @@ def reconciled(box: Sandbox) -> None:
     """daemon-reload, then wait for the reconcile it triggers."""
     box.run("systemctl", "daemon-reload")
     box.run("systemctl", "start", "qboot-reconcile.service", check=False, timeout=120)
-
-
-def wait_for(predicate: object, timeout: float = 20) -> bool:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return False
 
 
 def test_reload_reaches_qboot_tcpsrv_running_as_qmaild(box: Sandbox) -> None:

@@ -7,6 +7,7 @@ order (each test leaves the state the next one starts from).
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import socket
@@ -14,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -35,9 +36,10 @@ from qboot_systemd.errors import UserError
 from qboot_systemd.problems import Problem
 from qboot_systemd.reconcile_plan import Observed, Step, Verb
 
+from . import sandbox
 from .conftest import ROOT
 from .e2e_stage import BOOTCTRL, booted_sandbox
-from .sandbox import Sandbox
+from .sandbox import Sandbox, show
 
 QBOOTCTL = str(ROOT / ".venv" / "bin" / "qbootctl")
 EQMAILD = str(ROOT / ".venv" / "bin" / "eqmaild")
@@ -323,27 +325,18 @@ def test_install_puts_the_commands_on_path(tmp_path: Path) -> None:
 
 
 # --- against systemd ------------------------------------------------------------------------
+# Polled every 50 ms: these tests time how fast edits converge.
+wait_until = functools.partial(sandbox.wait_until, interval=0.05)
+
+
 @pytest.fixture(scope="module")
 def box() -> Iterator[Sandbox]:
     with booted_sandbox() as sandbox:
         yield sandbox
 
 
-def wait_until(condition: Callable[[], bool], timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def listening_on(box: Sandbox, port: int) -> bool:
     return bool(box.run("ss", "-Htln", f"sport = :{port}", check=False).stdout.strip())
-
-
-def show(box: Sandbox, unit: str, prop: str) -> str:
-    return box.run("systemctl", "show", "-P", prop, unit).stdout.strip()
 
 
 def settled(box: Sandbox) -> bool:

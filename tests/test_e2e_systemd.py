@@ -27,7 +27,7 @@ from .e2e_stage import (
     booted_sandbox,
 )
 from .qmail_oracle import ME, TEST_HOME, TEST_USER
-from .sandbox import Sandbox
+from .sandbox import Sandbox, show, wait_until
 
 PYTHON = sys.executable  # visible inside: the container's root is an overlay of ours
 CLIENT = str(ROOT / "tests" / "e2e_client.py")
@@ -77,19 +77,6 @@ def relayed(box: Sandbox, tag: str) -> int:
 def listening(box: Sandbox, port: int) -> bool:
     done = box.run("ss", "-Htln", f"sport = :{port}", check=False)
     return bool(done.stdout.strip())
-
-
-def wait_until(condition: Callable[[], object], timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def show(box: Sandbox, unit: str, prop: str) -> str:
-    return box.run("systemctl", "show", "-P", prop, unit).stdout.strip()
 
 
 def journal(box: Sandbox, unit: str, lines: int = 200) -> str:

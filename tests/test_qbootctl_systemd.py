@@ -12,7 +12,7 @@ from qboot_systemd.eqmaild import line
 
 from .conftest import ROOT
 from .e2e_stage import BOOTCTRL, booted_sandbox
-from .sandbox import Sandbox
+from .sandbox import Sandbox, show
 
 QBOOTCTL = str(ROOT / ".venv" / "bin" / "qbootctl")
 EQMAILD = str(ROOT / ".venv" / "bin" / "eqmaild")
@@ -31,10 +31,6 @@ def ctl(box: Sandbox, *args: str, check: bool = False) -> tuple[int, str, str]:
 
 def listening(box: Sandbox, port: int) -> bool:
     return bool(box.run("ss", "-Htln", f"sport = :{port}", check=False).stdout.strip())
-
-
-def show(box: Sandbox, unit: str, prop: str) -> str:
-    return box.run("systemctl", "show", "-P", prop, unit).stdout.strip()
 
 
 def test_status_json_matches_systemctl_show(box: Sandbox) -> None:

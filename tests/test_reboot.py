@@ -7,16 +7,20 @@ sandbox: edits, plain `systemctl daemon-reload`, `systemctl reboot`.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Iterator
 
 import pytest
 
 from qboot_systemd import convergence
 
+from . import sandbox
 from .conftest import ROOT
 from .e2e_stage import BOOTCTRL, booted_sandbox
-from .sandbox import Sandbox
+from .sandbox import Sandbox, show
+
+# a reboot takes longer than the other sandbox tests' waits
+wait_until = functools.partial(sandbox.wait_until, timeout=30)
 
 QBOOTCTL = str(ROOT / ".venv" / "bin" / "qbootctl")
 
@@ -25,19 +29,6 @@ QBOOTCTL = str(ROOT / ".venv" / "bin" / "qbootctl")
 def box() -> Iterator[Sandbox]:
     with booted_sandbox() as sandbox:
         yield sandbox
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.1)
-    return False
-
-
-def show(box: Sandbox, unit: str, prop: str) -> str:
-    return box.run("systemctl", "show", "-P", prop, unit).stdout.strip()
 
 
 def settled(box: Sandbox) -> bool:
