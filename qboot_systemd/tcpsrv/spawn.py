@@ -30,10 +30,11 @@ DEFAULT_SIGNALS = (
 
 
 def signals_to_default() -> list[int]:
-    """Every signal the child should find at its default. Listing all of them, not just
-    the ones Python changes, spares glibc's child a query per signal (64 sigaction calls
-    instead of 116 while the spawner waits). Signals our own parent ignored stay ignored,
-    as under tcpserver."""
+    """Every signal the child should find at its default. All of them, not just the ones
+    Python changes: the extension's child resets each listed one before it unblocks
+    signals, so none of the server's handlers can run in it before its exec (and
+    posix_spawnp's child, on the Python path, needs no query per signal). Signals our
+    own parent ignored stay ignored, as under tcpserver."""
     numbers = []
     for number in range(1, signal.NSIG):
         try:
