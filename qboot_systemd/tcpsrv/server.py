@@ -28,14 +28,16 @@ import signal
 import socket
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 from ..addresses import unmap_ipv4
 from ..records import TYPE_CHECKING
 from ..rules import Decision, RulesError, RuleSet
 from . import logline, netcalls
 from .environ import Endpoints, base_environment, connection_environment
+from .holding import Hold, HoldTable, held_cap
 from .notify import Notifier
 from .options import Options
 from .reactor import Reactor
@@ -46,6 +48,7 @@ if TYPE_CHECKING:  # dns, lookups and screening are imported when used: a server
 
     from ._conn import Lane
     from .dns import Resolver
+    from .dnscache import CachingResolver
     from .lookups import ConnectionLookups, Names
     from .ratelimit import RateLimiter
     from .rbl import RblConfig, Verdict
@@ -59,9 +62,9 @@ SPAWN_THREADS = 4
 EXIT_DENY_STATUS = 100 << 8
 EXIT_DROP_STATUS = 111 << 8
 DEFAULT_ALLOW = Decision(False, (), None)  # no rules file, or no rule matched
-# Lookups in flight per client address (IPv6: per /64): more connections from there go
-# on at once without names, so one address cannot hold the -c slots for -t seconds.
-MAX_LOOKUPS_PER_ADDRESS = 8
+# A reverse name that could not be had (no answer by the deadline, every server failing)
+# is asked again after this long; meanwhile connections from there go on without it.
+NAME_FAILURE_SECONDS = 5.0
 
 
 def import_what_options_need(options: Options) -> None:
@@ -96,10 +99,6 @@ def lane_fits(options: Options) -> bool:
 LANE_TIMEOUT, LANE_SIGNAL, LANE_RESOURCE, LANE_DRAINED = 0, 1, 2, 3
 
 
-def lookups_per_address(limit: int) -> int:
-    return max(1, min(MAX_LOOKUPS_PER_ADDRESS, limit // 4))
-
-
 class Pending:
     """An accepted connection waiting for its lookups."""
 
@@ -111,6 +110,16 @@ class Pending:
         self.endpoints = endpoints
         self.key = key  # lookup_key() of the client
         self.lookups: ConnectionLookups | None = None
+
+
+class Admission(NamedTuple):
+    """A held connection decided to go on, waiting for a -c slot."""
+
+    fd: int
+    endpoints: Endpoints
+    local_host: str | None
+    remote_host: str | None
+    remote_info: str | None
 
 
 class SpawnJob:
@@ -186,12 +195,16 @@ class Server:
         self.children: dict[int, str] = {}  # pid -> client address
         self.exited_early: dict[int, int] = {}  # reaped before its spawn was reported
         self.counters = Counters()
-        # Lookups (reverse DNS, ident, the local name), driven by the reactor.
+        # Lookups (reverse DNS, ident, the local name), driven by the reactor. A connection
+        # waiting for them is held (holding.py): no -c slot until it is decided; then it
+        # waits in `admitted` for a slot if none is free.
         self.pending: dict[int, Pending] = {}
-        self.lookups_by_key: Counter[str] = Counter()
-        self.max_lookups = lookups_per_address(options.limit)
+        self.holds = HoldTable(options.limit, held_cap())
+        self.admitted: deque[Admission] = deque()
+        self.admitting = False
         self.reactor = Reactor()  # started at the first lookup
         self.resolver: Resolver | None = None
+        self.names: CachingResolver | None = None  # one question in flight per name
         self.local_names: dict[str, str | None] = {}
         self.ids = itertools.count(1)
         # Spawning: jobs go to the pool's threads, which report pids and failures back.
@@ -337,7 +350,7 @@ class Server:
         return (
             self.stop_at is None
             and self.backoff_until is None
-            and self.running < self.options.limit
+            and self.running + len(self.admitted) < self.options.limit
         )
 
     def _on_listener(self, listener: socket.socket) -> None:
@@ -387,28 +400,49 @@ class Server:
             self._over_rate(fd, client)
             return
         if self.options.per_ip and self.per_ip[client] >= self.options.per_ip:
-            self.log_verbose(
-                logline.warning(
-                    f"per-IP limit {self.options.per_ip} reached, "
-                    f"dropping connection from {logline.safe(client)}"
-                ),
-                1,
-            )
-            netcalls.close(fd)
+            self._drop_per_ip(fd, client)
             return
         # accept() gave a blocking fd (accept4 without SOCK_NONBLOCK): the child needs that.
-        if self.options.per_ip:
-            self.per_ip[client] += 1
-        self.running += 1
-        self._status_changed()
         self._prepare_socket(fd, listener.family)
         if self.options.banner:
             netcalls.send_now(fd, self.options.banner.encode("utf-8", "surrogateescape"))
         needs_local = self.options.localname is None and endpoints.local_ip not in self.local_names
         if not (self.options.remote_host or self.options.remote_info or needs_local):
-            self._decide(fd, endpoints, self._local_name(endpoints), None, None)
+            self._admit(Admission(fd, endpoints, self._local_name(endpoints), None, None))
             return
         self._start_lookups(fd, endpoints, needs_local)
+
+    def _admit(self, admission: Admission) -> None:
+        """A connection decided to go on: its session now, or when a -c slot is free."""
+        if self.running >= self.options.limit:
+            self.admitted.append(admission)
+            return
+        endpoints = admission.endpoints
+        client = unmap_ipv4(endpoints.remote_ip)
+        if self.options.per_ip:
+            if self.per_ip[client] >= self.options.per_ip:  # sessions started while it was held
+                self._drop_per_ip(admission.fd, client)
+                return
+            self.per_ip[client] += 1
+        self.running += 1
+        self._status_changed()
+        self._decide(
+            admission.fd,
+            endpoints,
+            admission.local_host,
+            admission.remote_host,
+            admission.remote_info,
+        )
+
+    def _drop_per_ip(self, fd: int, client: str) -> None:
+        self.log_verbose(
+            logline.warning(
+                f"per-IP limit {self.options.per_ip} reached, "
+                f"dropping connection from {logline.safe(client)}"
+            ),
+            1,
+        )
+        netcalls.close(fd)
 
     def _prepare_socket(self, fd: int, family: int) -> None:
         if self.options.nodelay:
@@ -426,17 +460,22 @@ class Server:
         from .lookups import ConnectionLookups, lookup_key
 
         key = lookup_key(endpoints.remote_ip)
-        if self.lookups_by_key[key] >= self.max_lookups:
-            # This address has enough in flight: on at once, without its names.
-            self._decide(fd, endpoints, self._local_name(endpoints), None, None)
+        ident = next(self.ids)
+        held, evicted = self.holds.hold(ident, key)
+        if held is Hold.CLIENT_FULL:
+            self._drop_held(fd, endpoints, "held connections")
             return
-        resolver = self._dns()
-        self.lookups_by_key[key] += 1
-        pending = Pending(next(self.ids), fd, endpoints, key)
+        if evicted is not None:
+            dropped = self.pending.pop(evicted)
+            if dropped.lookups is not None:
+                dropped.lookups.close()
+            self._drop_held(dropped.fd, dropped.endpoints, "held connections in all")
+        names = self._names()
+        pending = Pending(ident, fd, endpoints, key)
         self.pending[pending.ident] = pending
         pending.lookups = ConnectionLookups(
             self.reactor,
-            resolver,
+            names,
             endpoints,
             time.monotonic() + self.options.timeout,
             (needs_local, self.options.remote_host, self.options.remote_info),
@@ -455,19 +494,45 @@ class Server:
             self.resolver = Resolver(self.reactor)
         return self.resolver
 
+    def _names(self) -> CachingResolver:
+        """The shared, cached questions of every connection's lookups."""
+        if self.names is None:
+            from .dnscache import CachingResolver
+
+            # Each held connection asks at most two questions at a time (its local name
+            # and its remote name, then the name's address for -p).
+            self.names = CachingResolver(
+                self._dns(),
+                max_in_flight=2 * self.holds.total + 2,
+                failure_seconds=NAME_FAILURE_SECONDS,
+            )
+        return self.names
+
+    def _drop_held(self, fd: int, endpoints: Endpoints, what: str) -> None:
+        """A held connection closed, as holding.py's policy says, before its session."""
+        client = unmap_ipv4(endpoints.remote_ip)
+        bound = self.holds.per_client if what == "held connections" else self.holds.total
+        self.log_verbose(
+            logline.warning(
+                f"limit of {bound} {what} reached, dropping connection from {logline.safe(client)}"
+            ),
+            1,
+        )
+        netcalls.close(fd)
+
     def _lookups_done(self, ident_: int, names: Names) -> None:
         pending = self.pending.pop(ident_, None)
         if pending is None:
             return
-        self.lookups_by_key[pending.key] -= 1
-        if self.lookups_by_key[pending.key] <= 0:
-            del self.lookups_by_key[pending.key]
+        self.holds.release(ident_)
         if self.options.localname is None and names.local_host is not None:
             self.local_names[pending.endpoints.local_ip] = names.local_host
         local = names.local_host
         if local is None:
             local = self._local_name(pending.endpoints)
-        self._decide(pending.fd, pending.endpoints, local, names.remote_host, names.remote_info)
+        self._admit(
+            Admission(pending.fd, pending.endpoints, local, names.remote_host, names.remote_info)
+        )
 
     def _cut_lookups_short(self) -> None:
         """SIGTERM: every pending connection goes on now, with the names it has."""
@@ -644,7 +709,20 @@ class Server:
             if self.per_ip[client] <= 0:
                 del self.per_ip[client]
         self._status_changed()
+        self._admit_waiting()
         self._set_accepting(self._may_accept())
+
+    def _admit_waiting(self) -> None:
+        """Sessions for decided connections while slots are free; a session that ends
+        at once (a deny) comes back here: the outer call goes on with the queue."""
+        if self.admitting:
+            return
+        self.admitting = True
+        try:
+            while self.admitted and self.running < self.options.limit:
+                self._admit(self.admitted.popleft())
+        finally:
+            self.admitting = False
 
     def _reap(self) -> None:
         while True:
@@ -704,6 +782,8 @@ class Server:
                 self.local_names.clear()
                 if self.resolver is not None:
                     self.resolver.reload()
+                if self.names is not None:
+                    self.names.forget()
                 if self.screen is not None:
                     self.screen.forget()
                 self.log_verbose(logline.warning("SIGHUP: rules and names reloaded"), 2)
@@ -753,7 +833,7 @@ class Server:
     def _busy(self) -> bool:
         if self.lane is not None:
             return self.lane.counts()[0] > 0
-        return bool(self.children or self.pending or self.spawning)
+        return bool(self.children or self.pending or self.spawning or self.admitted)
 
     def serve(self) -> int:
         """The loop, from READY=1 until the last session after SIGTERM; start() first."""
