@@ -12,8 +12,10 @@ import os
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -22,8 +24,18 @@ from qboot_systemd.tcpsrv.dnscache import CachingResolver
 from qboot_systemd.tcpsrv.holding import Hold, HoldTable
 
 from .conftest import ROOT, require_tool
+from .dnsbl_server import BlocklistDns
 from .held_flood import Flood, run
-from .tcpsrv_harness import FakeDns, Running, dns_labels, loopback_address, ours, read_all, theirs
+from .tcpsrv_harness import (
+    FakeDns,
+    Running,
+    dns_labels,
+    loopback_address,
+    ours,
+    read_all,
+    theirs,
+    write_script,
+)
 from .test_hostile_network import env_of
 
 
@@ -199,3 +211,35 @@ def test_silent_reverse_zones_of_a_thousand_ipv6_prefixes_stall_nobody(namespace
     assert outcome["greeted_after"] < 0.5, outcome
     assert outcome["refused_attackers"] >= 2000 - 1024, outcome  # past the total bound
     assert outcome["rss_after_kib"] - outcome["rss_before_kib"] < 32 * 1024, outcome
+
+
+def test_connections_waiting_for_a_silent_blocklist_hold_no_session_slot(tmp_path: Path) -> None:
+    """In-core rblsmtpd, -c 2: six connections from three addresses whose blocklist
+    questions are never answered wait without a slot; a clean client is greeted at once."""
+    attackers = [loopback_address() for _ in range(3)]
+    silent = frozenset(".".join(reversed(ip.split("."))) + ".bl.test" for ip in attackers)
+    blocklist = BlocklistDns(loopback_address(), {}, silent=silent).start()
+    program = write_script(tmp_path, "smtpd", "#!/bin/sh\necho 220 ready\n")
+    server = ours(
+        "-L", "-HR", "-l", "x", "-c", "2", "127.0.0.1", "0", "rblsmtpd", "-r", "bl.test", program,
+        env={"DNSCACHEIP": blocklist.address},
+    )  # fmt: skip
+    held = []
+    try:
+        for source in attackers:
+            for _ in range(2):
+                held.append(server.connect(source=source))
+        deadline = time.monotonic() + 5
+        while len({name for name, _ in blocklist.queries} & silent) < 3:
+            assert time.monotonic() < deadline, blocklist.queries
+            time.sleep(0.02)
+        client = server.connect(source=loopback_address(), timeout=5)
+        started = time.monotonic()
+        assert client.recv(100) == b"220 ready\n"
+        assert time.monotonic() - started < 0.5
+        client.close()
+    finally:
+        for sock in held:
+            sock.close()
+        server.stop()
+        blocklist.close()

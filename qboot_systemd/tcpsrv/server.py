@@ -100,26 +100,36 @@ LANE_TIMEOUT, LANE_SIGNAL, LANE_RESOURCE, LANE_DRAINED = 0, 1, 2, 3
 
 
 class Pending:
-    """An accepted connection waiting for its lookups."""
+    """An accepted connection held before its session (holding.py): waiting for its
+    names, then (in-core rblsmtpd) for its blocklist verdict. cancel() stops the stage it
+    is in without a callback; None between stages."""
 
-    __slots__ = ("endpoints", "fd", "ident", "key", "lookups")
+    __slots__ = ("cancel", "endpoints", "fd", "ident", "lookups")
 
-    def __init__(self, ident: int, fd: int, endpoints: Endpoints, key: str) -> None:
+    def __init__(self, ident: int, fd: int, endpoints: Endpoints) -> None:
         self.ident = ident
         self.fd = fd
         self.endpoints = endpoints
-        self.key = key  # lookup_key() of the client
+        self.cancel: Callable[[], None] | None = None
         self.lookups: ConnectionLookups | None = None
 
 
-class Admission(NamedTuple):
-    """A held connection decided to go on, waiting for a -c slot."""
+LogLocal = tuple[str | None, str, str]
+LogRemote = tuple[str | None, str, str | None, str]
+
+
+class Decided(NamedTuple):
+    """A connection decided, waiting for a -c slot: run the chain with `extra`, or (extra
+    None) refuse it, logging `line` at `level` and ending with `status`."""
 
     fd: int
-    endpoints: Endpoints
-    local_host: str | None
-    remote_host: str | None
-    remote_info: str | None
+    client: str
+    log_local: LogLocal
+    log_remote: LogRemote
+    extra: dict[str, str] | None
+    status: int = 0
+    line: str = ""
+    level: int = 2
 
 
 class SpawnJob:
@@ -200,7 +210,7 @@ class Server:
         # waits in `admitted` for a slot if none is free.
         self.pending: dict[int, Pending] = {}
         self.holds = HoldTable(options.limit, held_cap())
-        self.admitted: deque[Admission] = deque()
+        self.admitted: deque[Decided] = deque()
         self.admitting = False
         self.reactor = Reactor()  # started at the first lookup
         self.resolver: Resolver | None = None
@@ -408,31 +418,33 @@ class Server:
             netcalls.send_now(fd, self.options.banner.encode("utf-8", "surrogateescape"))
         needs_local = self.options.localname is None and endpoints.local_ip not in self.local_names
         if not (self.options.remote_host or self.options.remote_info or needs_local):
-            self._admit(Admission(fd, endpoints, self._local_name(endpoints), None, None))
+            self._judge(None, fd, endpoints, self._local_name(endpoints), None, None)
             return
-        self._start_lookups(fd, endpoints, needs_local)
+        pending = self._hold(fd, endpoints)
+        if pending is not None:
+            self._start_lookups(pending, needs_local)
 
-    def _admit(self, admission: Admission) -> None:
-        """A connection decided to go on: its session now, or when a -c slot is free."""
+    def _admit(self, decided: Decided) -> None:
+        """A decided connection: its session now, or when a -c slot is free."""
         if self.running >= self.options.limit:
-            self.admitted.append(admission)
+            self.admitted.append(decided)
             return
-        endpoints = admission.endpoints
-        client = unmap_ipv4(endpoints.remote_ip)
+        client = decided.client
         if self.options.per_ip:
             if self.per_ip[client] >= self.options.per_ip:  # sessions started while it was held
-                self._drop_per_ip(admission.fd, client)
+                self._drop_per_ip(decided.fd, client)
                 return
             self.per_ip[client] += 1
         self.running += 1
         self._status_changed()
-        self._decide(
-            admission.fd,
-            endpoints,
-            admission.local_host,
-            admission.remote_host,
-            admission.remote_info,
-        )
+        if decided.extra is not None:
+            self._spawn_chain(
+                decided.fd, client, decided.log_local, decided.log_remote, decided.extra
+            )
+            return
+        if decided.status == EXIT_DENY_STATUS:
+            self.counters.denied += 1
+        self._refuse(decided.fd, client, decided.status, decided.line, decided.level)
 
     def _drop_per_ip(self, fd: int, client: str) -> None:
         self.log_verbose(
@@ -456,33 +468,47 @@ class Server:
             return self.options.localname
         return self.local_names.get(endpoints.local_ip)
 
-    def _start_lookups(self, fd: int, endpoints: Endpoints, needs_local: bool) -> None:
-        from .lookups import ConnectionLookups, lookup_key
+    def _hold(self, fd: int, endpoints: Endpoints) -> Pending | None:
+        """Hold a connection for what decides it (holding.py's bounds); None: dropped."""
+        from .lookups import lookup_key
 
-        key = lookup_key(endpoints.remote_ip)
         ident = next(self.ids)
-        held, evicted = self.holds.hold(ident, key)
+        held, evicted = self.holds.hold(ident, lookup_key(endpoints.remote_ip))
         if held is Hold.CLIENT_FULL:
             self._drop_held(fd, endpoints, "held connections")
-            return
+            return None
         if evicted is not None:
             dropped = self.pending.pop(evicted)
-            if dropped.lookups is not None:
-                dropped.lookups.close()
+            if dropped.cancel is not None:
+                dropped.cancel()
             self._drop_held(dropped.fd, dropped.endpoints, "held connections in all")
-        names = self._names()
-        pending = Pending(ident, fd, endpoints, key)
-        self.pending[pending.ident] = pending
-        pending.lookups = ConnectionLookups(
+        pending = Pending(ident, fd, endpoints)
+        self.pending[ident] = pending
+        return pending
+
+    def _release(self, pending: Pending | None) -> None:
+        """A held connection decided: out of the hold, its stage over."""
+        if pending is not None:
+            self.pending.pop(pending.ident, None)
+            self.holds.release(pending.ident)
+            pending.cancel = None
+            pending.lookups = None
+
+    def _start_lookups(self, pending: Pending, needs_local: bool) -> None:
+        from .lookups import ConnectionLookups
+
+        lookups = ConnectionLookups(
             self.reactor,
-            names,
-            endpoints,
+            self._names(),
+            pending.endpoints,
             time.monotonic() + self.options.timeout,
             (needs_local, self.options.remote_host, self.options.remote_info),
             self.options.paranoid,
-            functools.partial(self._lookups_done, pending.ident),
+            functools.partial(self._lookups_done, pending),
         )
-        pending.lookups.start()  # may call _lookups_done at once
+        pending.lookups = lookups
+        pending.cancel = lookups.close
+        lookups.start()  # may call _lookups_done at once
 
     def _dns(self) -> Resolver:
         """The resolver, its reactor started and watched by the loop at the first use."""
@@ -520,41 +546,40 @@ class Server:
         )
         netcalls.close(fd)
 
-    def _lookups_done(self, ident_: int, names: Names) -> None:
-        pending = self.pending.pop(ident_, None)
-        if pending is None:
-            return
-        self.holds.release(ident_)
+    def _lookups_done(self, pending: Pending, names: Names) -> None:
+        if self.pending.get(pending.ident) is not pending:
+            return  # dropped meanwhile
+        pending.cancel = None
+        pending.lookups = None
         if self.options.localname is None and names.local_host is not None:
             self.local_names[pending.endpoints.local_ip] = names.local_host
         local = names.local_host
         if local is None:
             local = self._local_name(pending.endpoints)
-        self._admit(
-            Admission(pending.fd, pending.endpoints, local, names.remote_host, names.remote_info)
+        self._judge(
+            pending, pending.fd, pending.endpoints, local, names.remote_host, names.remote_info
         )
 
     def _cut_lookups_short(self) -> None:
-        """SIGTERM: every pending connection goes on now, with the names it has."""
-        if not self.pending:  # nothing to import then (after -u the library may be unreadable)
-            return
-        from .lookups import NO_NAMES
-
+        """SIGTERM: every connection still in its lookups goes on now, with what it has."""
         for pending in list(self.pending.values()):
-            names = pending.lookups.names() if pending.lookups is not None else NO_NAMES
-            if pending.lookups is not None:
-                pending.lookups.close()
-            self._lookups_done(pending.ident, names)
+            lookups = pending.lookups
+            if lookups is not None:
+                names = lookups.names()
+                lookups.close()
+                self._lookups_done(pending, names)
 
     # --- the decision and the spawn ----------------------------------------------------
-    def _decide(
+    def _judge(
         self,
+        pending: Pending | None,
         fd: int,
         endpoints: Endpoints,
         local_host: str | None,
         remote_host: str | None,
         remote_info: str | None,
     ) -> None:
+        """The rules' decision for a connection (held or not), then its screening."""
         client = unmap_ipv4(endpoints.remote_ip)
         log_local = (local_host, self.logged_ip(endpoints.local_ip), str(endpoints.local_port))
         log_remote = (
@@ -570,34 +595,44 @@ class Server:
                 if not (found.missing and self.options.missing_rules_ok):
                     message = logline.warning(f"dropping connection, {found}")
                     # A warning, as tcpserver's: shown unless -q.
-                    self._refuse(fd, client, EXIT_DROP_STATUS, message, level=1)
+                    refusal = Decided(
+                        fd, client, log_local, log_remote, None, EXIT_DROP_STATUS, message, 1
+                    )
+                    self._release(pending)
+                    self._admit(refusal)
                     return
             else:
                 decision = found
         if decision.deny:
-            self.counters.denied += 1
-            self._refuse(
-                fd,
-                client,
-                EXIT_DENY_STATUS,
-                logline.verdict("deny", os.getpid(), log_local, log_remote),
-            )
+            line = logline.verdict("deny", os.getpid(), log_local, log_remote)
+            self._release(pending)
+            self._admit(Decided(fd, client, log_local, log_remote, None, EXIT_DENY_STATUS, line))
             return
         extra = connection_environment(
             endpoints, local_host, remote_host, remote_info, self.options.ipv6_env
         )
         extra.update(decision.env)  # rules may override TCP* and the server's own
-        if self.screen is not None:
-            self._screen(fd, client, log_local, log_remote, extra)
+        go = Decided(fd, client, log_local, log_remote, extra)
+        if self.screen is None:
+            self._release(pending)
+            self._admit(go)
             return
-        self._spawn_chain(fd, client, log_local, log_remote, extra)
+        known = self.screen.verdict_now(extra)
+        if known is not None:
+            self._screened(pending, go, known)
+            return
+        if pending is None:
+            pending = self._hold(fd, endpoints)
+            if pending is None:
+                return
+        self._screen(pending, go)
 
     def _spawn_chain(
         self,
         fd: int,
         client: str,
-        log_local: tuple[str | None, str, str],
-        log_remote: tuple[str | None, str, str | None, str],
+        log_local: LogLocal,
+        log_remote: LogRemote,
         extra: dict[str, str],
     ) -> None:
         job = SpawnJob(fd, client, log_local, log_remote)
@@ -642,36 +677,35 @@ class Server:
         self._refuse(None, job.client, EXIT_DROP_STATUS, message, level=1)
 
     # --- screening (issue 16): the in-core rblsmtpd and the rate limit ----------------
-    def _screen(
-        self,
-        fd: int,
-        client: str,
-        log_local: tuple[str | None, str, str],
-        log_remote: tuple[str | None, str, str | None, str],
-        extra: dict[str, str],
-    ) -> None:
-        assert self.screen is not None
+    def _screen(self, pending: Pending, go: Decided) -> None:
+        """Held for the in-core rblsmtpd's verdict."""
+        assert self.screen is not None and go.extra is not None
+        screen = self.screen
+        waiting = screen.screen(
+            go.fd, go.extra, lambda verdict: self._screened(pending, go, verdict)
+        )
+        if waiting is not None and self.pending.get(pending.ident) is pending:
+            pending.cancel = functools.partial(screen.drop, waiting)
 
+    def _screened(self, pending: Pending | None, go: Decided, verdict: Verdict) -> None:
+        self._release(pending)
+        if verdict.line is None:
+            self._admit(go)
+            return
         from .rbl import rblsmtpd_log
 
-        def resume(verdict: Verdict) -> None:
-            if verdict.line is None:
-                self._spawn_chain(fd, client, log_local, log_remote, extra)
-                return
-            # Logged as tcpserver and rblsmtpd would; the dialogue needs no -c slot.
-            pid = os.getpid()
-            self.counters.denied += 1
-            if self.verbose:
-                self.log_verbose(logline.pid_from(pid, client))
-                self.log_verbose(logline.verdict("ok", pid, log_local, log_remote))
-            self.log_verbose(rblsmtpd_log(extra.get("TCPREMOTEIP", ""), pid, verdict.line), 0)
-            if self.verbose:
-                self.log_verbose(logline.end(pid, 0))
-            self._session_over(client)
-            assert self.screen is not None
-            self.screen.converse(fd, verdict.line)
-
-        self.screen.screen(fd, extra, resume)
+        # Logged as tcpserver and rblsmtpd would; the dialogue needs no -c slot.
+        assert self.screen is not None and go.extra is not None
+        pid = os.getpid()
+        self.counters.denied += 1
+        if self.verbose:
+            self.log_verbose(logline.pid_from(pid, go.client))
+            self.log_verbose(logline.verdict("ok", pid, go.log_local, go.log_remote))
+        self.log_verbose(rblsmtpd_log(go.extra.get("TCPREMOTEIP", ""), pid, verdict.line), 0)
+        if self.verbose:
+            self.log_verbose(logline.end(pid, 0))
+        self._publish()
+        self.screen.converse(go.fd, verdict.line)
 
     def _over_rate(self, fd: int, client: str) -> None:
         assert self.rate is not None
