@@ -25,7 +25,16 @@ from qboot_systemd.tcpsrv.options import parse
 from qboot_systemd.tcpsrv.server import Server, lane_fits
 
 from .conftest import require_extension, require_tool, venv_script
-from .tcpsrv_harness import Running, ours, read_all, write_script
+from .tcpsrv_harness import (
+    FakeDns,
+    Identd,
+    Running,
+    dns_labels,
+    loopback_address,
+    ours,
+    read_all,
+    write_script,
+)
 
 DUMP = "#!/bin/sh\nenv | grep -a -v -E '^(_|PWD|SHLVL|QBOOT_NO_EXTENSION)=' | sort\n"
 PATHS = {"lane": {}, "python": {"QBOOT_NO_EXTENSION": "1"}}
@@ -102,7 +111,7 @@ def one_at_a_time(server: Running, sources: list[str], host: str = "127.0.0.1") 
     return outputs
 
 
-def test_lane_is_for_servers_without_names_screening_or_limits() -> None:
+def test_lane_is_for_servers_without_screening_or_limits() -> None:
     """lane_fits decides, and a server it fits starts with a Lane (and a pool for it)."""
     require_extension()
     options = parse(["-HR", "-l", "x", "127.0.0.1", "0", "/bin/true"])
@@ -115,10 +124,9 @@ def test_lane_is_for_servers_without_names_screening_or_limits() -> None:
         server.close()
         listener.close()
     assert server.lane is None
-    assert lane_fits(parse(["-HR", "-l", "x", "0", "25", "p"]))
-    for flags in (["-R", "-l", "x"], ["-H", "-l", "x"], ["-HR"], ["-HRL", "-l", "x"]):
-        assert not lane_fits(parse([*flags, "0", "25", "p"])), flags
-    for flags in (["-C", "2"], ["-N", "60"]):
+    for flags in (["-HR", "-l", "x"], ["-R", "-l", "x"], ["-H", "-l", "x"], ["-HR"], ["-hrp"]):
+        assert lane_fits(parse([*flags, "0", "25", "p"])), flags
+    for flags in (["-HRL", "-l", "x"], ["-C", "2"], ["-N", "60"]):
         assert not lane_fits(parse(["-HR", "-l", "x", *flags, "0", "25", "p"])), flags
 
 
@@ -468,3 +476,56 @@ def test_hostile_cdbs_decide_as_the_python_loop(tmp_path: Path, dump: str) -> No
         results[name] = (outputs, masked(server.log()))
     assert_same(results["lane"], results["python"])
     assert "invalid argument" in results["lane"][1] and "PROTO=TCP" in "".join(results["lane"][0])
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["-v", "-r", "-l", "mx.example"], ["-v", "-hpR"], ["-R", "-l", "mx.example", "-D"]],
+)
+def test_names_and_ident_decide_and_log_as_the_python_loop(
+    tmp_path: Path, dump: str, flags: list[str]
+) -> None:
+    """Connections held for their names and ident and handed back to the Lane: the rules'
+    info@, =name and =.suffix keys in tcpserver's order, the TCP*HOST and TCP*INFO
+    variables and the -v lines with names, as in the Python loop."""
+    require_extension()
+    named, suffixed, ident, denied, nameless = (loopback_address() for _ in range(5))
+    resolver = FakeDns(loopback_address())
+    resolver.ptr(named, dns_labels(b"named", b"test"))
+    resolver.a("named.test", named)
+    resolver.ptr(suffixed, dns_labels(b"x", b"sub", b"test"))  # no A: -p drops the name
+    resolver.ptr(ident, dns_labels(b"ident", b"test"))
+    resolver.a("ident.test", ident)
+    resolver.ptr(denied, dns_labels(b"deny", b"me"))
+    resolver.a("deny.me", denied)
+    identd = Identd(ident, b"0,0:USERID:UNIX:joe%x\r\n")
+    cdb = tmp_path / "rules.cdb"
+    compile_rules(
+        cdb,
+        b"joe%x@" + ident.encode() + b':allow,WHO="info@ip"\n'
+        b'=named.test:allow,NAMED="1"\n'
+        b'=.test:allow,SUFFIX="1"\n'
+        b"=deny.me:deny\n"
+        b'=:allow,ANY="named"\n'
+        b':allow,NONE="1"\n',
+    )
+    results = {}
+    try:
+        args = [*flags, "-t", "3", "-x", str(cdb), "127.0.0.1", "0", dump]
+        dns_env = {"DNSCACHEIP": resolver.address}
+        for name, server in both(lambda env: ours(*args, env={**env, **dns_env})):
+            outputs = one_at_a_time(server, [named, suffixed, ident, denied, nameless] * 2)
+            results[name] = (outputs, masked(server.log()))
+    finally:
+        identd.close()
+        resolver.close()
+    assert_same(results["lane"], results["python"])
+    outputs = results["lane"][0]
+    if "-R" in flags and "-hpR" not in flags:
+        assert "NAMED=1" in outputs[0] and "TCPREMOTEHOST=named.test" in outputs[0]
+        assert "SUFFIX=1" in outputs[1]
+        assert outputs[3] == ""  # denied by name
+    if "-r" in flags:
+        assert "WHO=info@ip" in outputs[2] and "TCPREMOTEINFO=joe%x" in outputs[2]
+    if "-p" in "".join(flags):
+        assert "TCPREMOTEHOST" not in outputs[1]  # its name does not map back

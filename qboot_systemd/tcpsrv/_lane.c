@@ -33,6 +33,8 @@
 #define WAKE_TAG UINT32_MAX
 #define POOL_TAG (UINT32_MAX - 1)
 #define CHILD_TAG (UINT32_MAX - 2)
+#define WATCHED_TAG (UINT32_MAX - 3) /* Python's fd (its lookups' epoll): run() returns */
+#define FIRST_TAG WATCHED_TAG        /* below: a listener's index */
 #define ACCEPTS_PER_WAKE 16 /* keeps the loop fair between listeners and children */
 #define EXIT_DENY_STATUS (100 << 8)
 #define EXIT_DROP_STATUS (111 << 8)
@@ -50,6 +52,21 @@ typedef struct {
     size_t capacity; /* a power of two, or 0 */
     size_t count;
 } PidSet;
+
+/* A connection's names as C strings (NULL: unknown), each with the form its log lines
+ * show ("" for unknown). */
+typedef struct {
+    const char *local, *local_log, *remote, *remote_log, *info, *info_log;
+} Names;
+
+/* A connection Python handed back decided, waiting for a session slot. */
+typedef struct Admitted {
+    struct Admitted *next;
+    int fd;
+    char local_ip[INET6_ADDRSTRLEN], remote_ip[INET6_ADDRSTRLEN];
+    int local_port, remote_port;
+    PyObject *names; /* the 6-tuple admit() was given */
+} Admitted;
 
 /* A child reaped before its spawn was reported: its end is logged after its ok line. */
 typedef struct {
@@ -79,8 +96,15 @@ typedef struct {
     int early_count, early_capacity;
     int verbosity, ipv6_env, nodelay, kill_ip_options, unmap_in_log;
     pid_t server_pid;
-    PyObject *local_host;     /* bytes: TCPLOCALHOST */
+    PyObject *local_host;     /* bytes: TCPLOCALHOST, or None (each connection's, from hold) */
     PyObject *local_host_log; /* bytes: the same as logline.safe() shows it */
+    /* hold(fd, local_ip, local_port, remote_ip, remote_port): None, or a connection that
+     * needs a pre-session stage is Python's (held, to come back by admit(), or closed);
+     * else the connection's names, decided at once. NULL: every connection is ours. */
+    PyObject *hold;
+    Admitted *admitted_head, *admitted_tail; /* decided, waiting for a slot */
+    int admitted_count;
+    int held_since_run; /* hold() kept one: run() returns, Python has new deadlines */
     PyObject *banner;         /* bytes, maybe empty */
     PyObject *program_log;    /* bytes: the program's name for warnings */
     /* The rules: path None for no -x; reload() -> (identity, data, drop_line). */
@@ -245,19 +269,52 @@ static int cdb_get(const unsigned char *data, uint64_t size, const char *key, si
     return 0;
 }
 
-/* rules.find for a client without names: the IP, its prefixes at '.' and ':', then "". */
-static int rules_find(Lane *self, const char *ip, const unsigned char **value,
-                      uint32_t *value_length)
+/* rules.candidate_keys, in tcpserver's order: info@ip, info@=host, ip, =host, the ip's
+ * prefixes at '.' and ':', =.suffixes of host at each '.', "=", then "". key has room for
+ * all of them; each try returns as cdb_get does. */
+static int rules_find(Lane *self, const char *ip, const char *host, const char *info,
+                      char *key, const unsigned char **value, uint32_t *value_length)
 {
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(self->rules_data);
     uint64_t size = (uint64_t)PyBytes_GET_SIZE(self->rules_data);
-    size_t length = strlen(ip);
-    int found = cdb_get(data, size, ip, length, value, value_length);
+    size_t length = strlen(ip), host_length = host ? strlen(host) : 0;
+    int found = 0;
+#define TRY(text, count)                                                                  \
+    do {                                                                                  \
+        if (found == 0)                                                                   \
+            found = cdb_get(data, size, (text), (count), value, value_length);            \
+    } while (0)
+    if (info) {
+        size_t info_length = strlen(info);
+        memcpy(key, info, info_length);
+        key[info_length] = '@';
+        memcpy(key + info_length + 1, ip, length);
+        TRY(key, info_length + 1 + length);
+        if (host) {
+            key[info_length + 1] = '=';
+            memcpy(key + info_length + 2, host, host_length);
+            TRY(key, info_length + 2 + host_length);
+        }
+    }
+    TRY(ip, length);
+    if (host) {
+        key[0] = '=';
+        memcpy(key + 1, host, host_length);
+        TRY(key, 1 + host_length);
+    }
     for (size_t cut = length; found == 0 && cut > 0; cut--)
         if (ip[cut - 1] == '.' || ip[cut - 1] == ':')
-            found = cdb_get(data, size, ip, cut, value, value_length);
-    if (found == 0)
-        found = cdb_get(data, size, "", 0, value, value_length);
+            TRY(ip, cut);
+    if (host) {
+        for (size_t at = 0; found == 0 && at < host_length; at++)
+            if (host[at] == '.') {
+                memcpy(key + 1, host + at, host_length - at);
+                TRY(key, 1 + host_length - at);
+            }
+        TRY("=", 1);
+    }
+    TRY("", 0);
+#undef TRY
     return found;
 }
 
@@ -519,7 +576,7 @@ static void entry_set(EntrySet *set, const char *text, size_t length)
  * is what the report's log lines need. Returns 0; or -1 with a Python exception (no
  * memory) before the spawn, fd the caller's to close; or -2 with one after it. */
 static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_port,
-                            const char *remote_ip, int remote_port,
+                            const char *remote_ip, int remote_port, const Names *names,
                             const unsigned char *rule, uint32_t rule_length, char *note,
                             int queue_empty)
 {
@@ -529,7 +586,6 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
     const char *remote_shown = ipv4 ? unmapped(remote_ip) : mapped(remote_ip, remote_mapped);
     const char *local6 = mapped(local_ip, local_mapped);
     const char *remote6 = mapped(remote_ip, remote_mapped);
-    const char *host = PyBytes_AS_STRING(self->local_host);
 
     char tcp[1024];
     int tcp_length = snprintf(
@@ -543,24 +599,39 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
         PyErr_SetString(PyExc_ValueError, "addresses too long");
         return -1;
     }
-    /* -l's name (a C string: an argument cannot hold a NUL) */
-    size_t host_length = strlen(host);
-    size_t hosts_size = 2 * (host_length + 20);
+    /* The names known, TCP and TCP6 each, in environ.connection_environment's order (C
+     * strings: a name holds no NUL) */
+    static const char *const suffixes[3] = {"LOCALHOST", "REMOTEHOST", "REMOTEINFO"};
+    const char *values[3] = {names->local, names->remote, names->info};
+    size_t hosts_size = 1;
+    for (int i = 0; i < 3; i++)
+        hosts_size += values[i] ? 2 * (strlen(values[i]) + 20) : 0;
     char *hosts = PyMem_Malloc(hosts_size);
     if (!hosts) {
         PyMem_RawFree(note);
         PyErr_NoMemory();
         return -1;
     }
-    int first_host = snprintf(hosts, hosts_size, "TCPLOCALHOST=%s", host);
-    snprintf(hosts + first_host + 1, hosts_size - (size_t)first_host - 1, "TCP6LOCALHOST=%s",
-             host);
+    size_t host_count = 0, hosts_length = 0;
+    for (int i = 0; i < 3; i++)
+        for (int six = 0; values[i] && six < 2; six++) {
+            int written = snprintf(hosts + hosts_length, hosts_size - hosts_length, "%s%s=%s",
+                                   six ? "TCP6" : "TCP", suffixes[i], values[i]);
+            hosts_length += (size_t)written + 1;
+            host_count++;
+        }
 
-    /* Room for the TCP variables and the rule's records (`+NAME=value`), counted: a value
-     * may be as long as the cdb (1 GiB), so its length says nothing of their number. */
-    size_t most = 11;
-    for (const unsigned char *at = rule, *end = rule + rule_length; at && at < end; at++)
-        most += *at == 0;
+    /* Room for the TCP variables and the rule's `+NAME=value` records, counted: a value
+     * may be as long as the cdb (1 GiB), so its length says nothing of their number, and
+     * a rule of millions of other records needs none. */
+    size_t most = 9 + host_count;
+    for (uint32_t at = 0; rule && at < rule_length;) {
+        const unsigned char *end = memchr(rule + at, 0, rule_length - at);
+        if (!end)
+            break;
+        most += rule[at] == '+';
+        at = (uint32_t)(end - rule) + 1;
+    }
     size_t base_count = (size_t)PyTuple_GET_SIZE(self->spawner->base);
     size_t slots = 16;
     while (slots < 2 * most)
@@ -582,8 +653,8 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
     }
     for (const char *at = tcp; at < tcp + tcp_length; at += strlen(at) + 1)
         entry_set(&set, at, strlen(at));
-    entry_set(&set, hosts, (size_t)first_host);
-    entry_set(&set, hosts + first_host + 1, strlen(hosts + first_host + 1));
+    for (const char *at = hosts; at < hosts + hosts_length; at += strlen(at) + 1)
+        entry_set(&set, at, strlen(at));
     for (uint32_t at = 0; at < rule_length;) {
         const unsigned char *end = memchr(rule + at, 0, rule_length - at);
         if (!end)
@@ -650,6 +721,125 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
 
 /* --- one connection --------------------------------------------------------------------- */
 
+/* Out of memory for one connection: it is dropped (logged as a warning), the server goes
+ * on. The session was started. */
+static void drop_for_memory(Lane *self, int fd, const char *client)
+{
+    PyErr_Clear();
+    static const char line[] = PROGRAM ": warning: dropping connection, out of memory\n";
+    refuse(self, fd, client, EXIT_DROP_STATUS, 1, line, sizeof line - 1);
+}
+
+/* A connection with its names: a session, the rules, then deny or spawn. Returns 0, or
+ * -1 with a Python exception (the rules' reload failed, or memory after the spawn). */
+static int decided(Lane *self, int fd, const char *local_ip, int local_port,
+                   const char *remote_ip, int remote_port, const Names *names, int queue_empty)
+{
+    const char *client = unmapped(remote_ip);
+    session_started(self);
+    const char *local_logged = self->unmap_in_log ? unmapped(local_ip) : local_ip;
+    const char *remote_logged = self->unmap_in_log ? client : remote_ip;
+    const unsigned char *rule = NULL;
+    uint32_t rule_length = 0;
+    if (self->rules_path) {
+        if (rules_refresh(self) < 0) {
+            close(fd);
+            session_over(self);
+            return -1;
+        }
+        if (!self->rules_data) {
+            if (self->drop_line) {
+                refuse(self, fd, client, EXIT_DROP_STATUS, 1, PyBytes_AS_STRING(self->drop_line),
+                       (size_t)PyBytes_GET_SIZE(self->drop_line));
+                return 0;
+            }
+        } else {
+            size_t room = strlen(client) + 4 + (names->remote ? strlen(names->remote) : 0) +
+                          (names->info ? strlen(names->info) : 0);
+            char *key = PyMem_Malloc(room);
+            if (!key) {
+                drop_for_memory(self, fd, client);
+                return 0;
+            }
+            int found = rules_find(self, client, names->remote, names->info, key, &rule,
+                                   &rule_length);
+            PyMem_Free(key);
+            if (found < 0) {
+                refuse(self, fd, client, EXIT_DROP_STATUS, 1,
+                       PyBytes_AS_STRING(self->format_error_line),
+                       (size_t)PyBytes_GET_SIZE(self->format_error_line));
+                return 0;
+            }
+        }
+    }
+    /* Deny: a record starting with D (after any + records, as rules.decide reads them). */
+    for (uint32_t at = 0; rule && at < rule_length;) {
+        const unsigned char *end = memchr(rule + at, 0, rule_length - at);
+        if (!end)
+            break;
+        if (rule[at] == 'D') {
+            self->denied++;
+            char line[1024];
+            size_t length = format_line(line, sizeof line,
+                                        PROGRAM ": deny %d %s:%s:%d %s:%s:%s:%d\n",
+                                        (int)self->server_pid, names->local_log, local_logged,
+                                        local_port, names->remote_log, remote_logged,
+                                        names->info_log, remote_port);
+            refuse(self, fd, client, EXIT_DENY_STATUS, 2, line, length);
+            return 0;
+        }
+        at += (uint32_t)(end - (rule + at)) + 1;
+    }
+    /* "client\0ok-line-after-the-pid" for the report's log lines */
+    size_t client_length = strlen(client);
+    size_t note_size = client_length + 1 + 1024;
+    char *note = PyMem_RawMalloc(note_size);
+    if (!note) {
+        drop_for_memory(self, fd, client);
+        return 0;
+    }
+    memcpy(note, client, client_length + 1);
+    format_line(note + client_length + 1, note_size - client_length - 1, "%s:%s:%d %s:%s:%s:%d",
+                names->local_log, local_logged, local_port, names->remote_log, remote_logged,
+                names->info_log, remote_port);
+    int spawned = spawn_connection(self, fd, local_ip, local_port, remote_ip, remote_port, names,
+                                   rule, rule_length, note, queue_empty);
+    if (spawned == -1) {
+        if (!PyErr_ExceptionMatches(PyExc_MemoryError)) {
+            close(fd);
+            session_over(self);
+            return -1;
+        }
+        drop_for_memory(self, fd, client);
+        return 0;
+    }
+    return spawned < 0 ? -1 : 0;
+}
+
+/* The 6-tuple hold() or admit() gives as Names: bytes or None each. 0, or -1 (TypeError). */
+static int names_from(PyObject *tuple, Names *names)
+{
+    const char **fields[6] = {&names->local, &names->local_log, &names->remote,
+                              &names->remote_log, &names->info, &names->info_log};
+    if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != 6) {
+        PyErr_SetString(PyExc_TypeError, "names: a tuple of 6 bytes or None");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < 6; i++) {
+        PyObject *item = PyTuple_GET_ITEM(tuple, i);
+        if (item == Py_None) {
+            *fields[i] = i % 2 ? "" : NULL;
+            continue;
+        }
+        if (!PyBytes_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "names: a tuple of 6 bytes or None");
+            return -1;
+        }
+        *fields[i] = PyBytes_AS_STRING(item);
+    }
+    return 0;
+}
+
 static int connection(Lane *self, Listener *listener, int fd,
                       const struct sockaddr_storage *address, int queue_empty)
 {
@@ -671,8 +861,6 @@ static int connection(Lane *self, Listener *listener, int fd,
             return 0;
         }
     }
-    const char *client = unmapped(remote_ip);
-    session_started(self);
     int one = 1;
     if (self->nodelay)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -681,67 +869,58 @@ static int connection(Lane *self, Listener *listener, int fd,
     if (PyBytes_GET_SIZE(self->banner))
         (void)send(fd, PyBytes_AS_STRING(self->banner), (size_t)PyBytes_GET_SIZE(self->banner),
                    MSG_DONTWAIT | MSG_NOSIGNAL);
-
-    const char *local_logged = self->unmap_in_log ? unmapped(local_ip) : local_ip;
-    const char *remote_logged = self->unmap_in_log ? client : remote_ip;
-    const char *host_log = PyBytes_AS_STRING(self->local_host_log);
-    const unsigned char *rule = NULL;
-    uint32_t rule_length = 0;
-    if (self->rules_path) {
-        if (rules_refresh(self) < 0) {
-            close(fd);
-            session_over(self);
-            return -1;
-        }
-        if (!self->rules_data) {
-            if (self->drop_line) {
-                refuse(self, fd, client, EXIT_DROP_STATUS, 1, PyBytes_AS_STRING(self->drop_line),
-                       (size_t)PyBytes_GET_SIZE(self->drop_line));
-                return 0;
-            }
-        } else if (rules_find(self, client, &rule, &rule_length) < 0) {
-            refuse(self, fd, client, EXIT_DROP_STATUS, 1,
-                   PyBytes_AS_STRING(self->format_error_line),
-                   (size_t)PyBytes_GET_SIZE(self->format_error_line));
-            return 0;
-        }
+    Names names = {NULL, "", NULL, "", NULL, ""};
+    if (self->local_host != Py_None) {
+        names.local = PyBytes_AS_STRING(self->local_host);
+        names.local_log = PyBytes_AS_STRING(self->local_host_log);
     }
-    /* Deny: a record starting with D (after any + records, as rules.decide reads them). */
-    for (uint32_t at = 0; rule && at < rule_length;) {
-        const unsigned char *end = memchr(rule + at, 0, rule_length - at);
-        if (!end)
-            break;
-        if (rule[at] == 'D') {
-            self->denied++;
-            char line[512];
-            size_t length = format_line(line, sizeof line, PROGRAM ": deny %d %s:%s:%d :%s::%d\n",
-                                        (int)self->server_pid, host_log, local_logged, local_port,
-                                        remote_logged, remote_port);
-            refuse(self, fd, client, EXIT_DENY_STATUS, 2, line, length);
-            return 0;
-        }
-        at += (uint32_t)(end - (rule + at)) + 1;
-    }
-    /* "client\0ok-line-after-the-pid" for the report's log lines */
-    size_t client_length = strlen(client);
-    size_t note_size = client_length + 1 + 512;
-    char *note = PyMem_RawMalloc(note_size);
-    if (!note) {
-        close(fd);
-        session_over(self);
-        PyErr_NoMemory();
+    if (!self->hold)
+        return decided(self, fd, local_ip, local_port, remote_ip, remote_port, &names,
+                       queue_empty);
+    /* Python's from here (an exception too: it may have taken the fd) unless it gives
+     * the names back at once. */
+    PyObject *held = PyObject_CallFunction(self->hold, "isisi", fd, local_ip, local_port,
+                                           remote_ip, remote_port);
+    if (!held)
         return -1;
+    int result = 0;
+    if (held == Py_None)
+        self->held_since_run = 1;
+    else {
+        if (names_from(held, &names) < 0) {
+            close(fd);
+            result = -1;
+        } else {
+            result = decided(self, fd, local_ip, local_port, remote_ip, remote_port, &names,
+                             queue_empty);
+        }
     }
-    memcpy(note, client, client_length + 1);
-    snprintf(note + client_length + 1, note_size - client_length - 1, "%s:%s:%d :%s::%d",
-             host_log, local_logged, local_port, remote_logged, remote_port);
-    int spawned = spawn_connection(self, fd, local_ip, local_port, remote_ip, remote_port, rule,
-                                   rule_length, note, queue_empty);
-    if (spawned == -1) {
-        close(fd);
-        session_over(self);
+    Py_DECREF(held);
+    return result;
+}
+
+/* Sessions for the connections handed back decided, while slots are free. */
+static int admit_queued(Lane *self)
+{
+    while (self->admitted_head && self->running < self->limit) {
+        Admitted *next = self->admitted_head;
+        self->admitted_head = next->next;
+        if (!self->admitted_head)
+            self->admitted_tail = NULL;
+        self->admitted_count--;
+        Names names;
+        int result = names_from(next->names, &names);
+        if (result == 0)
+            result = decided(self, next->fd, next->local_ip, next->local_port, next->remote_ip,
+                             next->remote_port, &names, 0);
+        else
+            close(next->fd);
+        Py_DECREF(next->names);
+        PyMem_Free(next);
+        if (result < 0)
+            return -1;
     }
-    return spawned < 0 ? -1 : 0;
+    return 0;
 }
 
 /* Listeners in the epoll set exactly when a connection may be taken. */
@@ -749,7 +928,8 @@ static int update_watch(Lane *self)
 {
     if (self->epoll_fd < 0)
         return 0;
-    int wanted = !self->paused && !self->stopped && self->running < self->limit;
+    int wanted = !self->paused && !self->stopped &&
+                 self->running + self->admitted_count < self->limit;
     if (wanted == self->watching)
         return 0;
     for (int i = 0; i < self->listener_count; i++) {
@@ -768,7 +948,8 @@ static int update_watch(Lane *self)
 /* Room for one more connection, besides `held` accepted and not yet counted? */
 static int may_accept(const Lane *self, int held)
 {
-    return !self->paused && !self->stopped && self->running + held < self->limit;
+    return !self->paused && !self->stopped &&
+           self->running + self->admitted_count + held < self->limit;
 }
 
 /* The next connection's fd, or -1: nothing waiting (or EINTR), or *resource set to the
@@ -803,7 +984,7 @@ static double monotonic(void)
 }
 
 /* Outcomes of run(): what Python is to do. */
-enum { RUN_TIMEOUT = 0, RUN_SIGNAL = 1, RUN_RESOURCE = 2, RUN_DRAINED = 3 };
+enum { RUN_TIMEOUT = 0, RUN_SIGNAL = 1, RUN_RESOURCE = 2, RUN_DRAINED = 3, RUN_WATCHED = 4 };
 
 /* run(timeout) -> (outcome, errno): serve until a signal other than SIGCHLD arrives
  * (1), accept() runs out of resources (2, with its errno), the last session after
@@ -818,8 +999,10 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
         return PyErr_Format(PyExc_RuntimeError, "start() first");
     double deadline = timeout < 0 ? -1.0 : monotonic() + timeout;
     for (;;) {
-        if (self->stopped && self->running == 0) /* nothing left to wait for */
-            return Py_BuildValue("(ii)", RUN_DRAINED, 0);
+        if (admit_queued(self) < 0)
+            return NULL;
+        if (self->stopped && self->running == 0 && self->admitted_count == 0)
+            return Py_BuildValue("(ii)", RUN_DRAINED, 0); /* nothing left to wait for */
         if (update_watch(self) < 0)
             return NULL;
         int wait_ms = -1;
@@ -836,10 +1019,12 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
                 continue; /* the handler wrote the signal to the wake-up fd */
             return PyErr_SetFromErrno(PyExc_OSError);
         }
-        int children = 0, signals = 0, reports = 0;
+        int children = 0, signals = 0, reports = 0, watched = 0;
         for (int e = 0; e < ready; e++) {
             if (events[e].data.u32 == POOL_TAG)
                 reports = 1;
+            if (events[e].data.u32 == WATCHED_TAG)
+                watched = 1;
             if (events[e].data.u32 == CHILD_TAG) {
                 struct signalfd_siginfo infos[16];
                 while (read(self->child_fd, infos, sizeof infos) > 0) {
@@ -860,7 +1045,7 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
             return NULL;
         for (int e = 0; e < ready; e++) {
             uint32_t index = events[e].data.u32;
-            if (index >= CHILD_TAG || (int)index >= self->listener_count)
+            if (index >= FIRST_TAG || index >= (uint32_t)self->listener_count)
                 continue;
             Listener *listener = &self->listeners[index];
             /* One accepted ahead: a connection with nothing behind it in the queue, and
@@ -890,6 +1075,10 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
             if (PyErr_CheckSignals() < 0)
                 return NULL;
             return Py_BuildValue("(ii)", RUN_SIGNAL, 0);
+        }
+        if (watched || self->held_since_run) {
+            self->held_since_run = 0;
+            return Py_BuildValue("(ii)", RUN_WATCHED, 0);
         }
     }
 }
@@ -1008,7 +1197,65 @@ static PyObject *lane_stop(Lane *self, PyObject *unused)
 
 static PyObject *lane_counts(Lane *self, PyObject *unused)
 {
-    return Py_BuildValue("(ill)", self->running, self->served, self->denied);
+    return Py_BuildValue("(illi)", self->running, self->served, self->denied,
+                         self->admitted_count);
+}
+
+/* watch(fd): run() returns RUN_WATCHED when fd is readable (Python's lookups). */
+static PyObject *lane_watch(Lane *self, PyObject *arg)
+{
+    int fd;
+    if (qboot_as_int(arg, &fd) < 0)
+        return NULL;
+    if (self->epoll_fd < 0)
+        return PyErr_Format(PyExc_RuntimeError, "start() first");
+    struct epoll_event event = {.events = EPOLLIN, .data.u32 = WATCHED_TAG};
+    if (epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, fd, &event) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+/* admit(fd, local_ip, local_port, remote_ip, remote_port, names): a connection hold()
+ * took, handed back decided with its names; the Lane's again, its session started now
+ * or when a slot is free. */
+static PyObject *lane_admit(Lane *self, PyObject *args)
+{
+    int fd, local_port, remote_port;
+    const char *local_ip, *remote_ip;
+    PyObject *names_tuple;
+    if (!PyArg_ParseTuple(args, "isisiO!", &fd, &local_ip, &local_port, &remote_ip,
+                          &remote_port, &PyTuple_Type, &names_tuple))
+        return NULL;
+    Names names;
+    if (strlen(local_ip) >= INET6_ADDRSTRLEN || strlen(remote_ip) >= INET6_ADDRSTRLEN)
+        return PyErr_Format(PyExc_ValueError, "not an IP address");
+    if (names_from(names_tuple, &names) < 0)
+        return NULL;
+    if (self->running < self->limit && !self->admitted_head) {
+        if (decided(self, fd, local_ip, local_port, remote_ip, remote_port, &names, 0) < 0)
+            return NULL;
+        if (update_watch(self) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    Admitted *waiting = PyMem_Calloc(1, sizeof(Admitted));
+    if (!waiting)
+        return PyErr_NoMemory();
+    waiting->fd = fd;
+    strcpy(waiting->local_ip, local_ip);
+    strcpy(waiting->remote_ip, remote_ip);
+    waiting->local_port = local_port;
+    waiting->remote_port = remote_port;
+    waiting->names = Py_NewRef(names_tuple);
+    if (self->admitted_tail)
+        self->admitted_tail->next = waiting;
+    else
+        self->admitted_head = waiting;
+    self->admitted_tail = waiting;
+    self->admitted_count++;
+    if (update_watch(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
@@ -1016,18 +1263,35 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
     static char *keywords[] = {"pool", "wake_fd", "log_fd", "limit", "verbosity",
                                "local_host", "local_host_log", "banner", "program_log",
                                "ipv6_env", "nodelay", "kill_ip_options", "unmap_in_log",
-                               NULL};
-    PyObject *pool, *local_host, *local_host_log, *banner, *program_log;
-    int wake_fd, log_fd, limit, verbosity, ipv6_env, nodelay, kill_ip_options, unmap_in_log;
+                               "hold", NULL};
+    PyObject *pool = NULL, *local_host = NULL, *local_host_log = NULL, *banner = NULL,
+             *program_log = NULL, *hold = Py_None;
+    int wake_fd = -1, log_fd = -1, limit = 0, verbosity = 0, ipv6_env = 0, nodelay = 0,
+        kill_ip_options = 0, unmap_in_log = 0;
     if (self->pool) {
         PyErr_SetString(PyExc_RuntimeError, "Lane initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$O!iiiiSSSSpppp", keywords, &SpawnPoolType,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$O!iiiiOSSSppppO", keywords, &SpawnPoolType,
                                      &pool, &wake_fd, &log_fd, &limit, &verbosity,
                                      &local_host, &local_host_log, &banner, &program_log,
-                                     &ipv6_env, &nodelay, &kill_ip_options, &unmap_in_log))
+                                     &ipv6_env, &nodelay, &kill_ip_options, &unmap_in_log,
+                                     &hold))
         return -1;
+    if (!pool || !local_host || !local_host_log || !banner || !program_log) {
+        PyErr_SetString(PyExc_TypeError, "Lane(): pool, local_host, local_host_log, banner and "
+                                         "program_log are required");
+        return -1;
+    }
+    if ((local_host != Py_None && !PyBytes_Check(local_host)) ||
+        (hold != Py_None && !PyCallable_Check(hold))) {
+        PyErr_SetString(PyExc_TypeError, "local_host: bytes or None; hold: callable or None");
+        return -1;
+    }
+    if (local_host == Py_None && hold == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "without local_host, hold() gives the names");
+        return -1;
+    }
     if (!((SpawnPool *)pool)->ready || ((SpawnPool *)pool)->stopping) {
         PyErr_SetString(PyExc_ValueError, "the SpawnPool is not running");
         return -1;
@@ -1042,6 +1306,7 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
     self->local_host_log = Py_NewRef(local_host_log);
     self->banner = Py_NewRef(banner);
     self->program_log = Py_NewRef(program_log);
+    self->hold = hold == Py_None ? NULL : Py_NewRef(hold);
     self->wake_fd = wake_fd;
     self->log_fd = log_fd;
     self->limit = limit;
@@ -1062,8 +1327,27 @@ static PyObject *lane_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
+/* The callables (reload, hold) are bound methods of the server that holds the Lane. */
+static int lane_traverse(Lane *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->pool);
+    Py_VISIT(self->reload);
+    Py_VISIT(self->hold);
+    for (Admitted *waiting = self->admitted_head; waiting; waiting = waiting->next)
+        Py_VISIT(waiting->names);
+    return 0;
+}
+
+static int lane_clear(Lane *self)
+{
+    Py_CLEAR(self->reload);
+    Py_CLEAR(self->hold);
+    return 0;
+}
+
 static void lane_dealloc(Lane *self)
 {
+    PyObject_GC_UnTrack(self);
     PyObject *closed = lane_close(self, NULL);
     Py_XDECREF(closed);
     PyMem_Free(self->listeners);
@@ -1079,6 +1363,13 @@ static void lane_dealloc(Lane *self)
     Py_XDECREF(self->rules_data);
     Py_XDECREF(self->drop_line);
     Py_XDECREF(self->format_error_line);
+    Py_XDECREF(self->hold);
+    for (Admitted *next; self->admitted_head; self->admitted_head = next) {
+        next = self->admitted_head->next;
+        close(self->admitted_head->fd);
+        Py_DECREF(self->admitted_head->names);
+        PyMem_Free(self->admitted_head);
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1092,7 +1383,11 @@ static PyMethodDef lane_methods[] = {
     {"run", (PyCFunction)lane_run, METH_O, "run(timeout) -> (outcome, errno)"},
     {"pause", (PyCFunction)lane_pause, METH_O, "pause(flag): stop or go on accepting"},
     {"stop", (PyCFunction)lane_stop, METH_NOARGS, "accept no more; run() still reaps"},
-    {"counts", (PyCFunction)lane_counts, METH_NOARGS, "(running, served, denied)"},
+    {"counts", (PyCFunction)lane_counts, METH_NOARGS,
+     "(running, served, denied, admitted waiting for a slot)"},
+    {"watch", (PyCFunction)lane_watch, METH_O, "watch(fd): run() returns when it is readable"},
+    {"admit", (PyCFunction)lane_admit, METH_VARARGS,
+     "admit(fd, local_ip, local_port, remote_ip, remote_port, names): a held connection back"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1100,7 +1395,9 @@ PyTypeObject LaneType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "qboot_systemd.tcpsrv._conn.Lane",
     .tp_basicsize = sizeof(Lane),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)lane_traverse,
+    .tp_clear = (inquiry)lane_clear,
     .tp_doc = "Lane(...): accept, rules, environment, spawn and reap in C.",
     .tp_new = lane_new,
     .tp_init = (initproc)lane_init,

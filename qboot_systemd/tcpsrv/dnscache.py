@@ -15,7 +15,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from .dns import Answer, DnsQuery, Resolver
+from .dns import TYPE_PTR, Answer, DnsQuery, Resolver, reverse_name, to_dotted
 
 MAX_ENTRIES = 20000
 MAX_IN_FLIGHT = 512
@@ -101,6 +101,14 @@ class CachingResolver:
             return False, None
         self._cache.move_to_end(key)
         return True, entry[1]
+
+    def remembered_host(self, ip: str) -> tuple[bool, str | None]:
+        """(True, the first PTR name as text or None) when ip's reverse name is known."""
+        known, answer = self._remembered((reverse_name(ip).lower(), TYPE_PTR))
+        if not known or answer is None:
+            return known, None
+        found = answer.names(TYPE_PTR)
+        return True, to_dotted(found[0]) if found else None
 
     def query(self, name: bytes, qtype: int, deadline: float, done: Done) -> Waiter:
         """A place on the question, not taken yet: start() takes it (done may run within

@@ -46,7 +46,7 @@ from .spawn import ExtensionPool, PythonPool, best_spawner, spawn_pool
 if TYPE_CHECKING:  # dns, lookups and screening are imported when used: a server without
     from typing import TextIO  # -h, -r, names or -L never needs them, nor their memory
 
-    from ._conn import Lane
+    from ._conn import Lane, LaneNames
     from .dns import Resolver
     from .dnscache import CachingResolver
     from .lookups import ConnectionLookups, Names
@@ -81,22 +81,23 @@ def import_what_options_need(options: Options) -> None:
 
 
 def lane_fits(options: Options) -> bool:
-    """Can the _conn extension's Lane serve these options? Only the per-connection work it
-    knows: no lookups, no screening, no rate or per-address limit."""
+    """Can the _conn extension's Lane serve these options? Names and ident it takes by
+    holding a connection for this loop's lookups; not yet screening, rates or -C."""
     return (
         netcalls.EXTENSION is not None
-        and not options.remote_host
-        and not options.remote_info
-        and options.localname is not None
         and not options.rbl_incore
         and not options.rate
         and not options.per_ip
     )
 
 
+def needs_names(options: Options) -> bool:
+    return options.remote_host or options.remote_info or options.localname is None
+
+
 # Lane.run()'s outcomes (_lane.c); after DRAINED (stop() and no session left) the
-# loop's own check ends serve().
-LANE_TIMEOUT, LANE_SIGNAL, LANE_RESOURCE, LANE_DRAINED = 0, 1, 2, 3
+# loop's own check ends serve(); WATCHED: the lookups' fd is readable.
+LANE_TIMEOUT, LANE_SIGNAL, LANE_RESOURCE, LANE_DRAINED, LANE_WATCHED = 0, 1, 2, 3, 4
 
 
 class Pending:
@@ -254,21 +255,22 @@ class Server:
 
     def _make_lane(self, log_fd: int, pool: ExtensionPool) -> Lane:
         assert netcalls.EXTENSION is not None and self.wake_read is not None
-        assert self.options.localname is not None
+        localname = self.options.localname
         lane: Lane = netcalls.EXTENSION.Lane(
             pool=pool.c_pool,
             wake_fd=self.wake_read.fileno(),
             log_fd=log_fd,
             limit=self.options.limit,
             verbosity=self.options.verbosity,
-            local_host=_encode(self.options.localname),
-            local_host_log=logline.safe(self.options.localname).encode("ascii"),
+            local_host=None if localname is None else _encode(localname),
+            local_host_log=logline.safe(localname).encode("ascii"),
             banner=_encode(self.options.banner),
             program_log=logline.safe(os.fsdecode(self.program[0])).encode("ascii"),
             ipv6_env=self.options.ipv6_env,
             nodelay=self.options.nodelay,
             kill_ip_options=self.options.kill_ip_options,
             unmap_in_log=self.logged_ip is unmap_ipv4,
+            hold=self._lane_hold if needs_names(self.options) else None,
         )
         for listener in self.listeners:
             lane.add_listener(listener.fileno(), self.local_endpoints[id(listener)])
@@ -338,7 +340,7 @@ class Server:
         if not self.notifier.enabled:
             return
         if self.lane is not None:
-            running, served, denied = self.lane.counts()
+            running, served, denied, _ = self.lane.counts()
         else:
             running, served, denied = self.running, self.counters.served, self.counters.denied
         self.notifier.status(
@@ -516,7 +518,10 @@ class Server:
             from .dns import Resolver
 
             self.reactor.start()
-            self._watch(self.reactor.fileno(), self.reactor.run_ready)
+            if self.lane is not None:
+                self.lane.watch(self.reactor.fileno())
+            else:
+                self._watch(self.reactor.fileno(), self.reactor.run_ready)
             self.resolver = Resolver(self.reactor)
         return self.resolver
 
@@ -556,8 +561,53 @@ class Server:
         local = names.local_host
         if local is None:
             local = self._local_name(pending.endpoints)
+        if self.lane is not None:  # handed back decided: the Lane does the rest
+            self._release(pending)
+            ends = pending.endpoints
+            self.lane.admit(
+                pending.fd,
+                ends.local_ip,
+                ends.local_port,
+                ends.remote_ip,
+                ends.remote_port,
+                self._lane_names(local, names.remote_host, names.remote_info),
+            )
+            return
         self._judge(
             pending, pending.fd, pending.endpoints, local, names.remote_host, names.remote_info
+        )
+
+    # --- the Lane's held connections ----------------------------------------------------
+    def _lane_hold(
+        self, fd: int, local_ip: str, local_port: int, remote_ip: str, remote_port: int
+    ) -> LaneNames | None:
+        """A connection the Lane accepted that needs names: them at once when they are
+        known (the remote name cached), else held here (None) until admit()."""
+        endpoints = Endpoints(local_ip, local_port, remote_ip, remote_port)
+        options = self.options
+        needs_local = options.localname is None and local_ip not in self.local_names
+        if not (options.remote_info or options.paranoid or needs_local):
+            local = self._local_name(endpoints)
+            if not options.remote_host:
+                return self._lane_names(local, None, None)
+            known, host = self._names().remembered_host(remote_ip)
+            if known:
+                return self._lane_names(local, host, None)
+        pending = self._hold(fd, endpoints)
+        if pending is not None:
+            self._start_lookups(pending, needs_local)
+        return None
+
+    def _lane_names(self, local: str | None, remote: str | None, info: str | None) -> LaneNames:
+        """The names as the Lane takes them: each value, and as the -v lines show it."""
+        shown = self.verbose
+        return (
+            None if local is None else _encode(local),
+            logline.safe(local).encode("ascii") if shown else None,
+            None if remote is None else _encode(remote),
+            logline.safe(remote).encode("ascii") if shown else None,
+            None if info is None else _encode(info),
+            logline.safe(info).encode("ascii") if shown else None,
         )
 
     def _cut_lookups_short(self) -> None:
@@ -866,7 +916,8 @@ class Server:
 
     def _busy(self) -> bool:
         if self.lane is not None:
-            return self.lane.counts()[0] > 0
+            running, _, _, waiting = self.lane.counts()
+            return bool(running or waiting or self.pending)
         return bool(self.children or self.pending or self.spawning or self.admitted)
 
     def serve(self) -> int:
@@ -920,9 +971,13 @@ class Server:
                 lane.pause(True)
             elif self.backoff_until is None:
                 self.backoff = 0.05
+            if outcome == LANE_WATCHED:
+                self.reactor.run_ready()
             if self.signals:
                 self._handle_signals()
             now = time.monotonic()
+            if self.pending:
+                self.reactor.run_timers(now)
             if self.backoff_until is not None and now >= self.backoff_until:
                 self.backoff_until = None
                 lane.pause(False)
