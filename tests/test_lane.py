@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from qboot_systemd import rules
+from qboot_systemd.cdb import write_cdb
 from qboot_systemd.tcpsrv.options import parse
 from qboot_systemd.tcpsrv.server import Server, lane_fits
 
@@ -529,3 +530,28 @@ def test_names_and_ident_decide_and_log_as_the_python_loop(
         assert "WHO=info@ip" in outputs[2] and "TCPREMOTEINFO=joe%x" in outputs[2]
     if "-p" in "".join(flags):
         assert "TCPREMOTEHOST" not in outputs[1]  # its name does not map back
+
+
+def test_a_rule_of_millions_of_records_costs_one_connection_not_the_server(
+    tmp_path: Path, dump: str
+) -> None:
+    """A damaged or hostile cdb whose rule holds 20 million empty records besides one `+`
+    record, under a 600 MB address-space limit: the Lane makes room for the `+` record
+    only, so each connection runs at once with A=1, and the server goes on (sized by every
+    record, it ran out of memory and left run(): the whole server exited)."""
+    require_extension()
+    cdb = tmp_path / "rules.cdb"
+    with open(cdb, "wb") as handle:
+        write_cdb(handle, [(b"127.0.0.1", b"+A=1\0" + b"\0" * 20_000_000)])
+    server = Running(
+        [require_tool("prlimit"), "--as=600000000", venv_script("qboot-tcpsrv"), "-1",
+         "-HR", "-l", "x", "-x", str(cdb), "127.0.0.1", "0", dump],
+    )  # fmt: skip
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            assert "A=1" in server.request().decode()
+            assert time.monotonic() - started < 2.0
+        assert server.process.poll() is None
+    finally:
+        server.stop()

@@ -348,9 +348,10 @@ int qboot_spawn(Spawner *self, char **envp, int fd, pid_t *pid)
         *pid = 0;
         return clone_error;
     }
+    /* A child that could not exec is left for the loop's waitpid(-1), its one reaper: a
+     * waitpid(child) here could come after the loop had reaped it, and with the pid
+     * reused take another session's status. */
     *pid = child;
-    if (args.error != 0)
-        (void)waitpid(child, NULL, 0); /* ECHILD: the loop's waitpid(-1) took it */
     return args.error;
 }
 

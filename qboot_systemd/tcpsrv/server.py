@@ -925,6 +925,11 @@ class Server:
         assert self.poller is not None and self.wake_write is not None, "start() first"
         signal.set_wakeup_fd(self.wake_write.fileno(), warn_on_full_buffer=False)
         for number in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            # SIGHUP or SIGINT ignored by our parent (nohup, a background job) stays
+            # ignored, here and in the children (exec keeps only ignored dispositions):
+            # tcpserver's children keep them so.
+            if number != signal.SIGTERM and signal.getsignal(number) == signal.SIG_IGN:
+                continue
             signal.signal(number, self._on_signal)
         signal.signal(signal.SIGCHLD, self._on_sigchld)
         self.notifier.send("READY=1")
