@@ -127,7 +127,8 @@ def test_lane_is_for_servers_without_screening_or_limits() -> None:
     assert server.lane is None
     for flags in (["-HR", "-l", "x"], ["-R", "-l", "x"], ["-H", "-l", "x"], ["-HR"], ["-hrp"]):
         assert lane_fits(parse([*flags, "0", "25", "p"])), flags
-    for flags in (["-HRL", "-l", "x"], ["-C", "2"], ["-N", "60"]):
+    assert lane_fits(parse(["-HR", "-l", "x", "-N", "60", "0", "25", "p"]))
+    for flags in (["-HRL", "-l", "x"], ["-C", "2"]):
         assert not lane_fits(parse(["-HR", "-l", "x", *flags, "0", "25", "p"])), flags
 
 

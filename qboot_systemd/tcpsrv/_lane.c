@@ -98,9 +98,10 @@ typedef struct {
     pid_t server_pid;
     PyObject *local_host;     /* bytes: TCPLOCALHOST, or None (each connection's, from hold) */
     PyObject *local_host_log; /* bytes: the same as logline.safe() shows it */
-    /* hold(fd, local_ip, local_port, remote_ip, remote_port): None, or a connection that
-     * needs a pre-session stage is Python's (held, to come back by admit(), or closed);
-     * else the connection's names, decided at once. NULL: every connection is ours. */
+    /* hold(fd, local_ip, local_port, remote_ip, remote_port), before the banner: the
+     * connection's names, decided at once; True: held by Python for a pre-session stage
+     * (lookups), to come back by admit() or be closed there; None: refused and closed.
+     * NULL: every connection is ours. */
     PyObject *hold;
     Admitted *admitted_head, *admitted_tail; /* decided, waiting for a slot */
     int admitted_count;
@@ -861,6 +862,25 @@ static int connection(Lane *self, Listener *listener, int fd,
             return 0;
         }
     }
+    Names names = {NULL, "", NULL, "", NULL, ""};
+    if (self->local_host != Py_None) {
+        names.local = PyBytes_AS_STRING(self->local_host);
+        names.local_log = PyBytes_AS_STRING(self->local_host_log);
+    }
+    /* hold() first: a connection it refuses (a rate) is closed without the banner. Then
+     * the fd is Python's (an exception too: it may have taken it) unless it gives the
+     * names back at once. */
+    PyObject *held = NULL;
+    if (self->hold) {
+        held = PyObject_CallFunction(self->hold, "isisi", fd, local_ip, local_port, remote_ip,
+                                     remote_port);
+        if (!held)
+            return -1;
+        if (held == Py_None) { /* refused, and closed */
+            Py_DECREF(held);
+            return 0;
+        }
+    }
     int one = 1;
     if (self->nodelay)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -869,32 +889,17 @@ static int connection(Lane *self, Listener *listener, int fd,
     if (PyBytes_GET_SIZE(self->banner))
         (void)send(fd, PyBytes_AS_STRING(self->banner), (size_t)PyBytes_GET_SIZE(self->banner),
                    MSG_DONTWAIT | MSG_NOSIGNAL);
-    Names names = {NULL, "", NULL, "", NULL, ""};
-    if (self->local_host != Py_None) {
-        names.local = PyBytes_AS_STRING(self->local_host);
-        names.local_log = PyBytes_AS_STRING(self->local_host_log);
-    }
-    if (!self->hold)
+    if (!held)
         return decided(self, fd, local_ip, local_port, remote_ip, remote_port, &names,
                        queue_empty);
-    /* Python's from here (an exception too: it may have taken the fd) unless it gives
-     * the names back at once. */
-    PyObject *held = PyObject_CallFunction(self->hold, "isisi", fd, local_ip, local_port,
-                                           remote_ip, remote_port);
-    if (!held)
-        return -1;
     int result = 0;
-    if (held == Py_None)
+    if (held == Py_True) /* held for its lookups: Python has a new deadline */
         self->held_since_run = 1;
-    else {
-        if (names_from(held, &names) < 0) {
-            close(fd);
-            result = -1;
-        } else {
-            result = decided(self, fd, local_ip, local_port, remote_ip, remote_port, &names,
-                             queue_empty);
-        }
-    }
+    else if (names_from(held, &names) < 0)
+        result = -1; /* the fd stays Python's, as with an exception */
+    else
+        result = decided(self, fd, local_ip, local_port, remote_ip, remote_port, &names,
+                         queue_empty);
     Py_DECREF(held);
     return result;
 }

@@ -81,18 +81,16 @@ def import_what_options_need(options: Options) -> None:
 
 
 def lane_fits(options: Options) -> bool:
-    """Can the _conn extension's Lane serve these options? Names and ident it takes by
-    holding a connection for this loop's lookups; not yet screening, rates or -C."""
-    return (
-        netcalls.EXTENSION is not None
-        and not options.rbl_incore
-        and not options.rate
-        and not options.per_ip
+    """Can the _conn extension's Lane serve these options? Names, ident and rates it
+    takes through hold(); not yet the in-core rblsmtpd or -C."""
+    return netcalls.EXTENSION is not None and not options.rbl_incore and not options.per_ip
+
+
+def lane_holds(options: Options) -> bool:
+    """Does each of the Lane's connections go through hold() (names, ident, a rate)?"""
+    return bool(
+        options.remote_host or options.remote_info or options.localname is None or options.rate
     )
-
-
-def needs_names(options: Options) -> bool:
-    return options.remote_host or options.remote_info or options.localname is None
 
 
 # Lane.run()'s outcomes (_lane.c); after DRAINED (stop() and no session left) the
@@ -223,6 +221,8 @@ class Server:
         self.spawns: ExtensionPool | PythonPool | None = None
         self.spawning: dict[int, SpawnJob] = {}  # by job ident
         self.lane: Lane | None = None  # the C path, when lane_fits() (made by start())
+        self.in_lane_hold = False  # in _lane_hold(): lookups done at once answer it
+        self.lane_hold_answer: LaneNames | None = None
         # Screening (issue 16): the in-core rblsmtpd (made by start()) and the rate limit.
         self.screen: RblScreen | None = None
         self.rate: RateLimiter | None = None
@@ -270,7 +270,7 @@ class Server:
             nodelay=self.options.nodelay,
             kill_ip_options=self.options.kill_ip_options,
             unmap_in_log=self.logged_ip is unmap_ipv4,
-            hold=self._lane_hold if needs_names(self.options) else None,
+            hold=self._lane_hold if lane_holds(self.options) else None,
         )
         for listener in self.listeners:
             lane.add_listener(listener.fileno(), self.local_endpoints[id(listener)])
@@ -563,6 +563,10 @@ class Server:
             local = self._local_name(pending.endpoints)
         if self.lane is not None:  # handed back decided: the Lane does the rest
             self._release(pending)
+            decided = self._lane_names(local, names.remote_host, names.remote_info)
+            if self.in_lane_hold:  # done within hold(): its answer, before the banner
+                self.lane_hold_answer = decided
+                return
             ends = pending.endpoints
             self.lane.admit(
                 pending.fd,
@@ -570,7 +574,7 @@ class Server:
                 ends.local_port,
                 ends.remote_ip,
                 ends.remote_port,
-                self._lane_names(local, names.remote_host, names.remote_info),
+                decided,
             )
             return
         self._judge(
@@ -580,11 +584,17 @@ class Server:
     # --- the Lane's held connections ----------------------------------------------------
     def _lane_hold(
         self, fd: int, local_ip: str, local_port: int, remote_ip: str, remote_port: int
-    ) -> LaneNames | None:
-        """A connection the Lane accepted that needs names: them at once when they are
-        known (the remote name cached), else held here (None) until admit()."""
-        endpoints = Endpoints(local_ip, local_port, remote_ip, remote_port)
+    ) -> LaneNames | bool | None:
+        """A connection the Lane accepted: None when over its rate (closed here); its
+        names at once when they are known (the remote name cached); else True, held
+        here until admit()."""
         options = self.options
+        if self.rate is not None:
+            client = unmap_ipv4(remote_ip)
+            if not self.rate.allow(client):
+                self._over_rate(fd, client)
+                return None
+        endpoints = Endpoints(local_ip, local_port, remote_ip, remote_port)
         needs_local = options.localname is None and local_ip not in self.local_names
         if not (options.remote_info or options.paranoid or needs_local):
             local = self._local_name(endpoints)
@@ -594,9 +604,15 @@ class Server:
             if known:
                 return self._lane_names(local, host, None)
         pending = self._hold(fd, endpoints)
-        if pending is not None:
-            self._start_lookups(pending, needs_local)
-        return None
+        if pending is None:
+            return None  # over the hold's bounds: closed
+        self.in_lane_hold = True
+        try:
+            self._start_lookups(pending, needs_local)  # may end at once (ident refused)
+        finally:
+            self.in_lane_hold = False
+        answer, self.lane_hold_answer = self.lane_hold_answer, None
+        return True if answer is None else answer
 
     def _lane_names(self, local: str | None, remote: str | None, info: str | None) -> LaneNames:
         """The names as the Lane takes them: each value, and as the -v lines show it."""
