@@ -742,7 +742,12 @@ PyMODINIT_FUNC PyInit__conn(void)
         return NULL;
     if (PyModule_AddObjectRef(module, "Spawner", (PyObject *)&SpawnerType) < 0 ||
         PyModule_AddObjectRef(module, "SpawnPool", (PyObject *)&SpawnPoolType) < 0 ||
-        PyModule_AddObjectRef(module, "Lane", (PyObject *)&LaneType) < 0) {
+        PyModule_AddObjectRef(module, "Lane", (PyObject *)&LaneType) < 0 ||
+        PyModule_AddIntConstant(module, "RUN_TIMEOUT", RUN_TIMEOUT) < 0 ||
+        PyModule_AddIntConstant(module, "RUN_SIGNAL", RUN_SIGNAL) < 0 ||
+        PyModule_AddIntConstant(module, "RUN_RESOURCE", RUN_RESOURCE) < 0 ||
+        PyModule_AddIntConstant(module, "RUN_DRAINED", RUN_DRAINED) < 0 ||
+        PyModule_AddIntConstant(module, "RUN_WATCHED", RUN_WATCHED) < 0) {
         Py_DECREF(module);
         return NULL;
     }

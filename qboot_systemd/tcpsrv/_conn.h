@@ -49,6 +49,15 @@ typedef struct {
 } SpawnPool;
 
 
+/* Lane.run()'s outcomes, the module's RUN_* constants for Python. */
+enum {
+    RUN_TIMEOUT = 0,  /* timeout seconds passed */
+    RUN_SIGNAL = 1,   /* a signal for Python's handlers */
+    RUN_RESOURCE = 2, /* accept() out of fds or memory, with its errno */
+    RUN_DRAINED = 3,  /* after stop(), the last session ended */
+    RUN_WATCHED = 4,  /* the watched fd is readable, or hold() kept a connection */
+};
+
 extern PyTypeObject SpawnerType;
 extern PyTypeObject SpawnPoolType;
 extern PyTypeObject LaneType;

@@ -35,9 +35,6 @@
 #define CHILD_TAG (UINT32_MAX - 2)
 #define WATCHED_TAG (UINT32_MAX - 3) /* Python's fd (its lookups' epoll): run() returns */
 #define FIRST_TAG WATCHED_TAG        /* below: a listener's index */
-#define ACCEPTS_PER_WAKE 16 /* keeps the loop fair between listeners and children */
-#define EXIT_DENY_STATUS (100 << 8)
-#define EXIT_DROP_STATUS (111 << 8)
 
 typedef struct {
     int fd;
@@ -89,7 +86,10 @@ typedef struct {
     int paused;   /* Python's back-off after EMFILE and alike */
     int stopped;  /* SIGTERM: the listeners are Python's to close */
     int limit, running;
-    long served, denied;
+    long served, denied, accepted;
+    /* server.py's policy: the wait statuses logged for a deny and a drop, accepts per
+     * wake-up (fair between listeners and children) */
+    int deny_status, drop_status, accepts_per_wake;
     int in_flight;     /* jobs with the pool, not reported yet */
     PidSet reported;   /* running children whose spawn was reported */
     EarlyExit *early;  /* reaped before reported */
@@ -449,7 +449,7 @@ static int report(Lane *self, Job *job)
         char line[512];
         size_t length = format_line(line, sizeof line, PROGRAM ": warning: unable to run %s: %s\n",
                                     PyBytes_AS_STRING(self->program_log), strerror(job->error));
-        refuse(self, -1, client, EXIT_DROP_STATUS, 1, line, length);
+        refuse(self, -1, client, self->drop_status, 1, line, length);
         return 0;
     }
     self->served++;
@@ -728,7 +728,7 @@ static void drop_for_memory(Lane *self, int fd, const char *client)
 {
     PyErr_Clear();
     static const char line[] = PROGRAM ": warning: dropping connection, out of memory\n";
-    refuse(self, fd, client, EXIT_DROP_STATUS, 1, line, sizeof line - 1);
+    refuse(self, fd, client, self->drop_status, 1, line, sizeof line - 1);
 }
 
 /* A connection with its names: a session, the rules, then deny or spawn. Returns 0, or
@@ -750,7 +750,7 @@ static int decided(Lane *self, int fd, const char *local_ip, int local_port,
         }
         if (!self->rules_data) {
             if (self->drop_line) {
-                refuse(self, fd, client, EXIT_DROP_STATUS, 1, PyBytes_AS_STRING(self->drop_line),
+                refuse(self, fd, client, self->drop_status, 1, PyBytes_AS_STRING(self->drop_line),
                        (size_t)PyBytes_GET_SIZE(self->drop_line));
                 return 0;
             }
@@ -766,7 +766,7 @@ static int decided(Lane *self, int fd, const char *local_ip, int local_port,
                                    &rule_length);
             PyMem_Free(key);
             if (found < 0) {
-                refuse(self, fd, client, EXIT_DROP_STATUS, 1,
+                refuse(self, fd, client, self->drop_status, 1,
                        PyBytes_AS_STRING(self->format_error_line),
                        (size_t)PyBytes_GET_SIZE(self->format_error_line));
                 return 0;
@@ -786,7 +786,7 @@ static int decided(Lane *self, int fd, const char *local_ip, int local_port,
                                         (int)self->server_pid, names->local_log, local_logged,
                                         local_port, names->remote_log, remote_logged,
                                         names->info_log, remote_port);
-            refuse(self, fd, client, EXIT_DENY_STATUS, 2, line, length);
+            refuse(self, fd, client, self->deny_status, 2, line, length);
             return 0;
         }
         at += (uint32_t)(end - (rule + at)) + 1;
@@ -962,14 +962,17 @@ static int may_accept(const Lane *self, int held)
  * few times at most: an error that stays (a listener another holder of the socket shut
  * down: EINVAL, and epoll reports it for ever) must not keep this thread from the
  * signals, as the Python loop's 16 tries do not. */
-static int accept_one(Listener *listener, struct sockaddr_storage *address, int *resource)
+static int accept_one(Lane *self, Listener *listener, struct sockaddr_storage *address,
+                      int *resource)
 {
-    for (int tries = 0; tries < ACCEPTS_PER_WAKE; tries++) {
+    for (int tries = 0; tries < self->accepts_per_wake; tries++) {
         socklen_t size = sizeof *address;
         /* blocking, as the child wants it */
         int fd = accept4(listener->fd, (struct sockaddr *)address, &size, SOCK_CLOEXEC);
-        if (fd >= 0)
+        if (fd >= 0) {
+            self->accepted++;
             return fd;
+        }
         if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
             *resource = errno;
             return -1;
@@ -988,8 +991,6 @@ static double monotonic(void)
     return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
 }
 
-/* Outcomes of run(): what Python is to do. */
-enum { RUN_TIMEOUT = 0, RUN_SIGNAL = 1, RUN_RESOURCE = 2, RUN_DRAINED = 3, RUN_WATCHED = 4 };
 
 /* run(timeout) -> (outcome, errno): serve until a signal other than SIGCHLD arrives
  * (1), accept() runs out of resources (2, with its errno), the last session after
@@ -1057,11 +1058,11 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
              * no other session, is spawned by this thread itself (see spawn_connection). */
             struct sockaddr_storage held, ahead;
             int resource = 0;
-            int held_fd = may_accept(self, 0) ? accept_one(listener, &held, &resource) : -1;
+            int held_fd = may_accept(self, 0) ? accept_one(self, listener, &held, &resource) : -1;
             for (int n = 1; held_fd >= 0; n++) {
                 int ahead_fd = -1, queue_empty = 0;
-                if (n < ACCEPTS_PER_WAKE && may_accept(self, 1)) {
-                    ahead_fd = accept_one(listener, &ahead, &resource);
+                if (n < self->accepts_per_wake && may_accept(self, 1)) {
+                    ahead_fd = accept_one(self, listener, &ahead, &resource);
                     queue_empty = ahead_fd < 0 && !resource;
                 }
                 if (connection(self, listener, held_fd, &held, queue_empty) < 0) {
@@ -1202,8 +1203,8 @@ static PyObject *lane_stop(Lane *self, PyObject *unused)
 
 static PyObject *lane_counts(Lane *self, PyObject *unused)
 {
-    return Py_BuildValue("(illi)", self->running, self->served, self->denied,
-                         self->admitted_count);
+    return Py_BuildValue("(illil)", self->running, self->served, self->denied,
+                         self->admitted_count, self->accepted);
 }
 
 /* watch(fd): run() returns RUN_WATCHED when fd is readable (Python's lookups). */
@@ -1268,20 +1269,21 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
     static char *keywords[] = {"pool", "wake_fd", "log_fd", "limit", "verbosity",
                                "local_host", "local_host_log", "banner", "program_log",
                                "ipv6_env", "nodelay", "kill_ip_options", "unmap_in_log",
-                               "hold", NULL};
+                               "hold", "deny_status", "drop_status", "accepts_per_wake", NULL};
     PyObject *pool = NULL, *local_host = NULL, *local_host_log = NULL, *banner = NULL,
              *program_log = NULL, *hold = Py_None;
     int wake_fd = -1, log_fd = -1, limit = 0, verbosity = 0, ipv6_env = 0, nodelay = 0,
-        kill_ip_options = 0, unmap_in_log = 0;
+        kill_ip_options = 0, unmap_in_log = 0, deny_status = 0, drop_status = 0,
+        accepts_per_wake = 0;
     if (self->pool) {
         PyErr_SetString(PyExc_RuntimeError, "Lane initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$O!iiiiOSSSppppO", keywords, &SpawnPoolType,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$O!iiiiOSSSppppOiii", keywords, &SpawnPoolType,
                                      &pool, &wake_fd, &log_fd, &limit, &verbosity,
                                      &local_host, &local_host_log, &banner, &program_log,
                                      &ipv6_env, &nodelay, &kill_ip_options, &unmap_in_log,
-                                     &hold))
+                                     &hold, &deny_status, &drop_status, &accepts_per_wake))
         return -1;
     if (!pool || !local_host || !local_host_log || !banner || !program_log) {
         PyErr_SetString(PyExc_TypeError, "Lane(): pool, local_host, local_host_log, banner and "
@@ -1301,8 +1303,8 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_ValueError, "the SpawnPool is not running");
         return -1;
     }
-    if (limit < 1) {
-        PyErr_SetString(PyExc_ValueError, "limit: at least 1");
+    if (limit < 1 || accepts_per_wake < 1) {
+        PyErr_SetString(PyExc_ValueError, "limit and accepts_per_wake: at least 1");
         return -1;
     }
     self->pool = (SpawnPool *)Py_NewRef(pool);
@@ -1312,6 +1314,9 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
     self->banner = Py_NewRef(banner);
     self->program_log = Py_NewRef(program_log);
     self->hold = hold == Py_None ? NULL : Py_NewRef(hold);
+    self->deny_status = deny_status;
+    self->drop_status = drop_status;
+    self->accepts_per_wake = accepts_per_wake;
     self->wake_fd = wake_fd;
     self->log_fd = log_fd;
     self->limit = limit;
@@ -1389,7 +1394,7 @@ static PyMethodDef lane_methods[] = {
     {"pause", (PyCFunction)lane_pause, METH_O, "pause(flag): stop or go on accepting"},
     {"stop", (PyCFunction)lane_stop, METH_NOARGS, "accept no more; run() still reaps"},
     {"counts", (PyCFunction)lane_counts, METH_NOARGS,
-     "(running, served, denied, admitted waiting for a slot)"},
+     "(running, served, denied, admitted waiting for a slot, accepted)"},
     {"watch", (PyCFunction)lane_watch, METH_O, "watch(fd): run() returns when it is readable"},
     {"admit", (PyCFunction)lane_admit, METH_VARARGS,
      "admit(fd, local_ip, local_port, remote_ip, remote_port, names): a held connection back"},

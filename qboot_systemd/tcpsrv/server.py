@@ -59,8 +59,10 @@ _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # Spawner threads: each waits in the kernel for one child's exec (see spawn.py). With
 # Python threads 2 and 3 were slower and 6 no faster; with the pool 2 measured the same.
 SPAWN_THREADS = 4
-EXIT_DENY_STATUS = 100 << 8
+EXIT_DENY_STATUS = 100 << 8  # the wait statuses of tcpserver's child for a deny, a drop
 EXIT_DROP_STATUS = 111 << 8
+ACCEPTS_PER_WAKE = 16  # keeps a loop fair between listeners and children
+BACKOFF_LEAST, BACKOFF_MOST = 0.05, 1.0  # seconds of pause after accept() ran out
 DEFAULT_ALLOW = Decision(False, (), None)  # no rules file, or no rule matched
 # A reverse name that could not be had (no answer by the deadline, every server failing)
 # is asked again after this long; meanwhile connections from there go on without it.
@@ -91,11 +93,6 @@ def lane_holds(options: Options) -> bool:
     return bool(
         options.remote_host or options.remote_info or options.localname is None or options.rate
     )
-
-
-# Lane.run()'s outcomes (_lane.c); after DRAINED (stop() and no session left) the
-# loop's own check ends serve(); WATCHED: the lookups' fd is readable.
-LANE_TIMEOUT, LANE_SIGNAL, LANE_RESOURCE, LANE_DRAINED, LANE_WATCHED = 0, 1, 2, 3, 4
 
 
 class Pending:
@@ -196,7 +193,8 @@ class Server:
         # Accepting: paused at the -c limit, after EMFILE and alike, and when stopping.
         self.accepting = False
         self.backoff_until: float | None = None
-        self.backoff = 0.05
+        self.backoff = BACKOFF_LEAST
+        self.accepted = 0  # the Lane's count, when it last told
         self.stop_at: float | None = None
         # Sessions (the loop's alone: spawner threads only report through the pool).
         self.running = 0
@@ -270,6 +268,9 @@ class Server:
             nodelay=self.options.nodelay,
             kill_ip_options=self.options.kill_ip_options,
             unmap_in_log=self.logged_ip is unmap_ipv4,
+            deny_status=EXIT_DENY_STATUS,
+            drop_status=EXIT_DROP_STATUS,
+            accepts_per_wake=ACCEPTS_PER_WAKE,
             hold=self._lane_hold if lane_holds(self.options) else None,
         )
         for listener in self.listeners:
@@ -340,7 +341,7 @@ class Server:
         if not self.notifier.enabled:
             return
         if self.lane is not None:
-            running, served, denied, _ = self.lane.counts()
+            running, served, denied, _, _ = self.lane.counts()
         else:
             running, served, denied = self.running, self.counters.served, self.counters.denied
         self.notifier.status(
@@ -367,7 +368,7 @@ class Server:
 
     def _on_listener(self, listener: socket.socket) -> None:
         # A few accepts per wake-up keep the loop fair between listeners and children.
-        for _ in range(16):
+        for _ in range(ACCEPTS_PER_WAKE):
             if not self._may_accept():
                 break
             try:
@@ -380,7 +381,7 @@ class Server:
                     self._set_accepting(False)
                     return
                 continue  # ECONNABORTED, EPROTO, EPERM: that client is gone
-            self.backoff = 0.05
+            self._accepted()
             self._on_connection(listener, fd, address)
         self._set_accepting(self._may_accept())
 
@@ -393,7 +394,11 @@ class Server:
             1,
         )
         self.backoff_until = time.monotonic() + self.backoff
-        self.backoff = min(self.backoff * 2, 1.0)
+        self.backoff = min(self.backoff * 2, BACKOFF_MOST)
+
+    def _accepted(self) -> None:
+        """A connection accepted: the next pause is the least again."""
+        self.backoff = BACKOFF_LEAST
 
     def _on_connection(self, listener: socket.socket, fd: int, address: tuple[str, int]) -> None:
         local = self.local_endpoints[id(listener)]
@@ -932,7 +937,7 @@ class Server:
 
     def _busy(self) -> bool:
         if self.lane is not None:
-            running, _, _, waiting = self.lane.counts()
+            running, _, _, waiting, _ = self.lane.counts()
             return bool(running or waiting or self.pending)
         return bool(self.children or self.pending or self.spawning or self.admitted)
 
@@ -977,7 +982,9 @@ class Server:
 
     def _serve_lane(self, lane: Lane) -> int:
         """serve() when the Lane does the connections: between its returns, the signals,
-        the back-off, STATUS= and the end of the drain."""
+        the back-off, STATUS=, the lookups of held connections and the end of the drain."""
+        run_outcomes = netcalls.EXTENSION
+        assert run_outcomes is not None
         self._status_changed()
         while True:
             timeout = self._timeout()
@@ -987,12 +994,14 @@ class Server:
             with contextlib.suppress(OSError, ValueError):
                 self.log.flush()  # before the Lane writes to the same fd
             outcome, number = lane.run(timeout)
-            if outcome == LANE_RESOURCE:
+            accepted = lane.counts()[4]
+            if accepted != self.accepted:
+                self.accepted = accepted
+                self._accepted()
+            if outcome == run_outcomes.RUN_RESOURCE:
                 self._out_of_resources(number)
                 lane.pause(True)
-            elif self.backoff_until is None:
-                self.backoff = 0.05
-            if outcome == LANE_WATCHED:
+            if outcome == run_outcomes.RUN_WATCHED:
                 self.reactor.run_ready()
             if self.signals:
                 self._handle_signals()
