@@ -1,5 +1,7 @@
-/* The Lane: qboot-tcpsrv's whole per-connection path in C, for a server that needs no
- * names (-H -R and -l), no screening, no rate or per-address limit.
+/* The Lane: qboot-tcpsrv's per-connection path in C, for every server but the in-core
+ * rblsmtpd (-L) and -C. A connection that needs names, ident or a rate decision is offered
+ * to Python first (hold()): it answers at once (names cached), refuses it, or keeps it
+ * without a session slot and hands it back decided with admit().
  *
  * In the loop's thread and without a GIL hand-over it accepts, looks the client up in the
  * rules cdb (tcpserver's key order), lays out tcp-environ(5), hands the spawn to the
