@@ -10,7 +10,10 @@ the median round's connections per second, greeting latency p50/p99, CPU per con
 tcpserver's forked children, which do its DNS lookups, count; ours' own threads count),
 the server process alone (schedstat), and how many connections over the whole run came
 without TCPREMOTEHOST. Ratios are ours/tcpserver.
-Run: .venv/bin/python bench/names_bench.py [connections-per-round] [--write]
+With --rbl, the chain is `rblsmtpd -r bl.test greet` (PRESMTPD=rblsmtpd; the DNS server
+lists nobody: NXDOMAIN with an SOA, TTL 300): ours runs it in-core (-L), tcpserver runs
+Debian's rblsmtpd, which execs greet.
+Run: .venv/bin/python bench/names_bench.py [connections-per-round] [--rbl] [--write]
 (--write puts the table into bench/README.md, between its markers.)
 """
 
@@ -37,7 +40,9 @@ ROUNDS = 5
 DNS_ADDRESS = "127.53.0.53"
 CONCURRENCY = tuple(int(c) for c in os.environ.get("BENCH_CONCURRENCY", "1,10,40").split(","))
 README = ROOT / "bench" / "README.md"
-BEGIN, END = "<!-- names_bench: begin -->", "<!-- names_bench: end -->"
+RBL = "--rbl" in sys.argv
+MARK = "names_bench --rbl" if RBL else "names_bench"
+BEGIN, END = f"<!-- {MARK}: begin -->", f"<!-- {MARK}: end -->"
 TICK = os.sysconf("SC_CLK_TCK")
 
 DNS_SERVER = f"""
@@ -45,14 +50,18 @@ import socket, struct, sys, threading
 sys.path.insert(0, {str(ROOT)!r})
 from tests.dns_wire import read_question, response
 NAME = b"\\x06client\\x05bench\\x04test\\x00"
+SOA_RDATA = b"\\x02ns\\x04test\\x00\\x0ahostmaster\\x04test\\x00"
+SOA_RDATA += struct.pack("!IIIII", 1, 60, 60, 600, 300)
+SOA = b"\\x04test\\x00" + struct.pack("!HHIH", 6, 1, 300, len(SOA_RDATA)) + SOA_RDATA
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.bind((sys.argv[1], 53))
 print("ready", flush=True)
 while True:
     packet, peer = sock.recvfrom(4096)
     name, qtype, question = read_question(packet)
-    found = [(12, NAME)] if qtype == 12 else []
-    sock.sendto(response(packet[:2], 0 if found else 3, question, found, 300), peer)
+    found = [(12, NAME)] if qtype == 12 else []  # bl.test lists nobody: NXDOMAIN, an SOA
+    authority = b"" if found else SOA
+    sock.sendto(response(packet[:2], 0 if found else 3, question, found, 300, authority), peer)
 """
 
 
@@ -160,7 +169,9 @@ def median(rounds: list[Figures]) -> Figures:
 
 
 def table(results: dict[int, dict[str, Figures]], total: int) -> str:
+    chain = "rblsmtpd -r bl.test greet (ours: -L)" if RBL else "greet"
     lines = [
+        f"`-v -R -l mx.bench -c 40 -b 256`, chain {chain}. "
         f"{total} connections per round, {ROUNDS} interleaved rounds, median round; "
         "nameless: connections without TCPREMOTEHOST over all rounds.",
         "",
@@ -196,7 +207,7 @@ def write_readme(text: str) -> None:
 
 
 def main() -> None:
-    args = [arg for arg in sys.argv[1:] if arg != "--write"]
+    args = [arg for arg in sys.argv[1:] if arg not in ("--write", "--rbl")]
     total = int(args[0]) if args else 2000
     compileall.compile_dir(str(ROOT / "qboot_systemd"), quiet=1)
     tcpserver = shutil.which("tcpserver")
@@ -210,8 +221,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             child = build_child(Path(scratch))
             flags = ["-1", "-v", "-R", "-l", "mx.bench", "-c", "40", "-b", "256"]
-            flags += ["127.0.0.1", "0", child]
-            servers = {"ours": [OURS, *flags], "tcpserver": [tcpserver, *flags]}
+            flags += ["127.0.0.1", "0"]
+            chain = ["rblsmtpd", "-r", "bl.test", child] if RBL else [child]
+            servers = {
+                "ours": [OURS, *(["-L"] if RBL else []), *flags, *chain],
+                "tcpserver": [tcpserver, *flags, *chain],
+            }
             results: dict[int, dict[str, Figures]] = {}
             for concurrency in CONCURRENCY:
                 rounds: dict[str, list[Figures]] = {name: [] for name in servers}
