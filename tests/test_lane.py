@@ -128,7 +128,8 @@ def test_lane_is_for_servers_without_screening_or_limits() -> None:
     for flags in (["-HR", "-l", "x"], ["-R", "-l", "x"], ["-H", "-l", "x"], ["-HR"], ["-hrp"]):
         assert lane_fits(parse([*flags, "0", "25", "p"])), flags
     assert lane_fits(parse(["-HR", "-l", "x", "-N", "60", "0", "25", "p"]))
-    for flags in (["-HRL", "-l", "x"], ["-C", "2"]):
+    assert lane_fits(parse(["-HR", "-l", "x", "-C", "2", "0", "25", "p"]))
+    for flags in (["-HRL", "-l", "x"],):
         assert not lane_fits(parse(["-HR", "-l", "x", *flags, "0", "25", "p"])), flags
 
 

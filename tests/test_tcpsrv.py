@@ -119,6 +119,14 @@ def test_per_ip_cap(tmp_path: Path) -> None:
         for client in (first, other):
             client.sendall(b"x\n")
             assert read_all(client) == b"bye x\n"
+        # the first session's end (reaped a moment later) gives its address room again
+        deadline = time.monotonic() + 5
+        while (again := server.connect()).recv(100) != b"hello\n":
+            again.close()
+            assert time.monotonic() < deadline, "the ended session still counted for -C"
+            time.sleep(0.05)
+        again.sendall(b"y\n")
+        assert read_all(again) == b"bye y\n"
     finally:
         server.stop()
 

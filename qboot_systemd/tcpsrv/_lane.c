@@ -45,9 +45,15 @@ typedef struct {
     int port;
 } Listener;
 
-/* Pids of children whose spawn has been reported (open addressing, 0 for a free slot). */
+/* A running child whose spawn has been reported, and whose session it is. */
 typedef struct {
-    pid_t *slots;
+    pid_t pid; /* 0 for a free slot */
+    char client[INET6_ADDRSTRLEN];
+} Child;
+
+/* The running children by pid (open addressing). */
+typedef struct {
+    Child *slots;
     size_t capacity; /* a power of two, or 0 */
     size_t count;
 } PidSet;
@@ -105,6 +111,7 @@ typedef struct {
      * (lookups), to come back by admit() or be closed there; None: refused and closed.
      * NULL: every connection is ours. */
     PyObject *hold;
+    PyObject *ended; /* ended(client) as each session ends (for -C), or NULL */
     Admitted *admitted_head, *admitted_tail; /* decided, waiting for a slot */
     int admitted_count;
     int held_since_run; /* hold() kept one: run() returns, Python has new deadlines */
@@ -164,10 +171,19 @@ static void session_started(Lane *self)
     log_write(self, 2, PROGRAM ": status: %d/%d\n", self->running, self->limit);
 }
 
-static void session_over(Lane *self)
+static void session_over(Lane *self, const char *client)
 {
     self->running--;
     log_write(self, 2, PROGRAM ": status: %d/%d\n", self->running, self->limit);
+    if (self->ended) {
+        PyObject *type, *value, *traceback; /* an error on its way up stays the one */
+        PyErr_Fetch(&type, &value, &traceback);
+        PyObject *done = PyObject_CallFunction(self->ended, "s", client);
+        if (!done) /* nothing to hand it to: shown, as a thread's would be */
+            PyErr_WriteUnraisable(self->ended);
+        Py_XDECREF(done);
+        PyErr_Restore(type, value, traceback);
+    }
 }
 
 /* A connection closed without running anything: the lines tcpserver's child would log. */
@@ -180,7 +196,7 @@ static void refuse(Lane *self, int fd, const char *client, int status, int level
     if (self->verbosity >= level && length)
         (void)!write(self->log_fd, line, length);
     log_write(self, 2, PROGRAM ": end %d status %d\n", (int)self->server_pid, status);
-    session_over(self);
+    session_over(self, client);
 }
 
 /* --- addresses ------------------------------------------------------------------------ */
@@ -375,20 +391,20 @@ static size_t pid_slot(const PidSet *set, pid_t pid)
     return ((uint32_t)pid * 2654435761u) & (set->capacity - 1);
 }
 
-static int pidset_add(PidSet *set, pid_t pid)
+static int pidset_add(PidSet *set, pid_t pid, const char *client)
 {
     if ((set->count + 1) * 2 > set->capacity) {
         size_t capacity = set->capacity ? set->capacity * 2 : 64;
-        pid_t *slots = PyMem_Calloc(capacity, sizeof(pid_t));
+        Child *slots = PyMem_Calloc(capacity, sizeof(Child));
         if (!slots) {
             PyErr_NoMemory();
             return -1;
         }
         PidSet grown = {slots, capacity, 0};
         for (size_t i = 0; i < set->capacity; i++)
-            if (set->slots[i]) {
-                size_t at = pid_slot(&grown, set->slots[i]);
-                while (slots[at])
+            if (set->slots[i].pid) {
+                size_t at = pid_slot(&grown, set->slots[i].pid);
+                while (slots[at].pid)
                     at = (at + 1) & (capacity - 1);
                 slots[at] = set->slots[i];
                 grown.count++;
@@ -397,45 +413,47 @@ static int pidset_add(PidSet *set, pid_t pid)
         *set = grown;
     }
     size_t at = pid_slot(set, pid);
-    while (set->slots[at] && set->slots[at] != pid)
+    while (set->slots[at].pid && set->slots[at].pid != pid)
         at = (at + 1) & (set->capacity - 1);
-    if (!set->slots[at])
+    if (!set->slots[at].pid)
         set->count++;
-    set->slots[at] = pid;
+    set->slots[at].pid = pid;
+    snprintf(set->slots[at].client, sizeof set->slots[at].client, "%s", client);
     return 0;
 }
 
-/* 1 if pid was there (now gone), else 0. Linear probing's deletion: later entries of the
- * run move back, so every lookup still finds them. */
-static int pidset_remove(PidSet *set, pid_t pid)
+/* 1 if pid was there (now gone; its client copied to client), else 0. Linear probing's
+ * deletion: later entries of the run move back, so every lookup still finds them. */
+static int pidset_remove(PidSet *set, pid_t pid, char *client)
 {
     if (!set->capacity)
         return 0;
     size_t mask = set->capacity - 1, at = pid_slot(set, pid);
-    while (set->slots[at] != pid) {
-        if (!set->slots[at])
+    while (set->slots[at].pid != pid) {
+        if (!set->slots[at].pid)
             return 0;
         at = (at + 1) & mask;
     }
-    set->slots[at] = 0;
+    memcpy(client, set->slots[at].client, INET6_ADDRSTRLEN);
+    set->slots[at].pid = 0;
     set->count--;
-    for (size_t next = (at + 1) & mask; set->slots[next]; next = (next + 1) & mask) {
-        size_t home = pid_slot(set, set->slots[next]);
+    for (size_t next = (at + 1) & mask; set->slots[next].pid; next = (next + 1) & mask) {
+        size_t home = pid_slot(set, set->slots[next].pid);
         /* move it into the hole unless its home lies cyclically in (at, next] */
         if ((next > at && (home <= at || home > next)) ||
             (next < at && (home <= at && home > next))) {
             set->slots[at] = set->slots[next];
-            set->slots[next] = 0;
+            set->slots[next].pid = 0;
             at = next;
         }
     }
     return 1;
 }
 
-static void child_over(Lane *self, pid_t pid, int status)
+static void child_over(Lane *self, pid_t pid, int status, const char *client)
 {
     log_write(self, 2, PROGRAM ": end %d status %d\n", (int)pid, status);
-    session_over(self);
+    session_over(self, client);
 }
 
 /* A spawn done: log the child's pid and ok lines (as tcpserver's child does before its
@@ -459,11 +477,11 @@ static int report(Lane *self, Job *job)
     log_write(self, 2, PROGRAM ": ok %d %s\n", (int)job->pid, ok);
     for (int i = 0; i < self->early_count; i++)
         if (self->early[i].pid == job->pid) {
-            child_over(self, job->pid, self->early[i].status);
+            child_over(self, job->pid, self->early[i].status, client);
             self->early[i] = self->early[--self->early_count];
             return 0;
         }
-    return pidset_add(&self->reported, job->pid);
+    return pidset_add(&self->reported, job->pid, client);
 }
 
 /* The pool's reports, in the order it spawned. */
@@ -491,8 +509,9 @@ static int reap(Lane *self)
         pid_t pid = waitpid(-1, &status, WNOHANG);
         if (pid <= 0)
             return 0;
-        if (pidset_remove(&self->reported, pid)) {
-            child_over(self, pid, status);
+        char client[INET6_ADDRSTRLEN];
+        if (pidset_remove(&self->reported, pid, client)) {
+            child_over(self, pid, status, client);
             continue;
         }
         /* Not a child we spawned (one from before our exec, or an orphan we got as a
@@ -747,7 +766,7 @@ static int decided(Lane *self, int fd, const char *local_ip, int local_port,
     if (self->rules_path) {
         if (rules_refresh(self) < 0) {
             close(fd);
-            session_over(self);
+            session_over(self, client);
             return -1;
         }
         if (!self->rules_data) {
@@ -810,7 +829,7 @@ static int decided(Lane *self, int fd, const char *local_ip, int local_port,
     if (spawned == -1) {
         if (!PyErr_ExceptionMatches(PyExc_MemoryError)) {
             close(fd);
-            session_over(self);
+            session_over(self, client);
             return -1;
         }
         drop_for_memory(self, fd, client);
@@ -1271,9 +1290,10 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
     static char *keywords[] = {"pool", "wake_fd", "log_fd", "limit", "verbosity",
                                "local_host", "local_host_log", "banner", "program_log",
                                "ipv6_env", "nodelay", "kill_ip_options", "unmap_in_log",
-                               "hold", "deny_status", "drop_status", "accepts_per_wake", NULL};
+                               "hold", "deny_status", "drop_status", "accepts_per_wake", "ended",
+                               NULL};
     PyObject *pool = NULL, *local_host = NULL, *local_host_log = NULL, *banner = NULL,
-             *program_log = NULL, *hold = Py_None;
+             *program_log = NULL, *hold = Py_None, *ended = Py_None;
     int wake_fd = -1, log_fd = -1, limit = 0, verbosity = 0, ipv6_env = 0, nodelay = 0,
         kill_ip_options = 0, unmap_in_log = 0, deny_status = 0, drop_status = 0,
         accepts_per_wake = 0;
@@ -1281,11 +1301,12 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_RuntimeError, "Lane initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$O!iiiiOSSSppppOiii", keywords, &SpawnPoolType,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$O!iiiiOSSSppppOiiiO", keywords, &SpawnPoolType,
                                      &pool, &wake_fd, &log_fd, &limit, &verbosity,
                                      &local_host, &local_host_log, &banner, &program_log,
                                      &ipv6_env, &nodelay, &kill_ip_options, &unmap_in_log,
-                                     &hold, &deny_status, &drop_status, &accepts_per_wake))
+                                     &hold, &deny_status, &drop_status, &accepts_per_wake,
+                                     &ended))
         return -1;
     if (!pool || !local_host || !local_host_log || !banner || !program_log) {
         PyErr_SetString(PyExc_TypeError, "Lane(): pool, local_host, local_host_log, banner and "
@@ -1293,7 +1314,8 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
         return -1;
     }
     if ((local_host != Py_None && !PyBytes_Check(local_host)) ||
-        (hold != Py_None && !PyCallable_Check(hold))) {
+        (hold != Py_None && !PyCallable_Check(hold)) ||
+        (ended != Py_None && !PyCallable_Check(ended))) {
         PyErr_SetString(PyExc_TypeError, "local_host: bytes or None; hold: callable or None");
         return -1;
     }
@@ -1316,6 +1338,7 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
     self->banner = Py_NewRef(banner);
     self->program_log = Py_NewRef(program_log);
     self->hold = hold == Py_None ? NULL : Py_NewRef(hold);
+    self->ended = ended == Py_None ? NULL : Py_NewRef(ended);
     self->deny_status = deny_status;
     self->drop_status = drop_status;
     self->accepts_per_wake = accepts_per_wake;
@@ -1345,6 +1368,7 @@ static int lane_traverse(Lane *self, visitproc visit, void *arg)
     Py_VISIT(self->pool);
     Py_VISIT(self->reload);
     Py_VISIT(self->hold);
+    Py_VISIT(self->ended);
     for (Admitted *waiting = self->admitted_head; waiting; waiting = waiting->next)
         Py_VISIT(waiting->names);
     return 0;
@@ -1354,6 +1378,7 @@ static int lane_clear(Lane *self)
 {
     Py_CLEAR(self->reload);
     Py_CLEAR(self->hold);
+    Py_CLEAR(self->ended);
     return 0;
 }
 
@@ -1376,6 +1401,7 @@ static void lane_dealloc(Lane *self)
     Py_XDECREF(self->drop_line);
     Py_XDECREF(self->format_error_line);
     Py_XDECREF(self->hold);
+    Py_XDECREF(self->ended);
     for (Admitted *next; self->admitted_head; self->admitted_head = next) {
         next = self->admitted_head->next;
         close(self->admitted_head->fd);

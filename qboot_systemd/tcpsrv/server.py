@@ -95,15 +95,19 @@ def import_what_options_need(options: Options) -> None:
 
 
 def lane_fits(options: Options) -> bool:
-    """Can the _conn extension's Lane serve these options? Names, ident and rates it
-    takes through hold(); not yet the in-core rblsmtpd or -C."""
-    return netcalls.EXTENSION is not None and not options.rbl_incore and not options.per_ip
+    """Can the _conn extension's Lane serve these options? Names, ident, rates and -C it
+    takes through hold(); not yet the in-core rblsmtpd."""
+    return netcalls.EXTENSION is not None and not options.rbl_incore
 
 
 def lane_holds(options: Options) -> bool:
-    """Does each of the Lane's connections go through hold() (names, ident, a rate)?"""
+    """Does each of the Lane's connections go through hold() (names, ident, a rate, -C)?"""
     return bool(
-        options.remote_host or options.remote_info or options.localname is None or options.rate
+        options.remote_host
+        or options.remote_info
+        or options.localname is None
+        or options.rate
+        or options.per_ip
     )
 
 
@@ -284,6 +288,7 @@ class Server:
             drop_status=EXIT_DROP_STATUS,
             accepts_per_wake=ACCEPTS_PER_WAKE,
             hold=self._lane_hold if lane_holds(self.options) else None,
+            ended=self._lane_session_ended if self.options.per_ip else None,
         )
         for listener in self.listeners:
             lane.add_listener(listener.fileno(), self.local_endpoints[id(listener)])
@@ -584,6 +589,11 @@ class Server:
             if self.in_lane_hold:  # done within hold(): its answer, before the banner
                 self.lane_hold_answer = decided
                 return
+            client = unmap_ipv4(pending.endpoints.remote_ip)
+            if self.options.per_ip and self.per_ip[client] >= self.options.per_ip:
+                self._drop_per_ip(pending.fd, client)  # sessions started while it was held
+                return
+            self._lane_session(client, decided)
             ends = pending.endpoints
             self.lane.admit(
                 pending.fd,
@@ -606,20 +616,22 @@ class Server:
         names at once when they are known (the remote name cached); else True, held
         here until admit()."""
         options = self.options
-        if self.rate is not None:
-            client = unmap_ipv4(remote_ip)
-            if not self.rate.allow(client):
-                self._over_rate(fd, client)
-                return None
+        client = unmap_ipv4(remote_ip)
+        if self.rate is not None and not self.rate.allow(client):
+            self._over_rate(fd, client)
+            return None
+        if options.per_ip and self.per_ip[client] >= options.per_ip:
+            self._drop_per_ip(fd, client)
+            return None
         endpoints = Endpoints(local_ip, local_port, remote_ip, remote_port)
         needs_local = options.localname is None and local_ip not in self.local_names
         if not (options.remote_info or options.paranoid or needs_local):
             local = self._local_name(endpoints)
             if not options.remote_host:
-                return self._lane_names(local, None, None)
+                return self._lane_session(client, self._lane_names(local, None, None))
             known, host = self._names().remembered_host(remote_ip)
             if known:
-                return self._lane_names(local, host, None)
+                return self._lane_session(client, self._lane_names(local, host, None))
         pending = self._hold(fd, endpoints)
         if pending is None:
             return None  # over the hold's bounds: closed
@@ -629,7 +641,19 @@ class Server:
         finally:
             self.in_lane_hold = False
         answer, self.lane_hold_answer = self.lane_hold_answer, None
-        return True if answer is None else answer
+        return True if answer is None else self._lane_session(client, answer)
+
+    def _lane_session(self, client: str, names: LaneNames) -> LaneNames:
+        """A connection the Lane starts (or queues for a slot) with these names: counted
+        for -C until ended() tells its end."""
+        if self.options.per_ip:
+            self.per_ip[client] += 1
+        return names
+
+    def _lane_session_ended(self, client: str) -> None:
+        self.per_ip[client] -= 1
+        if self.per_ip[client] <= 0:
+            del self.per_ip[client]
 
     def _lane_names(self, local: str | None, remote: str | None, info: str | None) -> LaneNames:
         """The names as the Lane takes them: each value, and as the -v lines show it."""
