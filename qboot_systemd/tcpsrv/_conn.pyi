@@ -57,6 +57,7 @@ class Lane:
         drop_status: int,
         accepts_per_wake: int,
         ended: Callable[[str], None] | None = None,
+        screen: Callable[..., bool] | None = None,
     ) -> None: ...
     def start(self) -> None: ...
     def close(self) -> None: ...
@@ -82,5 +83,6 @@ class Lane:
         remote_ip: str,
         remote_port: int,
         names: LaneNames,
+        screened: bool = False,
         /,
     ) -> None: ...

@@ -71,6 +71,7 @@ typedef struct Admitted {
     char local_ip[INET6_ADDRSTRLEN], remote_ip[INET6_ADDRSTRLEN];
     int local_port, remote_port;
     PyObject *names; /* the 6-tuple admit() was given */
+    int screened;    /* the in-core rblsmtpd found it clean */
 } Admitted;
 
 /* A child reaped before its spawn was reported: its end is logged after its ok line. */
@@ -112,6 +113,7 @@ typedef struct {
      * NULL: every connection is ours. */
     PyObject *hold;
     PyObject *ended; /* ended(client) as each session ends (for -C), or NULL */
+    PyObject *screen; /* the in-core rblsmtpd's screen() (see screen()), or NULL */
     Admitted *admitted_head, *admitted_tail; /* decided, waiting for a slot */
     int admitted_count;
     int held_since_run; /* hold() kept one: run() returns, Python has new deadlines */
@@ -743,22 +745,68 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
 
 /* --- one connection --------------------------------------------------------------------- */
 
-/* Out of memory for one connection: it is dropped (logged as a warning), the server goes
- * on. The session was started. */
-static void drop_for_memory(Lane *self, int fd, const char *client)
+/* Out of memory for one connection: it is dropped (logged as a warning) in a session of
+ * its own, the server goes on. */
+static void drop_for_memory(Lane *self, int fd, const char *client, int in_session)
 {
     PyErr_Clear();
+    if (!in_session)
+        session_started(self);
     static const char line[] = PROGRAM ": warning: dropping connection, out of memory\n";
     refuse(self, fd, client, self->drop_status, 1, line, sizeof line - 1);
+}
+
+/* The last value the rule gives NAME (`+NAME=value`): where it starts in the rule and
+ * its length, or NULL. */
+static const char *rule_value(const unsigned char *rule, uint32_t rule_length, const char *name,
+                              Py_ssize_t *value_length)
+{
+    size_t name_length = strlen(name);
+    const char *found = NULL;
+    for (uint32_t at = 0; rule && at < rule_length;) {
+        const unsigned char *end = memchr(rule + at, 0, rule_length - at);
+        if (!end)
+            break;
+        size_t length = (size_t)(end - (rule + at));
+        if (length > name_length + 1 && rule[at] == '+' &&
+            memcmp(rule + at + 1, name, name_length) == 0 && rule[at + 1 + name_length] == '=') {
+            found = (const char *)rule + at + name_length + 2;
+            *value_length = (Py_ssize_t)(length - name_length - 2);
+        }
+        at = (uint32_t)(end - rule) + 1;
+    }
+    return found;
+}
+
+/* Ask Python's screen(fd, local_ip, local_port, remote_ip, remote_port, local_host,
+ * remote_host, remote_info, the rule's RBLSMTPD, the rule's TCPREMOTEIP): 1 clean now
+ * (ours again), 0 Python's (held for its verdict, or listed and talked to there), -1 with
+ * an exception (the fd Python's). */
+static int screen(Lane *self, int fd, const char *local_ip, int local_port,
+                  const char *remote_ip, int remote_port, const Names *names,
+                  const unsigned char *rule, uint32_t rule_length)
+{
+    Py_ssize_t rblsmtpd_length = 0, ip_length = 0;
+    const char *rblsmtpd = rule_value(rule, rule_length, "RBLSMTPD", &rblsmtpd_length);
+    const char *ip = rule_value(rule, rule_length, "TCPREMOTEIP", &ip_length);
+    PyObject *verdict = PyObject_CallFunction(self->screen, "isisiyyyy#y#", fd, local_ip,
+                                              local_port, remote_ip, remote_port, names->local,
+                                              names->remote, names->info, rblsmtpd,
+                                              rblsmtpd_length, ip, ip_length);
+    if (!verdict)
+        return -1;
+    int clean = verdict == Py_True;
+    Py_DECREF(verdict);
+    return clean;
 }
 
 /* A connection with its names: a session, the rules, then deny or spawn. Returns 0, or
  * -1 with a Python exception (the rules' reload failed, or memory after the spawn). */
 static int decided(Lane *self, int fd, const char *local_ip, int local_port,
-                   const char *remote_ip, int remote_port, const Names *names, int queue_empty)
+                   const char *remote_ip, int remote_port, const Names *names, int queue_empty,
+                   int screened)
 {
     const char *client = unmapped(remote_ip);
-    session_started(self);
     const char *local_logged = self->unmap_in_log ? unmapped(local_ip) : local_ip;
     const char *remote_logged = self->unmap_in_log ? client : remote_ip;
     const unsigned char *rule = NULL;
@@ -766,11 +814,11 @@ static int decided(Lane *self, int fd, const char *local_ip, int local_port,
     if (self->rules_path) {
         if (rules_refresh(self) < 0) {
             close(fd);
-            session_over(self, client);
             return -1;
         }
         if (!self->rules_data) {
             if (self->drop_line) {
+                session_started(self);
                 refuse(self, fd, client, self->drop_status, 1, PyBytes_AS_STRING(self->drop_line),
                        (size_t)PyBytes_GET_SIZE(self->drop_line));
                 return 0;
@@ -780,13 +828,14 @@ static int decided(Lane *self, int fd, const char *local_ip, int local_port,
                           (names->info ? strlen(names->info) : 0);
             char *key = PyMem_Malloc(room);
             if (!key) {
-                drop_for_memory(self, fd, client);
+                drop_for_memory(self, fd, client, 0);
                 return 0;
             }
             int found = rules_find(self, client, names->remote, names->info, key, &rule,
                                    &rule_length);
             PyMem_Free(key);
             if (found < 0) {
+                session_started(self);
                 refuse(self, fd, client, self->drop_status, 1,
                        PyBytes_AS_STRING(self->format_error_line),
                        (size_t)PyBytes_GET_SIZE(self->format_error_line));
@@ -807,17 +856,27 @@ static int decided(Lane *self, int fd, const char *local_ip, int local_port,
                                         (int)self->server_pid, names->local_log, local_logged,
                                         local_port, names->remote_log, remote_logged,
                                         names->info_log, remote_port);
+            session_started(self);
             refuse(self, fd, client, self->deny_status, 2, line, length);
             return 0;
         }
         at += (uint32_t)(end - (rule + at)) + 1;
     }
+    /* The in-core rblsmtpd's verdict, without a session: Python's from here unless it is
+     * known and clean. */
+    if (self->screen && !screened) {
+        int clean = screen(self, fd, local_ip, local_port, remote_ip, remote_port, names, rule,
+                           rule_length);
+        if (clean <= 0)
+            return clean;
+    }
+    session_started(self);
     /* "client\0ok-line-after-the-pid" for the report's log lines */
     size_t client_length = strlen(client);
     size_t note_size = client_length + 1 + 1024;
     char *note = PyMem_RawMalloc(note_size);
     if (!note) {
-        drop_for_memory(self, fd, client);
+        drop_for_memory(self, fd, client, 1);
         return 0;
     }
     memcpy(note, client, client_length + 1);
@@ -832,7 +891,7 @@ static int decided(Lane *self, int fd, const char *local_ip, int local_port,
             session_over(self, client);
             return -1;
         }
-        drop_for_memory(self, fd, client);
+        drop_for_memory(self, fd, client, 1);
         return 0;
     }
     return spawned < 0 ? -1 : 0;
@@ -912,7 +971,7 @@ static int connection(Lane *self, Listener *listener, int fd,
                    MSG_DONTWAIT | MSG_NOSIGNAL);
     if (!held)
         return decided(self, fd, local_ip, local_port, remote_ip, remote_port, &names,
-                       queue_empty);
+                       queue_empty, 0);
     int result = 0;
     if (held == Py_True) /* held for its lookups: Python has a new deadline */
         self->held_since_run = 1;
@@ -920,7 +979,7 @@ static int connection(Lane *self, Listener *listener, int fd,
         result = -1; /* the fd stays Python's, as with an exception */
     else
         result = decided(self, fd, local_ip, local_port, remote_ip, remote_port, &names,
-                         queue_empty);
+                         queue_empty, 0);
     Py_DECREF(held);
     return result;
 }
@@ -938,7 +997,7 @@ static int admit_queued(Lane *self)
         int result = names_from(next->names, &names);
         if (result == 0)
             result = decided(self, next->fd, next->local_ip, next->local_port, next->remote_ip,
-                             next->remote_port, &names, 0);
+                             next->remote_port, &names, 0, next->screened);
         else
             close(next->fd);
         Py_DECREF(next->names);
@@ -1242,16 +1301,18 @@ static PyObject *lane_watch(Lane *self, PyObject *arg)
     Py_RETURN_NONE;
 }
 
-/* admit(fd, local_ip, local_port, remote_ip, remote_port, names): a connection hold()
- * took, handed back decided with its names; the Lane's again, its session started now
- * or when a slot is free. */
+/* admit(fd, local_ip, local_port, remote_ip, remote_port, names, screened=False): a
+ * connection hold() or screen() took, handed back decided with its names (screened: the
+ * in-core rblsmtpd found it clean); the Lane's again, its session started now or when a
+ * slot is free. */
 static PyObject *lane_admit(Lane *self, PyObject *args)
 {
     int fd, local_port, remote_port;
     const char *local_ip, *remote_ip;
     PyObject *names_tuple;
-    if (!PyArg_ParseTuple(args, "isisiO!", &fd, &local_ip, &local_port, &remote_ip,
-                          &remote_port, &PyTuple_Type, &names_tuple))
+    int screened = 0;
+    if (!PyArg_ParseTuple(args, "isisiO!|p", &fd, &local_ip, &local_port, &remote_ip,
+                          &remote_port, &PyTuple_Type, &names_tuple, &screened))
         return NULL;
     Names names;
     if (strlen(local_ip) >= INET6_ADDRSTRLEN || strlen(remote_ip) >= INET6_ADDRSTRLEN)
@@ -1259,7 +1320,8 @@ static PyObject *lane_admit(Lane *self, PyObject *args)
     if (names_from(names_tuple, &names) < 0)
         return NULL;
     if (self->running < self->limit && !self->admitted_head) {
-        if (decided(self, fd, local_ip, local_port, remote_ip, remote_port, &names, 0) < 0)
+        if (decided(self, fd, local_ip, local_port, remote_ip, remote_port, &names, 0,
+                    screened) < 0)
             return NULL;
         if (update_watch(self) < 0)
             return NULL;
@@ -1274,6 +1336,7 @@ static PyObject *lane_admit(Lane *self, PyObject *args)
     waiting->local_port = local_port;
     waiting->remote_port = remote_port;
     waiting->names = Py_NewRef(names_tuple);
+    waiting->screened = screened;
     if (self->admitted_tail)
         self->admitted_tail->next = waiting;
     else
@@ -1291,9 +1354,10 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
                                "local_host", "local_host_log", "banner", "program_log",
                                "ipv6_env", "nodelay", "kill_ip_options", "unmap_in_log",
                                "hold", "deny_status", "drop_status", "accepts_per_wake", "ended",
-                               NULL};
+                               "screen", NULL};
     PyObject *pool = NULL, *local_host = NULL, *local_host_log = NULL, *banner = NULL,
-             *program_log = NULL, *hold = Py_None, *ended = Py_None;
+             *program_log = NULL, *hold = Py_None, *ended = Py_None,
+             *screen_ = Py_None;
     int wake_fd = -1, log_fd = -1, limit = 0, verbosity = 0, ipv6_env = 0, nodelay = 0,
         kill_ip_options = 0, unmap_in_log = 0, deny_status = 0, drop_status = 0,
         accepts_per_wake = 0;
@@ -1301,12 +1365,12 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
         PyErr_SetString(PyExc_RuntimeError, "Lane initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$O!iiiiOSSSppppOiiiO", keywords, &SpawnPoolType,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$O!iiiiOSSSppppOiiiOO", keywords, &SpawnPoolType,
                                      &pool, &wake_fd, &log_fd, &limit, &verbosity,
                                      &local_host, &local_host_log, &banner, &program_log,
                                      &ipv6_env, &nodelay, &kill_ip_options, &unmap_in_log,
                                      &hold, &deny_status, &drop_status, &accepts_per_wake,
-                                     &ended))
+                                     &ended, &screen_))
         return -1;
     if (!pool || !local_host || !local_host_log || !banner || !program_log) {
         PyErr_SetString(PyExc_TypeError, "Lane(): pool, local_host, local_host_log, banner and "
@@ -1315,7 +1379,8 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
     }
     if ((local_host != Py_None && !PyBytes_Check(local_host)) ||
         (hold != Py_None && !PyCallable_Check(hold)) ||
-        (ended != Py_None && !PyCallable_Check(ended))) {
+        (ended != Py_None && !PyCallable_Check(ended)) ||
+        (screen_ != Py_None && !PyCallable_Check(screen_))) {
         PyErr_SetString(PyExc_TypeError, "local_host: bytes or None; hold: callable or None");
         return -1;
     }
@@ -1339,6 +1404,7 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
     self->program_log = Py_NewRef(program_log);
     self->hold = hold == Py_None ? NULL : Py_NewRef(hold);
     self->ended = ended == Py_None ? NULL : Py_NewRef(ended);
+    self->screen = screen_ == Py_None ? NULL : Py_NewRef(screen_);
     self->deny_status = deny_status;
     self->drop_status = drop_status;
     self->accepts_per_wake = accepts_per_wake;
@@ -1369,6 +1435,7 @@ static int lane_traverse(Lane *self, visitproc visit, void *arg)
     Py_VISIT(self->reload);
     Py_VISIT(self->hold);
     Py_VISIT(self->ended);
+    Py_VISIT(self->screen);
     for (Admitted *waiting = self->admitted_head; waiting; waiting = waiting->next)
         Py_VISIT(waiting->names);
     return 0;
@@ -1379,6 +1446,7 @@ static int lane_clear(Lane *self)
     Py_CLEAR(self->reload);
     Py_CLEAR(self->hold);
     Py_CLEAR(self->ended);
+    Py_CLEAR(self->screen);
     return 0;
 }
 
@@ -1402,6 +1470,7 @@ static void lane_dealloc(Lane *self)
     Py_XDECREF(self->format_error_line);
     Py_XDECREF(self->hold);
     Py_XDECREF(self->ended);
+    Py_XDECREF(self->screen);
     for (Admitted *next; self->admitted_head; self->admitted_head = next) {
         next = self->admitted_head->next;
         close(self->admitted_head->fd);
@@ -1425,7 +1494,8 @@ static PyMethodDef lane_methods[] = {
      "(running, served, denied, admitted waiting for a slot, accepted)"},
     {"watch", (PyCFunction)lane_watch, METH_O, "watch(fd): run() returns when it is readable"},
     {"admit", (PyCFunction)lane_admit, METH_VARARGS,
-     "admit(fd, local_ip, local_port, remote_ip, remote_port, names): a held connection back"},
+     "admit(fd, local_ip, local_port, remote_ip, remote_port, names, screened=False): a held "
+     "connection back"},
     {NULL, NULL, 0, NULL},
 };
 

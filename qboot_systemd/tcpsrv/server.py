@@ -96,8 +96,8 @@ def import_what_options_need(options: Options) -> None:
 
 def lane_fits(options: Options) -> bool:
     """Can the _conn extension's Lane serve these options? Names, ident, rates and -C it
-    takes through hold(); not yet the in-core rblsmtpd."""
-    return netcalls.EXTENSION is not None and not options.rbl_incore
+    takes through hold(), the in-core rblsmtpd through screen()."""
+    return netcalls.EXTENSION is not None
 
 
 def lane_holds(options: Options) -> bool:
@@ -255,17 +255,17 @@ class Server:
         for listener in self.listeners:
             listener.setblocking(False)
         self.spawns = spawn_pool(self.spawner, SPAWN_THREADS)
+        # Screening (issue 16): components the loop calls at one or two points each.
+        if self.rbl is not None:
+            from .screen import RblScreen
+
+            self.screen = RblScreen(self.rbl, os.environ, self._dns)
         log_fd = _fileno(self.log)
         if log_fd is not None and lane_fits(self.options):
             assert isinstance(self.spawns, ExtensionPool), "lane_fits() wants the extension"
             self.lane = self._make_lane(log_fd, self.spawns)
             return
         self._watch(self.spawns.fileno(), self._on_spawned)
-        # Screening (issue 16): components the loop calls at one or two points each.
-        if self.rbl is not None:
-            from .screen import RblScreen
-
-            self.screen = RblScreen(self.rbl, os.environ, self._dns)
 
     def _make_lane(self, log_fd: int, pool: ExtensionPool) -> Lane:
         assert netcalls.EXTENSION is not None and self.wake_read is not None
@@ -289,6 +289,7 @@ class Server:
             accepts_per_wake=ACCEPTS_PER_WAKE,
             hold=self._lane_hold if lane_holds(self.options) else None,
             ended=self._lane_session_ended if self.options.per_ip else None,
+            screen=self._lane_screen if self.screen is not None else None,
         )
         for listener in self.listeners:
             lane.add_listener(listener.fileno(), self.local_endpoints[id(listener)])
@@ -359,6 +360,7 @@ class Server:
             return
         if self.lane is not None:
             running, served, denied, _, _ = self.lane.counts()
+            denied += self.counters.denied  # listed by the in-core rblsmtpd, here
         else:
             running, served, denied = self.running, self.counters.served, self.counters.denied
         self.notifier.status(
@@ -667,6 +669,83 @@ class Server:
             logline.safe(info).encode("ascii") if shown else None,
         )
 
+    def _lane_screen(
+        self,
+        fd: int,
+        local_ip: str,
+        local_port: int,
+        remote_ip: str,
+        remote_port: int,
+        local_host: bytes | None,
+        remote_host: bytes | None,
+        remote_info: bytes | None,
+        rule_rblsmtpd: bytes | None,
+        rule_remote_ip: bytes | None,
+    ) -> bool:
+        """The Lane's connection after its rules, for the in-core rblsmtpd: True when known
+        clean now (the Lane's again); else ours: listed (its dialogue here), or held for
+        the verdict and handed back with admit(..., screened=True)."""
+        assert self.screen is not None
+        endpoints = Endpoints(local_ip, local_port, remote_ip, remote_port)
+        local, remote, info = (
+            None if name is None else name.decode("utf-8", "surrogateescape")
+            for name in (local_host, remote_host, remote_info)
+        )
+        extra = connection_environment(endpoints, local, remote, info, self.options.ipv6_env)
+        for name, value in (("RBLSMTPD", rule_rblsmtpd), ("TCPREMOTEIP", rule_remote_ip)):
+            if value is not None:  # the rule's own: what the chain would see
+                extra[name] = value.decode("utf-8", "surrogateescape")
+        client = unmap_ipv4(remote_ip)
+        log_local = (local, self.logged_ip(local_ip), str(local_port))
+        log_remote = (remote, self.logged_ip(remote_ip), info, str(remote_port))
+        go = Decided(fd, client, log_local, log_remote, extra)
+        known = self.screen.verdict_now(extra)
+        if known is not None:
+            if known.line is None:
+                return True
+            self._lane_listed(go, known)
+            return False
+        pending = self._hold(fd, endpoints)
+        if pending is None:
+            self._lane_no_session(client)
+            return False
+        outcome: list[Verdict] = []  # a verdict known at once (cached) answers the Lane
+
+        def resume(verdict: Verdict) -> None:
+            self._release(pending)
+            if verdict.line is not None:
+                self._lane_listed(go, verdict)
+            elif not waiting_started:
+                outcome.append(verdict)
+            else:
+                assert self.lane is not None
+                names = self._lane_names(local, remote, info)
+                self.lane.admit(fd, local_ip, local_port, remote_ip, remote_port, names, True)
+
+        waiting_started = False
+        waiting = self.screen.screen(fd, extra, resume)
+        waiting_started = True
+        if outcome:
+            return True
+        if waiting is not None and self.pending.get(pending.ident) is pending:
+            screen = self.screen
+
+            def cancel() -> None:  # dropped for the hold's bounds: no session after all
+                screen.drop(waiting)
+                self._lane_no_session(client)
+
+            pending.cancel = cancel
+        return False
+
+    def _lane_listed(self, go: Decided, verdict: Verdict) -> None:
+        self._lane_no_session(go.client)
+        self._listed(go, verdict)
+
+    def _lane_no_session(self, client: str) -> None:
+        """A connection counted for -C in hold() that the screen kept from its session."""
+        if self.options.per_ip:
+            self._lane_session_ended(client)
+
     def _cut_lookups_short(self) -> None:
         """SIGTERM: every connection still in its lookups goes on now, with what it has."""
         for pending in list(self.pending.values()):
@@ -799,7 +878,13 @@ class Server:
         if verdict.line is None:
             self._admit(go)
             return
+        self._listed(go, verdict)
+
+    def _listed(self, go: Decided, verdict: Verdict) -> None:
+        """A listed client: rblsmtpd's dialogue here, no session, no -c slot."""
         from .rbl import rblsmtpd_log
+
+        assert verdict.line is not None
 
         # Logged as tcpserver and rblsmtpd would; the dialogue needs no -c slot.
         assert self.screen is not None and go.extra is not None
@@ -1042,7 +1127,7 @@ class Server:
             if self.signals:
                 self._handle_signals()
             now = time.monotonic()
-            if self.pending:
+            if self.pending or self._screening():
                 self.reactor.run_timers(now)
             if self.backoff_until is not None and now >= self.backoff_until:
                 self.backoff_until = None
