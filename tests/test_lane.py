@@ -26,6 +26,7 @@ from qboot_systemd.tcpsrv.options import parse
 from qboot_systemd.tcpsrv.server import Server, lane_fits
 
 from .conftest import require_extension, require_tool, venv_script
+from .dnsbl_server import BlocklistDns, Table, txt_rdata
 from .tcpsrv_harness import (
     FakeDns,
     Identd,
@@ -556,3 +557,63 @@ def test_a_rule_of_millions_of_records_costs_one_connection_not_the_server(
         assert server.process.poll() is None
     finally:
         server.stop()
+
+
+def test_in_core_rblsmtpd_and_per_ip_as_the_python_loop(tmp_path: Path, dump: str) -> None:
+    """-L and -C through the Lane (screen() after the rules, ended() at each session's
+    end) against the Python loop: a client listed by DNS, one the rules send away with
+    RBLSMTPD, one the rules let through (RBLSMTPD=""), a clean one, and a second session
+    from an address at its -C bound: the same bytes, environment and -v lines."""
+    require_extension()
+    listed, bounced, allowed, clean = (loopback_address() for _ in range(4))
+    table: Table = {}
+    for ip in (listed, allowed):
+        reverse = ".".join(reversed(ip.split(".")))
+        table[(f"{reverse}.bl.test", 16)] = [txt_rdata(b"listed " + ip.encode())]
+        table[(f"{reverse}.bl.test", 1)] = [bytes([127, 0, 0, 2])]
+    blocklist = BlocklistDns(loopback_address(), table).start()
+    cdb = tmp_path / "rules.cdb"
+    compile_rules(
+        cdb,
+        bounced.encode()
+        + b':allow,RBLSMTPD="-go away"\n'
+        + allowed.encode()
+        + b':allow,RBLSMTPD="",X="y"\n'
+        b":allow\n",
+    )
+    hold = write_script(tmp_path, "hold", "#!/bin/sh\necho hello; read line; echo bye\n")
+    results = {}
+    try:
+        args = ["-v", "-L", "-HR", "-l", "x", "-C", "1", "-x", str(cdb), "127.0.0.1", "0"]
+        dns_env = {"DNSCACHEIP": blocklist.address}
+        for name, server in both(
+            lambda env: ours(
+                *args, "rblsmtpd", "-t0", "-r", "bl.test", dump, env={**env, **dns_env}
+            )
+        ):
+            outputs = []
+            for number, source in enumerate([listed, bounced, allowed, clean, listed], 1):
+                outputs.append(masked(server.request(source=source).decode("utf-8", "replace")))
+                server.wait_count(r"qboot-tcpsrv: end \d+ status", number)  # one log order
+            results[name] = (outputs, masked(server.log()))
+        for name, server in both(
+            lambda env: ours(
+                *args, "rblsmtpd", "-t0", "-r", "bl.test", hold, env={**env, **dns_env}
+            )
+        ):
+            first = server.connect(source=clean)
+            assert first.recv(100) == b"hello\n"
+            second = server.request(source=clean)  # over -C 1 while the first runs
+            first.sendall(b"x\n")
+            outputs = [second.decode(), read_all(first).decode()]
+            first.close()
+            server.wait_log(r"^qboot-tcpsrv: status: 0/")
+            results[f"{name} -C"] = (outputs, masked(server.log()))
+    finally:
+        blocklist.close()
+    assert_same(results["lane"], results["python"])
+    assert_same(results["lane -C"], results["python -C"])
+    outputs = results["lane"][0]
+    assert outputs[0].startswith("451 listed " + listed)
+    assert "go away" in outputs[1] and "X=y" in outputs[2] and "PROTO=TCP" in outputs[3]
+    assert results["lane -C"][0] == ["", "bye\n"]
