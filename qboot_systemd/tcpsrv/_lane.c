@@ -1,7 +1,8 @@
-/* The Lane: qboot-tcpsrv's per-connection path in C, for every server but the in-core
- * rblsmtpd (-L) and -C. A connection that needs names, ident or a rate decision is offered
- * to Python first (hold()): it answers at once (names cached), refuses it, or keeps it
- * without a session slot and hands it back decided with admit().
+/* The Lane: qboot-tcpsrv's per-connection path in C. A connection that needs names,
+ * ident, a rate or -C decision is offered to Python first (hold()), and with the in-core
+ * rblsmtpd again after the rules (screen()): Python answers at once (names cached, a
+ * verdict known), refuses it, or keeps it without a session slot and hands it back
+ * decided with admit().
  *
  * In the loop's thread and without a GIL hand-over it accepts, looks the client up in the
  * rules cdb (tcpserver's key order), lays out tcp-environ(5), hands the spawn to the

@@ -9,23 +9,24 @@ hears of its exit by SIGCHLD through a wake-up socket, and reaps with waitpid as
 does. Every thread switch and syscall costs the loop its share of the CPU, so the common
 path has as few as possible.
 
-With the _conn extension, a server without the in-core rblsmtpd (-L) or -C hands its
-per-connection path to the Lane (_lane.c): accept, -c, rules (tcpserver's key order, with
-names), environment, booking the pool's spawns, reaping and the -v lines in C, in this
-thread. A connection that needs something that takes time or judgement goes through
-hold() (_lane_hold): its rate (-N/-M), then its names: answered at once from the cache,
-or held here without a -c slot (holding.py) while lookups.py asks, and handed back
-decided with Lane.admit(). Python keeps the rest: signals, reloading the rules, the
-back-off after EMFILE, STATUS= and the drain.
+With the _conn extension every server hands its per-connection path to the Lane
+(_lane.c): accept, -c, rules (tcpserver's key order, with names), environment, booking the
+pool's spawns, reaping and the -v lines in C, in this thread. What takes time or judgement
+is asked of Python at two points. hold() (_lane_hold), before the banner: the rate
+(-N/-M), -C, then the names: answered at once from the cache, or the connection is held
+here without a -c slot (holding.py) while lookups.py asks, and handed back decided with
+Lane.admit(). screen() (_lane_screen), after the rules: the in-core rblsmtpd's verdict,
+known at once, or held the same way; a listed client's dialogue stays here. Python keeps
+the rest: signals, reloading the rules, the back-off after EMFILE, STATUS= and the drain.
 
-A held connection is a Pending with the stage it is in (cancel() stops it): names, then
-(Python loop) the in-core rblsmtpd's verdict. Another pre-session stage (a TLS handshake)
-plugs in the same way: hold the connection, run the stage on the reactor, give it back
-decided (Lane.admit with the fd the chain is to get) or drop it.
+A held connection is a Pending with the stage it is in (cancel() stops it). Another
+pre-session stage (a TLS handshake) plugs in the same way: hold the connection, run the
+stage on the reactor, give it back decided (Lane.admit with the fd the chain is to get)
+or drop it.
 
 The Python loop below does the same per connection without the extension (not built, or
-QBOOT_NO_EXTENSION=1) and for -L and -C; tests/test_lane.py holds the two paths to the
-same bytes, environment and log lines.
+QBOOT_NO_EXTENSION=1); tests/test_lane.py holds the two paths to the same bytes,
+environment and log lines, as CPython's tests hold json to _json.
 """
 
 from __future__ import annotations
