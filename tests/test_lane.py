@@ -603,11 +603,13 @@ def test_in_core_rblsmtpd_and_per_ip_as_the_python_loop(tmp_path: Path, dump: st
         ):
             first = server.connect(source=clean)
             assert first.recv(100) == b"hello\n"
+            server.wait_log(r": ok \d+ ")  # one log order: its spawn reported first
             second = server.request(source=clean)  # over -C 1 while the first runs
+            server.wait_log("per-IP limit 1 reached")
             first.sendall(b"x\n")
             outputs = [second.decode(), read_all(first).decode()]
             first.close()
-            server.wait_log(r"^qboot-tcpsrv: status: 0/")
+            server.wait_count(r"status: 0/\d+\n", 2)  # its end
             results[f"{name} -C"] = (outputs, masked(server.log()))
     finally:
         blocklist.close()
