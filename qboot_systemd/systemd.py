@@ -38,6 +38,13 @@ def _refusal(error: Exception) -> str:
     return quoted[-1] if quoted else text.split("\n", 1)[0] or type(error).__name__
 
 
+def _first_argv(commands: Any) -> tuple[str, ...]:
+    """ExecStart's D-Bus value is a list of (path, argv, ignore-errors, timestamps...)."""
+    if not commands:
+        return ()
+    return tuple(_text(word) for word in commands[0][1])
+
+
 @dataclass(frozen=True)
 class UnitState:
     name: str
@@ -51,6 +58,7 @@ class UnitState:
     need_reload: bool = False
     restarts: int = 0  # NRestarts: automatic restarts so far
     reload_result: str = ""  # ReloadResult of the last reload (success, exit-code, ...)
+    exec_start: tuple[str, ...] = ()  # the argv of a service's (first) ExecStart=, as loaded
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -222,6 +230,7 @@ class Systemd:
                 "status_text": _text(service.StatusText),
                 "restarts": int(service.NRestarts),
                 "reload_result": _text(service.ReloadResult),
+                "exec_start": _first_argv(service.ExecStart),
             }
         elif unit.endswith(".socket"):
             socket = handle.Socket
