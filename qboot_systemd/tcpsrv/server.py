@@ -706,7 +706,7 @@ class Server:
                     self.resolver.reload()
                 if self.screen is not None:
                     self.screen.forget()
-                self.log_verbose(logline.warning("SIGHUP: rules and names reloaded"), 2)
+                self.log_verbose(f"{logline.PROGRAM}: SIGHUP: rules and names reloaded\n", 2)
                 self.notifier.send("READY=1")
             elif self.stop_at is None:
                 self.notifier.send("STOPPING=1")
