@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from qboot_systemd.health import Facts, ProgramFact, RulesFact, SessionsFact, St
 from qboot_systemd.problems import Problem
 
 from .conftest import SHIPPED_BOOTCTRL, require_tool
+from .tcpsrv_harness import ours
 
 TYPO = Problem("/b/qmail-smtp.env", 3, "PORT='25x': expected a number")
 MISSING_CDB = RulesFact("/b/tcprules-smtp.cdb", "No such file or directory", missing=True)
@@ -202,3 +206,51 @@ def test_verify_finds_a_chain_that_cannot_run(tmp_path: Path) -> None:
     status, out = verify()
     assert status == 1 and "verified" not in out
     assert f"problem: smtp: {env}:4: SMTPD: cannot run /bin/truex: No such file" in out
+
+
+def _status_lines(receiver: socket.socket, wanted: str, timeout: float = 10) -> list[str]:
+    """sd_notify datagrams until a STATUS= line holds `wanted`."""
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        receiver.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            message = receiver.recv(4096).decode()
+        except TimeoutError:
+            break
+        seen += [line for line in message.splitlines() if line.startswith("STATUS=")]
+        if any(wanted in line for line in seen):
+            return seen
+    raise AssertionError(f"no STATUS= with {wanted!r}: {seen}")
+
+
+def test_the_server_says_down_in_its_status_and_reloads_without_a_warning(
+    tmp_path: Path,
+) -> None:
+    """qboot-tcpsrv judges its own chain and rules as the user it runs as: STATUS= (what
+    `systemctl status` shows) starts with `down: why` while no client can be served."""
+    rules = tmp_path / "tcprules-smtp.cdb"
+    shutil.copy(SHIPPED_BOOTCTRL / "tcprules-default.cdb", rules)
+    program = tmp_path / "qmail-smtpd"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "notify"))
+    server = ours(
+        *("-v", "-HR", "-l", "x", "-x", str(rules), "0", "0", str(program)),
+        env={"NOTIFY_SOCKET": str(tmp_path / "notify")},
+    )
+    try:
+        _status_lines(receiver, f"STATUS=down: cannot run {program}: No such file")
+        program.write_text("#!/bin/sh\necho hello\n")
+        program.chmod(0o755)
+        server.process.send_signal(signal.SIGHUP)
+        assert _status_lines(receiver, "STATUS=0/40 sessions")[-1].startswith("STATUS=0/40")
+        assert server.request() == b"hello\n"
+        rules.unlink()
+        assert server.request() == b""  # dropped: no rules to decide by
+        _status_lines(receiver, f"STATUS=down: cannot read the rules {rules}")
+        log = server.log()
+        assert "qboot-tcpsrv: SIGHUP: rules and names reloaded\n" in log
+        assert "warning: SIGHUP" not in log
+    finally:
+        server.stop()
+        receiver.close()
