@@ -360,9 +360,13 @@ def reconcile(
         restore_failed = restore_failed or error is not None
     # An admin's own `systemctl restart` may run between our jobs: look again until
     # nothing differs (a change that keeps failing is tried ROUNDS times, then reported).
+    # A restart queued behind this reconcile shows only once it has ended: it is not
+    # planned, queued and logged again meanwhile.
+    queued: set[reconcile_plan.Change] = set()
     for _ in range(ROUNDS):
         observed = observe(manager, output, state)
         changes = [_why_stopped(change, refused) for change in reconcile_plan.plan(observed)]
+        changes = [change for change in changes if change not in queued]
         if not changes:
             break
         failed = False
@@ -371,6 +375,8 @@ def reconcile(
             touched[change.name] = None
             lines.append(change.message if error is None else f"{change.message} failed: {error}")
             failed = failed or error is not None
+            if error is None and not any(step.waits for step in change.steps):
+                queued.add(change)
     remember(output, state, observed, persist)
     for broken in broken_services(model, output):
         unit = units.tcpd_service(broken.name)

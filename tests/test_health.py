@@ -39,7 +39,12 @@ SMTPDX = ProgramFact("/var/qmail/bin/qmail-smtpdx", "No such file or directory",
         # the cdb removed while it runs: every connection is dropped
         (Facts("smtp", True, True, rules=MISSING_CDB), State.DOWN, 3, ["cannot read the rules"]),
         # -X: a missing cdb allows everyone, as tcpserver's
-        (Facts("smtp", True, True, rules=MISSING_CDB._replace(missing_ok=True)), State.RUNNING, 0, []),
+        (
+            Facts("smtp", True, True, rules=MISSING_CDB._replace(missing_ok=True)),
+            State.RUNNING,
+            0,
+            [],
+        ),
         # last good settings that can serve: degraded, and why
         (
             Facts("smtp", True, True, problems=(TYPO,), kept=True),
