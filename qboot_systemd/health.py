@@ -159,12 +159,9 @@ def assess(facts: Facts) -> Health:
             # Last good settings are good only while they can serve.
             found += _broken(facts)
         else:
+            # Each problem names its file and line, and most say what to do.
             found += [
-                Finding(
-                    State.DEGRADED,
-                    f"degraded, runs its last good settings: {problem}",
-                    "fix the file, then: systemctl daemon-reload",
-                )
+                Finding(State.DEGRADED, f"degraded, runs its last good settings: {problem}")
                 for problem in facts.problems
             ]
     found += serving_problems
@@ -192,10 +189,9 @@ def assess(facts: Facts) -> Health:
 
 
 def _broken(facts: Facts) -> list[Finding]:
-    return [
-        Finding(State.DOWN, f"broken: {problem}", "fix the file, then: systemctl daemon-reload")
-        for problem in facts.problems
-    ] or [Finding(State.DOWN, "broken: see qbootctl show")]
+    return [Finding(State.DOWN, f"broken: {problem}") for problem in facts.problems] or [
+        Finding(State.DOWN, "broken: see qbootctl show")
+    ]
 
 
 def _serving_problems(facts: Facts) -> list[Finding]:
@@ -234,7 +230,8 @@ def _serving_problems(facts: Facts) -> list[Finding]:
     if sessions is not None and sessions.failed:
         total = sessions.started + sessions.failed
         if not sessions.started:
-            text = f"the last {total} sessions failed to start: {sessions.last_failure}"
+            which = "the last session" if total == 1 else f"the last {total} sessions"
+            text = f"{which} failed to start: {sessions.last_failure}"
             found.append(Finding(State.DOWN, text, f"see: journalctl -u {unit}"))
         else:
             text = f"{sessions.failed} of the last {total} sessions failed to start: "

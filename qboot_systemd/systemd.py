@@ -161,6 +161,12 @@ class Systemd:
         """start/stop/restart/reload a unit, wait for the job, check the outcome; a started
         service must then stay up for `settle` seconds (no exit, no automatic restart).
         `oneshot`: a started Type=oneshot unit is inactive once it ran successfully."""
+        if verb == "stop":
+            before = self.state(unit)
+            if before.active == "inactive":
+                # Nothing to stop; systemd refuses StopUnit for a unit it has not loaded
+                # (an enabled service that never ran).
+                return before
         method = {
             "start": "StartUnit",
             "stop": "StopUnit",
