@@ -181,6 +181,10 @@ def test_eqmaild_says_degraded_and_failed_as_they_are(box: Sandbox) -> None:
 
 
 def test_stop_all_stops_a_degraded_service_too(box: Sandbox) -> None:
+    box.run("ln", "-sf", "qmail-tcpd", f"{BOOTCTRL}/qmail-subm.rc")
+    box.run("ln", "-sf", "tcprules-default.cdb", f"{BOOTCTRL}/tcprules-subm.cdb")
+    box.run("sed", "-i", "s/^PORT=.*/PORT=2587/", SUBM_ENV)
+    reload_and_settle(box)
     box.run("cp", SUBM_ENV, "/root/qmail-subm.env.good")
     box.run("sh", "-c", f"echo 'BANNER=\"unterminated' >> {SUBM_ENV}")
     try:
