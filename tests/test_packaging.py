@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from .admin_sandbox import listening_on
+from .admin_sandbox import listening_on, reload_and_settle
 from .build_root import run_in_build_root
 from .conftest import ROOT, require_tool
 from .e2e_stage import LOCAL_RCPT, MAILDIR, add_real_qmail, booted_sandbox
-from .sandbox import Sandbox, wait_until
+from .sandbox import Sandbox
 from .source_tree import VERSION, clean_tree
 
 pytestmark = pytest.mark.slow
@@ -245,12 +245,12 @@ def test_deb_installs_boots_serves_and_purges(box: Sandbox) -> None:
     box.run("ln", "-s", "qmail-tcpd", f"{bootctrl}/qmail-subm.rc")
     box.run("ln", "-s", "tcprules-default.cdb", f"{bootctrl}/tcprules-subm.cdb")
     box.run("sed", "-i", "s/^PORT=587/PORT=2587/", f"{bootctrl}/qmail-subm.env")
-    box.run("systemctl", "daemon-reload")
-    assert wait_until(lambda: listening_on(box, 2587), 30)
+    reload_and_settle(box)
+    assert listening_on(box, 2587)
     box.run("sh", "-c", f"echo 'BANNER=\"unterminated' >> {bootctrl}/qmail-subm.env")
-    box.run("systemctl", "daemon-reload")
-    box.run("systemctl", "start", "qboot-reconcile.service", check=False, timeout=120)
-    assert box.run("/usr/bin/qbootctl", "status", check=False).returncode == 150
+    reload_and_settle(box)
+    status = box.run("/usr/bin/qbootctl", "status", check=False)
+    assert status.returncode == 150, status.stdout + status.stderr
     assert listening_on(box, 2587)
     # Purged while mail runs: prerm stops the units, whose programs are about to go,
     # degraded or not.
