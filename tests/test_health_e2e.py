@@ -26,6 +26,7 @@ from .admin_sandbox import (
     settled,
     user_of,
 )
+from .conftest import ROOT
 from .e2e_stage import BOOTCTRL, booted_sandbox
 from .sandbox import Sandbox, show, wait_until
 
@@ -98,6 +99,21 @@ def test_subm_by_the_seed_steps_is_unprivileged_and_a_port_edit_is_pending_then_
     text = journal(box, SUBM, since)
     assert "qboot-tcpsrv: SIGHUP: rules and names reloaded" in text, text
     assert "warning: SIGHUP" not in text
+
+
+def test_default_rules_edited_but_not_compiled_are_flagged_through_the_links(
+    box: Sandbox,
+) -> None:
+    """tcprules-smtp.cdb and tcprules-subm.cdb link to tcprules-default.cdb: an edit of
+    tcprules-default.txt without mktcprules reaches neither, and status says so."""
+    text = f"{BOOTCTRL}/tcprules-default.txt"
+    box.run("sh", "-c", f"echo '10.9.:deny' >> {text}")
+    status, out, _ = ctl(box, "status")
+    assert status == 150
+    for name in ("smtp", "subm"):
+        assert f"{text} is newer than {BOOTCTRL}/tcprules-{name}.cdb" in out
+    box.run(str(ROOT / ".venv/bin/mktcprules"), BOOTCTRL)
+    assert ctl(box, "status")[0] == 0
 
 
 def test_a_mistyped_smtpd_is_down_in_every_tool(box: Sandbox) -> None:
