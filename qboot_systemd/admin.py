@@ -145,7 +145,7 @@ def status(manager: Systemd, model: bootctrl.Bootctrl, targets: list[Target]) ->
         service = None if item.is_send else model.service(item.name)
         enabled = model.send is not None if item.is_send else item.name in enabled_names
         states = tuple(manager.state(unit) for unit in item.units)
-        judged = health.assess(health.observe(manager, model, item.name, states))
+        judged = health.assess(health.observe(model, item.name, states))
         result.append(Status(item, enabled, states, service, judged))
     return result
 

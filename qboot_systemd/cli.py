@@ -503,13 +503,18 @@ def _status_line(entry: admin.Status) -> str:
 
 
 def _targets_of(
-    manager: Systemd, model: bootctrl_model.Bootctrl, services: tuple[str, ...]
+    manager: Systemd,
+    model: bootctrl_model.Bootctrl,
+    services: tuple[str, ...],
+    verb: str = "status",
 ) -> list[admin.Target]:
     """Named targets; for none or `all`, qmail-send and every tcp service that bootctrl
     enables (broken or not) or that systemd runs."""
     if services and "all" not in services:
         return admin.resolve(model, services)
-    running = admin.running_names(manager.active_units("qmail-tcpd@*"))
+    # A failed unit of a service bootctrl no longer enables serves nobody: status leaves
+    # it out; stop takes it along all the same.
+    running = admin.running_names(manager.active_units("qmail-tcpd@*", failed=verb == "stop"))
     send_running = manager.state(units_module.SEND_UNIT).active != "inactive"
     return admin.everything(model, running, send_running)
 
@@ -563,7 +568,7 @@ def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> Non
     enabled = set(convergence.enabled_names(model.directory)) if model.directory else set()
     failed = False
     with Systemd() as manager:
-        targets = _targets_of(manager, model, services)
+        targets = _targets_of(manager, model, services, verb)
         if verb != "stop" and (not services or "all" in services):
             # What runs without bootctrl enabling it is only stopped (or reconciled).
             targets = [t for t in targets if (t.is_send and model.send) or t.name in enabled]

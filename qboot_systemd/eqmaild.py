@@ -87,7 +87,7 @@ def _explain(judged: health.Health) -> None:
 def _targets(manager: Systemd, model: bootctrl_model.Bootctrl, verb: str) -> list[admin.Target]:
     """stop: everything of ours that systemd runs, degraded or not, and what bootctrl
     enables; start and status: what bootctrl enables, broken services included."""
-    running = admin.running_names(manager.active_units("qmail-tcpd@*"))
+    running = admin.running_names(manager.active_units("qmail-tcpd@*", failed=verb == "stop"))
     send_running = manager.state(units.SEND_UNIT).active != "inactive"
     found = admin.everything(model, running if verb in ("stop", "status") else [], send_running)
     if verb == "stop" or verb == "status":

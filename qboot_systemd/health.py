@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from .bootctrl import Bootctrl, Service
-    from .systemd import Systemd, UnitState
+    from .systemd import UnitState
 
 
 class State(enum.StrEnum):
@@ -355,7 +355,7 @@ def rules_fact(path: str, uid: int, gid: int) -> RulesFact:
     from .rules import RulesError, RuleSet
 
     problem = access_problem(path, uid, gid, 4)
-    missing = not os.path.lexists(path) or not os.path.exists(path)
+    missing = not os.path.exists(path)  # a dangling link too
     if problem is None and os.access(path, os.R_OK):
         state = RuleSet(path).snapshot()  # what the server would make of it
         if isinstance(state, RulesError):
@@ -460,18 +460,13 @@ def server_log(unit: str, pid: int, lines: int = 400) -> list[str]:
 
 # --- observing: systemd ---------------------------------------------------------------------
 def observe(
-    manager: Systemd,
-    model: Bootctrl,
-    name: str,
-    states: tuple[UnitState, ...],
-    output: Path | None = None,
+    model: Bootctrl, name: str, states: tuple[UnitState, ...], output: Path | None = None
 ) -> Facts:
-    """The facts of one target (`send` or a tcp service) from systemd's unit states
-    (socket first), what systemd loaded, the files and the journal."""
+    """The facts of one target (`send` or a tcp service) from the states systemd gave
+    for its units (socket first, the service's loaded ExecStart= among them), what the
+    generator wrote (output), the files and the journal."""
     from . import convergence, listening, reconcile
 
-    del manager  # the states are the caller's reading of systemd
-    kwargs = {} if output is None else {"output": output}
     if name == convergence.SEND:
         service_state = states[-1]
         return Facts(
@@ -480,10 +475,15 @@ def observe(
             active=service_state.active in ("active", "reloading"),
             unit=service_state.name,
             crash_looping=service_state.crash_looping,
-            pending=_pending(model, name, None, service_state, **kwargs),
+            pending=_pending(model, name, None, service_state, output),
         )
     socket, service_state = states[0], states[-1]
-    broken = next((b for b in reconcile.broken_services(model, **kwargs) if b.name == name), None)
+    found = (
+        reconcile.broken_services(model)
+        if output is None
+        else (reconcile.broken_services(model, output))
+    )
+    broken = next((b for b in found if b.name == name), None)
     enabled = name in convergence.enabled_names(model.directory)
     current = model.service(name)
     program = rules = sessions = None
@@ -505,7 +505,7 @@ def observe(
         program=program,
         rules=rules,
         sessions=sessions,
-        pending=_pending(model, name, socket, service_state, **kwargs),
+        pending=_pending(model, name, socket, service_state, output),
     )
 
 
@@ -514,11 +514,16 @@ def _pending(
     name: str,
     socket: UnitState | None,
     service: UnitState,
-    **kwargs: Path,
+    output: Path | None,
 ) -> str | None:
+    """How what runs differs from bootctrl now (an edit not reloaded, a reload not
+    applied), as reconcile compares them."""
     from . import reconcile
 
-    notes = reconcile.status_notes(model, name, socket, service, **kwargs)
+    if output is None:
+        notes = reconcile.status_notes(model, name, socket, service)
+    else:
+        notes = reconcile.status_notes(model, name, socket, service, output)
     # status_notes also names broken services; the facts carry those as problems.
     return next((note for note in notes if note.startswith("pending")), None)
 

@@ -381,9 +381,25 @@ def reconcile(
     for broken in broken_services(model, output):
         unit = units.tcpd_service(broken.name)
         what = "keeps running its last good settings" if broken.kept else "is not running"
+        if broken.kept:
+            cannot = _last_good_cannot_serve(manager, broken)
+            if cannot is not None:
+                what = f"is down: its last good settings cannot serve: {cannot}"
         for problem in broken.problems:
             journal.send(f"{problem} ({broken.name} {what})", unit, journal.PRIORITY_ERR)
     return Outcome(tuple(lines), failed or restore_failed, tuple(touched))
+
+
+def _last_good_cannot_serve(manager: Systemd, broken: Broken) -> str | None:
+    """Why the last good settings systemd loaded serve no client (their cdb is gone, their
+    program too), or None: they are good only while they can serve."""
+    from . import health
+
+    loaded = manager.state(units.tcpd_service(broken.name)).exec_start
+    program, rules = health.chain_facts(loaded)
+    facts = health.Facts(broken.name, True, True, program=program, rules=rules)
+    judged = health.assess(facts)
+    return None if judged.state is not health.State.DOWN else judged.findings[0].text
 
 
 def status_notes(
@@ -431,11 +447,6 @@ def status_notes(
     if note is not None:
         notes.append(note)
     return notes
-
-
-def entry_notes(model: bootctrl.Bootctrl, entry: admin.Status) -> list[str]:
-    socket = None if entry.target.is_send else entry.states[0]
-    return status_notes(model, entry.target.name, socket, entry.states[-1])
 
 
 def uninstall_order(manager: Systemd) -> list[str]:

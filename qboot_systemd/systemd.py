@@ -216,10 +216,12 @@ class Systemd:
                 continue
             raise JobFailed(unit, now, self.journal(unit), why)
 
-    def active_units(self, pattern: str) -> list[str]:
-        """Loaded units matching a glob that are not inactive (active, failing, ...)."""
+    def active_units(self, pattern: str, failed: bool = True) -> list[str]:
+        """Loaded units matching a glob that are not inactive (active, failing, ...; with
+        failed=False, not failed either). Units whose files are gone (not-found) too."""
+        skipped = ("inactive",) if failed else ("inactive", "failed")
         entries = self._manager.Manager.ListUnitsByPatterns([], [pattern.encode()])
-        return sorted(_text(entry[0]) for entry in entries if _text(entry[3]) != "inactive")
+        return sorted(_text(entry[0]) for entry in entries if _text(entry[3]) not in skipped)
 
     # --- units -------------------------------------------------------------------------
     def state(self, unit: str) -> UnitState:

@@ -152,11 +152,15 @@ def test_last_good_settings_that_cannot_serve_are_down(box: Sandbox) -> None:
     cannot = f"cannot read the rules {cdb}: No such file or directory"
     assert greeting(box, 25).startswith("220 ")
     box.run("rm", cdb)
+    since = now(box)
     try:
         assert greeting(box, 25) == ""
         for reload in (False, True):  # as it is, then after the admin's daemon-reload
             if reload:
                 reload_and_settle(box)
+                said = journal(box, SMTP, since)
+                assert f"(smtp is down: its last good settings cannot serve: {cannot}" in said
+                assert "keeps running its last good settings" not in said
             status, out, _ = ctl(box, "status")
             assert status == 3 and cannot in out
             assert "runs its last good settings" not in out
