@@ -49,6 +49,7 @@ _LSB = {
 }
 _RANK = {State.RUNNING: 0, State.DEGRADED: 1, State.STOPPED: 2, State.DOWN: 3}
 
+SEND = "send"  # qmail-send's target name (convergence.SEND, not imported here)
 # Session outcomes judged from the journal: enough to see a pattern, little to read.
 RECENT_SESSIONS = 20
 
@@ -145,17 +146,20 @@ def assess(facts: Facts) -> Health:
         if facts.problems and not facts.kept:
             found += _broken(facts)
         elif facts.enabled:
+            what = (
+                "mail is queued, not delivered"
+                if facts.name == SEND
+                else ("connections are refused")
+            )
             found.append(
                 Finding(
-                    State.STOPPED,
-                    "not running: connections are refused",
-                    f"start it: qbootctl start {facts.name}",
+                    State.STOPPED, f"not running: {what}", f"start it: qbootctl start {facts.name}"
                 )
             )
         state = worst([f.state for f in found]) if found else State.STOPPED
         return Health(state, tuple(found))
     if facts.problems:
-        if serving_problems or not facts.kept:
+        if not facts.kept or any(f.state is State.DOWN for f in serving_problems):
             # Last good settings are good only while they can serve.
             found += _broken(facts)
         else:

@@ -67,6 +67,14 @@ SMTPDX = ProgramFact("/var/qmail/bin/qmail-smtpdx", "No such file or directory",
             3,
             ["the last 4 sessions failed to start: unable to run x"],
         ),
+        # some sessions failing do not make last good settings bad
+        (
+            Facts("smtp", True, True, problems=(TYPO,), kept=True, sessions=SessionsFact(6, 1)),
+            State.DEGRADED,
+            150,
+            ["degraded, runs its last good settings", "1 of the last 7 sessions failed"],
+        ),
+        (Facts("send", True, False), State.STOPPED, 3, ["mail is queued, not delivered"]),
         (
             Facts("smtp", True, True, sessions=SessionsFact(6, 1, "unable to run x")),
             State.DEGRADED,
