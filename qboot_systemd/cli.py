@@ -737,8 +737,11 @@ def _reconcile(bootctrl_dir: Path | None, qmail_home: Path | None, reload: bool)
                 manager.reload()
             model = load_bootctrl(bootctrl_dir, qmail_home)
             outcome = reconcile_module.reconcile(manager, model)
-    for line in outcome.lines:
-        click.echo(line)
+    from . import journal
+
+    if not journal.is_stdout():  # else each line is in the journal already, once
+        for line in outcome.lines:
+            click.echo(line)
     if not outcome.lines:
         click.echo("nothing changed")
     # The known problems of every enabled service (an unknown GROUP= is known here, not

@@ -295,10 +295,14 @@ def _apply(manager: Systemd, change: reconcile_plan.Change) -> str | None:
                 manager.queue_restart(step.unit)
         except (JobFailed, UserError) as error:
             reason = str(error)
-            journal.send(f"{change.message} failed: {reason}", step.unit, journal.PRIORITY_ERR)
+            journal.send(
+                f"{change.message} failed: {reason}",
+                (step.unit, convergence.RECONCILE_UNIT),
+                journal.PRIORITY_ERR,
+            )
             return reason
-    for unit in touched:
-        journal.send(change.message, unit, journal.PRIORITY_INFO)
+    # Once, for the units it touched and the reconcile's own journal.
+    journal.send(change.message, (*touched, convergence.RECONCILE_UNIT), journal.PRIORITY_INFO)
     return None
 
 

@@ -86,7 +86,7 @@ def test_a_queued_restart_is_logged_once(tmp_path: Path, monkeypatch: pytest.Mon
         message = f"restarted {SMTP} (command or environment changed)"
         assert outcome.lines == (message,)
         assert manager.calls == [("restart", SMTP)]
-        assert sent == [(SMTP, message)]
+        assert sent == [((SMTP, convergence.RECONCILE_UNIT), message)]
         manager.run_queued_jobs()
         manager.calls.clear()
         assert reconcile.reconcile(manager, model(directory), output, state).lines == ()  # type: ignore[arg-type]

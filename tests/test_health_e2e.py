@@ -81,18 +81,25 @@ def test_subm_by_the_seed_steps_is_unprivileged_and_a_port_edit_is_pending_then_
     status, out, _ = ctl(box, "status", "subm")
     assert status == 150 and "listen 587 (pending: 2587)" in out
     assert "pending: bootctrl changed since the last reload" in out
+    since = now(box)
     reload_and_settle(box)
     assert wait_until(lambda: listening_on(box, 2587) and not listening_on(box, 587))
     status, out, _ = ctl(box, "status")
     assert status == 0 and "listen 2587  rules" in out and "pending" not in out
+    # Said once in the journal, and shown by each unit it concerns.
+    moved = "restarted qmail-tcpd@subm.socket (listen settings changed): [::]:587 -> [::]:2587"
+    everything = box.run("journalctl", "--since", since, "--no-pager", "-o", "cat").stdout
+    assert everything.count(moved) == 1, everything
+    for unit in (SUBM, "qmail-tcpd@subm.socket", "qboot-reconcile.service"):
+        assert moved in journal(box, unit, since), unit
     # A setenv edit and a plain daemon-reload: restarted once, and said once.
     pid = show(box, SUBM, "MainPID")
     since = now(box)
     box.run("sh", "-c", f"echo 'setenv DATABYTES 1000' >> {SUBM_ENV}")
     reload_and_settle(box)
     assert wait_until(lambda: show(box, SUBM, "MainPID") not in ("0", pid))
-    said = journal(box, SUBM, since).count(f"restarted {SUBM} (command or environment changed)")
-    assert said == 1
+    everything = box.run("journalctl", "--since", since, "--no-pager", "-o", "cat").stdout
+    assert everything.count(f"restarted {SUBM} (command or environment changed)") == 1
     # A plain reload is no warning.
     since = now(box)
     assert ctl(box, "reload", "subm")[0] == 0
