@@ -327,6 +327,8 @@ class Server:
 
     def _judge(self, rules: RulesError | None = None) -> None:
         """STATUS= starts with "down: why" while its chain or rules cannot serve."""
+        if not self.notifier.enabled:
+            return  # no STATUS= to say it in (and no health module in memory)
         from ..health import SERVICE_PATH, RulesFact, own_status
 
         if rules is None and self.rules is not None:
