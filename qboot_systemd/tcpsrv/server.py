@@ -464,7 +464,7 @@ class Server:
             netcalls.send_now(fd, self.options.banner.encode("utf-8", "surrogateescape"))
         needs_local = self.options.localname is None and endpoints.local_ip not in self.local_names
         if not (self.options.remote_host or self.options.remote_info or needs_local):
-            self._judge(None, fd, endpoints, self._local_name(endpoints), None, None)
+            self._decide(None, fd, endpoints, self._local_name(endpoints), None, None)
             return
         pending = self._hold(fd, endpoints)
         if pending is not None:
@@ -626,7 +626,7 @@ class Server:
                 decided,
             )
             return
-        self._judge(
+        self._decide(
             pending, pending.fd, pending.endpoints, local, names.remote_host, names.remote_info
         )
 
@@ -776,7 +776,7 @@ class Server:
                 self._lookups_done(pending, names)
 
     # --- the decision and the spawn ----------------------------------------------------
-    def _judge(
+    def _decide(
         self,
         pending: Pending | None,
         fd: int,
