@@ -198,22 +198,31 @@ class RblScreen:
             return found
         return rbl.ACCEPT if not self.config.sources else None
 
+    def known_verdict(self, extra: Mapping[str, str]) -> rbl.Verdict | None:
+        """The verdict without asking DNS now (RBLSMTPD, no sources, or one remembered for
+        this TCPREMOTEIP), or None."""
+        found = self.verdict_now(extra)
+        if found is not None:
+            return found
+        ip = rbl.environment_value(extra, self._base_env, "TCPREMOTEIP") or ""
+        known = self._verdicts.get(ip)
+        if known is None:
+            return None
+        if known[0] > time.monotonic():
+            return known[1]
+        del self._verdicts[ip]
+        return None
+
     def screen(
         self, fd: int, extra: Mapping[str, str], resume: Callable[[rbl.Verdict], None]
     ) -> int | None:
         """resume(verdict) runs once, maybe before screen() returns (then None; else the
         number drop() takes to give up waiting, resume not called)."""
-        found = self.verdict_now(extra)
+        found = self.known_verdict(extra)
         if found is not None:
             resume(found)
             return None
         ip = rbl.environment_value(extra, self._base_env, "TCPREMOTEIP") or ""
-        known = self._verdicts.get(ip)
-        if known is not None:
-            if known[0] > time.monotonic():
-                resume(known[1])
-                return None
-            del self._verdicts[ip]
         sources = self.config.sources
         waiting = Waiting(next(self._ids), fd, ip, resume, [rbl.PENDING] * len(sources))
         self._waiting[waiting.ident] = waiting

@@ -719,7 +719,7 @@ class Server:
         log_local = (local, self.logged_ip(local_ip), str(local_port))
         log_remote = (remote, self.logged_ip(remote_ip), info, str(remote_port))
         go = Decided(fd, client, log_local, log_remote, extra)
-        known = self.screen.verdict_now(extra)
+        known = self.screen.known_verdict(extra)  # the common case: no hold, no closure
         if known is not None:
             if known.line is None:
                 return True
