@@ -74,6 +74,7 @@ class Session:
         self._on_closed: Callable[[str | None], None] | None = on_closed
         self._client_ca = client_ca
         self.phase = Phase.HANDSHAKE
+        self.phase_before_close = Phase.HANDSHAKE  # for on_closed: where it ended
         self._incoming = ssl.MemoryBIO()
         self._outgoing = ssl.MemoryBIO()
         self._tls: ssl.SSLObject | None = None
@@ -87,6 +88,10 @@ class Session:
         self._net_shut = False
         self._timer: Timer | None = None
         self._events: dict[int, int] = {}
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is Phase.CLOSED
 
     # --- starting -------------------------------------------------------------------------
     def start(self) -> None:
@@ -127,7 +132,7 @@ class Session:
         """Close both sides now."""
         if self.phase is Phase.CLOSED:
             return
-        self.phase = Phase.CLOSED
+        self.phase_before_close, self.phase = self.phase, Phase.CLOSED
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
