@@ -1,0 +1,134 @@
+"""TLS for one server: its settings, the current SSLContext, and its sessions.
+
+The server calls: load() at start (before privileges drop; start_reader() too when they
+will), reload() on SIGHUP (a new context for new sessions; a session keeps the one it
+began with), handshake() for an implicit-TLS client, plain() for a STARTTLS client.
+"""
+
+from __future__ import annotations
+
+import resource
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from ..reactor import Reactor
+from .certs import CertPaths, CertReader
+from .context import server_context
+from .relay import Phase, Session
+from .smtp import SmtpShim
+
+MAX_HANDSHAKES = 1024
+
+
+class TlsMode(Enum):
+    IMPLICIT = "implicit"  # smtps, 465: TLS from the first byte
+    STARTTLS = "starttls"  # smtp, submission: the SMTP shim offers it
+    STARTTLS_REQUIRED = "starttls-required"  # and MAIL or AUTH before it get 530
+
+    @property
+    def starttls(self) -> bool:
+        return self is not TlsMode.IMPLICIT
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    mode: TlsMode
+    paths: CertPaths
+    ciphers: str | None
+    handshake_seconds: float
+
+
+def handshake_cap() -> int:
+    """Handshakes in flight at most: MAX_HANDSHAKES, or a quarter of the fds we may open."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_HANDSHAKES
+    return max(1, min(MAX_HANDSHAKES, soft // 4))
+
+
+class TlsService:
+    def __init__(self, config: TlsConfig) -> None:
+        self.config = config
+        self.reader = CertReader(config.paths)
+        self.context: ssl.SSLContext | None = None
+        self.sessions: set[Session] = set()
+        self.handshaking = 0
+        self.cap = handshake_cap()
+
+    def load(self) -> None:
+        """The first context; CertError (one line) when a file is wrong."""
+        self.context = server_context(self.config.paths, self.reader.read(), self.config.ciphers)
+
+    def start_reader(self) -> None:
+        """Before privileges drop: a reader keeps root to read the files at reloads."""
+        self.reader.start()
+
+    def reload(self) -> None:
+        """A new context from the files as they are now; CertError leaves the old one."""
+        self.load()
+
+    def close(self) -> None:
+        for session in list(self.sessions):
+            session.abort("server stopping")
+        self.reader.close()
+
+    def handshake(
+        self,
+        reactor: Reactor,
+        fd: int,
+        on_ready: Callable[[Session, dict[str, str]], None],
+        on_failed: Callable[[str], None],
+    ) -> Session:
+        """Implicit TLS: the handshake, then on_ready(session, SSL variables)."""
+        assert self.context is not None, "load() first"
+        self.handshaking += 1
+        holder: list[Session] = []
+
+        def ready(env: dict[str, str]) -> None:
+            self.handshaking -= 1
+            on_ready(holder[0], env)
+
+        def closed(reason: str | None) -> None:
+            session = holder[0]
+            self.sessions.discard(session)
+            if session.phase_before_close is Phase.HANDSHAKE:
+                self.handshaking -= 1
+                on_failed(reason or "closed")
+
+        session = Session(
+            reactor,
+            self.context,
+            fd,
+            self.config.handshake_seconds,
+            ready,
+            closed,
+            client_ca=self.config.paths.ccafile is not None,
+        )
+        holder.append(session)
+        self.sessions.add(session)
+        session.start()
+        return session
+
+    def plain(self, reactor: Reactor, fd: int) -> Session:
+        """STARTTLS: clear text through the SMTP shim until the client asks for TLS."""
+        assert self.context is not None, "load() first"
+        holder: list[Session] = []
+
+        def closed(_reason: str | None) -> None:
+            self.sessions.discard(holder[0])
+
+        session = Session(
+            reactor,
+            self.context,
+            fd,
+            self.config.handshake_seconds,
+            lambda env: None,
+            closed,
+            client_ca=self.config.paths.ccafile is not None,
+        )
+        holder.append(session)
+        self.sessions.add(session)
+        session.start_plain(SmtpShim(self.config.mode is TlsMode.STARTTLS_REQUIRED))
+        return session
