@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     options, rbl = _in_core_rbl(options)
     _standard_fds()
+    tls = _tls(options)  # before the port is printed: a bad certificate is no server
+    if isinstance(tls, str):
+        return _fatal(tls)
     try:
         passed = systemd_sockets()
         listeners = (
@@ -129,9 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(f"{listeners[0].getsockname()[1]}\n")
         sys.stdout.flush()
     import_what_options_need(options)  # while we can read the library: -u may not
-    tls = _tls(options)
-    if isinstance(tls, str):
-        return _fatal(tls)
     failure = _drop_privileges(options.user, options.group)
     if failure is not None:
         return _fatal(failure)

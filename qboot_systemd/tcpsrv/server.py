@@ -458,7 +458,8 @@ class Server:
 
         def failed(reason: str) -> None:
             client = logline.safe(unmap_ipv4(endpoints.remote_ip))
-            self.log_verbose(logline.warning(f"TLS from {client}: {logline.safe(reason)}"))
+            words = "".join(c if c.isascii() and c.isprintable() else "?" for c in reason)
+            self.log_verbose(logline.warning(f"TLS from {client}: {words[:200]}"))
             self._set_accepting(self._may_accept())
 
         self.tls.handshake(self._reactor(), fd, ready, failed)

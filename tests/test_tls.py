@@ -1,0 +1,391 @@
+"""qboot-tcpsrv -S: implicit TLS and STARTTLS in the server's loop, judged by what real
+clients get (openssl s_client, Python's ssl), and the certificate's handling (checks,
+reload on SIGHUP, the key kept from the chain)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from .conftest import require_tool, venv_script
+from .tcpsrv_harness import Running, write_script
+from .tls_harness import (
+    Pair,
+    client_context,
+    echo_env_program,
+    make_client_pair,
+    make_pair,
+    read_until,
+    tls_connect,
+    tls_server,
+)
+
+MB20 = 20 * 1024 * 1024
+
+
+@pytest.fixture
+def pair(tmp_path: Path) -> Pair:
+    return make_pair(tmp_path, "server")
+
+
+def test_s_client_gets_the_greeting_with_sslserver_variables(tmp_path: Path, pair: Pair) -> None:
+    server = tls_server(
+        pair, "implicit", "-v", "-R", "-H", "-l0", program=echo_env_program(tmp_path)
+    )
+    try:
+        done = subprocess.run(
+            [require_tool("openssl"), "s_client", "-quiet", "-connect", f"127.0.0.1:{server.port}"],
+            input=b"hello\nquit\n",
+            capture_output=True,
+            timeout=20,
+        )
+        out = done.stdout.decode()
+        assert re.search(r"^220 greeting TLSv1\.3 TLS_AES_\w+ \[\] \[\]$", out, re.M), out
+        assert "echo hello" in out and "echo quit" in out
+        assert re.search(r"qboot-tcpsrv: ok \d+ 0:127\.0\.0\.1:", server.wait_log(" end "))
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_tls_12_and_13_only(tmp_path: Path, pair: Pair, version: ssl.TLSVersion) -> None:
+    server = tls_server(pair, "implicit", "-R", "-H", "-l0", program=echo_env_program(tmp_path))
+    try:
+        context = client_context(pair.cert)
+        context.minimum_version = context.maximum_version = version
+        with tls_connect(server.port, context) as client:
+            line = read_until(client, b"\n").decode()
+            assert line.startswith(f"220 greeting {version.name.replace('v1_', 'v1.')} ")
+            # Mozilla intermediate: ECDHE with AEAD only in TLS 1.2
+            assert (client.cipher() is not None and "GCM" in line) or "CHACHA20" in line
+        old = client_context()
+        old.minimum_version = ssl.TLSVersion.TLSv1
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+        old.set_ciphers("ALL:@SECLEVEL=0")
+        with pytest.raises((ssl.SSLError, ConnectionResetError)):
+            tls_connect(server.port, old).close()
+    finally:
+        server.stop()
+
+
+def test_ciphers_overrides_the_tls12_list(tmp_path: Path, pair: Pair) -> None:
+    server = tls_server(
+        pair,
+        "implicit",
+        "-R",
+        "-H",
+        "-l0",
+        "-F",
+        "ECDHE-ECDSA-CHACHA20-POLY1305",
+        program=echo_env_program(tmp_path),
+    )
+    try:
+        context = client_context()
+        context.maximum_version = ssl.TLSVersion.TLSv1_2
+        with tls_connect(server.port, context) as client:
+            assert (
+                "220 greeting TLSv1.2 ECDHE-ECDSA-CHACHA20-POLY1305"
+                in read_until(client, b"\n").decode()
+            )
+    finally:
+        server.stop()
+
+
+def test_client_certificate_subject_and_verify_result(tmp_path: Path, pair: Pair) -> None:
+    ca = make_pair(tmp_path, "ca", cn="Test CA")
+    client_pair = make_client_pair(tmp_path, ca, "client", "alice")
+    server = tls_server(
+        pair, "implicit", "-R", "-H", "-l0", "-A", str(ca.cert), program=echo_env_program(tmp_path)
+    )
+    try:
+        with tls_connect(server.port, client_context(client=client_pair)) as client:
+            line = read_until(client, b"\n").decode()
+            assert "[SUCCESS] [/O=Test/CN=alice]" in line, line
+        with tls_connect(server.port) as client:  # none given: served, and told so
+            assert "[NONE] []" in read_until(client, b"\n").decode()
+        stranger = make_client_pair(tmp_path, make_pair(tmp_path, "other", cn="Other"), "x", "eve")
+        with (
+            pytest.raises((ssl.SSLError, ConnectionResetError, BrokenPipeError)),
+            tls_connect(server.port, client_context(client=stranger)) as client,
+        ):
+            client.sendall(b"x\n")
+            assert client.recv(100) == b""
+    finally:
+        server.stop()
+
+
+def test_plain_client_on_implicit_port_gets_no_greeting(tmp_path: Path, pair: Pair) -> None:
+    server = tls_server(
+        pair, "implicit", "-v", "-R", "-H", "-l0", program=echo_env_program(tmp_path)
+    )
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as client:
+            client.sendall(b"EHLO plain.example\r\n")
+            answer = b""
+            try:
+                while chunk := client.recv(4096):
+                    answer += chunk
+            except ConnectionResetError:
+                pass
+        assert b"220" not in answer and b"greeting" not in answer
+        assert answer == b"" or answer.startswith(b"\x15\x03")  # nothing, or a TLS alert
+        log = server.wait_log("TLS from 127.0.0.1")
+        assert " ok " not in log  # no chain ran, no slot was taken
+    finally:
+        server.stop()
+
+
+def transfer_program(directory: Path) -> list[str]:
+    """A chain that reads 20 MB and answers their SHA-256, then sends 20 MB of its own."""
+    path = write_script(
+        directory,
+        "transfer",
+        f"""#!/usr/bin/env python3
+import hashlib, sys
+digest, left = hashlib.sha256(), {MB20}
+while left:
+    chunk = sys.stdin.buffer.read1(min(left, 1 << 16))
+    if not chunk:
+        break
+    digest.update(chunk)
+    left -= len(chunk)
+out = sys.stdout.buffer
+out.write(digest.hexdigest().encode() + b"\\n")
+block = bytes(range(256)) * 256
+for _ in range({MB20} // len(block)):
+    out.write(block)
+out.flush()
+""",
+    )
+    return [path]
+
+
+def test_20mb_both_ways_arrive_intact(tmp_path: Path, pair: Pair) -> None:
+    server = tls_server(pair, "implicit", "-R", "-H", "-l0", program=transfer_program(tmp_path))
+    try:
+        payload = os.urandom(MB20)
+        with tls_connect(server.port, timeout=60) as client:
+            client.sendall(payload)
+            answer = read_until(client, b"\n")
+            digest, _, rest = answer.partition(b"\n")
+            assert digest.decode() == hashlib.sha256(payload).hexdigest()
+            received = hashlib.sha256(rest)
+            total = len(rest)
+            while chunk := client.recv(1 << 16):
+                received.update(chunk)
+                total += len(chunk)
+        block = bytes(range(256)) * 256
+        assert total == MB20
+        assert received.hexdigest() == hashlib.sha256(block * (MB20 // len(block))).hexdigest()
+    finally:
+        server.stop()
+
+
+# --- the certificate -------------------------------------------------------------------------
+def start_fails(*args: str) -> str:
+    done = subprocess.run(
+        [venv_script("qboot-tcpsrv"), "-1", *args, "127.0.0.1", "0", "true"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert done.returncode == 111, done
+    assert done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("qboot-tcpsrv: fatal: "), done.stderr
+    return lines[0]
+
+
+def test_bad_certificate_files_are_one_line_naming_the_file(tmp_path: Path, pair: Pair) -> None:
+    tls = ["-S", "implicit", "-E", str(pair.cert), "-K"]
+    missing = tmp_path / "missing.key"
+    assert f"{missing}: no such file" in start_fails(*tls, str(missing))
+    pair.key.chmod(0o644)
+    line = start_fails(*tls, str(pair.key))
+    assert f"{pair.key}: private key readable by everyone" in line and "chmod 600" in line
+    pair.key.chmod(0o600)
+    other = make_pair(tmp_path, "other")
+    line = start_fails(*tls, str(other.key))
+    assert f"{other.key}: the key does not match the certificate in {pair.cert}" in line
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert f"{fifo}: not a regular file" in start_fails(*tls, str(fifo))
+    garbage = tmp_path / "garbage.crt"
+    garbage.write_bytes(b"\0\xff not pem\n" * 10)
+    line = start_fails("-S", "implicit", "-E", str(garbage), "-K", str(pair.key))
+    assert f"{garbage}: no PEM certificate" in line
+    line = start_fails("-S", "implicit", "-E", str(pair.cert), "-K", str(pair.key), "-F", "NOPE")
+    assert "CIPHERS 'NOPE'" in line
+
+
+def test_usage_errors(pair: Pair) -> None:
+    for args, message in (
+        (["-S", "tls"], "-S needs one of implicit, starttls, starttls-required"),
+        (["-S", "implicit"], "-S implicit needs -E certfile"),
+        (["-E", str(pair.cert)], "-E without -S"),
+    ):
+        done = subprocess.run(
+            [venv_script("qboot-tcpsrv"), *args, "127.0.0.1", "0", "true"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        assert done.returncode == 100 and message in done.stderr, done.stderr
+
+
+def test_key_never_reaches_the_chain() -> None:
+    """The chain (as the -u user) lists its fds and environment: no key, no memfd, and it
+    cannot read the key file; a reload through the reader process changes none of it."""
+    with tempfile.TemporaryDirectory() as name:  # pytest's tmp_path is closed to nobody
+        tmp_path = Path(name)
+        tmp_path.chmod(0o755)
+        key_kept_from_chain(tmp_path, make_pair(tmp_path, "server"))
+
+
+def key_kept_from_chain(tmp_path: Path, pair: Pair) -> None:
+    nobody = "65534"
+    report = tmp_path / "report"
+    report.mkdir(mode=0o777)
+    report.chmod(0o777)
+    program = write_script(
+        tmp_path,
+        "inspect",
+        f"""#!/bin/sh
+{{ id -u; ls -l /proc/self/fd/; env; cat {pair.key} 2>&1; }} > {report}/$$ 2>&1
+echo done
+""",
+    )
+    server = tls_server(
+        pair, "implicit", "-R", "-H", "-l0", "-u", nobody, "-g", nobody, program=[program]
+    )
+    try:
+        for round_ in range(2):
+            with tls_connect(server.port) as client:
+                assert read_until(client, b"\n") == b"done\n"
+            if round_ == 0:
+                server.process.send_signal(signal.SIGHUP)
+                time.sleep(0.3)
+        texts = [path.read_text() for path in report.iterdir()]
+        assert len(texts) == 2
+        key_text = pair.key.read_text()
+        key_body = key_text.splitlines()[1]
+        for text in texts:
+            assert text.splitlines()[0] == nobody
+            assert key_body not in text and "PRIVATE KEY" not in text
+            assert "Permission denied" in text
+            assert (
+                "memfd" not in text
+                and str(pair.key) not in text.split("\n", 1)[1].split("\n", 1)[0]
+            )
+            fd_lines = [line for line in text.splitlines() if " -> " in line]
+            # 0, 1 (the socket pair), 2 (the log) and the fd ls itself reads
+            assert len(fd_lines) <= 4, fd_lines
+            assert all(str(pair.key) not in line for line in fd_lines)
+        # the server (uid nobody now) kept a root reader for the reloads, nothing else
+        log = server.log()
+        assert "TLS certificate kept" not in log
+    finally:
+        server.stop()
+
+
+def test_reload_new_sessions_get_the_new_certificate_old_ones_finish(
+    tmp_path: Path, pair: Pair
+) -> None:
+    server = tls_server(
+        pair, "implicit", "-R", "-H", "-l0", "-v", program=echo_env_program(tmp_path)
+    )
+    try:
+        first = tls_connect(server.port)
+        assert read_until(first, b"\n").startswith(b"220 ")
+        old_der = first.getpeercert(binary_form=True)
+        renewed = make_pair(tmp_path, "renewed", kind="rsa")
+        # certbot's habit: the files are replaced, then the service reloaded
+        os.replace(renewed.cert, pair.cert)
+        os.replace(renewed.key, pair.key)
+        server.process.send_signal(signal.SIGHUP)
+        server.wait_log("SIGHUP")
+        second = tls_connect(server.port)
+        assert read_until(second, b"\n").startswith(b"220 ")
+        new_der = second.getpeercert(binary_form=True)
+        assert new_der != old_der
+        # the first session goes on with its own keys
+        first.sendall(b"still here\n")
+        assert read_until(first, b"still here\n").endswith(b"echo still here\n")
+        first.sendall(b"quit\n")
+        assert read_until(first, b"quit\n").endswith(b"echo quit\n")
+        first.close()
+        second.close()
+        # a broken renewal keeps the last good certificate, and says why
+        pair.key.write_text("broken\n")
+        server.process.send_signal(signal.SIGHUP)
+        log = server.wait_log("TLS certificate kept")
+        assert f"{pair.key}: no PEM private key" in log
+        with tls_connect(server.port) as third:
+            assert read_until(third, b"\n").startswith(b"220 ")
+            assert third.getpeercert(binary_form=True) == new_der
+        assert server.process.poll() is None
+    finally:
+        server.stop()
+
+
+def test_handshake_holds_no_session_slot(tmp_path: Path, pair: Pair) -> None:
+    """-c 1: a client stuck in its handshake does not keep the one slot from an honest
+    client, and is cut at the -t deadline."""
+    server = tls_server(
+        pair, "implicit", "-c1", "-t3", "-v", "-R", "-H", "-l0", program=echo_env_program(tmp_path)
+    )
+    try:
+        stalled = socket.create_connection(("127.0.0.1", server.port))
+        stalled.sendall(b"\x16\x03\x01\x00")  # a ClientHello's first bytes, no more
+        time.sleep(0.3)
+        started = time.monotonic()
+        with tls_connect(server.port) as client:
+            assert read_until(client, b"\n").startswith(b"220 greeting")
+        assert time.monotonic() - started < 2
+        stalled.settimeout(10)
+        started = time.monotonic()
+        assert stalled.recv(100) == b""  # cut
+        assert 1.5 < time.monotonic() - started < 6
+        assert "handshake timed out" in server.wait_log("handshake timed out")
+    finally:
+        server.stop()
+
+
+def test_stop_lets_sessions_finish(tmp_path: Path, pair: Pair) -> None:
+    server = Running(
+        [
+            venv_script("qboot-tcpsrv"),
+            "-1",
+            "-S",
+            "implicit",
+            "-E",
+            str(pair.cert),
+            "-K",
+            str(pair.key),
+            "-R",
+            "-H",
+            "-l0",
+            "127.0.0.1",
+            "0",
+            *echo_env_program(tmp_path),
+        ],
+        env={"NOTIFY_SOCKET": ""},
+    )
+    try:
+        client = tls_connect(server.port)
+        assert read_until(client, b"\n").startswith(b"220")
+        client.sendall(b"quit\n")
+        assert read_until(client, b"quit\n").endswith(b"echo quit\n")
+        client.close()
+    finally:
+        assert server.stop() == 0
