@@ -389,3 +389,45 @@ def test_stop_lets_sessions_finish(tmp_path: Path, pair: Pair) -> None:
         client.close()
     finally:
         assert server.stop() == 0
+
+
+def smtp_recorder(directory: Path) -> list[str]:
+    """An SMTP server that records every line it gets (qmail-smtpd cannot say what it
+    was sent): 220, then 250 for each line, 221 and the end at QUIT."""
+    record = directory / "received"
+    path = write_script(
+        directory,
+        "recorder",
+        f"""#!/bin/sh
+printf '220 rec ESMTP\\r\\n'
+while IFS= read -r line; do
+    printf '%s\\n' "$line" >> {record}
+    case "$line" in
+        EHLO*) printf '250-rec\\r\\n250 PIPELINING\\r\\n' ;;
+        QUIT*) printf '221 rec\\r\\n'; exit 0 ;;
+        *) printf '250 ok\\r\\n' ;;
+    esac
+done
+""",
+    )
+    return [path]
+
+
+def test_starttls_discards_commands_pipelined_behind_it(tmp_path: Path, pair: Pair) -> None:
+    server = tls_server(pair, "starttls", "-R", "-H", "-l0", program=smtp_recorder(tmp_path))
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            assert read_until(raw, b"\r\n") == b"220 rec ESMTP\r\n"
+            raw.sendall(b"EHLO c\r\n")
+            assert read_until(raw, b"250 ").endswith(b"250-PIPELINING\r\n250 STARTTLS\r\n")
+            raw.sendall(b"STARTTLS\r\nMAIL FROM:<injected@example>\r\n")
+            assert read_until(raw, b"\r\n") == b"220 2.0.0 Ready to start TLS\r\n"
+            with client_context().wrap_socket(raw, server_hostname="x") as tls:
+                tls.sendall(b"EHLO c\r\n")
+                assert read_until(tls, b"250 ") == b"250-rec\r\n250 PIPELINING\r\n"
+                tls.sendall(b"QUIT\r\n")
+                assert read_until(tls, b"\r\n") == b"221 rec\r\n"
+        received = (tmp_path / "received").read_text().replace("\r", "").splitlines()
+        assert received == ["EHLO c", "RSET", "EHLO c", "QUIT"]
+    finally:
+        server.stop()
