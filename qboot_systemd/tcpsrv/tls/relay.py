@@ -33,7 +33,8 @@ from .environ import ssl_environment
 from .smtp import Outcome, SmtpShim
 
 BUFFER_CAP = 64 * 1024
-READ_SIZE = 16 * 1024
+READ_SIZE = 64 * 1024
+READS_PER_WAKE = 4
 LINGER = 10.0
 
 IN = select.EPOLLIN
@@ -148,11 +149,22 @@ class Session:
             on_closed(reason)
 
     # --- the loop's calls -----------------------------------------------------------------
+    # Each wake-up moves what it can both ways: a read is followed by the write it allows
+    # (no second trip through epoll), and a few reads are tried while they give data.
     def _on_net(self, events: int) -> None:
         if events & OUT:
             self._send_net()
-        if events & (IN | CLOSED) and self.phase is not Phase.CLOSED:
-            self._read_net()
+        if events & (IN | CLOSED):
+            for _ in range(READS_PER_WAKE):
+                if self.phase is Phase.CLOSED or not self._reads_net():
+                    break
+                got = self._read_net()
+                if self._to_chain and self._inner is not None:
+                    self._send_inner()
+                if self._to_net:
+                    self._send_net()
+                if not got:
+                    break
         self._update()
 
     def _on_inner(self, events: int) -> None:
@@ -160,30 +172,40 @@ class Session:
             self._send_inner()
             if self.phase is Phase.OPEN and len(self._to_chain) < BUFFER_CAP:
                 self._decrypt()  # what waited in OpenSSL for room
-        if events & (IN | CLOSED) and self.phase is not Phase.CLOSED:
-            self._read_inner()
+        if events & (IN | CLOSED):
+            for _ in range(READS_PER_WAKE):
+                if self.phase is Phase.CLOSED or not self._reads_inner():
+                    break
+                got = self._read_inner()
+                if self._to_net:
+                    self._send_net()
+                if self._inner is not None:
+                    self._send_inner()  # the shim's held input may go on after a reply
+                if not got:
+                    break
         self._update()
 
     # --- the client's side ----------------------------------------------------------------
-    def _read_net(self) -> None:
+    def _read_net(self) -> bool:
+        """One read from the client; False when it gave nothing (yet)."""
         try:
             data = self._net.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError as error:
             self.abort(f"client: {error.strerror}")
-            return
+            return False
         if self.phase is Phase.LINGER:
             if not data:
                 self.abort(None)
-            return
+            return bool(data)
         if self.phase is Phase.PLAIN:
             assert self._shim is not None
             if not data:
                 self._client_eof = True
             else:
                 self._shim_out(self._shim.from_client(data))
-            return
+            return bool(data)
         if data:
             self._incoming.write(data)
         else:
@@ -192,6 +214,7 @@ class Session:
             self._handshake()
         if self.phase is Phase.OPEN:
             self._decrypt()
+        return bool(data)
 
     def _handshake(self) -> None:
         assert self._tls is not None
@@ -221,7 +244,11 @@ class Session:
 
     def _decrypt(self) -> None:
         assert self._tls is not None
-        while len(self._to_chain) < BUFFER_CAP and not self._client_eof:
+        while (
+            len(self._to_chain) < BUFFER_CAP
+            and not self._client_eof
+            and (self._shim is None or self._shim.wants_input())
+        ):
             try:
                 data = self._tls.read(READ_SIZE)
             except ssl.SSLWantReadError:
@@ -264,21 +291,30 @@ class Session:
             self._to_net += self._outgoing.read()
 
     # --- the chain's side -----------------------------------------------------------------
-    def _read_inner(self) -> None:
+    def _read_inner(self) -> bool:
+        """One read from the chain; False when it gave nothing (yet)."""
         assert self._inner is not None
         try:
             data = self._inner.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
-            return
+            return False
         except OSError:
             data = b""
         if not data:
             self._chain_done()
-            return
+            return False
         if self._shim is not None:
             self._shim_out(self._shim.from_chain(data))
         else:
             self._encrypt(data)
+        return True
+
+    def _reads_inner(self) -> bool:
+        return (
+            self._inner is not None
+            and len(self._to_net) < BUFFER_CAP
+            and self.phase is not Phase.HANDSHAKE
+        )
 
     def _encrypt(self, data: bytes) -> None:
         if self.phase is Phase.PLAIN:
@@ -299,16 +335,31 @@ class Session:
             self._encrypt(bytes(outcome.to_client))  # in the clear before STARTTLS
 
     def _send_inner(self) -> None:
-        assert self._inner is not None
-        while self._to_chain:
-            try:
-                sent = self._inner.send(self._to_chain)
-            except (BlockingIOError, InterruptedError):
+        """Clear text to the chain; and while it takes it, what OpenSSL still holds
+        (decrypting stopped at the cap, and no new bytes from the client may come)."""
+        while self._inner is not None:
+            while self._to_chain:
+                try:
+                    sent = self._inner.send(self._to_chain)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:  # the chain is gone: what it did not read is lost with it
+                    self._to_chain.clear()
+                    return
+                del self._to_chain[:sent]
+            if not self._holds_clear_text():
                 return
-            except OSError:  # the chain is gone: what it did not read is lost with it
-                self._to_chain.clear()
+            self._decrypt()
+            if not self._to_chain:
                 return
-            del self._to_chain[:sent]
+
+    def _holds_clear_text(self) -> bool:
+        return (
+            self.phase is Phase.OPEN
+            and not self._client_eof
+            and self._tls is not None
+            and bool(self._incoming.pending or self._tls.pending())
+        )
 
     def _chain_done(self) -> None:
         """The chain closed its output: close_notify, then wait a little for the client."""
@@ -343,7 +394,7 @@ class Session:
         if self._inner is not None:
             inner = OUT if self._to_chain else 0
             # Not during STARTTLS's handshake: the chain's words wait for the keys.
-            if len(self._to_net) < BUFFER_CAP and self.phase is not Phase.HANDSHAKE:
+            if self._reads_inner():
                 inner |= IN
             self._want(self._inner, inner)
 
