@@ -23,6 +23,7 @@ from .tls_harness import (
     Pair,
     client_context,
     echo_env_program,
+    fds_of,
     make_client_pair,
     make_pair,
     read_until,
@@ -291,11 +292,30 @@ echo done
             # 0, 1 (the socket pair), 2 (the log) and the fd ls itself reads
             assert len(fd_lines) <= 4, fd_lines
             assert all(str(pair.key) not in line for line in fd_lines)
-        # the server (uid nobody now) kept a root reader for the reloads, nothing else
-        log = server.log()
-        assert "TLS certificate kept" not in log
+        # the server (uid nobody now) kept one process as root, for the reloads
+        assert "TLS certificate kept" not in server.log()
+        pid = server.process.pid
+        assert uid_of(pid) == int(nobody)
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        readers = [int(child) for child in children if uid_of(int(child)) == 0]
+        assert len(readers) == 1, children
+        assert all(str(pair.key) not in link for link in fds_of(readers[0]))
     finally:
         server.stop()
+    deadline = time.monotonic() + 5  # it goes with the server
+    while Path(f"/proc/{readers[0]}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (
+        not Path(f"/proc/{readers[0]}/status").exists()
+        or "Z" in Path(f"/proc/{readers[0]}/status").read_text().split("State:")[1][:5]
+    )
+
+
+def uid_of(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Uid:"):
+            return int(line.split()[2])  # effective
+    raise AssertionError("no Uid")
 
 
 def test_reload_new_sessions_get_the_new_certificate_old_ones_finish(

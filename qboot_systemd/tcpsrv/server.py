@@ -490,18 +490,23 @@ class Server:
         assert self.tls is not None
         from .tls.certs import CertError
 
-        self._spawns_settle()
+        if not self._spawns_settle():
+            self.log_verbose(logline.warning("TLS certificate kept: spawns still running"), 1)
+            return
         try:
             self.tls.reload()
         except CertError as error:
             self.log_verbose(logline.warning(f"TLS certificate kept: {error}"), 1)
 
-    def _spawns_settle(self, timeout: float = 5.0) -> None:
+    def _spawns_settle(self, timeout: float = 5.0) -> bool:
+        """Wait for the spawns in flight to be reported (none starts meanwhile: only this
+        thread submits them); False if they take longer than timeout."""
         deadline = time.monotonic() + timeout
         assert self.spawns is not None
         while self.spawning and time.monotonic() < deadline:
             select.select([self.spawns.fileno()], [], [], 0.05)
             self._on_spawned()
+        return not self.spawning
 
     def _tls_busy(self) -> bool:
         return self.tls is not None and bool(self.tls.sessions)
