@@ -51,8 +51,21 @@ def make_pair(directory: Path, kind: str) -> tuple[Path, Path]:
         else ["-newkey", "rsa:2048"]
     )
     subprocess.run(
-        ["openssl", "req", "-x509", *algorithm, "-nodes", "-keyout", str(key), "-out", str(cert)]
-        + ["-subj", "/CN=bench", "-days", "2"],
+        [
+            "openssl",
+            "req",
+            "-x509",
+            *algorithm,
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=bench",
+            "-days",
+            "2",
+        ],
         check=True,
         capture_output=True,
     )
@@ -73,8 +86,26 @@ def wait_listening(port: int) -> None:
 
 def start_ours(cert: Path, key: Path, program: list[str]) -> tuple[subprocess.Popen[bytes], int]:
     process = subprocess.Popen(
-        [OURS, "-1", "-HR", "-l", "x", "-c", "100", "-b", "256", "-S", "implicit"]
-        + ["-E", str(cert), "-K", str(key), "127.0.0.1", "0", *program],
+        [
+            OURS,
+            "-1",
+            "-HR",
+            "-l",
+            "x",
+            "-c",
+            "100",
+            "-b",
+            "256",
+            "-S",
+            "implicit",
+            "-E",
+            str(cert),
+            "-K",
+            str(key),
+            "127.0.0.1",
+            "0",
+            *program,
+        ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
@@ -90,7 +121,7 @@ def start_stunnel(
     config.write_text(
         "foreground = yes\npid =\ndebug = 3\n"
         f"[bench]\naccept = 127.0.0.1:{port}\nexec = {program[0]}\n"
-        f"execArgs = {' '.join(Path(program[0]).name if i == 0 else w for i, w in enumerate(program))}\n"
+        f"execArgs = {' '.join([Path(program[0]).name, *program[1:]])}\n"
         f"cert = {cert}\nkey = {key}\n"
     )
     process = subprocess.Popen(
@@ -111,8 +142,17 @@ def cpu_seconds(pid: int) -> float:
 def handshakes(port: int, seconds: int) -> int:
     clients = [
         subprocess.Popen(
-            ["openssl", "s_time", "-connect", f"127.0.0.1:{port}", "-new", "-www", "/"]
-            + ["-time", str(seconds)],
+            [
+                "openssl",
+                "s_time",
+                "-connect",
+                f"127.0.0.1:{port}",
+                "-new",
+                "-www",
+                "/",
+                "-time",
+                str(seconds),
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
