@@ -58,6 +58,7 @@ def test_s_client_gets_the_greeting_with_sslserver_variables(tmp_path: Path, pai
         server.stop()
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1:DeprecationWarning")
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
 def test_tls_12_and_13_only(tmp_path: Path, pair: Pair, version: ssl.TLSVersion) -> None:
     server = tls_server(pair, "implicit", "-R", "-H", "-l0", program=echo_env_program(tmp_path))
@@ -451,3 +452,13 @@ def test_starttls_discards_commands_pipelined_behind_it(tmp_path: Path, pair: Pa
         assert received == ["EHLO c", "RSET", "EHLO c", "QUIT"]
     finally:
         server.stop()
+
+
+def test_check_for_verify_and_status(tmp_path: Path, pair: Pair) -> None:
+    from qboot_systemd.tcpsrv.tls.certs import CertPaths
+    from qboot_systemd.tcpsrv.tls.context import check
+
+    assert check(CertPaths(str(pair.cert), str(pair.key))) is None
+    other = make_pair(tmp_path, "other")
+    problem = check(CertPaths(str(pair.cert), str(other.key)))
+    assert problem is not None and str(problem).startswith(f"{other.key}: the key does not match")

@@ -42,3 +42,15 @@ def server_context(paths: CertPaths, material: Material, ciphers: str | None) ->
     if material.cca is not None:
         context.verify_mode = ssl.CERT_OPTIONAL
     return context
+
+
+def check(paths: CertPaths, ciphers: str | None = None) -> CertError | None:
+    """What qbootctl verify and status can show for a service: the one-line problem with
+    its certificate files (read as the caller may: as root, as the server would), or None."""
+    from .certs import read_material
+
+    try:
+        server_context(paths, read_material(paths), ciphers)
+    except CertError as error:
+        return error
+    return None
