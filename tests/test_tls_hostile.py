@@ -5,6 +5,7 @@ crash, its memory must stay bounded, and an honest client must still be served."
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import socket
 import ssl
@@ -42,8 +43,8 @@ def client_hello() -> bytes:
     return outgoing.read()
 
 
-def honest_client_served(server: Running) -> None:
-    with tls_connect(server.port) as client:
+def honest_client_served(server: Running, source: str = "") -> None:
+    with tls_connect(server.port, source=source) as client:
         assert read_until(client, b"\n").startswith(b"220 greeting")
         client.sendall(b"quit\n")
         assert read_until(client, b"quit\n").endswith(b"echo quit\n")
@@ -220,13 +221,14 @@ def test_500_stalled_handshakes_then_an_honest_client(tmp_path: Path, pair: Pair
     stalled: list[socket.socket] = []
     try:
         base = rss_kib(server.process.pid)
-        for _ in range(500):
-            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        for index in range(500):  # from 8 addresses, under the share of each
+            source = (f"127.0.0.{10 + index % 8}", 0)
+            sock = socket.create_connection(("127.0.0.1", server.port), 10, source)
             sock.sendall(hello[:40])
             stalled.append(sock)
         time.sleep(0.5)
         started = time.monotonic()
-        honest_client_served(server)
+        honest_client_served(server, "127.0.0.2")
         assert time.monotonic() - started < 2
         grown = rss_kib(server.process.pid) - base
         assert grown < 64 * 1024, grown  # KiB: well under 128 KiB per handshake
@@ -272,4 +274,42 @@ def test_500_concurrent_full_handshakes_finish(tmp_path: Path, pair: Pair) -> No
         assert elapsed < 120, elapsed
         no_crash(server)
     finally:
+        server.stop()
+
+
+def test_one_address_gets_its_share_of_handshakes(tmp_path: Path, pair: Pair) -> None:
+    """One address (IPv6: one /64) holds at most an eighth of the handshake places; the
+    connections past that are closed at once, others are served."""
+    from qboot_systemd.tcpsrv.tls.service import handshake_cap, per_address_cap
+
+    server = tls_server(
+        pair,
+        "implicit",
+        "-v",
+        "-t5",
+        "-b1024",
+        "-R",
+        "-H",
+        "-l0",
+        program=echo_env_program(tmp_path),
+    )
+    share = per_address_cap(handshake_cap())
+    stalled: list[socket.socket] = []
+    try:
+        for _ in range(share + 20):
+            sock = socket.create_connection(("127.0.0.1", server.port), 10, ("127.0.0.30", 0))
+            sock.sendall(b"\x16\x03\x01")
+            stalled.append(sock)
+        server.wait_count("too many handshakes from there", 20)
+        time.sleep(0.3)
+        assert server.log().count("too many handshakes from there") == 20
+        for sock in stalled[share:]:
+            sock.settimeout(1)
+            with contextlib.suppress(ConnectionResetError):  # closed with our bytes unread
+                assert sock.recv(10) == b""
+        honest_client_served(server, "127.0.0.31")
+        no_crash(server)
+    finally:
+        for sock in stalled:
+            sock.close()
         server.stop()

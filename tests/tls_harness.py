@@ -130,9 +130,11 @@ def client_context(cert: Path | None = None, client: Pair | None = None) -> ssl.
 
 
 def tls_connect(
-    port: int, context: ssl.SSLContext | None = None, timeout: float = 10
+    port: int, context: ssl.SSLContext | None = None, timeout: float = 10, source: str = ""
 ) -> ssl.SSLSocket:
-    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    raw = socket.create_connection(
+        ("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None
+    )
     return (context or client_context()).wrap_socket(raw, server_hostname="mail.example.org")
 
 

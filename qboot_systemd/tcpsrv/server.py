@@ -450,6 +450,11 @@ class Server:
         endpoints = self._admissible(listener, fd, address)
         if endpoints is None:
             return
+        if self.tls.crowded(endpoints.remote_ip):
+            client = logline.safe(unmap_ipv4(endpoints.remote_ip))
+            self.log_verbose(logline.warning(f"TLS from {client}: too many handshakes from there"))
+            netcalls.close(fd)
+            return
         self._prepare_socket(fd, listener.family)
 
         def ready(session: Session, env: dict[str, str]) -> None:
@@ -462,7 +467,7 @@ class Server:
             self.log_verbose(logline.warning(f"TLS from {client}: {words[:200]}"))
             self._set_accepting(self._may_accept())
 
-        self.tls.handshake(self._reactor(), fd, ready, failed)
+        self.tls.handshake(self._reactor(), fd, endpoints.remote_ip, ready, failed)
 
     def _admit_waiting(self) -> None:
         """Finished handshakes take the -c slots that are free, first come first."""

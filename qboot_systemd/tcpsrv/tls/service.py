@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import resource
 import ssl
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from ..lookups import lookup_key
 from ..reactor import Reactor
 from .certs import CertPaths, CertReader
 from .context import server_context
@@ -40,6 +42,12 @@ class TlsConfig:
     handshake_seconds: float
 
 
+def per_address_cap(cap: int) -> int:
+    """Handshakes in flight from one address (IPv6: one /64): an eighth of all, so one
+    address cannot hold every place for the -t seconds of its stalled handshakes."""
+    return max(8, cap // 8)
+
+
 def handshake_cap() -> int:
     """Handshakes in flight at most: MAX_HANDSHAKES, or a quarter of the fds we may open."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -56,6 +64,7 @@ class TlsService:
         self.sessions: set[Session] = set()
         self.handshaking = 0
         self.cap = handshake_cap()
+        self.by_address: Counter[str] = Counter()
 
     def load(self) -> None:
         """The first context; CertError (one line) when a file is wrong."""
@@ -74,27 +83,40 @@ class TlsService:
             session.abort("server stopping")
         self.reader.close()
 
+    def crowded(self, remote_ip: str) -> bool:
+        """Has this client's address (or /64) its share of handshakes in flight?"""
+        return self.by_address[lookup_key(remote_ip)] >= per_address_cap(self.cap)
+
     def handshake(
         self,
         reactor: Reactor,
         fd: int,
+        remote_ip: str,
         on_ready: Callable[[Session, dict[str, str]], None],
         on_failed: Callable[[str], None],
     ) -> Session:
         """Implicit TLS: the handshake, then on_ready(session, SSL variables)."""
         assert self.context is not None, "load() first"
+        key = lookup_key(remote_ip)
         self.handshaking += 1
+        self.by_address[key] += 1
         holder: list[Session] = []
 
-        def ready(env: dict[str, str]) -> None:
+        def done() -> None:
             self.handshaking -= 1
+            self.by_address[key] -= 1
+            if self.by_address[key] <= 0:
+                del self.by_address[key]
+
+        def ready(env: dict[str, str]) -> None:
+            done()
             on_ready(holder[0], env)
 
         def closed(reason: str | None) -> None:
             session = holder[0]
             self.sessions.discard(session)
             if session.phase_before_close is Phase.HANDSHAKE:
-                self.handshaking -= 1
+                done()
                 on_failed(reason or "closed")
 
         session = Session(
