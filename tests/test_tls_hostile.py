@@ -313,3 +313,47 @@ def test_one_address_gets_its_share_of_handshakes(tmp_path: Path, pair: Pair) ->
         for sock in stalled:
             sock.close()
         server.stop()
+
+
+def test_starttls_hostile_clients(tmp_path: Path, pair: Pair) -> None:
+    """STARTTLS: a line without end in the clear, then a handshake that stalls after
+    STARTTLS (cut at -t), then garbage instead of a ClientHello: the shim's memory stays
+    bounded, the chain gets its end each time, and an honest client is served."""
+    from .test_tls import smtp_recorder
+
+    server = tls_server(pair, "starttls", "-v", "-t2", "-RHl0", program=smtp_recorder(tmp_path))
+    try:
+        base = rss_kib(server.process.pid)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as flood:
+            assert read_until(flood, b"\r\n").startswith(b"220")
+            chunk = b"NOOP " + b"x" * 65536
+            for _ in range(160):  # 10 MB in one line
+                flood.sendall(chunk)
+        assert rss_kib(server.process.pid) - base < 8192
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as stall:
+            assert read_until(stall, b"\r\n").startswith(b"220")
+            stall.sendall(b"STARTTLS\r\n")
+            assert read_until(stall, b"\r\n") == b"220 2.0.0 Ready to start TLS\r\n"
+            started = time.monotonic()
+            assert stall.recv(100) == b""  # no ClientHello: cut at the deadline
+            assert 1.5 < time.monotonic() - started < 5
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as garbage:
+            assert read_until(garbage, b"\r\n").startswith(b"220")
+            garbage.sendall(b"STARTTLS\r\n")
+            assert read_until(garbage, b"\r\n") == b"220 2.0.0 Ready to start TLS\r\n"
+            garbage.sendall(b"MAIL FROM:<not-tls@example>\r\n")
+            with contextlib.suppress(ConnectionResetError):
+                assert b"250" not in garbage.recv(100)
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            assert read_until(raw, b"\r\n").startswith(b"220")
+            raw.sendall(b"STARTTLS\r\n")
+            assert read_until(raw, b"\r\n").startswith(b"220 2.0.0")
+            with client_context().wrap_socket(raw, server_hostname="x") as tls:
+                tls.sendall(b"QUIT\r\n")
+                assert read_until(tls, b"\r\n") == b"221 rec\r\n"
+        server.wait_count(r" end \d+ status", 4)  # every chain ended
+        no_crash(server)
+        received = (tmp_path / "received").read_text()
+        assert "not-tls" not in received
+    finally:
+        server.stop()
