@@ -392,7 +392,7 @@ class Server:
         if endpoints is None:
             return
         self._prepare_socket(fd, listener.family)
-        self._admit(fd, endpoints)
+        self._take_slot(fd, endpoints)
 
     def _admissible(
         self, listener: socket.socket, fd: int, address: tuple[str, int]
@@ -425,7 +425,7 @@ class Server:
             return None
         return endpoints
 
-    def _admit(self, fd: int, endpoints: Endpoints) -> None:
+    def _take_slot(self, fd: int, endpoints: Endpoints) -> None:
         """The connection takes its -c slot: then its lookups, the rules, the chain."""
         client = unmap_ipv4(endpoints.remote_ip)
         # accept() gave a blocking fd (accept4 without SOCK_NONBLOCK): the child needs that.
@@ -459,7 +459,7 @@ class Server:
 
         def ready(session: Session, env: dict[str, str]) -> None:
             self.tls_waiting.append((session, endpoints, env))
-            self._admit_waiting()
+            self._tls_take_slots()
 
         def failed(reason: str) -> None:
             client = logline.safe(unmap_ipv4(endpoints.remote_ip))
@@ -469,7 +469,7 @@ class Server:
 
         self.tls.handshake(self._reactor(), fd, endpoints.remote_ip, ready, failed)
 
-    def _admit_waiting(self) -> None:
+    def _tls_take_slots(self) -> None:
         """Finished handshakes take the -c slots that are free, first come first."""
         while self.tls_waiting and self.running < self.options.limit:
             session, endpoints, env = self.tls_waiting.popleft()
@@ -477,7 +477,7 @@ class Server:
                 continue
             fd = session.chain_end()
             self.tls_env[fd] = env
-            self._admit(fd, endpoints)
+            self._take_slot(fd, endpoints)
         self._set_accepting(self._may_accept())
 
     def _reactor(self) -> Reactor:
@@ -755,7 +755,7 @@ class Server:
                 del self.per_ip[client]
         self._status_changed()
         if self.tls_waiting:
-            self._admit_waiting()
+            self._tls_take_slots()
         self._set_accepting(self._may_accept())
 
     def _reap(self) -> None:
