@@ -4,6 +4,7 @@ reload on SIGHUP, the key kept from the chain)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -462,3 +463,86 @@ def test_check_for_verify_and_status(tmp_path: Path, pair: Pair) -> None:
     other = make_pair(tmp_path, "other")
     problem = check(CertPaths(str(pair.cert), str(other.key)))
     assert problem is not None and str(problem).startswith(f"{other.key}: the key does not match")
+
+
+class MemoryClient:
+    """A TLS client on memory BIOs over a plain socket, so the test decides when
+    close_notify goes (Python's SSLSocket cannot send it and read on)."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = client_context().wrap_bio(self.incoming, self.outgoing, server_hostname="x")
+        while True:
+            try:
+                self.tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                self._flush()
+                self._fill()
+        self._flush()
+
+    def _flush(self) -> None:
+        if self.outgoing.pending:
+            self.sock.sendall(self.outgoing.read())
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        if data:
+            self.incoming.write(data)
+        else:
+            self.incoming.write_eof()
+        return bool(data)
+
+    def send(self, data: bytes) -> None:
+        self.tls.write(data)
+        self._flush()
+
+    def close_notify(self) -> None:
+        with contextlib.suppress(ssl.SSLWantReadError):
+            self.tls.unwrap()
+        self._flush()
+
+    def read_all(self) -> tuple[bytes, bool]:
+        """Everything until the server's close_notify (True) or a bare EOF (False)."""
+        got = b""
+        while True:
+            try:
+                chunk = self.tls.read(65536)
+                if not chunk:  # the server's close_notify, ours not sent (Python's way)
+                    return got, True
+                got += chunk
+                continue
+            except ssl.SSLWantReadError:
+                if not self._fill() and not self.incoming.pending:
+                    try:
+                        got += self.tls.read(65536)
+                    except (ssl.SSLZeroReturnError, ssl.SSLEOFError) as error:
+                        return got, isinstance(error, ssl.SSLZeroReturnError)
+            except ssl.SSLZeroReturnError:
+                return got, True
+            except ssl.SSLEOFError:
+                return got, False
+
+
+@pytest.mark.parametrize("how", ["close_notify", "tcp_fin"])
+def test_half_close_as_sslserver(tmp_path: Path, pair: Pair, how: str) -> None:
+    """The client's close_notify (or a bare TCP FIN) is the chain's end of input; what the
+    chain writes after it still reaches the client, then the server's close_notify ends
+    the session."""
+    digest = write_script(tmp_path, "digest", "#!/bin/sh\nsha256sum | cut -c1-64\necho done\n")
+    server = tls_server(pair, "implicit", "-RHl0", program=[digest])
+    try:
+        payload = os.urandom(1 << 20)
+        client = MemoryClient(server.port)
+        client.send(payload)
+        if how == "close_notify":
+            client.close_notify()
+        else:
+            client.sock.shutdown(socket.SHUT_WR)
+        got, clean = client.read_all()
+        assert got == hashlib.sha256(payload).hexdigest().encode() + b"\ndone\n"
+        assert clean  # the server's close_notify, not a bare EOF
+        client.sock.close()
+    finally:
+        server.stop()

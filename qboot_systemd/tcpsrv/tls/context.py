@@ -33,6 +33,10 @@ def server_context(paths: CertPaths, material: Material, ciphers: str | None) ->
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.maximum_version = ssl.TLSVersion.TLSv1_3
     context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    # A client's TCP FIN without close_notify ends the chain's input like close_notify
+    # (as it does under tcpserver), and what the chain still writes reaches the client;
+    # without this OpenSSL 3 fails the connection and drops the chain's last reply.
+    context.options |= ssl.OP_IGNORE_UNEXPECTED_EOF
     context.options &= ~ssl.OP_CIPHER_SERVER_PREFERENCE
     try:
         context.set_ciphers(ciphers or INTERMEDIATE_CIPHERS)
