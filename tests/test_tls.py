@@ -469,10 +469,12 @@ class MemoryClient:
     """A TLS client on memory BIOs over a plain socket, so the test decides when
     close_notify goes (Python's SSLSocket cannot send it and read on)."""
 
-    def __init__(self, port: int) -> None:
+    def __init__(self, port: int, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self.tls = client_context().wrap_bio(self.incoming, self.outgoing, server_hostname="x")
+        context = client_context()
+        context.maximum_version = version
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="x")
         while True:
             try:
                 self.tls.do_handshake()
@@ -525,8 +527,11 @@ class MemoryClient:
                 return got, False
 
 
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
 @pytest.mark.parametrize("how", ["close_notify", "tcp_fin"])
-def test_half_close_as_sslserver(tmp_path: Path, pair: Pair, how: str) -> None:
+def test_half_close_as_sslserver(
+    tmp_path: Path, pair: Pair, how: str, version: ssl.TLSVersion
+) -> None:
     """The client's close_notify (or a bare TCP FIN) is the chain's end of input; what the
     chain writes after it still reaches the client, then the server's close_notify ends
     the session."""
@@ -534,7 +539,8 @@ def test_half_close_as_sslserver(tmp_path: Path, pair: Pair, how: str) -> None:
     server = tls_server(pair, "implicit", "-RHl0", program=[digest])
     try:
         payload = os.urandom(1 << 20)
-        client = MemoryClient(server.port)
+        client = MemoryClient(server.port, version)
+        assert client.tls.version() == version.name.replace("v1_", "v1.")
         client.send(payload)
         if how == "close_notify":
             client.close_notify()
