@@ -249,11 +249,14 @@ def test_migrate_masks_the_old_boot_script_and_names_the_rest(tmp_path: Path) ->
     assert os.readlink(root / "etc/systemd/system/qmaild.service") == "/dev/null"
     assert not (root / "etc/systemd/system/cron.service").exists()
     assert lines[0].startswith("migrate: masked qmaild.service")
-    assert lines[1].endswith(f"{root}/etc/rc2.d/S20qmaild")
+    # The seed's /etc/init.d/qmaild is not gone without a word: eqmaild replaces it.
+    assert lines[1].startswith(f"migrate: {root}/etc/init.d/qmaild is replaced by eqmaild: ")
+    assert lines[1].endswith(f"ln -sf /usr/bin/eqmaild {root}/etc/init.d/qmaild")
+    assert lines[2].endswith(f"{root}/etc/rc2.d/S20qmaild")
     service = root / "service/qmail-smtpd"
-    assert lines[2].endswith(f"svc -dx {service} {service}/log; rm {service}")
-    assert lines[3].startswith("migrate: qmail-send runs as pid 100 outside qboot-systemd")
-    assert len(lines) == 4
+    assert lines[3].endswith(f"svc -dx {service} {service}/log; rm {service}")
+    assert lines[4].startswith("migrate: qmail-send runs as pid 100 outside qboot-systemd")
+    assert len(lines) == 5
     assert migrate.migrate(root, None)[0].startswith("migrate: old rc links")  # masked once
     other = migrate.foreign_queue_runner(proc)
     assert other is not None and other.pid == 100
@@ -484,7 +487,7 @@ def test_status_shows_a_pending_change(box: Sandbox) -> None:
     pid = show(box, "qmail-tcpd@subm.service", "MainPID")
     box.run("sh", "-c", f"echo 'setenv PENDING 1' >> {BOOTCTRL}/qmail-subm.env")
     done = box.run(QBOOTCTL, "status", check=False)
-    assert done.returncode == 1
+    assert done.returncode == 150  # degraded: serves, not as bootctrl says
     assert "pending: bootctrl changed since the last reload" in done.stdout
     started = time.monotonic()
     box.run("systemctl", "daemon-reload")
@@ -533,7 +536,7 @@ def test_byte_order_mark_never_stops_the_service(box: Sandbox) -> None:
     assert listening_on(box, 2587) and banner(box, 2587).startswith("220 ")
     assert show(box, "qmail-tcpd@subm.service", "MainPID") == pid
     done = box.run(QBOOTCTL, "status", check=False)
-    assert done.returncode == 1 and "qmail-subm.env:1: starts with a UTF-8 byte order mark" in (
+    assert done.returncode == 150 and "qmail-subm.env:1: starts with a UTF-8 byte order mark" in (
         done.stdout
     )
     edit(box, "subm", good)
@@ -583,14 +586,15 @@ def test_an_unknown_user_keeps_the_running_service(box: Sandbox) -> None:
     where = f'{env}:19: unknown user "nosuchuser"'
     done = box.run(QBOOTCTL, "status", check=False)
     print(done.stdout)
-    assert done.returncode == 1
+    assert done.returncode == 150
     assert f"degraded, runs its last good settings: {where}" in done.stdout
     journal = box.run("journalctl", "-u", "qmail-tcpd@smtp.service", "-o", "cat", "--no-pager")
     assert where in journal.stdout and "keeps running its last good settings" in journal.stdout
     assert "fatal: unknown user" not in journal.stdout
     seeds = box.run(EQMAILD, "status", check=False)
     checked = [line for line in seeds.stdout.splitlines() if line.startswith("Checking qmail-smtp")]
-    assert seeds.returncode == 3 and len(checked) == 1 and "FAILED" in checked[0]
+    # It serves mail: DEGRADED, neither OK nor FAILED ("not running" to monitoring).
+    assert seeds.returncode == 150 and len(checked) == 1 and "DEGRADED" in checked[0]
     assert f"{where} (USER=): no such user" in seeds.stdout
     # A crash of the degraded service: systemd starts it again with its last good settings.
     box.run("kill", "-9", pid)
@@ -707,8 +711,8 @@ def test_a_port_in_use_is_never_taken_by_an_edit(box: Sandbox) -> None:
     assert show(box, "qmail-tcpd@smtp.service", "MainPID") == smtp_pid
     assert banner(box, 25).startswith("220 ")
     done = box.run(QBOOTCTL, "status", check=False)
-    assert done.returncode == 1
-    assert "qmail-qmtp.env:6: 25 is already used by service smtp\n" in done.stdout
+    assert done.returncode == 150
+    assert "qmail-qmtp.env:7: 25 is already used by service smtp\n" in done.stdout
     box.run("sed", "-i", "s/^PORT=25/PORT=209/", f"{BOOTCTRL}/qmail-qmtp.env")
     reload_and_settle(box)
     assert box.run(QBOOTCTL, "status", check=False).returncode == 0
