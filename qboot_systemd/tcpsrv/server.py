@@ -66,6 +66,8 @@ if TYPE_CHECKING:  # dns, lookups and screening are imported when used: a server
     from .ratelimit import RateLimiter
     from .rbl import RblConfig, Verdict
     from .screen import RblScreen
+    from .tls.relay import Session
+    from .tls.service import TlsService
 
 # accept() errors that mean "out of resources for now": back off instead of spinning.
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -97,8 +99,9 @@ def import_what_options_need(options: Options) -> None:
 
 def lane_fits(options: Options) -> bool:
     """Can the _conn extension's Lane serve these options? Names, ident, rates and -C it
-    takes through hold(), the in-core rblsmtpd through screen()."""
-    return netcalls.EXTENSION is not None
+    takes through hold(), the in-core rblsmtpd through screen(); TLS (-S) is the Python
+    loop's."""
+    return netcalls.EXTENSION is not None and options.tls is None
 
 
 def lane_holds(options: Options) -> bool:
@@ -184,6 +187,7 @@ class Server:
         under_systemd: bool = False,
         systemd_sockets: bool = False,
         rbl: RblConfig | None = None,  # the in-core rblsmtpd (-L), program being the rest
+        tls: TlsService | None = None,  # -S, its certificate loaded
     ) -> None:
         # What was asked for.
         self.options = options
@@ -242,6 +246,12 @@ class Server:
         # Screening (issue 16): the in-core rblsmtpd (made by start()) and the rate limit.
         self.screen: RblScreen | None = None
         self.rate: RateLimiter | None = None
+        # TLS: a handshake holds no -c slot; a finished one waits here for a slot, and its
+        # SSL_* variables wait by the fd its chain gets.
+        self.tls = tls
+        self.tls_waiting: deque[tuple[Session, Endpoints, dict[str, str]]] = deque()
+        self.tls_env: dict[int, dict[str, str]] = {}
+        self.reactor_watched = False
         if options.rate:
             from .ratelimit import RateLimiter
 
@@ -326,6 +336,8 @@ class Server:
 
     def close(self) -> None:
         """Stop the spawner pool (after the jobs queued) and close our own fds."""
+        if self.tls is not None:
+            self.tls.close()
         if self.lane is not None:
             self.lane.close()
             self.lane = None
@@ -403,6 +415,7 @@ class Server:
             self.stop_at is None
             and self.backoff_until is None
             and self.running + len(self.admitted) < self.options.limit
+            and (self.tls is None or self.tls.handshaking < self.tls.cap)
         )
 
     def _on_listener(self, listener: socket.socket) -> None:
@@ -421,7 +434,10 @@ class Server:
                     return
                 continue  # ECONNABORTED, EPROTO, EPERM: that client is gone
             self._accepted()
-            self._on_connection(listener, fd, address)
+            if self.tls is not None and not self.tls.config.mode.starttls:
+                self._tls_handshake(listener, fd, address)
+            else:
+                self._on_connection(listener, fd, address)
         self._set_accepting(self._may_accept())
 
     def _out_of_resources(self, number: int) -> None:
@@ -440,13 +456,23 @@ class Server:
         self.backoff = BACKOFF_LEAST
 
     def _on_connection(self, listener: socket.socket, fd: int, address: tuple[str, int]) -> None:
+        endpoints = self._admissible(listener, fd, address)
+        if endpoints is None:
+            return
+        self._prepare_socket(fd, listener.family)
+        self._begin(fd, endpoints)
+
+    def _admissible(
+        self, listener: socket.socket, fd: int, address: tuple[str, int]
+    ) -> Endpoints | None:
+        """The connection's endpoints, or None when the rate or per-address limit closed it."""
         local = self.local_endpoints[id(listener)]
         if local is None:  # a wildcard listener: ask which address the client reached
             try:
                 local = netcalls.local_address(fd)
             except OSError:
                 netcalls.close(fd)
-                return
+                return None
         remote_ip = address[0]
         if "%" in remote_ip:  # a link-local client's scope
             remote_ip = remote_ip.partition("%")[0]
@@ -454,12 +480,15 @@ class Server:
         client = unmap_ipv4(endpoints.remote_ip)
         if self.rate is not None and not self.rate.allow(client):
             self._over_rate(fd, client)
-            return
+            return None
         if self.options.per_ip and self.per_ip[client] >= self.options.per_ip:
             self._drop_per_ip(fd, client)
-            return
-        # accept() gave a blocking fd (accept4 without SOCK_NONBLOCK): the child needs that.
-        self._prepare_socket(fd, listener.family)
+            return None
+        return endpoints
+
+    def _begin(self, fd: int, endpoints: Endpoints) -> None:
+        """A connection on its way to a session: the banner, then its names (held without
+        a -c slot), the rules and the screening; the slot when it is decided."""
         if self.options.banner:
             netcalls.send_now(fd, self.options.banner.encode("utf-8", "surrogateescape"))
         needs_local = self.options.localname is None and endpoints.local_ip not in self.local_names
@@ -501,6 +530,86 @@ class Server:
             1,
         )
         netcalls.close(fd)
+        self.tls_env.pop(fd, None)
+
+    # --- TLS ---------------------------------------------------------------------------
+    def _tls_handshake(self, listener: socket.socket, fd: int, address: tuple[str, int]) -> None:
+        """Implicit TLS: the handshake first, in the loop and without a -c slot; the
+        finished session then takes its slot like a new connection, its chain reading
+        and writing clear text on the session's socket pair."""
+        assert self.tls is not None
+        endpoints = self._admissible(listener, fd, address)
+        if endpoints is None:
+            return
+        if self.tls.crowded(endpoints.remote_ip):
+            client = logline.safe(unmap_ipv4(endpoints.remote_ip))
+            self.log_verbose(logline.warning(f"TLS from {client}: too many handshakes from there"))
+            netcalls.close(fd)
+            return
+        self._prepare_socket(fd, listener.family)
+
+        def ready(session: Session, env: dict[str, str]) -> None:
+            self.tls_waiting.append((session, endpoints, env))
+            self._tls_take_slots()
+
+        def failed(reason: str) -> None:
+            client = logline.safe(unmap_ipv4(endpoints.remote_ip))
+            words = "".join(c if c.isascii() and c.isprintable() else "?" for c in reason)
+            self.log_verbose(logline.warning(f"TLS from {client}: {words[:200]}"))
+            self._set_accepting(self._may_accept())
+
+        self.tls.handshake(self._reactor(), fd, endpoints.remote_ip, ready, failed)
+
+    def _tls_take_slots(self) -> None:
+        """Finished handshakes go on as new connections: their names and rules (held,
+        without a -c slot), then a slot when decided, first come first."""
+        while self.tls_waiting:
+            session, endpoints, env = self.tls_waiting.popleft()
+            if session.closed:  # the client left while it waited
+                continue
+            fd = session.chain_end()
+            self.tls_env[fd] = env
+            self._begin(fd, endpoints)
+        self._set_accepting(self._may_accept())
+
+    def _reactor(self) -> Reactor:
+        """The reactor, started and watched by the loop at the first use."""
+        if not self.reactor_watched:
+            self.reactor.start()
+            if self.lane is not None:  # run() returns when it is readable
+                self.lane.watch(self.reactor.fileno())
+            else:
+                self._watch(self.reactor.fileno(), self.reactor.run_ready)
+            self.reactor_watched = True
+        return self.reactor
+
+    def _tls_reload(self) -> None:
+        """SIGHUP: a new context from the certificate files, for new sessions only. The
+        spawns in flight finish first: OpenSSL opens the key's memfd without
+        close-on-exec, and a chain cloned in that moment would inherit it."""
+        assert self.tls is not None
+        from .tls.certs import CertError
+
+        if not self._spawns_settle():
+            self.log_verbose(logline.warning("TLS certificate kept: spawns still running"), 1)
+            return
+        try:
+            self.tls.reload()
+        except CertError as error:
+            self.log_verbose(logline.warning(f"TLS certificate kept: {error}"), 1)
+
+    def _spawns_settle(self, timeout: float = 5.0) -> bool:
+        """Wait for the spawns in flight to be reported (none starts meanwhile: only this
+        thread submits them); False if they take longer than timeout."""
+        deadline = time.monotonic() + timeout
+        assert self.spawns is not None
+        while self.spawning and time.monotonic() < deadline:
+            select.select([self.spawns.fileno()], [], [], 0.05)
+            self._on_spawned()
+        return not self.spawning
+
+    def _tls_busy(self) -> bool:
+        return self.tls is not None and bool(self.tls.sessions)
 
     def _prepare_socket(self, fd: int, family: int) -> None:
         if self.options.nodelay:
@@ -561,12 +670,7 @@ class Server:
         if self.resolver is None:
             from .dns import Resolver
 
-            self.reactor.start()
-            if self.lane is not None:
-                self.lane.watch(self.reactor.fileno())
-            else:
-                self._watch(self.reactor.fileno(), self.reactor.run_ready)
-            self.resolver = Resolver(self.reactor)
+            self.resolver = Resolver(self._reactor())
         return self.resolver
 
     def _names(self) -> CachingResolver:
@@ -594,6 +698,7 @@ class Server:
             1,
         )
         netcalls.close(fd)
+        self.tls_env.pop(fd, None)
 
     def _lookups_done(self, pending: Pending, names: Names) -> None:
         if self.pending.get(pending.ident) is not pending:
@@ -818,6 +923,8 @@ class Server:
             endpoints, local_host, remote_host, remote_info, self.options.ipv6_env
         )
         extra.update(decision.env)  # rules may override TCP* and the server's own
+        if self.tls_env:
+            extra = {**self.tls_env.pop(fd, {}), **extra}
         go = Decided(fd, client, log_local, log_remote, extra)
         if self.screen is None:
             self._release(pending)
@@ -841,6 +948,9 @@ class Server:
         log_remote: LogRemote,
         extra: dict[str, str],
     ) -> None:
+        if self.tls is not None and self.tls.config.mode.starttls:
+            # The chain talks to the SMTP shim, which offers STARTTLS on the client's side.
+            fd = self.tls.plain(self._reactor(), fd).chain_end()
         job = SpawnJob(fd, client, log_local, log_remote)
         ident = next(self.ids)
         self.counters.served += 1  # taken back if the chain cannot be run
@@ -942,6 +1052,7 @@ class Server:
         tcpserver's child would."""
         if fd is not None:
             netcalls.close(fd)
+            self.tls_env.pop(fd, None)
         pid = os.getpid()
         self.log_verbose(logline.pid_from(pid, client))
         self.log_verbose(line, level)
@@ -1032,6 +1143,8 @@ class Server:
                     self.names.forget()
                 if self.screen is not None:
                     self.screen.forget()
+                if self.tls is not None:
+                    self._tls_reload()
                 self._judge()
                 self.log_verbose(f"{logline.PROGRAM}: SIGHUP: rules and names reloaded\n", 2)
                 self.notifier.send("READY=1")
@@ -1053,6 +1166,7 @@ class Server:
         return bool(
             self.pending
             or self._screening()
+            or self._tls_busy()
             or self.backoff_until is not None
             or self.stop_at is not None
             or self.notifier.next_flush() is not None
@@ -1071,7 +1185,7 @@ class Server:
             )
             if t is not None
         ]
-        if self.pending or self._screening():
+        if self.pending or self._screening() or self._tls_busy():
             lookup_deadline = self.reactor.next_deadline()
             if lookup_deadline is not None:
                 candidates.append(lookup_deadline)
@@ -1081,7 +1195,9 @@ class Server:
         if self.lane is not None:
             running, _, _, waiting, _ = self.lane.counts()
             return bool(running or waiting or self.pending)
-        return bool(self.children or self.pending or self.spawning or self.admitted)
+        return bool(
+            self.children or self.pending or self.spawning or self.admitted or self._tls_busy()
+        )
 
     def serve(self) -> int:
         """The loop, from READY=1 until the last session after SIGTERM; start() first."""
@@ -1114,7 +1230,7 @@ class Server:
             if not self._timed():
                 continue
             now = time.monotonic()
-            if self.pending or self._screening():
+            if self.pending or self._screening() or self._tls_busy():
                 self.reactor.run_timers(now)
             if self.backoff_until is not None and now >= self.backoff_until:
                 self.backoff_until = None
