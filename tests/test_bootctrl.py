@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qboot_systemd import bootctrl
+from qboot_systemd import settings as env_settings
 from qboot_systemd.bootctrl import Listen
 from qboot_systemd.problems import Problem
 
@@ -242,8 +243,8 @@ def test_a_refused_setting_says_the_service_is_skipped_once(
 _REFERENCES = [
     (bootctrl.valid_service_name, r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z"),
     (bootctrl._host_name, r"[A-Za-z0-9.-]{1,255}\Z"),
-    (bootctrl._account_name, r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\Z"),
-    (bootctrl._port_name, r"[A-Za-z][A-Za-z0-9_-]{0,31}\Z"),
+    (env_settings.account_name, r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\Z"),
+    (env_settings.port_name, r"[A-Za-z][A-Za-z0-9_-]{0,31}\Z"),
 ]
 _NAME_TEXT = st.text(st.sampled_from("aZ09_.-/ \n\x00é٣\uff21K")) | st.text(max_size=300)
 
