@@ -10,17 +10,16 @@ import os
 import stat
 from collections.abc import Callable, Mapping
 
-from . import envfile, purepath, settings, strictmodes
+from . import envfile, settings, strictmodes
+from ._startup import TYPE_CHECKING, NamedTuple, absolute_path, join_path, pure_path
 from .problems import Problem, quote
-from .records import NamedTuple
 from .settings import DEFAULT_PORT as DEFAULT_PORT  # admin.py reads it here
 from .tcpflags import split_interface
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING's value, without importing typing
 if TYPE_CHECKING:
     from pathlib import Path
 
-# Paths are text here (os.path and purepath): the generator does without pathlib.
+# Paths are text here (os.path and _startup): the generator does without pathlib.
 DEFAULT_QMAIL_HOME = "/var/qmail"
 DEFAULT_DELIVERY = "./Maildir/"
 # tcpserver's -l when control/me is missing: its man page's "common choice", no DNS lookup.
@@ -30,8 +29,8 @@ SEND_RC = "qmail-init.rc"
 
 _DEFAULT_SERVERS = {"qmtp": "qmail-qmtpd", "qmqp": "qmail-qmqpd"}
 
-# Names are checked against sets of ASCII characters, not regular expressions: compiling
-# those cost the generator 0.6 ms at every start.
+# Names are checked against sets of ASCII characters, not regular expressions: the
+# generator starts without re (see _startup).
 _ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _SERVICE_CHARS = _ALNUM | frozenset("_.-")
 _HOST_CHARS = _ALNUM | frozenset(".-")
@@ -206,7 +205,7 @@ def load(
     service that already holds the address keeps it."""
     if qmail_home is None:
         qmail_home = os.environ.get("QBOOT_QMAIL_HOME", DEFAULT_QMAIL_HOME)
-    home = purepath.pure(qmail_home)
+    home = pure_path(qmail_home)
     trusted = strictmodes.TrustedDirectory(directory)
     try:
         return _load_trusted(trusted, home, check_accounts, holders or {})
@@ -269,7 +268,7 @@ def _unexpected(error: Exception, where: str, name: str) -> Problem:
 def _load_send(directory: str, home: str, names: list[str], problems: list[Problem]) -> Send | None:
     if SEND_RC not in names:
         return None
-    source = purepath.join(purepath.absolute(home), "control", "defaultdelivery")
+    source = join_path(absolute_path(home), "control", "defaultdelivery")
     rc_file = os.path.join(directory, SEND_RC)
     try:
         text = strictmodes.read_file(source).decode("utf-8")
@@ -390,27 +389,29 @@ def option_typos(env: envfile.EnvFile) -> list[Problem]:
     return found
 
 
-def _option(env: envfile.EnvFile | None, name: str) -> envfile.Assignment | None:
-    return env.last(name) if env is not None else None
-
-
 class _Values:
     """Every setting's value for one service: the env file's, parsed by its row, or the
     row's default. Typed accessors, as the rows hold values of several types."""
 
     def __init__(self, env: envfile.EnvFile | None, service: str) -> None:
         self.env = env
+        # The definition in force at the end of the file, of each setting it gives.
+        self.given: dict[str, envfile.Assignment] = {}
+        if env is not None:
+            for assignment in env.assignments:
+                if assignment.name in settings.BY_NAME:
+                    self.given[assignment.name] = assignment
         self.values: dict[str, object] = {}
         for setting in settings.SETTINGS:
-            assignment = _option(env, setting.name)
-            if assignment is None:
+            found = self.given.get(setting.name)
+            if found is None:
                 self.values[setting.name] = setting.unset
                 continue
             try:
-                self.values[setting.name] = setting.parse(setting.name, assignment.value, service)
+                self.values[setting.name] = setting.parse(setting.name, found.value, service)
             except settings.Invalid as error:
                 assert env is not None
-                raise _ServiceProblem(Problem(env.path, assignment.line, error.message)) from None
+                raise _ServiceProblem(Problem(env.path, found.line, error.message)) from None
 
     def number(self, name: str) -> int | None:
         value = self.values[name]
@@ -428,14 +429,14 @@ class _Values:
         return value
 
     def line(self, name: str) -> int:
-        assignment = _option(self.env, name)
-        return assignment.line if assignment is not None else 0
+        found = self.given.get(name)
+        return found.line if found is not None else 0
 
     def problem(self, name: str, message: str) -> _ServiceProblem:
-        assignment = _option(self.env, name)
-        assert self.env is not None and assignment is not None
+        found = self.given[name]
+        assert self.env is not None
         return _ServiceProblem(
-            Problem(self.env.path, assignment.line, f"{name}={quote(assignment.value)}: {message}")
+            Problem(self.env.path, found.line, f"{name}={quote(found.value)}: {message}")
         )
 
 
@@ -470,7 +471,7 @@ def local_name(home: str | os.PathLike[str], problems: list[Problem]) -> str:
     the fallback "0" when qmail is not configured yet (no file) or the file is refused.
     Read like defaultdelivery (StrictModes, regular file, capped, never blocking): its
     line reaches every unit's command line and every session's TCPLOCALHOST."""
-    source = purepath.join(purepath.absolute(home), "control", "me")
+    source = join_path(absolute_path(home), "control", "me")
     fallback = f"using -l {FALLBACK_LOCAL_NAME}"
     try:
         data = strictmodes.read_file(source)
@@ -566,7 +567,7 @@ def _build_service(
         tcpflags=tcpflags,
         interface=interface,
         local_name=me,
-        smtpd=values.words("SMTPD") or (purepath.join(home, "bin", server),),
+        smtpd=values.words("SMTPD") or (join_path(home, "bin", server),),
         presmtpd=values.words("PRESMTPD"),
         postsmtpd=values.words("POSTSMTPD"),
         dnsbl=dnsbl,
@@ -577,24 +578,8 @@ def _build_service(
         environment=env.exported() if env else (),
         listen_line=max(values.line("PORT"), values.line("IP")),
         lines=env.lines() if env else (),
-        given=tuple(
-            (setting.name, assignment.value)
-            for setting in settings.SETTINGS
-            if (assignment := _option(env, setting.name)) is not None
-        ),
+        given=tuple((name, found.value) for name, found in values.given.items()),
     )
-
-
-class SettingShown(NamedTuple):
-    """One setting of a service as `qbootctl show SVC` prints it."""
-
-    name: str
-    value: str  # as the env file gives it (quoting and $NAME done), or the default
-    source: str  # "FILE:LINE", or "default"
-    help: str
-
-    def as_json(self) -> dict[str, object]:
-        return {"name": self.name, "value": self.value, "source": self.source, "help": self.help}
 
 
 # The defaults that depend on the service, shown as they came out for it.
@@ -604,10 +589,12 @@ _DEFAULT_SHOWN: dict[str, Callable[[Service], str]] = {
 }
 
 
-def settings_of(service: Service) -> tuple[SettingShown, ...]:
-    """Every setting of service, in the table's order, with where its value came from."""
+def settings_of(service: Service) -> list[dict[str, str]]:
+    """Every setting of service, in the table's order, as `qbootctl show SVC` prints it:
+    name, value (as the env file gives it, quoting and $NAME done, or the default),
+    source ("FILE:LINE" or "default") and help."""
     given = dict(service.given)
-    shown = []
+    shown: list[dict[str, str]] = []
     for setting in settings.SETTINGS:
         if setting.name in given:
             value, source = (
@@ -618,8 +605,8 @@ def settings_of(service: Service) -> tuple[SettingShown, ...]:
             value, source = _DEFAULT_SHOWN[setting.name](service), "default"
         else:
             value, source = setting.default, "default"
-        shown.append(SettingShown(setting.name, value, source, setting.help))
-    return tuple(shown)
+        shown.append({"name": setting.name, "value": value, "source": source, "help": setting.help})
+    return shown
 
 
 def _drop_conflicting(

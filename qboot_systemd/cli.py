@@ -134,11 +134,11 @@ def _render_table(model: bootctrl_model.Bootctrl) -> str:
 
 def _render_settings(service: bootctrl_model.Service) -> str:
     items = bootctrl_model.settings_of(service)
-    values = [bootctrl_model.printable(item.value) or "''" for item in items]
+    values = [bootctrl_model.printable(item["value"]) or "''" for item in items]
     width = min(max(map(len, values)), 40)
     lines = [f"{service.name}: settings from {service.env_file or '(no env file)'}"]
     for item, value in zip(items, values, strict=True):
-        lines.append(f"  {item.name:<12} {value:<{width}}  {item.source}")
+        lines.append(f"  {item['name']:<12} {value:<{width}}  {item['source']}")
     return "\n".join(lines)
 
 
@@ -161,7 +161,7 @@ def show(
                 f"service {service} is not enabled or has problems", "see qbootctl show"
             )
         if as_json:
-            shown = [item.as_json() for item in bootctrl_model.settings_of(found)]
+            shown = bootctrl_model.settings_of(found)
             click.echo(json.dumps({"service": service, "settings": shown}, indent=2))
         else:
             click.echo(_render_settings(found))

@@ -17,15 +17,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .problems import quote
-from .records import NamedTuple
 from .tcpflags import TcpFlagsError, validate_tcpflags
 
 SERVICES_FILE = "/etc/services"
 DEFAULT_PORT = 25
 DEFAULT_MAXCONN = 40
 
-# Names are checked against sets of ASCII characters, not regular expressions: compiling
-# those is a cost the generator would pay at every start.
+# Names are checked against sets of ASCII characters, not regular expressions: the
+# generator starts without re (see _startup).
 _LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _ALNUM = _LETTERS | frozenset("0123456789")
 _ACCOUNT_CHARS = _ALNUM | frozenset("_.-")
@@ -43,12 +42,21 @@ class Invalid(Exception):
 Parser = Callable[[str, str, str], object]  # (setting name, value, service name) -> value
 
 
-class Setting(NamedTuple):
-    name: str
-    parse: Parser
-    unset: object  # the value when the file does not set it (None: none, or computed)
-    default: str  # the default as qboot-env(5) and qbootctl show write it
-    help: str
+class Setting:
+    """A row. Not a NamedTuple: building that class would be most of this module's
+    import, which the generator pays at every start (see _startup)."""
+
+    __slots__ = ("default", "help", "name", "parse", "unset")
+
+    def __init__(self, name: str, parse: Parser, unset: object, default: str, help: str) -> None:
+        self.name = name
+        self.parse = parse
+        self.unset = unset  # the value when the file does not set it (None: none, or computed)
+        self.default = default  # the default as qboot-env(5) and qbootctl show write it
+        self.help = help
+
+    def __repr__(self) -> str:
+        return f"Setting({self.name!r})"
 
 
 def account_name(text: str) -> bool:
@@ -124,7 +132,7 @@ def addresses(name: str, value: str, service: str) -> tuple[str, ...]:
     given = value.split()
     if not given or given == ["0"]:
         return ()
-    import ipaddress  # here: the shipped env files listen on all addresses (1 to 1.5 ms)
+    import ipaddress  # here: the shipped env files listen on all addresses
 
     found: list[str] = []
     for word in given:
@@ -190,7 +198,7 @@ def tcpflags(name: str, value: str, service: str) -> tuple[str, ...]:
 def dnsbl(name: str, value: str, service: str) -> tuple[str, ...]:
     lists = tuple(value.split())
     if lists:
-        from .tcpsrv.rbl import plain_dns_name  # only here: it brings enum (2.5 ms)
+        from .tcpsrv.rbl import plain_dns_name  # only here: it brings enum
 
         bad = [base for base in lists if not plain_dns_name(base)]
         if bad:
@@ -203,7 +211,7 @@ def dnsbl(name: str, value: str, service: str) -> tuple[str, ...]:
 def dnsblflags(name: str, value: str, service: str) -> tuple[str, ...]:
     flags = tuple(value.split())
     if flags:
-        from .tcpsrv.rbl import parse_command  # only here: it brings enum (2.5 ms)
+        from .tcpsrv.rbl import parse_command  # only here: it brings enum
 
         parsed = parse_command(["rblsmtpd", *flags, "smtpd"])
         if parsed is None or parsed[1] != ("smtpd",):
@@ -247,7 +255,7 @@ def typo_of(name: str) -> str | None:
     if name in BY_NAME or not name.isupper():
         return None
     candidates = [s for s in BY_NAME if "_" in s] if "_" in name else list(BY_NAME)
-    import difflib  # only for a likely typo: its import costs the generator 1 ms
+    import difflib  # only for a likely typo
 
     near = difflib.get_close_matches(name, candidates, n=1, cutoff=0.75)
     return near[0] if near else None
