@@ -20,9 +20,9 @@ from hypothesis import strategies as st
 from qboot_systemd import bootctrl, generator, rules, units
 
 from .conftest import ROOT, venv_script
+from .generated import ALLOWED
 from .load import run_load
 from .tcpsrv_harness import Identd, loopback_address, ours, write_script
-from .test_generator import ALLOWED
 
 HOLD = "#!/bin/sh\necho hello\nread line\n"
 

@@ -13,20 +13,11 @@ from click.testing import CliRunner
 from qboot_systemd import bootctrl, cli
 from qboot_systemd.settings import SETTINGS
 
+from .bootctrl_trees import make_directory as make
 from .conftest import ROOT
 
 MAN_PAGE = ROOT / "qboot_systemd/man/qboot-env.5"
 NAMES = [setting.name for setting in SETTINGS]
-
-
-def make(tmp_path: Path, env: str, name: str = "x") -> Path:
-    directory = tmp_path / "b"
-    directory.mkdir(exist_ok=True)
-    (directory / "qmail-tcpd").write_text("#!/bin/sh\n")
-    (directory / f"qmail-{name}.rc").symlink_to("qmail-tcpd")
-    (directory / f"tcprules-{name}.cdb").write_bytes(b"\0" * 2048)
-    (directory / f"qmail-{name}.env").write_text(env)
-    return directory
 
 
 def man_entries() -> dict[str, str]:
