@@ -45,9 +45,6 @@ def send(
 ) -> dict[str, object]:
     done = box.run(PYTHON, CLIENT, "127.0.0.1", str(port), str(count), tag, rcpt, timeout=300)
     summary: dict[str, object] = json.loads(done.stdout)
-    print(
-        f"{tag}: sent {summary['sent']} refused {summary['refused']} rejected {summary['rejected']}"
-    )
     return summary
 
 
@@ -107,7 +104,6 @@ def test_boot_delivers_through_real_qmail(sandbox: Sandbox) -> None:
     assert "delivery 1: success" in send_log
     status = show(sandbox, "qmail-tcpd@smtp.service", "StatusText")
     assert "served" in status
-    print(f"systemctl status shows: {status}")
 
 
 def test_enable_subm_by_the_seed_steps(sandbox: Sandbox) -> None:
@@ -255,10 +251,6 @@ def load_while(
         action()
     out, _ = client.communicate(timeout=300)
     summary: dict[str, object] = json.loads(out)
-    print(
-        f"{tag}: sent {summary['sent']} refused {summary['refused']} retried "
-        f"{summary['retried']} of {count}"
-    )
     return summary
 
 
@@ -307,7 +299,6 @@ def test_kill_9_of_qmail_send_or_a_helper_restarts_mail(sandbox: Sandbox, victim
     assert show(sandbox, SEND_UNIT, "MainPID") != old_main
     assert wait_until(lambda: delivered(sandbox, tag) == 1)
     assert wait_until(lambda: relayed(sandbox, tag) == 1)
-    print(f"{victim}: {journal(sandbox, SEND_UNIT, 400).count('dying')} 'dying' lines so far")
 
 
 def test_reload_send_rereads_locals_with_the_same_pid(sandbox: Sandbox) -> None:
@@ -385,6 +376,5 @@ def test_hardening_exposure(sandbox: Sandbox) -> None:
         out = sandbox.run("systemd-analyze", "security", "--no-pager", unit, check=False).stdout
         line = next(line for line in out.splitlines() if "Overall exposure" in line)
         figures[unit] = float(line.split(":")[1].split()[0])
-    print(f"systemd-analyze security: {figures}")
     assert figures["qmail-tcpd@smtp.service"] <= 5.0
     assert figures["qmail-send.service"] <= 5.0
