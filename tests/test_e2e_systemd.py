@@ -66,6 +66,11 @@ def delivered(box: Sandbox, tag: str) -> int:
     return _count(box, f"{MAILDIR}/new/*", tag)
 
 
+def queued(box: Sandbox, tag: str) -> int:
+    """Messages in qmail's queue (accepted, not yet delivered)."""
+    return _count(box, "/var/qmail/queue/mess/*/*", tag)
+
+
 def relayed(box: Sandbox, tag: str) -> int:
     """Messages qmail-remote handed to the sink (the 'remote' server)."""
     return _count(box, f"{SPOOL}/queue/new/*", tag)
@@ -322,7 +327,8 @@ def test_stop_during_delivery_loses_nothing_and_the_queue_waits(sandbox: Sandbox
     assert pid_of(sandbox, "qmail-lspawn") == 0
     # qmail-smtpd still queues (setuid qmail-queue) while qmail-send is down
     assert "250 ok" in smtp_dialogue(sandbox, LOCAL_RCPT, "while-down")
-    time.sleep(1)
+    # qmail-send has exited (stop returned): the message waits in the queue, undelivered.
+    assert queued(sandbox, "while-down") == 1
     assert delivered(sandbox, "while-down") == 0
     sandbox.run("systemctl", "start", SEND_UNIT)
     assert wait_until(lambda: delivered(sandbox, "while-down") == 1)
