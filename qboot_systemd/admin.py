@@ -5,10 +5,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import bootctrl, convergence, envfile, mktcprules, units
+from . import bootctrl, convergence, envfile, reconcile_plan, units
 from .errors import UserError
 from .systemd import Systemd, UnitState
+
+if TYPE_CHECKING:
+    from .health import Health
 
 GENERATOR_OUTPUT = Path("/run/systemd/generator")
 SEND = "send"
@@ -57,12 +61,33 @@ def resolve(model: bootctrl.Bootctrl, names: tuple[str, ...]) -> list[Target]:
     return [target(name) for name in names]
 
 
+def running_names(unit_names: list[str]) -> list[str]:
+    """Service names of qmail-tcpd@ units systemd has (`qmail-tcpd@subm.socket` -> subm),
+    whatever bootctrl says now, unit files gone (not-found) included."""
+    found = {
+        name.removeprefix("qmail-tcpd@").rsplit(".", 1)[0]
+        for name in unit_names
+        if name.startswith("qmail-tcpd@")
+    }
+    return sorted(name for name in found if bootctrl.valid_service_name(name))
+
+
+def everything(model: bootctrl.Bootctrl, running: list[str], send_running: bool) -> list[Target]:
+    """qmail-send and every tcp service that bootctrl enables (broken ones too) or that
+    systemd runs: what status shows and stop-all stops."""
+    names = set(convergence.enabled_names(model.directory)) | set(running)
+    names |= {service.name for service in model.services}
+    found = [target(SEND)] if model.send is not None or send_running else []
+    return found + [target(name) for name in sorted(names)]
+
+
 @dataclass(frozen=True)
 class Status:
     target: Target
     enabled: bool
     states: tuple[UnitState, ...]
     service: bootctrl.Service | None
+    health: Health | None = None
 
     @property
     def running(self) -> bool:
@@ -71,12 +96,15 @@ class Status:
         # keeps it "activating" for ever, never "failed").
         return self.states[0].active == "active" and not self.states[-1].crash_looping
 
-    def rules_stale(self) -> bool:
-        if self.service is None:
-            return False
-        rules = Path(self.service.rules)
-        source = rules.with_suffix(".txt")
-        return source.is_file() and not mktcprules.is_up_to_date(source, rules)
+    def listening(self) -> tuple[str, ...]:
+        """Where the socket listens as systemd loaded it, in bootctrl's words ("587")."""
+        if self.target.is_send:
+            return ()
+        return tuple(
+            shown_address(address)
+            for entry in self.states[0].listen
+            if (address := reconcile_plan.parse_listen(entry)) is not None
+        )
 
     def as_json(self) -> dict[str, object]:
         result: dict[str, object] = {
@@ -85,11 +113,14 @@ class Status:
             "running": self.running,
             "units": {state.name: state.as_json() for state in self.states},
         }
+        if self.health is not None:
+            result["health"] = self.health.as_json()
+        if not self.target.is_send and self.states[0].active == "active":
+            result["listening"] = list(self.listening())
         if self.service is not None:
             result |= {
                 "listen": [item.systemd() for item in self.service.listen],
                 "rules": self.service.rules,
-                "rules_stale": self.rules_stale(),
                 "plugins": {
                     "presmtpd": list(self.service.presmtpd),
                     "postsmtpd": list(self.service.postsmtpd),
@@ -98,13 +129,24 @@ class Status:
         return result
 
 
+def shown_address(address: reconcile_plan.Address) -> str:
+    """("::", 25) -> "25", as ListenStream= and qmail-SVC.env's PORT= say it."""
+    ip, port = address
+    return bootctrl.Listen(port, None if ip == "::" else ip).systemd()
+
+
 def status(manager: Systemd, model: bootctrl.Bootctrl, targets: list[Target]) -> list[Status]:
+    """Each target's unit states and health."""
+    from . import health
+
     result = []
+    enabled_names = set(convergence.enabled_names(model.directory))
     for item in targets:
         service = None if item.is_send else model.service(item.name)
-        enabled = model.send is not None if item.is_send else service is not None
+        enabled = model.send is not None if item.is_send else item.name in enabled_names
         states = tuple(manager.state(unit) for unit in item.units)
-        result.append(Status(item, enabled, states, service))
+        judged = health.assess(health.observe(model, item.name, states))
+        result.append(Status(item, enabled, states, service, judged))
     return result
 
 

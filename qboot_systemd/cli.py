@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import ParamSpec, TypeVar
+from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import click
 
-from . import admin, convergence, install, migrate, mktcprules, rules
+from . import admin, convergence, health, install, migrate, mktcprules, rules
 from . import bootctrl as bootctrl_model
 from . import units as units_module
 from .addresses import unmap_ipv4
 from .cdb import CdbFormatError, CdbReader
 from .errors import UserError, from_os_error
 from .systemd import JobFailed
+
+if TYPE_CHECKING:
+    from .systemd import Systemd
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -498,24 +500,49 @@ def _styled(text: str, good: bool) -> str:
 
 
 def _status_line(entry: admin.Status) -> str:
+    judged = entry.health
     states = "  ".join(f"{state.name.rsplit('.', 1)[1]} {state.active}" for state in entry.states)
-    parts = [f"{entry.target.name:<8}", "enabled " if entry.enabled else "disabled", states]
+    word = judged.state.value if judged is not None else ""
+    parts = [f"{entry.target.name:<8}", f"{word:<8}", "enabled " if entry.enabled else "disabled"]
+    parts.append(states)
+    listening = entry.listening() if entry.states[0].active == "active" else ()
     if entry.service is not None:
-        parts.append("listen " + " ".join(item.systemd() for item in entry.service.listen))
-        rules_name = Path(entry.service.rules).name
-        parts.append(
-            f"rules {rules_name}" + (" (older than its .txt)" if entry.rules_stale() else "")
-        )
+        wanted = tuple(item.systemd() for item in entry.service.listen)
+        if listening and set(listening) != set(wanted):
+            # The socket still listens where the last reload said: show both.
+            parts.append(f"listen {' '.join(listening)} (pending: {' '.join(wanted)})")
+        else:
+            parts.append("listen " + " ".join(wanted))
+        parts.append(f"rules {Path(entry.service.rules).name}")
         plugins = entry.service.presmtpd + entry.service.postsmtpd
         if plugins:
             parts.append("plugins " + " ".join(plugins))
+    elif listening:
+        parts.append("listen " + " ".join(listening))
     restarts = sum(state.restarts for state in entry.states)
     if restarts:
         parts.append(f"restarted {restarts}x by systemd")
     figures = next((s.status_text for s in entry.states if s.status_text), "")
     if figures:
         parts.append(f"[{figures}]")
-    return _styled("  ".join(parts), entry.running)
+    return _styled("  ".join(parts), judged is not None and judged.state is health.State.RUNNING)
+
+
+def _targets_of(
+    manager: Systemd,
+    model: bootctrl_model.Bootctrl,
+    services: tuple[str, ...],
+    verb: str = "status",
+) -> list[admin.Target]:
+    """Named targets; for none or `all`, qmail-send and every tcp service that bootctrl
+    enables (broken or not) or that systemd runs."""
+    if services and "all" not in services:
+        return admin.resolve(model, services)
+    # A failed unit of a service bootctrl no longer enables serves nobody: status leaves
+    # it out; stop takes it along all the same.
+    running = admin.running_names(manager.active_units("qmail-tcpd@*", failed=verb == "stop"))
+    send_running = manager.state(units_module.SEND_UNIT).active != "inactive"
+    return admin.everything(model, running, send_running)
 
 
 @qbootctl.command()
@@ -524,39 +551,30 @@ def _status_line(entry: admin.Status) -> str:
 @click.argument("services", nargs=-1, shell_complete=complete_enabled)
 @user_errors
 def status(bootctrl_dir: Path | None, as_json: bool, services: tuple[str, ...]) -> None:
-    """One line per service: enabled, socket and service state, listen, rules, figures,
-    then what differs from bootctrl (degraded, pending change).
+    """One line per service: its health, enabled, socket and service state, listen, rules,
+    figures; then why it is not running as bootctrl says, with file:line and a hint.
 
-    Exit 0 when all run as bootctrl says, 3 when something is not running (like
-    systemctl), 1 when something runs degraded or with a pending change."""
-    from . import reconcile as reconcile_module
+    Exit status as an LSB init script's: 0 when every service serves as bootctrl says,
+    3 when one is not running or serves no client (down), 150 when all serve but one
+    not as bootctrl says (degraded: last good settings, old rules, a pending change)."""
     from .systemd import Systemd
 
     model = load_bootctrl(bootctrl_dir)
     with Systemd() as manager:
-        targets = admin.resolve(model, services)
-        broken = {item.name for item in reconcile_module.broken_services(model)}
-        if not services or "all" in services:  # enabled but broken ones too
-            listed = {item.name for item in targets}
-            targets += [admin.target(name) for name in sorted(broken - listed)]
-        entries = [
-            dataclasses.replace(entry, enabled=True) if entry.target.name in broken else entry
-            for entry in admin.status(manager, model, targets)
-        ]
-        notes = [reconcile_module.entry_notes(model, entry) for entry in entries]
+        entries = admin.status(manager, model, _targets_of(manager, model, services))
+    judged = [entry.health for entry in entries if entry.health is not None]
     if as_json:
         documents = [
-            entry.as_json() | {"notes": note} for entry, note in zip(entries, notes, strict=True)
+            entry.as_json() | {"notes": entry.health.lines() if entry.health else []}
+            for entry in entries
         ]
         click.echo(json.dumps(documents, indent=2))
     else:
-        for entry, note in zip(entries, notes, strict=True):
+        for entry in entries:
             click.echo(_status_line(entry))
-            for line in note:
+            for line in entry.health.lines() if entry.health else []:
                 click.echo(_styled(f"{'':<8} {line}", False))
-    if not all(entry.running for entry in entries):
-        sys.exit(3)
-    sys.exit(1 if any(notes) else 0)
+    sys.exit(health.lsb_status(judged))
 
 
 def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> None:
@@ -564,11 +582,23 @@ def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> Non
     from .systemd import SETTLE_SECONDS, Systemd
 
     _require_root(f"qbootctl {verb}")
-    model = load_bootctrl(bootctrl_dir)
+    try:
+        model = load_bootctrl(bootctrl_dir)
+    except UserError:
+        if verb != "stop" or (services and "all" not in services):
+            raise
+        # Stopping everything needs no bootctrl (a package's removal): systemd says
+        # what runs.
+        model = bootctrl_model.Bootctrl(str(bootctrl_dir or ""), "", None, ())
     broken = {item.name: item for item in reconcile_module.broken_services(model)}
+    enabled = set(convergence.enabled_names(model.directory)) if model.directory else set()
     failed = False
     with Systemd() as manager:
-        for item in admin.resolve(model, services):
+        targets = _targets_of(manager, model, services, verb)
+        if verb != "stop" and (not services or "all" in services):
+            # What runs without bootctrl enabling it is only stopped (or reconciled).
+            targets = [t for t in targets if (t.is_send and model.send) or t.name in enabled]
+        for item in targets:
             if item.name in broken and verb != "stop":
                 # Its files have problems: name them, whatever systemd says. It can
                 # only run its last good settings (when it has run before).
@@ -595,12 +625,27 @@ def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> Non
                     continue
                 for unit_verb, unit in admin.plan(verb, item):
                     manager.act(unit_verb, unit, settle=SETTLE_SECONDS)
-                click.echo(f"{verb} {item.name}: done")
             except JobFailed as error:
                 failed = True
                 click.echo(f"qbootctl: {verb} {item.name} failed: {error}", err=True)
                 for journal_line in error.journal.splitlines():
                     click.echo(f"  {journal_line}", err=True)
+                continue
+            except UserError as error:  # systemd refused the job: the others go on
+                failed = True
+                click.echo(f"qbootctl: {verb} {item.name} failed: {error.message}", err=True)
+                continue
+            judged = None
+            if verb != "stop" and item.name not in broken:
+                judged = admin.status(manager, model, [item])[0].health
+            if judged is None or judged.state is health.State.RUNNING:
+                click.echo(f"{verb} {item.name}: done")
+                continue
+            # Started, but clients do not get what bootctrl says: never "done".
+            failed = True
+            click.echo(f"qbootctl: {verb} {item.name}: {judged.state.value}", err=True)
+            for line in judged.lines():
+                click.echo(f"qbootctl: {verb} {item.name}: {line}", err=True)
     if failed:
         sys.exit(1)
 
@@ -718,8 +763,11 @@ def _reconcile(bootctrl_dir: Path | None, qmail_home: Path | None, reload: bool)
                 manager.reload()
             model = load_bootctrl(bootctrl_dir, qmail_home)
             outcome = reconcile_module.reconcile(manager, model)
-    for line in outcome.lines:
-        click.echo(line)
+    from . import journal
+
+    if not journal.is_stdout():  # else each line is in the journal already, once
+        for line in outcome.lines:
+            click.echo(line)
     if not outcome.lines:
         click.echo("nothing changed")
     # The known problems of every enabled service (an unknown GROUP= is known here, not

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import admin, convergence, reconcile
+from . import admin, convergence, health, reconcile, units
 from . import bootctrl as bootctrl_model
 from .errors import UserError, from_os_error
 from .systemd import SETTLE_SECONDS, JobFailed, Systemd
@@ -23,12 +23,23 @@ from .systemd import SETTLE_SECONDS, JobFailed, Systemd
 USAGE = "usage: eqmaild start|stop|restart|status"
 
 
-def line(verb: str, name: str, ok: bool, noresult: bool = False) -> str:
+# The seed printed OK or FAILED; a service that serves clients, but not as bootctrl says
+# (its last good settings, rules older than their text), is neither.
+RESULT_WORDS = {
+    health.State.RUNNING: "OK",
+    health.State.DEGRADED: "DEGRADED",
+    health.State.STOPPED: "FAILED",
+    health.State.DOWN: "FAILED",
+}
+
+
+def line(verb: str, name: str, ok: bool | str, noresult: bool = False) -> str:
     """`Starting qmail-send ...           OK`: the result centred after column 30."""
     text = f"{verb} qmail-{name} ..."
     if noresult or os.environ.get("NORESULT") == "1":
         return text
-    return (f"{text:<30}" + f"{'OK' if ok else 'FAILED':^10}").rstrip()
+    word = ok if isinstance(ok, str) else ("OK" if ok else "FAILED")
+    return (f"{text:<30}" + f"{word:^10}").rstrip()
 
 
 def _noresult(model: bootctrl_model.Bootctrl, name: str) -> bool:
@@ -61,18 +72,28 @@ def _step(manager: Systemd, verb: str, item: admin.Target, was_running: bool) ->
         return error
 
 
-def _status_broken(model: bootctrl_model.Bootctrl) -> int:
-    """Enabled services whose files have problems: FAILED and why, even while they
-    run their last good settings. Returns how many."""
-    found = reconcile.broken_services(model)
-    for broken in found:
-        print(line("Checking", broken.name, False, _noresult(model, broken.name)))
-        what = "runs its last good settings" if broken.kept else "not running"
-        for problem in broken.problems:
-            print(f"  {problem} ({what})")
-        if not broken.problems:
-            print(f"  {what}: see qbootctl show")
-    return len(found)
+def _judge(manager: Systemd, model: bootctrl_model.Bootctrl, item: admin.Target) -> health.Health:
+    found = admin.status(manager, model, [item])[0].health
+    assert found is not None
+    return found
+
+
+def _explain(judged: health.Health) -> None:
+    """Why it is not OK, under its line: file:line and a hint."""
+    for text in judged.lines():
+        print(f"  {text}")
+
+
+def _targets(manager: Systemd, model: bootctrl_model.Bootctrl, verb: str) -> list[admin.Target]:
+    """stop: everything of ours that systemd runs, degraded or not, and what bootctrl
+    enables; start and status: what bootctrl enables, broken services included."""
+    running = admin.running_names(manager.active_units("qmail-tcpd@*", failed=verb == "stop"))
+    send_running = manager.state(units.SEND_UNIT).active != "inactive"
+    found = admin.everything(model, running if verb in ("stop", "status") else [], send_running)
+    if verb == "stop" or verb == "status":
+        return found
+    enabled = set(convergence.enabled_names(model.directory))
+    return [t for t in found if (t.is_send and model.send is not None) or t.name in enabled]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
                 "set QBOOT_BOOTCTRL or run qbootctl install",
             )
         model = convergence.load(directory)
-        targets = admin.resolve(model, ())
         failures = 0
+        judged: list[health.Health] = []
         with Systemd() as manager:
+            targets = _targets(manager, model, verb)
             # Stopping what did not run fails, as the seed shows: as it was before the
             # reload (a newly enabled service is started by the reconcile it triggers).
             running = {
@@ -99,32 +121,44 @@ def main(argv: list[str] | None = None) -> int:
             }
             if verb in ("start", "restart"):
                 _reload(manager)
-            broken = {item.name for item in reconcile.broken_services(model)}
+                model = convergence.load(directory)
+            broken = {item.name: item for item in reconcile.broken_services(model)}
             for item in targets:
                 quiet = _noresult(model, item.name)
                 if verb == "status":
-                    if item.name in broken:
-                        continue  # _status_broken says FAILED and why
-                    states = [manager.state(unit) for unit in item.units]
-                    ok = states[0].active == "active" and not states[-1].crash_looping
-                    print(line("Checking", item.name, ok, quiet))
-                    failures += not ok
+                    checked = _judge(manager, model, item)
+                    judged.append(checked)
+                    print(line("Checking", item.name, RESULT_WORDS[checked.state], quiet))
+                    _explain(checked)
                     continue
                 for step in ("stop", "start") if verb == "restart" else (verb,):
+                    if step == "start" and item.name in broken and not broken[item.name].kept:
+                        # Nothing it could run: say why instead of starting a unit.
+                        why = _judge(manager, model, item)
+                        print(line("Starting", item.name, RESULT_WORDS[why.state], quiet))
+                        _explain(why)
+                        failures += 1
+                        continue
                     outcome = _step(manager, step, item, running[item.name])
-                    ok = outcome is True
-                    print(line("Starting" if step == "start" else "Stopping", item.name, ok, quiet))
+                    word: bool | str = outcome is True
+                    found: health.Health | None = None
+                    if step == "start" and outcome is True:
+                        found = _judge(manager, model, item)
+                        word = RESULT_WORDS[found.state]
+                        failures += found.state is not health.State.RUNNING
+                    verb_word = "Starting" if step == "start" else "Stopping"
+                    print(line(verb_word, item.name, word, quiet))
+                    if found is not None:
+                        _explain(found)
                     if isinstance(outcome, JobFailed):
                         print(f"eqmaild: {outcome}", file=sys.stderr)
                         for journal_line in outcome.journal.splitlines():
                             print(f"  {journal_line}", file=sys.stderr)
-                    failures += not ok and step == "start"
-            if verb == "status":
-                failures += _status_broken(model)
+                        failures += step == "start"
     except UserError as error:
         return error.report("eqmaild")
     except OSError as error:
         return from_os_error(error).report("eqmaild")
     if verb == "status":
-        return 3 if failures else 0
+        return health.lsb_status(judged)
     return 1 if failures else 0

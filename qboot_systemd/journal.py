@@ -20,19 +20,35 @@ def _one_line(text: str) -> str:
     return text.replace("\n", " ").replace("\0", " ")
 
 
-def send(message: str, unit: str, priority: int, identifier: str = "qbootctl") -> bool:
-    """True when journald took it; False (and stderr) when there is no journal."""
-    fields = {
-        "MESSAGE": _one_line(message),
-        "PRIORITY": str(priority),
-        "SYSLOG_IDENTIFIER": identifier,
-        "OBJECT_SYSTEMD_UNIT": unit,
-    }
-    datagram = "".join(f"{key}={value}\n" for key, value in fields.items()).encode()
+def send(
+    message: str, unit: str | tuple[str, ...], priority: int, identifier: str = "qbootctl"
+) -> bool:
+    """True when journald took it; False (and stderr) when there is no journal. One entry
+    for several units (a field may repeat): `journalctl -u` of each shows it, and the
+    whole journal shows it once."""
+    names = (unit,) if isinstance(unit, str) else unit
+    fields = [
+        ("MESSAGE", _one_line(message)),
+        ("PRIORITY", str(priority)),
+        ("SYSLOG_IDENTIFIER", identifier),
+        *(("OBJECT_SYSTEMD_UNIT", name) for name in dict.fromkeys(names)),
+    ]
+    datagram = "".join(f"{key}={value}\n" for key, value in fields).encode()
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
             sender.sendto(datagram, JOURNAL_SOCKET)
         return True
     except OSError:
-        sys.stderr.write(f"{identifier}: {unit}: {_one_line(message)}\n")
+        sys.stderr.write(f"{identifier}: {' '.join(names)}: {_one_line(message)}\n")
         return False
+
+
+def is_stdout() -> bool:
+    """Is stdout the journal (a service's output, as systemd.exec(5) says to tell)?"""
+    import os
+
+    try:
+        status = os.fstat(1)
+    except OSError:
+        return False
+    return os.environ.get("JOURNAL_STREAM") == f"{status.st_dev}:{status.st_ino}"

@@ -21,6 +21,7 @@ _BOOT_WORDS = (b"eqmaild", b"bootctrl", b"qmail-tcpsrv", b"qmail-start")
 _SERVICE_WORDS = (b"qmail-send", b"qmail-start", b"qmail-smtpd", b"qmail-tcpsrv", b"tcpserver")
 SERVICE_DIRS = ("service", "etc/service", "var/service")
 _OUR_UNITS = ("qmail-send.service", "qmail-tcpd@")
+EQMAILD = "/usr/bin/eqmaild"  # where the packages put it
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,14 @@ def migrate(root: Path, proc: Path | None = Path("/proc")) -> list[str]:
             lines.append(
                 f"migrate: masked {unit} ({masked} -> /dev/null): {script.path} starts "
                 "qmail the old way and would run it next to the new units"
+            )
+        if masked is not None:
+            # The admin's hands still type it: say what replaces it, once.
+            lines.append(
+                f"migrate: {script.path} is replaced by eqmaild: eqmaild start|stop|restart|"
+                f"status (the same verbs and OK/FAILED lines, on the new units); "
+                f"{script.path} itself still runs the old boot script: do not run it, "
+                f"or make it the new one: ln -sf {EQMAILD} {script.path}"
             )
         if script.rc_links:
             rc = " ".join(str(link) for link in script.rc_links)

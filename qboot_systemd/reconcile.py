@@ -295,10 +295,14 @@ def _apply(manager: Systemd, change: reconcile_plan.Change) -> str | None:
                 manager.queue_restart(step.unit)
         except (JobFailed, UserError) as error:
             reason = str(error)
-            journal.send(f"{change.message} failed: {reason}", step.unit, journal.PRIORITY_ERR)
+            journal.send(
+                f"{change.message} failed: {reason}",
+                (step.unit, convergence.RECONCILE_UNIT),
+                journal.PRIORITY_ERR,
+            )
             return reason
-    for unit in touched:
-        journal.send(change.message, unit, journal.PRIORITY_INFO)
+    # Once, for the units it touched and the reconcile's own journal.
+    journal.send(change.message, (*touched, convergence.RECONCILE_UNIT), journal.PRIORITY_INFO)
     return None
 
 
@@ -360,9 +364,13 @@ def reconcile(
         restore_failed = restore_failed or error is not None
     # An admin's own `systemctl restart` may run between our jobs: look again until
     # nothing differs (a change that keeps failing is tried ROUNDS times, then reported).
+    # A restart queued behind this reconcile shows only once it has ended: it is not
+    # planned, queued and logged again meanwhile.
+    queued: set[reconcile_plan.Change] = set()
     for _ in range(ROUNDS):
         observed = observe(manager, output, state)
         changes = [_why_stopped(change, refused) for change in reconcile_plan.plan(observed)]
+        changes = [change for change in changes if change not in queued]
         if not changes:
             break
         failed = False
@@ -371,13 +379,31 @@ def reconcile(
             touched[change.name] = None
             lines.append(change.message if error is None else f"{change.message} failed: {error}")
             failed = failed or error is not None
+            if error is None and not any(step.waits for step in change.steps):
+                queued.add(change)
     remember(output, state, observed, persist)
     for broken in broken_services(model, output):
         unit = units.tcpd_service(broken.name)
         what = "keeps running its last good settings" if broken.kept else "is not running"
+        if broken.kept:
+            cannot = _last_good_cannot_serve(manager, broken)
+            if cannot is not None:
+                what = f"is down: its last good settings cannot serve: {cannot}"
         for problem in broken.problems:
             journal.send(f"{problem} ({broken.name} {what})", unit, journal.PRIORITY_ERR)
     return Outcome(tuple(lines), failed or restore_failed, tuple(touched))
+
+
+def _last_good_cannot_serve(manager: Systemd, broken: Broken) -> str | None:
+    """Why the last good settings systemd loaded serve no client (their cdb is gone, their
+    program too), or None: they are good only while they can serve."""
+    from . import health
+
+    loaded = manager.state(units.tcpd_service(broken.name)).exec_start
+    program, rules = health.chain_facts(loaded)
+    facts = health.Facts(broken.name, True, True, program=program, rules=rules)
+    judged = health.assess(facts)
+    return None if judged.state is not health.State.DOWN else judged.findings[0].text
 
 
 def status_notes(
@@ -425,11 +451,6 @@ def status_notes(
     if note is not None:
         notes.append(note)
     return notes
-
-
-def entry_notes(model: bootctrl.Bootctrl, entry: admin.Status) -> list[str]:
-    socket = None if entry.target.is_send else entry.states[0]
-    return status_notes(model, entry.target.name, socket, entry.states[-1])
 
 
 def uninstall_order(manager: Systemd) -> list[str]:

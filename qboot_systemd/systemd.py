@@ -38,6 +38,13 @@ def _refusal(error: Exception) -> str:
     return quoted[-1] if quoted else text.split("\n", 1)[0] or type(error).__name__
 
 
+def _first_argv(commands: Any) -> tuple[str, ...]:
+    """ExecStart's D-Bus value is a list of (path, argv, ignore-errors, timestamps...)."""
+    if not commands:
+        return ()
+    return tuple(_text(word) for word in commands[0][1])
+
+
 @dataclass(frozen=True)
 class UnitState:
     name: str
@@ -51,6 +58,7 @@ class UnitState:
     need_reload: bool = False
     restarts: int = 0  # NRestarts: automatic restarts so far
     reload_result: str = ""  # ReloadResult of the last reload (success, exit-code, ...)
+    exec_start: tuple[str, ...] = ()  # the argv of a service's (first) ExecStart=, as loaded
 
     def as_json(self) -> dict[str, object]:
         return {
@@ -153,6 +161,12 @@ class Systemd:
         """start/stop/restart/reload a unit, wait for the job, check the outcome; a started
         service must then stay up for `settle` seconds (no exit, no automatic restart).
         `oneshot`: a started Type=oneshot unit is inactive once it ran successfully."""
+        if verb == "stop":
+            before = self.state(unit)
+            if before.active == "inactive":
+                # Nothing to stop; systemd refuses StopUnit for a unit it has not loaded
+                # (an enabled service that never ran).
+                return before
         method = {
             "start": "StartUnit",
             "stop": "StopUnit",
@@ -202,10 +216,12 @@ class Systemd:
                 continue
             raise JobFailed(unit, now, self.journal(unit), why)
 
-    def active_units(self, pattern: str) -> list[str]:
-        """Loaded units matching a glob that are not inactive (active, failing, ...)."""
+    def active_units(self, pattern: str, failed: bool = True) -> list[str]:
+        """Loaded units matching a glob that are not inactive (active, failing, ...; with
+        failed=False, not failed either). Units whose files are gone (not-found) too."""
+        skipped = ("inactive",) if failed else ("inactive", "failed")
         entries = self._manager.Manager.ListUnitsByPatterns([], [pattern.encode()])
-        return sorted(_text(entry[0]) for entry in entries if _text(entry[3]) != "inactive")
+        return sorted(_text(entry[0]) for entry in entries if _text(entry[3]) not in skipped)
 
     # --- units -------------------------------------------------------------------------
     def state(self, unit: str) -> UnitState:
@@ -222,6 +238,7 @@ class Systemd:
                 "status_text": _text(service.StatusText),
                 "restarts": int(service.NRestarts),
                 "reload_result": _text(service.ReloadResult),
+                "exec_start": _first_argv(service.ExecStart),
             }
         elif unit.endswith(".socket"):
             socket = handle.Socket

@@ -1,4 +1,5 @@
-"""qbootctl verify: generated drop-ins + templates, checked by systemd-analyze verify."""
+"""qbootctl verify: generated drop-ins + templates, checked by systemd-analyze verify, and
+each service's chain and rules checked as its user would meet them."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import generator, install, units
+from . import generator, health, install, units
 from .bootctrl import Bootctrl
 from .run import run
 
@@ -31,6 +32,14 @@ def verify(model: Bootctrl, tcpsrv: str, unit_dir: Path | None = None) -> Report
     paths = units.Paths(tcpsrv=tcpsrv)
     files, links, problems = generator.plan(model, paths)
     lines += [f"problem: {p}" for p in problems if p not in model.problems]
+    # Units systemd accepts can still serve nobody: a chain that cannot run, rules that
+    # cannot be read. Judged as `qbootctl status` judges a running service.
+    unserving = [
+        f"problem: {service.name}: {finding}"
+        for service in model.services
+        for finding in health.assess(health.static_facts(service, tcpsrv)).findings
+    ]
+    lines += unserving
     with tempfile.TemporaryDirectory(prefix="qboot-verify.") as scratch:
         directory = Path(scratch)
         if unit_dir is not None:
@@ -72,6 +81,6 @@ def verify(model: Bootctrl, tcpsrv: str, unit_dir: Path | None = None) -> Report
             failed = done.returncode != 0 or bool(findings)
         else:
             failed = False
-    ok = not failed and not problems
+    ok = not failed and not problems and not unserving
     verdict = f"verified {len(names)} units" if ok else "verify found problems"
     return Report(ok, (*lines, verdict))

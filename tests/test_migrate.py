@@ -31,11 +31,14 @@ def test_migrate_masks_the_old_boot_script_and_names_the_rest(tmp_path: Path) ->
     assert os.readlink(root / "etc/systemd/system/qmaild.service") == "/dev/null"
     assert not (root / "etc/systemd/system/cron.service").exists()
     assert lines[0].startswith("migrate: masked qmaild.service")
-    assert lines[1].endswith(f"{root}/etc/rc2.d/S20qmaild")
+    # The seed's /etc/init.d/qmaild is not gone without a word: eqmaild replaces it.
+    assert lines[1].startswith(f"migrate: {root}/etc/init.d/qmaild is replaced by eqmaild: ")
+    assert lines[1].endswith(f"ln -sf /usr/bin/eqmaild {root}/etc/init.d/qmaild")
+    assert lines[2].endswith(f"{root}/etc/rc2.d/S20qmaild")
     service = root / "service/qmail-smtpd"
-    assert lines[2].endswith(f"svc -dx {service} {service}/log; rm {service}")
-    assert lines[3].startswith("migrate: qmail-send runs as pid 100 outside qboot-systemd")
-    assert len(lines) == 4
+    assert lines[3].endswith(f"svc -dx {service} {service}/log; rm {service}")
+    assert lines[4].startswith("migrate: qmail-send runs as pid 100 outside qboot-systemd")
+    assert len(lines) == 5
     assert migrate.migrate(root, None)[0].startswith("migrate: old rc links")  # masked once
     other = migrate.foreign_queue_runner(proc)
     assert other is not None and other.pid == 100

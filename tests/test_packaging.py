@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from .admin_sandbox import listening_on, reload_and_settle
 from .build_root import run_in_build_root
 from .conftest import ROOT, require_tool
 from .e2e_stage import LOCAL_RCPT, MAILDIR, add_real_qmail, booted_sandbox
@@ -200,6 +201,8 @@ def test_deb_installs_boots_serves_and_purges(box: Sandbox) -> None:
     assert box.run("/usr/bin/python3", "-c", "import cdblib", check=False).returncode == 1
     done = box.run("dpkg", "-i", "/qboot-systemd.deb", check=False, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
+    # It starts nothing by itself: it says how.
+    assert "start mail with: eqmaild start (or: qbootctl start)" in done.stdout + done.stderr
     assert (
         box.run("readlink", "/var/qmail/etc/bootctrl/qmail-smtp.rc").stdout.strip() == "qmail-tcpd"
     )
@@ -236,13 +239,29 @@ def test_deb_installs_boots_serves_and_purges(box: Sandbox) -> None:
         time.sleep(0.2)
     assert delivered, box.run("journalctl", "-u", "qmail-send", "-n", "20", check=False).stdout
     box.run("sh", "-c", "echo '# admin edit' >> /var/qmail/etc/bootctrl/qmail-smtp.env")
-    # Purged while mail runs: prerm stops the units, whose programs are about to go.
+    # subm by the seed's links, on 2587, then a broken edit: degraded, on its last good
+    # settings, still serving.
+    bootctrl = "/var/qmail/etc/bootctrl"
+    box.run("ln", "-s", "qmail-tcpd", f"{bootctrl}/qmail-subm.rc")
+    box.run("ln", "-s", "tcprules-default.cdb", f"{bootctrl}/tcprules-subm.cdb")
+    box.run("sed", "-i", "s/^PORT=587/PORT=2587/", f"{bootctrl}/qmail-subm.env")
+    reload_and_settle(box)
+    assert listening_on(box, 2587)
+    box.run("sh", "-c", f"echo 'BANNER=\"unterminated' >> {bootctrl}/qmail-subm.env")
+    reload_and_settle(box)
+    status = box.run("/usr/bin/qbootctl", "status", check=False)
+    assert status.returncode == 150, status.stdout + status.stderr
+    assert listening_on(box, 2587)
+    # Purged while mail runs: prerm stops the units, whose programs are about to go,
+    # degraded or not.
     done = box.run("dpkg", "--purge", "qboot-systemd", check=False, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     for unit in ("qmail-send.service", "qmail-tcpd@smtp.socket", "qmail-tcpd@smtp.service"):
         state = box.run("systemctl", "is-active", unit, check=False).stdout.strip()
         assert state in ("inactive", "unknown"), (unit, state)
-    assert not box.run("ss", "-Htln", "sport = :25", check=False).stdout.strip()
+    assert not listening_on(box, 25) and not listening_on(box, 2587)
+    left = box.run("systemctl", "list-units", "--all", "--plain", "--no-legend", "qmail-*")
+    assert [row for row in left.stdout.splitlines() if " active " in row] == [], left.stdout
     for gone in (
         "/usr/bin/qbootctl",
         "/usr/lib/systemd/system/qmail-tcpd@.service",

@@ -166,6 +166,7 @@ class Server:
         # listeners a tcpserver per address would have had, so IPv4 clients show as IPv4.
         self.logged_ip: Callable[[str], str] = unmap_ipv4 if systemd_sockets else str
         self.program = [os.fsencode(word) for word in options.program]
+        self.health_words = ""  # STATUS=: "down: why; " while it cannot serve
         self.local_endpoints = {id(sock): _fixed_local(sock) for sock in listeners}
         self.notifier = Notifier()
         # The loop: epoll, a handler per watched fd, and what signals and spawners told it.
@@ -271,6 +272,7 @@ class Server:
         each connection is dropped), or (None, None, None) to allow all (-X, no file)."""
         assert self.rules is not None
         state = self.rules.snapshot()
+        self._judge(state if isinstance(state, RulesError) else None)
         if not isinstance(state, RulesError):
             return state[0], state[1], None
         if state.missing and self.options.missing_rules_ok:
@@ -319,8 +321,25 @@ class Server:
         else:
             running, served, denied = self.running, self.counters.served, self.counters.denied
         self.notifier.status(
-            f"{running}/{self.options.limit} sessions, {served} served, {denied} denied"
+            f"{self.health_words}{running}/{self.options.limit} sessions, "
+            f"{served} served, {denied} denied"
         )
+
+    def _judge(self, rules: RulesError | None = None) -> None:
+        """STATUS= starts with "down: why" while its chain or rules cannot serve."""
+        if not self.notifier.enabled:
+            return  # no STATUS= to say it in (and no health module in memory)
+        from ..health import SERVICE_PATH, RulesFact, own_status
+
+        if rules is None and self.rules is not None:
+            state = self.rules.snapshot()
+            rules = state if isinstance(state, RulesError) else None
+        fact = None
+        if rules is not None:
+            missing_ok = self.options.missing_rules_ok
+            fact = RulesFact(rules.path, rules.message, missing_ok, rules.missing)
+        search = os.environ.get("PATH", SERVICE_PATH)
+        self.health_words = own_status(os.fsdecode(self.program[0]), fact, search)
 
     # --- accepting -----------------------------------------------------------------------
     def _set_accepting(self, wanted: bool) -> None:
@@ -706,7 +725,8 @@ class Server:
                     self.resolver.reload()
                 if self.screen is not None:
                     self.screen.forget()
-                self.log_verbose(logline.warning("SIGHUP: rules and names reloaded"), 2)
+                self._judge()
+                self.log_verbose(f"{logline.PROGRAM}: SIGHUP: rules and names reloaded\n", 2)
                 self.notifier.send("READY=1")
             elif self.stop_at is None:
                 self.notifier.send("STOPPING=1")
@@ -762,6 +782,7 @@ class Server:
         for number in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(number, self._on_signal)
         signal.signal(signal.SIGCHLD, self._on_sigchld)
+        self._judge()
         self.notifier.send("READY=1")
         if self.lane is not None:
             return self._serve_lane(self.lane)

@@ -1,0 +1,269 @@
+"""One health per service, judged by what a client gets (qboot_systemd.health): the pure
+judgement over facts, and the observers of the chain, the rules and the sessions that
+`qbootctl status`, `qbootctl verify`, `eqmaild` and qboot-tcpsrv's STATUS= share."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from qboot_systemd import cli, health, mktcprules
+from qboot_systemd.health import Facts, ProgramFact, RulesFact, SessionsFact, State
+from qboot_systemd.problems import Problem
+
+from .conftest import SHIPPED_BOOTCTRL, require_tool
+from .tcpsrv_harness import ours
+
+TYPO = Problem("/b/qmail-smtp.env", 3, "PORT='25x': expected a number")
+MISSING_CDB = RulesFact("/b/tcprules-smtp.cdb", "No such file or directory", missing=True)
+SMTPDX = ProgramFact("/var/qmail/bin/qmail-smtpdx", "No such file or directory", "env:12: SMTPD")
+
+
+@pytest.mark.parametrize(
+    ("facts", "state", "lsb", "words"),
+    [
+        (Facts("smtp", True, True), State.RUNNING, 0, []),
+        (Facts("smtp", True, False), State.STOPPED, 3, ["not running"]),
+        (Facts("subm", False, False), State.STOPPED, 3, []),
+        # a typo in SMTPD=: the socket listens, every client is closed without a greeting
+        (Facts("smtp", True, True, program=SMTPDX), State.DOWN, 3, ["cannot run", "env:12"]),
+        # the cdb removed while it runs: every connection is dropped
+        (Facts("smtp", True, True, rules=MISSING_CDB), State.DOWN, 3, ["cannot read the rules"]),
+        # -X: a missing cdb allows everyone, as tcpserver's
+        (
+            Facts("smtp", True, True, rules=MISSING_CDB._replace(missing_ok=True)),
+            State.RUNNING,
+            0,
+            [],
+        ),
+        # last good settings that can serve: degraded, and why
+        (
+            Facts("smtp", True, True, problems=(TYPO,), kept=True),
+            State.DEGRADED,
+            150,
+            ["degraded, runs its last good settings: /b/qmail-smtp.env:3: PORT='25x'"],
+        ),
+        # last good settings that cannot serve (their cdb is gone): down, and why
+        (
+            Facts("smtp", True, True, problems=(TYPO,), kept=True, rules=MISSING_CDB),
+            State.DOWN,
+            3,
+            ["broken: /b/qmail-smtp.env:3", "cannot read the rules /b/tcprules-smtp.cdb"],
+        ),
+        (Facts("qmtp", True, False, problems=(TYPO,)), State.DOWN, 3, ["broken: /b/qmail"]),
+        (Facts("smtp", True, True, crash_looping=True), State.DOWN, 3, ["again and again"]),
+        (
+            Facts("smtp", True, True, sessions=SessionsFact(0, 4, "unable to run x: ENOENT")),
+            State.DOWN,
+            3,
+            ["the last 4 sessions failed to start: unable to run x"],
+        ),
+        # some sessions failing do not make last good settings bad
+        (
+            Facts("smtp", True, True, problems=(TYPO,), kept=True, sessions=SessionsFact(6, 1)),
+            State.DEGRADED,
+            150,
+            ["degraded, runs its last good settings", "1 of the last 7 sessions failed"],
+        ),
+        (Facts("send", True, False), State.STOPPED, 3, ["mail is queued, not delivered"]),
+        (
+            Facts("smtp", True, True, sessions=SessionsFact(6, 1, "unable to run x")),
+            State.DEGRADED,
+            150,
+            ["1 of the last 7 sessions failed"],
+        ),
+        (
+            Facts("smtp", True, True, rules=RulesFact("/b/r.cdb", newer_source="/b/r.txt")),
+            State.DEGRADED,
+            150,
+            ["/b/r.txt is newer than /b/r.cdb", "mktcprules"],
+        ),
+        (Facts("smtp", True, True, pending="pending: x"), State.DEGRADED, 150, ["pending: x"]),
+        (Facts("gone", False, True), State.DEGRADED, 150, ["bootctrl does not enable it"]),
+    ],
+)
+def test_assess(facts: Facts, state: State, lsb: int, words: list[str]) -> None:
+    judged = health.assess(facts)
+    text = "\n".join(judged.lines())
+    assert (judged.state, judged.lsb_status) == (state, lsb), text
+    for word in words:
+        assert word in text
+    assert judged.serving == (state in (State.RUNNING, State.DEGRADED))
+
+
+def test_several_services_not_running_wins_over_degraded() -> None:
+    degraded = health.Health(State.DEGRADED)
+    assert health.lsb_status([degraded, health.Health(State.RUNNING)]) == 150
+    assert health.lsb_status([degraded, health.Health(State.DOWN)]) == 3
+    assert health.lsb_status([]) == 0
+
+
+@pytest.fixture
+def open_dir() -> Iterator[Path]:
+    """A directory every user may search (pytest's own tmp_path is root's alone)."""
+    path = Path(tempfile.mkdtemp(prefix="qboot-health."))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path)
+
+
+def test_access_is_judged_for_the_services_user(open_dir: Path) -> None:
+    tmp_path = open_dir
+    program = tmp_path / "qmail-smtpd"
+    program.write_text("#!/bin/sh\n")
+    program.chmod(0o700)
+    assert health.access_problem(str(program), 0, 0, 1) is None
+    nobody = 65534
+    assert "not executable by" in str(health.access_problem(str(program), nobody, nobody, 1))
+    program.chmod(0o755)
+    assert health.access_problem(str(program), nobody, nobody, 1) is None
+    tmp_path.chmod(0o700)
+    try:
+        found = health.access_problem(str(program), nobody, nobody, 1)
+        assert found is not None and "is not searchable" in found
+    finally:
+        tmp_path.chmod(0o755)
+    assert health.access_problem(str(tmp_path / "nosuch"), 0, 0, 1) == "No such file or directory"
+
+
+def test_chain_facts_from_the_command_line(tmp_path: Path) -> None:
+    cdb = tmp_path / "tcprules-smtp.cdb"
+    shutil.copy(SHIPPED_BOOTCTRL / "tcprules-default.cdb", cdb)
+    argv = ["qboot-tcpsrv", "-v", "-c", "40", "-x", str(cdb), "-", "-"]
+    program, rules = health.chain_facts([*argv, "/var/qmail/bin/qmail-smtpdx"])
+    assert program is not None and program.problem == "No such file or directory"
+    assert rules == RulesFact(str(cdb))
+    # The in-core rblsmtpd screens; the first program exec'd is the one after it.
+    program, _ = health.chain_facts([*argv[:1], "-L", *argv[1:], "rblsmtpd", "-r", "z", "sh"])
+    assert program is not None and (program.path, program.problem) == ("sh", None)
+    program, _ = health.chain_facts([*argv, "qmail-nosuch-program"])
+    assert program is not None and "not found in" in str(program.problem)
+    cdb.unlink()
+    _, rules = health.chain_facts([*argv, "sh"])
+    assert rules is not None and rules.missing and rules.problem == "No such file or directory"
+
+
+def test_a_default_rules_text_newer_than_its_cdb_is_found_through_the_link(
+    tmp_path: Path,
+) -> None:
+    for name in ("tcprules-default.txt", "tcprules-default.cdb"):
+        shutil.copy2(SHIPPED_BOOTCTRL / name, tmp_path / name)
+    link = tmp_path / "tcprules-subm.cdb"
+    link.symlink_to("tcprules-default.cdb")
+    assert health.rules_fact(str(link), 0, 0).newer_source is None
+    source = tmp_path / "tcprules-default.txt"
+    os.utime(tmp_path / "tcprules-default.cdb", ns=(0, 0))  # a copy that kept no times
+    assert health.rules_fact(str(link), 0, 0).newer_source is None  # same rules, same bytes
+    with source.open("a") as handle:
+        handle.write("10.9.:deny\n")
+    found = health.rules_fact(str(link), 0, 0)
+    assert found.newer_source == str(source), found
+    text = "\n".join(health.assess(Facts("subm", True, True, rules=found)).lines())
+    assert f"{source} is newer than {link}" in text and "mktcprules" in text
+    mktcprules.compile_one(source, tmp_path / "tcprules-default.cdb")
+    assert health.rules_fact(str(link), 0, 0).newer_source is None
+
+
+def test_sessions_from_the_servers_log_lines() -> None:
+    ok = "qboot-tcpsrv: ok 12 me:127.0.0.1:25 :127.0.0.1::4000"
+    failed = "qboot-tcpsrv: warning: unable to run /x/qmail-smtpdx: No such file or directory"
+    noise = ["qboot-tcpsrv: status: 1/40", "qboot-tcpsrv: pid 12 from 127.0.0.1"]
+    assert health.sessions_fact(noise) is None  # -q, or no session yet
+    assert health.sessions_fact([*noise, failed, failed]) == SessionsFact(
+        0, 2, "unable to run /x/qmail-smtpdx: No such file or directory"
+    )
+    assert health.sessions_fact([failed, ok]) == SessionsFact(1, 1, failed[23:])
+    assert health.sessions_fact([failed] * 5 + [ok] * 30) == SessionsFact(20, 0, "")
+
+
+def test_own_status_is_what_the_server_puts_in_status(tmp_path: Path) -> None:
+    assert health.own_status("sh", None, health.SERVICE_PATH) == ""
+    words = health.own_status(str(tmp_path / "qmail-smtpdx"), None, health.SERVICE_PATH)
+    assert words.startswith("down: cannot run ") and "No such file" in words
+    gone = RulesFact("/b/tcprules-smtp.cdb", "No such file or directory", missing=True)
+    assert health.own_status("sh", gone, health.SERVICE_PATH).startswith(
+        "down: cannot read the rules /b/tcprules-smtp.cdb"
+    )
+
+
+def test_verify_finds_a_chain_that_cannot_run(tmp_path: Path) -> None:
+    """Units systemd accepts, for a service that serves nobody: not "verified"."""
+    require_tool("systemd-analyze")
+    directory = tmp_path / "bootctrl"
+    directory.mkdir()
+    for name in ("qmail-tcpd", "tcprules-default.cdb", "tcprules-default.txt"):
+        shutil.copy2(SHIPPED_BOOTCTRL / name, directory / name)
+    (directory / "qmail-smtp.rc").symlink_to("qmail-tcpd")
+    (directory / "tcprules-smtp.cdb").symlink_to("tcprules-default.cdb")
+    env = directory / "qmail-smtp.env"
+    env.write_text("PORT=2525\nUSER=nobody\nGROUP=nogroup\nSMTPD=/bin/true\n")
+
+    def verify() -> tuple[int, str]:
+        done = CliRunner().invoke(
+            cli.qbootctl, ["verify", "--bootctrl", str(directory), "--qmail-home", "/bin"]
+        )
+        return done.exit_code, done.output
+
+    status, out = verify()
+    assert "cannot run" not in out, out
+    env.write_text("PORT=2525\nUSER=nobody\nGROUP=nogroup\nSMTPD=/bin/truex\n")
+    status, out = verify()
+    assert status == 1 and "verified" not in out
+    assert f"problem: smtp: {env}:4: SMTPD: cannot run /bin/truex: No such file" in out
+
+
+def _status_lines(receiver: socket.socket, wanted: str, timeout: float = 10) -> list[str]:
+    """sd_notify datagrams until a STATUS= line holds `wanted`."""
+    deadline = time.monotonic() + timeout
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        receiver.settimeout(max(0.01, deadline - time.monotonic()))
+        try:
+            message = receiver.recv(4096).decode()
+        except TimeoutError:
+            break
+        seen += [line for line in message.splitlines() if line.startswith("STATUS=")]
+        if any(wanted in line for line in seen):
+            return seen
+    raise AssertionError(f"no STATUS= with {wanted!r}: {seen}")
+
+
+def test_the_server_says_down_in_its_status_and_reloads_without_a_warning(
+    tmp_path: Path,
+) -> None:
+    """qboot-tcpsrv judges its own chain and rules as the user it runs as: STATUS= (what
+    `systemctl status` shows) starts with `down: why` while no client can be served."""
+    rules = tmp_path / "tcprules-smtp.cdb"
+    shutil.copy(SHIPPED_BOOTCTRL / "tcprules-default.cdb", rules)
+    program = tmp_path / "qmail-smtpd"
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "notify"))
+    server = ours(
+        *("-v", "-HR", "-l", "x", "-x", str(rules), "0", "0", str(program)),
+        env={"NOTIFY_SOCKET": str(tmp_path / "notify")},
+    )
+    try:
+        _status_lines(receiver, f"STATUS=down: cannot run {program}: No such file")
+        program.write_text("#!/bin/sh\necho hello\n")
+        program.chmod(0o755)
+        server.process.send_signal(signal.SIGHUP)
+        assert _status_lines(receiver, "STATUS=0/40 sessions")[-1].startswith("STATUS=0/40")
+        assert server.request() == b"hello\n"
+        rules.unlink()
+        assert server.request() == b""  # dropped: no rules to decide by
+        _status_lines(receiver, f"STATUS=down: cannot read the rules {rules}")
+        log = server.log()
+        assert "qboot-tcpsrv: SIGHUP: rules and names reloaded\n" in log
+        assert "warning: SIGHUP" not in log
+    finally:
+        server.stop()
+        receiver.close()
