@@ -31,12 +31,7 @@ lint:
 
 bench:
 	@scripts/setup.sh test
-	$(VENV)/bin/python bench/rules_bench.py
-	$(VENV)/bin/python bench/generator_bench.py
-	$(VENV)/bin/python bench/tcpsrv_bench.py
-	$(VENV)/bin/python bench/rbl_bench.py
-	$(VENV)/bin/python bench/tls_bench.py
-	$(VENV)/bin/python bench/soak.py
+	$(VENV)/bin/python bench/report.py
 
 clean:
 	rm -rf $(VENV) .tools .pytest_cache .mypy_cache .ruff_cache

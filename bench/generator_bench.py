@@ -27,10 +27,13 @@ PYTHON = str(ROOT / ".venv" / "bin" / "python")
 
 
 def make_bootctrl(directory: Path, services: int) -> None:
-    directory.mkdir()
+    directory.mkdir(mode=0o755)
     shipped = ROOT / "etc" / "bootctrl"
-    shutil.copy(shipped / "qmail-tcpd", directory)
-    shutil.copy(shipped / "tcprules-default.cdb", directory)
+    # Modes set here, not copied: a checkout made with umask 002 has group-writable
+    # files, which the generator (StrictModes) refuses.
+    for name, mode in (("qmail-tcpd", 0o755), ("tcprules-default.cdb", 0o644)):
+        shutil.copyfile(shipped / name, directory / name)
+        (directory / name).chmod(mode)
     (directory / "qmail-init.rc").write_text("")
     for index in range(services):
         name = f"svc{index}"

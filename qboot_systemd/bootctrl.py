@@ -8,37 +8,32 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
-from . import envfile, purepath, strictmodes
+from . import envfile, settings, strictmodes
+from ._startup import TYPE_CHECKING, NamedTuple, absolute_path, join_path, pure_path
 from .problems import Problem, quote
-from .records import NamedTuple
-from .tcpflags import TcpFlagsError, split_interface, validate_tcpflags
+from .settings import DEFAULT_PORT as DEFAULT_PORT  # admin.py reads it here
+from .tcpflags import split_interface
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING's value, without importing typing
 if TYPE_CHECKING:
     from pathlib import Path
 
-# Paths are text here (os.path and purepath): the generator does without pathlib.
+# Paths are text here (os.path and _startup): the generator does without pathlib.
 DEFAULT_QMAIL_HOME = "/var/qmail"
 DEFAULT_DELIVERY = "./Maildir/"
-DEFAULT_PORT = 25
-DEFAULT_MAXCONN = 40
 # tcpserver's -l when control/me is missing: its man page's "common choice", no DNS lookup.
 FALLBACK_LOCAL_NAME = "0"
 RC_TARGET = "qmail-tcpd"
-SERVICES_FILE = "/etc/services"
 SEND_RC = "qmail-init.rc"
 
 _DEFAULT_SERVERS = {"qmtp": "qmail-qmtpd", "qmqp": "qmail-qmqpd"}
 
-# Names are checked against sets of ASCII characters, not regular expressions: compiling
-# those cost the generator 0.6 ms at every start.
-_LETTERS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_ALNUM = _LETTERS | frozenset("0123456789")
+# Names are checked against sets of ASCII characters, not regular expressions: the
+# generator starts without re (see _startup).
+_ALNUM = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
 _SERVICE_CHARS = _ALNUM | frozenset("_.-")
 _HOST_CHARS = _ALNUM | frozenset(".-")
-_PORT_NAME_CHARS = _ALNUM | frozenset("_-")
 
 
 def rc_service(file_name: str) -> str | None:
@@ -58,17 +53,6 @@ def valid_service_name(name: str) -> bool:
 def _host_name(text: str) -> bool:
     """control/me as tcpserver -l takes it: a host name (qmail's own `me`), or "0"."""
     return 0 < len(text) <= 255 and _HOST_CHARS.issuperset(text)
-
-
-def _account_name(text: str) -> bool:
-    """USER=/GROUP=: a name or number, 1 to 32 of `A-Z a-z 0-9 _ . -`, no leading . or -."""
-    return 0 < len(text) <= 32 and text[0] not in ".-" and _SERVICE_CHARS.issuperset(text)
-
-
-def _port_name(text: str) -> bool:
-    """PORT= as a name from /etc/services (smtp, submission): a letter, then up to 31
-    of `A-Z a-z 0-9 _ -`."""
-    return 0 < len(text) <= 32 and text[0] in _LETTERS and _PORT_NAME_CHARS.issuperset(text)
 
 
 def default_bootctrl() -> Path:
@@ -139,6 +123,7 @@ class Service(NamedTuple):
     local_name: str = FALLBACK_LOCAL_NAME  # tcpserver -l: control/me, as lifewithqmail does
     listen_line: int = 0  # line of PORT/IP in env_file, for messages
     lines: tuple[tuple[str, int], ...] = ()  # env file line of each name's last definition
+    given: tuple[tuple[str, str], ...] = ()  # each setting the env file sets, as it reads
     dnsbl: tuple[str, ...] = ()  # DNSBL: blocklists, each an rblsmtpd -r
     dnsblflags: tuple[str, ...] = ()  # DNSBLFLAGS: rblsmtpd options before them
     rbl_incore: bool = True  # RBL_INCORE: a leading rblsmtpd runs inside qboot-tcpsrv
@@ -220,7 +205,7 @@ def load(
     service that already holds the address keeps it."""
     if qmail_home is None:
         qmail_home = os.environ.get("QBOOT_QMAIL_HOME", DEFAULT_QMAIL_HOME)
-    home = purepath.pure(qmail_home)
+    home = pure_path(qmail_home)
     trusted = strictmodes.TrustedDirectory(directory)
     try:
         return _load_trusted(trusted, home, check_accounts, holders or {})
@@ -283,7 +268,7 @@ def _unexpected(error: Exception, where: str, name: str) -> Problem:
 def _load_send(directory: str, home: str, names: list[str], problems: list[Problem]) -> Send | None:
     if SEND_RC not in names:
         return None
-    source = purepath.join(purepath.absolute(home), "control", "defaultdelivery")
+    source = join_path(absolute_path(home), "control", "defaultdelivery")
     rc_file = os.path.join(directory, SEND_RC)
     try:
         text = strictmodes.read_file(source).decode("utf-8")
@@ -385,174 +370,74 @@ def _load_service(
         raise _ServiceProblem(Problem(found.file, found.line, found.message + suffix)) from None
 
 
-# The env file settings qboot reads; any other name is a variable for $NAME expansion.
-OPTIONS = (
-    "PORT",
-    "IP",
-    "CDB",
-    "MAXCONN",
-    "MAXPERIP",
-    "BACKLOG",
-    "USER",
-    "UID",
-    "GROUP",
-    "GID",
-    "BANNER",
-    "TCPFLAGS",
-    "SMTPD",
-    "PRESMTPD",
-    "POSTSMTPD",
-)
-
-
 def option_typos(env: envfile.EnvFile) -> list[Problem]:
     """`PROT=2588` is a variable nobody reads: a warning (the service still runs) when an
-    unknown UPPERCASE name that nothing exports looks like a setting (names with an
-    underscore are taken for the admin's own variables)."""
+    unknown UPPERCASE name that nothing exports looks like a setting."""
     exported = {name for name, _ in env.exported()}
     found = []
     for name, line in env.lines():
-        if name in OPTIONS or name in exported or not name.isupper() or "_" in name:
-            continue
-        import difflib  # only for a likely typo: its import costs the generator 1 ms
-
-        near = difflib.get_close_matches(name, OPTIONS, n=1, cutoff=0.75)
-        if near:
+        near = None if name in exported else settings.typo_of(name)
+        if near is not None:
             found.append(
                 Problem(
                     env.path,
                     line,
-                    f"warning: {name} is not a setting qboot reads; did you mean {near[0]}? "
+                    f"warning: {name} is not a setting qboot reads; did you mean {near}? "
                     f"(a variable for $NAME needs no change)",
                 )
             )
     return found
 
 
-def _option(env: envfile.EnvFile | None, name: str) -> envfile.Assignment | None:
-    return env.last(name) if env is not None else None
+class _Values:
+    """Every setting's value for one service: the env file's, parsed by its row, or the
+    row's default. Typed accessors, as the rows hold values of several types."""
 
+    def __init__(self, env: envfile.EnvFile | None, service: str) -> None:
+        self.env = env
+        # The definition in force at the end of the file, of each setting it gives.
+        self.given: dict[str, envfile.Assignment] = {}
+        if env is not None:
+            for assignment in env.assignments:
+                if assignment.name in settings.BY_NAME:
+                    self.given[assignment.name] = assignment
+        self.values: dict[str, object] = {}
+        for setting in settings.SETTINGS:
+            found = self.given.get(setting.name)
+            if found is None:
+                self.values[setting.name] = setting.unset
+                continue
+            try:
+                self.values[setting.name] = setting.parse(setting.name, found.value, service)
+            except settings.Invalid as error:
+                assert env is not None
+                raise _ServiceProblem(Problem(env.path, found.line, error.message)) from None
 
-def _positive_int(env: envfile.EnvFile | None, name: str, low: int, high: int) -> int | None:
-    assignment = _option(env, name)
-    if assignment is None:
-        return None
-    value = assignment.value.strip()
-    if not value.isascii() or not value.isdigit() or not low <= int(value) <= high:
-        assert env is not None
-        raise _ServiceProblem(
-            Problem(
-                env.path,
-                assignment.line,
-                f"{name}={quote(assignment.value)}: expected a number from {low} to {high}",
-            )
+    def number(self, name: str) -> int | None:
+        value = self.values[name]
+        assert value is None or isinstance(value, int)
+        return value
+
+    def text(self, name: str) -> str | None:
+        value = self.values[name]
+        assert value is None or isinstance(value, str)
+        return value
+
+    def words(self, name: str) -> tuple[str, ...]:
+        value = self.values[name]
+        assert isinstance(value, tuple)
+        return value
+
+    def line(self, name: str) -> int:
+        found = self.given.get(name)
+        return found.line if found is not None else 0
+
+    def problem(self, name: str, message: str) -> _ServiceProblem:
+        found = self.given[name]
+        assert self.env is not None
+        return _ServiceProblem(
+            Problem(self.env.path, found.line, f"{name}={quote(found.value)}: {message}")
         )
-    return int(value)
-
-
-def _port(env: envfile.EnvFile | None) -> int:
-    """PORT= as a number or, like tcpserver, a name from /etc/services (smtp, submission)."""
-    assignment = _option(env, "PORT")
-    name = assignment.value.strip() if assignment is not None else ""
-    if name and not name.isdigit() and _port_name(name):
-        number = service_port(name)
-        if number is None:
-            assert env is not None and assignment is not None
-            raise _ServiceProblem(
-                Problem(
-                    env.path,
-                    assignment.line,
-                    f"PORT={name!r}: not a port number, nor a tcp service in {SERVICES_FILE}",
-                )
-            )
-        return number
-    return _positive_int(env, "PORT", 1, 65535) or DEFAULT_PORT
-
-
-def service_port(name: str, services: str = SERVICES_FILE) -> int | None:
-    """A tcp service's port from /etc/services, read as a file: the generator must not
-    ask NSS (which may talk to another process)."""
-    try:
-        with open(services, errors="replace") as stream:
-            lines = stream.read().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split("#", 1)[0].split()
-        if len(fields) < 2 or not fields[1].endswith("/tcp"):
-            continue
-        if name in (fields[0], *fields[2:]) and fields[1][:-4].isdigit():
-            port = int(fields[1][:-4])
-            return port if 0 < port < 65536 else None
-    return None
-
-
-def _listen(env: envfile.EnvFile | None, port: int, name: str) -> tuple[Listen, ...]:
-    assignment = _option(env, "IP")
-    if assignment is None:
-        return (Listen(port),)
-    assert env is not None
-    words = assignment.value.split()
-    if not words or words == ["0"]:
-        return (Listen(port),)
-    import ipaddress  # here: the shipped env files listen on all addresses (1 to 1.5 ms)
-
-    addresses: list[Listen] = []
-    for word in words:
-        if word == "0":
-            raise _ServiceProblem(
-                Problem(env.path, assignment.line, "IP: 0 means all addresses; use IP=0 alone")
-            )
-        text = word[1:-1] if word.startswith("[") and word.endswith("]") else word
-        try:
-            address = ipaddress.ip_address(text)
-        except ValueError:
-            raise _ServiceProblem(
-                Problem(env.path, assignment.line, f"IP: {quote(word)} is not an IP address")
-            ) from None
-        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
-            # systemd's ListenStream= takes no scope id (252 refuses `[fe80::1%eth0]:25`).
-            raise _ServiceProblem(
-                Problem(
-                    env.path,
-                    assignment.line,
-                    f"IP: {quote(word)}: ListenStream= cannot take a scope id; use "
-                    f"IP={address.compressed.split('%')[0]} and BindToDevice={address.scope_id} "
-                    f"in a drop-in for the socket (systemctl edit qmail-tcpd@{name}.socket)",
-                )
-            )
-        if address.is_unspecified:
-            raise _ServiceProblem(
-                Problem(
-                    env.path,
-                    assignment.line,
-                    f"IP: {quote(word)} means all addresses; use IP=0 alone",
-                )
-            )
-        item = Listen(port, str(address))
-        if item in addresses:
-            raise _ServiceProblem(Problem(env.path, assignment.line, f"IP: {word} listed twice"))
-        addresses.append(item)
-    return tuple(addresses)
-
-
-def _account(env: envfile.EnvFile | None, names: tuple[str, str]) -> str | None:
-    """USER/UID or GROUP/GID: a name or a number (its existence: unknown_accounts)."""
-    for name in names:
-        assignment = _option(env, name)
-        if assignment is None or not assignment.value:
-            continue
-        assert env is not None
-        if not _account_name(assignment.value):
-            raise _ServiceProblem(
-                Problem(
-                    env.path,
-                    assignment.line,
-                    f"{name}={assignment.value!r}: not a valid user/group name or number",
-                )
-            )
-        return assignment.value
-    return None
 
 
 def unknown_accounts(service: Service) -> list[Problem]:
@@ -586,7 +471,7 @@ def local_name(home: str | os.PathLike[str], problems: list[Problem]) -> str:
     the fallback "0" when qmail is not configured yet (no file) or the file is refused.
     Read like defaultdelivery (StrictModes, regular file, capped, never blocking): its
     line reaches every unit's command line and every session's TCPLOCALHOST."""
-    source = purepath.join(purepath.absolute(home), "control", "me")
+    source = join_path(absolute_path(home), "control", "me")
     fallback = f"using -l {FALLBACK_LOCAL_NAME}"
     try:
         data = strictmodes.read_file(source)
@@ -614,30 +499,16 @@ def local_name(home: str | os.PathLike[str], problems: list[Problem]) -> str:
     return first
 
 
-def _words(env: envfile.EnvFile | None, name: str) -> tuple[str, ...]:
-    assignment = _option(env, name)
-    return tuple(assignment.value.split()) if assignment else ()
-
-
-def _rules_path(
-    bootctrl: strictmodes.TrustedDirectory, env: envfile.EnvFile | None, name: str
-) -> str:
+def _rules_path(bootctrl: strictmodes.TrustedDirectory, values: _Values, name: str) -> str:
     """CDB= names a file in bootctrl, or an absolute path; either must pass StrictModes."""
-    assignment = _option(env, "CDB")
-    value = assignment.value if assignment and assignment.value else f"tcprules-{name}.cdb"
-    given = env is not None and assignment is not None and bool(assignment.value)
-    where = (
-        (env.path, assignment.line) if env and assignment and given else (bootctrl.where(value), 0)
-    )
+    given = values.text("CDB")
+    value = given or f"tcprules-{name}.cdb"
+    env = values.env
+    where = (env.path, values.line("CDB")) if env and given else (bootctrl.where(value), 0)
 
     def problem(message: str) -> _ServiceProblem:
         return _ServiceProblem(Problem(where[0], where[1], f"{message}; service {name} skipped"))
 
-    if given and (not value.endswith(".cdb") or (not os.path.isabs(value) and "/" in value)):
-        raise problem(
-            f"CDB={quote(value)}: name a .cdb file in the bootctrl directory "
-            "(tcprules-SVC.cdb) or give an absolute path to one"
-        )
     try:
         if os.path.isabs(value):
             strictmodes.check_file(os.path.normpath(value), bootctrl.trusted)
@@ -665,100 +536,77 @@ def _build_service(
     me: str,
     env: envfile.EnvFile | None,
 ) -> Service:
-    port = _port(env)
-    listen = _listen(env, port, name)
-    listen_line = max(
-        (a.line for a in (_option(env, "PORT"), _option(env, "IP")) if a is not None), default=0
-    )
-    banner_assignment = _option(env, "BANNER")
-    banner = banner_assignment.value if banner_assignment else None
-    if banner is not None and any(ord(c) < 32 or ord(c) == 127 for c in banner):
-        assert env is not None and banner_assignment is not None
-        raise _ServiceProblem(
-            Problem(env.path, banner_assignment.line, "BANNER contains control characters")
-        )
-    tcpflags = _words(env, "TCPFLAGS")
-    try:
-        validate_tcpflags(tcpflags)
-    except TcpFlagsError as error:
-        flags_line = _option(env, "TCPFLAGS")
-        assert env is not None and flags_line is not None
-        raise _ServiceProblem(Problem(env.path, flags_line.line, f"TCPFLAGS: {error}")) from None
-    screening = _screening(env)
+    values = _Values(env, name)
+    port = values.number("PORT")
+    assert port is not None
+    listen = tuple(Listen(port, address) for address in values.words("IP")) or (Listen(port),)
+    dnsbl = values.words("DNSBL")
+    if values.words("DNSBLFLAGS") and not dnsbl:
+        raise values.problem("DNSBLFLAGS", "set DNSBL too (the blocklists these options are for)")
+    rules = _rules_path(bootctrl, values, name)
     server = _DEFAULT_SERVERS.get(name, "qmail-smtpd")
-    smtpd = _words(env, "SMTPD") or (purepath.join(home, "bin", server),)
+    interface, tcpflags = split_interface(values.words("TCPFLAGS"))
+    user, group = (
+        values.text("USER") or values.text("UID"),
+        values.text("GROUP") or values.text("GID"),
+    )
+    maxconn = values.number("MAXCONN")
+    assert maxconn is not None
     return Service(
         name=name,
         rc_file=bootctrl.where(rc_name),
         env_file=env.path if env else None,
         listen=listen,
-        rules=_rules_path(bootctrl, env, name),
-        maxconn=_positive_int(env, "MAXCONN", 1, 100000) or DEFAULT_MAXCONN,
-        maxperip=_positive_int(env, "MAXPERIP", 1, 100000),
-        backlog=_positive_int(env, "BACKLOG", 1, 65535),
-        user=_account(env, ("USER", "UID")),
-        group=_account(env, ("GROUP", "GID")),
-        banner=banner,
-        tcpflags=split_interface(tcpflags)[1],
-        interface=split_interface(tcpflags)[0],
+        rules=rules,
+        maxconn=maxconn,
+        maxperip=values.number("MAXPERIP"),
+        backlog=values.number("BACKLOG"),
+        user=user,
+        group=group,
+        banner=values.text("BANNER"),
+        tcpflags=tcpflags,
+        interface=interface,
         local_name=me,
-        smtpd=smtpd,
-        presmtpd=_words(env, "PRESMTPD"),
-        postsmtpd=_words(env, "POSTSMTPD"),
-        dnsbl=screening.dnsbl,
-        dnsblflags=screening.dnsblflags,
-        rbl_incore=screening.rbl_incore,
-        rate=screening.rate,
-        rate_reply=screening.rate_reply,
+        smtpd=values.words("SMTPD") or (join_path(home, "bin", server),),
+        presmtpd=values.words("PRESMTPD"),
+        postsmtpd=values.words("POSTSMTPD"),
+        dnsbl=dnsbl,
+        dnsblflags=values.words("DNSBLFLAGS"),
+        rbl_incore=values.text("RBL_INCORE") == "yes",
+        rate=values.number("RATE"),
+        rate_reply=values.text("RATE_ANSWER") == "421",
         environment=env.exported() if env else (),
-        listen_line=listen_line,
+        listen_line=max(values.line("PORT"), values.line("IP")),
         lines=env.lines() if env else (),
+        given=tuple((name, found.value) for name, found in values.given.items()),
     )
 
 
-class _Screening(NamedTuple):
-    dnsbl: tuple[str, ...]
-    dnsblflags: tuple[str, ...]
-    rbl_incore: bool
-    rate: int | None
-    rate_reply: bool
+# The defaults that depend on the service, shown as they came out for it.
+_DEFAULT_SHOWN: dict[str, Callable[[Service], str]] = {
+    "CDB": lambda service: service.rules,
+    "SMTPD": lambda service: " ".join(service.smtpd),
+}
 
 
-def _screening(env: envfile.EnvFile | None) -> _Screening:
-    """DNSBL, DNSBLFLAGS, RBL_INCORE, RATE and RATE_ANSWER (issue 16)."""
-
-    def problem(name: str, message: str) -> _ServiceProblem:
-        assignment = _option(env, name)
-        assert env is not None and assignment is not None
-        return _ServiceProblem(
-            Problem(env.path, assignment.line, f"{name}={quote(assignment.value)}: {message}")
-        )
-
-    dnsbl = _words(env, "DNSBL")
-    flags = _words(env, "DNSBLFLAGS")
-    if dnsbl or flags:
-        # Only here: rblsmtpd's parser brings enum (2.5 ms at start-up, installed).
-        from .tcpsrv.rbl import parse_command, plain_dns_name
-
-        bad = [base for base in dnsbl if not plain_dns_name(base)]
-        if bad:
-            raise problem("DNSBL", f"{quote(bad[0])} is not a DNS name (zen.spamhaus.org)")
-        parsed = parse_command(["rblsmtpd", *flags, "smtpd"])
-        if parsed is None or parsed[1] != ("smtpd",):
-            raise problem(
-                "DNSBLFLAGS", "rblsmtpd options only: -a base, -b, -B, -c, -C, -t seconds"
+def settings_of(service: Service) -> list[dict[str, str]]:
+    """Every setting of service, in the table's order, as `qbootctl show SVC` prints it:
+    name, value (as the env file gives it, quoting and $NAME done, or the default),
+    source ("FILE:LINE" or "default") and help."""
+    given = dict(service.given)
+    shown: list[dict[str, str]] = []
+    for setting in settings.SETTINGS:
+        if setting.name in given:
+            value, source = (
+                given[setting.name],
+                f"{service.env_file}:{service.line_of(setting.name)}",
             )
-    if flags and not dnsbl:
-        raise problem("DNSBLFLAGS", "set DNSBL too (the blocklists these options are for)")
-    switches = {}
-    for name, choices in (("RBL_INCORE", ("yes", "no")), ("RATE_ANSWER", ("close", "421"))):
-        assignment = _option(env, name)
-        value = assignment.value.strip() if assignment is not None else choices[0]
-        if value not in choices:
-            raise problem(name, f"expected {' or '.join(choices)}")
-        switches[name] = value == choices[0]
-    rate = _positive_int(env, "RATE", 1, 1000000)
-    return _Screening(dnsbl, flags, switches["RBL_INCORE"], rate, not switches["RATE_ANSWER"])
+        elif setting.name in _DEFAULT_SHOWN:
+            value, source = _DEFAULT_SHOWN[setting.name](service), "default"
+        else:
+            value, source = setting.default, "default"
+        shown.append({"name": setting.name, "value": value, "source": source, "help": setting.help})
+    return shown
 
 
 def _drop_conflicting(

@@ -15,7 +15,7 @@ import stat
 import struct
 from collections.abc import Callable
 
-from .records import TYPE_CHECKING
+from ._startup import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from typing import IO

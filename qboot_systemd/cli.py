@@ -134,14 +134,40 @@ def _render_table(model: bootctrl_model.Bootctrl) -> str:
     return "\n".join(lines)
 
 
+def _render_settings(service: bootctrl_model.Service) -> str:
+    items = bootctrl_model.settings_of(service)
+    values = [bootctrl_model.printable(item["value"]) or "''" for item in items]
+    width = min(max(map(len, values)), 40)
+    lines = [f"{service.name}: settings from {service.env_file or '(no env file)'}"]
+    for item, value in zip(items, values, strict=True):
+        lines.append(f"  {item['name']:<12} {value:<{width}}  {item['source']}")
+    return "\n".join(lines)
+
+
 @qbootctl.command()
 @bootctrl_option
 @qmail_home_option
 @click.option("--json", "as_json", is_flag=True, help="print the model as JSON")
+@click.argument("service", required=False, shell_complete=complete_enabled)
 @user_errors
-def show(bootctrl_dir: Path | None, qmail_home: Path | None, as_json: bool) -> None:
-    """Show what the bootctrl directory enables, and every problem in it."""
+def show(
+    bootctrl_dir: Path | None, qmail_home: Path | None, as_json: bool, service: str | None
+) -> None:
+    """Show what the bootctrl directory enables, and every problem in it; with SERVICE,
+    each of its settings with its value and the file:line it came from."""
     model = load_bootctrl(bootctrl_dir, qmail_home)
+    if service is not None:
+        found = model.service(service)
+        if found is None:
+            raise UserError(
+                f"service {service} is not enabled or has problems", "see qbootctl show"
+            )
+        if as_json:
+            shown = bootctrl_model.settings_of(found)
+            click.echo(json.dumps({"service": service, "settings": shown}, indent=2))
+        else:
+            click.echo(_render_settings(found))
+        sys.exit(0)
     if as_json:
         click.echo(json.dumps(model.as_json(), indent=2))
     else:

@@ -21,9 +21,9 @@ import os
 import stat
 from binascii import crc32
 
-from . import bootctrl, jsontext, units
+from . import bootctrl, units
+from ._startup import TYPE_CHECKING, json_string, json_text
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING's value, without importing typing
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -54,11 +54,11 @@ def state_dir() -> Path:
 def config_hash(model: bootctrl.Service | bootctrl.Send, directory: str) -> str:
     """Everything bootctrl says about one service, hashed: equal hashes, nothing to do.
     Paths are taken relative to the bootctrl directory, so a copy hashes the same."""
-    text = jsontext.sorted_compact(model.as_json())
-    text = text.replace(jsontext.string(directory.rstrip("/") + "/")[1:-1], "@BOOTCTRL@/")
+    text = json_text(model.as_json())
+    text = text.replace(json_string(directory.rstrip("/") + "/")[1:-1], "@BOOTCTRL@/")
     # A change detector for files only root may write, not a defence against forgery:
     # two CRC-32s (forwards and backwards) give 64 bits without hashlib, whose OpenSSL
-    # load was a sixth of the generator's start-up (binascii's CRC-32 is zlib's).
+    # load the generator's start-up cannot afford (binascii's CRC-32 is zlib's).
     data = text.encode()
     return f"{crc32(data):08x}{crc32(data[::-1]):08x}"
 

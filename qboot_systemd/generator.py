@@ -13,15 +13,15 @@ import os
 import stat
 import sys
 
-from . import bootctrl, convergence, purepath, units
+from . import bootctrl, convergence, units
+from ._startup import TYPE_CHECKING, join_path, pure_path
 from .problems import Problem
 
-TYPE_CHECKING = False  # typing.TYPE_CHECKING's value: typing is not imported at run time
 if TYPE_CHECKING:
     from typing import NoReturn
 
-# Paths are text here (os.path and purepath, written as pathlib writes them): importing
-# pathlib cost the generator 2 ms at every start, installed.
+# Paths are text here (os.path and _startup's, written as pathlib writes them): the
+# generator starts without pathlib.
 
 PROGRAM = "qboot-systemd-generator"
 
@@ -153,7 +153,7 @@ def run(
     paths: units.Paths,
     log_path: str = "/dev/kmsg",
 ) -> int:
-    directory = purepath.pure(bootctrl_dir)
+    directory = pure_path(bootctrl_dir)
     try:
         present = is_directory(directory)
     except OSError as error:
@@ -204,15 +204,15 @@ def main(
         tcpsrv=os.environ.get("QBOOT_TCPSRV", tcpsrv or defaults.tcpsrv),
         unit_dir=os.environ.get("QBOOT_UNIT_DIR", unit_dir or defaults.unit_dir),
     )
-    home = purepath.pure(os.environ.get("QBOOT_QMAIL_HOME", qmail_home or "/var/qmail"))
-    directory = os.environ.get("QBOOT_BOOTCTRL", purepath.join(home, "etc", "bootctrl"))
+    home = pure_path(os.environ.get("QBOOT_QMAIL_HOME", qmail_home or "/var/qmail"))
+    directory = os.environ.get("QBOOT_BOOTCTRL", join_path(home, "etc", "bootctrl"))
     # A short run that leaves no garbage cycles to speak of: the cyclic collector's passes
-    # over everything imported cost it about 1 ms. Callers in the same process (tests) get
-    # it back.
+    # over everything imported would only cost start-up time. Callers in the same process
+    # (tests) get it back.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        return run(purepath.pure(args[0]), directory, home, paths)
+        return run(pure_path(args[0]), directory, home, paths)
     except OSError as error:
         sys.stderr.write(f"{PROGRAM}: cannot write {error.filename or args[0]}: {error.strerror}\n")
         return 1
@@ -223,7 +223,7 @@ def main(
 
 def exit_program(code: int) -> NoReturn:
     """End the process that ran main(): the interpreter's exit would run a full collection
-    over every object, which are all about to go anyway (about 2 ms); freeze() puts them
+    over every object, which are all about to go anyway; freeze() puts them
     out of its reach."""
     gc.freeze()
     sys.exit(code)

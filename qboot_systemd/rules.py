@@ -11,9 +11,9 @@ import errno
 import os
 from collections.abc import Iterator
 
+from ._startup import TYPE_CHECKING, NamedTuple
 from .addresses import unmap_ipv4
 from .cdb import CdbFormatError, CdbReader, write_cdb
-from .records import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:  # not at run time: qboot-tcpsrv starts without pathlib
     from pathlib import Path
@@ -349,7 +349,7 @@ def check_report(reader: CdbReader, ip: bytes, host: bytes | None, info: bytes |
 
 
 def is_ip(text: str) -> bool:
-    import ipaddress  # here, not at the top: qboot-tcpsrv never needs it (1 MiB)
+    import ipaddress  # here, not at the top: qboot-tcpsrv never needs it
 
     try:
         ipaddress.ip_address(text)

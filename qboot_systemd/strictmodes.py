@@ -19,7 +19,7 @@ import errno
 import os
 import stat
 
-from . import purepath
+from ._startup import absolute_path, join_path
 from .problems import quote
 
 MAX_FILE = 64 * 1024  # an env file or qmail control file; the real ones are < 2 KiB
@@ -227,7 +227,7 @@ class TrustedDirectory:
     its descriptor, so renaming a parent cannot swap it between the check and the reads."""
 
     def __init__(self, path: str | os.PathLike[str], trusted: frozenset[int] | None = None) -> None:
-        self.path = purepath.absolute(path)  # as str(Path(path).absolute()) writes it
+        self.path = absolute_path(path)  # as str(Path(path).absolute()) writes it
         self._prefix = self.path if self.path.endswith("/") else self.path + "/"
         self.trusted = trusted_uids() if trusted is None else trusted
         self._descriptor: int | None = None
@@ -277,7 +277,7 @@ class TrustedDirectory:
 
     def where(self, name: str) -> str:
         if "/" in name or name in ("", "."):
-            return purepath.join(self.path, name)
+            return join_path(self.path, name)
         return self._prefix + name  # a plain name (most): os.path.join's text, faster
 
     def lookup(self, name: str) -> tuple[str, os.stat_result] | str:

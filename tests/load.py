@@ -49,13 +49,31 @@ async def hammer(port: int, total: int, concurrency: int) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class LoadRun:
-    counts: dict[str, int]
+    counts: dict[str, int]  # over all rounds
     elapsed: float
     idle: tuple[int, int, int]
-    after: tuple[int, int, int]
+    rounds: tuple[tuple[int, int, int], ...]  # the figures when idle after each round
+
+    @property
+    def after(self) -> tuple[int, int, int]:
+        return self.rounds[-1]
 
 
-def run_load(directory: Path, total: int, concurrency: int = 200) -> LoadRun:
+def settled(pid: int, fds: int | None = None) -> tuple[int, int, int]:
+    """The figures once every session is over: no child left and, when given, the fds
+    back to that count (at most 10 s)."""
+    deadline = time.monotonic() + 10
+    figures = proc_figures(pid)
+    while (figures[2], figures[0]) != (0, figures[0] if fds is None else fds):
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+        figures = proc_figures(pid)
+    return figures
+
+
+def run_load(directory: Path, total: int, concurrency: int = 200, rounds: int = 1) -> LoadRun:
+    """total connections per round, rounds times against the same server."""
     cdb = directory / "rules.cdb"
     text = "".join(f"10.{i // 256}.{i % 256}.1:deny\n" for i in range(999)) + ":allow\n"
     rules.compile_file(text.encode(), cdb, directory / "rules.tmp")
@@ -76,16 +94,14 @@ def run_load(directory: Path, total: int, concurrency: int = 200) -> LoadRun:
     )
     try:
         asyncio.run(hammer(server.port, 50, 5))  # warm up: threads, lazily loaded libraries
-        time.sleep(0.5)
-        idle = proc_figures(server.process.pid)
+        idle = settled(server.process.pid)
+        counts = {"served": 0, "refused": 0, "reset": 0, "empty": 0}
+        after = []
         begin = time.monotonic()
-        counts = asyncio.run(asyncio.wait_for(hammer(server.port, total, concurrency), 900))
-        elapsed = time.monotonic() - begin
-        deadline = time.monotonic() + 10
-        while (
-            proc_figures(server.process.pid)[:3:2] != (idle[0], 0) and time.monotonic() < deadline
-        ):
-            time.sleep(0.05)
-        return LoadRun(counts, elapsed, idle, proc_figures(server.process.pid))
+        for _ in range(rounds):
+            found = asyncio.run(asyncio.wait_for(hammer(server.port, total, concurrency), 900))
+            counts = {key: counts[key] + found[key] for key in counts}
+            after.append(settled(server.process.pid, idle[0]))
+        return LoadRun(counts, time.monotonic() - begin, idle, tuple(after))
     finally:
         server.stop()

@@ -31,4 +31,6 @@ def clean_tree(target: Path) -> Path:
             destination.symlink_to(os.readlink(source))
         elif source.exists():
             shutil.copy2(source, destination)
+            # The modes git records (755 or 644), not the checkout's umask (002 on Ubuntu).
+            destination.chmod(0o755 if source.stat().st_mode & 0o100 else 0o644)
     return tree

@@ -5,7 +5,6 @@ everything of ours on removal."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +12,7 @@ import pytest
 from qboot_systemd import admin, bootctrl, convergence, reconcile, units
 from qboot_systemd.systemd import UnitState
 
+from .bootctrl_trees import copy_shipped
 from .conftest import ROOT, SHIPPED_BOOTCTRL
 from .fake_systemd import SMTP, FakeSystemd, generate, model, running_with, stage_site
 
@@ -25,8 +25,7 @@ SHIPPED_SERVICES = sorted(
 def test_every_shipped_service_runs_its_chain_unprivileged(tmp_path: Path) -> None:
     """`ln -s qmail-tcpd qmail-subm.rc` as the seed says: qmail-smtpd must not run as root
     (no USER= meant root; root is now said in the file, USER=root, when a chain needs it)."""
-    directory = tmp_path / "bootctrl"
-    subprocess.run(["cp", "-a", str(SHIPPED_BOOTCTRL), str(directory)], check=True)
+    directory = copy_shipped(tmp_path)  # with set modes: not the checkout's (umask 002)
     ports = {"smtp": 2525, "subm": 2587, "qmtp": 2209, "smtps": 2465}
     for name in SHIPPED_SERVICES:
         if not (directory / f"qmail-{name}.rc").exists():

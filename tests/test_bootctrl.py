@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -11,10 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qboot_systemd import bootctrl
+from qboot_systemd import settings as env_settings
 from qboot_systemd.bootctrl import Listen
 from qboot_systemd.problems import Problem
 
-from .conftest import ROOT, SHIPPED_BOOTCTRL
+from .bootctrl_trees import copy_shipped, make, stage_copy
+from .conftest import ROOT
 from .golden import check_golden
 
 GOLDEN = ROOT / "tests" / "generator"
@@ -26,21 +27,6 @@ def model_json(directory: Path) -> str:
     return text.replace(str(directory), "@BOOTCTRL@")
 
 
-def stage_copy(source: Path, target: Path) -> Path:
-    """A fixture bootctrl copied with the modes of a root-owned install (755/644), set
-    explicitly: a checkout made with umask 002 would otherwise fail StrictModes."""
-    target.mkdir(mode=0o755)
-    target.chmod(0o755)
-    for entry in sorted(source.iterdir()):
-        destination = target / entry.name
-        if entry.is_symlink():
-            destination.symlink_to(os.readlink(entry))
-        else:
-            destination.write_bytes(entry.read_bytes())
-            destination.chmod(0o755 if entry.stat().st_mode & 0o100 else 0o644)
-    return target
-
-
 @pytest.mark.parametrize(
     "case", sorted(p.name for p in GOLDEN.iterdir() if (p / "bootctrl").is_dir())
 )
@@ -49,8 +35,8 @@ def test_golden_model(case: str, tmp_path: Path) -> None:
     check_golden(GOLDEN / case / "model.json", model_json(staged))
 
 
-def test_shipped_bootctrl_enables_send_and_smtp_without_problems() -> None:
-    model = bootctrl.load(SHIPPED_BOOTCTRL, "/var/qmail")
+def test_shipped_bootctrl_enables_send_and_smtp_without_problems(tmp_path: Path) -> None:
+    model = bootctrl.load(copy_shipped(tmp_path), "/var/qmail")
     assert model.problems == ()
     assert model.send is not None and model.send.default_delivery == "./Maildir/"
     assert [s.name for s in model.services] == ["smtp"]
@@ -68,20 +54,6 @@ def test_shipped_subm_env_gives_port_587(tmp_path: Path) -> None:
     assert model.problems == ()
     subm = model.service("subm")
     assert subm is not None and subm.listen == (Listen(587),)
-
-
-def copy_shipped(tmp_path: Path) -> Path:
-    return stage_copy(SHIPPED_BOOTCTRL, tmp_path / "bootctrl")
-
-
-def make(tmp_path: Path, env: str, name: str = "x") -> bootctrl.Bootctrl:
-    directory = tmp_path / "b"
-    directory.mkdir(exist_ok=True)
-    (directory / "qmail-tcpd").write_text("#!/bin/sh\n")
-    (directory / f"qmail-{name}.rc").symlink_to("qmail-tcpd")
-    (directory / f"tcprules-{name}.cdb").write_bytes(b"\0" * 2048)
-    (directory / f"qmail-{name}.env").write_text(env)
-    return bootctrl.load(directory, "/q")
 
 
 @pytest.mark.parametrize(
@@ -242,8 +214,8 @@ def test_a_refused_setting_says_the_service_is_skipped_once(
 _REFERENCES = [
     (bootctrl.valid_service_name, r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z"),
     (bootctrl._host_name, r"[A-Za-z0-9.-]{1,255}\Z"),
-    (bootctrl._account_name, r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\Z"),
-    (bootctrl._port_name, r"[A-Za-z][A-Za-z0-9_-]{0,31}\Z"),
+    (env_settings.account_name, r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,31}\Z"),
+    (env_settings.port_name, r"[A-Za-z][A-Za-z0-9_-]{0,31}\Z"),
 ]
 _NAME_TEXT = st.text(st.sampled_from("aZ09_.-/ \n\x00é٣\uff21K")) | st.text(max_size=300)
 

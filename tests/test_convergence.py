@@ -1,40 +1,22 @@
 """Edits converge: after `systemctl daemon-reload` (and nothing else) what runs is what
 bootctrl says, a broken edit keeps the last good settings, and the admin is told.
 
-The pure planning is tested without systemd; the rest against one booted sandbox, in
-order (each test leaves the state the next one starts from).
+All against one booted sandbox, in order (each test leaves the state the next one starts
+from). The same without systemd: test_reconcile_plan.py and test_edits.py.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import os
-import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from qboot_systemd import (
-    admin,
-    bootctrl,
-    convergence,
-    generator,
-    install,
-    listening,
-    migrate,
-    reconcile,
-    reconcile_plan,
-    units,
-)
-from qboot_systemd.errors import UserError
-from qboot_systemd.problems import Problem
-from qboot_systemd.reconcile_plan import Observed, Step, Verb
+from qboot_systemd import convergence
 
 from . import sandbox
 from .conftest import ROOT
@@ -44,287 +26,6 @@ from .sandbox import Sandbox, show
 QBOOTCTL = str(ROOT / ".venv" / "bin" / "qbootctl")
 EQMAILD = str(ROOT / ".venv" / "bin" / "eqmaild")
 PYTHON = sys.executable
-
-
-# --- the plan, without systemd ------------------------------------------------------------
-def observed(**changes: object) -> Observed:
-    base: dict[str, object] = {
-        "name": "smtp",
-        "generated": True,
-        "applied_before": True,
-        "socket_active": True,
-        "service_active": True,
-        "loaded_hash": "new",
-        "running_hash": "new",
-        "wanted": frozenset({("::", 25)}),
-        "bound": frozenset({("::", 25)}),
-        "held": frozenset({("::", 25)}),
-    }
-    return Observed(**(base | changes))  # type: ignore[arg-type]
-
-
-def steps(item: Observed) -> list[tuple[str, str]]:
-    change = reconcile_plan.plan_one(item)
-    return [(step.verb.value, step.unit) for step in change.steps] if change else []
-
-
-def test_plan_touches_nothing_that_did_not_change() -> None:
-    assert steps(observed()) == []
-    assert steps(observed(service_active=False, running_hash=None, held=frozenset())) == []
-
-
-def test_plan_listen_change_restarts_socket_between_service_stop_and_start() -> None:
-    moved = observed(wanted=frozenset({("::", 2525)}), bound=frozenset())
-    assert steps(moved) == [
-        ("stop", "qmail-tcpd@smtp.service"),
-        ("restart", "qmail-tcpd@smtp.socket"),
-        ("start", "qmail-tcpd@smtp.service"),
-    ]
-    change = reconcile_plan.plan_one(moved)
-    assert change is not None and change.message.endswith("[::]:25 -> [::]:2525")
-    idle = observed(
-        wanted=frozenset({("::", 2525)}), bound=frozenset(), service_active=False, held=frozenset()
-    )
-    assert steps(idle) == [("restart", "qmail-tcpd@smtp.socket")]
-    assert [step.waits for step in reconcile_plan.plan_one(moved).steps] == [True, True, False]
-
-
-def test_plan_command_or_environment_change_restarts_only_the_service() -> None:
-    assert steps(observed(running_hash="old")) == [("restart", "qmail-tcpd@smtp.service")]
-
-
-def test_plan_new_removed_and_stopped_by_the_admin() -> None:
-    new = observed(applied_before=False, socket_active=False, service_active=False)
-    assert steps(new) == [("start", "qmail-tcpd@smtp.socket")]
-    stopped = observed(socket_active=False, service_active=False)
-    assert steps(stopped) == []  # a reload does not undo `qbootctl stop`
-    failed = observed(socket_active=False, service_active=False, socket_failed=True)
-    assert steps(failed) == [("start", "qmail-tcpd@smtp.socket")]  # its port may be free now
-    removed = observed(generated=False)
-    assert steps(removed) == [
-        ("stop", "qmail-tcpd@smtp.service"),
-        ("stop", "qmail-tcpd@smtp.socket"),
-    ]
-    plan = reconcile_plan.plan(
-        [observed(name="a", running_hash="old"), observed(name="z", generated=False)]
-    )
-    assert [change.name for change in plan] == ["z", "a"]  # a freed port first
-    assert plan[0].steps[0] == Step(Verb.STOP, "qmail-tcpd@z.service")
-
-
-def test_plan_send() -> None:
-    send = observed(name="send", wanted=frozenset(), bound=frozenset(), held=frozenset())
-    assert steps(send) == []
-    assert steps(observed(name="send", running_hash="old")) == [("restart", "qmail-send.service")]
-    assert steps(observed(name="send", generated=False)) == [("stop", "qmail-send.service")]
-
-
-def test_listen_entries_and_kernel_addresses_compare() -> None:
-    assert reconcile_plan.parse_listen("[::]:25") == ("::", 25)
-    assert reconcile_plan.parse_listen("25") == ("::", 25)
-    assert reconcile_plan.parse_listen("127.0.0.1:2525") == ("127.0.0.1", 2525)
-    assert reconcile_plan.parse_listen("[::1]:25") == ("::1", 25)
-    assert reconcile_plan.parse_listen("/run/x.sock") is None
-    little = sys.byteorder == "little"
-    loopback = "0100007F" if little else "7F000001"
-    assert listening._address(f"{loopback}:0019") == ("127.0.0.1", 25)
-    assert listening._address("00000000:0019") == ("::", 25)  # no IPv6: systemd binds 0.0.0.0
-    assert listening._address("0" * 32 + ":0019") == ("::", 25)
-
-
-def test_listening_finds_our_own_socket() -> None:
-    with socket.socket(socket.AF_INET6) as server:
-        server.bind(("::1", 0))
-        server.listen()
-        port = server.getsockname()[1]
-        held = listening.held_by(os.getpid(), listening.listening_sockets())
-        assert ("::1", port) in held
-
-
-def test_drift_says_what_differs() -> None:
-    here = frozenset({("::", 25)})
-    assert reconcile_plan.drift(None, "", None, None, None) is None
-    assert reconcile_plan.drift("a", "a", "a", here, here) is None
-    assert "daemon-reload" in (reconcile_plan.drift("b", "a", "a", here, here) or "")
-    assert "listens on nothing" in (reconcile_plan.drift("a", "a", None, here, frozenset()) or "")
-    assert "older settings" in (reconcile_plan.drift("a", "a", "old", here, here) or "")
-
-
-def clash_bootctrl(directory: Path) -> Path:
-    directory.mkdir()
-    (directory / "qmail-tcpd").write_text("")
-    (directory / "tcprules-default.cdb").write_bytes(b"")
-    (directory / "qmail-smtp.rc").symlink_to("qmail-tcpd")
-    (directory / "tcprules-smtp.cdb").symlink_to("tcprules-default.cdb")
-    (directory / "qmail-smtp.env").write_text("PORT=25\n")
-    return directory
-
-
-def test_a_named_port_wins_against_the_default_one(tmp_path: Path) -> None:
-    directory = clash_bootctrl(tmp_path / "b")
-    (directory / "qmail-nosuch.rc").symlink_to("qmail-tcpd")
-    (directory / "tcprules-nosuch.cdb").symlink_to("tcprules-default.cdb")
-    model = bootctrl.load(directory, "/q")
-    assert [service.name for service in model.services] == ["smtp"]
-    assert "25 is already used by service smtp; service nosuch skipped" in str(model.problems[0])
-
-
-def test_enable_refuses_a_clash_before_any_link(tmp_path: Path) -> None:
-    directory = clash_bootctrl(tmp_path / "b")
-    with pytest.raises(UserError, match="nosuch would listen on 25, which service smtp uses"):
-        admin.enable(directory, "nosuch")
-    assert sorted(p.name for p in directory.iterdir() if "nosuch" in p.name) == []
-    (directory / "qmail-subm.env").write_text("PORT=587\n")
-    assert admin.enable(directory, "subm")[0] == "created qmail-subm.rc -> qmail-tcpd"
-
-
-def test_generator_keeps_a_broken_service_on_its_last_good_drop_ins(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    directory = clash_bootctrl(tmp_path / "b")
-    state = tmp_path / "state"
-    monkeypatch.setenv("QBOOT_STATE_DIR", str(state))
-    paths = units.Paths()
-    files, links, problems = generator.plan(convergence.load(directory, "/q"), paths)
-    assert problems == []
-    stamp = files["qmail-tcpd@smtp.service.d/qboot-config.conf"]
-    assert stamp.endswith("[Service]\nEnvironment=QBOOT_CONFIG=" + stamp[-17:])
-    assert files[convergence.TRIGGER] and links["paths.target.wants/qboot-reconcile.path"]
-    for relative in convergence.service_files("smtp"):  # what reconcile remembers
-        (state / "last-good" / "smtp" / relative).parent.mkdir(parents=True, exist_ok=True)
-        (state / "last-good" / "smtp" / relative).write_text(files[relative])
-    (directory / "qmail-smtp.env").write_text('PORT=2525\nBANNER="oops\n')
-    broken = convergence.load(directory, "/q")
-    assert broken.services == ()
-    again, links, problems = generator.plan(broken, paths)
-    assert {k: v for k, v in again.items() if k != convergence.TRIGGER} == {
-        k: v for k, v in files.items() if k != convergence.TRIGGER
-    }
-    assert links["sockets.target.wants/qmail-tcpd@smtp.socket"].endswith("qmail-tcpd@.socket")
-    assert any("service smtp keeps its last good settings" in str(p) for p in problems)
-    unreadable = bootctrl.Bootctrl(
-        str(directory), "/q", None, (), (Problem(str(directory), 0, "cannot read directory"),)
-    )
-    kept, links, _ = generator.plan(unreadable, paths)
-    assert convergence.TRIGGER not in kept  # no reconcile: it would stop everything
-    dropin = "qmail-tcpd@smtp.service.d/qboot.conf"
-    assert kept[dropin] == files[dropin]
-    found = reconcile.service_problems(broken, "smtp")
-    assert [str(p) for p in found] == [
-        f"{directory}/qmail-smtp.env:2: newline inside a quoted value (unterminated double quote?)"
-    ]
-
-
-def test_holders_keep_their_port_against_an_edit(tmp_path: Path) -> None:
-    directory = clash_bootctrl(tmp_path / "b")
-    (directory / "qmail-abc.rc").symlink_to("qmail-tcpd")
-    (directory / "tcprules-abc.cdb").symlink_to("tcprules-default.cdb")
-    (directory / "qmail-abc.env").write_text("PORT=25\n")
-    assert [s.name for s in bootctrl.load(directory, "/q").services] == ["abc"]
-    held = bootctrl.load(directory, "/q", holders={"smtp": frozenset({"25"})})
-    assert [s.name for s in held.services] == ["smtp"]
-    assert "25 is already used by service smtp; service abc skipped" in str(held.problems[0])
-
-
-def test_migrate_masks_the_old_boot_script_and_names_the_rest(tmp_path: Path) -> None:
-    root = tmp_path / "root"
-    (root / "etc/init.d").mkdir(parents=True)
-    (root / "etc/init.d/qmaild").symlink_to("/var/qmail/etc/eqmaild")
-    (root / "etc/init.d/cron").write_text("#!/bin/sh\nexec cron\n")
-    (root / "etc/rc2.d").mkdir()
-    (root / "etc/rc2.d/S20qmaild").symlink_to("../init.d/qmaild")
-    (root / "service/qmail-smtpd").mkdir(parents=True)
-    (root / "service/qmail-smtpd/run").write_text("#!/bin/sh\nexec tcpserver 0 25 qmail-smtpd\n")
-    proc = tmp_path / "proc"
-    for pid, comm, cgroup in (
-        (100, "qmail-send", "0::/system.slice/qmaild.service"),
-        (200, "qmail-send", "0::/system.slice/qmail-send.service"),
-        (300, "tcpserver", "1:name=systemd:/system.slice/qmail-tcpd@smtp.service\n0::/x"),
-        (400, "bash", "0::/user.slice"),
-    ):
-        (proc / str(pid)).mkdir(parents=True)
-        (proc / str(pid) / "comm").write_text(comm + "\n")
-        (proc / str(pid) / "cgroup").write_text(cgroup + "\n")
-    lines = migrate.migrate(root, proc)
-    assert os.readlink(root / "etc/systemd/system/qmaild.service") == "/dev/null"
-    assert not (root / "etc/systemd/system/cron.service").exists()
-    assert lines[0].startswith("migrate: masked qmaild.service")
-    # The seed's /etc/init.d/qmaild is not gone without a word: eqmaild replaces it.
-    assert lines[1].startswith(f"migrate: {root}/etc/init.d/qmaild is replaced by eqmaild: ")
-    assert lines[1].endswith(f"ln -sf /usr/bin/eqmaild {root}/etc/init.d/qmaild")
-    assert lines[2].endswith(f"{root}/etc/rc2.d/S20qmaild")
-    service = root / "service/qmail-smtpd"
-    assert lines[3].endswith(f"svc -dx {service} {service}/log; rm {service}")
-    assert lines[4].startswith("migrate: qmail-send runs as pid 100 outside qboot-systemd")
-    assert len(lines) == 5
-    assert migrate.migrate(root, None)[0].startswith("migrate: old rc links")  # masked once
-    other = migrate.foreign_queue_runner(proc)
-    assert other is not None and other.pid == 100
-
-
-def test_tcpflags_interface_becomes_bind_to_device(tmp_path: Path) -> None:
-    directory = clash_bootctrl(tmp_path / "b")
-    (directory / "qmail-smtp.env").write_text('PORT=25\nTCPFLAGS="-vR -I eth0.1"\n')
-    model = bootctrl.load(directory, "/q")
-    (smtp,) = model.services
-    assert smtp.interface == "eth0.1" and smtp.tcpflags == ("-v", "-R")
-    assert "BindToDevice=eth0.1\n" in units.socket_dropin(smtp)
-    assert "-I" not in units.tcpsrv_argv(smtp, units.Paths())
-    for bad in ("-I", "-I a/b", "-I 0123456789abcdef"):
-        (directory / "qmail-smtp.env").write_text(f'TCPFLAGS="{bad}"\n')
-        problem = str(bootctrl.load(directory, "/q").problems[0])
-        assert "qmail-smtp.env:1: TCPFLAGS: " in problem and "-I" in problem
-
-
-def test_papercuts_in_env_files(tmp_path: Path) -> None:
-    directory = clash_bootctrl(tmp_path / "b")
-    env = directory / "qmail-smtp.env"
-
-    def load(data: bytes) -> bootctrl.Bootctrl:
-        env.write_bytes(data)
-        return bootctrl.load(directory, "/q")
-
-    bom = load(b"\xef\xbb\xbfPORT=25\n")
-    assert "qmail-smtp.env:1: starts with a UTF-8 byte order mark (BOM)" in str(bom.problems[0])
-    crlf = load(b"PORT=25\nIP=0\r\n")
-    assert "qmail-smtp.env:2: carriage return (a DOS/Windows line end)" in str(crlf.problems[0])
-    for name, port in (("smtp", 25), ("submission", 587), ("mail", 25)):
-        assert load(f"PORT={name}\n".encode()).services[0].listen[0].port == port
-    unknown = load(b"PORT=nosuch\n")
-    assert "PORT='nosuch': not a port number, nor a tcp service in /etc/services" in str(
-        unknown.problems[0]
-    )
-    typo = load(b"PORT=25\nPROT=2588\nRBL=x\nPRESMTPD=$RBL\n")
-    assert [s.name for s in typo.services] == ["smtp"]  # a warning: it still runs
-    assert [str(p) for p in typo.problems] == [
-        f"{env}:2: warning: PROT is not a setting qboot reads; did you mean PORT? "
-        "(a variable for $NAME needs no change)"
-    ]
-
-
-def test_generator_help_is_usage_not_a_directory(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [str(ROOT / ".venv/bin/qboot-systemd-generator"), "--help"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0 and "qbootctl generate" in done.stderr
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_install_puts_the_commands_on_path(tmp_path: Path) -> None:
-    units_at, home = Path("/lib/systemd/system"), Path("/q")
-    layout = install.Layout(tmp_path, Path("/opt/qboot/bin"), units_at, home)
-    lines = install.install(layout, "/usr/bin/python3", bootctrl=False, byte_compile=False)
-    link = tmp_path / "usr/local/sbin/qbootctl"
-    assert os.readlink(link) == "/opt/qboot/bin/qbootctl"
-    assert f"command {link} -> /opt/qboot/bin/qbootctl" in lines
-    assert str(link) in install.uninstall(layout) and not link.is_symlink()
-    packaged = install.Layout(tmp_path, Path("/usr/bin"), units_at, home)
-    install.install(packaged, "/usr/bin/python3", bootctrl=False, byte_compile=False)
-    assert not (tmp_path / "usr/local/sbin/qbootctl").exists()
 
 
 # --- against systemd ------------------------------------------------------------------------
@@ -340,6 +41,12 @@ def box() -> Iterator[Sandbox]:
 
 def listening_on(box: Sandbox, port: int) -> bool:
     return bool(box.run("ss", "-Htln", f"sport = :{port}", check=False).stdout.strip())
+
+
+def in_session(box: Sandbox, port: int) -> bool:
+    """A client's connection to port is established (being served, or queued)."""
+    found = box.run("ss", "-Htn", "state", "established", f"sport = :{port}", check=False)
+    return bool(found.stdout.strip())
 
 
 def settled(box: Sandbox) -> bool:
@@ -411,12 +118,8 @@ def test_port_edit_and_reload_moves_the_port(box: Sandbox) -> None:
     subm_pid = show(box, "qmail-tcpd@subm.service", "MainPID")
     assert subm_pid != "0"
     box.run("sed", "-i", "s/^PORT=587/PORT=2587/", f"{BOOTCTRL}/qmail-subm.env")
-    started = time.monotonic()
     box.run("systemctl", "daemon-reload")
     assert wait_until(lambda: listening_on(box, 2587) and not listening_on(box, 587), 15)
-    seconds = time.monotonic() - started
-    print(f"PORT edit: new port listening and old one closed {seconds:.2f} s after daemon-reload")
-    assert seconds < 5
     assert banner(box, 2587).startswith("220 ")
     assert show(box, "qmail-tcpd@smtp.service", "MainPID") == smtp_pid  # unrelated: untouched
     assert wait_until(lambda: settled(box))
@@ -442,7 +145,7 @@ def test_setenv_edit_restarts_the_service_and_keeps_the_socket(box: Sandbox) -> 
     ]
     for thread in threads:
         thread.start()
-    time.sleep(0.3)
+    assert wait_until(lambda: in_session(box, 2587))  # the long one, before the edit
     box.run("sh", "-c", f"echo 'setenv DATABYTES 1000' >> {BOOTCTRL}/qmail-subm.env")
     box.run("systemctl", "daemon-reload")
     for thread in threads:
@@ -489,11 +192,8 @@ def test_status_shows_a_pending_change(box: Sandbox) -> None:
     done = box.run(QBOOTCTL, "status", check=False)
     assert done.returncode == 150  # degraded: serves, not as bootctrl says
     assert "pending: bootctrl changed since the last reload" in done.stdout
-    started = time.monotonic()
     box.run("systemctl", "daemon-reload")
     assert wait_until(lambda: show(box, "qmail-tcpd@subm.service", "MainPID") not in ("0", pid))
-    seconds = time.monotonic() - started
-    print(f"setenv edit: service restarted {seconds:.2f} s after daemon-reload")
     assert wait_until(lambda: settled(box))
     done = box.run(QBOOTCTL, "status", check=False)
     assert done.returncode == 0, done.stdout
@@ -574,15 +274,16 @@ def test_an_unknown_user_keeps_the_running_service(box: Sandbox) -> None:
     pid = show(box, "qmail-tcpd@smtp.service", "MainPID")
     stamp = running_stamp(box, pid)
     assert process_user(box, pid) == "qmaild"
+    restarts = show(box, "qmail-tcpd@smtp.service", "NRestarts")
     box.run("sed", "-i", "s/^USER=qmaild$/USER=nosuchuser/", env)
-    started = time.monotonic()
     reload_and_settle(box)  # its reconcile: refuse, reload once more, nothing to restart
-    print(f"unknown USER=: refused and settled {time.monotonic() - started:.2f} s after reload")
-    time.sleep(2)  # a crash loop would show by now (RestartSec=1)
+    # What systemd loaded is the last good command line: a restart or a crash would run
+    # that again, never the refused one, so there is no crash loop to wait for.
+    assert "nosuchuser" not in show(box, "qmail-tcpd@smtp.service", "ExecStart")
     assert banner(box, 25).startswith("220 ")
     assert show(box, "qmail-tcpd@smtp.service", "MainPID") == pid
+    assert show(box, "qmail-tcpd@smtp.service", "NRestarts") == restarts
     assert running_stamp(box, pid) == stamp and process_user(box, pid) == "qmaild"
-    assert "nosuchuser" not in show(box, "qmail-tcpd@smtp.service", "ExecStart")
     where = f'{env}:19: unknown user "nosuchuser"'
     done = box.run(QBOOTCTL, "status", check=False)
     print(done.stdout)
@@ -729,23 +430,6 @@ def test_a_second_qmail_send_never_runs_on_the_queue(box: Sandbox) -> None:
     box.run("systemctl", "stop", "old-qboot.service")
     box.run("systemctl", "reset-failed", "qmail-send.service")
     assert box.run("systemctl", "restart", "qmail-send.service", check=False).returncode == 0
-
-
-def test_completion_offers_service_names() -> None:
-    def complete(words: str) -> list[str]:
-        env = {
-            **os.environ,
-            "QBOOT_BOOTCTRL": str(ROOT / "etc" / "bootctrl"),
-            "_QBOOTCTL_COMPLETE": "bash_complete",
-            "COMP_WORDS": words,
-            "COMP_CWORD": str(len(words.split(" ")) - 1),
-        }
-        done = subprocess.run([QBOOTCTL], env=env, capture_output=True, text=True, check=False)
-        return [line.split(",", 1)[1] for line in done.stdout.splitlines()]
-
-    assert complete("qbootctl restart ") == ["send", "all", "smtp"]
-    assert complete("qbootctl status s") == ["send", "smtp"]
-    assert complete("qbootctl enable s") == ["smtps", "subm"]
 
 
 def test_interface_flag_binds_the_socket_to_the_device(box: Sandbox) -> None:

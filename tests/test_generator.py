@@ -12,34 +12,13 @@ from hypothesis import strategies as st
 
 from qboot_systemd import generator, units
 
+from .bootctrl_trees import copy_shipped, stage_copy
 from .conftest import ROOT
-from .golden import UPDATE
-from .test_bootctrl import stage_copy
+from .generated import ALLOWED
+from .golden import check_golden, check_golden_tree, read_tree
 
 CASES = ROOT / "tests" / "generator"
 PATHS = units.Paths(tcpsrv="/usr/bin/qboot-tcpsrv", unit_dir="/usr/lib/systemd/system")
-
-
-def tree(directory: Path, bootctrl_dir: Path) -> dict[str, str]:
-    """Relative path -> content ('-> target' for symlinks), with the bootctrl path masked."""
-    result: dict[str, str] = {}
-    for path in sorted(directory.rglob("*")):
-        relative = str(path.relative_to(directory))
-        if path.is_symlink():
-            result[relative] = "-> " + os.readlink(path)
-        elif path.is_file():
-            result[relative] = path.read_text().replace(str(bootctrl_dir), "@BOOTCTRL@")
-    return result
-
-
-def write_tree(directory: Path, content: dict[str, str]) -> None:
-    for relative, text in content.items():
-        target = directory / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if text.startswith("-> "):
-            target.symlink_to(text[3:])
-        else:
-            target.write_text(text)
 
 
 def run_case(case: Path, output: Path) -> tuple[dict[str, str], str]:
@@ -52,35 +31,20 @@ def run_case(case: Path, output: Path) -> tuple[dict[str, str], str]:
     assert status == 0
     problems = log.read_text() if log.exists() else ""
     problems = re.sub(r"\[\d+\]", "[PID]", problems).replace(str(bootctrl_dir), "@BOOTCTRL@")
-    return tree(output, bootctrl_dir), problems
+    return read_tree(output, bootctrl_dir), problems
 
 
 @pytest.mark.parametrize("case", sorted(p.name for p in CASES.iterdir() if p.is_dir()))
 def test_golden(case: str, tmp_path: Path) -> None:
     actual, problems = run_case(CASES / case, tmp_path / "out")
-    expected_dir = CASES / case / "expected"
-    problems_file = CASES / case / "expected-problems.log"
-    if UPDATE:
-        import shutil
-
-        shutil.rmtree(expected_dir, ignore_errors=True)
-        expected_dir.mkdir()
-        write_tree(expected_dir, actual)
-        problems_file.write_text(problems)
-    assert tree(expected_dir, Path("@BOOTCTRL@")) == actual
-    assert problems_file.read_text() == problems
+    check_golden_tree(CASES / case / "expected", actual)
+    check_golden(CASES / case / "expected-problems.log", problems)
 
 
 def test_idempotent(tmp_path: Path) -> None:
     first, _ = run_case(CASES / "02-several", tmp_path / "out")
     second, _ = run_case(CASES / "02-several", tmp_path / "out")
     assert first == second
-
-
-ALLOWED = re.compile(
-    r"(\[(Unit|Service|Socket)\]|#.*|"
-    r"(SourcePath|ExecStart|Environment|User|Group|ListenStream|FreeBind|Backlog)=.*|)\Z"
-)
 
 
 @pytest.mark.parametrize("case", sorted(p.name for p in CASES.iterdir() if p.is_dir()))
@@ -118,7 +82,7 @@ def test_late_var_links_the_boot_oneshot(tmp_path: Path) -> None:
 def test_unwritable_output_is_the_only_failure(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    env = {**os.environ, "QBOOT_BOOTCTRL": str(ROOT / "etc" / "bootctrl")}
+    env = {**os.environ, "QBOOT_BOOTCTRL": str(copy_shipped(tmp_path))}
     done = subprocess.run(
         [sys.executable, "-m", "qboot_systemd.generator", str(blocker / "x")],
         env=env,
@@ -212,8 +176,6 @@ def test_listen_stream_doubles_percent() -> None:
 def test_scoped_ipv6_address_is_refused_with_a_hint(tmp_path: Path) -> None:
     from qboot_systemd import bootctrl
 
-    from .test_bootctrl import copy_shipped
-
     directory = copy_shipped(tmp_path)
     (directory / "qmail-subm.rc").symlink_to("qmail-tcpd")
     (directory / "tcprules-subm.cdb").symlink_to("tcprules-default.cdb")
@@ -230,7 +192,6 @@ ENCODING_ENV = {"PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0", "PYTHONIOENCODING
 
 @pytest.mark.parametrize("locale", [{"LANG": "C"}, {"LC_ALL": "POSIX"}])
 def test_units_are_utf8_whatever_the_locale(tmp_path: Path, locale: dict[str, str]) -> None:
-    from .test_bootctrl import copy_shipped
 
     directory = copy_shipped(tmp_path)
     (directory / "qmail-smtp.env").write_text(
@@ -269,8 +230,6 @@ def test_any_exception_reading_one_service_skips_only_it(
 ) -> None:
     from qboot_systemd import bootctrl, envfile
 
-    from .test_bootctrl import copy_shipped
-
     directory = copy_shipped(tmp_path)
     (directory / "qmail-subm.rc").symlink_to("qmail-tcpd")
     (directory / "tcprules-subm.cdb").symlink_to("tcprules-default.cdb")
@@ -292,7 +251,6 @@ def test_any_exception_reading_one_service_skips_only_it(
 
 
 def test_generate_into_an_unwritable_output_is_one_line(tmp_path: Path) -> None:
-    from .test_bootctrl import copy_shipped
 
     directory = copy_shipped(tmp_path)
     blocker = tmp_path / "file"

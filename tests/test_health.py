@@ -155,8 +155,10 @@ def test_chain_facts_from_the_command_line(tmp_path: Path) -> None:
 def test_a_default_rules_text_newer_than_its_cdb_is_found_through_the_link(
     tmp_path: Path,
 ) -> None:
-    for name in ("tcprules-default.txt", "tcprules-default.cdb"):
-        shutil.copy2(SHIPPED_BOOTCTRL / name, tmp_path / name)
+    for second, name in enumerate(("tcprules-default.txt", "tcprules-default.cdb"), 1):
+        shutil.copyfile(SHIPPED_BOOTCTRL / name, tmp_path / name)
+        # Times set, not the checkout's (which wrote the .cdb first: it sorts first).
+        os.utime(tmp_path / name, ns=(second * 10**9, second * 10**9))
     link = tmp_path / "tcprules-subm.cdb"
     link.symlink_to("tcprules-default.cdb")
     assert health.rules_fact(str(link), 0, 0).newer_source is None
@@ -202,6 +204,7 @@ def test_verify_finds_a_chain_that_cannot_run(tmp_path: Path) -> None:
     directory.mkdir()
     for name in ("qmail-tcpd", "tcprules-default.cdb", "tcprules-default.txt"):
         shutil.copy2(SHIPPED_BOOTCTRL / name, directory / name)
+        (directory / name).chmod(0o755 if name == "qmail-tcpd" else 0o644)  # not umask 002's
     (directory / "qmail-smtp.rc").symlink_to("qmail-tcpd")
     (directory / "tcprules-smtp.cdb").symlink_to("tcprules-default.cdb")
     env = directory / "qmail-smtp.env"

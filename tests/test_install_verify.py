@@ -10,8 +10,8 @@ from click.testing import CliRunner
 
 from qboot_systemd import cli
 
+from .bootctrl_trees import copy_shipped
 from .conftest import require_tool, venv_script
-from .test_bootctrl import copy_shipped
 
 
 def qbootctl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

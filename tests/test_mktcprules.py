@@ -11,8 +11,8 @@ from click.testing import CliRunner
 from qboot_systemd import cli, mktcprules
 from qboot_systemd.cdb import CdbReader
 
+from .bootctrl_trees import copy_shipped
 from .conftest import SHIPPED_BOOTCTRL, venv_script
-from .test_bootctrl import copy_shipped
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
