@@ -129,6 +129,11 @@ class Service(NamedTuple):
     rbl_incore: bool = True  # RBL_INCORE: a leading rblsmtpd runs inside qboot-tcpsrv
     rate: int | None = None  # RATE: new connections per minute per address
     rate_reply: bool = False  # RATE_ANSWER=421 (else a plain close)
+    tls: str | None = None  # TLS: implicit, starttls or starttls-required (-S)
+    certfile: str | None = None  # CERTFILE (-E)
+    keyfile: str | None = None  # KEYFILE (-K); None: the key is in CERTFILE
+    ccafile: str | None = None  # CCAFILE (-A)
+    ciphers: str | None = None  # CIPHERS (-F)
 
     @property
     def command(self) -> tuple[str, ...]:
@@ -200,7 +205,8 @@ def load(
     holders: Mapping[str, frozenset[str]] | None = None,
 ) -> Bootctrl:
     """Read a bootctrl directory. Never raises for bad content: problems are collected.
-    check_accounts: also report USER/GROUP names unknown here (qbootctl; not the generator).
+    check_accounts: also report what stops a start that the generator cannot see: USER and
+    GROUP names unknown here, TLS certificate files that cannot serve (qbootctl only).
     holders: the ListenStream= values each service runs with now; in a clash, the
     service that already holds the address keeps it."""
     if qmail_home is None:
@@ -249,7 +255,7 @@ def _load_trusted(
     services = _drop_conflicting(services, problems, holders)
     if check_accounts:
         for service in services:
-            problems.extend(unknown_accounts(service))
+            problems.extend(start_problems(service))
     return Bootctrl(directory, home, send, tuple(services), tuple(sorted(problems)))
 
 
@@ -440,6 +446,34 @@ class _Values:
         )
 
 
+def start_problems(service: Service) -> list[Problem]:
+    """What stops qboot-tcpsrv from starting with these settings, which the generator
+    cannot see (it looks up no account and reads no certificate): the reconcile refuses
+    such settings and keeps the last good ones running, instead of a restart loop."""
+    return unknown_accounts(service) + certificate_problems(service)
+
+
+def certificate_problems(service: Service) -> list[Problem]:
+    """CERTFILE/KEYFILE/CCAFILE missing, unreadable, world-readable (the key), not PEM,
+    or a key that does not match, or CIPHERS that select nothing: as qboot-tcpsrv reads
+    them at start (as root, before it drops privileges)."""
+    if service.tls is None or service.certfile is None:
+        return []
+    from .tcpsrv.tls.certs import CertPaths  # ssl, only for a TLS service
+    from .tcpsrv.tls.context import check
+
+    paths = CertPaths(service.certfile, service.keyfile or service.certfile, service.ccafile)
+    error = check(paths, service.ciphers)
+    if error is None:
+        return []
+    text = str(error)
+    named = (("KEYFILE", service.keyfile), ("CCAFILE", service.ccafile))
+    setting = next((name for name, path in named if path and text.startswith(path)), "CERTFILE")
+    if "cipher" in text.lower() and service.ciphers is not None:
+        setting = "CIPHERS"
+    return [Problem(service.env_file or service.rc_file, service.line_of(setting), text)]
+
+
 def unknown_accounts(service: Service) -> list[Problem]:
     """A named user or group that does not exist here (qboot-tcpsrv refuses to start
     then). The reconcile refuses such settings and keeps the last good ones running.
@@ -552,6 +586,12 @@ def _build_service(
     )
     maxconn = values.number("MAXCONN")
     assert maxconn is not None
+    tls = values.text("TLS")
+    certfile = values.text("CERTFILE")
+    if tls != "no" and certfile is None:
+        raise values.problem("TLS", "set CERTFILE too (the certificate chain, PEM)")
+    # Without TLS, CERTFILE and the others are only exported (setenv) for a TLS program of
+    # the admin's own in the chain, as before.
     return Service(
         name=name,
         rc_file=bootctrl.where(rc_name),
@@ -575,6 +615,11 @@ def _build_service(
         rbl_incore=values.text("RBL_INCORE") == "yes",
         rate=values.number("RATE"),
         rate_reply=values.text("RATE_ANSWER") == "421",
+        tls=None if tls == "no" else tls,
+        certfile=certfile,
+        keyfile=values.text("KEYFILE"),
+        ccafile=values.text("CCAFILE"),
+        ciphers=values.text("CIPHERS"),
         environment=env.exported() if env else (),
         listen_line=max(values.line("PORT"), values.line("IP")),
         lines=env.lines() if env else (),

@@ -233,7 +233,7 @@ def unknown_accounts(model: bootctrl.Bootctrl) -> dict[str, tuple[Problem, ...]]
     waits for the generators)."""
     found = {}
     for service in model.services:
-        problems = bootctrl.unknown_accounts(service)
+        problems = bootctrl.start_problems(service)
         if problems:
             found[service.name] = tuple(problems)
     return found

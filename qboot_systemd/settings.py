@@ -222,6 +222,27 @@ def dnsblflags(name: str, value: str, service: str) -> tuple[str, ...]:
     return flags
 
 
+def absolute_file(name: str, value: str, service: str) -> str | None:
+    """CERTFILE=, KEYFILE=, CCAFILE=: an absolute path (whether it can be read, and is safe,
+    is checked before the settings are applied: bootctrl.start_problems)."""
+    if not value:
+        return None
+    if not value.startswith("/") or any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise Invalid(f"{name}={quote(value)}: give the absolute path of a PEM file")
+    return value
+
+
+def ciphers(name: str, value: str, service: str) -> str | None:
+    """CIPHERS=: an OpenSSL cipher list (OpenSSL itself says whether it selects any)."""
+    if not value:
+        return None
+    if not value.isascii() or any(c.isspace() or ord(c) < 32 for c in value.strip()):
+        raise Invalid(f"{name}={quote(value)}: an OpenSSL cipher list, such as ECDHE+AESGCM")
+    return value.strip()
+
+
+TLS_MODES = ("no", "implicit", "starttls", "starttls-required")
+
 SETTINGS: tuple[Setting, ...] = (
     Setting("PORT", port, DEFAULT_PORT, str(DEFAULT_PORT), "port, or tcp service name"),
     Setting("IP", addresses, (), "0", "listen addresses, space separated; 0: all"),
@@ -249,6 +270,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("RBL_INCORE", choice("yes", "no"), "yes", "yes", "rblsmtpd inside qboot-tcpsrv"),
     Setting("RATE", number(1, 1000000), None, "no limit", "new connections a minute per address"),
     Setting("RATE_ANSWER", choice("close", "421"), "close", "close", "over RATE: close, or 421"),
+    Setting("TLS", choice(*TLS_MODES), "no", "no", "no, implicit, starttls or starttls-required"),
+    Setting("CERTFILE", absolute_file, None, "none", "certificate chain, PEM (-E)"),
+    Setting("KEYFILE", absolute_file, None, "CERTFILE", "private key, PEM (-K)"),
+    Setting("CCAFILE", absolute_file, None, "none", "CAs for client certificates (-A)"),
+    Setting("CIPHERS", ciphers, None, "Mozilla intermediate", "TLS 1.2 cipher list (-F)"),
 )
 
 BY_NAME = {setting.name: setting for setting in SETTINGS}

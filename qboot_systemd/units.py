@@ -135,6 +135,13 @@ def tcpsrv_argv(service: Service, paths: Paths) -> list[str]:
         argv += ["-M" if service.rate_reply else "-N", str(service.rate)]
     if rbl_in_core(service):
         argv.append("-L")
+    if service.tls is not None and service.certfile is not None:
+        argv += ["-S", service.tls, "-E", service.certfile]
+        for flag, value in (("-K", service.keyfile), ("-A", service.ccafile)):
+            if value is not None:
+                argv += [flag, value]
+        if service.ciphers is not None:
+            argv += ["-F", service.ciphers]
     return [*argv, "-", "-", *service.command]
 
 

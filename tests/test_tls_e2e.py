@@ -1,7 +1,8 @@
-"""TLS with real qmail under a real systemd (the sandbox of test_e2e_systemd): qboot-tcpsrv
--S in front of notqmail's qmail-smtpd, which has no TLS of its own, as transient services
-(the env file settings that will start these are wired elsewhere). Judged by what swaks,
-openssl s_client and Python's smtplib get, and by what qmail-send delivers."""
+"""TLS with real qmail under a real systemd (the sandbox of test_e2e_systemd): smtps and
+subm set up as an admin does (TLS=, CERTFILE=, KEYFILE= in their env files, an rc link,
+`eqmaild restart`), so qboot-tcpsrv -S runs from the shipped units in front of notqmail's
+qmail-smtpd, which has no TLS of its own. Judged by what swaks, openssl s_client and
+Python's smtplib get, and by what qmail-send delivers."""
 
 from __future__ import annotations
 
@@ -14,8 +15,17 @@ from pathlib import Path
 
 import pytest
 
+from .admin_sandbox import EQMAILD
 from .conftest import ROOT, require_tool
-from .e2e_stage import LOCAL_RCPT, MAILDIR, REMOTE_DOMAIN, SPOOL, booted_sandbox, build_stage
+from .e2e_stage import (
+    BOOTCTRL,
+    LOCAL_RCPT,
+    MAILDIR,
+    REMOTE_DOMAIN,
+    SPOOL,
+    booted_sandbox,
+    build_stage,
+)
 from .qmail_oracle import ME
 from .sandbox import Sandbox, wait_until
 from .tls_harness import make_pair
@@ -23,7 +33,7 @@ from .tls_harness import make_pair
 PYTHON = sys.executable
 CLIENT = str(ROOT / "tests" / "tls_e2e_client.py")
 TLS_DIR = "/etc/qboot-test-tls"
-SMTPD = "/var/qmail/bin/qmail-smtpd"
+SMTPS, SUBM = "qmail-tcpd@smtps.service", "qmail-tcpd@subm.service"
 BIG = 20 * 1024 * 1024
 
 
@@ -44,46 +54,35 @@ def prepare(stage: Path) -> None:
     body = directory / "big.txt"
     line = b"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWZnaGlqa2xtbm9wcXJzdHV2d3h5ejAx\n"
     body.write_bytes(line * (BIG // len(line)))
+    configure(stage, "smtps", "implicit", "relay")
+    configure(stage, "subm", "starttls-required", "norelay")
 
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[Sandbox]:
     with booted_sandbox(prepare) as box:
-        start(box, "qboot-smtps", 465, "implicit", "relay")
-        start(box, "qboot-subm", 587, "starttls-required", "norelay")
+        # The seed's habit: settings in the env files, an rc link each, eqmaild restart.
+        box.run("sh", "-c", f"cd {BOOTCTRL} && ln -s qmail-tcpd qmail-smtps.rc")
+        box.run("sh", "-c", f"cd {BOOTCTRL} && ln -s qmail-tcpd qmail-subm.rc")
+        done = box.run(EQMAILD, "restart", check=False, timeout=300)
+        assert done.returncode == 0, done.stdout + done.stderr
+        for unit, port in ((SMTPS, 465), (SUBM, 587)):
+            assert wait_until(
+                lambda port=port: box.run(
+                    "ss", "-Htln", f"sport = :{port}", check=False
+                ).stdout.strip()
+            ), box.run("journalctl", "-u", unit, "--no-pager", check=False).stdout
         yield box
 
 
-def start(box: Sandbox, unit: str, port: int, mode: str, rules: str) -> None:
-    box.run(
-        "systemd-run",
-        f"--unit={unit}",
-        "--property=KillMode=mixed",
-        str(ROOT / ".venv/bin/qboot-tcpsrv"),
-        "-v",
-        "-R",
-        "-H",
-        "-l",
-        ME,
-        "-u",
-        "qmaild",
-        "-g",
-        "nofiles",
-        "-x",
-        f"{TLS_DIR}/{rules}.cdb",
-        "-S",
-        mode,
-        "-E",
-        f"{TLS_DIR}/server.crt",
-        "-K",
-        f"{TLS_DIR}/server.key",
-        "127.0.0.1",
-        str(port),
-        SMTPD,
+def configure(stage: Path, service: str, mode: str, rules: str) -> None:
+    """TLS settings appended to the shipped env file, as an admin edits it."""
+    env = stage / BOOTCTRL.lstrip("/") / f"qmail-{service}.env"
+    env.write_text(
+        env.read_text()
+        + f"TLS={mode}\nCERTFILE={TLS_DIR}/server.crt\nKEYFILE={TLS_DIR}/server.key\n"
+        + f"CDB={TLS_DIR}/{rules}.cdb\n"
     )
-    assert wait_until(
-        lambda: box.run("ss", "-Htln", f"sport = :{port}", check=False).stdout.strip()
-    ), box.run("journalctl", "-u", unit, "--no-pager", check=False).stdout
 
 
 def swaks(box: Sandbox, *args: str, timeout: float = 120) -> str:
@@ -115,7 +114,7 @@ def test_swaks_tls_on_connect_delivers_and_rules_decide_relaying(sandbox: Sandbo
     out = swaks(sandbox, "-p", "465", "--tls-on-connect", "-t", remote, "--h-Subject", "tlsrelay")
     assert "250 ok" in out, out  # RELAYCLIENT from the rules
     assert wait_until(lambda: count(sandbox, f"{SPOOL}/queue/new/*", "tlsrelay") == 1)
-    log = sandbox.run("journalctl", "-u", "qboot-smtps", "--no-pager").stdout
+    log = sandbox.run("journalctl", "-u", SMTPS, "--no-pager").stdout
     assert "qboot-tcpsrv: ok " in log and "qboot-tcpsrv: end " in log
 
 
@@ -180,7 +179,7 @@ def test_certificate_replaced_and_reloaded_during_a_session(sandbox: Sandbox) ->
         CLIENT,
         "reload",
         "465",
-        "qboot-smtps",
+        SMTPS,
         f"{TLS_DIR}/renewed.crt",
         f"{TLS_DIR}/server.crt",
         f"{TLS_DIR}/renewed.key",
@@ -194,5 +193,5 @@ def test_certificate_replaced_and_reloaded_during_a_session(sandbox: Sandbox) ->
     assert summary["first_data"] == 250  # the session open across the reload completed
     assert summary["before"] != summary["after"]  # the next one has the new certificate
     assert wait_until(lambda: count(sandbox, f"{MAILDIR}/new/*", "acrossreload") == 1)
-    log = sandbox.run("journalctl", "-u", "qboot-smtps", "--no-pager").stdout
+    log = sandbox.run("journalctl", "-u", SMTPS, "--no-pager").stdout
     assert "TLS certificate kept" not in log
