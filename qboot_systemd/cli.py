@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import click
 
-from . import admin, convergence, health, install, migrate, mktcprules, rules
+from . import admin, install, migrate, mktcprules, rules
 from . import bootctrl as bootctrl_model
 from . import units as units_module
 from .addresses import unmap_ipv4
+from .apply import health, stamps
 from .cdb import CdbFormatError, CdbReader
 from .errors import UserError, from_os_error
 from .systemd import JobFailed
@@ -76,7 +77,7 @@ def bootctrl_directory(directory: Path | None) -> Path:
 def load_bootctrl(
     directory: Path | None, qmail_home: Path | None = None
 ) -> bootctrl_model.Bootctrl:
-    return convergence.load(bootctrl_directory(directory), qmail_home, check_accounts=True)
+    return stamps.load(bootctrl_directory(directory), qmail_home, check_accounts=True)
 
 
 def _completion_dir(ctx: click.Context) -> Path:
@@ -85,14 +86,14 @@ def _completion_dir(ctx: click.Context) -> Path:
 
 def complete_enabled(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
     """Service names for shell completion: send, all and the enabled services."""
-    names = ["send", "all", *convergence.enabled_names(_completion_dir(ctx))]
+    names = ["send", "all", *stamps.enabled_names(_completion_dir(ctx))]
     return [name for name in names if name.startswith(incomplete)]
 
 
 def complete_available(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
     """Services `enable` can take: an env file, not enabled yet."""
     directory = _completion_dir(ctx)
-    enabled = set(convergence.enabled_names(directory))
+    enabled = set(stamps.enabled_names(directory))
     names = sorted(
         path.name.removeprefix("qmail-").removesuffix(".env")
         for path in directory.glob("qmail-*.env")
@@ -386,20 +387,20 @@ def uninstall(root: Path, unit_dir: Path | None) -> None:
     layout = _layout(root, None, unit_dir, None)
     live = root == Path("/") and Path("/run/systemd/system").is_dir() and os.geteuid() == 0
     if live:  # what runs from the units about to go must not be left running
-        from . import reconcile as reconcile_module
+        from .apply import reconcile as reconcile_module
         from .systemd import Systemd
 
-        with reconcile_module.locked(convergence.state_dir()), Systemd() as manager:
+        with reconcile_module.locked(stamps.state_dir()), Systemd() as manager:
             for unit in reconcile_module.uninstall_order(manager):
                 manager.act("stop", unit)
                 click.echo(f"stopped {unit}")
     for line in install.uninstall(layout):
         click.echo(f"removed {line}")
     if live:
-        from . import persisted
+        from .apply import lastgood
 
-        if persisted.forget_all(persisted.persist_dir()):
-            click.echo(f"removed {persisted.persist_dir()} (last good settings kept for reboots)")
+        if lastgood.forget_all(lastgood.persist_dir()):
+            click.echo(f"removed {lastgood.persist_dir()} (last good settings kept for reboots)")
         from .systemd import Systemd
 
         with Systemd() as manager:
@@ -453,7 +454,7 @@ def boot(bootctrl_dir: Path | None) -> None:
         names = [units_module.tcpd_socket(s.name) for s in model.services]
         if model.send is not None:
             names.append(units_module.SEND_UNIT)
-        names.append(convergence.PATH_UNIT)  # linked by this reload: start it too
+        names.append(stamps.PATH_UNIT)  # linked by this reload: start it too
         for name in names:
             manager.start(name)
             click.echo(f"started {name}")
@@ -552,7 +553,7 @@ def status(bootctrl_dir: Path | None, as_json: bool, services: tuple[str, ...]) 
 
 
 def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> None:
-    from . import reconcile as reconcile_module
+    from .apply import reconcile as reconcile_module
     from .systemd import SETTLE_SECONDS, Systemd
 
     _require_root(f"qbootctl {verb}")
@@ -565,7 +566,7 @@ def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> Non
         # what runs.
         model = bootctrl_model.Bootctrl(str(bootctrl_dir or ""), "", None, ())
     broken = {item.name: item for item in reconcile_module.broken_services(model)}
-    enabled = set(convergence.enabled_names(model.directory)) if model.directory else set()
+    enabled = set(stamps.enabled_names(model.directory)) if model.directory else set()
     failed = False
     with Systemd() as manager:
         targets = _targets_of(manager, model, services, verb)
@@ -657,7 +658,7 @@ _verb(
 @user_errors
 def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
     """Enable SERVICE: qmail-SVC.rc -> qmail-tcpd (and a rules link), reload, start."""
-    from . import reconcile as reconcile_module
+    from .apply import reconcile as reconcile_module
     from .systemd import JobFailed, Systemd
 
     _require_root("qbootctl enable")
@@ -665,7 +666,7 @@ def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
     existed = {p for p in admin.enable_links(directory, service) if p.exists() or p.is_symlink()}
     for line in admin.enable(directory, service):
         click.echo(line)
-    model = convergence.load(directory, check_accounts=True)
+    model = stamps.load(directory, check_accounts=True)
     for problem in model.problems:
         if f"qmail-{service}." in problem.file or f"tcprules-{service}." in problem.file:
             click.echo(f"problem: {problem}", err=True)
@@ -726,10 +727,10 @@ def reconcile(bootctrl_dir: Path | None, qmail_home: Path | None) -> None:
 
 
 def _reconcile(bootctrl_dir: Path | None, qmail_home: Path | None, reload: bool) -> None:
-    from . import reconcile as reconcile_module
+    from .apply import reconcile as reconcile_module
     from .systemd import Systemd
 
-    with reconcile_module.locked(convergence.state_dir()):
+    with reconcile_module.locked(stamps.state_dir()):
         if not reload:
             reconcile_module.take_trigger()
         with Systemd() as manager:
@@ -747,7 +748,7 @@ def _reconcile(bootctrl_dir: Path | None, qmail_home: Path | None, reload: bool)
     # The known problems of every enabled service (an unknown GROUP= is known here, not
     # to the generator): those it touched or that are broken make reload-config fail.
     broken = [item.name for item in reconcile_module.broken_services(model)]
-    named = [name for name in outcome.touched if name != convergence.SEND and name not in broken]
+    named = [name for name in outcome.touched if name != stamps.SEND and name not in broken]
     failed = outcome.failed
     for name in dict.fromkeys([*broken, *named, *(s.name for s in model.services)]):
         for problem in reconcile_module.service_problems(model, name):

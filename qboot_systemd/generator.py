@@ -13,7 +13,8 @@ import os
 import stat
 import sys
 
-from . import bootctrl, convergence, purepath, units
+from . import bootctrl, purepath, units
+from .apply import stamps
 from .problems import Problem
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING's value: typing is not imported at run time
@@ -58,7 +59,7 @@ def plan(
             )
         except units.UnsafeValue as error:
             problems.append(Problem(model.send.rc_file, 0, f"{error}; qmail-send skipped"))
-    for name in convergence.add_convergence(model, files, links, paths, convergence.state_path()):
+    for name in stamps.add_convergence(model, files, links, paths, stamps.state_path()):
         rc_file = f"{model.directory}/qmail-{name}.rc"
         problems.append(Problem(rc_file, 0, f"service {name} keeps its last good settings"))
     return files, links, sorted(problems)
@@ -174,7 +175,7 @@ def run(
         )
         return 0
     try:
-        model = convergence.load(directory, qmail_home)
+        model = stamps.load(directory, qmail_home)
     except Exception as error:  # load() collects problems; this is the last line of defence
         message = f"cannot read ({type(error).__name__}); no qmail unit generated"
         log([Problem(directory, 0, message)], log_path)

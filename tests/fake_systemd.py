@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from qboot_systemd import bootctrl, convergence, generator, journal, reconcile, units
+from qboot_systemd import bootctrl, generator, journal, units
+from qboot_systemd.apply import reconcile, stamps
 from qboot_systemd.systemd import UnitState
 
 SMTP = "qmail-tcpd@smtp.service"
@@ -72,15 +73,15 @@ def generate(directory: Path, output: Path) -> None:
 
 def running_with(stamp: str) -> subprocess.Popen[bytes]:
     """A stand-in for the service's main process: it keeps the stamp it started with."""
-    return subprocess.Popen(["sleep", "60"], env={convergence.STAMP_VARIABLE: stamp})
+    return subprocess.Popen(["sleep", "60"], env={stamps.STAMP_VARIABLE: stamp})
 
 
 def model(directory: Path) -> bootctrl.Bootctrl:
-    return convergence.load(directory, directory.parent / "q", check_accounts=True)
+    return stamps.load(directory, directory.parent / "q", check_accounts=True)
 
 
 def dropins(output: Path) -> dict[str, bytes]:
-    return {name: (output / name).read_bytes() for name in convergence.service_files("smtp")}
+    return {name: (output / name).read_bytes() for name in stamps.service_files("smtp")}
 
 
 def stage_site(

@@ -23,18 +23,16 @@ import pytest
 from qboot_systemd import (
     admin,
     bootctrl,
-    convergence,
     generator,
     install,
     listening,
     migrate,
-    reconcile,
-    reconcile_plan,
     units,
 )
+from qboot_systemd.apply import plan, reconcile, stamps
+from qboot_systemd.apply.plan import Observed, Step, Verb
 from qboot_systemd.errors import UserError
 from qboot_systemd.problems import Problem
-from qboot_systemd.reconcile_plan import Observed, Step, Verb
 
 from . import sandbox
 from .conftest import ROOT
@@ -64,7 +62,7 @@ def observed(**changes: object) -> Observed:
 
 
 def steps(item: Observed) -> list[tuple[str, str]]:
-    change = reconcile_plan.plan_one(item)
+    change = plan.plan_one(item)
     return [(step.verb.value, step.unit) for step in change.steps] if change else []
 
 
@@ -80,13 +78,13 @@ def test_plan_listen_change_restarts_socket_between_service_stop_and_start() -> 
         ("restart", "qmail-tcpd@smtp.socket"),
         ("start", "qmail-tcpd@smtp.service"),
     ]
-    change = reconcile_plan.plan_one(moved)
+    change = plan.plan_one(moved)
     assert change is not None and change.message.endswith("[::]:25 -> [::]:2525")
     idle = observed(
         wanted=frozenset({("::", 2525)}), bound=frozenset(), service_active=False, held=frozenset()
     )
     assert steps(idle) == [("restart", "qmail-tcpd@smtp.socket")]
-    assert [step.waits for step in reconcile_plan.plan_one(moved).steps] == [True, True, False]
+    assert [step.waits for step in plan.plan_one(moved).steps] == [True, True, False]
 
 
 def test_plan_command_or_environment_change_restarts_only_the_service() -> None:
@@ -105,11 +103,11 @@ def test_plan_new_removed_and_stopped_by_the_admin() -> None:
         ("stop", "qmail-tcpd@smtp.service"),
         ("stop", "qmail-tcpd@smtp.socket"),
     ]
-    plan = reconcile_plan.plan(
+    changes = plan.plan(
         [observed(name="a", running_hash="old"), observed(name="z", generated=False)]
     )
-    assert [change.name for change in plan] == ["z", "a"]  # a freed port first
-    assert plan[0].steps[0] == Step(Verb.STOP, "qmail-tcpd@z.service")
+    assert [change.name for change in changes] == ["z", "a"]  # a freed port first
+    assert changes[0].steps[0] == Step(Verb.STOP, "qmail-tcpd@z.service")
 
 
 def test_plan_send() -> None:
@@ -120,11 +118,11 @@ def test_plan_send() -> None:
 
 
 def test_listen_entries_and_kernel_addresses_compare() -> None:
-    assert reconcile_plan.parse_listen("[::]:25") == ("::", 25)
-    assert reconcile_plan.parse_listen("25") == ("::", 25)
-    assert reconcile_plan.parse_listen("127.0.0.1:2525") == ("127.0.0.1", 2525)
-    assert reconcile_plan.parse_listen("[::1]:25") == ("::1", 25)
-    assert reconcile_plan.parse_listen("/run/x.sock") is None
+    assert plan.parse_listen("[::]:25") == ("::", 25)
+    assert plan.parse_listen("25") == ("::", 25)
+    assert plan.parse_listen("127.0.0.1:2525") == ("127.0.0.1", 2525)
+    assert plan.parse_listen("[::1]:25") == ("::1", 25)
+    assert plan.parse_listen("/run/x.sock") is None
     little = sys.byteorder == "little"
     loopback = "0100007F" if little else "7F000001"
     assert listening._address(f"{loopback}:0019") == ("127.0.0.1", 25)
@@ -143,11 +141,11 @@ def test_listening_finds_our_own_socket() -> None:
 
 def test_drift_says_what_differs() -> None:
     here = frozenset({("::", 25)})
-    assert reconcile_plan.drift(None, "", None, None, None) is None
-    assert reconcile_plan.drift("a", "a", "a", here, here) is None
-    assert "daemon-reload" in (reconcile_plan.drift("b", "a", "a", here, here) or "")
-    assert "listens on nothing" in (reconcile_plan.drift("a", "a", None, here, frozenset()) or "")
-    assert "older settings" in (reconcile_plan.drift("a", "a", "old", here, here) or "")
+    assert plan.drift(None, "", None, None, None) is None
+    assert plan.drift("a", "a", "a", here, here) is None
+    assert "daemon-reload" in (plan.drift("b", "a", "a", here, here) or "")
+    assert "listens on nothing" in (plan.drift("a", "a", None, here, frozenset()) or "")
+    assert "older settings" in (plan.drift("a", "a", "old", here, here) or "")
 
 
 def clash_bootctrl(directory: Path) -> Path:
@@ -185,20 +183,20 @@ def test_generator_keeps_a_broken_service_on_its_last_good_drop_ins(
     state = tmp_path / "state"
     monkeypatch.setenv("QBOOT_STATE_DIR", str(state))
     paths = units.Paths()
-    files, links, problems = generator.plan(convergence.load(directory, "/q"), paths)
+    files, links, problems = generator.plan(stamps.load(directory, "/q"), paths)
     assert problems == []
     stamp = files["qmail-tcpd@smtp.service.d/qboot-config.conf"]
     assert stamp.endswith("[Service]\nEnvironment=QBOOT_CONFIG=" + stamp[-17:])
-    assert files[convergence.TRIGGER] and links["paths.target.wants/qboot-reconcile.path"]
-    for relative in convergence.service_files("smtp"):  # what reconcile remembers
+    assert files[stamps.TRIGGER] and links["paths.target.wants/qboot-reconcile.path"]
+    for relative in stamps.service_files("smtp"):  # what reconcile remembers
         (state / "last-good" / "smtp" / relative).parent.mkdir(parents=True, exist_ok=True)
         (state / "last-good" / "smtp" / relative).write_text(files[relative])
     (directory / "qmail-smtp.env").write_text('PORT=2525\nBANNER="oops\n')
-    broken = convergence.load(directory, "/q")
+    broken = stamps.load(directory, "/q")
     assert broken.services == ()
     again, links, problems = generator.plan(broken, paths)
-    assert {k: v for k, v in again.items() if k != convergence.TRIGGER} == {
-        k: v for k, v in files.items() if k != convergence.TRIGGER
+    assert {k: v for k, v in again.items() if k != stamps.TRIGGER} == {
+        k: v for k, v in files.items() if k != stamps.TRIGGER
     }
     assert links["sockets.target.wants/qmail-tcpd@smtp.socket"].endswith("qmail-tcpd@.socket")
     assert any("service smtp keeps its last good settings" in str(p) for p in problems)
@@ -206,7 +204,7 @@ def test_generator_keeps_a_broken_service_on_its_last_good_drop_ins(
         str(directory), "/q", None, (), (Problem(str(directory), 0, "cannot read directory"),)
     )
     kept, links, _ = generator.plan(unreadable, paths)
-    assert convergence.TRIGGER not in kept  # no reconcile: it would stop everything
+    assert stamps.TRIGGER not in kept  # no reconcile: it would stop everything
     dropin = "qmail-tcpd@smtp.service.d/qboot.conf"
     assert kept[dropin] == files[dropin]
     found = reconcile.service_problems(broken, "smtp")
@@ -344,15 +342,15 @@ def listening_on(box: Sandbox, port: int) -> bool:
 
 def settled(box: Sandbox) -> bool:
     """The reconcile that the last reload triggered has run."""
-    trigger = box.run("test", "-e", f"/run/systemd/generator/{convergence.TRIGGER}", check=False)
-    active = show(box, convergence.RECONCILE_UNIT, "ActiveState")
+    trigger = box.run("test", "-e", f"/run/systemd/generator/{stamps.TRIGGER}", check=False)
+    active = show(box, stamps.RECONCILE_UNIT, "ActiveState")
     return trigger.returncode != 0 and active in ("inactive", "failed")
 
 
 def reload_and_settle(box: Sandbox) -> None:
     box.run("systemctl", "daemon-reload")
     assert wait_until(lambda: settled(box)), box.run(
-        "journalctl", "-u", convergence.RECONCILE_UNIT, "--no-pager", check=False
+        "journalctl", "-u", stamps.RECONCILE_UNIT, "--no-pager", check=False
     ).stdout
 
 
@@ -374,7 +372,7 @@ def banner(box: Sandbox, port: int, quit_after: float = 0) -> str:
 def running_stamp(box: Sandbox, pid: str) -> str:
     """QBOOT_CONFIG of a running process: the settings it was started with."""
     environ = box.run("cat", f"/proc/{pid}/environ").stdout.split("\0")
-    return next(item for item in environ if item.startswith(convergence.STAMP_VARIABLE + "="))
+    return next(item for item in environ if item.startswith(stamps.STAMP_VARIABLE + "="))
 
 
 def edit(box: Sandbox, name: str, text: str) -> None:
@@ -383,7 +381,7 @@ def edit(box: Sandbox, name: str, text: str) -> None:
 
 def test_boot_runs_reconcile_once_and_remembers(box: Sandbox) -> None:
     assert wait_until(lambda: settled(box))
-    assert show(box, convergence.PATH_UNIT, "ActiveState") == "active"
+    assert show(box, stamps.PATH_UNIT, "ActiveState") == "active"
     assert box.run("ls", "/run/qboot/last-good").stdout.split() == ["send.applied", "smtp"]
     assert banner(box, 25).startswith("220 ")
     status = box.run(QBOOTCTL, "status", check=False)

@@ -21,7 +21,7 @@ import os
 import stat
 from binascii import crc32
 
-from . import bootctrl, jsontext, units
+from .. import bootctrl, jsontext, units
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING's value, without importing typing
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from . import __version__
+from .. import __version__
 
 PERSIST_DIR = Path("/var/lib/qboot")
 LAST_GOOD = "last-good"

@@ -1,6 +1,6 @@
 """qbootctl reconcile: make what runs equal to what systemd loaded from bootctrl.
 
-The I/O half of convergence.py: refuse settings whose accounts do not exist, bring back
+The I/O half of stamps.py: refuse settings whose accounts do not exist, bring back
 last good drop-ins kept across a reboot, observe (D-Bus, /proc, the generator's output),
 plan (pure), act (systemd jobs), then remember what was applied (the last good drop-ins,
 in /run and on disk) and write the problems of broken services into their own journals.
@@ -17,24 +17,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import (
-    admin,
-    bootctrl,
-    convergence,
-    generator,
-    journal,
-    listening,
-    persisted,
-    reconcile_plan,
-    units,
-)
-from .errors import UserError
-from .problems import Problem
-from .reconcile_plan import Observed, Step, Verb
-from .systemd import JobFailed, Systemd, UnitState
+from .. import admin, bootctrl, generator, journal, listening, units
+from ..errors import UserError
+from ..problems import Problem
+from ..systemd import JobFailed, Systemd, UnitState
+from . import lastgood, plan, stamps
+from .plan import Observed, Step, Verb
 
 GENERATOR_OUTPUT = admin.GENERATOR_OUTPUT
-_STAMP_RE = re.compile(rf"^Environment={convergence.STAMP_VARIABLE}=(\S+)$", re.M)
+_STAMP_RE = re.compile(rf"^Environment={stamps.STAMP_VARIABLE}=(\S+)$", re.M)
 
 
 @contextmanager
@@ -42,7 +33,7 @@ def locked(state: Path) -> Iterator[None]:
     """One reconcile (qboot-reconcile, reload-config, uninstall) at a time."""
     try:
         state.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(state / convergence.LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        fd = os.open(state / stamps.LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as error:
         raise UserError(f"cannot lock {state}: {error.strerror}", "run it as root") from None
     try:
@@ -54,7 +45,7 @@ def locked(state: Path) -> Iterator[None]:
 
 def loaded_hash(output: Path, unit: str) -> str:
     try:
-        text = (output / convergence.stamp_path(unit)).read_text()
+        text = (output / stamps.stamp_path(unit)).read_text()
     except OSError:
         return ""
     match = _STAMP_RE.search(text)
@@ -69,7 +60,7 @@ def generated_names(output: Path) -> set[str]:
 
 
 def last_good_names(state: Path) -> set[str]:
-    base = state / convergence.LAST_GOOD
+    base = state / stamps.LAST_GOOD
     return {path.name for path in base.iterdir() if path.is_dir()} if base.is_dir() else set()
 
 
@@ -89,9 +80,7 @@ def observe(manager: Systemd, output: Path, state: Path) -> list[Observed]:
         socket = manager.state(units.tcpd_socket(name))
         service = manager.state(units.tcpd_service(name))
         wanted = frozenset(
-            address
-            for entry in socket.listen
-            if (address := reconcile_plan.parse_listen(entry)) is not None
+            address for entry in socket.listen if (address := plan.parse_listen(entry)) is not None
         )
         main = service.main_pid if service.active in ("active", "reloading") else 0
         found.append(
@@ -103,7 +92,7 @@ def observe(manager: Systemd, output: Path, state: Path) -> list[Observed]:
                 service_active=service.active in ("active", "reloading"),
                 loaded_hash=loaded_hash(output, units.tcpd_service(name)),
                 running_hash=(
-                    listening.environment_value(main, convergence.STAMP_VARIABLE) if main else None
+                    listening.environment_value(main, stamps.STAMP_VARIABLE) if main else None
                 ),
                 wanted=wanted,
                 bound=by_manager & wanted,
@@ -115,16 +104,14 @@ def observe(manager: Systemd, output: Path, state: Path) -> list[Observed]:
     send_main = send.main_pid if send.active == "active" else 0
     found.append(
         Observed(
-            name=convergence.SEND,
+            name=stamps.SEND,
             generated=(output / f"{units.SEND_UNIT}.d" / units.DROPIN_NAME).exists(),
-            applied_before=(state / convergence.LAST_GOOD / f"{convergence.SEND}.applied").exists(),
+            applied_before=(state / stamps.LAST_GOOD / f"{stamps.SEND}.applied").exists(),
             socket_active=True,
             service_active=send.active == "active",
             loaded_hash=loaded_hash(output, units.SEND_UNIT),
             running_hash=(
-                listening.environment_value(send_main, convergence.STAMP_VARIABLE)
-                if send_main
-                else None
+                listening.environment_value(send_main, stamps.STAMP_VARIABLE) if send_main else None
             ),
         )
     )
@@ -136,11 +123,11 @@ def remember(
 ) -> None:
     """Copy what systemd loaded: the generator re-emits it if the files break later.
     With persist, keep a copy there too, for after a reboot."""
-    base = state / convergence.LAST_GOOD
+    base = state / stamps.LAST_GOOD
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     for item in observed:
         if item.is_send:
-            marker = base / f"{convergence.SEND}.applied"
+            marker = base / f"{stamps.SEND}.applied"
             if item.generated:
                 marker.touch()
             else:
@@ -150,7 +137,7 @@ def remember(
         if not item.generated:
             shutil.rmtree(directory, ignore_errors=True)
             continue
-        for relative in convergence.service_files(item.name):
+        for relative in stamps.service_files(item.name):
             try:
                 data = (output / relative).read_bytes()  # a copy: no decoding, any locale
             except OSError:
@@ -170,19 +157,19 @@ def keep_across_reboots(output: Path, observed: list[Observed], persist: Path) -
             continue
         try:
             if not item.generated:
-                persisted.remove(persist, item.name)
+                lastgood.remove(persist, item.name)
                 continue
             files = {
                 relative: (output / relative).read_bytes()
-                for relative in convergence.service_files(item.name)
+                for relative in stamps.service_files(item.name)
             }
-            persisted.save(persist, item.name, files)
+            lastgood.save(persist, item.name, files)
         except OSError as error:
             message = (
                 f"cannot keep the last good settings of {item.name} in {persist}: "
                 f"{error.strerror}; after a reboot, broken files stop it"
             )
-            journal.send(message, convergence.RECONCILE_UNIT, journal.PRIORITY_WARNING)
+            journal.send(message, stamps.RECONCILE_UNIT, journal.PRIORITY_WARNING)
 
 
 def restore_after_reboot(
@@ -193,10 +180,10 @@ def restore_after_reboot(
     into /run, for the generator. Returns their names; the caller reloads systemd."""
     restored = []
     for broken in broken_services(model, output):
-        directory = state / convergence.LAST_GOOD / broken.name
+        directory = state / stamps.LAST_GOOD / broken.name
         if directory.exists():
             continue
-        files = persisted.load(persist, broken.name, convergence.service_files(broken.name))
+        files = lastgood.load(persist, broken.name, stamps.service_files(broken.name))
         if files is None:
             continue
         for relative, data in files.items():
@@ -244,7 +231,7 @@ def broken_services(model: bootctrl.Bootctrl, output: Path = GENERATOR_OUTPUT) -
     good = {service.name for service in model.services}
     found = [
         Broken(name, tuple(service_problems(model, name)), name in generated)
-        for name in convergence.enabled_names(Path(model.directory))
+        for name in stamps.enabled_names(Path(model.directory))
         if name not in good
     ]
     for name, problems in unknown_accounts(model).items():
@@ -253,7 +240,7 @@ def broken_services(model: bootctrl.Bootctrl, output: Path = GENERATOR_OUTPUT) -
         # Kept when what systemd loaded is not these settings (the reconcile refused them
         # and the generator emitted the last good ones); else these very settings.
         loaded = loaded_hash(output, units.tcpd_service(name))
-        current = convergence.config_hash(service, model.directory)
+        current = stamps.config_hash(service, model.directory)
         found.append(Broken(name, problems, name in generated and loaded not in ("", current)))
     return sorted(found, key=lambda broken: broken.name)
 
@@ -263,13 +250,13 @@ def refuse_unknown_accounts(model: bootctrl.Bootctrl, state: Path) -> bool:
     then emits their last good drop-ins), and clear the marks that no longer hold.
     True when a mark changed: the caller reloads systemd before it applies anything."""
     wanted = {
-        name: convergence.config_hash(service, model.directory)
+        name: stamps.config_hash(service, model.directory)
         for name in unknown_accounts(model)
         if (service := model.service(name)) is not None
     }
-    if wanted == convergence.read_refused(state):
+    if wanted == stamps.read_refused(state):
         return False
-    base = state / convergence.REFUSED
+    base = state / stamps.REFUSED
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     for path in base.iterdir():
         if path.name not in wanted:
@@ -282,14 +269,14 @@ def refuse_unknown_accounts(model: bootctrl.Bootctrl, state: Path) -> bool:
 ROUNDS = 3
 
 
-def _apply(manager: Systemd, change: reconcile_plan.Change) -> str | None:
+def _apply(manager: Systemd, change: plan.Change) -> str | None:
     """Carry out one change; the reason it failed, or None."""
     touched = dict.fromkeys(step.unit for step in change.steps)
     for step in change.steps:
         try:
             if step.waits:
                 manager.act(step.verb.value, step.unit)
-            elif step.verb is reconcile_plan.Verb.START:
+            elif step.verb is plan.Verb.START:
                 manager.start(step.unit)
             else:
                 manager.queue_restart(step.unit)
@@ -297,12 +284,12 @@ def _apply(manager: Systemd, change: reconcile_plan.Change) -> str | None:
             reason = str(error)
             journal.send(
                 f"{change.message} failed: {reason}",
-                (step.unit, convergence.RECONCILE_UNIT),
+                (step.unit, stamps.RECONCILE_UNIT),
                 journal.PRIORITY_ERR,
             )
             return reason
     # Once, for the units it touched and the reconcile's own journal.
-    journal.send(change.message, (*touched, convergence.RECONCILE_UNIT), journal.PRIORITY_INFO)
+    journal.send(change.message, (*touched, stamps.RECONCILE_UNIT), journal.PRIORITY_INFO)
     return None
 
 
@@ -313,18 +300,18 @@ class Outcome:
     touched: tuple[str, ...] = ()  # the services it started, stopped or restarted
 
 
-def _why_stopped(change: reconcile_plan.Change, refused: set[str]) -> reconcile_plan.Change:
+def _why_stopped(change: plan.Change, refused: set[str]) -> plan.Change:
     """A refused service with no last good settings is not generated: it is stopped for
     its unknown account, not because its rc link went away."""
     if change.name in refused and change.message.endswith("(no longer enabled)"):
         message = f"stopped {change.name} (unknown account: see qbootctl status)"
-        return reconcile_plan.Change(change.name, change.steps, message)
+        return plan.Change(change.name, change.steps, message)
     return change
 
 
 def take_trigger(output: Path = GENERATOR_OUTPUT) -> None:
     """First thing, whatever fails later: qboot-reconcile.path must not loop on it."""
-    (output / convergence.TRIGGER).unlink(missing_ok=True)
+    (output / stamps.TRIGGER).unlink(missing_ok=True)
 
 
 def reconcile(
@@ -335,8 +322,8 @@ def reconcile(
     persist: Path | None = None,
 ) -> Outcome:
     """Apply the plan; the caller holds the lock."""
-    state = state or convergence.state_dir()
-    persist = persist or persisted.persist_dir()
+    state = state or stamps.state_dir()
+    persist = persist or lastgood.persist_dir()
     take_trigger(output)
     refusals_changed = refuse_unknown_accounts(model, state)
     restored = restore_after_reboot(model, output, state, persist)
@@ -346,7 +333,7 @@ def reconcile(
         # never comes.
         manager.reload()
         take_trigger(output)  # this reconcile applies what that reload loaded
-    refused = set(convergence.read_refused(state))
+    refused = set(stamps.read_refused(state))
     lines: list[str] = []
     touched: dict[str, None] = {}
     failed = restore_failed = False
@@ -355,7 +342,7 @@ def reconcile(
         if manager.state(socket).active == "active":
             continue
         # Restored means remembered: the plan would take it for one the admin stopped.
-        change = reconcile_plan.Change(
+        change = plan.Change(
             name, (Step(Verb.START, socket),), f"started {socket} (last good settings kept on disk)"
         )
         error = _apply(manager, change)
@@ -366,10 +353,10 @@ def reconcile(
     # nothing differs (a change that keeps failing is tried ROUNDS times, then reported).
     # A restart queued behind this reconcile shows only once it has ended: it is not
     # planned, queued and logged again meanwhile.
-    queued: set[reconcile_plan.Change] = set()
+    queued: set[plan.Change] = set()
     for _ in range(ROUNDS):
         observed = observe(manager, output, state)
-        changes = [_why_stopped(change, refused) for change in reconcile_plan.plan(observed)]
+        changes = [_why_stopped(change, refused) for change in plan.plan(observed)]
         changes = [change for change in changes if change not in queued]
         if not changes:
             break
@@ -415,7 +402,7 @@ def status_notes(
 ) -> list[str]:
     """What `qbootctl status` adds for one target: degraded/broken and pending changes."""
     notes = []
-    if name == convergence.SEND:
+    if name == stamps.SEND:
         current: bootctrl.Service | bootctrl.Send | None = model.send
     else:
         current = model.service(name)
@@ -438,13 +425,13 @@ def status_notes(
         wanted = frozenset(
             address
             for item in current.listen
-            if (address := reconcile_plan.parse_listen(item.systemd())) is not None
+            if (address := plan.parse_listen(item.systemd())) is not None
         )
         bound = listening.held_by(1, listening.listening_sockets()) & wanted
-    note = reconcile_plan.drift(
-        convergence.config_hash(current, model.directory) if current is not None else None,
+    note = plan.drift(
+        stamps.config_hash(current, model.directory) if current is not None else None,
         loaded_hash(output, service.name),
-        listening.environment_value(running, convergence.STAMP_VARIABLE) if running else None,
+        listening.environment_value(running, stamps.STAMP_VARIABLE) if running else None,
         wanted,
         bound,
     )
@@ -461,7 +448,7 @@ def uninstall_order(manager: Systemd) -> list[str]:
     sockets = [unit for unit in found if unit.endswith(".socket")]
     running = [
         unit
-        for unit in (convergence.PATH_UNIT, units.BOOT_UNIT, units.SEND_UNIT)
+        for unit in (stamps.PATH_UNIT, units.BOOT_UNIT, units.SEND_UNIT)
         if manager.state(unit).active != "inactive"
     ]
     first = [unit for unit in running if unit != units.SEND_UNIT]

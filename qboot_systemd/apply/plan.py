@@ -1,5 +1,5 @@
 """What `qbootctl reconcile` sees and the plan it carries out, and what `qbootctl status`
-says: pure functions over what systemd reports. Apart from convergence.py, which the
+says: pure functions over what systemd reports. Apart from stamps.py, which the
 generator imports, so that the generator's start-up does not build these models.
 """
 
@@ -8,9 +8,9 @@ from __future__ import annotations
 import enum
 import ipaddress
 
-from . import units
-from .convergence import SEND
-from .records import NamedTuple
+from .. import units
+from ..records import NamedTuple
+from .stamps import SEND
 
 # --- what reconcile sees --------------------------------------------------------------------
 Address = tuple[str, int]  # (normalised IP, port)
