@@ -387,11 +387,12 @@ def uninstall(root: Path, unit_dir: Path | None) -> None:
     layout = _layout(root, None, unit_dir, None)
     live = root == Path("/") and Path("/run/systemd/system").is_dir() and os.geteuid() == 0
     if live:  # what runs from the units about to go must not be left running
-        from .apply import reconcile as reconcile_module
+        from .apply import observe, plan
+        from .apply.reconcile import locked
         from .systemd import Systemd
 
-        with reconcile_module.locked(stamps.state_dir()), Systemd() as manager:
-            for unit in reconcile_module.uninstall_order(manager):
+        with locked(stamps.state_dir()), Systemd() as manager:
+            for unit in plan.uninstall_order(observe.ours_running(manager)):
                 manager.act("stop", unit)
                 click.echo(f"stopped {unit}")
     for line in install.uninstall(layout):
@@ -553,7 +554,7 @@ def status(bootctrl_dir: Path | None, as_json: bool, services: tuple[str, ...]) 
 
 
 def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> None:
-    from .apply import reconcile as reconcile_module
+    from .apply import observe
     from .systemd import SETTLE_SECONDS, Systemd
 
     _require_root(f"qbootctl {verb}")
@@ -565,7 +566,7 @@ def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> Non
         # Stopping everything needs no bootctrl (a package's removal): systemd says
         # what runs.
         model = bootctrl_model.Bootctrl(str(bootctrl_dir or ""), "", None, ())
-    broken = {item.name: item for item in reconcile_module.broken_services(model)}
+    broken = {item.name: item for item in observe.broken_services(model)}
     enabled = set(stamps.enabled_names(model.directory)) if model.directory else set()
     failed = False
     with Systemd() as manager:
@@ -590,7 +591,7 @@ def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> Non
                     continue
                 click.echo(f"qbootctl: {verb} {item.name}: with its last good settings", err=True)
             elif not item.is_send:
-                for problem in reconcile_module.service_problems(model, item.name):
+                for problem in observe.service_problems(model, item.name):
                     click.echo(f"problem: {problem}", err=True)  # USER=/GROUP= unknown here
             try:
                 if verb == "reload" and manager.state(item.units[-1]).active != "active":
@@ -658,7 +659,7 @@ _verb(
 @user_errors
 def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
     """Enable SERVICE: qmail-SVC.rc -> qmail-tcpd (and a rules link), reload, start."""
-    from .apply import reconcile as reconcile_module
+    from .apply import observe
     from .systemd import JobFailed, Systemd
 
     _require_root("qbootctl enable")
@@ -671,7 +672,7 @@ def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
         if f"qmail-{service}." in problem.file or f"tcprules-{service}." in problem.file:
             click.echo(f"problem: {problem}", err=True)
     # An unknown USER=/GROUP= too: the reconcile would refuse to run it.
-    if model.service(service) is None or service in reconcile_module.unknown_accounts(model):
+    if model.service(service) is None or service in observe.unknown_accounts(model):
         for line in admin.undo_enable(directory, service, existed):
             click.echo(line)
         raise UserError(
@@ -727,6 +728,7 @@ def reconcile(bootctrl_dir: Path | None, qmail_home: Path | None) -> None:
 
 
 def _reconcile(bootctrl_dir: Path | None, qmail_home: Path | None, reload: bool) -> None:
+    from .apply import observe
     from .apply import reconcile as reconcile_module
     from .systemd import Systemd
 
@@ -747,11 +749,11 @@ def _reconcile(bootctrl_dir: Path | None, qmail_home: Path | None, reload: bool)
         click.echo("nothing changed")
     # The known problems of every enabled service (an unknown GROUP= is known here, not
     # to the generator): those it touched or that are broken make reload-config fail.
-    broken = [item.name for item in reconcile_module.broken_services(model)]
+    broken = [item.name for item in observe.broken_services(model)]
     named = [name for name in outcome.touched if name != stamps.SEND and name not in broken]
     failed = outcome.failed
     for name in dict.fromkeys([*broken, *named, *(s.name for s in model.services)]):
-        for problem in reconcile_module.service_problems(model, name):
+        for problem in observe.service_problems(model, name):
             click.echo(f"problem: {problem}", err=True)
             failed = failed or (reload and (name in broken or name in named))
     if reload:  # the admin waits: say whether what it restarted stays up

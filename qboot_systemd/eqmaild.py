@@ -17,7 +17,7 @@ import sys
 
 from . import admin, units
 from . import bootctrl as bootctrl_model
-from .apply import health, reconcile, stamps
+from .apply import health, observe, stamps
 from .errors import UserError, from_os_error
 from .systemd import SETTLE_SECONDS, JobFailed, Systemd
 
@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
             if verb in ("start", "restart"):
                 _reload(manager)
                 model = stamps.load(directory)
-            broken = {item.name: item for item in reconcile.broken_services(model)}
+            broken = {item.name: item for item in observe.broken_services(model)}
             for item in targets:
                 quiet = _noresult(model, item.name)
                 if verb == "status":

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from qboot_systemd import bootctrl, generator, journal, units
-from qboot_systemd.apply import reconcile, stamps
+from qboot_systemd.apply import observe, stamps
 from qboot_systemd.systemd import UnitState
 
 SMTP = "qmail-tcpd@smtp.service"
@@ -24,7 +24,7 @@ class FakeSystemd:
         self.output = output
         self.main: subprocess.Popen[bytes] | None = None
         if running:
-            self.main = running_with(reconcile.loaded_hash(output, SMTP))
+            self.main = running_with(observe.loaded_hash(output, SMTP))
         self.socket_active = True
         self.calls: list[tuple[str, str]] = []
 
@@ -61,7 +61,7 @@ class FakeSystemd:
     def queue_restart(self, unit: str) -> None:
         self.calls.append(("restart", unit))
         self.close()
-        self.main = running_with(reconcile.loaded_hash(self.output, SMTP))
+        self.main = running_with(observe.loaded_hash(self.output, SMTP))
 
 
 def generate(directory: Path, output: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from qboot_systemd import admin, bootctrl, units
-from qboot_systemd.apply import reconcile, stamps
+from qboot_systemd.apply import observe, reconcile, stamps
 from qboot_systemd.systemd import UnitState
 
 from .conftest import ROOT, SHIPPED_BOOTCTRL
@@ -69,7 +69,7 @@ class RestartsAfterTheReconcile(FakeSystemd):
     def run_queued_jobs(self) -> None:
         for _ in self.queued:
             self.close()
-            self.main = running_with(reconcile.loaded_hash(self.output, SMTP))
+            self.main = running_with(observe.loaded_hash(self.output, SMTP))
         self.queued.clear()
 
 

@@ -29,7 +29,7 @@ from qboot_systemd import (
     migrate,
     units,
 )
-from qboot_systemd.apply import plan, reconcile, stamps
+from qboot_systemd.apply import observe, plan, stamps
 from qboot_systemd.apply.plan import Observed, Step, Verb
 from qboot_systemd.errors import UserError
 from qboot_systemd.problems import Problem
@@ -207,7 +207,7 @@ def test_generator_keeps_a_broken_service_on_its_last_good_drop_ins(
     assert stamps.TRIGGER not in kept  # no reconcile: it would stop everything
     dropin = "qmail-tcpd@smtp.service.d/qboot.conf"
     assert kept[dropin] == files[dropin]
-    found = reconcile.service_problems(broken, "smtp")
+    found = observe.service_problems(broken, "smtp")
     assert [str(p) for p in found] == [
         f"{directory}/qmail-smtp.env:2: newline inside a quoted value (unterminated double quote?)"
     ]

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from qboot_systemd import __version__, accounts, units
-from qboot_systemd.apply import lastgood, plan, reconcile, stamps
+from qboot_systemd.apply import lastgood, observe, plan, reconcile, stamps
 
 from .fake_systemd import SMTP, FakeSystemd, dropins, generate, model, stage_site
 
@@ -51,11 +51,11 @@ def test_an_unknown_user_keeps_the_last_good_drop_ins(
         assert stamps.read_refused(state) == {
             "smtp": stamps.config_hash(model(directory).services[0], str(directory))
         }
-        (broken,) = reconcile.broken_services(model(directory), output)
+        (broken,) = observe.broken_services(model(directory), output)
         assert broken.kept and [str(p).split("/")[-1] for p in broken.problems] == [
             f"{PROBLEM}: no such user on this system; create it or fix the name"
         ]
-        notes = reconcile.status_notes(
+        notes = observe.status_notes(
             model(directory),
             "smtp",
             manager.state("qmail-tcpd@smtp.socket"),
@@ -77,7 +77,7 @@ def test_an_unknown_user_keeps_the_last_good_drop_ins(
         outcome = reconcile.reconcile(manager, model(directory), output, state)  # type: ignore[arg-type]
         assert manager.calls == [("reload", ""), ("restart", SMTP)]
         assert stamps.read_refused(state) == {}
-        assert reconcile.broken_services(model(directory), output) == []
+        assert observe.broken_services(model(directory), output) == []
     finally:
         manager.close()
 
@@ -89,13 +89,13 @@ def test_a_fresh_service_with_an_unknown_user_is_not_started_and_says_why(
     (directory / "qmail-smtp.env").write_text(UNKNOWN)
     generate(directory, output)  # boot: no last good settings yet
     manager = FakeSystemd(directory, output, False)
-    (broken,) = reconcile.broken_services(model(directory), output)
+    (broken,) = observe.broken_services(model(directory), output)
     assert not broken.kept  # what is loaded is these very settings
     outcome = reconcile.reconcile(manager, model(directory), output, state)  # type: ignore[arg-type]
     assert outcome.lines == ("stopped smtp (unknown account: see qbootctl status)",)
     assert manager.calls[0] == ("reload", "")
     assert not (output / f"{SMTP}.d").exists()  # not generated: nothing crash-loops
-    notes = reconcile.status_notes(
+    notes = observe.status_notes(
         model(directory),
         "smtp",
         manager.state("qmail-tcpd@smtp.socket"),
@@ -111,11 +111,11 @@ def test_the_generator_emits_the_last_good_drop_ins_for_refused_settings_only(
 ) -> None:
     directory, output, state = site
     generate(directory, output)
-    reconcile.remember(output, state, [plan.Observed("smtp", True, True, True, True, "", None)])
+    lastgood.remember(output, state, [plan.Observed("smtp", True, True, True, True, "", None)])
     good = dropins(output)
     (directory / "qmail-smtp.env").write_text(UNKNOWN)
-    assert reconcile.refuse_unknown_accounts(model(directory), state)
-    assert not reconcile.refuse_unknown_accounts(model(directory), state)  # unchanged: no reload
+    assert lastgood.refuse_unknown_accounts(model(directory), state)
+    assert not lastgood.refuse_unknown_accounts(model(directory), state)  # unchanged: no reload
     generate(directory, output)
     assert dropins(output) == good
     # Another edit (still the unknown user): refused again only once the reconcile says so.
@@ -166,7 +166,7 @@ def test_a_broken_service_runs_its_last_good_settings_after_a_reboot(
             "started qmail-tcpd@smtp.socket (last good settings kept on disk)",
         )
     assert dropins(output) == good and manager.socket_active
-    (found,) = reconcile.broken_services(model(directory), output)
+    (found,) = observe.broken_services(model(directory), output)
     assert found.kept
     # Fixed: the new settings run and are kept from now on; disabled: forgotten.
     (directory / "qmail-smtp.env").write_text("PORT=2526\n")
@@ -195,7 +195,7 @@ def test_without_a_copy_on_disk_a_broken_service_stays_down_after_a_reboot(
     manager = reboot(directory, output, state)
     outcome = reconcile.reconcile(manager, model(directory), output, state)  # type: ignore[arg-type]
     assert (outcome.lines, manager.calls) == ((), [])
-    (found,) = reconcile.broken_services(model(directory), output)
+    (found,) = observe.broken_services(model(directory), output)
     assert not found.kept
 
 

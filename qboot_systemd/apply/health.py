@@ -470,7 +470,7 @@ def observe(
     for its units (socket first, the service's loaded ExecStart= among them), what the
     generator wrote (output), the files and the journal."""
     from .. import listening
-    from . import reconcile, stamps
+    from . import observe, stamps
 
     if name == stamps.SEND:
         service_state = states[-1]
@@ -484,9 +484,9 @@ def observe(
         )
     socket, service_state = states[0], states[-1]
     found = (
-        reconcile.broken_services(model)
+        observe.broken_services(model)
         if output is None
-        else (reconcile.broken_services(model, output))
+        else (observe.broken_services(model, output))
     )
     broken = next((b for b in found if b.name == name), None)
     enabled = name in stamps.enabled_names(model.directory)
@@ -523,12 +523,12 @@ def _pending(
 ) -> str | None:
     """How what runs differs from bootctrl now (an edit not reloaded, a reload not
     applied), as reconcile compares them."""
-    from . import reconcile
+    from . import observe
 
     if output is None:
-        notes = reconcile.status_notes(model, name, socket, service)
+        notes = observe.status_notes(model, name, socket, service)
     else:
-        notes = reconcile.status_notes(model, name, socket, service, output)
+        notes = observe.status_notes(model, name, socket, service, output)
     # status_notes also names broken services; the facts carry those as problems.
     return next((note for note in notes if note.startswith("pending")), None)
 

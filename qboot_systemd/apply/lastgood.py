@@ -21,7 +21,9 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .. import __version__
+from .. import __version__, bootctrl, generator, journal
+from . import observe, stamps
+from .plan import Observed
 
 PERSIST_DIR = Path("/var/lib/qboot")
 LAST_GOOD = "last-good"
@@ -138,3 +140,99 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
+
+
+def remember(
+    output: Path, state: Path, observed: list[Observed], persist: Path | None = None
+) -> None:
+    """Copy what systemd loaded: the generator re-emits it if the files break later.
+    With persist, keep a copy there too, for after a reboot."""
+    base = state / stamps.LAST_GOOD
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for item in observed:
+        if item.is_send:
+            marker = base / f"{stamps.SEND}.applied"
+            if item.generated:
+                marker.touch()
+            else:
+                marker.unlink(missing_ok=True)
+            continue
+        directory = base / item.name
+        if not item.generated:
+            shutil.rmtree(directory, ignore_errors=True)
+            continue
+        for relative in stamps.service_files(item.name):
+            try:
+                data = (output / relative).read_bytes()  # a copy: no decoding, any locale
+            except OSError:
+                continue
+            target = directory / relative
+            target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            generator.replace_file(target, data)
+    if persist is not None:
+        keep_across_reboots(output, observed, persist)
+
+
+def keep_across_reboots(output: Path, observed: list[Observed], persist: Path) -> None:
+    """Mirror the last good drop-ins to disk. Never fails the reconcile: without /var
+    (read-only, full) a broken service just does not start after a reboot, as before."""
+    for item in observed:
+        if item.is_send:
+            continue
+        try:
+            if not item.generated:
+                remove(persist, item.name)
+                continue
+            files = {
+                relative: (output / relative).read_bytes()
+                for relative in stamps.service_files(item.name)
+            }
+            save(persist, item.name, files)
+        except OSError as error:
+            message = (
+                f"cannot keep the last good settings of {item.name} in {persist}: "
+                f"{error.strerror}; after a reboot, broken files stop it"
+            )
+            journal.send(message, stamps.RECONCILE_UNIT, journal.PRIORITY_WARNING)
+
+
+def restore_after_reboot(
+    model: bootctrl.Bootctrl, output: Path, state: Path, persist: Path
+) -> list[str]:
+    """Enabled services that cannot run their files (broken, or an unknown account) and
+    have no last good drop-ins in /run (emptied at reboot): the copy kept on disk goes back
+    into /run, for the generator. Returns their names; the caller reloads systemd."""
+    restored = []
+    for broken in observe.broken_services(model, output):
+        directory = state / stamps.LAST_GOOD / broken.name
+        if directory.exists():
+            continue
+        files = load(persist, broken.name, stamps.service_files(broken.name))
+        if files is None:
+            continue
+        for relative, data in files.items():
+            (directory / relative).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            generator.replace_file(directory / relative, data)
+        restored.append(broken.name)
+    return restored
+
+
+def refuse_unknown_accounts(model: bootctrl.Bootctrl, state: Path) -> bool:
+    """Mark the settings of services whose accounts do not exist as refused (the generator
+    then emits their last good drop-ins), and clear the marks that no longer hold.
+    True when a mark changed: the caller reloads systemd before it applies anything."""
+    wanted = {
+        name: stamps.config_hash(service, model.directory)
+        for name in observe.unknown_accounts(model)
+        if (service := model.service(name)) is not None
+    }
+    if wanted == stamps.read_refused(state):
+        return False
+    base = state / stamps.REFUSED
+    base.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for path in base.iterdir():
+        if path.name not in wanted:
+            path.unlink(missing_ok=True)
+    for name, stamp in wanted.items():
+        generator.replace_file(base / name, f"{stamp}\n".encode())
+    return True

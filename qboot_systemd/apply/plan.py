@@ -10,7 +10,7 @@ import ipaddress
 
 from .. import units
 from ..records import NamedTuple
-from .stamps import SEND
+from . import stamps
 
 # --- what reconcile sees --------------------------------------------------------------------
 Address = tuple[str, int]  # (normalised IP, port)
@@ -46,7 +46,7 @@ class Observed(NamedTuple):
 
     @property
     def is_send(self) -> bool:
-        return self.name == SEND
+        return self.name == stamps.SEND
 
 
 class Verb(enum.StrEnum):
@@ -95,14 +95,18 @@ def plan_one(item: Observed) -> Change | None:
         unit = units.SEND_UNIT
         if not item.generated:
             if item.service_active:
-                return Change(SEND, (Step(Verb.STOP, unit),), f"stopped {unit} (no qmail-init.rc)")
+                return Change(
+                    stamps.SEND, (Step(Verb.STOP, unit),), f"stopped {unit} (no qmail-init.rc)"
+                )
             return None
         if not item.service_active:
             if item.applied_before:
                 return None
-            return Change(SEND, (Step(Verb.START, unit),), f"started {unit} (newly enabled)")
+            return Change(stamps.SEND, (Step(Verb.START, unit),), f"started {unit} (newly enabled)")
         if item.running_hash != item.loaded_hash:
-            return Change(SEND, (Step(Verb.RESTART, unit),), f"restarted {unit} (command changed)")
+            return Change(
+                stamps.SEND, (Step(Verb.RESTART, unit),), f"restarted {unit} (command changed)"
+            )
         return None
     socket, service = units.tcpd_socket(item.name), units.tcpd_service(item.name)
     if not item.generated:
@@ -170,3 +174,15 @@ def drift(
     if running_hash is not None and running_hash != loaded_hash:
         return "pending: runs older settings (see journalctl -u qboot-reconcile)"
     return None
+
+
+# --- qbootctl uninstall -----------------------------------------------------------------
+def uninstall_order(running: list[str]) -> list[str]:
+    """Everything qboot-systemd runs, in the order to stop it: no reconcile and no boot
+    oneshot first, then each service before its socket, qmail-send last."""
+    tcpd = sorted(unit for unit in running if unit.startswith("qmail-tcpd@"))
+    services = [unit for unit in tcpd if unit.endswith(".service")]
+    sockets = [unit for unit in tcpd if unit.endswith(".socket")]
+    first = [unit for unit in (stamps.PATH_UNIT, units.BOOT_UNIT) if unit in running]
+    last = [units.SEND_UNIT] if units.SEND_UNIT in running else []
+    return first + services + sockets + last
