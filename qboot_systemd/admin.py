@@ -63,6 +63,17 @@ def resolve(model: bootctrl.Bootctrl, names: tuple[str, ...]) -> list[Target]:
     return [target(name) for name in names]
 
 
+def acted_on(
+    verb: str, named: tuple[str, ...], targets: list[Target], enabled: set[str], send: bool
+) -> list[Target]:
+    """The targets a verb acts on. Named ones, whatever they are; for all (or none named),
+    start, restart and reload take only what bootctrl enables (`send`: qmail-init.rc):
+    what runs without it is only stopped (or reconciled)."""
+    if verb == "stop" or (named and "all" not in named):
+        return targets
+    return [item for item in targets if (item.is_send and send) or item.name in enabled]
+
+
 def running_names(unit_names: list[str]) -> list[str]:
     """Service names of qmail-tcpd@ units systemd has (`qmail-tcpd@subm.socket` -> subm),
     whatever bootctrl says now, unit files gone (not-found) included."""

@@ -554,7 +554,7 @@ def status(bootctrl_dir: Path | None, as_json: bool, services: tuple[str, ...]) 
 
 
 def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> None:
-    from .apply import observe
+    from .apply import observe, plan
     from .systemd import SETTLE_SECONDS, Systemd
 
     _require_root(f"qbootctl {verb}")
@@ -570,26 +570,24 @@ def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> Non
     enabled = set(stamps.enabled_names(model.directory)) if model.directory else set()
     failed = False
     with Systemd() as manager:
-        targets = _targets_of(manager, model, services, verb)
-        if verb != "stop" and (not services or "all" in services):
-            # What runs without bootctrl enabling it is only stopped (or reconciled).
-            targets = [t for t in targets if (t.is_send and model.send) or t.name in enabled]
+        targets = admin.acted_on(
+            verb, services, _targets_of(manager, model, services, verb), enabled, bool(model.send)
+        )
         for item in targets:
-            if item.name in broken and verb != "stop":
-                # Its files have problems: name them, whatever systemd says. It can
-                # only run its last good settings (when it has run before).
+            found = broken.get(item.name)
+            treatment = plan.treat_broken(verb, found is not None, found is not None and found.kept)
+            if found is not None and treatment is not plan.Treatment.AS_IS:
+                # Its files have problems: name them, whatever systemd says.
                 failed = True
-                found = broken[item.name]
                 for problem in found.problems:
                     click.echo(f"qbootctl: {verb} {item.name}: {problem}", err=True)
-                if not found.kept:
+                if treatment is plan.Treatment.NOT_DONE:
                     click.echo(
-                        f"qbootctl: {verb} {item.name}: not done, fix the file first "
-                        "(see qbootctl show)",
+                        f"qbootctl: {verb} {item.name}: {treatment.value} (see qbootctl show)",
                         err=True,
                     )
                     continue
-                click.echo(f"qbootctl: {verb} {item.name}: with its last good settings", err=True)
+                click.echo(f"qbootctl: {verb} {item.name}: {treatment.value}", err=True)
             elif not item.is_send:
                 for problem in observe.service_problems(model, item.name):
                     click.echo(f"problem: {problem}", err=True)  # USER=/GROUP= unknown here
@@ -669,10 +667,9 @@ def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
         click.echo(line)
     model = stamps.load(directory, check_accounts=True)
     for problem in model.problems:
-        if f"qmail-{service}." in problem.file or f"tcprules-{service}." in problem.file:
+        if problem.service == service:
             click.echo(f"problem: {problem}", err=True)
-    # An unknown USER=/GROUP= too: the reconcile would refuse to run it.
-    if model.service(service) is None or service in observe.unknown_accounts(model):
+    if not observe.can_run(model, service):
         for line in admin.undo_enable(directory, service, existed):
             click.echo(line)
         raise UserError(
@@ -728,7 +725,7 @@ def reconcile(bootctrl_dir: Path | None, qmail_home: Path | None) -> None:
 
 
 def _reconcile(bootctrl_dir: Path | None, qmail_home: Path | None, reload: bool) -> None:
-    from .apply import observe
+    from .apply import observe, plan
     from .apply import reconcile as reconcile_module
     from .systemd import Systemd
 
@@ -747,23 +744,27 @@ def _reconcile(bootctrl_dir: Path | None, qmail_home: Path | None, reload: bool)
             click.echo(line)
     if not outcome.lines:
         click.echo("nothing changed")
-    # The known problems of every enabled service (an unknown GROUP= is known here, not
-    # to the generator): those it touched or that are broken make reload-config fail.
     broken = [item.name for item in observe.broken_services(model)]
-    named = [name for name in outcome.touched if name != stamps.SEND and name not in broken]
-    failed = outcome.failed
-    for name in dict.fromkeys([*broken, *named, *(s.name for s in model.services)]):
-        for problem in observe.service_problems(model, name):
-            click.echo(f"problem: {problem}", err=True)
-            failed = failed or (reload and (name in broken or name in named))
-    if reload:  # the admin waits: say whether what it restarted stays up
-        failed = _restarted_stay_up(named) or failed
+    names = dict.fromkeys([*broken, *outcome.touched, *(s.name for s in model.services)])
+    verdict = plan.reconcile_verdict(
+        outcome.failed,
+        outcome.touched,
+        broken,
+        [service.name for service in model.services],
+        {name: observe.service_problems(model, name) for name in names},
+        admin_waits=reload,
+    )
+    for problem in verdict.problems:
+        click.echo(f"problem: {problem}", err=True)
+    failed = verdict.failed
+    if verdict.wait_for and not _all_stay_up(verdict.wait_for):
+        failed = True
     if failed:
         sys.exit(1)
 
 
-def _restarted_stay_up(names: list[str]) -> bool:
-    """Wait for the restarts the reconcile queued; True when one does not stay up."""
+def _all_stay_up(names: tuple[str, ...]) -> bool:
+    """Wait for the restarts the reconcile queued; True when every one stays up."""
     from .systemd import SETTLE_SECONDS, JobFailed, Systemd
 
     failed = False
@@ -777,7 +778,7 @@ def _restarted_stay_up(names: list[str]) -> bool:
                 click.echo(f"qbootctl: {error}", err=True)
                 for journal_line in error.journal.splitlines():
                     click.echo(f"  {journal_line}", err=True)
-    return failed
+    return not failed
 
 
 if __name__ == "__main__":

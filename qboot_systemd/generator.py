@@ -42,11 +42,13 @@ def plan(
             service_text = units.service_dropin(service, paths)
         except units.UnsafeValue as error:
             line = service.line_of(error.setting) if error.setting else 0
-            problems.append(Problem(where, line, f"{error}; service {service.name} skipped"))
+            message = f"{error}; service {service.name} skipped"
+            problems.append(Problem(where, line, message, service.name))
             continue
         except Exception as error:  # one service never stops the others
             message = f"cannot write its units ({type(error).__name__})"
-            problems.append(Problem(where, 0, f"{message}; service {service.name} skipped"))
+            message += f"; service {service.name} skipped"
+            problems.append(Problem(where, 0, message, service.name))
             continue
         files[f"{socket}.d/{units.DROPIN_NAME}"] = socket_text
         files[f"{unit}.d/{units.DROPIN_NAME}"] = service_text
@@ -61,7 +63,8 @@ def plan(
             problems.append(Problem(model.send.rc_file, 0, f"{error}; qmail-send skipped"))
     for name in stamps.add_convergence(model, files, links, paths, stamps.state_path()):
         rc_file = f"{model.directory}/qmail-{name}.rc"
-        problems.append(Problem(rc_file, 0, f"service {name} keeps its last good settings"))
+        message = f"service {name} keeps its last good settings"
+        problems.append(Problem(rc_file, 0, message, name))
     return files, links, sorted(problems)
 
 

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -96,13 +95,11 @@ def observe(manager: Systemd, output: Path, state: Path) -> list[Observed]:
 
 def service_problems(model: bootctrl.Bootctrl, name: str) -> list[Problem]:
     """The problems that keep one enabled service from its current files."""
-    own = (f"qmail-{name}.env", f"qmail-{name}.rc", f"tcprules-{name}.")
-    mention = re.compile(rf"\bservice {re.escape(name)}(?:[ ;]|$)")
-    skipped = f"; service {name} skipped"
+    skipped = f"; service {name} skipped"  # said by the listing, not by each line here
     return [
-        Problem(problem.file, problem.line, problem.message.removesuffix(skipped))
+        problem._replace(message=problem.message.removesuffix(skipped))
         for problem in model.problems
-        if os.path.basename(problem.file).startswith(own) or mention.search(problem.message)
+        if problem.service == name
     ]
 
 
@@ -125,6 +122,12 @@ def unknown_accounts(model: bootctrl.Bootctrl) -> dict[str, tuple[Problem, ...]]
         if problems:
             found[service.name] = tuple(problems)
     return found
+
+
+def can_run(model: bootctrl.Bootctrl, name: str) -> bool:
+    """True when the service's files are good and its USER=/GROUP= exist here: `enable`
+    keeps its links only then (the reconcile would refuse to run it)."""
+    return model.service(name) is not None and name not in unknown_accounts(model)
 
 
 def broken_services(model: bootctrl.Bootctrl, output: Path = GENERATOR_OUTPUT) -> list[Broken]:
