@@ -15,6 +15,7 @@ import sys
 
 from . import bootctrl, purepath, units
 from .apply import stamps
+from .files import replace_file
 from .problems import Problem
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING's value: typing is not imported at run time
@@ -101,22 +102,6 @@ def write(output: str | os.PathLike[str], files: dict[str, str], links: dict[str
         if os.path.lexists(link):
             os.unlink(link)
         os.symlink(destination, link)
-
-
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC  # open(..., "wb")'s flags
-
-
-def replace_file(target: str | os.PathLike[str], data: bytes) -> None:
-    """target holds data, old or new whole, never half written (a temporary beside it)."""
-    temporary = os.fspath(target) + ".tmp"
-    descriptor = os.open(temporary, _CREATE, 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(descriptor, view) :]
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, target)
 
 
 def log(problems: list[Problem], stream_path: str = "/dev/kmsg") -> None:

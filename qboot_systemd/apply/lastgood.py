@@ -18,10 +18,10 @@ import json
 import os
 import shutil
 import stat
-import tempfile
 from pathlib import Path
 
-from .. import __version__, bootctrl, generator, journal
+from .. import __version__, bootctrl, journal
+from ..files import replace_file, sync_directory
 from . import observe, stamps
 from .plan import Observed
 
@@ -102,17 +102,7 @@ def save(base: Path, name: str, files: dict[str, bytes]) -> bool:
             return False  # a reconcile after every reload: no write when nothing changed
     except OSError:
         pass
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{target.name}.", dir=directory)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _fsync_directory(directory)
+    replace_file(target, data, durable=True, mode=0o600)
     return True
 
 
@@ -122,7 +112,7 @@ def remove(base: Path, name: str) -> bool:
     if not target.exists():
         return False
     target.unlink()
-    _fsync_directory(target.parent)
+    sync_directory(target.parent)
     return True
 
 
@@ -132,14 +122,6 @@ def forget_all(base: Path) -> bool:
         return False
     shutil.rmtree(base)
     return True
-
-
-def _fsync_directory(directory: Path) -> None:
-    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
 
 
 def remember(
@@ -168,7 +150,7 @@ def remember(
                 continue
             target = directory / relative
             target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            generator.replace_file(target, data)
+            replace_file(target, data)
     if persist is not None:
         keep_across_reboots(output, observed, persist)
 
@@ -212,7 +194,7 @@ def restore_after_reboot(
             continue
         for relative, data in files.items():
             (directory / relative).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            generator.replace_file(directory / relative, data)
+            replace_file(directory / relative, data)
         restored.append(broken.name)
     return restored
 
@@ -234,5 +216,5 @@ def refuse_unknown_accounts(model: bootctrl.Bootctrl, state: Path) -> bool:
         if path.name not in wanted:
             path.unlink(missing_ok=True)
     for name, stamp in wanted.items():
-        generator.replace_file(base / name, f"{stamp}\n".encode())
+        replace_file(base / name, f"{stamp}\n".encode())
     return True
