@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import bootctrl, envfile, units
-from .apply import stamps
+from .apply import SEND, stamps
 from .apply.plan import Address, parse_listen
 from .errors import UserError
 from .systemd import Systemd, UnitState
@@ -17,7 +17,6 @@ if TYPE_CHECKING:
     from .apply.health import Health
 
 GENERATOR_OUTPUT = Path("/run/systemd/generator")
-SEND = "send"
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ def target(name: str) -> Target:
     return Target(name, (units.tcpd_socket(name), units.tcpd_service(name)))
 
 
-def plan(verb: str, item: Target) -> list[tuple[str, str]]:
+def unit_jobs(verb: str, item: Target) -> list[tuple[str, str]]:
     """Unit jobs for one verb. A tcp service's socket stays up across restarts, so the
     kernel queues what arrives meanwhile; start starts the service too, so that a service
     that cannot run shows now, not at the first connection."""

@@ -457,7 +457,7 @@ def boot(bootctrl_dir: Path | None) -> None:
             names.append(units_module.SEND_UNIT)
         names.append(stamps.PATH_UNIT)  # linked by this reload: start it too
         for name in names:
-            manager.start(name)
+            manager.queue_start(name)
             click.echo(f"started {name}")
         for problem in model.problems:
             click.echo(f"problem: {problem}", err=True)
@@ -597,7 +597,7 @@ def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> Non
                     # it reads its rules and control files when it starts.
                     click.echo(f"reload {item.name}: not running, nothing to reload")
                     continue
-                for unit_verb, unit in admin.plan(verb, item):
+                for unit_verb, unit in admin.unit_jobs(verb, item):
                     manager.act(unit_verb, unit, settle=SETTLE_SECONDS)
             except JobFailed as error:
                 failed = True

@@ -63,10 +63,10 @@ def _step(manager: Systemd, verb: str, item: admin.Target, was_running: bool) ->
     JobFailed of a unit that did not start or did not stay up."""
     try:
         if verb == "stop":
-            for _, unit in admin.plan("stop", item):
+            for _, unit in admin.unit_jobs("stop", item):
                 manager.act("stop", unit)
             return was_running
-        for unit_verb, unit in admin.plan("start", item):
+        for unit_verb, unit in admin.unit_jobs("start", item):
             manager.act(unit_verb, unit, settle=SETTLE_SECONDS)
         return True
     except JobFailed as error:

@@ -62,7 +62,7 @@ def plan(
             )
         except units.UnsafeValue as error:
             problems.append(Problem(model.send.rc_file, 0, f"{error}; qmail-send skipped"))
-    for name in stamps.add_convergence(model, files, links, paths, stamps.state_path()):
+    for name in stamps.add_stamps_and_last_good(model, files, links, paths, stamps.state_path()):
         rc_file = f"{model.directory}/qmail-{name}.rc"
         message = f"service {name} keeps its last good settings"
         problems.append(Problem(rc_file, 0, message, name))

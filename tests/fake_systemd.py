@@ -55,7 +55,7 @@ class FakeSystemd:
             self.close()
             self.main = None
 
-    def start(self, unit: str) -> None:
+    def queue_start(self, unit: str) -> None:
         self.calls.append(("start", unit))
 
     def queue_restart(self, unit: str) -> None:

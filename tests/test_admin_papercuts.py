@@ -120,7 +120,7 @@ def test_stop_all_is_what_systemd_runs_and_what_bootctrl_enables(tmp_path: Path)
     assert running == ["gone", "subm"]
     targets = admin.everything(loaded, running, send_running=True)
     assert [t.name for t in targets] == ["send", "gone", "smtp", "subm"]
-    assert admin.plan("stop", targets[1]) == [
+    assert admin.unit_jobs("stop", targets[1]) == [
         ("stop", "qmail-tcpd@gone.service"),
         ("stop", "qmail-tcpd@gone.socket"),
     ]

@@ -62,7 +62,7 @@ def observed(**changes: object) -> Observed:
 
 
 def steps(item: Observed) -> list[tuple[str, str]]:
-    change = plan.plan_one(item)
+    change = plan.change_for(item)
     return [(step.verb.value, step.unit) for step in change.steps] if change else []
 
 
@@ -78,13 +78,13 @@ def test_plan_listen_change_restarts_socket_between_service_stop_and_start() -> 
         ("restart", "qmail-tcpd@smtp.socket"),
         ("start", "qmail-tcpd@smtp.service"),
     ]
-    change = plan.plan_one(moved)
+    change = plan.change_for(moved)
     assert change is not None and change.message.endswith("[::]:25 -> [::]:2525")
     idle = observed(
         wanted=frozenset({("::", 2525)}), bound=frozenset(), service_active=False, held=frozenset()
     )
     assert steps(idle) == [("restart", "qmail-tcpd@smtp.socket")]
-    assert [step.waits for step in plan.plan_one(moved).steps] == [True, True, False]
+    assert [step.waits for step in plan.change_for(moved).steps] == [True, True, False]
 
 
 def test_plan_command_or_environment_change_restarts_only_the_service() -> None:
@@ -103,7 +103,7 @@ def test_plan_new_removed_and_stopped_by_the_admin() -> None:
         ("stop", "qmail-tcpd@smtp.service"),
         ("stop", "qmail-tcpd@smtp.socket"),
     ]
-    changes = plan.plan(
+    changes = plan.changes(
         [observed(name="a", running_hash="old"), observed(name="z", generated=False)]
     )
     assert [change.name for change in changes] == ["z", "a"]  # a freed port first

@@ -12,3 +12,5 @@
 
 This file imports nothing: the generator pays for the package, not for its rooms.
 """
+
+SEND = "send"  # qmail-send, where a command or the reconcile names a tcp service

@@ -20,6 +20,7 @@ import stat
 
 from ..problems import Problem
 from ..records import TYPE_CHECKING, NamedTuple
+from . import SEND
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -49,7 +50,6 @@ _LSB = {
 }
 _RANK = {State.RUNNING: 0, State.DEGRADED: 1, State.STOPPED: 2, State.DOWN: 3}
 
-SEND = "send"  # qmail-send's target name (stamps.SEND, not imported here)
 # Session outcomes judged from the journal: enough to see a pattern, little to read.
 RECENT_SESSIONS = 20
 
@@ -472,7 +472,7 @@ def observe(
     from .. import listening
     from . import observe, stamps
 
-    if name == stamps.SEND:
+    if name == SEND:
         service_state = states[-1]
         return Facts(
             name,

@@ -1,4 +1,7 @@
-"""The last good drop-ins kept across reboots: /var/lib/qboot/last-good/SVC.json.
+"""The last good drop-ins: what systemd loaded for a service the last time its files were
+good, remembered under /run/qboot/last-good (the generator emits them again when the
+files break, see stamps), kept across reboots in /var/lib/qboot/last-good/SVC.json, and
+the refused marks of settings whose USER=/GROUP= do not exist here.
 
 /run/qboot/last-good is emptied at reboot, so a service whose files were broken before
 it would not start again. The reconcile (an ordinary service: /var is mounted by then)
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from .. import __version__, bootctrl, journal
 from ..files import replace_file, sync_directory
-from . import observe, stamps
+from . import SEND, observe, stamps
 from .plan import Observed
 
 PERSIST_DIR = Path("/var/lib/qboot")
@@ -133,7 +136,7 @@ def remember(
     base.mkdir(mode=0o700, parents=True, exist_ok=True)
     for item in observed:
         if item.is_send:
-            marker = base / f"{stamps.SEND}.applied"
+            marker = base / f"{SEND}.applied"
             if item.generated:
                 marker.touch()
             else:

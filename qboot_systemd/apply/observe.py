@@ -11,7 +11,7 @@ from pathlib import Path
 from .. import admin, bootctrl, listening, units
 from ..problems import Problem
 from ..systemd import Systemd, UnitState
-from . import plan, stamps
+from . import SEND, plan, stamps
 from .plan import Observed
 
 GENERATOR_OUTPUT = admin.GENERATOR_OUTPUT
@@ -79,9 +79,9 @@ def observe(manager: Systemd, output: Path, state: Path) -> list[Observed]:
     send_main = send.main_pid if send.active == "active" else 0
     found.append(
         Observed(
-            name=stamps.SEND,
+            name=SEND,
             generated=(output / f"{units.SEND_UNIT}.d" / units.DROPIN_NAME).exists(),
-            applied_before=(state / stamps.LAST_GOOD / f"{stamps.SEND}.applied").exists(),
+            applied_before=(state / stamps.LAST_GOOD / f"{SEND}.applied").exists(),
             socket_active=True,
             service_active=send.active == "active",
             loaded_hash=loaded_hash(output, units.SEND_UNIT),
@@ -170,7 +170,7 @@ def status_notes(
 ) -> list[str]:
     """What `qbootctl status` adds for one target: degraded/broken and pending changes."""
     notes = []
-    if name == stamps.SEND:
+    if name == SEND:
         current: bootctrl.Service | bootctrl.Send | None = model.send
     else:
         current = model.service(name)

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from .. import units
 from ..problems import Problem
 from ..records import NamedTuple
-from . import stamps
+from . import SEND, stamps
 
 # --- what reconcile sees --------------------------------------------------------------------
 Address = tuple[str, int]  # (normalised IP, port)
@@ -49,7 +49,7 @@ class Observed(NamedTuple):
 
     @property
     def is_send(self) -> bool:
-        return self.name == stamps.SEND
+        return self.name == SEND
 
 
 class Verb(enum.StrEnum):
@@ -93,23 +93,19 @@ def listen_stale(item: Observed) -> bool:
     return bool(item.wanted - item.bound) or bool(item.held - item.wanted)
 
 
-def plan_one(item: Observed) -> Change | None:
+def change_for(item: Observed) -> Change | None:
     if item.is_send:
         unit = units.SEND_UNIT
         if not item.generated:
             if item.service_active:
-                return Change(
-                    stamps.SEND, (Step(Verb.STOP, unit),), f"stopped {unit} (no qmail-init.rc)"
-                )
+                return Change(SEND, (Step(Verb.STOP, unit),), f"stopped {unit} (no qmail-init.rc)")
             return None
         if not item.service_active:
             if item.applied_before:
                 return None
-            return Change(stamps.SEND, (Step(Verb.START, unit),), f"started {unit} (newly enabled)")
+            return Change(SEND, (Step(Verb.START, unit),), f"started {unit} (newly enabled)")
         if item.running_hash != item.loaded_hash:
-            return Change(
-                stamps.SEND, (Step(Verb.RESTART, unit),), f"restarted {unit} (command changed)"
-            )
+            return Change(SEND, (Step(Verb.RESTART, unit),), f"restarted {unit} (command changed)")
         return None
     socket, service = units.tcpd_socket(item.name), units.tcpd_service(item.name)
     if not item.generated:
@@ -149,9 +145,9 @@ def plan_one(item: Observed) -> Change | None:
     return None
 
 
-def plan(observed: list[Observed]) -> list[Change]:
+def changes(observed: list[Observed]) -> list[Change]:
     """Only what differs; removals first so a freed port can be taken by another."""
-    changes = [change for item in observed if (change := plan_one(item)) is not None]
+    changes = [change for item in observed if (change := change_for(item)) is not None]
     return sorted(changes, key=lambda change: (change.steps[0].verb is not Verb.STOP, change.name))
 
 
@@ -210,7 +206,7 @@ def reconcile_verdict(
     is known to the reconcile, not to the generator). When the admin waits (reload-config),
     a problem of a service it touched or that is broken fails it, and the restarts it
     queued must stay up; qboot-reconcile.service itself fails only when a change did."""
-    restarted = [name for name in touched if name != stamps.SEND and name not in broken]
+    restarted = [name for name in touched if name != SEND and name not in broken]
     shown: list[Problem] = []
     failed = changes_failed
     for name in dict.fromkeys([*broken, *restarted, *enabled]):

@@ -49,7 +49,7 @@ def _apply(manager: Systemd, change: plan.Change) -> str | None:
             if step.waits:
                 manager.act(step.verb.value, step.unit)
             elif step.verb is plan.Verb.START:
-                manager.start(step.unit)
+                manager.queue_start(step.unit)
             else:
                 manager.queue_restart(step.unit)
         except (JobFailed, UserError) as error:
@@ -128,7 +128,7 @@ def reconcile(
     queued: set[plan.Change] = set()
     for _ in range(ROUNDS):
         observed = observe.observe(manager, output, state)
-        changes = [_why_stopped(change, refused) for change in plan.plan(observed)]
+        changes = [_why_stopped(change, refused) for change in plan.changes(observed)]
         changes = [change for change in changes if change not in queued]
         if not changes:
             break
