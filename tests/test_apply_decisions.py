@@ -115,3 +115,11 @@ def test_problems_belong_to_their_service_by_field() -> None:
         "25 is already used by service smtp",
         "group-writable",
     ]
+
+
+def test_a_refused_service_is_stopped_for_its_account() -> None:
+    gone = plan.Observed("smtp", False, True, True, True, "", "a1")
+    (change,) = plan.changes([gone], refused=frozenset({"smtp"}))
+    assert change.message == "stopped smtp (unknown account: see qbootctl status)"
+    (change,) = plan.changes([gone])
+    assert change.message == "stopped smtp (no longer enabled)"

@@ -93,7 +93,7 @@ def listen_stale(item: Observed) -> bool:
     return bool(item.wanted - item.bound) or bool(item.held - item.wanted)
 
 
-def change_for(item: Observed) -> Change | None:
+def change_for(item: Observed, refused: frozenset[str] = frozenset()) -> Change | None:
     if item.is_send:
         unit = units.SEND_UNIT
         if not item.generated:
@@ -113,7 +113,11 @@ def change_for(item: Observed) -> Change | None:
             return Change(
                 item.name,
                 (Step(Verb.STOP, service), Step(Verb.STOP, socket)),
-                f"stopped {item.name} (no longer enabled)",
+                # Refused (an unknown account) with no last good settings: not generated
+                # either, but its rc link is still there.
+                f"stopped {item.name} (unknown account: see qbootctl status)"
+                if item.name in refused
+                else f"stopped {item.name} (no longer enabled)",
             )
         return None
     if not item.socket_active:
@@ -145,9 +149,10 @@ def change_for(item: Observed) -> Change | None:
     return None
 
 
-def changes(observed: list[Observed]) -> list[Change]:
-    """Only what differs; removals first so a freed port can be taken by another."""
-    changes = [change for item in observed if (change := change_for(item)) is not None]
+def changes(observed: list[Observed], refused: frozenset[str] = frozenset()) -> list[Change]:
+    """Only what differs; removals first so a freed port can be taken by another.
+    `refused`: services whose settings the reconcile refused."""
+    changes = [change for item in observed if (change := change_for(item, refused)) is not None]
     return sorted(changes, key=lambda change: (change.steps[0].verb is not Verb.STOP, change.name))
 
 

@@ -72,15 +72,6 @@ class Outcome:
     touched: tuple[str, ...] = ()  # the services it started, stopped or restarted
 
 
-def _why_stopped(change: plan.Change, refused: set[str]) -> plan.Change:
-    """A refused service with no last good settings is not generated: it is stopped for
-    its unknown account, not because its rc link went away."""
-    if change.name in refused and change.message.endswith("(no longer enabled)"):
-        message = f"stopped {change.name} (unknown account: see qbootctl status)"
-        return plan.Change(change.name, change.steps, message)
-    return change
-
-
 def take_trigger(output: Path = GENERATOR_OUTPUT) -> None:
     """First thing, whatever fails later: qboot-reconcile.path must not loop on it."""
     (output / stamps.TRIGGER).unlink(missing_ok=True)
@@ -105,7 +96,7 @@ def reconcile(
         # never comes.
         manager.reload()
         take_trigger(output)  # this reconcile applies what that reload loaded
-    refused = set(stamps.read_refused(state))
+    refused = frozenset(stamps.read_refused(state))
     lines: list[str] = []
     touched: dict[str, None] = {}
     failed = restore_failed = False
@@ -128,7 +119,7 @@ def reconcile(
     queued: set[plan.Change] = set()
     for _ in range(ROUNDS):
         observed = observe.observe(manager, output, state)
-        changes = [_why_stopped(change, refused) for change in plan.changes(observed)]
+        changes = plan.changes(observed, refused)
         changes = [change for change in changes if change not in queued]
         if not changes:
             break
