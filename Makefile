@@ -35,6 +35,7 @@ bench:
 	$(VENV)/bin/python bench/generator_bench.py
 	$(VENV)/bin/python bench/tcpsrv_bench.py
 	$(VENV)/bin/python bench/rbl_bench.py
+	$(VENV)/bin/python bench/tls_bench.py
 	$(VENV)/bin/python bench/soak.py
 
 clean:

@@ -7,8 +7,8 @@ from collections.abc import Iterable
 # Flags without an argument, as tcpserver and qmail-tcpsrv take them.
 PLAIN_FLAGS = frozenset("146jpPhHrRoOdDqQvUXL")
 # qboot-tcpsrv's own options with an argument (-W drain seconds, -N/-M connections per
-# minute per address).
-OWN_ARG_OPTIONS = frozenset("WNM")
+# minute per address; TLS: -S mode, -E certfile, -K keyfile, -A ccafile, -F ciphers).
+OWN_ARG_OPTIONS = frozenset("WNMSEKAF")
 # Options with an argument.
 ARG_OPTIONS = frozenset("cCxBgubtl")
 # eQmail's qmail-tcpsrv -I interface: under systemd the socket binds, so TCPFLAGS' -I
@@ -26,6 +26,11 @@ OWNED_OPTIONS = {
     "L": "RBL_INCORE",
     "N": "RATE",
     "M": "RATE",
+    "S": "TLS",
+    "E": "CERTFILE",
+    "K": "KEYFILE",
+    "A": "CCAFILE",
+    "F": "CIPHERS",
 }
 
 

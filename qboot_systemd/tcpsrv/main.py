@@ -15,6 +15,7 @@ from .server import Server, import_what_options_need
 
 if TYPE_CHECKING:
     from .rbl import RblConfig
+    from .tls.service import TlsService
 
 EXIT_USAGE = 100
 EXIT_FATAL = 111
@@ -85,6 +86,27 @@ def _in_core_rbl(options: Options) -> tuple[Options, RblConfig | None]:
     return options._replace(program=program), config
 
 
+def _tls(options: Options) -> TlsService | str | None:
+    """-S: the certificate read and checked now, before privileges drop (as root it is
+    readable; the chain's user must not be able to read it); a reader that keeps root
+    for reloads when they will drop. Returns the service, the fatal line, or None."""
+    if options.tls is None or options.certfile is None:
+        return None
+    from .tls.certs import CertError, CertPaths
+    from .tls.service import TlsConfig, TlsMode, TlsService
+
+    paths = CertPaths(options.certfile, options.keyfile or options.certfile, options.ccafile)
+    config = TlsConfig(TlsMode(options.tls), paths, options.ciphers, float(options.timeout))
+    service = TlsService(config)
+    try:
+        service.load()
+    except CertError as error:
+        return str(error)
+    if (options.user is not None or options.group is not None) and os.geteuid() == 0:
+        service.start_reader()
+    return service
+
+
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     try:
@@ -94,6 +116,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     options, rbl = _in_core_rbl(options)
     _standard_fds()
+    tls = _tls(options)  # before the port is printed: a bad certificate is no server
+    if isinstance(tls, str):
+        return _fatal(tls)
     try:
         passed = systemd_sockets()
         listeners = (
@@ -119,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         under_systemd=under_systemd,
         systemd_sockets=bool(passed),
         rbl=rbl,
+        tls=tls,
     )
     server.start()
     try:

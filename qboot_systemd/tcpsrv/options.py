@@ -40,6 +40,26 @@ class Options(NamedTuple):
     rbl_incore: bool = False  # -L: a leading rblsmtpd of the program runs in the server
     rate: int = 0  # -N/-M: new connections per minute per address (IPv6 /64); 0: no cap
     rate_reply: bool = False  # -M: a 421 line for a connection over the rate; -N: a close
+    tls: str | None = None  # -S: implicit, starttls or starttls-required (TLS_MODES)
+    certfile: str | None = None  # -E: sslserver's CERTFILE
+    keyfile: str | None = None  # -K: sslserver's KEYFILE; the certificate file without it
+    ccafile: str | None = None  # -A: sslserver's CCAFILE: ask clients for a certificate
+    ciphers: str | None = None  # -F: sslserver's CIPHERS (the TLS 1.2 list)
+
+
+TLS_MODES = ("implicit", "starttls", "starttls-required")
+
+
+def _tls_mode(value: str) -> str:
+    if value not in TLS_MODES:
+        raise UsageError(f"-S needs one of {', '.join(TLS_MODES)}, not {value!r}")
+    return value
+
+
+def _path(letter: str, value: str) -> str:
+    if not value or "\0" in value:
+        raise UsageError(f"-{letter} needs a file name")
+    return value
 
 
 # Every number ends up in a C int (listen(), the limits): larger is a usage error, not an
@@ -104,6 +124,11 @@ ARGUMENTS: dict[str, tuple[str, Setter]] = {
     "W": ("drain", lambda o, a: o._replace(drain=float(_number("W", a)))),
     "N": ("perminute", lambda o, a: o._replace(rate=_number("N", a), rate_reply=False)),
     "M": ("perminute", lambda o, a: o._replace(rate=_number("M", a), rate_reply=True)),
+    "S": ("tlsmode", lambda o, a: o._replace(tls=_tls_mode(a))),
+    "E": ("certfile", lambda o, a: o._replace(certfile=_path("E", a))),
+    "K": ("keyfile", lambda o, a: o._replace(keyfile=_path("K", a))),
+    "A": ("ccafile", lambda o, a: o._replace(ccafile=_path("A", a))),
+    "F": ("ciphers", lambda o, a: o._replace(ciphers=a)),
 }
 USAGE = (
     f"usage: qboot-tcpsrv [ -{''.join(FLAGS)} ] "
@@ -138,4 +163,25 @@ def parse(argv: list[str]) -> Options:
             options = ARGUMENTS[letter][1](options, argument)
         else:  # pragma: no cover - split_options only returns known letters
             raise UsageError(f"unknown option -{letter}")
+    return _check_tls(options)
+
+
+def _check_tls(options: Options) -> Options:
+    """-S needs a certificate (-E); the certificate options mean nothing without -S."""
+    if options.tls is None:
+        given = [
+            f"-{letter}"
+            for letter, value in (
+                ("E", options.certfile),
+                ("K", options.keyfile),
+                ("A", options.ccafile),
+                ("F", options.ciphers),
+            )
+            if value is not None
+        ]
+        if given:
+            raise UsageError(f"{' '.join(given)} without -S (TLS mode)")
+        return options
+    if options.certfile is None:
+        raise UsageError(f"-S {options.tls} needs -E certfile")
     return options

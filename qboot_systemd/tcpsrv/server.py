@@ -28,7 +28,7 @@ import signal
 import socket
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 
 from ..addresses import unmap_ipv4
@@ -50,6 +50,8 @@ if TYPE_CHECKING:  # dns, lookups and screening are imported when used: a server
     from .ratelimit import RateLimiter
     from .rbl import RblConfig, Verdict
     from .screen import RblScreen
+    from .tls.relay import Session
+    from .tls.service import TlsService
 
 # accept() errors that mean "out of resources for now": back off instead of spinning.
 _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
@@ -88,6 +90,7 @@ def lane_fits(options: Options) -> bool:
         and not options.rbl_incore
         and not options.rate
         and not options.per_ip
+        and options.tls is None
     )
 
 
@@ -152,6 +155,7 @@ class Server:
         under_systemd: bool = False,
         systemd_sockets: bool = False,
         rbl: RblConfig | None = None,  # the in-core rblsmtpd (-L), program being the rest
+        tls: TlsService | None = None,  # -S, its certificate loaded
     ) -> None:
         # What was asked for.
         self.options = options
@@ -203,6 +207,12 @@ class Server:
         # Screening (issue 16): the in-core rblsmtpd (made by start()) and the rate limit.
         self.screen: RblScreen | None = None
         self.rate: RateLimiter | None = None
+        # TLS: a handshake holds no -c slot; a finished one waits here for a slot, and its
+        # SSL_* variables wait by the fd its chain gets.
+        self.tls = tls
+        self.tls_waiting: deque[tuple[Session, Endpoints, dict[str, str]]] = deque()
+        self.tls_env: dict[int, dict[str, str]] = {}
+        self.reactor_watched = False
         if options.rate:
             from .ratelimit import RateLimiter
 
@@ -281,6 +291,8 @@ class Server:
 
     def close(self) -> None:
         """Stop the spawner pool (after the jobs queued) and close our own fds."""
+        if self.tls is not None:
+            self.tls.close()
         if self.lane is not None:
             self.lane.close()
             self.lane = None
@@ -357,6 +369,8 @@ class Server:
             self.stop_at is None
             and self.backoff_until is None
             and self.running < self.options.limit
+            and not self.tls_waiting
+            and (self.tls is None or self.tls.handshaking < self.tls.cap)
         )
 
     def _on_listener(self, listener: socket.socket) -> None:
@@ -375,7 +389,10 @@ class Server:
                     return
                 continue  # ECONNABORTED, EPROTO, EPERM: that client is gone
             self.backoff = 0.05
-            self._on_connection(listener, fd, address)
+            if self.tls is not None and not self.tls.config.mode.starttls:
+                self._tls_handshake(listener, fd, address)
+            else:
+                self._on_connection(listener, fd, address)
         self._set_accepting(self._may_accept())
 
     def _out_of_resources(self, number: int) -> None:
@@ -390,13 +407,23 @@ class Server:
         self.backoff = min(self.backoff * 2, 1.0)
 
     def _on_connection(self, listener: socket.socket, fd: int, address: tuple[str, int]) -> None:
+        endpoints = self._admissible(listener, fd, address)
+        if endpoints is None:
+            return
+        self._prepare_socket(fd, listener.family)
+        self._take_slot(fd, endpoints)
+
+    def _admissible(
+        self, listener: socket.socket, fd: int, address: tuple[str, int]
+    ) -> Endpoints | None:
+        """The connection's endpoints, or None when the rate or per-address limit closed it."""
         local = self.local_endpoints[id(listener)]
         if local is None:  # a wildcard listener: ask which address the client reached
             try:
                 local = netcalls.local_address(fd)
             except OSError:
                 netcalls.close(fd)
-                return
+                return None
         remote_ip = address[0]
         if "%" in remote_ip:  # a link-local client's scope
             remote_ip = remote_ip.partition("%")[0]
@@ -404,7 +431,7 @@ class Server:
         client = unmap_ipv4(endpoints.remote_ip)
         if self.rate is not None and not self.rate.allow(client):
             self._over_rate(fd, client)
-            return
+            return None
         if self.options.per_ip and self.per_ip[client] >= self.options.per_ip:
             self.log_verbose(
                 logline.warning(
@@ -414,13 +441,17 @@ class Server:
                 1,
             )
             netcalls.close(fd)
-            return
+            return None
+        return endpoints
+
+    def _take_slot(self, fd: int, endpoints: Endpoints) -> None:
+        """The connection takes its -c slot: then its lookups, the rules, the chain."""
+        client = unmap_ipv4(endpoints.remote_ip)
         # accept() gave a blocking fd (accept4 without SOCK_NONBLOCK): the child needs that.
         if self.options.per_ip:
             self.per_ip[client] += 1
         self.running += 1
         self._status_changed()
-        self._prepare_socket(fd, listener.family)
         if self.options.banner:
             netcalls.send_now(fd, self.options.banner.encode("utf-8", "surrogateescape"))
         needs_local = self.options.localname is None and endpoints.local_ip not in self.local_names
@@ -428,6 +459,81 @@ class Server:
             self._decide(fd, endpoints, self._local_name(endpoints), None, None)
             return
         self._start_lookups(fd, endpoints, needs_local)
+
+    # --- TLS ---------------------------------------------------------------------------
+    def _tls_handshake(self, listener: socket.socket, fd: int, address: tuple[str, int]) -> None:
+        """Implicit TLS: the handshake first, in the loop and without a -c slot; the
+        finished session then takes its slot like a new connection, its chain reading
+        and writing clear text on the session's socket pair."""
+        assert self.tls is not None
+        endpoints = self._admissible(listener, fd, address)
+        if endpoints is None:
+            return
+        if self.tls.crowded(endpoints.remote_ip):
+            client = logline.safe(unmap_ipv4(endpoints.remote_ip))
+            self.log_verbose(logline.warning(f"TLS from {client}: too many handshakes from there"))
+            netcalls.close(fd)
+            return
+        self._prepare_socket(fd, listener.family)
+
+        def ready(session: Session, env: dict[str, str]) -> None:
+            self.tls_waiting.append((session, endpoints, env))
+            self._tls_take_slots()
+
+        def failed(reason: str) -> None:
+            client = logline.safe(unmap_ipv4(endpoints.remote_ip))
+            words = "".join(c if c.isascii() and c.isprintable() else "?" for c in reason)
+            self.log_verbose(logline.warning(f"TLS from {client}: {words[:200]}"))
+            self._set_accepting(self._may_accept())
+
+        self.tls.handshake(self._reactor(), fd, endpoints.remote_ip, ready, failed)
+
+    def _tls_take_slots(self) -> None:
+        """Finished handshakes take the -c slots that are free, first come first."""
+        while self.tls_waiting and self.running < self.options.limit:
+            session, endpoints, env = self.tls_waiting.popleft()
+            if session.closed:  # the client left while it waited
+                continue
+            fd = session.chain_end()
+            self.tls_env[fd] = env
+            self._take_slot(fd, endpoints)
+        self._set_accepting(self._may_accept())
+
+    def _reactor(self) -> Reactor:
+        """The reactor, started and watched by the loop at the first use."""
+        if not self.reactor_watched:
+            self.reactor.start()
+            self._watch(self.reactor.fileno(), self.reactor.run_ready)
+            self.reactor_watched = True
+        return self.reactor
+
+    def _tls_reload(self) -> None:
+        """SIGHUP: a new context from the certificate files, for new sessions only. The
+        spawns in flight finish first: OpenSSL opens the key's memfd without
+        close-on-exec, and a chain cloned in that moment would inherit it."""
+        assert self.tls is not None
+        from .tls.certs import CertError
+
+        if not self._spawns_settle():
+            self.log_verbose(logline.warning("TLS certificate kept: spawns still running"), 1)
+            return
+        try:
+            self.tls.reload()
+        except CertError as error:
+            self.log_verbose(logline.warning(f"TLS certificate kept: {error}"), 1)
+
+    def _spawns_settle(self, timeout: float = 5.0) -> bool:
+        """Wait for the spawns in flight to be reported (none starts meanwhile: only this
+        thread submits them); False if they take longer than timeout."""
+        deadline = time.monotonic() + timeout
+        assert self.spawns is not None
+        while self.spawning and time.monotonic() < deadline:
+            select.select([self.spawns.fileno()], [], [], 0.05)
+            self._on_spawned()
+        return not self.spawning
+
+    def _tls_busy(self) -> bool:
+        return self.tls is not None and bool(self.tls.sessions)
 
     def _prepare_socket(self, fd: int, family: int) -> None:
         if self.options.nodelay:
@@ -469,9 +575,7 @@ class Server:
         if self.resolver is None:
             from .dns import Resolver
 
-            self.reactor.start()
-            self._watch(self.reactor.fileno(), self.reactor.run_ready)
-            self.resolver = Resolver(self.reactor)
+            self.resolver = Resolver(self._reactor())
         return self.resolver
 
     def _lookups_done(self, ident_: int, names: Names) -> None:
@@ -541,6 +645,8 @@ class Server:
             endpoints, local_host, remote_host, remote_info, self.options.ipv6_env
         )
         extra.update(decision.env)  # rules may override TCP* and the server's own
+        if self.tls_env:
+            extra = {**self.tls_env.pop(fd, {}), **extra}
         if self.screen is not None:
             self._screen(fd, client, log_local, log_remote, extra)
             return
@@ -554,6 +660,9 @@ class Server:
         log_remote: tuple[str | None, str, str | None, str],
         extra: dict[str, str],
     ) -> None:
+        if self.tls is not None and self.tls.config.mode.starttls:
+            # The chain talks to the SMTP shim, which offers STARTTLS on the client's side.
+            fd = self.tls.plain(self._reactor(), fd).chain_end()
         job = SpawnJob(fd, client, log_local, log_remote)
         ident = next(self.ids)
         self.counters.served += 1  # taken back if the chain cannot be run
@@ -650,6 +759,7 @@ class Server:
         tcpserver's child would."""
         if fd is not None:
             netcalls.close(fd)
+            self.tls_env.pop(fd, None)
         pid = os.getpid()
         self.log_verbose(logline.pid_from(pid, client))
         self.log_verbose(line, level)
@@ -663,6 +773,8 @@ class Server:
             if self.per_ip[client] <= 0:
                 del self.per_ip[client]
         self._status_changed()
+        if self.tls_waiting:
+            self._tls_take_slots()
         self._set_accepting(self._may_accept())
 
     def _reap(self) -> None:
@@ -725,6 +837,8 @@ class Server:
                     self.resolver.reload()
                 if self.screen is not None:
                     self.screen.forget()
+                if self.tls is not None:
+                    self._tls_reload()
                 self._judge()
                 self.log_verbose(f"{logline.PROGRAM}: SIGHUP: rules and names reloaded\n", 2)
                 self.notifier.send("READY=1")
@@ -746,6 +860,7 @@ class Server:
         return bool(
             self.pending
             or self._screening()
+            or self._tls_busy()
             or self.backoff_until is not None
             or self.stop_at is not None
             or self.notifier.next_flush() is not None
@@ -764,7 +879,7 @@ class Server:
             )
             if t is not None
         ]
-        if self.pending or self._screening():
+        if self.pending or self._screening() or self._tls_busy():
             lookup_deadline = self.reactor.next_deadline()
             if lookup_deadline is not None:
                 candidates.append(lookup_deadline)
@@ -773,7 +888,7 @@ class Server:
     def _busy(self) -> bool:
         if self.lane is not None:
             return self.lane.counts()[0] > 0
-        return bool(self.children or self.pending or self.spawning)
+        return bool(self.children or self.pending or self.spawning or self._tls_busy())
 
     def serve(self) -> int:
         """The loop, from READY=1 until the last session after SIGTERM; start() first."""
@@ -801,7 +916,7 @@ class Server:
             if not self._timed():
                 continue
             now = time.monotonic()
-            if self.pending or self._screening():
+            if self.pending or self._screening() or self._tls_busy():
                 self.reactor.run_timers(now)
             if self.backoff_until is not None and now >= self.backoff_until:
                 self.backoff_until = None

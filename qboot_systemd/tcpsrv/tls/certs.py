@@ -1,0 +1,222 @@
+"""Certificate and key files: read, checked, and turned into an SSLContext.
+
+The files are read with close-on-exec fds into memory, by root before the server drops
+privileges; a reload (SIGHUP) after the drop asks a small reader process forked before
+it, which keeps root for that one job. The material reaches OpenSSL through a memfd of
+our own (OpenSSL loads keys from paths only): no file the chain could open, nothing in
+its environment. What is wrong is one line naming the file, with a hint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import stat
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass
+
+MAX_FILE = 1 << 20  # a certificate chain or key larger than this is not one
+_MESSAGE = 3 * MAX_FILE + 4096
+
+
+class CertError(Exception):
+    """A certificate problem, as one line: `file: what (hint)`."""
+
+
+@dataclass(frozen=True)
+class CertPaths:
+    certfile: str
+    keyfile: str
+    ccafile: str | None = None  # CAs whose client certificates are asked for and checked
+
+
+@dataclass(frozen=True)
+class Material:
+    """The files' bytes; repr() never shows them."""
+
+    cert: bytes
+    key: bytes
+    cca: bytes | None
+
+    def __repr__(self) -> str:
+        return "Material(...)"
+
+
+def _read(path: str, secret: bool) -> bytes:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise CertError(f"{path}: no such file (check the path, or the renewal left it)") from None
+    except PermissionError:
+        raise CertError(f"{path}: permission denied (it must be readable by root)") from None
+    except OSError as error:
+        raise CertError(f"{path}: {error.strerror}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise CertError(f"{path}: not a regular file")
+        if secret and info.st_mode & stat.S_IROTH:
+            raise CertError(
+                f"{path}: private key readable by everyone (mode {stat.S_IMODE(info.st_mode):04o};"
+                f" chmod 600 {path})"
+            )
+        if info.st_size > MAX_FILE:
+            raise CertError(f"{path}: larger than {MAX_FILE} bytes, not a PEM file")
+        chunks = []
+        total = 0
+        while chunk := os.read(fd, 65536):
+            total += len(chunk)
+            if total > MAX_FILE:
+                raise CertError(f"{path}: larger than {MAX_FILE} bytes, not a PEM file")
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError as error:
+        raise CertError(f"{path}: {error.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def read_material(paths: CertPaths) -> Material:
+    """The three files, checked; CertError names the first one that is wrong."""
+    return Material(
+        _read(paths.certfile, secret=False),
+        _read(paths.keyfile, secret=True),
+        _read(paths.ccafile, secret=False) if paths.ccafile else None,
+    )
+
+
+def load_into(context: ssl.SSLContext, paths: CertPaths, material: Material) -> None:
+    """The certificate and key into context, through a memfd only this process holds.
+    The check that they belong together is OpenSSL's."""
+    if b"PRIVATE KEY-----" not in material.key:
+        raise CertError(f"{paths.keyfile}: no PEM private key in it")
+    if b"-----BEGIN CERTIFICATE-----" not in material.cert:
+        raise CertError(f"{paths.certfile}: no PEM certificate in it")
+    fd = os.memfd_create("qboot-tls", os.MFD_CLOEXEC)
+    try:
+        for blob in (material.cert, b"\n", material.key):
+            view = memoryview(blob)
+            while view:
+                view = view[os.write(fd, view) :]
+        path = f"/proc/self/fd/{fd}"
+        try:
+            context.load_cert_chain(path)
+        except ssl.SSLError as error:
+            reason = str(error.reason or error)
+            if "MISMATCH" in reason.upper():
+                raise CertError(
+                    f"{paths.keyfile}: the key does not match the certificate in "
+                    f"{paths.certfile} (renewed one file but not the other?)"
+                ) from None
+            raise CertError(f"{paths.certfile}: {reason.lower()} (is it PEM?)") from None
+    finally:
+        os.close(fd)
+    if material.cca is not None:
+        assert paths.ccafile is not None
+        try:
+            context.load_verify_locations(cadata=material.cca.decode("ascii", "replace"))
+        except ssl.SSLError as error:
+            raise CertError(f"{paths.ccafile}: {str(error.reason or error).lower()}") from None
+
+
+# --- the reader process: root's reads after the server dropped privileges -----------------
+def _pack(fields: list[bytes | None]) -> bytes:
+    out = bytearray()
+    for field in fields:
+        if field is None:
+            out += struct.pack("!i", -1)
+        else:
+            out += struct.pack("!i", len(field)) + field
+    return bytes(out)
+
+
+def _unpack(data: bytes, count: int) -> list[bytes | None]:
+    fields: list[bytes | None] = []
+    offset = 0
+    for _ in range(count):
+        (size,) = struct.unpack_from("!i", data, offset)
+        offset += 4
+        if size < 0:
+            fields.append(None)
+            continue
+        fields.append(data[offset : offset + size])
+        offset += size
+    return fields
+
+
+class CertReader:
+    """Reads the files for the server: in this process while it may (root, or no drop
+    planned), else through the reader process start() forked."""
+
+    def __init__(self, paths: CertPaths) -> None:
+        self.paths = paths
+        self._channel: socket.socket | None = None
+        self._pid: int | None = None
+
+    def start(self, keep: Callable[[int], bool] = lambda fd: False) -> None:
+        """Fork the reader, before privileges drop. It keeps root, its socket and
+        nothing else (keep() may name fds it must not close, for tests); it ends when the
+        server's end of the socket closes."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the reader process
+            try:
+                ours.close()
+                for number in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM, signal.SIGPIPE):
+                    signal.signal(number, signal.SIG_IGN)
+                _close_all_but(theirs.fileno(), keep)
+                self._serve(theirs)
+            finally:
+                os._exit(0)
+        theirs.close()
+        self._channel, self._pid = ours, pid
+
+    def _serve(self, channel: socket.socket) -> None:  # pragma: no cover - the reader
+        while channel.recv(16):
+            try:
+                material = read_material(self.paths)
+                reply = b"K" + _pack([material.cert, material.key, material.cca])
+            except CertError as error:
+                reply = b"E" + str(error).encode("utf-8", "replace")
+            channel.send(reply)
+
+    def read(self) -> Material:
+        if self._channel is None:
+            return read_material(self.paths)
+        try:
+            self._channel.send(b"r")
+            reply = self._channel.recv(_MESSAGE)
+        except OSError as error:
+            raise CertError(f"{self.paths.keyfile}: key reader gone ({error.strerror})") from None
+        if reply[:1] == b"E":
+            raise CertError(reply[1:].decode("utf-8", "replace"))
+        if reply[:1] != b"K":
+            raise CertError(f"{self.paths.keyfile}: key reader gone")
+        cert, key, cca = _unpack(reply[1:], 3)
+        assert cert is not None and key is not None
+        return Material(cert, key, cca)
+
+    def close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+        if self._pid is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self._pid, 0)
+            self._pid = None
+
+    @property
+    def pid(self) -> int | None:
+        return self._pid
+
+
+def _close_all_but(fd: int, keep: Callable[[int], bool]) -> None:  # pragma: no cover
+    for name in os.listdir("/proc/self/fd"):
+        number = int(name)
+        if number > 2 and number != fd and not keep(number):
+            with contextlib.suppress(OSError):
+                os.close(number)

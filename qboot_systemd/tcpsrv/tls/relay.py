@@ -1,0 +1,434 @@
+"""TLS sessions in the server's loop: the handshake, then the relay between the client's
+socket and the chain's end of a socket pair, all non-blocking on the loop's Reactor (no
+thread or process per connection).
+
+A Session owns two fds: the client's TCP socket (`net`) and our end of a socket pair
+(`inner`) whose other end is the chain's fd 0 and 1. OpenSSL works on memory BIOs; the
+bytes move only when the loop says a socket is ready. Both ways are bounded: past
+BUFFER_CAP unsent bytes a side is not read until the other drains, so a client that
+never reads stalls the chain's writes (in the kernel) and not the server's memory.
+
+Ends, as under sslserver: the client's close_notify or EOF is the chain's EOF on read
+(its writes still go out); the chain's EOF sends close_notify, then the client gets
+LINGER seconds to close before the socket is closed (a close with unread input would
+reset the connection and could lose the last reply).
+
+Kernel TLS (the socket going to the chain with no relay) needs ssl.OP_ENABLE_KTLS
+(Python 3.12) on an SSLSocket, the kernel's tls module, and OpenSSL's kTLS for both
+ways; none of these are on Debian 12's Python 3.11 and kernel here, so the relay runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import select
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from enum import Enum
+
+from ..reactor import Reactor, Timer
+from .environ import ssl_environment
+from .smtp import Outcome, SmtpShim
+
+BUFFER_CAP = 64 * 1024
+READ_SIZE = 64 * 1024
+READS_PER_WAKE = 4
+LINGER = 10.0
+
+IN = select.EPOLLIN
+OUT = select.EPOLLOUT
+CLOSED = select.EPOLLHUP | select.EPOLLERR
+
+
+class Phase(Enum):
+    PLAIN = "plain"  # STARTTLS: the clear-text part of the session
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    LINGER = "linger"  # close_notify sent; waiting for the client to close
+    CLOSED = "closed"
+
+
+class Session:
+    """One client. Implicit TLS: start() shakes hands, then on_ready(env) is called and
+    the server runs the chain on chain_end(). STARTTLS: start_plain() relays clear text
+    through the SMTP shim until the client asks for TLS. on_closed(reason) runs once;
+    reason is None after a session that ended as it should."""
+
+    def __init__(
+        self,
+        reactor: Reactor,
+        context: ssl.SSLContext,
+        fd: int,
+        timeout: float,
+        on_ready: Callable[[dict[str, str]], None],
+        on_closed: Callable[[str | None], None],
+        client_ca: bool = False,
+    ) -> None:
+        self._reactor = reactor
+        self._context = context  # the one from when the client came: a reload keeps it
+        self._net = socket.socket(fileno=fd)
+        self._net.setblocking(False)
+        self._timeout = timeout
+        self._on_ready: Callable[[dict[str, str]], None] | None = on_ready
+        self._on_closed: Callable[[str | None], None] | None = on_closed
+        self._client_ca = client_ca
+        self.phase = Phase.HANDSHAKE
+        self.phase_before_close = Phase.HANDSHAKE  # for on_closed: where it ended
+        self._incoming = ssl.MemoryBIO()
+        self._outgoing = ssl.MemoryBIO()
+        self._tls: ssl.SSLObject | None = None
+        self._inner: socket.socket | None = None
+        self._chain_end: socket.socket | None = None
+        self._shim: SmtpShim | None = None
+        self._to_net = bytearray()  # bytes for the client's socket (already encrypted)
+        self._to_chain = bytearray()  # clear text for the chain
+        self._client_eof = False  # no more from the client: the chain's input ends
+        self._chain_eof = False
+        self._net_shut = False
+        self._timer: Timer | None = None
+        self._events: dict[int, int] = {}
+
+    @property
+    def closed(self) -> bool:
+        return self.phase is Phase.CLOSED
+
+    # --- starting -------------------------------------------------------------------------
+    def start(self) -> None:
+        """Implicit TLS: the handshake, cut at the deadline."""
+        self._begin_handshake()
+        self._update()
+
+    def start_plain(self, shim: SmtpShim) -> None:
+        """STARTTLS: the chain runs from now (chain_end()), clear text through the shim."""
+        self._shim = shim
+        self.phase = Phase.PLAIN
+        self._make_pair()
+        self._update()
+
+    def chain_end(self) -> int:
+        """The fd the chain gets as 0 and 1 (the server closes it once spawned)."""
+        assert self._chain_end is not None, "after on_ready or start_plain"
+        sock, self._chain_end = self._chain_end, None
+        return sock.detach()
+
+    def _make_pair(self) -> None:
+        inner, chain = socket.socketpair()
+        inner.setblocking(False)
+        self._inner, self._chain_end = inner, chain
+
+    def _begin_handshake(self) -> None:
+        self.phase = Phase.HANDSHAKE
+        self._tls = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
+        self._set_timer(self._timeout, "handshake timed out")
+
+    def _set_timer(self, seconds: float, reason: str | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self._reactor.call_at(time.monotonic() + seconds, lambda: self.abort(reason))
+
+    # --- the end --------------------------------------------------------------------------
+    def abort(self, reason: str | None) -> None:
+        """Close both sides now."""
+        if self.phase is Phase.CLOSED:
+            return
+        self.phase_before_close, self.phase = self.phase, Phase.CLOSED
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for sock in (self._net, self._inner, self._chain_end):
+            if sock is not None:
+                self._stop_watching(sock)
+                sock.close()
+        self._inner = self._chain_end = None
+        self._to_net.clear()
+        self._to_chain.clear()
+        on_closed, self._on_closed = self._on_closed, None
+        if on_closed is not None:
+            on_closed(reason)
+
+    # --- the loop's calls -----------------------------------------------------------------
+    # Each wake-up moves what it can both ways: a read is followed by the write it allows
+    # (no second trip through epoll), and a few reads are tried while they give data.
+    def _on_net(self, events: int) -> None:
+        if events & OUT:
+            self._send_net()
+        if events & (IN | CLOSED):
+            for _ in range(READS_PER_WAKE):
+                if self.phase is Phase.CLOSED or not self._reads_net():
+                    break
+                got = self._read_net()
+                if self._to_chain and self._inner is not None:
+                    self._send_inner()
+                if self._to_net:
+                    self._send_net()
+                if not got:
+                    break
+        self._update()
+
+    def _on_inner(self, events: int) -> None:
+        if events & OUT:
+            self._send_inner()
+            if self.phase is Phase.OPEN and len(self._to_chain) < BUFFER_CAP:
+                self._decrypt()  # what waited in OpenSSL for room
+        if events & (IN | CLOSED):
+            for _ in range(READS_PER_WAKE):
+                if self.phase is Phase.CLOSED or not self._reads_inner():
+                    break
+                got = self._read_inner()
+                if self._to_net:
+                    self._send_net()
+                if self._inner is not None:
+                    self._send_inner()  # the shim's held input may go on after a reply
+                if not got:
+                    break
+        self._update()
+
+    # --- the client's side ----------------------------------------------------------------
+    def _read_net(self) -> bool:
+        """One read from the client; False when it gave nothing (yet)."""
+        try:
+            data = self._net.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as error:
+            self.abort(f"client: {error.strerror}")
+            return False
+        if self.phase is Phase.LINGER:
+            if not data:
+                self.abort(None)
+            return bool(data)
+        if self.phase is Phase.PLAIN:
+            assert self._shim is not None
+            if not data:
+                self._client_eof = True
+            else:
+                self._shim_out(self._shim.from_client(data))
+            return bool(data)
+        if data:
+            self._incoming.write(data)
+        else:
+            self._incoming.write_eof()
+        if self.phase is Phase.HANDSHAKE:
+            self._handshake()
+        if self.phase is Phase.OPEN:
+            self._decrypt()
+        return bool(data)
+
+    def _handshake(self) -> None:
+        assert self._tls is not None
+        try:
+            self._tls.do_handshake()
+        except ssl.SSLWantReadError:
+            self._pull_outgoing()
+            if self._incoming.eof:
+                self.abort("client closed during the handshake")
+            return
+        except (ssl.SSLError, OSError) as error:
+            self._pull_outgoing()  # the alert, if OpenSSL made one
+            self._send_net()
+            self.abort(f"handshake failed: {_reason(error)}")
+            return
+        self._pull_outgoing()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.phase = Phase.OPEN
+        if self._shim is not None:
+            return  # STARTTLS: the chain runs already
+        self._make_pair()
+        on_ready, self._on_ready = self._on_ready, None
+        if on_ready is not None:
+            on_ready(ssl_environment(self._tls, self._client_ca))
+
+    def _decrypt(self) -> None:
+        assert self._tls is not None
+        while (
+            len(self._to_chain) < BUFFER_CAP
+            and not self._client_eof
+            and (self._shim is None or self._shim.wants_input())
+        ):
+            try:
+                data = self._tls.read(READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self._client_eof = True  # close_notify, or EOF without one: the same to the chain
+                break
+            except ssl.SSLError as error:
+                self._pull_outgoing()
+                self._send_net()
+                self.abort(f"client: {_reason(error)}")
+                return
+            if not data:
+                self._client_eof = True
+                break
+            self._take_from_client(data)
+        self._pull_outgoing()  # what reading made (a KeyUpdate's answer, an alert)
+
+    def _take_from_client(self, data: bytes) -> None:
+        if self._shim is not None:
+            self._shim_out(self._shim.from_client(data))
+        else:
+            self._to_chain += data
+
+    def _send_net(self) -> None:
+        while self._to_net:
+            try:
+                sent = self._net.send(self._to_net)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as error:
+                self.abort(f"client: {error.strerror}")
+                return
+            del self._to_net[:sent]
+        if self.phase is Phase.PLAIN and self._shim is not None and self._shim.tls:
+            self._begin_handshake()  # the 220 went out in the clear: the client's turn
+
+    def _pull_outgoing(self) -> None:
+        if self._outgoing.pending:
+            self._to_net += self._outgoing.read()
+
+    # --- the chain's side -----------------------------------------------------------------
+    def _read_inner(self) -> bool:
+        """One read from the chain; False when it gave nothing (yet)."""
+        assert self._inner is not None
+        try:
+            data = self._inner.recv(READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            data = b""
+        if not data:
+            self._chain_done()
+            return False
+        if self._shim is not None:
+            self._shim_out(self._shim.from_chain(data))
+        else:
+            self._encrypt(data)
+        return True
+
+    def _reads_inner(self) -> bool:
+        return (
+            self._inner is not None
+            and len(self._to_net) < BUFFER_CAP
+            and self.phase is not Phase.HANDSHAKE
+        )
+
+    def _encrypt(self, data: bytes) -> None:
+        if self.phase is Phase.PLAIN:
+            self._to_net += data
+            return
+        assert self._tls is not None and self.phase is not Phase.HANDSHAKE
+        try:
+            self._tls.write(data)
+        except ssl.SSLError as error:
+            self.abort(f"client: {_reason(error)}")
+            return
+        self._pull_outgoing()
+
+    def _shim_out(self, outcome: Outcome) -> None:
+        if outcome.to_chain:
+            self._to_chain += outcome.to_chain
+        if outcome.to_client:
+            self._encrypt(bytes(outcome.to_client))  # in the clear before STARTTLS
+
+    def _send_inner(self) -> None:
+        """Clear text to the chain; and while it takes it, what OpenSSL still holds
+        (decrypting stopped at the cap, and no new bytes from the client may come)."""
+        while self._inner is not None:
+            while self._to_chain:
+                try:
+                    sent = self._inner.send(self._to_chain)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError:  # the chain is gone: what it did not read is lost with it
+                    self._to_chain.clear()
+                    return
+                del self._to_chain[:sent]
+            if not self._holds_clear_text():
+                return
+            self._decrypt()
+            if not self._to_chain:
+                return
+
+    def _holds_clear_text(self) -> bool:
+        return (
+            self.phase is Phase.OPEN
+            and not self._client_eof
+            and self._tls is not None
+            and bool(self._incoming.pending or self._tls.pending())
+        )
+
+    def _chain_done(self) -> None:
+        """The chain closed its output: close_notify, then wait a little for the client."""
+        self._chain_eof = True
+        if self._tls is not None and self.phase is Phase.OPEN:
+            with contextlib.suppress(ssl.SSLError):
+                self._tls.unwrap()
+            self._pull_outgoing()
+        if self._inner is not None:
+            self._stop_watching(self._inner)
+            self._inner.close()
+            self._inner = None
+        self._to_chain.clear()
+        self.phase = Phase.LINGER
+        self._set_timer(LINGER, None)
+
+    # --- which events to wait for ---------------------------------------------------------
+    def _update(self) -> None:
+        if self.phase is Phase.CLOSED:
+            return
+        if self.phase is Phase.LINGER and not self._to_net and not self._net_shut:
+            self._net_shut = True
+            with contextlib.suppress(OSError):
+                self._net.shutdown(socket.SHUT_WR)
+        if self._client_eof and not self._to_chain and self._inner is not None:
+            with contextlib.suppress(OSError):
+                self._inner.shutdown(socket.SHUT_WR)
+        net = OUT if self._to_net else 0
+        if self._reads_net():
+            net |= IN
+        self._want(self._net, net)
+        if self._inner is not None:
+            inner = OUT if self._to_chain else 0
+            # Not during STARTTLS's handshake: the chain's words wait for the keys.
+            if self._reads_inner():
+                inner |= IN
+            self._want(self._inner, inner)
+
+    def _reads_net(self) -> bool:
+        if self.phase is Phase.HANDSHAKE or self.phase is Phase.LINGER:
+            return True
+        if self._client_eof:
+            return False
+        if len(self._to_chain) >= BUFFER_CAP:
+            return False
+        if self.phase is Phase.PLAIN:
+            assert self._shim is not None
+            # After STARTTLS nothing more is read in the clear: the handshake reads next.
+            return self._shim.wants_input() and not self._shim.tls
+        return self._shim is None or self._shim.wants_input()
+
+    def _want(self, sock: socket.socket, events: int) -> None:
+        fd = sock.fileno()
+        if self._events.get(fd, 0) == events:
+            return
+        if events:
+            handler = self._on_net if sock is self._net else self._on_inner
+            self._reactor.watch(fd, events, handler)
+            self._events[fd] = events
+        else:
+            self._stop_watching(sock)
+
+    def _stop_watching(self, sock: socket.socket) -> None:
+        fd = sock.fileno()
+        if self._events.pop(fd, None) is not None:
+            self._reactor.unwatch(fd)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, ssl.SSLError) and error.reason:
+        return str(error.reason).lower().replace("_", " ")
+    return str(error) or type(error).__name__

@@ -1,0 +1,156 @@
+"""TLS for one server: its settings, the current SSLContext, and its sessions.
+
+The server calls: load() at start (before privileges drop; start_reader() too when they
+will), reload() on SIGHUP (a new context for new sessions; a session keeps the one it
+began with), handshake() for an implicit-TLS client, plain() for a STARTTLS client.
+"""
+
+from __future__ import annotations
+
+import resource
+import ssl
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+
+from ..lookups import lookup_key
+from ..reactor import Reactor
+from .certs import CertPaths, CertReader
+from .context import server_context
+from .relay import Phase, Session
+from .smtp import SmtpShim
+
+MAX_HANDSHAKES = 1024
+
+
+class TlsMode(Enum):
+    IMPLICIT = "implicit"  # smtps, 465: TLS from the first byte
+    STARTTLS = "starttls"  # smtp, submission: the SMTP shim offers it
+    STARTTLS_REQUIRED = "starttls-required"  # and MAIL or AUTH before it get 530
+
+    @property
+    def starttls(self) -> bool:
+        return self is not TlsMode.IMPLICIT
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    mode: TlsMode
+    paths: CertPaths
+    ciphers: str | None
+    handshake_seconds: float
+
+
+def per_address_cap(cap: int) -> int:
+    """Handshakes in flight from one address (IPv6: one /64): an eighth of all, so one
+    address cannot hold every place for the -t seconds of its stalled handshakes."""
+    return max(8, cap // 8)
+
+
+def handshake_cap() -> int:
+    """Handshakes in flight at most: MAX_HANDSHAKES, or a quarter of the fds we may open."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return MAX_HANDSHAKES
+    return max(1, min(MAX_HANDSHAKES, soft // 4))
+
+
+class TlsService:
+    def __init__(self, config: TlsConfig) -> None:
+        self.config = config
+        self.reader = CertReader(config.paths)
+        self.context: ssl.SSLContext | None = None
+        self.sessions: set[Session] = set()
+        self.handshaking = 0
+        self.cap = handshake_cap()
+        self.by_address: Counter[str] = Counter()
+
+    def load(self) -> None:
+        """The first context; CertError (one line) when a file is wrong."""
+        self.context = server_context(self.config.paths, self.reader.read(), self.config.ciphers)
+
+    def start_reader(self) -> None:
+        """Before privileges drop: a reader keeps root to read the files at reloads."""
+        self.reader.start()
+
+    def reload(self) -> None:
+        """A new context from the files as they are now; CertError leaves the old one."""
+        self.load()
+
+    def close(self) -> None:
+        for session in list(self.sessions):
+            session.abort("server stopping")
+        self.reader.close()
+
+    def crowded(self, remote_ip: str) -> bool:
+        """Has this client's address (or /64) its share of handshakes in flight?"""
+        return self.by_address[lookup_key(remote_ip)] >= per_address_cap(self.cap)
+
+    def handshake(
+        self,
+        reactor: Reactor,
+        fd: int,
+        remote_ip: str,
+        on_ready: Callable[[Session, dict[str, str]], None],
+        on_failed: Callable[[str], None],
+    ) -> Session:
+        """Implicit TLS: the handshake, then on_ready(session, SSL variables)."""
+        assert self.context is not None, "load() first"
+        key = lookup_key(remote_ip)
+        self.handshaking += 1
+        self.by_address[key] += 1
+        holder: list[Session] = []
+
+        def done() -> None:
+            self.handshaking -= 1
+            self.by_address[key] -= 1
+            if self.by_address[key] <= 0:
+                del self.by_address[key]
+
+        def ready(env: dict[str, str]) -> None:
+            done()
+            on_ready(holder[0], env)
+
+        def closed(reason: str | None) -> None:
+            session = holder[0]
+            self.sessions.discard(session)
+            if session.phase_before_close is Phase.HANDSHAKE:
+                done()
+                on_failed(reason or "closed")
+
+        session = Session(
+            reactor,
+            self.context,
+            fd,
+            self.config.handshake_seconds,
+            ready,
+            closed,
+            client_ca=self.config.paths.ccafile is not None,
+        )
+        holder.append(session)
+        self.sessions.add(session)
+        session.start()
+        return session
+
+    def plain(self, reactor: Reactor, fd: int) -> Session:
+        """STARTTLS: clear text through the SMTP shim until the client asks for TLS."""
+        assert self.context is not None, "load() first"
+        holder: list[Session] = []
+
+        def closed(_reason: str | None) -> None:
+            self.sessions.discard(holder[0])
+
+        session = Session(
+            reactor,
+            self.context,
+            fd,
+            self.config.handshake_seconds,
+            lambda env: None,
+            closed,
+            client_ca=self.config.paths.ccafile is not None,
+        )
+        holder.append(session)
+        self.sessions.add(session)
+        session.start_plain(SmtpShim(self.config.mode is TlsMode.STARTTLS_REQUIRED))
+        return session
