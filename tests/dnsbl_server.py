@@ -3,7 +3,8 @@
 It answers A and TXT questions from a table (ttl as given), NXDOMAIN with an SOA (for the
 negative cache) for other names under its zones. Names in `flaky` lose their first query
 (the client waits and asks again); names in `servfail` get SERVFAIL: both together make,
-to djb's resolver and ours, a lookup that times out once and then fails.
+to djb's resolver and ours, a lookup that times out once and then fails. Names in
+`silent` are never answered.
 `python -m tests.dnsbl_server ADDRESS NETWORK COUNT` serves the bench's table in the
 foreground: COUNT addresses of NETWORK (`10.9.8.`) listed in bl.test.
 """
@@ -46,7 +47,9 @@ class BlocklistDns:
         ttl: int = 300,
         flaky: frozenset[str] = frozenset(),
         servfail: frozenset[str] = frozenset(),
+        silent: frozenset[str] = frozenset(),
     ) -> None:
+        self.silent = silent
         self.table = table
         self.ttl = ttl
         self.flaky = set(flaky)
@@ -75,6 +78,8 @@ class BlocklistDns:
     def answer(self, packet: bytes) -> bytes | None:
         name, qtype, question = read_question(packet)
         self.queries.append((name, qtype))
+        if name in self.silent:
+            return None
         if name in self.flaky:
             self.flaky.discard(name)
             return None

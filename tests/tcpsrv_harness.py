@@ -104,12 +104,19 @@ class FakeDns:
     type) to answers: a list of (type, rdata bytes) or, for PTR, wire names. delay
     holds answers back; queries counts what was asked. rcode answers every question
     with that error; forged (a wire name) is first sent as the answer under a wrong id
-    and from another address with the right id, as a spoofer would."""
+    and from another address with the right id, as a spoofer would. Questions for the
+    reverse names of `silent` addresses are never answered (a zone that drops them)."""
 
     def __init__(
-        self, address: str, delay: float = 0.0, rcode: int | None = None, forged: bytes = b""
+        self,
+        address: str,
+        delay: float = 0.0,
+        rcode: int | None = None,
+        forged: bytes = b"",
+        silent: frozenset[str] = frozenset(),
     ) -> None:
         self.records: dict[tuple[str, int], list[tuple[int, bytes]]] = {}
+        self.silent = {ipaddress.ip_address(ip).reverse_pointer for ip in silent}
         self.delay = delay
         self.rcode = rcode
         self.forged = forged
@@ -136,6 +143,9 @@ class FakeDns:
         receive(self.socket, self.stopped, self._answer_in_thread)
 
     def _answer_in_thread(self, packet: bytes, peer: tuple[str, int]) -> None:
+        if self.silent and read_question(packet)[0] in self.silent:
+            self.queries.append(read_question(packet)[:2])
+            return
         threading.Thread(target=self._answer, args=(packet, peer), daemon=True).start()
 
     def _answer(self, packet: bytes, peer: tuple[str, int]) -> None:

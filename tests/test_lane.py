@@ -21,11 +21,22 @@ from pathlib import Path
 import pytest
 
 from qboot_systemd import rules
+from qboot_systemd.cdb import write_cdb
 from qboot_systemd.tcpsrv.options import parse
 from qboot_systemd.tcpsrv.server import Server, lane_fits
 
 from .conftest import require_extension, require_tool, venv_script
-from .tcpsrv_harness import Running, ours, read_all, write_script
+from .dnsbl_server import BlocklistDns, Table, txt_rdata
+from .tcpsrv_harness import (
+    FakeDns,
+    Identd,
+    Running,
+    dns_labels,
+    loopback_address,
+    ours,
+    read_all,
+    write_script,
+)
 
 DUMP = "#!/bin/sh\nenv | grep -a -v -E '^(_|PWD|SHLVL|QBOOT_NO_EXTENSION)=' | sort\n"
 PATHS = {"lane": {}, "python": {"QBOOT_NO_EXTENSION": "1"}}
@@ -102,7 +113,7 @@ def one_at_a_time(server: Running, sources: list[str], host: str = "127.0.0.1") 
     return outputs
 
 
-def test_lane_is_for_servers_without_names_screening_or_limits() -> None:
+def test_lane_is_for_every_server_the_extension_runs() -> None:
     """lane_fits decides, and a server it fits starts with a Lane (and a pool for it)."""
     require_extension()
     options = parse(["-HR", "-l", "x", "127.0.0.1", "0", "/bin/true"])
@@ -115,11 +126,11 @@ def test_lane_is_for_servers_without_names_screening_or_limits() -> None:
         server.close()
         listener.close()
     assert server.lane is None
-    assert lane_fits(parse(["-HR", "-l", "x", "0", "25", "p"]))
-    for flags in (["-R", "-l", "x"], ["-H", "-l", "x"], ["-HR"], ["-HRL", "-l", "x"]):
-        assert not lane_fits(parse([*flags, "0", "25", "p"])), flags
-    for flags in (["-C", "2"], ["-N", "60"]):
-        assert not lane_fits(parse(["-HR", "-l", "x", *flags, "0", "25", "p"])), flags
+    for flags in (["-HR", "-l", "x"], ["-R", "-l", "x"], ["-H", "-l", "x"], ["-HR"], ["-hrp"]):
+        assert lane_fits(parse([*flags, "0", "25", "p"])), flags
+    assert lane_fits(parse(["-HR", "-l", "x", "-N", "60", "0", "25", "p"]))
+    assert lane_fits(parse(["-HR", "-l", "x", "-C", "2", "0", "25", "p"]))
+    assert lane_fits(parse(["-HRL", "-l", "x", "0", "25", "rblsmtpd", "-r", "bl.test", "p"]))
 
 
 @pytest.mark.parametrize(
@@ -468,3 +479,143 @@ def test_hostile_cdbs_decide_as_the_python_loop(tmp_path: Path, dump: str) -> No
         results[name] = (outputs, masked(server.log()))
     assert_same(results["lane"], results["python"])
     assert "invalid argument" in results["lane"][1] and "PROTO=TCP" in "".join(results["lane"][0])
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [["-v", "-r", "-l", "mx.example"], ["-v", "-hpR"], ["-R", "-l", "mx.example", "-D"]],
+)
+def test_names_and_ident_decide_and_log_as_the_python_loop(
+    tmp_path: Path, dump: str, flags: list[str]
+) -> None:
+    """Connections held for their names and ident and handed back to the Lane: the rules'
+    info@, =name and =.suffix keys in tcpserver's order, the TCP*HOST and TCP*INFO
+    variables and the -v lines with names, as in the Python loop."""
+    require_extension()
+    named, suffixed, ident, denied, nameless = (loopback_address() for _ in range(5))
+    resolver = FakeDns(loopback_address())
+    resolver.ptr(named, dns_labels(b"named", b"test"))
+    resolver.a("named.test", named)
+    resolver.ptr(suffixed, dns_labels(b"x", b"sub", b"test"))  # no A: -p drops the name
+    resolver.ptr(ident, dns_labels(b"ident", b"test"))
+    resolver.a("ident.test", ident)
+    resolver.ptr(denied, dns_labels(b"deny", b"me"))
+    resolver.a("deny.me", denied)
+    identd = Identd(ident, b"0,0:USERID:UNIX:joe%x\r\n")
+    cdb = tmp_path / "rules.cdb"
+    compile_rules(
+        cdb,
+        b"joe%x@" + ident.encode() + b':allow,WHO="info@ip"\n'
+        b'=named.test:allow,NAMED="1"\n'
+        b'=.test:allow,SUFFIX="1"\n'
+        b"=deny.me:deny\n"
+        b'=:allow,ANY="named"\n'
+        b':allow,NONE="1"\n',
+    )
+    results = {}
+    try:
+        args = [*flags, "-t", "3", "-x", str(cdb), "127.0.0.1", "0", dump]
+        dns_env = {"DNSCACHEIP": resolver.address}
+        for name, server in both(lambda env: ours(*args, env={**env, **dns_env})):
+            outputs = one_at_a_time(server, [named, suffixed, ident, denied, nameless] * 2)
+            results[name] = (outputs, masked(server.log()))
+    finally:
+        identd.close()
+        resolver.close()
+    assert_same(results["lane"], results["python"])
+    outputs = results["lane"][0]
+    if "-R" in flags and "-hpR" not in flags:
+        assert "NAMED=1" in outputs[0] and "TCPREMOTEHOST=named.test" in outputs[0]
+        assert "SUFFIX=1" in outputs[1]
+        assert outputs[3] == ""  # denied by name
+    if "-r" in flags:
+        assert "WHO=info@ip" in outputs[2] and "TCPREMOTEINFO=joe%x" in outputs[2]
+    if "-p" in "".join(flags):
+        assert "TCPREMOTEHOST" not in outputs[1]  # its name does not map back
+
+
+def test_a_rule_of_millions_of_records_costs_one_connection_not_the_server(
+    tmp_path: Path, dump: str
+) -> None:
+    """A damaged or hostile cdb whose rule holds 20 million empty records besides one `+`
+    record, under a 600 MB address-space limit: the Lane makes room for the `+` record
+    only, so each connection runs at once with A=1, and the server goes on (sized by every
+    record, it ran out of memory and left run(): the whole server exited)."""
+    require_extension()
+    cdb = tmp_path / "rules.cdb"
+    with open(cdb, "wb") as handle:
+        write_cdb(handle, [(b"127.0.0.1", b"+A=1\0" + b"\0" * 20_000_000)])
+    server = Running(
+        [require_tool("prlimit"), "--as=600000000", venv_script("qboot-tcpsrv"), "-1",
+         "-HR", "-l", "x", "-x", str(cdb), "127.0.0.1", "0", dump],
+    )  # fmt: skip
+    try:
+        for _ in range(3):
+            started = time.monotonic()
+            assert "A=1" in server.request().decode()
+            assert time.monotonic() - started < 2.0
+        assert server.process.poll() is None
+    finally:
+        server.stop()
+
+
+def test_in_core_rblsmtpd_and_per_ip_as_the_python_loop(tmp_path: Path, dump: str) -> None:
+    """-L and -C through the Lane (screen() after the rules, ended() at each session's
+    end) against the Python loop: a client listed by DNS, one the rules send away with
+    RBLSMTPD, one the rules let through (RBLSMTPD=""), a clean one, and a second session
+    from an address at its -C bound: the same bytes, environment and -v lines."""
+    require_extension()
+    listed, bounced, allowed, clean = (loopback_address() for _ in range(4))
+    table: Table = {}
+    for ip in (listed, allowed):
+        reverse = ".".join(reversed(ip.split(".")))
+        table[(f"{reverse}.bl.test", 16)] = [txt_rdata(b"listed " + ip.encode())]
+        table[(f"{reverse}.bl.test", 1)] = [bytes([127, 0, 0, 2])]
+    blocklist = BlocklistDns(loopback_address(), table).start()
+    cdb = tmp_path / "rules.cdb"
+    compile_rules(
+        cdb,
+        bounced.encode()
+        + b':allow,RBLSMTPD="-go away"\n'
+        + allowed.encode()
+        + b':allow,RBLSMTPD="",X="y"\n'
+        b":allow\n",
+    )
+    hold = write_script(tmp_path, "hold", "#!/bin/sh\necho hello; read line; echo bye\n")
+    results = {}
+    try:
+        args = ["-v", "-L", "-HR", "-l", "x", "-C", "1", "-x", str(cdb), "127.0.0.1", "0"]
+        dns_env = {"DNSCACHEIP": blocklist.address}
+        for name, server in both(
+            lambda env: ours(
+                *args, "rblsmtpd", "-t0", "-r", "bl.test", dump, env={**env, **dns_env}
+            )
+        ):
+            outputs = []
+            for number, source in enumerate([listed, bounced, allowed, clean, listed], 1):
+                outputs.append(masked(server.request(source=source).decode("utf-8", "replace")))
+                server.wait_count(r"qboot-tcpsrv: end \d+ status", number)  # one log order
+            results[name] = (outputs, masked(server.log()))
+        for name, server in both(
+            lambda env: ours(
+                *args, "rblsmtpd", "-t0", "-r", "bl.test", hold, env={**env, **dns_env}
+            )
+        ):
+            first = server.connect(source=clean)
+            assert first.recv(100) == b"hello\n"
+            server.wait_log(r": ok \d+ ")  # one log order: its spawn reported first
+            second = server.request(source=clean)  # over -C 1 while the first runs
+            server.wait_log("per-IP limit 1 reached")
+            first.sendall(b"x\n")
+            outputs = [second.decode(), read_all(first).decode()]
+            first.close()
+            server.wait_count(r"status: 0/\d+\n", 2)  # its end
+            results[f"{name} -C"] = (outputs, masked(server.log()))
+    finally:
+        blocklist.close()
+    assert_same(results["lane"], results["python"])
+    assert_same(results["lane -C"], results["python -C"])
+    outputs = results["lane"][0]
+    assert outputs[0].startswith("451 listed " + listed)
+    assert "go away" in outputs[1] and "X=y" in outputs[2] and "PROTO=TCP" in outputs[3]
+    assert results["lane -C"][0] == ["", "bye\n"]

@@ -32,14 +32,14 @@ def signal_masks(server: Running) -> dict[str, int]:
 
 def test_signals_of_the_child_as_under_tcpserver() -> None:
     """Every signal starts at its default and none is blocked, except what the server's
-    own parent ignored (here SIGUSR2 and SIGQUIT), which stays ignored: as tcpserver's
-    children, whatever Python did to our own dispositions. (SIGHUP, SIGINT and SIGTERM
-    are the server's own, for reload and stop: its chain gets them at their default.)"""
+    own parent ignored (here SIGHUP and SIGINT, as under nohup or in a background job,
+    SIGUSR2 and SIGQUIT), which stays ignored: as tcpserver's children, whatever Python
+    did to our own dispositions."""
     require_extension()
     tcpserver = require_tool("tcpserver")
     program = ["/bin/cat", "/proc/self/status"]  # cat sets no handler of its own
     flags = ["-HR", "-l", "x", "127.0.0.1", "0", *program]
-    ignored = (signal.SIGUSR2, signal.SIGQUIT)
+    ignored = (signal.SIGHUP, signal.SIGINT, signal.SIGUSR2, signal.SIGQUIT)
 
     def ignoring(*argv: str, env: dict[str, str] | None = None) -> Running:
         previous = {number: signal.signal(number, signal.SIG_IGN) for number in ignored}

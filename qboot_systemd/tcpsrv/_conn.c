@@ -348,9 +348,10 @@ int qboot_spawn(Spawner *self, char **envp, int fd, pid_t *pid)
         *pid = 0;
         return clone_error;
     }
+    /* A child that could not exec is left for the loop's waitpid(-1), its one reaper: a
+     * waitpid(child) here could come after the loop had reaped it, and with the pid
+     * reused take another session's status. */
     *pid = child;
-    if (args.error != 0)
-        (void)waitpid(child, NULL, 0); /* ECHILD: the loop's waitpid(-1) took it */
     return args.error;
 }
 
@@ -741,7 +742,12 @@ PyMODINIT_FUNC PyInit__conn(void)
         return NULL;
     if (PyModule_AddObjectRef(module, "Spawner", (PyObject *)&SpawnerType) < 0 ||
         PyModule_AddObjectRef(module, "SpawnPool", (PyObject *)&SpawnPoolType) < 0 ||
-        PyModule_AddObjectRef(module, "Lane", (PyObject *)&LaneType) < 0) {
+        PyModule_AddObjectRef(module, "Lane", (PyObject *)&LaneType) < 0 ||
+        PyModule_AddIntConstant(module, "RUN_TIMEOUT", RUN_TIMEOUT) < 0 ||
+        PyModule_AddIntConstant(module, "RUN_SIGNAL", RUN_SIGNAL) < 0 ||
+        PyModule_AddIntConstant(module, "RUN_RESOURCE", RUN_RESOURCE) < 0 ||
+        PyModule_AddIntConstant(module, "RUN_DRAINED", RUN_DRAINED) < 0 ||
+        PyModule_AddIntConstant(module, "RUN_WATCHED", RUN_WATCHED) < 0) {
         Py_DECREF(module);
         return NULL;
     }

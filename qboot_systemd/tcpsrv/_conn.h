@@ -49,6 +49,15 @@ typedef struct {
 } SpawnPool;
 
 
+/* Lane.run()'s outcomes, the module's RUN_* constants for Python. */
+enum {
+    RUN_TIMEOUT = 0,  /* timeout seconds passed */
+    RUN_SIGNAL = 1,   /* a signal for Python's handlers */
+    RUN_RESOURCE = 2, /* accept() out of fds or memory, with its errno */
+    RUN_DRAINED = 3,  /* after stop(), the last session ended */
+    RUN_WATCHED = 4,  /* the watched fd is readable, or hold() kept a connection */
+};
+
 extern PyTypeObject SpawnerType;
 extern PyTypeObject SpawnPoolType;
 extern PyTypeObject LaneType;
@@ -57,8 +66,8 @@ extern PyTypeObject LaneType;
 int qboot_as_int(PyObject *object, int *out);
 /* Run the Spawner's command line with envp and fd as stdin and stdout, as posix_spawnp
  * would; touches no Python object. Returns 0, or an errno value; *pid is the child's, or
- * 0 if there was none (one that could not exec has been reaped here unless someone's
- * waitpid(-1) was first). */
+ * 0 if there was none (one that could not exec has exited, and is the caller's loop's to
+ * reap with its waitpid(-1): nothing else waits for children). */
 int qboot_spawn(Spawner *spawner, char **envp, int fd, pid_t *pid);
 
 void qboot_job_free(Job *job);

@@ -7,6 +7,12 @@ def set_option(fd: int, level: int, name: int, value: int | None, /) -> None: ..
 def send_now(fd: int, data: bytes, /) -> None: ...
 def djb_hash(key: bytes, /) -> int: ...
 
+RUN_TIMEOUT: int
+RUN_SIGNAL: int
+RUN_RESOURCE: int
+RUN_DRAINED: int
+RUN_WATCHED: int
+
 class Spawner:
     def __init__(
         self, argv: Sequence[bytes], base_env: Sequence[bytes], default_signals: Sequence[int]
@@ -24,6 +30,11 @@ class SpawnPool:
     def fileno(self) -> int: ...
     def close(self) -> None: ...
 
+# Lane.admit()'s names: local, remote, info, each as bytes and as the -v lines show it
+LaneNames = tuple[
+    bytes | None, bytes | None, bytes | None, bytes | None, bytes | None, bytes | None
+]
+
 class Lane:
     def __init__(
         self,
@@ -33,7 +44,7 @@ class Lane:
         log_fd: int,
         limit: int,
         verbosity: int,
-        local_host: bytes,
+        local_host: bytes | None,
         local_host_log: bytes,
         banner: bytes,
         program_log: bytes,
@@ -41,6 +52,12 @@ class Lane:
         nodelay: bool,
         kill_ip_options: bool,
         unmap_in_log: bool,
+        hold: Callable[[int, str, int, str, int], LaneNames | bool | None] | None = None,
+        deny_status: int,
+        drop_status: int,
+        accepts_per_wake: int,
+        ended: Callable[[str], None] | None = None,
+        screen: Callable[..., bool] | None = None,
     ) -> None: ...
     def start(self) -> None: ...
     def close(self) -> None: ...
@@ -56,4 +73,16 @@ class Lane:
     def run(self, timeout: float, /) -> tuple[int, int]: ...
     def pause(self, paused: bool, /) -> None: ...
     def stop(self) -> None: ...
-    def counts(self) -> tuple[int, int, int]: ...
+    def counts(self) -> tuple[int, int, int, int, int]: ...
+    def watch(self, fd: int, /) -> None: ...
+    def admit(
+        self,
+        fd: int,
+        local_ip: str,
+        local_port: int,
+        remote_ip: str,
+        remote_port: int,
+        names: LaneNames,
+        screened: bool = False,
+        /,
+    ) -> None: ...

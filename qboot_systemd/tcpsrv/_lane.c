@@ -1,5 +1,8 @@
-/* The Lane: qboot-tcpsrv's whole per-connection path in C, for a server that needs no
- * names (-H -R and -l), no screening, no rate or per-address limit.
+/* The Lane: qboot-tcpsrv's per-connection path in C. A connection that needs names,
+ * ident, a rate or -C decision is offered to Python first (hold()), and with the in-core
+ * rblsmtpd again after the rules (screen()): Python answers at once (names cached, a
+ * verdict known), refuses it, or keeps it without a session slot and hands it back
+ * decided with admit().
  *
  * In the loop's thread and without a GIL hand-over it accepts, looks the client up in the
  * rules cdb (tcpserver's key order), lays out tcp-environ(5), hands the spawn to the
@@ -33,9 +36,8 @@
 #define WAKE_TAG UINT32_MAX
 #define POOL_TAG (UINT32_MAX - 1)
 #define CHILD_TAG (UINT32_MAX - 2)
-#define ACCEPTS_PER_WAKE 16 /* keeps the loop fair between listeners and children */
-#define EXIT_DENY_STATUS (100 << 8)
-#define EXIT_DROP_STATUS (111 << 8)
+#define WATCHED_TAG (UINT32_MAX - 3) /* Python's fd (its lookups' epoll): run() returns */
+#define FIRST_TAG WATCHED_TAG        /* below: a listener's index */
 
 typedef struct {
     int fd;
@@ -44,12 +46,34 @@ typedef struct {
     int port;
 } Listener;
 
-/* Pids of children whose spawn has been reported (open addressing, 0 for a free slot). */
+/* A running child whose spawn has been reported, and whose session it is. */
 typedef struct {
-    pid_t *slots;
+    pid_t pid; /* 0 for a free slot */
+    char client[INET6_ADDRSTRLEN];
+} Child;
+
+/* The running children by pid (open addressing). */
+typedef struct {
+    Child *slots;
     size_t capacity; /* a power of two, or 0 */
     size_t count;
 } PidSet;
+
+/* A connection's names as C strings (NULL: unknown), each with the form its log lines
+ * show ("" for unknown). */
+typedef struct {
+    const char *local, *local_log, *remote, *remote_log, *info, *info_log;
+} Names;
+
+/* A connection Python handed back decided, waiting for a session slot. */
+typedef struct Admitted {
+    struct Admitted *next;
+    int fd;
+    char local_ip[INET6_ADDRSTRLEN], remote_ip[INET6_ADDRSTRLEN];
+    int local_port, remote_port;
+    PyObject *names; /* the 6-tuple admit() was given */
+    int screened;    /* the in-core rblsmtpd found it clean */
+} Admitted;
 
 /* A child reaped before its spawn was reported: its end is logged after its ok line. */
 typedef struct {
@@ -72,15 +96,28 @@ typedef struct {
     int paused;   /* Python's back-off after EMFILE and alike */
     int stopped;  /* SIGTERM: the listeners are Python's to close */
     int limit, running;
-    long served, denied;
+    long served, denied, accepted;
+    /* server.py's policy: the wait statuses logged for a deny and a drop, accepts per
+     * wake-up (fair between listeners and children) */
+    int deny_status, drop_status, accepts_per_wake;
     int in_flight;     /* jobs with the pool, not reported yet */
     PidSet reported;   /* running children whose spawn was reported */
     EarlyExit *early;  /* reaped before reported */
     int early_count, early_capacity;
     int verbosity, ipv6_env, nodelay, kill_ip_options, unmap_in_log;
     pid_t server_pid;
-    PyObject *local_host;     /* bytes: TCPLOCALHOST */
+    PyObject *local_host;     /* bytes: TCPLOCALHOST, or None (each connection's, from hold) */
     PyObject *local_host_log; /* bytes: the same as logline.safe() shows it */
+    /* hold(fd, local_ip, local_port, remote_ip, remote_port), before the banner: the
+     * connection's names, decided at once; True: held by Python for a pre-session stage
+     * (lookups), to come back by admit() or be closed there; None: refused and closed.
+     * NULL: every connection is ours. */
+    PyObject *hold;
+    PyObject *ended; /* ended(client) as each session ends (for -C), or NULL */
+    PyObject *screen; /* the in-core rblsmtpd's screen() (see screen()), or NULL */
+    Admitted *admitted_head, *admitted_tail; /* decided, waiting for a slot */
+    int admitted_count;
+    int held_since_run; /* hold() kept one: run() returns, Python has new deadlines */
     PyObject *banner;         /* bytes, maybe empty */
     PyObject *program_log;    /* bytes: the program's name for warnings */
     /* The rules: path None for no -x; reload() -> (identity, data, drop_line). */
@@ -137,10 +174,19 @@ static void session_started(Lane *self)
     log_write(self, 2, PROGRAM ": status: %d/%d\n", self->running, self->limit);
 }
 
-static void session_over(Lane *self)
+static void session_over(Lane *self, const char *client)
 {
     self->running--;
     log_write(self, 2, PROGRAM ": status: %d/%d\n", self->running, self->limit);
+    if (self->ended) {
+        PyObject *type, *value, *traceback; /* an error on its way up stays the one */
+        PyErr_Fetch(&type, &value, &traceback);
+        PyObject *done = PyObject_CallFunction(self->ended, "s", client);
+        if (!done) /* nothing to hand it to: shown, as a thread's would be */
+            PyErr_WriteUnraisable(self->ended);
+        Py_XDECREF(done);
+        PyErr_Restore(type, value, traceback);
+    }
 }
 
 /* A connection closed without running anything: the lines tcpserver's child would log. */
@@ -153,7 +199,7 @@ static void refuse(Lane *self, int fd, const char *client, int status, int level
     if (self->verbosity >= level && length)
         (void)!write(self->log_fd, line, length);
     log_write(self, 2, PROGRAM ": end %d status %d\n", (int)self->server_pid, status);
-    session_over(self);
+    session_over(self, client);
 }
 
 /* --- addresses ------------------------------------------------------------------------ */
@@ -245,19 +291,52 @@ static int cdb_get(const unsigned char *data, uint64_t size, const char *key, si
     return 0;
 }
 
-/* rules.find for a client without names: the IP, its prefixes at '.' and ':', then "". */
-static int rules_find(Lane *self, const char *ip, const unsigned char **value,
-                      uint32_t *value_length)
+/* rules.candidate_keys, in tcpserver's order: info@ip, info@=host, ip, =host, the ip's
+ * prefixes at '.' and ':', =.suffixes of host at each '.', "=", then "". key has room for
+ * all of them; each try returns as cdb_get does. */
+static int rules_find(Lane *self, const char *ip, const char *host, const char *info,
+                      char *key, const unsigned char **value, uint32_t *value_length)
 {
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(self->rules_data);
     uint64_t size = (uint64_t)PyBytes_GET_SIZE(self->rules_data);
-    size_t length = strlen(ip);
-    int found = cdb_get(data, size, ip, length, value, value_length);
+    size_t length = strlen(ip), host_length = host ? strlen(host) : 0;
+    int found = 0;
+#define TRY(text, count)                                                                  \
+    do {                                                                                  \
+        if (found == 0)                                                                   \
+            found = cdb_get(data, size, (text), (count), value, value_length);            \
+    } while (0)
+    if (info) {
+        size_t info_length = strlen(info);
+        memcpy(key, info, info_length);
+        key[info_length] = '@';
+        memcpy(key + info_length + 1, ip, length);
+        TRY(key, info_length + 1 + length);
+        if (host) {
+            key[info_length + 1] = '=';
+            memcpy(key + info_length + 2, host, host_length);
+            TRY(key, info_length + 2 + host_length);
+        }
+    }
+    TRY(ip, length);
+    if (host) {
+        key[0] = '=';
+        memcpy(key + 1, host, host_length);
+        TRY(key, 1 + host_length);
+    }
     for (size_t cut = length; found == 0 && cut > 0; cut--)
         if (ip[cut - 1] == '.' || ip[cut - 1] == ':')
-            found = cdb_get(data, size, ip, cut, value, value_length);
-    if (found == 0)
-        found = cdb_get(data, size, "", 0, value, value_length);
+            TRY(ip, cut);
+    if (host) {
+        for (size_t at = 0; found == 0 && at < host_length; at++)
+            if (host[at] == '.') {
+                memcpy(key + 1, host + at, host_length - at);
+                TRY(key, 1 + host_length - at);
+            }
+        TRY("=", 1);
+    }
+    TRY("", 0);
+#undef TRY
     return found;
 }
 
@@ -315,20 +394,20 @@ static size_t pid_slot(const PidSet *set, pid_t pid)
     return ((uint32_t)pid * 2654435761u) & (set->capacity - 1);
 }
 
-static int pidset_add(PidSet *set, pid_t pid)
+static int pidset_add(PidSet *set, pid_t pid, const char *client)
 {
     if ((set->count + 1) * 2 > set->capacity) {
         size_t capacity = set->capacity ? set->capacity * 2 : 64;
-        pid_t *slots = PyMem_Calloc(capacity, sizeof(pid_t));
+        Child *slots = PyMem_Calloc(capacity, sizeof(Child));
         if (!slots) {
             PyErr_NoMemory();
             return -1;
         }
         PidSet grown = {slots, capacity, 0};
         for (size_t i = 0; i < set->capacity; i++)
-            if (set->slots[i]) {
-                size_t at = pid_slot(&grown, set->slots[i]);
-                while (slots[at])
+            if (set->slots[i].pid) {
+                size_t at = pid_slot(&grown, set->slots[i].pid);
+                while (slots[at].pid)
                     at = (at + 1) & (capacity - 1);
                 slots[at] = set->slots[i];
                 grown.count++;
@@ -337,45 +416,47 @@ static int pidset_add(PidSet *set, pid_t pid)
         *set = grown;
     }
     size_t at = pid_slot(set, pid);
-    while (set->slots[at] && set->slots[at] != pid)
+    while (set->slots[at].pid && set->slots[at].pid != pid)
         at = (at + 1) & (set->capacity - 1);
-    if (!set->slots[at])
+    if (!set->slots[at].pid)
         set->count++;
-    set->slots[at] = pid;
+    set->slots[at].pid = pid;
+    snprintf(set->slots[at].client, sizeof set->slots[at].client, "%s", client);
     return 0;
 }
 
-/* 1 if pid was there (now gone), else 0. Linear probing's deletion: later entries of the
- * run move back, so every lookup still finds them. */
-static int pidset_remove(PidSet *set, pid_t pid)
+/* 1 if pid was there (now gone; its client copied to client), else 0. Linear probing's
+ * deletion: later entries of the run move back, so every lookup still finds them. */
+static int pidset_remove(PidSet *set, pid_t pid, char *client)
 {
     if (!set->capacity)
         return 0;
     size_t mask = set->capacity - 1, at = pid_slot(set, pid);
-    while (set->slots[at] != pid) {
-        if (!set->slots[at])
+    while (set->slots[at].pid != pid) {
+        if (!set->slots[at].pid)
             return 0;
         at = (at + 1) & mask;
     }
-    set->slots[at] = 0;
+    memcpy(client, set->slots[at].client, INET6_ADDRSTRLEN);
+    set->slots[at].pid = 0;
     set->count--;
-    for (size_t next = (at + 1) & mask; set->slots[next]; next = (next + 1) & mask) {
-        size_t home = pid_slot(set, set->slots[next]);
+    for (size_t next = (at + 1) & mask; set->slots[next].pid; next = (next + 1) & mask) {
+        size_t home = pid_slot(set, set->slots[next].pid);
         /* move it into the hole unless its home lies cyclically in (at, next] */
         if ((next > at && (home <= at || home > next)) ||
             (next < at && (home <= at && home > next))) {
             set->slots[at] = set->slots[next];
-            set->slots[next] = 0;
+            set->slots[next].pid = 0;
             at = next;
         }
     }
     return 1;
 }
 
-static void child_over(Lane *self, pid_t pid, int status)
+static void child_over(Lane *self, pid_t pid, int status, const char *client)
 {
     log_write(self, 2, PROGRAM ": end %d status %d\n", (int)pid, status);
-    session_over(self);
+    session_over(self, client);
 }
 
 /* A spawn done: log the child's pid and ok lines (as tcpserver's child does before its
@@ -391,7 +472,7 @@ static int report(Lane *self, Job *job)
         char line[512];
         size_t length = format_line(line, sizeof line, PROGRAM ": warning: unable to run %s: %s\n",
                                     PyBytes_AS_STRING(self->program_log), strerror(job->error));
-        refuse(self, -1, client, EXIT_DROP_STATUS, 1, line, length);
+        refuse(self, -1, client, self->drop_status, 1, line, length);
         return 0;
     }
     self->served++;
@@ -399,11 +480,11 @@ static int report(Lane *self, Job *job)
     log_write(self, 2, PROGRAM ": ok %d %s\n", (int)job->pid, ok);
     for (int i = 0; i < self->early_count; i++)
         if (self->early[i].pid == job->pid) {
-            child_over(self, job->pid, self->early[i].status);
+            child_over(self, job->pid, self->early[i].status, client);
             self->early[i] = self->early[--self->early_count];
             return 0;
         }
-    return pidset_add(&self->reported, job->pid);
+    return pidset_add(&self->reported, job->pid, client);
 }
 
 /* The pool's reports, in the order it spawned. */
@@ -431,8 +512,9 @@ static int reap(Lane *self)
         pid_t pid = waitpid(-1, &status, WNOHANG);
         if (pid <= 0)
             return 0;
-        if (pidset_remove(&self->reported, pid)) {
-            child_over(self, pid, status);
+        char client[INET6_ADDRSTRLEN];
+        if (pidset_remove(&self->reported, pid, client)) {
+            child_over(self, pid, status, client);
             continue;
         }
         /* Not a child we spawned (one from before our exec, or an orphan we got as a
@@ -519,7 +601,7 @@ static void entry_set(EntrySet *set, const char *text, size_t length)
  * is what the report's log lines need. Returns 0; or -1 with a Python exception (no
  * memory) before the spawn, fd the caller's to close; or -2 with one after it. */
 static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_port,
-                            const char *remote_ip, int remote_port,
+                            const char *remote_ip, int remote_port, const Names *names,
                             const unsigned char *rule, uint32_t rule_length, char *note,
                             int queue_empty)
 {
@@ -529,7 +611,6 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
     const char *remote_shown = ipv4 ? unmapped(remote_ip) : mapped(remote_ip, remote_mapped);
     const char *local6 = mapped(local_ip, local_mapped);
     const char *remote6 = mapped(remote_ip, remote_mapped);
-    const char *host = PyBytes_AS_STRING(self->local_host);
 
     char tcp[1024];
     int tcp_length = snprintf(
@@ -543,24 +624,39 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
         PyErr_SetString(PyExc_ValueError, "addresses too long");
         return -1;
     }
-    /* -l's name (a C string: an argument cannot hold a NUL) */
-    size_t host_length = strlen(host);
-    size_t hosts_size = 2 * (host_length + 20);
+    /* The names known, TCP and TCP6 each, in environ.connection_environment's order (C
+     * strings: a name holds no NUL) */
+    static const char *const suffixes[3] = {"LOCALHOST", "REMOTEHOST", "REMOTEINFO"};
+    const char *values[3] = {names->local, names->remote, names->info};
+    size_t hosts_size = 1;
+    for (int i = 0; i < 3; i++)
+        hosts_size += values[i] ? 2 * (strlen(values[i]) + 20) : 0;
     char *hosts = PyMem_Malloc(hosts_size);
     if (!hosts) {
         PyMem_RawFree(note);
         PyErr_NoMemory();
         return -1;
     }
-    int first_host = snprintf(hosts, hosts_size, "TCPLOCALHOST=%s", host);
-    snprintf(hosts + first_host + 1, hosts_size - (size_t)first_host - 1, "TCP6LOCALHOST=%s",
-             host);
+    size_t host_count = 0, hosts_length = 0;
+    for (int i = 0; i < 3; i++)
+        for (int six = 0; values[i] && six < 2; six++) {
+            int written = snprintf(hosts + hosts_length, hosts_size - hosts_length, "%s%s=%s",
+                                   six ? "TCP6" : "TCP", suffixes[i], values[i]);
+            hosts_length += (size_t)written + 1;
+            host_count++;
+        }
 
-    /* Room for the TCP variables and the rule's records (`+NAME=value`), counted: a value
-     * may be as long as the cdb (1 GiB), so its length says nothing of their number. */
-    size_t most = 11;
-    for (const unsigned char *at = rule, *end = rule + rule_length; at && at < end; at++)
-        most += *at == 0;
+    /* Room for the TCP variables and the rule's `+NAME=value` records, counted: a value
+     * may be as long as the cdb (1 GiB), so its length says nothing of their number, and
+     * a rule of millions of other records needs none. */
+    size_t most = 9 + host_count;
+    for (uint32_t at = 0; rule && at < rule_length;) {
+        const unsigned char *end = memchr(rule + at, 0, rule_length - at);
+        if (!end)
+            break;
+        most += rule[at] == '+';
+        at = (uint32_t)(end - rule) + 1;
+    }
     size_t base_count = (size_t)PyTuple_GET_SIZE(self->spawner->base);
     size_t slots = 16;
     while (slots < 2 * most)
@@ -582,8 +678,8 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
     }
     for (const char *at = tcp; at < tcp + tcp_length; at += strlen(at) + 1)
         entry_set(&set, at, strlen(at));
-    entry_set(&set, hosts, (size_t)first_host);
-    entry_set(&set, hosts + first_host + 1, strlen(hosts + first_host + 1));
+    for (const char *at = hosts; at < hosts + hosts_length; at += strlen(at) + 1)
+        entry_set(&set, at, strlen(at));
     for (uint32_t at = 0; at < rule_length;) {
         const unsigned char *end = memchr(rule + at, 0, rule_length - at);
         if (!end)
@@ -650,6 +746,182 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
 
 /* --- one connection --------------------------------------------------------------------- */
 
+/* Out of memory for one connection: it is dropped (logged as a warning) in a session of
+ * its own, the server goes on. */
+static void drop_for_memory(Lane *self, int fd, const char *client, int in_session)
+{
+    PyErr_Clear();
+    if (!in_session)
+        session_started(self);
+    static const char line[] = PROGRAM ": warning: dropping connection, out of memory\n";
+    refuse(self, fd, client, self->drop_status, 1, line, sizeof line - 1);
+}
+
+/* The last value the rule gives NAME (`+NAME=value`): where it starts in the rule and
+ * its length, or NULL. */
+static const char *rule_value(const unsigned char *rule, uint32_t rule_length, const char *name,
+                              Py_ssize_t *value_length)
+{
+    size_t name_length = strlen(name);
+    const char *found = NULL;
+    for (uint32_t at = 0; rule && at < rule_length;) {
+        const unsigned char *end = memchr(rule + at, 0, rule_length - at);
+        if (!end)
+            break;
+        size_t length = (size_t)(end - (rule + at));
+        if (length > name_length + 1 && rule[at] == '+' &&
+            memcmp(rule + at + 1, name, name_length) == 0 && rule[at + 1 + name_length] == '=') {
+            found = (const char *)rule + at + name_length + 2;
+            *value_length = (Py_ssize_t)(length - name_length - 2);
+        }
+        at = (uint32_t)(end - rule) + 1;
+    }
+    return found;
+}
+
+/* Ask Python's screen(fd, local_ip, local_port, remote_ip, remote_port, local_host,
+ * remote_host, remote_info, the rule's RBLSMTPD, the rule's TCPREMOTEIP): 1 clean now
+ * (ours again), 0 Python's (held for its verdict, or listed and talked to there), -1 with
+ * an exception (the fd Python's). */
+static int screen(Lane *self, int fd, const char *local_ip, int local_port,
+                  const char *remote_ip, int remote_port, const Names *names,
+                  const unsigned char *rule, uint32_t rule_length)
+{
+    Py_ssize_t rblsmtpd_length = 0, ip_length = 0;
+    const char *rblsmtpd = rule_value(rule, rule_length, "RBLSMTPD", &rblsmtpd_length);
+    const char *ip = rule_value(rule, rule_length, "TCPREMOTEIP", &ip_length);
+    PyObject *verdict = PyObject_CallFunction(self->screen, "isisiyyyy#y#", fd, local_ip,
+                                              local_port, remote_ip, remote_port, names->local,
+                                              names->remote, names->info, rblsmtpd,
+                                              rblsmtpd_length, ip, ip_length);
+    if (!verdict)
+        return -1;
+    int clean = verdict == Py_True;
+    Py_DECREF(verdict);
+    return clean;
+}
+
+/* A connection with its names: a session, the rules, then deny or spawn. Returns 0, or
+ * -1 with a Python exception (the rules' reload failed, or memory after the spawn). */
+static int decided(Lane *self, int fd, const char *local_ip, int local_port,
+                   const char *remote_ip, int remote_port, const Names *names, int queue_empty,
+                   int screened)
+{
+    const char *client = unmapped(remote_ip);
+    const char *local_logged = self->unmap_in_log ? unmapped(local_ip) : local_ip;
+    const char *remote_logged = self->unmap_in_log ? client : remote_ip;
+    const unsigned char *rule = NULL;
+    uint32_t rule_length = 0;
+    if (self->rules_path) {
+        if (rules_refresh(self) < 0) {
+            close(fd);
+            return -1;
+        }
+        if (!self->rules_data) {
+            if (self->drop_line) {
+                session_started(self);
+                refuse(self, fd, client, self->drop_status, 1, PyBytes_AS_STRING(self->drop_line),
+                       (size_t)PyBytes_GET_SIZE(self->drop_line));
+                return 0;
+            }
+        } else {
+            size_t room = strlen(client) + 4 + (names->remote ? strlen(names->remote) : 0) +
+                          (names->info ? strlen(names->info) : 0);
+            char *key = PyMem_Malloc(room);
+            if (!key) {
+                drop_for_memory(self, fd, client, 0);
+                return 0;
+            }
+            int found = rules_find(self, client, names->remote, names->info, key, &rule,
+                                   &rule_length);
+            PyMem_Free(key);
+            if (found < 0) {
+                session_started(self);
+                refuse(self, fd, client, self->drop_status, 1,
+                       PyBytes_AS_STRING(self->format_error_line),
+                       (size_t)PyBytes_GET_SIZE(self->format_error_line));
+                return 0;
+            }
+        }
+    }
+    /* Deny: a record starting with D (after any + records, as rules.decide reads them). */
+    for (uint32_t at = 0; rule && at < rule_length;) {
+        const unsigned char *end = memchr(rule + at, 0, rule_length - at);
+        if (!end)
+            break;
+        if (rule[at] == 'D') {
+            self->denied++;
+            char line[1024];
+            size_t length = format_line(line, sizeof line,
+                                        PROGRAM ": deny %d %s:%s:%d %s:%s:%s:%d\n",
+                                        (int)self->server_pid, names->local_log, local_logged,
+                                        local_port, names->remote_log, remote_logged,
+                                        names->info_log, remote_port);
+            session_started(self);
+            refuse(self, fd, client, self->deny_status, 2, line, length);
+            return 0;
+        }
+        at += (uint32_t)(end - (rule + at)) + 1;
+    }
+    /* The in-core rblsmtpd's verdict, without a session: Python's from here unless it is
+     * known and clean. */
+    if (self->screen && !screened) {
+        int clean = screen(self, fd, local_ip, local_port, remote_ip, remote_port, names, rule,
+                           rule_length);
+        if (clean <= 0)
+            return clean;
+    }
+    session_started(self);
+    /* "client\0ok-line-after-the-pid" for the report's log lines */
+    size_t client_length = strlen(client);
+    size_t note_size = client_length + 1 + 1024;
+    char *note = PyMem_RawMalloc(note_size);
+    if (!note) {
+        drop_for_memory(self, fd, client, 1);
+        return 0;
+    }
+    memcpy(note, client, client_length + 1);
+    format_line(note + client_length + 1, note_size - client_length - 1, "%s:%s:%d %s:%s:%s:%d",
+                names->local_log, local_logged, local_port, names->remote_log, remote_logged,
+                names->info_log, remote_port);
+    int spawned = spawn_connection(self, fd, local_ip, local_port, remote_ip, remote_port, names,
+                                   rule, rule_length, note, queue_empty);
+    if (spawned == -1) {
+        if (!PyErr_ExceptionMatches(PyExc_MemoryError)) {
+            close(fd);
+            session_over(self, client);
+            return -1;
+        }
+        drop_for_memory(self, fd, client, 1);
+        return 0;
+    }
+    return spawned < 0 ? -1 : 0;
+}
+
+/* The 6-tuple hold() or admit() gives as Names: bytes or None each. 0, or -1 (TypeError). */
+static int names_from(PyObject *tuple, Names *names)
+{
+    const char **fields[6] = {&names->local, &names->local_log, &names->remote,
+                              &names->remote_log, &names->info, &names->info_log};
+    if (!PyTuple_Check(tuple) || PyTuple_GET_SIZE(tuple) != 6) {
+        PyErr_SetString(PyExc_TypeError, "names: a tuple of 6 bytes or None");
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < 6; i++) {
+        PyObject *item = PyTuple_GET_ITEM(tuple, i);
+        if (item == Py_None) {
+            *fields[i] = i % 2 ? "" : NULL;
+            continue;
+        }
+        if (!PyBytes_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "names: a tuple of 6 bytes or None");
+            return -1;
+        }
+        *fields[i] = PyBytes_AS_STRING(item);
+    }
+    return 0;
+}
+
 static int connection(Lane *self, Listener *listener, int fd,
                       const struct sockaddr_storage *address, int queue_empty)
 {
@@ -671,8 +943,25 @@ static int connection(Lane *self, Listener *listener, int fd,
             return 0;
         }
     }
-    const char *client = unmapped(remote_ip);
-    session_started(self);
+    Names names = {NULL, "", NULL, "", NULL, ""};
+    if (self->local_host != Py_None) {
+        names.local = PyBytes_AS_STRING(self->local_host);
+        names.local_log = PyBytes_AS_STRING(self->local_host_log);
+    }
+    /* hold() first: a connection it refuses (a rate) is closed without the banner. Then
+     * the fd is Python's (an exception too: it may have taken it) unless it gives the
+     * names back at once. */
+    PyObject *held = NULL;
+    if (self->hold) {
+        held = PyObject_CallFunction(self->hold, "isisi", fd, local_ip, local_port, remote_ip,
+                                     remote_port);
+        if (!held)
+            return -1;
+        if (held == Py_None) { /* refused, and closed */
+            Py_DECREF(held);
+            return 0;
+        }
+    }
     int one = 1;
     if (self->nodelay)
         setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
@@ -681,67 +970,43 @@ static int connection(Lane *self, Listener *listener, int fd,
     if (PyBytes_GET_SIZE(self->banner))
         (void)send(fd, PyBytes_AS_STRING(self->banner), (size_t)PyBytes_GET_SIZE(self->banner),
                    MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (!held)
+        return decided(self, fd, local_ip, local_port, remote_ip, remote_port, &names,
+                       queue_empty, 0);
+    int result = 0;
+    if (held == Py_True) /* held for its lookups: Python has a new deadline */
+        self->held_since_run = 1;
+    else if (names_from(held, &names) < 0)
+        result = -1; /* the fd stays Python's, as with an exception */
+    else
+        result = decided(self, fd, local_ip, local_port, remote_ip, remote_port, &names,
+                         queue_empty, 0);
+    Py_DECREF(held);
+    return result;
+}
 
-    const char *local_logged = self->unmap_in_log ? unmapped(local_ip) : local_ip;
-    const char *remote_logged = self->unmap_in_log ? client : remote_ip;
-    const char *host_log = PyBytes_AS_STRING(self->local_host_log);
-    const unsigned char *rule = NULL;
-    uint32_t rule_length = 0;
-    if (self->rules_path) {
-        if (rules_refresh(self) < 0) {
-            close(fd);
-            session_over(self);
+/* Sessions for the connections handed back decided, while slots are free. */
+static int admit_queued(Lane *self)
+{
+    while (self->admitted_head && self->running < self->limit) {
+        Admitted *next = self->admitted_head;
+        self->admitted_head = next->next;
+        if (!self->admitted_head)
+            self->admitted_tail = NULL;
+        self->admitted_count--;
+        Names names;
+        int result = names_from(next->names, &names);
+        if (result == 0)
+            result = decided(self, next->fd, next->local_ip, next->local_port, next->remote_ip,
+                             next->remote_port, &names, 0, next->screened);
+        else
+            close(next->fd);
+        Py_DECREF(next->names);
+        PyMem_Free(next);
+        if (result < 0)
             return -1;
-        }
-        if (!self->rules_data) {
-            if (self->drop_line) {
-                refuse(self, fd, client, EXIT_DROP_STATUS, 1, PyBytes_AS_STRING(self->drop_line),
-                       (size_t)PyBytes_GET_SIZE(self->drop_line));
-                return 0;
-            }
-        } else if (rules_find(self, client, &rule, &rule_length) < 0) {
-            refuse(self, fd, client, EXIT_DROP_STATUS, 1,
-                   PyBytes_AS_STRING(self->format_error_line),
-                   (size_t)PyBytes_GET_SIZE(self->format_error_line));
-            return 0;
-        }
     }
-    /* Deny: a record starting with D (after any + records, as rules.decide reads them). */
-    for (uint32_t at = 0; rule && at < rule_length;) {
-        const unsigned char *end = memchr(rule + at, 0, rule_length - at);
-        if (!end)
-            break;
-        if (rule[at] == 'D') {
-            self->denied++;
-            char line[512];
-            size_t length = format_line(line, sizeof line, PROGRAM ": deny %d %s:%s:%d :%s::%d\n",
-                                        (int)self->server_pid, host_log, local_logged, local_port,
-                                        remote_logged, remote_port);
-            refuse(self, fd, client, EXIT_DENY_STATUS, 2, line, length);
-            return 0;
-        }
-        at += (uint32_t)(end - (rule + at)) + 1;
-    }
-    /* "client\0ok-line-after-the-pid" for the report's log lines */
-    size_t client_length = strlen(client);
-    size_t note_size = client_length + 1 + 512;
-    char *note = PyMem_RawMalloc(note_size);
-    if (!note) {
-        close(fd);
-        session_over(self);
-        PyErr_NoMemory();
-        return -1;
-    }
-    memcpy(note, client, client_length + 1);
-    snprintf(note + client_length + 1, note_size - client_length - 1, "%s:%s:%d :%s::%d",
-             host_log, local_logged, local_port, remote_logged, remote_port);
-    int spawned = spawn_connection(self, fd, local_ip, local_port, remote_ip, remote_port, rule,
-                                   rule_length, note, queue_empty);
-    if (spawned == -1) {
-        close(fd);
-        session_over(self);
-    }
-    return spawned < 0 ? -1 : 0;
+    return 0;
 }
 
 /* Listeners in the epoll set exactly when a connection may be taken. */
@@ -749,7 +1014,8 @@ static int update_watch(Lane *self)
 {
     if (self->epoll_fd < 0)
         return 0;
-    int wanted = !self->paused && !self->stopped && self->running < self->limit;
+    int wanted = !self->paused && !self->stopped &&
+                 self->running + self->admitted_count < self->limit;
     if (wanted == self->watching)
         return 0;
     for (int i = 0; i < self->listener_count; i++) {
@@ -768,7 +1034,8 @@ static int update_watch(Lane *self)
 /* Room for one more connection, besides `held` accepted and not yet counted? */
 static int may_accept(const Lane *self, int held)
 {
-    return !self->paused && !self->stopped && self->running + held < self->limit;
+    return !self->paused && !self->stopped &&
+           self->running + self->admitted_count + held < self->limit;
 }
 
 /* The next connection's fd, or -1: nothing waiting (or EINTR), or *resource set to the
@@ -776,14 +1043,17 @@ static int may_accept(const Lane *self, int held)
  * few times at most: an error that stays (a listener another holder of the socket shut
  * down: EINVAL, and epoll reports it for ever) must not keep this thread from the
  * signals, as the Python loop's 16 tries do not. */
-static int accept_one(Listener *listener, struct sockaddr_storage *address, int *resource)
+static int accept_one(Lane *self, Listener *listener, struct sockaddr_storage *address,
+                      int *resource)
 {
-    for (int tries = 0; tries < ACCEPTS_PER_WAKE; tries++) {
+    for (int tries = 0; tries < self->accepts_per_wake; tries++) {
         socklen_t size = sizeof *address;
         /* blocking, as the child wants it */
         int fd = accept4(listener->fd, (struct sockaddr *)address, &size, SOCK_CLOEXEC);
-        if (fd >= 0)
+        if (fd >= 0) {
+            self->accepted++;
             return fd;
+        }
         if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
             *resource = errno;
             return -1;
@@ -802,8 +1072,6 @@ static double monotonic(void)
     return (double)now.tv_sec + (double)now.tv_nsec / 1e9;
 }
 
-/* Outcomes of run(): what Python is to do. */
-enum { RUN_TIMEOUT = 0, RUN_SIGNAL = 1, RUN_RESOURCE = 2, RUN_DRAINED = 3 };
 
 /* run(timeout) -> (outcome, errno): serve until a signal other than SIGCHLD arrives
  * (1), accept() runs out of resources (2, with its errno), the last session after
@@ -818,8 +1086,10 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
         return PyErr_Format(PyExc_RuntimeError, "start() first");
     double deadline = timeout < 0 ? -1.0 : monotonic() + timeout;
     for (;;) {
-        if (self->stopped && self->running == 0) /* nothing left to wait for */
-            return Py_BuildValue("(ii)", RUN_DRAINED, 0);
+        if (admit_queued(self) < 0)
+            return NULL;
+        if (self->stopped && self->running == 0 && self->admitted_count == 0)
+            return Py_BuildValue("(ii)", RUN_DRAINED, 0); /* nothing left to wait for */
         if (update_watch(self) < 0)
             return NULL;
         int wait_ms = -1;
@@ -836,10 +1106,12 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
                 continue; /* the handler wrote the signal to the wake-up fd */
             return PyErr_SetFromErrno(PyExc_OSError);
         }
-        int children = 0, signals = 0, reports = 0;
+        int children = 0, signals = 0, reports = 0, watched = 0;
         for (int e = 0; e < ready; e++) {
             if (events[e].data.u32 == POOL_TAG)
                 reports = 1;
+            if (events[e].data.u32 == WATCHED_TAG)
+                watched = 1;
             if (events[e].data.u32 == CHILD_TAG) {
                 struct signalfd_siginfo infos[16];
                 while (read(self->child_fd, infos, sizeof infos) > 0) {
@@ -860,18 +1132,18 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
             return NULL;
         for (int e = 0; e < ready; e++) {
             uint32_t index = events[e].data.u32;
-            if (index >= CHILD_TAG || (int)index >= self->listener_count)
+            if (index >= FIRST_TAG || index >= (uint32_t)self->listener_count)
                 continue;
             Listener *listener = &self->listeners[index];
             /* One accepted ahead: a connection with nothing behind it in the queue, and
              * no other session, is spawned by this thread itself (see spawn_connection). */
             struct sockaddr_storage held, ahead;
             int resource = 0;
-            int held_fd = may_accept(self, 0) ? accept_one(listener, &held, &resource) : -1;
+            int held_fd = may_accept(self, 0) ? accept_one(self, listener, &held, &resource) : -1;
             for (int n = 1; held_fd >= 0; n++) {
                 int ahead_fd = -1, queue_empty = 0;
-                if (n < ACCEPTS_PER_WAKE && may_accept(self, 1)) {
-                    ahead_fd = accept_one(listener, &ahead, &resource);
+                if (n < self->accepts_per_wake && may_accept(self, 1)) {
+                    ahead_fd = accept_one(self, listener, &ahead, &resource);
                     queue_empty = ahead_fd < 0 && !resource;
                 }
                 if (connection(self, listener, held_fd, &held, queue_empty) < 0) {
@@ -890,6 +1162,10 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
             if (PyErr_CheckSignals() < 0)
                 return NULL;
             return Py_BuildValue("(ii)", RUN_SIGNAL, 0);
+        }
+        if (watched || self->held_since_run) {
+            self->held_since_run = 0;
+            return Py_BuildValue("(ii)", RUN_WATCHED, 0);
         }
     }
 }
@@ -1008,7 +1284,69 @@ static PyObject *lane_stop(Lane *self, PyObject *unused)
 
 static PyObject *lane_counts(Lane *self, PyObject *unused)
 {
-    return Py_BuildValue("(ill)", self->running, self->served, self->denied);
+    return Py_BuildValue("(illil)", self->running, self->served, self->denied,
+                         self->admitted_count, self->accepted);
+}
+
+/* watch(fd): run() returns RUN_WATCHED when fd is readable (Python's lookups). */
+static PyObject *lane_watch(Lane *self, PyObject *arg)
+{
+    int fd;
+    if (qboot_as_int(arg, &fd) < 0)
+        return NULL;
+    if (self->epoll_fd < 0)
+        return PyErr_Format(PyExc_RuntimeError, "start() first");
+    struct epoll_event event = {.events = EPOLLIN, .data.u32 = WATCHED_TAG};
+    if (epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, fd, &event) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+/* admit(fd, local_ip, local_port, remote_ip, remote_port, names, screened=False): a
+ * connection hold() or screen() took, handed back decided with its names (screened: the
+ * in-core rblsmtpd found it clean); the Lane's again, its session started now or when a
+ * slot is free. */
+static PyObject *lane_admit(Lane *self, PyObject *args)
+{
+    int fd, local_port, remote_port;
+    const char *local_ip, *remote_ip;
+    PyObject *names_tuple;
+    int screened = 0;
+    if (!PyArg_ParseTuple(args, "isisiO!|p", &fd, &local_ip, &local_port, &remote_ip,
+                          &remote_port, &PyTuple_Type, &names_tuple, &screened))
+        return NULL;
+    Names names;
+    if (strlen(local_ip) >= INET6_ADDRSTRLEN || strlen(remote_ip) >= INET6_ADDRSTRLEN)
+        return PyErr_Format(PyExc_ValueError, "not an IP address");
+    if (names_from(names_tuple, &names) < 0)
+        return NULL;
+    if (self->running < self->limit && !self->admitted_head) {
+        if (decided(self, fd, local_ip, local_port, remote_ip, remote_port, &names, 0,
+                    screened) < 0)
+            return NULL;
+        if (update_watch(self) < 0)
+            return NULL;
+        Py_RETURN_NONE;
+    }
+    Admitted *waiting = PyMem_Calloc(1, sizeof(Admitted));
+    if (!waiting)
+        return PyErr_NoMemory();
+    waiting->fd = fd;
+    strcpy(waiting->local_ip, local_ip);
+    strcpy(waiting->remote_ip, remote_ip);
+    waiting->local_port = local_port;
+    waiting->remote_port = remote_port;
+    waiting->names = Py_NewRef(names_tuple);
+    waiting->screened = screened;
+    if (self->admitted_tail)
+        self->admitted_tail->next = waiting;
+    else
+        self->admitted_head = waiting;
+    self->admitted_tail = waiting;
+    self->admitted_count++;
+    if (update_watch(self) < 0)
+        return NULL;
+    Py_RETURN_NONE;
 }
 
 static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
@@ -1016,24 +1354,47 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
     static char *keywords[] = {"pool", "wake_fd", "log_fd", "limit", "verbosity",
                                "local_host", "local_host_log", "banner", "program_log",
                                "ipv6_env", "nodelay", "kill_ip_options", "unmap_in_log",
-                               NULL};
-    PyObject *pool, *local_host, *local_host_log, *banner, *program_log;
-    int wake_fd, log_fd, limit, verbosity, ipv6_env, nodelay, kill_ip_options, unmap_in_log;
+                               "hold", "deny_status", "drop_status", "accepts_per_wake", "ended",
+                               "screen", NULL};
+    PyObject *pool = NULL, *local_host = NULL, *local_host_log = NULL, *banner = NULL,
+             *program_log = NULL, *hold = Py_None, *ended = Py_None,
+             *screen_ = Py_None;
+    int wake_fd = -1, log_fd = -1, limit = 0, verbosity = 0, ipv6_env = 0, nodelay = 0,
+        kill_ip_options = 0, unmap_in_log = 0, deny_status = 0, drop_status = 0,
+        accepts_per_wake = 0;
     if (self->pool) {
         PyErr_SetString(PyExc_RuntimeError, "Lane initialised twice");
         return -1;
     }
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "$O!iiiiSSSSpppp", keywords, &SpawnPoolType,
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$O!iiiiOSSSppppOiiiOO", keywords, &SpawnPoolType,
                                      &pool, &wake_fd, &log_fd, &limit, &verbosity,
                                      &local_host, &local_host_log, &banner, &program_log,
-                                     &ipv6_env, &nodelay, &kill_ip_options, &unmap_in_log))
+                                     &ipv6_env, &nodelay, &kill_ip_options, &unmap_in_log,
+                                     &hold, &deny_status, &drop_status, &accepts_per_wake,
+                                     &ended, &screen_))
         return -1;
+    if (!pool || !local_host || !local_host_log || !banner || !program_log) {
+        PyErr_SetString(PyExc_TypeError, "Lane(): pool, local_host, local_host_log, banner and "
+                                         "program_log are required");
+        return -1;
+    }
+    if ((local_host != Py_None && !PyBytes_Check(local_host)) ||
+        (hold != Py_None && !PyCallable_Check(hold)) ||
+        (ended != Py_None && !PyCallable_Check(ended)) ||
+        (screen_ != Py_None && !PyCallable_Check(screen_))) {
+        PyErr_SetString(PyExc_TypeError, "local_host: bytes or None; hold: callable or None");
+        return -1;
+    }
+    if (local_host == Py_None && hold == Py_None) {
+        PyErr_SetString(PyExc_ValueError, "without local_host, hold() gives the names");
+        return -1;
+    }
     if (!((SpawnPool *)pool)->ready || ((SpawnPool *)pool)->stopping) {
         PyErr_SetString(PyExc_ValueError, "the SpawnPool is not running");
         return -1;
     }
-    if (limit < 1) {
-        PyErr_SetString(PyExc_ValueError, "limit: at least 1");
+    if (limit < 1 || accepts_per_wake < 1) {
+        PyErr_SetString(PyExc_ValueError, "limit and accepts_per_wake: at least 1");
         return -1;
     }
     self->pool = (SpawnPool *)Py_NewRef(pool);
@@ -1042,6 +1403,12 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
     self->local_host_log = Py_NewRef(local_host_log);
     self->banner = Py_NewRef(banner);
     self->program_log = Py_NewRef(program_log);
+    self->hold = hold == Py_None ? NULL : Py_NewRef(hold);
+    self->ended = ended == Py_None ? NULL : Py_NewRef(ended);
+    self->screen = screen_ == Py_None ? NULL : Py_NewRef(screen_);
+    self->deny_status = deny_status;
+    self->drop_status = drop_status;
+    self->accepts_per_wake = accepts_per_wake;
     self->wake_fd = wake_fd;
     self->log_fd = log_fd;
     self->limit = limit;
@@ -1062,8 +1429,31 @@ static PyObject *lane_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     return (PyObject *)self;
 }
 
+/* The callables (reload, hold) are bound methods of the server that holds the Lane. */
+static int lane_traverse(Lane *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->pool);
+    Py_VISIT(self->reload);
+    Py_VISIT(self->hold);
+    Py_VISIT(self->ended);
+    Py_VISIT(self->screen);
+    for (Admitted *waiting = self->admitted_head; waiting; waiting = waiting->next)
+        Py_VISIT(waiting->names);
+    return 0;
+}
+
+static int lane_clear(Lane *self)
+{
+    Py_CLEAR(self->reload);
+    Py_CLEAR(self->hold);
+    Py_CLEAR(self->ended);
+    Py_CLEAR(self->screen);
+    return 0;
+}
+
 static void lane_dealloc(Lane *self)
 {
+    PyObject_GC_UnTrack(self);
     PyObject *closed = lane_close(self, NULL);
     Py_XDECREF(closed);
     PyMem_Free(self->listeners);
@@ -1079,6 +1469,15 @@ static void lane_dealloc(Lane *self)
     Py_XDECREF(self->rules_data);
     Py_XDECREF(self->drop_line);
     Py_XDECREF(self->format_error_line);
+    Py_XDECREF(self->hold);
+    Py_XDECREF(self->ended);
+    Py_XDECREF(self->screen);
+    for (Admitted *next; self->admitted_head; self->admitted_head = next) {
+        next = self->admitted_head->next;
+        close(self->admitted_head->fd);
+        Py_DECREF(self->admitted_head->names);
+        PyMem_Free(self->admitted_head);
+    }
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
@@ -1092,7 +1491,12 @@ static PyMethodDef lane_methods[] = {
     {"run", (PyCFunction)lane_run, METH_O, "run(timeout) -> (outcome, errno)"},
     {"pause", (PyCFunction)lane_pause, METH_O, "pause(flag): stop or go on accepting"},
     {"stop", (PyCFunction)lane_stop, METH_NOARGS, "accept no more; run() still reaps"},
-    {"counts", (PyCFunction)lane_counts, METH_NOARGS, "(running, served, denied)"},
+    {"counts", (PyCFunction)lane_counts, METH_NOARGS,
+     "(running, served, denied, admitted waiting for a slot, accepted)"},
+    {"watch", (PyCFunction)lane_watch, METH_O, "watch(fd): run() returns when it is readable"},
+    {"admit", (PyCFunction)lane_admit, METH_VARARGS,
+     "admit(fd, local_ip, local_port, remote_ip, remote_port, names, screened=False): a held "
+     "connection back"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1100,7 +1504,9 @@ PyTypeObject LaneType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "qboot_systemd.tcpsrv._conn.Lane",
     .tp_basicsize = sizeof(Lane),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_traverse = (traverseproc)lane_traverse,
+    .tp_clear = (inquiry)lane_clear,
     .tp_doc = "Lane(...): accept, rules, environment, spawn and reap in C.",
     .tp_new = lane_new,
     .tp_init = (initproc)lane_init,

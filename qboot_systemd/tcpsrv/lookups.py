@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from ..addresses import unmap_ipv4
 from . import dns
+from .dnscache import CachingResolver, Waiter
 from .environ import Endpoints
 from .reactor import Reactor, Timer
 
@@ -178,7 +179,7 @@ class ConnectionLookups:
     def __init__(
         self,
         reactor: Reactor,
-        resolver: dns.Resolver,
+        resolver: dns.Resolver | CachingResolver,
         endpoints: Endpoints,
         deadline: float,
         want: tuple[bool, bool, bool],  # local name, remote name, ident
@@ -192,7 +193,7 @@ class ConnectionLookups:
         self._want_local, self._want_host, self._want_info = want
         self._paranoid = paranoid
         self._done: Callable[[Names], None] | None = done
-        self._open: dict[str, dns.DnsQuery | IdentQuery] = {}
+        self._open: dict[str, dns.DnsQuery | Waiter | IdentQuery] = {}
         self._timer: Timer | None = None
         self.local_host: str | None = None
         self.remote_host: str | None = None
@@ -220,7 +221,7 @@ class ConnectionLookups:
         self._starting = False
         self._check()
 
-    def _begin(self, key: str, query: dns.DnsQuery | IdentQuery) -> None:
+    def _begin(self, key: str, query: dns.DnsQuery | Waiter | IdentQuery) -> None:
         self._open[key] = query
         query.start()
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from . import dns, rbl
-from .dnscache import MAX_ENTRIES, CachingResolver, cache_seconds
+from .dnscache import MAX_ENTRIES, CachingResolver, Waiter, cache_seconds
 from .reactor import Reactor, Timer
 
 MAX_SESSIONS = 512
@@ -151,6 +151,7 @@ class Waiting:
     results: list[rbl.Result] = field(default_factory=list)
     starting: bool = True
     good_for: float = float("inf")  # seconds until the first of its answers expires
+    asked: list[Waiter] = field(default_factory=list)  # its places on shared questions
 
 
 class RblScreen:
@@ -197,21 +198,31 @@ class RblScreen:
             return found
         return rbl.ACCEPT if not self.config.sources else None
 
-    def screen(
-        self, fd: int, extra: Mapping[str, str], resume: Callable[[rbl.Verdict], None]
-    ) -> None:
-        """resume(verdict) runs once, maybe before screen() returns."""
+    def known_verdict(self, extra: Mapping[str, str]) -> rbl.Verdict | None:
+        """The verdict without asking DNS now (RBLSMTPD, no sources, or one remembered for
+        this TCPREMOTEIP), or None."""
         found = self.verdict_now(extra)
         if found is not None:
-            resume(found)
-            return
+            return found
         ip = rbl.environment_value(extra, self._base_env, "TCPREMOTEIP") or ""
         known = self._verdicts.get(ip)
-        if known is not None:
-            if known[0] > time.monotonic():
-                resume(known[1])
-                return
-            del self._verdicts[ip]
+        if known is None:
+            return None
+        if known[0] > time.monotonic():
+            return known[1]
+        del self._verdicts[ip]
+        return None
+
+    def screen(
+        self, fd: int, extra: Mapping[str, str], resume: Callable[[rbl.Verdict], None]
+    ) -> int | None:
+        """resume(verdict) runs once, maybe before screen() returns (then None; else the
+        number drop() takes to give up waiting, resume not called)."""
+        found = self.known_verdict(extra)
+        if found is not None:
+            resume(found)
+            return None
+        ip = rbl.environment_value(extra, self._base_env, "TCPREMOTEIP") or ""
         sources = self.config.sources
         waiting = Waiting(next(self._ids), fd, ip, resume, [rbl.PENDING] * len(sources))
         self._waiting[waiting.ident] = waiting
@@ -224,9 +235,17 @@ class RblScreen:
                 done(None)  # a name DNS cannot carry: a failed lookup
                 continue
             qtype = dns.TYPE_TXT if source.kind is rbl.Kind.RBL else dns.TYPE_A
-            self.cache.ask(name, qtype, deadline, done)
+            waiting.asked.append(self.cache.ask(name, qtype, deadline, done))
         waiting.starting = False
         self._check(waiting)
+        return waiting.ident if waiting.ident in self._waiting else None
+
+    def drop(self, ident: int) -> None:
+        """A waiting connection given up (its fd is the caller's to close)."""
+        waiting = self._waiting.pop(ident, None)
+        if waiting is not None:
+            for asked in waiting.asked:
+                asked.close()
 
     def _answered(self, ident: int, index: int, answer: dns.Answer | None) -> None:
         waiting = self._waiting.get(ident)

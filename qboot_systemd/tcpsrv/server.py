@@ -9,11 +9,24 @@ hears of its exit by SIGCHLD through a wake-up socket, and reaps with waitpid as
 does. Every thread switch and syscall costs the loop its share of the CPU, so the common
 path has as few as possible.
 
-A server that needs no names (-H -R and -l), no screening and no rate or per-address
-limit hands its whole per-connection path to the _conn extension's Lane (_lane.c): accept,
-rules, environment, booking the pool's spawns, reaping and the -v lines in C, in this
-thread. Python keeps the rest: signals, reloading the rules, the back-off after EMFILE,
-STATUS= and the drain.
+With the _conn extension every server hands its per-connection path to the Lane
+(_lane.c): accept, -c, rules (tcpserver's key order, with names), environment, booking the
+pool's spawns, reaping and the -v lines in C, in this thread. What takes time or judgement
+is asked of Python at two points. hold() (_lane_hold), before the banner: the rate
+(-N/-M), -C, then the names: answered at once from the cache, or the connection is held
+here without a -c slot (holding.py) while lookups.py asks, and handed back decided with
+Lane.admit(). screen() (_lane_screen), after the rules: the in-core rblsmtpd's verdict,
+known at once, or held the same way; a listed client's dialogue stays here. Python keeps
+the rest: signals, reloading the rules, the back-off after EMFILE, STATUS= and the drain.
+
+A held connection is a Pending with the stage it is in (cancel() stops it). Another
+pre-session stage (a TLS handshake) plugs in the same way: hold the connection, run the
+stage on the reactor, give it back decided (Lane.admit with the fd the chain is to get)
+or drop it.
+
+The Python loop below does the same per connection without the extension (not built, or
+QBOOT_NO_EXTENSION=1); tests/test_lane.py holds the two paths to the same bytes,
+environment and log lines, as CPython's tests hold json to _json.
 """
 
 from __future__ import annotations
@@ -30,12 +43,14 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable
+from typing import NamedTuple
 
 from ..addresses import unmap_ipv4
 from ..records import TYPE_CHECKING
 from ..rules import Decision, RulesError, RuleSet
 from . import logline, netcalls
 from .environ import Endpoints, base_environment, connection_environment
+from .holding import Hold, HoldTable, held_cap
 from .notify import Notifier
 from .options import Options
 from .reactor import Reactor
@@ -44,8 +59,9 @@ from .spawn import ExtensionPool, PythonPool, best_spawner, spawn_pool
 if TYPE_CHECKING:  # dns, lookups and screening are imported when used: a server without
     from typing import TextIO  # -h, -r, names or -L never needs them, nor their memory
 
-    from ._conn import Lane
+    from ._conn import Lane, LaneNames
     from .dns import Resolver
+    from .dnscache import CachingResolver
     from .lookups import ConnectionLookups, Names
     from .ratelimit import RateLimiter
     from .rbl import RblConfig, Verdict
@@ -58,12 +74,14 @@ _RESOURCE_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM}
 # Spawner threads: each waits in the kernel for one child's exec (see spawn.py). With
 # Python threads 2 and 3 were slower and 6 no faster; with the pool 2 measured the same.
 SPAWN_THREADS = 4
-EXIT_DENY_STATUS = 100 << 8
+EXIT_DENY_STATUS = 100 << 8  # the wait statuses of tcpserver's child for a deny, a drop
 EXIT_DROP_STATUS = 111 << 8
+ACCEPTS_PER_WAKE = 16  # keeps a loop fair between listeners and children
+BACKOFF_LEAST, BACKOFF_MOST = 0.05, 1.0  # seconds of pause after accept() ran out
 DEFAULT_ALLOW = Decision(False, (), None)  # no rules file, or no rule matched
-# Lookups in flight per client address (IPv6: per /64): more connections from there go
-# on at once without names, so one address cannot hold the -c slots for -t seconds.
-MAX_LOOKUPS_PER_ADDRESS = 8
+# A reverse name that could not be had (no answer by the deadline, every server failing)
+# is asked again after this long; meanwhile connections from there go on without it.
+NAME_FAILURE_SECONDS = 5.0
 
 
 def import_what_options_need(options: Options) -> None:
@@ -80,40 +98,54 @@ def import_what_options_need(options: Options) -> None:
 
 
 def lane_fits(options: Options) -> bool:
-    """Can the _conn extension's Lane serve these options? Only the per-connection work it
-    knows: no lookups, no screening, no rate or per-address limit."""
-    return (
-        netcalls.EXTENSION is not None
-        and not options.remote_host
-        and not options.remote_info
-        and options.localname is not None
-        and not options.rbl_incore
-        and not options.rate
-        and not options.per_ip
-        and options.tls is None
+    """Can the _conn extension's Lane serve these options? Names, ident, rates and -C it
+    takes through hold(), the in-core rblsmtpd through screen(); TLS (-S) is the Python
+    loop's."""
+    return netcalls.EXTENSION is not None and options.tls is None
+
+
+def lane_holds(options: Options) -> bool:
+    """Does each of the Lane's connections go through hold() (names, ident, a rate, -C)?"""
+    return bool(
+        options.remote_host
+        or options.remote_info
+        or options.localname is None
+        or options.rate
+        or options.per_ip
     )
 
 
-# Lane.run()'s outcomes (_lane.c); after DRAINED (stop() and no session left) the
-# loop's own check ends serve().
-LANE_TIMEOUT, LANE_SIGNAL, LANE_RESOURCE, LANE_DRAINED = 0, 1, 2, 3
-
-
-def lookups_per_address(limit: int) -> int:
-    return max(1, min(MAX_LOOKUPS_PER_ADDRESS, limit // 4))
-
-
 class Pending:
-    """An accepted connection waiting for its lookups."""
+    """An accepted connection held before its session (holding.py): waiting for its
+    names, then (in-core rblsmtpd) for its blocklist verdict. cancel() stops the stage it
+    is in without a callback; None between stages."""
 
-    __slots__ = ("endpoints", "fd", "ident", "key", "lookups")
+    __slots__ = ("cancel", "endpoints", "fd", "ident", "lookups")
 
-    def __init__(self, ident: int, fd: int, endpoints: Endpoints, key: str) -> None:
+    def __init__(self, ident: int, fd: int, endpoints: Endpoints) -> None:
         self.ident = ident
         self.fd = fd
         self.endpoints = endpoints
-        self.key = key  # lookup_key() of the client
+        self.cancel: Callable[[], None] | None = None
         self.lookups: ConnectionLookups | None = None
+
+
+LogLocal = tuple[str | None, str, str]
+LogRemote = tuple[str | None, str, str | None, str]
+
+
+class Decided(NamedTuple):
+    """A connection decided, waiting for a -c slot: run the chain with `extra`, or (extra
+    None) refuse it, logging `line` at `level` and ending with `status`."""
+
+    fd: int
+    client: str
+    log_local: LogLocal
+    log_remote: LogRemote
+    extra: dict[str, str] | None
+    status: int = 0
+    line: str = ""
+    level: int = 2
 
 
 class SpawnJob:
@@ -183,7 +215,8 @@ class Server:
         # Accepting: paused at the -c limit, after EMFILE and alike, and when stopping.
         self.accepting = False
         self.backoff_until: float | None = None
-        self.backoff = 0.05
+        self.backoff = BACKOFF_LEAST
+        self.accepted = 0  # the Lane's count, when it last told
         self.stop_at: float | None = None
         # Sessions (the loop's alone: spawner threads only report through the pool).
         self.running = 0
@@ -191,12 +224,16 @@ class Server:
         self.children: dict[int, str] = {}  # pid -> client address
         self.exited_early: dict[int, int] = {}  # reaped before its spawn was reported
         self.counters = Counters()
-        # Lookups (reverse DNS, ident, the local name), driven by the reactor.
+        # Lookups (reverse DNS, ident, the local name), driven by the reactor. A connection
+        # waiting for them is held (holding.py): no -c slot until it is decided; then it
+        # waits in `admitted` for a slot if none is free.
         self.pending: dict[int, Pending] = {}
-        self.lookups_by_key: Counter[str] = Counter()
-        self.max_lookups = lookups_per_address(options.limit)
+        self.holds = HoldTable(options.limit, held_cap())
+        self.admitted: deque[Decided] = deque()
+        self.admitting = False
         self.reactor = Reactor()  # started at the first lookup
         self.resolver: Resolver | None = None
+        self.names: CachingResolver | None = None  # one question in flight per name
         self.local_names: dict[str, str | None] = {}
         self.ids = itertools.count(1)
         # Spawning: jobs go to the pool's threads, which report pids and failures back.
@@ -204,6 +241,8 @@ class Server:
         self.spawns: ExtensionPool | PythonPool | None = None
         self.spawning: dict[int, SpawnJob] = {}  # by job ident
         self.lane: Lane | None = None  # the C path, when lane_fits() (made by start())
+        self.in_lane_hold = False  # in _lane_hold(): lookups done at once answer it
+        self.lane_hold_answer: LaneNames | None = None
         # Screening (issue 16): the in-core rblsmtpd (made by start()) and the rate limit.
         self.screen: RblScreen | None = None
         self.rate: RateLimiter | None = None
@@ -228,35 +267,41 @@ class Server:
         for listener in self.listeners:
             listener.setblocking(False)
         self.spawns = spawn_pool(self.spawner, SPAWN_THREADS)
+        # Screening (issue 16): components the loop calls at one or two points each.
+        if self.rbl is not None:
+            from .screen import RblScreen
+
+            self.screen = RblScreen(self.rbl, os.environ, self._dns)
         log_fd = _fileno(self.log)
         if log_fd is not None and lane_fits(self.options):
             assert isinstance(self.spawns, ExtensionPool), "lane_fits() wants the extension"
             self.lane = self._make_lane(log_fd, self.spawns)
             return
         self._watch(self.spawns.fileno(), self._on_spawned)
-        # Screening (issue 16): components the loop calls at one or two points each.
-        if self.rbl is not None:
-            from .screen import RblScreen
-
-            self.screen = RblScreen(self.rbl, os.environ, self._dns)
 
     def _make_lane(self, log_fd: int, pool: ExtensionPool) -> Lane:
         assert netcalls.EXTENSION is not None and self.wake_read is not None
-        assert self.options.localname is not None
+        localname = self.options.localname
         lane: Lane = netcalls.EXTENSION.Lane(
             pool=pool.c_pool,
             wake_fd=self.wake_read.fileno(),
             log_fd=log_fd,
             limit=self.options.limit,
             verbosity=self.options.verbosity,
-            local_host=_encode(self.options.localname),
-            local_host_log=logline.safe(self.options.localname).encode("ascii"),
+            local_host=None if localname is None else _encode(localname),
+            local_host_log=logline.safe(localname).encode("ascii"),
             banner=_encode(self.options.banner),
             program_log=logline.safe(os.fsdecode(self.program[0])).encode("ascii"),
             ipv6_env=self.options.ipv6_env,
             nodelay=self.options.nodelay,
             kill_ip_options=self.options.kill_ip_options,
             unmap_in_log=self.logged_ip is unmap_ipv4,
+            deny_status=EXIT_DENY_STATUS,
+            drop_status=EXIT_DROP_STATUS,
+            accepts_per_wake=ACCEPTS_PER_WAKE,
+            hold=self._lane_hold if lane_holds(self.options) else None,
+            ended=self._lane_session_ended if self.options.per_ip else None,
+            screen=self._lane_screen if self.screen is not None else None,
         )
         for listener in self.listeners:
             lane.add_listener(listener.fileno(), self.local_endpoints[id(listener)])
@@ -329,7 +374,8 @@ class Server:
         if not self.notifier.enabled:
             return
         if self.lane is not None:
-            running, served, denied = self.lane.counts()
+            running, served, denied, _, _ = self.lane.counts()
+            denied += self.counters.denied  # listed by the in-core rblsmtpd, here
         else:
             running, served, denied = self.running, self.counters.served, self.counters.denied
         self.notifier.status(
@@ -368,14 +414,13 @@ class Server:
         return (
             self.stop_at is None
             and self.backoff_until is None
-            and self.running < self.options.limit
-            and not self.tls_waiting
+            and self.running + len(self.admitted) < self.options.limit
             and (self.tls is None or self.tls.handshaking < self.tls.cap)
         )
 
     def _on_listener(self, listener: socket.socket) -> None:
         # A few accepts per wake-up keep the loop fair between listeners and children.
-        for _ in range(16):
+        for _ in range(ACCEPTS_PER_WAKE):
             if not self._may_accept():
                 break
             try:
@@ -388,7 +433,7 @@ class Server:
                     self._set_accepting(False)
                     return
                 continue  # ECONNABORTED, EPROTO, EPERM: that client is gone
-            self.backoff = 0.05
+            self._accepted()
             if self.tls is not None and not self.tls.config.mode.starttls:
                 self._tls_handshake(listener, fd, address)
             else:
@@ -404,14 +449,18 @@ class Server:
             1,
         )
         self.backoff_until = time.monotonic() + self.backoff
-        self.backoff = min(self.backoff * 2, 1.0)
+        self.backoff = min(self.backoff * 2, BACKOFF_MOST)
+
+    def _accepted(self) -> None:
+        """A connection accepted: the next pause is the least again."""
+        self.backoff = BACKOFF_LEAST
 
     def _on_connection(self, listener: socket.socket, fd: int, address: tuple[str, int]) -> None:
         endpoints = self._admissible(listener, fd, address)
         if endpoints is None:
             return
         self._prepare_socket(fd, listener.family)
-        self._take_slot(fd, endpoints)
+        self._begin(fd, endpoints)
 
     def _admissible(
         self, listener: socket.socket, fd: int, address: tuple[str, int]
@@ -433,32 +482,55 @@ class Server:
             self._over_rate(fd, client)
             return None
         if self.options.per_ip and self.per_ip[client] >= self.options.per_ip:
-            self.log_verbose(
-                logline.warning(
-                    f"per-IP limit {self.options.per_ip} reached, "
-                    f"dropping connection from {logline.safe(client)}"
-                ),
-                1,
-            )
-            netcalls.close(fd)
+            self._drop_per_ip(fd, client)
             return None
         return endpoints
 
-    def _take_slot(self, fd: int, endpoints: Endpoints) -> None:
-        """The connection takes its -c slot: then its lookups, the rules, the chain."""
-        client = unmap_ipv4(endpoints.remote_ip)
-        # accept() gave a blocking fd (accept4 without SOCK_NONBLOCK): the child needs that.
-        if self.options.per_ip:
-            self.per_ip[client] += 1
-        self.running += 1
-        self._status_changed()
+    def _begin(self, fd: int, endpoints: Endpoints) -> None:
+        """A connection on its way to a session: the banner, then its names (held without
+        a -c slot), the rules and the screening; the slot when it is decided."""
         if self.options.banner:
             netcalls.send_now(fd, self.options.banner.encode("utf-8", "surrogateescape"))
         needs_local = self.options.localname is None and endpoints.local_ip not in self.local_names
         if not (self.options.remote_host or self.options.remote_info or needs_local):
-            self._decide(fd, endpoints, self._local_name(endpoints), None, None)
+            self._decide(None, fd, endpoints, self._local_name(endpoints), None, None)
             return
-        self._start_lookups(fd, endpoints, needs_local)
+        pending = self._hold(fd, endpoints)
+        if pending is not None:
+            self._start_lookups(pending, needs_local)
+
+    def _admit(self, decided: Decided) -> None:
+        """A decided connection: its session now, or when a -c slot is free."""
+        if self.running >= self.options.limit:
+            self.admitted.append(decided)
+            return
+        client = decided.client
+        if self.options.per_ip:
+            if self.per_ip[client] >= self.options.per_ip:  # sessions started while it was held
+                self._drop_per_ip(decided.fd, client)
+                return
+            self.per_ip[client] += 1
+        self.running += 1
+        self._status_changed()
+        if decided.extra is not None:
+            self._spawn_chain(
+                decided.fd, client, decided.log_local, decided.log_remote, decided.extra
+            )
+            return
+        if decided.status == EXIT_DENY_STATUS:
+            self.counters.denied += 1
+        self._refuse(decided.fd, client, decided.status, decided.line, decided.level)
+
+    def _drop_per_ip(self, fd: int, client: str) -> None:
+        self.log_verbose(
+            logline.warning(
+                f"per-IP limit {self.options.per_ip} reached, "
+                f"dropping connection from {logline.safe(client)}"
+            ),
+            1,
+        )
+        netcalls.close(fd)
+        self.tls_env.pop(fd, None)
 
     # --- TLS ---------------------------------------------------------------------------
     def _tls_handshake(self, listener: socket.socket, fd: int, address: tuple[str, int]) -> None:
@@ -489,21 +561,25 @@ class Server:
         self.tls.handshake(self._reactor(), fd, endpoints.remote_ip, ready, failed)
 
     def _tls_take_slots(self) -> None:
-        """Finished handshakes take the -c slots that are free, first come first."""
-        while self.tls_waiting and self.running < self.options.limit:
+        """Finished handshakes go on as new connections: their names and rules (held,
+        without a -c slot), then a slot when decided, first come first."""
+        while self.tls_waiting:
             session, endpoints, env = self.tls_waiting.popleft()
             if session.closed:  # the client left while it waited
                 continue
             fd = session.chain_end()
             self.tls_env[fd] = env
-            self._take_slot(fd, endpoints)
+            self._begin(fd, endpoints)
         self._set_accepting(self._may_accept())
 
     def _reactor(self) -> Reactor:
         """The reactor, started and watched by the loop at the first use."""
         if not self.reactor_watched:
             self.reactor.start()
-            self._watch(self.reactor.fileno(), self.reactor.run_ready)
+            if self.lane is not None:  # run() returns when it is readable
+                self.lane.watch(self.reactor.fileno())
+            else:
+                self._watch(self.reactor.fileno(), self.reactor.run_ready)
             self.reactor_watched = True
         return self.reactor
 
@@ -547,28 +623,47 @@ class Server:
             return self.options.localname
         return self.local_names.get(endpoints.local_ip)
 
-    def _start_lookups(self, fd: int, endpoints: Endpoints, needs_local: bool) -> None:
-        from .lookups import ConnectionLookups, lookup_key
+    def _hold(self, fd: int, endpoints: Endpoints) -> Pending | None:
+        """Hold a connection for what decides it (holding.py's bounds); None: dropped."""
+        from .lookups import lookup_key
 
-        key = lookup_key(endpoints.remote_ip)
-        if self.lookups_by_key[key] >= self.max_lookups:
-            # This address has enough in flight: on at once, without its names.
-            self._decide(fd, endpoints, self._local_name(endpoints), None, None)
-            return
-        resolver = self._dns()
-        self.lookups_by_key[key] += 1
-        pending = Pending(next(self.ids), fd, endpoints, key)
-        self.pending[pending.ident] = pending
-        pending.lookups = ConnectionLookups(
+        ident = next(self.ids)
+        held, evicted = self.holds.hold(ident, lookup_key(endpoints.remote_ip))
+        if held is Hold.CLIENT_FULL:
+            self._drop_held(fd, endpoints, "held connections")
+            return None
+        if evicted is not None:
+            dropped = self.pending.pop(evicted)
+            if dropped.cancel is not None:
+                dropped.cancel()
+            self._drop_held(dropped.fd, dropped.endpoints, "held connections in all")
+        pending = Pending(ident, fd, endpoints)
+        self.pending[ident] = pending
+        return pending
+
+    def _release(self, pending: Pending | None) -> None:
+        """A held connection decided: out of the hold, its stage over."""
+        if pending is not None:
+            self.pending.pop(pending.ident, None)
+            self.holds.release(pending.ident)
+            pending.cancel = None
+            pending.lookups = None
+
+    def _start_lookups(self, pending: Pending, needs_local: bool) -> None:
+        from .lookups import ConnectionLookups
+
+        lookups = ConnectionLookups(
             self.reactor,
-            resolver,
-            endpoints,
+            self._names(),
+            pending.endpoints,
             time.monotonic() + self.options.timeout,
             (needs_local, self.options.remote_host, self.options.remote_info),
             self.options.paranoid,
-            functools.partial(self._lookups_done, pending.ident),
+            functools.partial(self._lookups_done, pending),
         )
-        pending.lookups.start()  # may call _lookups_done at once
+        pending.lookups = lookups
+        pending.cancel = lookups.close
+        lookups.start()  # may call _lookups_done at once
 
     def _dns(self) -> Resolver:
         """The resolver, its reactor started and watched by the loop at the first use."""
@@ -578,41 +673,224 @@ class Server:
             self.resolver = Resolver(self._reactor())
         return self.resolver
 
-    def _lookups_done(self, ident_: int, names: Names) -> None:
-        pending = self.pending.pop(ident_, None)
-        if pending is None:
-            return
-        self.lookups_by_key[pending.key] -= 1
-        if self.lookups_by_key[pending.key] <= 0:
-            del self.lookups_by_key[pending.key]
+    def _names(self) -> CachingResolver:
+        """The shared, cached questions of every connection's lookups."""
+        if self.names is None:
+            from .dnscache import CachingResolver
+
+            # Each held connection asks at most two questions at a time (its local name
+            # and its remote name, then the name's address for -p).
+            self.names = CachingResolver(
+                self._dns(),
+                max_in_flight=2 * self.holds.total + 2,
+                failure_seconds=NAME_FAILURE_SECONDS,
+            )
+        return self.names
+
+    def _drop_held(self, fd: int, endpoints: Endpoints, what: str) -> None:
+        """A held connection closed, as holding.py's policy says, before its session."""
+        client = unmap_ipv4(endpoints.remote_ip)
+        bound = self.holds.per_client if what == "held connections" else self.holds.total
+        self.log_verbose(
+            logline.warning(
+                f"limit of {bound} {what} reached, dropping connection from {logline.safe(client)}"
+            ),
+            1,
+        )
+        netcalls.close(fd)
+        self.tls_env.pop(fd, None)
+
+    def _lookups_done(self, pending: Pending, names: Names) -> None:
+        if self.pending.get(pending.ident) is not pending:
+            return  # dropped meanwhile
+        pending.cancel = None
+        pending.lookups = None
         if self.options.localname is None and names.local_host is not None:
             self.local_names[pending.endpoints.local_ip] = names.local_host
         local = names.local_host
         if local is None:
             local = self._local_name(pending.endpoints)
-        self._decide(pending.fd, pending.endpoints, local, names.remote_host, names.remote_info)
+        if self.lane is not None:  # handed back decided: the Lane does the rest
+            self._release(pending)
+            decided = self._lane_names(local, names.remote_host, names.remote_info)
+            if self.in_lane_hold:  # done within hold(): its answer, before the banner
+                self.lane_hold_answer = decided
+                return
+            client = unmap_ipv4(pending.endpoints.remote_ip)
+            if self.options.per_ip and self.per_ip[client] >= self.options.per_ip:
+                self._drop_per_ip(pending.fd, client)  # sessions started while it was held
+                return
+            self._lane_session(client, decided)
+            ends = pending.endpoints
+            self.lane.admit(
+                pending.fd,
+                ends.local_ip,
+                ends.local_port,
+                ends.remote_ip,
+                ends.remote_port,
+                decided,
+            )
+            return
+        self._decide(
+            pending, pending.fd, pending.endpoints, local, names.remote_host, names.remote_info
+        )
+
+    # --- the Lane's held connections ----------------------------------------------------
+    def _lane_hold(
+        self, fd: int, local_ip: str, local_port: int, remote_ip: str, remote_port: int
+    ) -> LaneNames | bool | None:
+        """A connection the Lane accepted: None when over its rate (closed here); its
+        names at once when they are known (the remote name cached); else True, held
+        here until admit()."""
+        options = self.options
+        client = unmap_ipv4(remote_ip)
+        if self.rate is not None and not self.rate.allow(client):
+            self._over_rate(fd, client)
+            return None
+        if options.per_ip and self.per_ip[client] >= options.per_ip:
+            self._drop_per_ip(fd, client)
+            return None
+        endpoints = Endpoints(local_ip, local_port, remote_ip, remote_port)
+        needs_local = options.localname is None and local_ip not in self.local_names
+        if not (options.remote_info or options.paranoid or needs_local):
+            local = self._local_name(endpoints)
+            if not options.remote_host:
+                return self._lane_session(client, self._lane_names(local, None, None))
+            known, host = self._names().remembered_host(remote_ip)
+            if known:
+                return self._lane_session(client, self._lane_names(local, host, None))
+        pending = self._hold(fd, endpoints)
+        if pending is None:
+            return None  # over the hold's bounds: closed
+        self.in_lane_hold = True
+        try:
+            self._start_lookups(pending, needs_local)  # may end at once (ident refused)
+        finally:
+            self.in_lane_hold = False
+        answer, self.lane_hold_answer = self.lane_hold_answer, None
+        return True if answer is None else self._lane_session(client, answer)
+
+    def _lane_session(self, client: str, names: LaneNames) -> LaneNames:
+        """A connection the Lane starts (or queues for a slot) with these names: counted
+        for -C until ended() tells its end."""
+        if self.options.per_ip:
+            self.per_ip[client] += 1
+        return names
+
+    def _lane_session_ended(self, client: str) -> None:
+        self.per_ip[client] -= 1
+        if self.per_ip[client] <= 0:
+            del self.per_ip[client]
+
+    def _lane_names(self, local: str | None, remote: str | None, info: str | None) -> LaneNames:
+        """The names as the Lane takes them: each value, and as the -v lines show it."""
+        shown = self.verbose
+        return (
+            None if local is None else _encode(local),
+            logline.safe(local).encode("ascii") if shown else None,
+            None if remote is None else _encode(remote),
+            logline.safe(remote).encode("ascii") if shown else None,
+            None if info is None else _encode(info),
+            logline.safe(info).encode("ascii") if shown else None,
+        )
+
+    def _lane_screen(
+        self,
+        fd: int,
+        local_ip: str,
+        local_port: int,
+        remote_ip: str,
+        remote_port: int,
+        local_host: bytes | None,
+        remote_host: bytes | None,
+        remote_info: bytes | None,
+        rule_rblsmtpd: bytes | None,
+        rule_remote_ip: bytes | None,
+    ) -> bool:
+        """The Lane's connection after its rules, for the in-core rblsmtpd: True when known
+        clean now (the Lane's again); else ours: listed (its dialogue here), or held for
+        the verdict and handed back with admit(..., screened=True)."""
+        assert self.screen is not None
+        endpoints = Endpoints(local_ip, local_port, remote_ip, remote_port)
+        local, remote, info = (
+            None if name is None else name.decode("utf-8", "surrogateescape")
+            for name in (local_host, remote_host, remote_info)
+        )
+        extra = connection_environment(endpoints, local, remote, info, self.options.ipv6_env)
+        for name, value in (("RBLSMTPD", rule_rblsmtpd), ("TCPREMOTEIP", rule_remote_ip)):
+            if value is not None:  # the rule's own: what the chain would see
+                extra[name] = value.decode("utf-8", "surrogateescape")
+        client = unmap_ipv4(remote_ip)
+        log_local = (local, self.logged_ip(local_ip), str(local_port))
+        log_remote = (remote, self.logged_ip(remote_ip), info, str(remote_port))
+        go = Decided(fd, client, log_local, log_remote, extra)
+        known = self.screen.known_verdict(extra)  # the common case: no hold, no closure
+        if known is not None:
+            if known.line is None:
+                return True
+            self._lane_listed(go, known)
+            return False
+        pending = self._hold(fd, endpoints)
+        if pending is None:
+            self._lane_no_session(client)
+            return False
+        outcome: list[Verdict] = []  # a verdict known at once (cached) answers the Lane
+
+        def resume(verdict: Verdict) -> None:
+            self._release(pending)
+            if verdict.line is not None:
+                self._lane_listed(go, verdict)
+            elif not waiting_started:
+                outcome.append(verdict)
+            else:
+                assert self.lane is not None
+                names = self._lane_names(local, remote, info)
+                self.lane.admit(fd, local_ip, local_port, remote_ip, remote_port, names, True)
+
+        waiting_started = False
+        waiting = self.screen.screen(fd, extra, resume)
+        waiting_started = True
+        if outcome:
+            return True
+        if waiting is not None and self.pending.get(pending.ident) is pending:
+            screen = self.screen
+
+            def cancel() -> None:  # dropped for the hold's bounds: no session after all
+                screen.drop(waiting)
+                self._lane_no_session(client)
+
+            pending.cancel = cancel
+        return False
+
+    def _lane_listed(self, go: Decided, verdict: Verdict) -> None:
+        self._lane_no_session(go.client)
+        self._listed(go, verdict)
+
+    def _lane_no_session(self, client: str) -> None:
+        """A connection counted for -C in hold() that the screen kept from its session."""
+        if self.options.per_ip:
+            self._lane_session_ended(client)
 
     def _cut_lookups_short(self) -> None:
-        """SIGTERM: every pending connection goes on now, with the names it has."""
-        if not self.pending:  # nothing to import then (after -u the library may be unreadable)
-            return
-        from .lookups import NO_NAMES
-
+        """SIGTERM: every connection still in its lookups goes on now, with what it has."""
         for pending in list(self.pending.values()):
-            names = pending.lookups.names() if pending.lookups is not None else NO_NAMES
-            if pending.lookups is not None:
-                pending.lookups.close()
-            self._lookups_done(pending.ident, names)
+            lookups = pending.lookups
+            if lookups is not None:
+                names = lookups.names()
+                lookups.close()
+                self._lookups_done(pending, names)
 
     # --- the decision and the spawn ----------------------------------------------------
     def _decide(
         self,
+        pending: Pending | None,
         fd: int,
         endpoints: Endpoints,
         local_host: str | None,
         remote_host: str | None,
         remote_info: str | None,
     ) -> None:
+        """The rules' decision for a connection (held or not), then its screening."""
         client = unmap_ipv4(endpoints.remote_ip)
         log_local = (local_host, self.logged_ip(endpoints.local_ip), str(endpoints.local_port))
         log_remote = (
@@ -628,18 +906,18 @@ class Server:
                 if not (found.missing and self.options.missing_rules_ok):
                     message = logline.warning(f"dropping connection, {found}")
                     # A warning, as tcpserver's: shown unless -q.
-                    self._refuse(fd, client, EXIT_DROP_STATUS, message, level=1)
+                    refusal = Decided(
+                        fd, client, log_local, log_remote, None, EXIT_DROP_STATUS, message, 1
+                    )
+                    self._release(pending)
+                    self._admit(refusal)
                     return
             else:
                 decision = found
         if decision.deny:
-            self.counters.denied += 1
-            self._refuse(
-                fd,
-                client,
-                EXIT_DENY_STATUS,
-                logline.verdict("deny", os.getpid(), log_local, log_remote),
-            )
+            line = logline.verdict("deny", os.getpid(), log_local, log_remote)
+            self._release(pending)
+            self._admit(Decided(fd, client, log_local, log_remote, None, EXIT_DENY_STATUS, line))
             return
         extra = connection_environment(
             endpoints, local_host, remote_host, remote_info, self.options.ipv6_env
@@ -647,17 +925,27 @@ class Server:
         extra.update(decision.env)  # rules may override TCP* and the server's own
         if self.tls_env:
             extra = {**self.tls_env.pop(fd, {}), **extra}
-        if self.screen is not None:
-            self._screen(fd, client, log_local, log_remote, extra)
+        go = Decided(fd, client, log_local, log_remote, extra)
+        if self.screen is None:
+            self._release(pending)
+            self._admit(go)
             return
-        self._spawn_chain(fd, client, log_local, log_remote, extra)
+        known = self.screen.verdict_now(extra)
+        if known is not None:
+            self._screened(pending, go, known)
+            return
+        if pending is None:
+            pending = self._hold(fd, endpoints)
+            if pending is None:
+                return
+        self._screen(pending, go)
 
     def _spawn_chain(
         self,
         fd: int,
         client: str,
-        log_local: tuple[str | None, str, str],
-        log_remote: tuple[str | None, str, str | None, str],
+        log_local: LogLocal,
+        log_remote: LogRemote,
         extra: dict[str, str],
     ) -> None:
         if self.tls is not None and self.tls.config.mode.starttls:
@@ -705,36 +993,41 @@ class Server:
         self._refuse(None, job.client, EXIT_DROP_STATUS, message, level=1)
 
     # --- screening (issue 16): the in-core rblsmtpd and the rate limit ----------------
-    def _screen(
-        self,
-        fd: int,
-        client: str,
-        log_local: tuple[str | None, str, str],
-        log_remote: tuple[str | None, str, str | None, str],
-        extra: dict[str, str],
-    ) -> None:
-        assert self.screen is not None
+    def _screen(self, pending: Pending, go: Decided) -> None:
+        """Held for the in-core rblsmtpd's verdict."""
+        assert self.screen is not None and go.extra is not None
+        screen = self.screen
+        waiting = screen.screen(
+            go.fd, go.extra, lambda verdict: self._screened(pending, go, verdict)
+        )
+        if waiting is not None and self.pending.get(pending.ident) is pending:
+            pending.cancel = functools.partial(screen.drop, waiting)
 
+    def _screened(self, pending: Pending | None, go: Decided, verdict: Verdict) -> None:
+        self._release(pending)
+        if verdict.line is None:
+            self._admit(go)
+            return
+        self._listed(go, verdict)
+
+    def _listed(self, go: Decided, verdict: Verdict) -> None:
+        """A listed client: rblsmtpd's dialogue here, no session, no -c slot."""
         from .rbl import rblsmtpd_log
 
-        def resume(verdict: Verdict) -> None:
-            if verdict.line is None:
-                self._spawn_chain(fd, client, log_local, log_remote, extra)
-                return
-            # Logged as tcpserver and rblsmtpd would; the dialogue needs no -c slot.
-            pid = os.getpid()
-            self.counters.denied += 1
-            if self.verbose:
-                self.log_verbose(logline.pid_from(pid, client))
-                self.log_verbose(logline.verdict("ok", pid, log_local, log_remote))
-            self.log_verbose(rblsmtpd_log(extra.get("TCPREMOTEIP", ""), pid, verdict.line), 0)
-            if self.verbose:
-                self.log_verbose(logline.end(pid, 0))
-            self._session_over(client)
-            assert self.screen is not None
-            self.screen.converse(fd, verdict.line)
+        assert verdict.line is not None
 
-        self.screen.screen(fd, extra, resume)
+        # Logged as tcpserver and rblsmtpd would; the dialogue needs no -c slot.
+        assert self.screen is not None and go.extra is not None
+        pid = os.getpid()
+        self.counters.denied += 1
+        if self.verbose:
+            self.log_verbose(logline.pid_from(pid, go.client))
+            self.log_verbose(logline.verdict("ok", pid, go.log_local, go.log_remote))
+        self.log_verbose(rblsmtpd_log(go.extra.get("TCPREMOTEIP", ""), pid, verdict.line), 0)
+        if self.verbose:
+            self.log_verbose(logline.end(pid, 0))
+        self._publish()
+        self.screen.converse(go.fd, verdict.line)
 
     def _over_rate(self, fd: int, client: str) -> None:
         assert self.rate is not None
@@ -773,9 +1066,20 @@ class Server:
             if self.per_ip[client] <= 0:
                 del self.per_ip[client]
         self._status_changed()
-        if self.tls_waiting:
-            self._tls_take_slots()
+        self._admit_waiting()
         self._set_accepting(self._may_accept())
+
+    def _admit_waiting(self) -> None:
+        """Sessions for decided connections while slots are free; a session that ends
+        at once (a deny) comes back here: the outer call goes on with the queue."""
+        if self.admitting:
+            return
+        self.admitting = True
+        try:
+            while self.admitted and self.running < self.options.limit:
+                self._admit(self.admitted.popleft())
+        finally:
+            self.admitting = False
 
     def _reap(self) -> None:
         while True:
@@ -835,6 +1139,8 @@ class Server:
                 self.local_names.clear()
                 if self.resolver is not None:
                     self.resolver.reload()
+                if self.names is not None:
+                    self.names.forget()
                 if self.screen is not None:
                     self.screen.forget()
                 if self.tls is not None:
@@ -887,14 +1193,22 @@ class Server:
 
     def _busy(self) -> bool:
         if self.lane is not None:
-            return self.lane.counts()[0] > 0
-        return bool(self.children or self.pending or self.spawning or self._tls_busy())
+            running, _, _, waiting, _ = self.lane.counts()
+            return bool(running or waiting or self.pending)
+        return bool(
+            self.children or self.pending or self.spawning or self.admitted or self._tls_busy()
+        )
 
     def serve(self) -> int:
         """The loop, from READY=1 until the last session after SIGTERM; start() first."""
         assert self.poller is not None and self.wake_write is not None, "start() first"
         signal.set_wakeup_fd(self.wake_write.fileno(), warn_on_full_buffer=False)
         for number in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+            # SIGHUP or SIGINT ignored by our parent (nohup, a background job) stays
+            # ignored, here and in the children (exec keeps only ignored dispositions):
+            # tcpserver's children keep them so.
+            if number != signal.SIGTERM and signal.getsignal(number) == signal.SIG_IGN:
+                continue
             signal.signal(number, self._on_signal)
         signal.signal(signal.SIGCHLD, self._on_sigchld)
         self._judge()
@@ -927,7 +1241,9 @@ class Server:
 
     def _serve_lane(self, lane: Lane) -> int:
         """serve() when the Lane does the connections: between its returns, the signals,
-        the back-off, STATUS= and the end of the drain."""
+        the back-off, STATUS=, the lookups of held connections and the end of the drain."""
+        run_outcomes = netcalls.EXTENSION
+        assert run_outcomes is not None
         self._status_changed()
         while True:
             timeout = self._timeout()
@@ -937,14 +1253,20 @@ class Server:
             with contextlib.suppress(OSError, ValueError):
                 self.log.flush()  # before the Lane writes to the same fd
             outcome, number = lane.run(timeout)
-            if outcome == LANE_RESOURCE:
+            accepted = lane.counts()[4]
+            if accepted != self.accepted:
+                self.accepted = accepted
+                self._accepted()
+            if outcome == run_outcomes.RUN_RESOURCE:
                 self._out_of_resources(number)
                 lane.pause(True)
-            elif self.backoff_until is None:
-                self.backoff = 0.05
+            if outcome == run_outcomes.RUN_WATCHED:
+                self.reactor.run_ready()
             if self.signals:
                 self._handle_signals()
             now = time.monotonic()
+            if self.pending or self._screening():
+                self.reactor.run_timers(now)
             if self.backoff_until is not None and now >= self.backoff_until:
                 self.backoff_until = None
                 lane.pause(False)

@@ -18,12 +18,13 @@ from collections.abc import Mapping, Sequence
 
 from . import netcalls
 
-# Signals Python changes that a child must get back at their defaults.
+# Signals a child gets at their defaults even when our parent ignored them: those
+# tcpserver's child resets (SIGTERM, SIGPIPE, SIGCHLD), and SIGXFSZ, which CPython ignores
+# as it starts (what our parent did with it cannot be known). SIGHUP and SIGINT that our
+# parent ignored stay ignored, by the server too (see Server.serve), as under tcpserver.
 DEFAULT_SIGNALS = (
     signal.SIGPIPE,
-    signal.SIGHUP,
     signal.SIGTERM,
-    signal.SIGINT,
     signal.SIGCHLD,
     signal.SIGXFSZ,
 )
