@@ -7,15 +7,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import bootctrl, convergence, envfile, reconcile_plan, units
+from . import bootctrl, envfile, units
+from .apply import SEND, stamps
+from .apply.plan import Address, parse_listen
 from .errors import UserError
 from .systemd import Systemd, UnitState
 
 if TYPE_CHECKING:
-    from .health import Health
+    from .apply.health import Health
 
 GENERATOR_OUTPUT = Path("/run/systemd/generator")
-SEND = "send"
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,7 @@ def target(name: str) -> Target:
     return Target(name, (units.tcpd_socket(name), units.tcpd_service(name)))
 
 
-def plan(verb: str, item: Target) -> list[tuple[str, str]]:
+def unit_jobs(verb: str, item: Target) -> list[tuple[str, str]]:
     """Unit jobs for one verb. A tcp service's socket stays up across restarts, so the
     kernel queues what arrives meanwhile; start starts the service too, so that a service
     that cannot run shows now, not at the first connection."""
@@ -61,6 +62,17 @@ def resolve(model: bootctrl.Bootctrl, names: tuple[str, ...]) -> list[Target]:
     return [target(name) for name in names]
 
 
+def acted_on(
+    verb: str, named: tuple[str, ...], targets: list[Target], enabled: set[str], send: bool
+) -> list[Target]:
+    """The targets a verb acts on. Named ones, whatever they are; for all (or none named),
+    start, restart and reload take only what bootctrl enables (`send`: qmail-init.rc):
+    what runs without it is only stopped (or reconciled)."""
+    if verb == "stop" or (named and "all" not in named):
+        return targets
+    return [item for item in targets if (item.is_send and send) or item.name in enabled]
+
+
 def running_names(unit_names: list[str]) -> list[str]:
     """Service names of qmail-tcpd@ units systemd has (`qmail-tcpd@subm.socket` -> subm),
     whatever bootctrl says now, unit files gone (not-found) included."""
@@ -75,7 +87,7 @@ def running_names(unit_names: list[str]) -> list[str]:
 def everything(model: bootctrl.Bootctrl, running: list[str], send_running: bool) -> list[Target]:
     """qmail-send and every tcp service that bootctrl enables (broken ones too) or that
     systemd runs: what status shows and stop-all stops."""
-    names = set(convergence.enabled_names(model.directory)) | set(running)
+    names = set(stamps.enabled_names(model.directory)) | set(running)
     names |= {service.name for service in model.services}
     found = [target(SEND)] if model.send is not None or send_running else []
     return found + [target(name) for name in sorted(names)]
@@ -103,7 +115,7 @@ class Status:
         return tuple(
             shown_address(address)
             for entry in self.states[0].listen
-            if (address := reconcile_plan.parse_listen(entry)) is not None
+            if (address := parse_listen(entry)) is not None
         )
 
     def as_json(self) -> dict[str, object]:
@@ -129,7 +141,7 @@ class Status:
         return result
 
 
-def shown_address(address: reconcile_plan.Address) -> str:
+def shown_address(address: Address) -> str:
     """("::", 25) -> "25", as ListenStream= and qmail-SVC.env's PORT= say it."""
     ip, port = address
     return bootctrl.Listen(port, None if ip == "::" else ip).systemd()
@@ -137,10 +149,10 @@ def shown_address(address: reconcile_plan.Address) -> str:
 
 def status(manager: Systemd, model: bootctrl.Bootctrl, targets: list[Target]) -> list[Status]:
     """Each target's unit states and health."""
-    from . import health
+    from .apply import health
 
     result = []
-    enabled_names = set(convergence.enabled_names(model.directory))
+    enabled_names = set(stamps.enabled_names(model.directory))
     for item in targets:
         service = None if item.is_send else model.service(item.name)
         enabled = model.send is not None if item.is_send else item.name in enabled_names
@@ -208,7 +220,7 @@ def _wanted_listen(directory: Path, name: str) -> tuple[bootctrl.Listen, ...]:
 
 
 def _refuse_clash(directory: Path, name: str) -> None:
-    model = convergence.load(directory)
+    model = stamps.load(directory)
     for mine in _wanted_listen(directory, name):
         for other in model.services:
             if other.name != name and any(mine.conflicts_with(t) for t in other.listen):

@@ -245,6 +245,7 @@ def _load_trusted(
     for name in rc_names:
         service_name = rc_service(name)
         assert service_name is not None
+        first = len(problems)
         try:
             services.append(_load_service(trusted, home, service_name, me, problems))
         except _ServiceProblem as error:
@@ -252,6 +253,7 @@ def _load_trusted(
         except Exception as error:  # one service's files never stop the others
             where = printable(os.path.join(directory, name))
             problems.append(_unexpected(error, where, service_name))
+        problems[first:] = [problem._replace(service=service_name) for problem in problems[first:]]
     services = _drop_conflicting(services, problems, holders)
     if check_accounts:
         for service in services:
@@ -495,6 +497,7 @@ def unknown_accounts(service: Service) -> list[Problem]:
                 service.line_of(setting),
                 f'unknown {kind} "{value}" ({setting}=): no such {kind} on this system; '
                 f"create it or fix the name",
+                service.name,
             )
         )
     return found
@@ -693,6 +696,7 @@ def _drop_conflicting(
                 service.listen_line if service.env_file else 0,
                 f"{mine.systemd()} is already used by service {other.name}; "
                 f"service {service.name} skipped",
+                service.name,
             )
         )
     return sorted(kept, key=lambda s: s.name)

@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, ParamSpec, TypeVar
 
 import click
 
-from . import admin, convergence, health, install, migrate, mktcprules, rules
+from . import admin, install, migrate, mktcprules, rules
 from . import bootctrl as bootctrl_model
 from . import units as units_module
 from .addresses import unmap_ipv4
+from .apply import health, stamps
 from .cdb import CdbFormatError, CdbReader
 from .errors import UserError, from_os_error
 from .systemd import JobFailed
@@ -76,7 +77,7 @@ def bootctrl_directory(directory: Path | None) -> Path:
 def load_bootctrl(
     directory: Path | None, qmail_home: Path | None = None
 ) -> bootctrl_model.Bootctrl:
-    return convergence.load(bootctrl_directory(directory), qmail_home, check_accounts=True)
+    return stamps.load(bootctrl_directory(directory), qmail_home, check_accounts=True)
 
 
 def _completion_dir(ctx: click.Context) -> Path:
@@ -85,14 +86,14 @@ def _completion_dir(ctx: click.Context) -> Path:
 
 def complete_enabled(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
     """Service names for shell completion: send, all and the enabled services."""
-    names = ["send", "all", *convergence.enabled_names(_completion_dir(ctx))]
+    names = ["send", "all", *stamps.enabled_names(_completion_dir(ctx))]
     return [name for name in names if name.startswith(incomplete)]
 
 
 def complete_available(ctx: click.Context, _param: click.Parameter, incomplete: str) -> list[str]:
     """Services `enable` can take: an env file, not enabled yet."""
     directory = _completion_dir(ctx)
-    enabled = set(convergence.enabled_names(directory))
+    enabled = set(stamps.enabled_names(directory))
     names = sorted(
         path.name.removeprefix("qmail-").removesuffix(".env")
         for path in directory.glob("qmail-*.env")
@@ -412,20 +413,21 @@ def uninstall(root: Path, unit_dir: Path | None) -> None:
     layout = _layout(root, None, unit_dir, None)
     live = root == Path("/") and Path("/run/systemd/system").is_dir() and os.geteuid() == 0
     if live:  # what runs from the units about to go must not be left running
-        from . import reconcile as reconcile_module
+        from .apply import observe, plan
+        from .apply.reconcile import locked
         from .systemd import Systemd
 
-        with reconcile_module.locked(convergence.state_dir()), Systemd() as manager:
-            for unit in reconcile_module.uninstall_order(manager):
+        with locked(stamps.state_dir()), Systemd() as manager:
+            for unit in plan.uninstall_order(observe.ours_running(manager)):
                 manager.act("stop", unit)
                 click.echo(f"stopped {unit}")
     for line in install.uninstall(layout):
         click.echo(f"removed {line}")
     if live:
-        from . import persisted
+        from .apply import lastgood
 
-        if persisted.forget_all(persisted.persist_dir()):
-            click.echo(f"removed {persisted.persist_dir()} (last good settings kept for reboots)")
+        if lastgood.forget_all(lastgood.persist_dir()):
+            click.echo(f"removed {lastgood.persist_dir()} (last good settings kept for reboots)")
         from .systemd import Systemd
 
         with Systemd() as manager:
@@ -479,9 +481,9 @@ def boot(bootctrl_dir: Path | None) -> None:
         names = [units_module.tcpd_socket(s.name) for s in model.services]
         if model.send is not None:
             names.append(units_module.SEND_UNIT)
-        names.append(convergence.PATH_UNIT)  # linked by this reload: start it too
+        names.append(stamps.PATH_UNIT)  # linked by this reload: start it too
         for name in names:
-            manager.start(name)
+            manager.queue_start(name)
             click.echo(f"started {name}")
         for problem in model.problems:
             click.echo(f"problem: {problem}", err=True)
@@ -578,7 +580,7 @@ def status(bootctrl_dir: Path | None, as_json: bool, services: tuple[str, ...]) 
 
 
 def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> None:
-    from . import reconcile as reconcile_module
+    from .apply import observe, plan
     from .systemd import SETTLE_SECONDS, Systemd
 
     _require_root(f"qbootctl {verb}")
@@ -590,32 +592,30 @@ def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> Non
         # Stopping everything needs no bootctrl (a package's removal): systemd says
         # what runs.
         model = bootctrl_model.Bootctrl(str(bootctrl_dir or ""), "", None, ())
-    broken = {item.name: item for item in reconcile_module.broken_services(model)}
-    enabled = set(convergence.enabled_names(model.directory)) if model.directory else set()
+    broken = {item.name: item for item in observe.broken_services(model)}
+    enabled = set(stamps.enabled_names(model.directory)) if model.directory else set()
     failed = False
     with Systemd() as manager:
-        targets = _targets_of(manager, model, services, verb)
-        if verb != "stop" and (not services or "all" in services):
-            # What runs without bootctrl enabling it is only stopped (or reconciled).
-            targets = [t for t in targets if (t.is_send and model.send) or t.name in enabled]
+        targets = admin.acted_on(
+            verb, services, _targets_of(manager, model, services, verb), enabled, bool(model.send)
+        )
         for item in targets:
-            if item.name in broken and verb != "stop":
-                # Its files have problems: name them, whatever systemd says. It can
-                # only run its last good settings (when it has run before).
+            found = broken.get(item.name)
+            treatment = plan.treat_broken(verb, found is not None, found is not None and found.kept)
+            if found is not None and treatment is not plan.Treatment.AS_IS:
+                # Its files have problems: name them, whatever systemd says.
                 failed = True
-                found = broken[item.name]
                 for problem in found.problems:
                     click.echo(f"qbootctl: {verb} {item.name}: {problem}", err=True)
-                if not found.kept:
+                if treatment is plan.Treatment.NOT_DONE:
                     click.echo(
-                        f"qbootctl: {verb} {item.name}: not done, fix the file first "
-                        "(see qbootctl show)",
+                        f"qbootctl: {verb} {item.name}: {treatment.value} (see qbootctl show)",
                         err=True,
                     )
                     continue
-                click.echo(f"qbootctl: {verb} {item.name}: with its last good settings", err=True)
+                click.echo(f"qbootctl: {verb} {item.name}: {treatment.value}", err=True)
             elif not item.is_send:
-                for problem in reconcile_module.service_problems(model, item.name):
+                for problem in observe.service_problems(model, item.name):
                     click.echo(f"problem: {problem}", err=True)  # USER=/GROUP= unknown here
             try:
                 if verb == "reload" and manager.state(item.units[-1]).active != "active":
@@ -623,7 +623,7 @@ def _act(verb: str, bootctrl_dir: Path | None, services: tuple[str, ...]) -> Non
                     # it reads its rules and control files when it starts.
                     click.echo(f"reload {item.name}: not running, nothing to reload")
                     continue
-                for unit_verb, unit in admin.plan(verb, item):
+                for unit_verb, unit in admin.unit_jobs(verb, item):
                     manager.act(unit_verb, unit, settle=SETTLE_SECONDS)
             except JobFailed as error:
                 failed = True
@@ -683,7 +683,7 @@ _verb(
 @user_errors
 def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
     """Enable SERVICE: qmail-SVC.rc -> qmail-tcpd (and a rules link), reload, start."""
-    from . import reconcile as reconcile_module
+    from .apply import observe
     from .systemd import JobFailed, Systemd
 
     _require_root("qbootctl enable")
@@ -691,12 +691,11 @@ def enable(bootctrl_dir: Path | None, start_now: bool, service: str) -> None:
     existed = {p for p in admin.enable_links(directory, service) if p.exists() or p.is_symlink()}
     for line in admin.enable(directory, service):
         click.echo(line)
-    model = convergence.load(directory, check_accounts=True)
+    model = stamps.load(directory, check_accounts=True)
     for problem in model.problems:
-        if f"qmail-{service}." in problem.file or f"tcprules-{service}." in problem.file:
+        if problem.service == service:
             click.echo(f"problem: {problem}", err=True)
-    # An unknown USER=/GROUP= too: the reconcile would refuse to run it.
-    if model.service(service) is None or service in reconcile_module.unknown_accounts(model):
+    if not observe.can_run(model, service):
         for line in admin.undo_enable(directory, service, existed):
             click.echo(line)
         raise UserError(
@@ -752,10 +751,11 @@ def reconcile(bootctrl_dir: Path | None, qmail_home: Path | None) -> None:
 
 
 def _reconcile(bootctrl_dir: Path | None, qmail_home: Path | None, reload: bool) -> None:
-    from . import reconcile as reconcile_module
+    from .apply import observe, plan
+    from .apply import reconcile as reconcile_module
     from .systemd import Systemd
 
-    with reconcile_module.locked(convergence.state_dir()):
+    with reconcile_module.locked(stamps.state_dir()):
         if not reload:
             reconcile_module.take_trigger()
         with Systemd() as manager:
@@ -770,23 +770,27 @@ def _reconcile(bootctrl_dir: Path | None, qmail_home: Path | None, reload: bool)
             click.echo(line)
     if not outcome.lines:
         click.echo("nothing changed")
-    # The known problems of every enabled service (an unknown GROUP= is known here, not
-    # to the generator): those it touched or that are broken make reload-config fail.
-    broken = [item.name for item in reconcile_module.broken_services(model)]
-    named = [name for name in outcome.touched if name != convergence.SEND and name not in broken]
-    failed = outcome.failed
-    for name in dict.fromkeys([*broken, *named, *(s.name for s in model.services)]):
-        for problem in reconcile_module.service_problems(model, name):
-            click.echo(f"problem: {problem}", err=True)
-            failed = failed or (reload and (name in broken or name in named))
-    if reload:  # the admin waits: say whether what it restarted stays up
-        failed = _restarted_stay_up(named) or failed
+    broken = [item.name for item in observe.broken_services(model)]
+    names = dict.fromkeys([*broken, *outcome.touched, *(s.name for s in model.services)])
+    verdict = plan.reconcile_verdict(
+        outcome.failed,
+        outcome.touched,
+        broken,
+        [service.name for service in model.services],
+        {name: observe.service_problems(model, name) for name in names},
+        admin_waits=reload,
+    )
+    for problem in verdict.problems:
+        click.echo(f"problem: {problem}", err=True)
+    failed = verdict.failed
+    if verdict.wait_for and not _all_stay_up(verdict.wait_for):
+        failed = True
     if failed:
         sys.exit(1)
 
 
-def _restarted_stay_up(names: list[str]) -> bool:
-    """Wait for the restarts the reconcile queued; True when one does not stay up."""
+def _all_stay_up(names: tuple[str, ...]) -> bool:
+    """Wait for the restarts the reconcile queued; True when every one stays up."""
     from .systemd import SETTLE_SECONDS, JobFailed, Systemd
 
     failed = False
@@ -800,7 +804,7 @@ def _restarted_stay_up(names: list[str]) -> bool:
                 click.echo(f"qbootctl: {error}", err=True)
                 for journal_line in error.journal.splitlines():
                     click.echo(f"  {journal_line}", err=True)
-    return failed
+    return not failed
 
 
 if __name__ == "__main__":

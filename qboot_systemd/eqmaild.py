@@ -15,8 +15,9 @@ from __future__ import annotations
 import os
 import sys
 
-from . import admin, convergence, health, reconcile, units
+from . import admin, units
 from . import bootctrl as bootctrl_model
+from .apply import health, observe, stamps
 from .errors import UserError, from_os_error
 from .systemd import SETTLE_SECONDS, JobFailed, Systemd
 
@@ -52,7 +53,7 @@ def _reload(manager: Systemd) -> None:
     triggers runs first (a service's start waits for it anyway)."""
     manager.reload()
     try:
-        manager.act("start", convergence.RECONCILE_UNIT, timeout=300, oneshot=True)
+        manager.act("start", stamps.RECONCILE_UNIT, timeout=300, oneshot=True)
     except (JobFailed, UserError) as error:
         print(f"eqmaild: {error}", file=sys.stderr)
 
@@ -62,10 +63,10 @@ def _step(manager: Systemd, verb: str, item: admin.Target, was_running: bool) ->
     JobFailed of a unit that did not start or did not stay up."""
     try:
         if verb == "stop":
-            for _, unit in admin.plan("stop", item):
+            for _, unit in admin.unit_jobs("stop", item):
                 manager.act("stop", unit)
             return was_running
-        for unit_verb, unit in admin.plan("start", item):
+        for unit_verb, unit in admin.unit_jobs("start", item):
             manager.act(unit_verb, unit, settle=SETTLE_SECONDS)
         return True
     except JobFailed as error:
@@ -92,7 +93,7 @@ def _targets(manager: Systemd, model: bootctrl_model.Bootctrl, verb: str) -> lis
     found = admin.everything(model, running if verb in ("stop", "status") else [], send_running)
     if verb == "stop" or verb == "status":
         return found
-    enabled = set(convergence.enabled_names(model.directory))
+    enabled = set(stamps.enabled_names(model.directory))
     return [t for t in found if (t.is_send and model.send is not None) or t.name in enabled]
 
 
@@ -109,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"bootctrl directory {directory} not found",
                 "set QBOOT_BOOTCTRL or run qbootctl install",
             )
-        model = convergence.load(directory)
+        model = stamps.load(directory)
         failures = 0
         judged: list[health.Health] = []
         with Systemd() as manager:
@@ -121,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
             }
             if verb in ("start", "restart"):
                 _reload(manager)
-                model = convergence.load(directory)
-            broken = {item.name: item for item in reconcile.broken_services(model)}
+                model = stamps.load(directory)
+            broken = {item.name: item for item in observe.broken_services(model)}
             for item in targets:
                 quiet = _noresult(model, item.name)
                 if verb == "status":

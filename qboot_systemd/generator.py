@@ -13,8 +13,10 @@ import os
 import stat
 import sys
 
-from . import bootctrl, convergence, units
+from . import bootctrl, units
 from ._startup import TYPE_CHECKING, join_path, pure_path
+from .apply import stamps
+from .files import replace_file
 from .problems import Problem
 
 if TYPE_CHECKING:
@@ -41,11 +43,13 @@ def plan(
             service_text = units.service_dropin(service, paths)
         except units.UnsafeValue as error:
             line = service.line_of(error.setting) if error.setting else 0
-            problems.append(Problem(where, line, f"{error}; service {service.name} skipped"))
+            message = f"{error}; service {service.name} skipped"
+            problems.append(Problem(where, line, message, service.name))
             continue
         except Exception as error:  # one service never stops the others
             message = f"cannot write its units ({type(error).__name__})"
-            problems.append(Problem(where, 0, f"{message}; service {service.name} skipped"))
+            message += f"; service {service.name} skipped"
+            problems.append(Problem(where, 0, message, service.name))
             continue
         files[f"{socket}.d/{units.DROPIN_NAME}"] = socket_text
         files[f"{unit}.d/{units.DROPIN_NAME}"] = service_text
@@ -58,9 +62,10 @@ def plan(
             )
         except units.UnsafeValue as error:
             problems.append(Problem(model.send.rc_file, 0, f"{error}; qmail-send skipped"))
-    for name in convergence.add_convergence(model, files, links, paths, convergence.state_path()):
+    for name in stamps.add_stamps_and_last_good(model, files, links, paths, stamps.state_path()):
         rc_file = f"{model.directory}/qmail-{name}.rc"
-        problems.append(Problem(rc_file, 0, f"service {name} keeps its last good settings"))
+        message = f"service {name} keeps its last good settings"
+        problems.append(Problem(rc_file, 0, message, name))
     return files, links, sorted(problems)
 
 
@@ -97,22 +102,6 @@ def write(output: str | os.PathLike[str], files: dict[str, str], links: dict[str
         if os.path.lexists(link):
             os.unlink(link)
         os.symlink(destination, link)
-
-
-_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC  # open(..., "wb")'s flags
-
-
-def replace_file(target: str | os.PathLike[str], data: bytes) -> None:
-    """target holds data, old or new whole, never half written (a temporary beside it)."""
-    temporary = os.fspath(target) + ".tmp"
-    descriptor = os.open(temporary, _CREATE, 0o666)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(descriptor, view) :]
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, target)
 
 
 def log(problems: list[Problem], stream_path: str = "/dev/kmsg") -> None:
@@ -174,7 +163,7 @@ def run(
         )
         return 0
     try:
-        model = convergence.load(directory, qmail_home)
+        model = stamps.load(directory, qmail_home)
     except Exception as error:  # load() collects problems; this is the last line of defence
         message = f"cannot read ({type(error).__name__}); no qmail unit generated"
         log([Problem(directory, 0, message)], log_path)

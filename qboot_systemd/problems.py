@@ -9,6 +9,7 @@ class Problem(NamedTuple):
     file: str
     line: int  # 0 when the problem concerns the file as a whole
     message: str
+    service: str = ""  # the tcp service it keeps from its files; "" for none in particular
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file

@@ -128,8 +128,9 @@ class Systemd:
     def reload(self) -> None:
         self._manager.Manager.Reload()
 
-    def start(self, unit: str) -> bytes:
-        """Queue a start job without waiting for it (boot: systemd orders the rest)."""
+    def queue_start(self, unit: str) -> bytes:
+        """Queue a start job without waiting for it (boot: systemd orders the rest); act()
+        waits for its job."""
         return self._job("StartUnit", unit)
 
     def queue_restart(self, unit: str) -> bytes:

@@ -9,7 +9,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import generator, health, install, units
+from . import generator, install, units
+from .apply import health
 from .bootctrl import Bootctrl
 from .run import run
 

@@ -4,7 +4,7 @@ sandbox tests of the admin's tools."""
 
 from __future__ import annotations
 
-from qboot_systemd import convergence
+from qboot_systemd.apply import stamps
 
 from . import sandbox
 from .conftest import ROOT
@@ -16,8 +16,8 @@ EQMAILD = str(ROOT / ".venv" / "bin" / "eqmaild")
 
 def settled(box: Sandbox) -> bool:
     """The reconcile that the last reload triggered has run."""
-    trigger = box.run("test", "-e", f"/run/systemd/generator/{convergence.TRIGGER}", check=False)
-    active = show(box, convergence.RECONCILE_UNIT, "ActiveState")
+    trigger = box.run("test", "-e", f"/run/systemd/generator/{stamps.TRIGGER}", check=False)
+    active = show(box, stamps.RECONCILE_UNIT, "ActiveState")
     return trigger.returncode != 0 and active in ("inactive", "failed")
 
 
@@ -25,7 +25,7 @@ def reload_and_settle(box: Sandbox, timeout: float = 30) -> None:
     """`systemctl daemon-reload`, as the admin types it, then the reconcile it starts."""
     box.run("systemctl", "daemon-reload")
     assert sandbox.wait_until(lambda: settled(box), timeout), box.run(
-        "journalctl", "-u", convergence.RECONCILE_UNIT, "--no-pager", check=False
+        "journalctl", "-u", stamps.RECONCILE_UNIT, "--no-pager", check=False
     ).stdout
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from qboot_systemd import bootctrl, convergence, generator, journal, reconcile, units
+from qboot_systemd import bootctrl, generator, journal, units
+from qboot_systemd.apply import observe, stamps
 from qboot_systemd.systemd import UnitState
 
 SMTP = "qmail-tcpd@smtp.service"
@@ -23,7 +24,7 @@ class FakeSystemd:
         self.output = output
         self.main: subprocess.Popen[bytes] | None = None
         if running:
-            self.main = running_with(reconcile.loaded_hash(output, SMTP))
+            self.main = running_with(observe.loaded_hash(output, SMTP))
         self.socket_active = True
         self.calls: list[tuple[str, str]] = []
 
@@ -54,13 +55,13 @@ class FakeSystemd:
             self.close()
             self.main = None
 
-    def start(self, unit: str) -> None:
+    def queue_start(self, unit: str) -> None:
         self.calls.append(("start", unit))
 
     def queue_restart(self, unit: str) -> None:
         self.calls.append(("restart", unit))
         self.close()
-        self.main = running_with(reconcile.loaded_hash(self.output, SMTP))
+        self.main = running_with(observe.loaded_hash(self.output, SMTP))
 
 
 def generate(directory: Path, output: Path) -> None:
@@ -72,15 +73,15 @@ def generate(directory: Path, output: Path) -> None:
 
 def running_with(stamp: str) -> subprocess.Popen[bytes]:
     """A stand-in for the service's main process: it keeps the stamp it started with."""
-    return subprocess.Popen(["sleep", "60"], env={convergence.STAMP_VARIABLE: stamp})
+    return subprocess.Popen(["sleep", "60"], env={stamps.STAMP_VARIABLE: stamp})
 
 
 def model(directory: Path) -> bootctrl.Bootctrl:
-    return convergence.load(directory, directory.parent / "q", check_accounts=True)
+    return stamps.load(directory, directory.parent / "q", check_accounts=True)
 
 
 def dropins(output: Path) -> dict[str, bytes]:
-    return {name: (output / name).read_bytes() for name in convergence.service_files("smtp")}
+    return {name: (output / name).read_bytes() for name in stamps.service_files("smtp")}
 
 
 def stage_site(

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from qboot_systemd import admin, bootctrl, convergence, reconcile, units
+from qboot_systemd import admin, bootctrl, units
+from qboot_systemd.apply import observe, reconcile, stamps
 from qboot_systemd.systemd import UnitState
 
 from .bootctrl_trees import copy_shipped
@@ -67,7 +68,7 @@ class RestartsAfterTheReconcile(FakeSystemd):
     def run_queued_jobs(self) -> None:
         for _ in self.queued:
             self.close()
-            self.main = running_with(reconcile.loaded_hash(self.output, SMTP))
+            self.main = running_with(observe.loaded_hash(self.output, SMTP))
         self.queued.clear()
 
 
@@ -85,7 +86,7 @@ def test_a_queued_restart_is_logged_once(tmp_path: Path, monkeypatch: pytest.Mon
         message = f"restarted {SMTP} (command or environment changed)"
         assert outcome.lines == (message,)
         assert manager.calls == [("restart", SMTP)]
-        assert sent == [((SMTP, convergence.RECONCILE_UNIT), message)]
+        assert sent == [((SMTP, stamps.RECONCILE_UNIT), message)]
         manager.run_queued_jobs()
         manager.calls.clear()
         assert reconcile.reconcile(manager, model(directory), output, state).lines == ()  # type: ignore[arg-type]
@@ -106,7 +107,7 @@ def test_stop_all_is_what_systemd_runs_and_what_bootctrl_enables(tmp_path: Path)
     (directory / "tcprules-smtp.cdb").write_bytes(b"\0" * 2048)
     (directory / "qmail-subm.rc").symlink_to("qmail-tcpd")
     (directory / "qmail-subm.env").write_text("PORT=25x\n")  # broken: runs its last good
-    loaded = convergence.load(directory, tmp_path / "q")
+    loaded = stamps.load(directory, tmp_path / "q")
     assert [s.name for s in loaded.services] == ["smtp"]
     systemd_has = [
         "qmail-tcpd@gone.service",  # not-found active running
@@ -118,7 +119,7 @@ def test_stop_all_is_what_systemd_runs_and_what_bootctrl_enables(tmp_path: Path)
     assert running == ["gone", "subm"]
     targets = admin.everything(loaded, running, send_running=True)
     assert [t.name for t in targets] == ["send", "gone", "smtp", "subm"]
-    assert admin.plan("stop", targets[1]) == [
+    assert admin.unit_jobs("stop", targets[1]) == [
         ("stop", "qmail-tcpd@gone.service"),
         ("stop", "qmail-tcpd@gone.socket"),
     ]

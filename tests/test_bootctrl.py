@@ -273,6 +273,7 @@ def _drop_conflicting_reference(
                 service.listen_line if service.env_file else 0,
                 f"{mine.systemd()} is already used by service {other.name}; "
                 f"service {service.name} skipped",
+                service.name,
             )
         )
     return sorted(kept, key=lambda s: s.name)

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from qboot_systemd import convergence
+from qboot_systemd.apply import stamps
 
 from . import sandbox
 from .conftest import ROOT
@@ -51,15 +51,15 @@ def in_session(box: Sandbox, port: int) -> bool:
 
 def settled(box: Sandbox) -> bool:
     """The reconcile that the last reload triggered has run."""
-    trigger = box.run("test", "-e", f"/run/systemd/generator/{convergence.TRIGGER}", check=False)
-    active = show(box, convergence.RECONCILE_UNIT, "ActiveState")
+    trigger = box.run("test", "-e", f"/run/systemd/generator/{stamps.TRIGGER}", check=False)
+    active = show(box, stamps.RECONCILE_UNIT, "ActiveState")
     return trigger.returncode != 0 and active in ("inactive", "failed")
 
 
 def reload_and_settle(box: Sandbox) -> None:
     box.run("systemctl", "daemon-reload")
     assert wait_until(lambda: settled(box)), box.run(
-        "journalctl", "-u", convergence.RECONCILE_UNIT, "--no-pager", check=False
+        "journalctl", "-u", stamps.RECONCILE_UNIT, "--no-pager", check=False
     ).stdout
 
 
@@ -81,7 +81,7 @@ def banner(box: Sandbox, port: int, quit_after: float = 0) -> str:
 def running_stamp(box: Sandbox, pid: str) -> str:
     """QBOOT_CONFIG of a running process: the settings it was started with."""
     environ = box.run("cat", f"/proc/{pid}/environ").stdout.split("\0")
-    return next(item for item in environ if item.startswith(convergence.STAMP_VARIABLE + "="))
+    return next(item for item in environ if item.startswith(stamps.STAMP_VARIABLE + "="))
 
 
 def edit(box: Sandbox, name: str, text: str) -> None:
@@ -90,7 +90,7 @@ def edit(box: Sandbox, name: str, text: str) -> None:
 
 def test_boot_runs_reconcile_once_and_remembers(box: Sandbox) -> None:
     assert wait_until(lambda: settled(box))
-    assert show(box, convergence.PATH_UNIT, "ActiveState") == "active"
+    assert show(box, stamps.PATH_UNIT, "ActiveState") == "active"
     assert box.run("ls", "/run/qboot/last-good").stdout.split() == ["send.applied", "smtp"]
     assert banner(box, 25).startswith("220 ")
     status = box.run(QBOOTCTL, "status", check=False)

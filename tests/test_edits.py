@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from qboot_systemd import admin, bootctrl, convergence, generator, reconcile, units
+from qboot_systemd import admin, bootctrl, generator, units
+from qboot_systemd.apply import observe, stamps
 from qboot_systemd.errors import UserError
 from qboot_systemd.problems import Problem
 
@@ -47,20 +48,20 @@ def test_generator_keeps_a_broken_service_on_its_last_good_drop_ins(
     state = tmp_path / "state"
     monkeypatch.setenv("QBOOT_STATE_DIR", str(state))
     paths = units.Paths()
-    files, links, problems = generator.plan(convergence.load(directory, "/q"), paths)
+    files, links, problems = generator.plan(stamps.load(directory, "/q"), paths)
     assert problems == []
     stamp = files["qmail-tcpd@smtp.service.d/qboot-config.conf"]
     assert stamp.endswith("[Service]\nEnvironment=QBOOT_CONFIG=" + stamp[-17:])
-    assert files[convergence.TRIGGER] and links["paths.target.wants/qboot-reconcile.path"]
-    for relative in convergence.service_files("smtp"):  # what reconcile remembers
+    assert files[stamps.TRIGGER] and links["paths.target.wants/qboot-reconcile.path"]
+    for relative in stamps.service_files("smtp"):  # what reconcile remembers
         (state / "last-good" / "smtp" / relative).parent.mkdir(parents=True, exist_ok=True)
         (state / "last-good" / "smtp" / relative).write_text(files[relative])
     (directory / "qmail-smtp.env").write_text('PORT=2525\nBANNER="oops\n')
-    broken = convergence.load(directory, "/q")
+    broken = stamps.load(directory, "/q")
     assert broken.services == ()
     again, links, problems = generator.plan(broken, paths)
-    assert {k: v for k, v in again.items() if k != convergence.TRIGGER} == {
-        k: v for k, v in files.items() if k != convergence.TRIGGER
+    assert {k: v for k, v in again.items() if k != stamps.TRIGGER} == {
+        k: v for k, v in files.items() if k != stamps.TRIGGER
     }
     assert links["sockets.target.wants/qmail-tcpd@smtp.socket"].endswith("qmail-tcpd@.socket")
     assert any("service smtp keeps its last good settings" in str(p) for p in problems)
@@ -68,10 +69,10 @@ def test_generator_keeps_a_broken_service_on_its_last_good_drop_ins(
         str(directory), "/q", None, (), (Problem(str(directory), 0, "cannot read directory"),)
     )
     kept, links, _ = generator.plan(unreadable, paths)
-    assert convergence.TRIGGER not in kept  # no reconcile: it would stop everything
+    assert stamps.TRIGGER not in kept  # no reconcile: it would stop everything
     dropin = "qmail-tcpd@smtp.service.d/qboot.conf"
     assert kept[dropin] == files[dropin]
-    found = reconcile.service_problems(broken, "smtp")
+    found = observe.service_problems(broken, "smtp")
     assert [str(p) for p in found] == [
         f"{directory}/qmail-smtp.env:2: newline inside a quoted value (unterminated double quote?)"
     ]

@@ -126,6 +126,16 @@ def test_generator_imports_stay_light() -> None:
     assert done.stdout.strip() == "[]"
 
 
+def test_generator_takes_only_stamps_from_apply() -> None:
+    """The apply package's observing, planning and applying are the commands' cost."""
+    code = (
+        "import sys, qboot_systemd.generator; "
+        "print(sorted(m for m in sys.modules if m.startswith('qboot_systemd.apply')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["['qboot_systemd.apply',", "'qboot_systemd.apply.stamps']"]
+
+
 @pytest.mark.parametrize(
     ("argument", "quoted"),
     [

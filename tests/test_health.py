@@ -16,8 +16,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from qboot_systemd import cli, health, mktcprules
-from qboot_systemd.health import Facts, ProgramFact, RulesFact, SessionsFact, State
+from qboot_systemd import cli, mktcprules
+from qboot_systemd.apply import health
+from qboot_systemd.apply.health import Facts, ProgramFact, RulesFact, SessionsFact, State
 from qboot_systemd.problems import Problem
 
 from .conftest import SHIPPED_BOOTCTRL, require_tool

@@ -14,15 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from qboot_systemd import (
-    __version__,
-    accounts,
-    convergence,
-    persisted,
-    reconcile,
-    reconcile_plan,
-    units,
-)
+from qboot_systemd import __version__, accounts, units
+from qboot_systemd.apply import lastgood, observe, plan, reconcile, stamps
 
 from .fake_systemd import SMTP, FakeSystemd, dropins, generate, model, stage_site
 
@@ -55,14 +48,14 @@ def test_an_unknown_user_keeps_the_last_good_drop_ins(
         assert manager.calls == [("reload", "")]
         assert outcome.lines == () and not outcome.failed
         assert dropins(output) == good  # systemd loaded the last good settings again
-        assert convergence.read_refused(state) == {
-            "smtp": convergence.config_hash(model(directory).services[0], str(directory))
+        assert stamps.read_refused(state) == {
+            "smtp": stamps.config_hash(model(directory).services[0], str(directory))
         }
-        (broken,) = reconcile.broken_services(model(directory), output)
+        (broken,) = observe.broken_services(model(directory), output)
         assert broken.kept and [str(p).split("/")[-1] for p in broken.problems] == [
             f"{PROBLEM}: no such user on this system; create it or fix the name"
         ]
-        notes = reconcile.status_notes(
+        notes = observe.status_notes(
             model(directory),
             "smtp",
             manager.state("qmail-tcpd@smtp.socket"),
@@ -83,8 +76,8 @@ def test_an_unknown_user_keeps_the_last_good_drop_ins(
         monkeypatch.setattr(accounts, "user_exists", lambda name: True)
         outcome = reconcile.reconcile(manager, model(directory), output, state)  # type: ignore[arg-type]
         assert manager.calls == [("reload", ""), ("restart", SMTP)]
-        assert convergence.read_refused(state) == {}
-        assert reconcile.broken_services(model(directory), output) == []
+        assert stamps.read_refused(state) == {}
+        assert observe.broken_services(model(directory), output) == []
     finally:
         manager.close()
 
@@ -96,13 +89,13 @@ def test_a_fresh_service_with_an_unknown_user_is_not_started_and_says_why(
     (directory / "qmail-smtp.env").write_text(UNKNOWN)
     generate(directory, output)  # boot: no last good settings yet
     manager = FakeSystemd(directory, output, False)
-    (broken,) = reconcile.broken_services(model(directory), output)
+    (broken,) = observe.broken_services(model(directory), output)
     assert not broken.kept  # what is loaded is these very settings
     outcome = reconcile.reconcile(manager, model(directory), output, state)  # type: ignore[arg-type]
     assert outcome.lines == ("stopped smtp (unknown account: see qbootctl status)",)
     assert manager.calls[0] == ("reload", "")
     assert not (output / f"{SMTP}.d").exists()  # not generated: nothing crash-loops
-    notes = reconcile.status_notes(
+    notes = observe.status_notes(
         model(directory),
         "smtp",
         manager.state("qmail-tcpd@smtp.socket"),
@@ -118,13 +111,11 @@ def test_the_generator_emits_the_last_good_drop_ins_for_refused_settings_only(
 ) -> None:
     directory, output, state = site
     generate(directory, output)
-    reconcile.remember(
-        output, state, [reconcile_plan.Observed("smtp", True, True, True, True, "", None)]
-    )
+    lastgood.remember(output, state, [plan.Observed("smtp", True, True, True, True, "", None)])
     good = dropins(output)
     (directory / "qmail-smtp.env").write_text(UNKNOWN)
-    assert reconcile.refuse_unknown_accounts(model(directory), state)
-    assert not reconcile.refuse_unknown_accounts(model(directory), state)  # unchanged: no reload
+    assert lastgood.refuse_unknown_accounts(model(directory), state)
+    assert not lastgood.refuse_unknown_accounts(model(directory), state)  # unchanged: no reload
     generate(directory, output)
     assert dropins(output) == good
     # Another edit (still the unknown user): refused again only once the reconcile says so.
@@ -132,7 +123,7 @@ def test_the_generator_emits_the_last_good_drop_ins_for_refused_settings_only(
     generate(directory, output)
     assert b"DATABYTES" in dropins(output)[f"{SMTP}.d/{units.DROPIN_NAME}"]
     # Garbage in the marks never breaks the generator.
-    (state / convergence.REFUSED / "smtp").write_bytes(b"\xff\xfe")
+    (state / stamps.REFUSED / "smtp").write_bytes(b"\xff\xfe")
     generate(directory, output)
     assert b"DATABYTES" in dropins(output)[f"{SMTP}.d/{units.DROPIN_NAME}"]
 
@@ -154,7 +145,7 @@ def test_a_broken_service_runs_its_last_good_settings_after_a_reboot(
     site: tuple[Path, Path, Path], broken: str, generated_at_boot: bool
 ) -> None:
     directory, output, state = site
-    persist = persisted.persist_dir()
+    persist = lastgood.persist_dir()
     generate(directory, output)
     manager = FakeSystemd(directory, output, True)
     try:
@@ -162,7 +153,7 @@ def test_a_broken_service_runs_its_last_good_settings_after_a_reboot(
     finally:
         manager.close()
     good = dropins(output)
-    assert persisted.load(persist, "smtp", convergence.service_files("smtp")) == good
+    assert lastgood.load(persist, "smtp", stamps.service_files("smtp")) == good
     (directory / "qmail-smtp.env").write_text(broken)
     manager = reboot(directory, output, state)
     assert manager.socket_active == generated_at_boot
@@ -175,17 +166,17 @@ def test_a_broken_service_runs_its_last_good_settings_after_a_reboot(
             "started qmail-tcpd@smtp.socket (last good settings kept on disk)",
         )
     assert dropins(output) == good and manager.socket_active
-    (found,) = reconcile.broken_services(model(directory), output)
+    (found,) = observe.broken_services(model(directory), output)
     assert found.kept
     # Fixed: the new settings run and are kept from now on; disabled: forgotten.
     (directory / "qmail-smtp.env").write_text("PORT=2526\n")
     generate(directory, output)
     reconcile.reconcile(manager, model(directory), output, state)  # type: ignore[arg-type]
-    assert persisted.load(persist, "smtp", convergence.service_files("smtp")) == dropins(output)
+    assert lastgood.load(persist, "smtp", stamps.service_files("smtp")) == dropins(output)
     (directory / "qmail-smtp.rc").unlink()
     generate(directory, output)
     reconcile.reconcile(manager, model(directory), output, state)  # type: ignore[arg-type]
-    assert persisted.load(persist, "smtp", convergence.service_files("smtp")) is None
+    assert lastgood.load(persist, "smtp", stamps.service_files("smtp")) is None
     assert not (persist / "last-good" / "smtp.json").exists()
 
 
@@ -204,37 +195,37 @@ def test_without_a_copy_on_disk_a_broken_service_stays_down_after_a_reboot(
     manager = reboot(directory, output, state)
     outcome = reconcile.reconcile(manager, model(directory), output, state)  # type: ignore[arg-type]
     assert (outcome.lines, manager.calls) == ((), [])
-    (found,) = reconcile.broken_services(model(directory), output)
+    (found,) = observe.broken_services(model(directory), output)
     assert not found.kept
 
 
 def test_what_is_kept_on_disk_is_used_only_as_written(tmp_path: Path) -> None:
-    wanted = convergence.service_files("smtp")
+    wanted = stamps.service_files("smtp")
     files = {name: f"[Unit]\n# {name}\n".encode() for name in wanted}
     files[wanted[0]] += b"\xff not UTF-8\n"
     base = tmp_path / "qboot"
-    assert persisted.save(base, "smtp", files)
-    assert not persisted.save(base, "smtp", files)  # unchanged: not written again
-    assert persisted.load(base, "smtp", wanted) == files
-    assert persisted.load(base, "smtp", wanted[:2]) is None  # not the files asked for
+    assert lastgood.save(base, "smtp", files)
+    assert not lastgood.save(base, "smtp", files)  # unchanged: not written again
+    assert lastgood.load(base, "smtp", wanted) == files
+    assert lastgood.load(base, "smtp", wanted[:2]) is None  # not the files asked for
     entry = base / "last-good" / "smtp.json"
     assert oct(entry.stat().st_mode & 0o777) == "0o600"
     text = entry.read_text()
     entry.write_text(text.replace(__version__, "0.0.0"))  # another version's
-    assert persisted.load(base, "smtp", wanted) is None
+    assert lastgood.load(base, "smtp", wanted) is None
     for garbage in (b"", b"\0" * 10, b"[]", b'{"qboot-systemd": 1}', b"\xff"):
         entry.write_bytes(garbage)
-        assert persisted.load(base, "smtp", wanted) is None
+        assert lastgood.load(base, "smtp", wanted) is None
     entry.write_text(text)
     (base / "last-good").chmod(0o777)  # writable by others: its files could run as root
-    assert persisted.load(base, "smtp", wanted) is None
+    assert lastgood.load(base, "smtp", wanted) is None
     (base / "last-good").chmod(0o700)
     entry.unlink()
     entry.symlink_to(tmp_path / "elsewhere.json")
     (tmp_path / "elsewhere.json").write_text(text)
-    assert persisted.load(base, "smtp", wanted) is None  # never followed
+    assert lastgood.load(base, "smtp", wanted) is None  # never followed
     entry.unlink()
-    entry.write_bytes(b" " * (persisted.MAX_BYTES + 1))
-    assert persisted.load(base, "smtp", wanted) is None
-    assert persisted.remove(base, "smtp") and not persisted.remove(base, "smtp")
-    assert persisted.forget_all(base) and not base.exists()
+    entry.write_bytes(b" " * (lastgood.MAX_BYTES + 1))
+    assert lastgood.load(base, "smtp", wanted) is None
+    assert lastgood.remove(base, "smtp") and not lastgood.remove(base, "smtp")
+    assert lastgood.forget_all(base) and not base.exists()

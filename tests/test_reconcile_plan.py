@@ -7,8 +7,9 @@ import os
 import socket
 import sys
 
-from qboot_systemd import listening, reconcile_plan
-from qboot_systemd.reconcile_plan import Observed, Step, Verb
+from qboot_systemd import listening
+from qboot_systemd.apply import plan as reconcile_plan
+from qboot_systemd.apply.plan import Observed, Step, Verb
 
 
 def observed(**changes: object) -> Observed:
@@ -28,7 +29,7 @@ def observed(**changes: object) -> Observed:
 
 
 def steps(item: Observed) -> list[tuple[str, str]]:
-    change = reconcile_plan.plan_one(item)
+    change = reconcile_plan.change_for(item)
     return [(step.verb.value, step.unit) for step in change.steps] if change else []
 
 
@@ -44,13 +45,13 @@ def test_plan_listen_change_restarts_socket_between_service_stop_and_start() -> 
         ("restart", "qmail-tcpd@smtp.socket"),
         ("start", "qmail-tcpd@smtp.service"),
     ]
-    change = reconcile_plan.plan_one(moved)
+    change = reconcile_plan.change_for(moved)
     assert change is not None and change.message.endswith("[::]:25 -> [::]:2525")
     idle = observed(
         wanted=frozenset({("::", 2525)}), bound=frozenset(), service_active=False, held=frozenset()
     )
     assert steps(idle) == [("restart", "qmail-tcpd@smtp.socket")]
-    assert [step.waits for step in reconcile_plan.plan_one(moved).steps] == [True, True, False]
+    assert [step.waits for step in reconcile_plan.change_for(moved).steps] == [True, True, False]
 
 
 def test_plan_command_or_environment_change_restarts_only_the_service() -> None:
@@ -69,7 +70,7 @@ def test_plan_new_removed_and_stopped_by_the_admin() -> None:
         ("stop", "qmail-tcpd@smtp.service"),
         ("stop", "qmail-tcpd@smtp.socket"),
     ]
-    plan = reconcile_plan.plan(
+    plan = reconcile_plan.changes(
         [observed(name="a", running_hash="old"), observed(name="z", generated=False)]
     )
     assert [change.name for change in plan] == ["z", "a"]  # a freed port first

@@ -29,10 +29,10 @@ def test_job_failed_names_the_result_or_the_sub_state() -> None:
 def test_plans_start_the_service_too_and_keep_the_socket_on_restart() -> None:
     smtp = admin.target("smtp")
     socket, service = "qmail-tcpd@smtp.socket", "qmail-tcpd@smtp.service"
-    assert admin.plan("start", smtp) == [("start", socket), ("start", service)]
-    assert admin.plan("restart", smtp) == [("start", socket), ("restart", service)]
-    assert admin.plan("stop", smtp) == [("stop", service), ("stop", socket)]
-    assert admin.plan("reload", admin.target("send")) == [("reload", "qmail-send.service")]
+    assert admin.unit_jobs("start", smtp) == [("start", socket), ("start", service)]
+    assert admin.unit_jobs("restart", smtp) == [("start", socket), ("restart", service)]
+    assert admin.unit_jobs("stop", smtp) == [("stop", service), ("stop", socket)]
+    assert admin.unit_jobs("reload", admin.target("send")) == [("reload", "qmail-send.service")]
 
 
 def test_a_crash_loop_is_not_running() -> None:

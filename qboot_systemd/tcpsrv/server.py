@@ -387,7 +387,7 @@ class Server:
         """STATUS= starts with "down: why" while its chain or rules cannot serve."""
         if not self.notifier.enabled:
             return  # no STATUS= to say it in (and no health module in memory)
-        from ..health import SERVICE_PATH, RulesFact, own_status
+        from ..apply.health import SERVICE_PATH, RulesFact, own_status
 
         if rules is None and self.rules is not None:
             state = self.rules.snapshot()

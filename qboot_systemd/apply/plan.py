@@ -1,16 +1,19 @@
-"""What `qbootctl reconcile` sees and the plan it carries out, and what `qbootctl status`
-says: pure functions over what systemd reports. Apart from convergence.py, which the
-generator imports, so that the generator's start-up does not build these models.
+"""The decisions of apply, pure functions over what observe found, golden-tested without
+systemd: the changes `qbootctl reconcile` carries out, what `qbootctl status` says is
+pending, what fails `reload-config`, how a verb treats a broken service, the order
+`qbootctl uninstall` stops things in.
 """
 
 from __future__ import annotations
 
 import enum
 import ipaddress
+from collections.abc import Mapping, Sequence
 
-from . import units
-from .convergence import SEND
-from .records import NamedTuple
+from .. import units
+from ..problems import Problem
+from ..records import NamedTuple
+from . import SEND, stamps
 
 # --- what reconcile sees --------------------------------------------------------------------
 Address = tuple[str, int]  # (normalised IP, port)
@@ -90,7 +93,7 @@ def listen_stale(item: Observed) -> bool:
     return bool(item.wanted - item.bound) or bool(item.held - item.wanted)
 
 
-def plan_one(item: Observed) -> Change | None:
+def change_for(item: Observed, refused: frozenset[str] = frozenset()) -> Change | None:
     if item.is_send:
         unit = units.SEND_UNIT
         if not item.generated:
@@ -110,7 +113,11 @@ def plan_one(item: Observed) -> Change | None:
             return Change(
                 item.name,
                 (Step(Verb.STOP, service), Step(Verb.STOP, socket)),
-                f"stopped {item.name} (no longer enabled)",
+                # Refused (an unknown account) with no last good settings: not generated
+                # either, but its rc link is still there.
+                f"stopped {item.name} (unknown account: see qbootctl status)"
+                if item.name in refused
+                else f"stopped {item.name} (no longer enabled)",
             )
         return None
     if not item.socket_active:
@@ -142,9 +149,10 @@ def plan_one(item: Observed) -> Change | None:
     return None
 
 
-def plan(observed: list[Observed]) -> list[Change]:
-    """Only what differs; removals first so a freed port can be taken by another."""
-    changes = [change for item in observed if (change := plan_one(item)) is not None]
+def changes(observed: list[Observed], refused: frozenset[str] = frozenset()) -> list[Change]:
+    """Only what differs; removals first so a freed port can be taken by another.
+    `refused`: services whose settings the reconcile refused."""
+    changes = [change for item in observed if (change := change_for(item, refused)) is not None]
     return sorted(changes, key=lambda change: (change.steps[0].verb is not Verb.STOP, change.name))
 
 
@@ -170,3 +178,60 @@ def drift(
     if running_hash is not None and running_hash != loaded_hash:
         return "pending: runs older settings (see journalctl -u qboot-reconcile)"
     return None
+
+
+# --- qbootctl uninstall -----------------------------------------------------------------
+def uninstall_order(running: list[str]) -> list[str]:
+    """Everything qboot-systemd runs, in the order to stop it: no reconcile and no boot
+    oneshot first, then each service before its socket, qmail-send last."""
+    tcpd = sorted(unit for unit in running if unit.startswith("qmail-tcpd@"))
+    services = [unit for unit in tcpd if unit.endswith(".service")]
+    sockets = [unit for unit in tcpd if unit.endswith(".socket")]
+    first = [unit for unit in (stamps.PATH_UNIT, units.BOOT_UNIT) if unit in running]
+    last = [units.SEND_UNIT] if units.SEND_UNIT in running else []
+    return first + services + sockets + last
+
+
+# --- what qbootctl reconcile and reload-config report ------------------------------------
+class Verdict(NamedTuple):
+    problems: tuple[Problem, ...]  # to show, each once
+    failed: bool
+    wait_for: tuple[str, ...]  # services whose queued restarts must be seen to stay up
+
+
+def reconcile_verdict(
+    changes_failed: bool,
+    touched: Sequence[str],
+    broken: Sequence[str],
+    enabled: Sequence[str],
+    problems_of: Mapping[str, Sequence[Problem]],
+    admin_waits: bool,
+) -> Verdict:
+    """The known problems of the broken, touched and enabled services (an unknown GROUP=
+    is known to the reconcile, not to the generator). When the admin waits (reload-config),
+    a problem of a service it touched or that is broken fails it, and the restarts it
+    queued must stay up; qboot-reconcile.service itself fails only when a change did."""
+    restarted = [name for name in touched if name != SEND and name not in broken]
+    shown: list[Problem] = []
+    failed = changes_failed
+    for name in dict.fromkeys([*broken, *restarted, *enabled]):
+        found = problems_of.get(name, ())
+        shown.extend(found)
+        if found and admin_waits and (name in broken or name in restarted):
+            failed = True
+    return Verdict(tuple(shown), failed, tuple(restarted) if admin_waits else ())
+
+
+# --- qbootctl start/stop/restart/reload of a broken service ------------------------------
+class Treatment(enum.Enum):
+    AS_IS = "as is"  # not broken, or stopped: its files do not matter
+    LAST_GOOD = "with its last good settings"  # done, and reported as failed
+    NOT_DONE = "not done, fix the file first"  # nothing it could run
+
+
+def treat_broken(verb: str, broken: bool, kept: bool) -> Treatment:
+    """A service whose files have problems can only run its last good settings, and only
+    when it has run before; stopping it needs no settings."""
+    if not broken or verb == "stop":
+        return Treatment.AS_IS
+    return Treatment.LAST_GOOD if kept else Treatment.NOT_DONE

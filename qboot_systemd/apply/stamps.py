@@ -1,6 +1,6 @@
-"""Convergence, the generator's half: what it adds so that edits reach what runs. No
-D-Bus, no click: the generator imports this module (the plan that `qbootctl reconcile`
-carries out is reconcile_plan's).
+"""What the generator writes for apply, and reads back from it, so that edits reach what
+runs. No D-Bus, no click, no pathlib: the generator imports this module (what
+`qbootctl reconcile` does with it is in the rest of the package).
 
 systemd runs nothing after a daemon-reload. So the generator also writes
   - a stamp drop-in per service: Environment=QBOOT_CONFIG=<hash of the service's model>.
@@ -21,8 +21,8 @@ import os
 import stat
 from binascii import crc32
 
-from . import bootctrl, units
-from ._startup import TYPE_CHECKING, json_string, json_text
+from .. import bootctrl, units
+from .._startup import TYPE_CHECKING, json_string, json_text
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -36,7 +36,6 @@ STAMP_VARIABLE = "QBOOT_CONFIG"
 TRIGGER = "qboot-reconcile.trigger"
 PATH_UNIT = "qboot-reconcile.path"
 RECONCILE_UNIT = "qboot-reconcile.service"
-SEND = "send"
 
 
 def state_path() -> str:
@@ -179,7 +178,7 @@ def load(
     )
 
 
-def add_convergence(
+def add_stamps_and_last_good(
     model: bootctrl.Bootctrl,
     files: dict[str, str],
     links: dict[str, str],

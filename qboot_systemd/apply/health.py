@@ -18,15 +18,16 @@ import enum
 import os
 import stat
 
-from .problems import Problem
-from .records import TYPE_CHECKING, NamedTuple
+from ..problems import Problem
+from ..records import TYPE_CHECKING, NamedTuple
+from . import SEND
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
     from pathlib import Path
 
-    from .bootctrl import Bootctrl, Service
-    from .systemd import UnitState
+    from ..bootctrl import Bootctrl, Service
+    from ..systemd import UnitState
 
 
 class State(enum.StrEnum):
@@ -49,7 +50,6 @@ _LSB = {
 }
 _RANK = {State.RUNNING: 0, State.DEGRADED: 1, State.STOPPED: 2, State.DOWN: 3}
 
-SEND = "send"  # qmail-send's target name (convergence.SEND, not imported here)
 # Session outcomes judged from the journal: enough to see a pattern, little to read.
 RECENT_SESSIONS = 20
 
@@ -321,8 +321,8 @@ def chain_facts(
 ) -> tuple[ProgramFact | None, RulesFact | None]:
     """The first program and the rules of a qboot-tcpsrv command line (ExecStart=), as
     root sees them for the user it drops to. (None, None) when it is no such line."""
-    from . import accounts
-    from .tcpsrv.options import UsageError, parse
+    from .. import accounts
+    from ..tcpsrv.options import UsageError, parse
 
     try:
         options = parse(list(argv[1:]))
@@ -330,7 +330,7 @@ def chain_facts(
         return None, None
     program = options.program
     if options.rbl_incore:
-        from .tcpsrv.rbl import parse_command
+        from ..tcpsrv.rbl import parse_command
 
         parsed = parse_command(program)
         if parsed is not None:
@@ -355,8 +355,8 @@ def rules_fact(path: str, uid: int, gid: int) -> RulesFact:
     """Can the service read its cdb (as the server reads it), and is it up to date?"""
     from pathlib import Path
 
-    from . import mktcprules
-    from .rules import RulesError, RuleSet
+    from .. import mktcprules
+    from ..rules import RulesError, RuleSet
 
     problem = access_problem(path, uid, gid, 4)
     missing = not os.path.exists(path)  # a dangling link too
@@ -386,8 +386,8 @@ def _compiles_otherwise(source: Path, cdb: Path) -> bool:
     checkout writes the .cdb before the .txt) is not out of date."""
     import io
 
-    from . import mktcprules, rules
-    from .cdb import write_cdb
+    from .. import mktcprules, rules
+    from ..cdb import write_cdb
 
     try:
         with open(source, "rb") as handle:
@@ -415,7 +415,7 @@ def setting_where(service: Service, program: str) -> str:
 
 def static_facts(service: Service, tcpsrv: str = "qboot-tcpsrv") -> Facts:
     """What bootctrl's files say, without systemd: for qbootctl verify."""
-    from . import units
+    from .. import units
 
     argv = [tcpsrv, *units.tcpsrv_argv(service, units.Paths(tcpsrv=tcpsrv))[1:]]
     program, rules = chain_facts(argv, search=_search_path(service))
@@ -447,7 +447,7 @@ def sessions_fact(lines: Sequence[str], limit: int = RECENT_SESSIONS) -> Session
 
 def server_log(unit: str, pid: int, lines: int = 400) -> list[str]:
     """The log lines of one run of a service's main process ([] when unreadable)."""
-    from .run import run
+    from ..run import run
 
     try:
         done = run(
@@ -469,9 +469,10 @@ def observe(
     """The facts of one target (`send` or a tcp service) from the states systemd gave
     for its units (socket first, the service's loaded ExecStart= among them), what the
     generator wrote (output), the files and the journal."""
-    from . import convergence, listening, reconcile
+    from .. import listening
+    from . import observe, stamps
 
-    if name == convergence.SEND:
+    if name == SEND:
         service_state = states[-1]
         return Facts(
             name,
@@ -483,12 +484,12 @@ def observe(
         )
     socket, service_state = states[0], states[-1]
     found = (
-        reconcile.broken_services(model)
+        observe.broken_services(model)
         if output is None
-        else (reconcile.broken_services(model, output))
+        else (observe.broken_services(model, output))
     )
     broken = next((b for b in found if b.name == name), None)
-    enabled = name in convergence.enabled_names(model.directory)
+    enabled = name in stamps.enabled_names(model.directory)
     current = model.service(name)
     program = rules = sessions = None
     if socket.active == "active" and service_state.exec_start:
@@ -522,12 +523,12 @@ def _pending(
 ) -> str | None:
     """How what runs differs from bootctrl now (an edit not reloaded, a reload not
     applied), as reconcile compares them."""
-    from . import reconcile
+    from . import observe
 
     if output is None:
-        notes = reconcile.status_notes(model, name, socket, service)
+        notes = observe.status_notes(model, name, socket, service)
     else:
-        notes = reconcile.status_notes(model, name, socket, service, output)
+        notes = observe.status_notes(model, name, socket, service, output)
     # status_notes also names broken services; the facts carry those as problems.
     return next((note for note in notes if note.startswith("pending")), None)
 
