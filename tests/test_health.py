@@ -271,3 +271,35 @@ def test_the_server_says_down_in_its_status_and_reloads_without_a_warning(
     finally:
         server.stop()
         receiver.close()
+
+
+def _wrapped_bootctrl(tmp_path: Path, env: str) -> Path:
+    directory = tmp_path / "bootctrl"
+    directory.mkdir(mode=0o755)
+    for name, mode in (("qmail-tcpd", 0o755), ("tcprules-default.cdb", 0o644)):
+        (directory / name).write_bytes((SHIPPED_BOOTCTRL / name).read_bytes())
+        (directory / name).chmod(mode)  # not the checkout's modes (umask 002)
+    (directory / "qmail-smtps.rc").symlink_to("qmail-tcpd")
+    (directory / "tcprules-smtps.cdb").symlink_to("tcprules-default.cdb")
+    (directory / "qmail-smtps.env").write_text(env)
+    return directory
+
+
+@pytest.mark.parametrize("smtpd", ["/bin/truex", "/bin/true"])
+def test_verify_judges_the_smtpd_behind_a_presmtpd_wrapper(open_dir: Path, smtpd: str) -> None:
+    """PRESMTPD=/usr/bin/env (any wrapper that execs the rest, as softlimit or envdir) with
+    SMTPD mistyped: every client is closed, so verify must not say verified; with SMTPD
+    right, it does."""
+    require_tool("systemd-analyze")
+    directory = _wrapped_bootctrl(
+        open_dir, f"PORT=4465\nUSER=nobody\nGROUP=nogroup\nPRESMTPD=/usr/bin/env\nSMTPD={smtpd}\n"
+    )
+    done = CliRunner().invoke(
+        cli.qbootctl, ["verify", "--bootctrl", str(directory), "--qmail-home", "/bin"]
+    )
+    if smtpd == "/bin/true":
+        assert done.exit_code == 0 and "verified" in done.output, done.output
+    else:
+        assert done.exit_code != 0, done.output
+        assert "verified" not in done.output and "/bin/truex" in done.output, done.output
+        assert "qmail-smtps.env:5" in done.output, done.output  # the SMTPD= line

@@ -316,11 +316,24 @@ def find_program(name: str, search: str = SERVICE_PATH) -> str | None:
     return None
 
 
+def _program_fact(name: str, uid: int, gid: int, search: str, where: str) -> ProgramFact:
+    found = find_program(name, search)
+    if found is None:
+        return ProgramFact(name, f"not found in {search}", where)
+    return ProgramFact(name, access_problem(found, uid, gid, 1), where)
+
+
 def chain_facts(
-    argv: Sequence[str], where: str = "", search: str = SERVICE_PATH
+    argv: Sequence[str],
+    where: str = "",
+    search: str = SERVICE_PATH,
+    later: Sequence[str] = (),
 ) -> tuple[ProgramFact | None, RulesFact | None]:
     """The first program and the rules of a qboot-tcpsrv command line (ExecStart=), as
-    root sees them for the user it drops to. (None, None) when it is no such line."""
+    root sees them for the user it drops to. (None, None) when it is no such line.
+    later: programs the chain execs after its first one (SMTPD behind a PRESMTPD wrapper
+    such as softlimit or envdir): the first of them that cannot run is the fact, as every
+    session ends there too."""
     from .. import accounts
     from ..tcpsrv.options import UsageError, parse
 
@@ -340,11 +353,14 @@ def chain_facts(
         gid = accounts.group_id(options.group) if options.group is not None else 0
     except accounts.UnknownAccount:
         return None, None  # a problem of its own (unknown account)
-    found = find_program(program[0], search)
-    if found is None:
-        fact = ProgramFact(program[0], f"not found in {search}", where)
-    else:
-        fact = ProgramFact(program[0], access_problem(found, uid, gid, 1), where)
+    fact = _program_fact(program[0], uid, gid, search, where)
+    for name in later:
+        if fact.problem is not None:
+            break
+        if name in program[1:]:  # what runs, not what bootctrl says now
+            fact = _program_fact(name, uid, gid, search, where)
+    if fact.problem is None:
+        fact = ProgramFact(program[0], None, where)
     rules = None if options.rules is None else rules_fact(options.rules, uid, gid)
     if rules is not None and options.missing_rules_ok:
         rules = rules._replace(missing_ok=True)
@@ -418,7 +434,7 @@ def static_facts(service: Service, tcpsrv: str = "qboot-tcpsrv") -> Facts:
     from .. import units
 
     argv = [tcpsrv, *units.tcpsrv_argv(service, units.Paths(tcpsrv=tcpsrv))[1:]]
-    program, rules = chain_facts(argv, search=_search_path(service))
+    program, rules = chain_facts(argv, search=_search_path(service), later=service.smtpd[:1])
     if program is not None:
         program = program._replace(where=setting_where(service, program.path))
     return Facts(service.name, True, True, program=program, rules=rules)
@@ -493,7 +509,11 @@ def observe(
     current = model.service(name)
     program = rules = sessions = None
     if socket.active == "active" and service_state.exec_start:
-        program, rules = chain_facts(service_state.exec_start, search=_search_path(current))
+        program, rules = chain_facts(
+            service_state.exec_start,
+            search=_search_path(current),
+            later=current.smtpd[:1] if current is not None else (),
+        )
         if program is not None and current is not None:
             program = program._replace(where=setting_where(current, program.path))
         main = service_state.main_pid if service_state.active == "active" else 0
