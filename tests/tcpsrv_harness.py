@@ -288,3 +288,25 @@ def ours(*args: str, env: dict[str, str] | None = None) -> Running:
 
 def theirs(tcpserver: str, *args: str, env: dict[str, str] | None = None) -> Running:
     return Running([tcpserver, "-1", *args], env=env)
+
+
+def env_of(output: bytes) -> dict[bytes, bytes]:
+    entries = [entry.partition(b"=") for entry in output.split(b"\0")[:-1]]
+    return {name: value for name, _, value in entries}
+
+
+def masked_log(text: str, program: str) -> list[str]:
+    lines = []
+    for line in text.splitlines():
+        line = line.replace(f"{program}: ", "PROGRAM: ", 1)
+        line = re.sub(r"(pid|ok|deny|end) \d+", r"\1 PID", line)
+        line = re.sub(r":(\d+)( |$)", r":PORT\2", line)
+        lines.append(line)
+    return lines
+
+
+# sd_listen_fds(3) as systemd hands a socket over: fd 3 and LISTEN_PID the server's own.
+ACTIVATE = (
+    "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_FDS'] = '1'; "
+    "os.environ['LISTEN_PID'] = str(os.getpid()); os.execv(sys.argv[2], sys.argv[2:])"
+)

@@ -31,13 +31,13 @@ from .tcpsrv_harness import (
     FakeDns,
     Running,
     dns_labels,
+    env_of,
     loopback_address,
     ours,
     read_all,
     theirs,
     write_script,
 )
-from .test_hostile_network import env_of
 
 
 # --- the bookkeeping ---------------------------------------------------------------------

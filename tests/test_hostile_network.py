@@ -33,8 +33,16 @@ from qboot_systemd.tcpsrv.lookups import (
 from qboot_systemd.tcpsrv.reactor import Reactor
 
 from .conftest import ROOT, require_extension, require_tool, venv_script
-from .tcpsrv_harness import FakeDns, Identd, Running, dns_labels, loopback_address, theirs
-from .test_tcpsrv_compat import masked_log
+from .tcpsrv_harness import (
+    FakeDns,
+    Identd,
+    Running,
+    dns_labels,
+    env_of,
+    loopback_address,
+    masked_log,
+    theirs,
+)
 
 INJECTION = "x\0RELAYCLIENT=\0QMAILQUEUE=/bin/sh\0é"
 BASE = {"PATH": "/usr/bin:/bin", "KEEP": "ü"}
@@ -271,11 +279,6 @@ def start_ours(spawner: str, *args: str, env: dict[str, str] | None = None) -> R
     else:
         command = [str(ROOT / ".venv" / "bin" / "python"), "-c", PYTHON_SPAWNER]
     return Running([*command, "-1", *args], env=env)
-
-
-def env_of(output: bytes) -> dict[bytes, bytes]:
-    entries = [entry.partition(b"=") for entry in output.split(b"\0")[:-1]]
-    return {name: value for name, _, value in entries}
 
 
 @pytest.mark.parametrize("spawner", ["extension", "python"])

@@ -28,6 +28,7 @@ from qboot_systemd.tcpsrv.server import Server, lane_fits
 from .conftest import require_extension, require_tool, venv_script
 from .dnsbl_server import BlocklistDns, Table, txt_rdata
 from .tcpsrv_harness import (
+    ACTIVATE,
     FakeDns,
     Identd,
     Running,
@@ -331,13 +332,6 @@ def test_drain_ends_with_the_last_session(tmp_path: Path) -> None:
             assert time.monotonic() - started < 3, f"{name}: waited for -W, not the session"
         finally:
             server.stop()
-
-
-# sd_listen_fds(3) as systemd hands a socket over: fd 3 and LISTEN_PID the server's own.
-ACTIVATE = (
-    "import os, sys; os.dup2(int(sys.argv[1]), 3); os.environ['LISTEN_FDS'] = '1'; "
-    "os.environ['LISTEN_PID'] = str(os.getpid()); os.execv(sys.argv[2], sys.argv[2:])"
-)
 
 
 def test_a_listener_shut_down_by_another_holder_leaves_sigterm_working(tmp_path: Path) -> None:

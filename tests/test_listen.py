@@ -12,8 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import venv_script
-from .tcpsrv_harness import write_script
-from .test_lane import ACTIVATE
+from .tcpsrv_harness import ACTIVATE, write_script
 
 
 def unix_listener(tmp_path: Path) -> socket.socket:

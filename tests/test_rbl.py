@@ -23,10 +23,10 @@ from qboot_systemd.tcpsrv import dns, rbl
 from qboot_systemd.tcpsrv.dnscache import CachingResolver, cache_seconds
 from qboot_systemd.tcpsrv.rbl import ACCEPT, PENDING, Kind, Source, Verdict
 
+from .bootctrl_trees import make
 from .conftest import require_tool, venv_script
 from .dnsbl_server import TXT, BlocklistDns, Table, listed, wire
 from .tcpsrv_harness import Running, loopback_address, ours, theirs, write_script
-from .test_bootctrl import make
 
 
 # --- the command line ------------------------------------------------------------------

@@ -14,7 +14,16 @@ from qboot_systemd import rules
 from qboot_systemd.tcpsrv.environ import base_environment
 
 from .conftest import require_tool, venv_script
-from .tcpsrv_harness import DUMP_ENV, NO_DNS, Running, ours, read_all, theirs, write_script
+from .tcpsrv_harness import (
+    DUMP_ENV,
+    NO_DNS,
+    Running,
+    masked_log,
+    ours,
+    read_all,
+    theirs,
+    write_script,
+)
 
 RULES = (
     b'127.0.0.1:allow,X="one",RELAYCLIENT=""\n'
@@ -35,16 +44,6 @@ CLIENTS = [
 
 def masked_env(output: bytes) -> list[str]:
     return [re.sub(r"PORT=\d+", "PORT=N", line) for line in output.decode().splitlines()]
-
-
-def masked_log(text: str, program: str) -> list[str]:
-    lines = []
-    for line in text.splitlines():
-        line = line.replace(f"{program}: ", "PROGRAM: ", 1)
-        line = re.sub(r"(pid|ok|deny|end) \d+", r"\1 PID", line)
-        line = re.sub(r":(\d+)( |$)", r":PORT\2", line)
-        lines.append(line)
-    return lines
 
 
 @pytest.fixture()

@@ -28,6 +28,7 @@ from .tls_harness import (
     make_client_pair,
     make_pair,
     read_until,
+    smtp_recorder,
     tls_connect,
     tls_server,
 )
@@ -411,28 +412,6 @@ def test_stop_lets_sessions_finish(tmp_path: Path, pair: Pair) -> None:
         client.close()
     finally:
         assert server.stop() == 0
-
-
-def smtp_recorder(directory: Path) -> list[str]:
-    """An SMTP server that records every line it gets (qmail-smtpd cannot say what it
-    was sent): 220, then 250 for each line, 221 and the end at QUIT."""
-    record = directory / "received"
-    path = write_script(
-        directory,
-        "recorder",
-        f"""#!/bin/sh
-printf '220 rec ESMTP\\r\\n'
-while IFS= read -r line; do
-    printf '%s\\n' "$line" >> {record}
-    case "$line" in
-        EHLO*) printf '250-rec\\r\\n250 PIPELINING\\r\\n' ;;
-        QUIT*) printf '221 rec\\r\\n'; exit 0 ;;
-        *) printf '250 ok\\r\\n' ;;
-    esac
-done
-""",
-    )
-    return [path]
 
 
 def test_starttls_discards_commands_pipelined_behind_it(tmp_path: Path, pair: Pair) -> None:

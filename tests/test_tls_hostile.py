@@ -319,7 +319,7 @@ def test_starttls_hostile_clients(tmp_path: Path, pair: Pair) -> None:
     """STARTTLS: a line without end in the clear, then a handshake that stalls after
     STARTTLS (cut at -t), then garbage instead of a ClientHello: the shim's memory stays
     bounded, the chain gets its end each time, and an honest client is served."""
-    from .test_tls import smtp_recorder
+    from .tls_harness import smtp_recorder
 
     server = tls_server(pair, "starttls", "-v", "-t2", "-RHl0", program=smtp_recorder(tmp_path))
     try:

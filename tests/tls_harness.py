@@ -171,3 +171,25 @@ def rss_kib(pid: int) -> int:
 def fds_of(pid: int) -> list[str]:
     base = f"/proc/{pid}/fd"
     return [os.readlink(f"{base}/{name}") for name in os.listdir(base)]
+
+
+def smtp_recorder(directory: Path) -> list[str]:
+    """An SMTP server that records every line it gets (qmail-smtpd cannot say what it
+    was sent): 220, then 250 for each line, 221 and the end at QUIT."""
+    record = directory / "received"
+    path = write_script(
+        directory,
+        "recorder",
+        f"""#!/bin/sh
+printf '220 rec ESMTP\\r\\n'
+while IFS= read -r line; do
+    printf '%s\\n' "$line" >> {record}
+    case "$line" in
+        EHLO*) printf '250-rec\\r\\n250 PIPELINING\\r\\n' ;;
+        QUIT*) printf '221 rec\\r\\n'; exit 0 ;;
+        *) printf '250 ok\\r\\n' ;;
+    esac
+done
+""",
+    )
+    return [path]

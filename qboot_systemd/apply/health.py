@@ -18,8 +18,8 @@ import enum
 import os
 import stat
 
+from .._startup import TYPE_CHECKING, NamedTuple
 from ..problems import Problem
-from ..records import TYPE_CHECKING, NamedTuple
 from . import SEND
 
 if TYPE_CHECKING:

@@ -11,8 +11,8 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 
 from .. import units
+from .._startup import NamedTuple
 from ..problems import Problem
-from ..records import NamedTuple
 from . import SEND, stamps
 
 # --- what reconcile sees --------------------------------------------------------------------

@@ -3,8 +3,8 @@ sets them (TCP* plus TCP6*, PROTO=TCP for IPv4 and mapped clients, TCP6 for IPv6
 
 from __future__ import annotations
 
+from .._startup import NamedTuple
 from ..addresses import is_mapped, map_ipv4, unmap_ipv4
-from ..records import NamedTuple
 
 # Removed from every child: they describe our systemd hand-over, not the child's.
 PRIVATE_VARIABLES = (

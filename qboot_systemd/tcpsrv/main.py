@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 
+from .._startup import TYPE_CHECKING
 from ..accounts import UnknownAccount, group_id, user_id
-from ..records import TYPE_CHECKING
 from ..rules import RuleSet
 from . import logline
 from .listen import ListenError, bind, systemd_sockets

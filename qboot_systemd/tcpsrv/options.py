@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from ..records import NamedTuple
+from .._startup import NamedTuple
 from ..tcpflags import OWN_ARG_OPTIONS, TcpFlagsError, split_options
 
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable, Mapping, Sequence
 
-from ..records import NamedTuple
+from .._startup import NamedTuple
 from ..tcpflags import TcpFlagsError, getopt
 
 GREETING = b"220 rblsmtpd.local\r\n"

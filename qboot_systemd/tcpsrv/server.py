@@ -45,8 +45,8 @@ from collections import Counter, deque
 from collections.abc import Callable
 from typing import NamedTuple
 
+from .._startup import TYPE_CHECKING
 from ..addresses import unmap_ipv4
-from ..records import TYPE_CHECKING
 from ..rules import Decision, RulesError, RuleSet
 from . import logline, netcalls
 from .environ import Endpoints, base_environment, connection_environment
@@ -243,7 +243,7 @@ class Server:
         self.lane: Lane | None = None  # the C path, when lane_fits() (made by start())
         self.in_lane_hold = False  # in _lane_hold(): lookups done at once answer it
         self.lane_hold_answer: LaneNames | None = None
-        # Screening (issue 16): the in-core rblsmtpd (made by start()) and the rate limit.
+        # Screening: the in-core rblsmtpd (made by start()) and the rate limit.
         self.screen: RblScreen | None = None
         self.rate: RateLimiter | None = None
         # TLS: a handshake holds no -c slot; a finished one waits here for a slot, and its
@@ -267,7 +267,7 @@ class Server:
         for listener in self.listeners:
             listener.setblocking(False)
         self.spawns = spawn_pool(self.spawner, SPAWN_THREADS)
-        # Screening (issue 16): components the loop calls at one or two points each.
+        # Screening: components the loop calls at one or two points each.
         if self.rbl is not None:
             from .screen import RblScreen
 
@@ -992,7 +992,7 @@ class Server:
         message = logline.warning(f"unable to run {program}: {error}")
         self._refuse(None, job.client, EXIT_DROP_STATUS, message, level=1)
 
-    # --- screening (issue 16): the in-core rblsmtpd and the rate limit ----------------
+    # --- screening: the in-core rblsmtpd and the rate limit ----------------
     def _screen(self, pending: Pending, go: Decided) -> None:
         """Held for the in-core rblsmtpd's verdict."""
         assert self.screen is not None and go.extra is not None
