@@ -46,14 +46,17 @@ class Setting:
     """A row. Not a NamedTuple: building that class would be most of this module's
     import, which the generator pays at every start (see _startup)."""
 
-    __slots__ = ("default", "help", "name", "parse", "unset")
+    __slots__ = ("default", "flags", "help", "name", "parse", "unset")
 
-    def __init__(self, name: str, parse: Parser, unset: object, default: str, help: str) -> None:
+    def __init__(
+        self, name: str, parse: Parser, unset: object, default: str, help: str, flags: str = ""
+    ) -> None:
         self.name = name
         self.parse = parse
         self.unset = unset  # the value when the file does not set it (None: none, or computed)
         self.default = default  # the default as qboot-env(5) and qbootctl show write it
         self.help = help
+        self.flags = flags  # the qboot-tcpsrv options it sets: TCPFLAGS may not give them
 
     def __repr__(self) -> str:
         return f"Setting({self.name!r})"
@@ -246,35 +249,67 @@ TLS_MODES = ("no", "implicit", "starttls", "starttls-required")
 SETTINGS: tuple[Setting, ...] = (
     Setting("PORT", port, DEFAULT_PORT, str(DEFAULT_PORT), "port, or tcp service name"),
     Setting("IP", addresses, (), "0", "listen addresses, space separated; 0: all"),
-    Setting("CDB", rules_file, None, "tcprules-SVC.cdb", "rules file, in bootctrl or absolute"),
+    Setting(
+        "CDB",
+        rules_file,
+        None,
+        "tcprules-SVC.cdb",
+        "rules file, in bootctrl or absolute",
+        flags="x",
+    ),
     Setting(
         "MAXCONN",
         number(1, 100000),
         DEFAULT_MAXCONN,
         str(DEFAULT_MAXCONN),
         "concurrent sessions (-c)",
+        flags="c",
     ),
-    Setting("MAXPERIP", number(1, 100000), None, "no limit", "sessions per address (-C)"),
-    Setting("BACKLOG", number(1, 65535), None, "systemd's", "listen backlog (Backlog=)"),
-    Setting("USER", account, None, "none", "user that runs the chain (-u): name or number"),
+    Setting(
+        "MAXPERIP", number(1, 100000), None, "no limit", "sessions per address (-C)", flags="C"
+    ),
+    Setting("BACKLOG", number(1, 65535), None, "systemd's", "listen backlog (Backlog=)", flags="b"),
+    Setting(
+        "USER", account, None, "none", "user that runs the chain (-u): name or number", flags="u"
+    ),
     Setting("UID", account, None, "none", "USER's other name (USER wins)"),
-    Setting("GROUP", account, None, "none", "group that runs the chain (-g): name or number"),
+    Setting(
+        "GROUP", account, None, "none", "group that runs the chain (-g): name or number", flags="g"
+    ),
     Setting("GID", account, None, "none", "GROUP's other name (GROUP wins)"),
-    Setting("BANNER", banner, None, "none", "text sent before anything else (-B)"),
+    Setting("BANNER", banner, None, "none", "text sent before anything else (-B)", flags="B"),
     Setting("TCPFLAGS", tcpflags, (), "none", "more qboot-tcpsrv flags, after -v -R -l"),
     Setting("SMTPD", words, (), "$QMAILHOME/bin/qmail-smtpd", "the server program"),
     Setting("PRESMTPD", words, (), "none", "programs run before SMTPD"),
     Setting("POSTSMTPD", words, (), "none", "arguments after SMTPD"),
     Setting("DNSBL", dnsbl, (), "none", "DNS blocklists: rblsmtpd -r each"),
     Setting("DNSBLFLAGS", dnsblflags, (), "none", "rblsmtpd options for DNSBL"),
-    Setting("RBL_INCORE", choice("yes", "no"), "yes", "yes", "rblsmtpd inside qboot-tcpsrv"),
-    Setting("RATE", number(1, 1000000), None, "no limit", "new connections a minute per address"),
+    Setting(
+        "RBL_INCORE", choice("yes", "no"), "yes", "yes", "rblsmtpd inside qboot-tcpsrv", flags="L"
+    ),
+    Setting(
+        "RATE",
+        number(1, 1000000),
+        None,
+        "no limit",
+        "new connections a minute per address",
+        flags="NM",
+    ),
     Setting("RATE_ANSWER", choice("close", "421"), "close", "close", "over RATE: close, or 421"),
-    Setting("TLS", choice(*TLS_MODES), "no", "no", "no, implicit, starttls or starttls-required"),
-    Setting("CERTFILE", absolute_file, None, "none", "certificate chain, PEM (-E)"),
-    Setting("KEYFILE", absolute_file, None, "CERTFILE", "private key, PEM (-K)"),
-    Setting("CCAFILE", absolute_file, None, "none", "CAs for client certificates (-A)"),
-    Setting("CIPHERS", ciphers, None, "Mozilla intermediate", "TLS 1.2 cipher list (-F)"),
+    Setting(
+        "TLS",
+        choice(*TLS_MODES),
+        "no",
+        "no",
+        "no, implicit, starttls or starttls-required",
+        flags="S",
+    ),
+    Setting("CERTFILE", absolute_file, None, "none", "certificate chain, PEM (-E)", flags="E"),
+    Setting("KEYFILE", absolute_file, None, "CERTFILE", "private key, PEM (-K)", flags="K"),
+    Setting("CCAFILE", absolute_file, None, "none", "CAs for client certificates (-A)", flags="A"),
+    Setting(
+        "CIPHERS", ciphers, None, "Mozilla intermediate", "TLS 1.2 cipher list (-F)", flags="F"
+    ),
 )
 
 BY_NAME = {setting.name: setting for setting in SETTINGS}

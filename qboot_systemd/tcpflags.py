@@ -14,24 +14,14 @@ ARG_OPTIONS = frozenset("cCxBgubtl")
 # eQmail's qmail-tcpsrv -I interface: under systemd the socket binds, so TCPFLAGS' -I
 # becomes BindToDevice= on the socket and never reaches qboot-tcpsrv.
 BIND_OPTIONS = frozenset("I")
-# Options that have their own env file setting; TCPFLAGS must not fight with it.
-OWNED_OPTIONS = {
-    "c": "MAXCONN",
-    "C": "MAXPERIP",
-    "x": "CDB",
-    "B": "BANNER",
-    "g": "GROUP",
-    "u": "USER",
-    "b": "BACKLOG",
-    "L": "RBL_INCORE",
-    "N": "RATE",
-    "M": "RATE",
-    "S": "TLS",
-    "E": "CERTFILE",
-    "K": "KEYFILE",
-    "A": "CCAFILE",
-    "F": "CIPHERS",
-}
+
+
+def owned_options() -> dict[str, str]:
+    """Options that have their own env file setting (the table's flags column), each with
+    that setting's name: TCPFLAGS must not fight with it."""
+    from .settings import SETTINGS  # here: settings imports this module
+
+    return {letter: setting.name for setting in SETTINGS for letter in setting.flags}
 
 
 class TcpFlagsError(ValueError):
@@ -104,9 +94,10 @@ def validate_tcpflags(words: tuple[str, ...]) -> None:
     options, operands = split_options(words, "".join(OWN_ARG_OPTIONS | BIND_OPTIONS))
     if operands:
         raise TcpFlagsError(f"{operands[0]!r} is not an option")
+    owned = owned_options()
     for letter, argument in options:
-        if letter in OWNED_OPTIONS:
-            raise TcpFlagsError(f"use {OWNED_OPTIONS[letter]}= instead of -{letter}")
+        if letter in owned:
+            raise TcpFlagsError(f"use {owned[letter]}= instead of -{letter}")
         if letter == "t" and (argument is None or not argument.isdigit()):
             raise TcpFlagsError(f"-t needs a number of seconds, not {argument!r}")
         if letter == "W" and (argument is None or not argument.isdigit()):

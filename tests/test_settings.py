@@ -141,3 +141,18 @@ def test_show_of_a_service_that_is_not_there_is_one_line_with_a_hint(tmp_path: P
     status, output = show(make(tmp_path, "PORT=2525\n"), "nosuch")
     assert status == 1
     assert "service nosuch is not enabled or has problems" in output
+
+
+@pytest.mark.parametrize(
+    ("letter", "name"),
+    [(letter, setting.name) for setting in SETTINGS for letter in setting.flags],
+)
+def test_tcpflags_may_not_give_an_option_a_setting_owns(
+    tmp_path: Path, letter: str, name: str
+) -> None:
+    given = f"-{letter}" if letter == "L" else f"-{letter} 1"  # -L takes no argument
+    directory = make(tmp_path, f"PORT=2525\nTCPFLAGS='{given}'\n")
+    model = bootctrl.load(directory, "/q")
+    assert model.services == ()
+    (problem,) = model.problems
+    assert problem.line == 2 and f"use {name}= instead of -{letter}" in problem.message
