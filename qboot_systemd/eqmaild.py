@@ -132,6 +132,16 @@ def main(argv: list[str] | None = None) -> int:
                     print(line("Checking", item.name, RESULT_WORDS[checked.state], quiet))
                     _explain(checked)
                     continue
+                cannot_start = item.name in broken and not broken[item.name].kept
+                if verb == "restart" and cannot_start and running[item.name]:
+                    # Its files cannot start it again: stopping it would take down what
+                    # serves now (`qbootctl restart` refuses too).
+                    why = _judge(manager, model, item)
+                    print(line("Restarting", item.name, RESULT_WORDS[why.state], quiet))
+                    _explain(why)
+                    print("  not restarted: it keeps running until its files are fixed")
+                    failures += 1
+                    continue
                 for step in ("stop", "start") if verb == "restart" else (verb,):
                     if step == "start" and item.name in broken and not broken[item.name].kept:
                         # Nothing it could run: say why instead of starting a unit.

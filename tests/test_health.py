@@ -24,6 +24,7 @@ from qboot_systemd.problems import Problem
 from .conftest import SHIPPED_BOOTCTRL, require_tool
 from .tcpsrv_harness import ours
 
+BAD_KEY = Problem("/b/qmail-smtps.env", 7, "/c/k.pem: private key readable by everyone (mode 0644)")
 TYPO = Problem("/b/qmail-smtp.env", 3, "PORT='25x': expected a number")
 MISSING_CDB = RulesFact("/b/tcprules-smtp.cdb", "No such file or directory", missing=True)
 SMTPDX = ProgramFact("/var/qmail/bin/qmail-smtpdx", "No such file or directory", "env:12: SMTPD")
@@ -90,6 +91,22 @@ SMTPDX = ProgramFact("/var/qmail/bin/qmail-smtpdx", "No such file or directory",
         ),
         (Facts("smtp", True, True, pending="pending: x"), State.DEGRADED, 150, ["pending: x"]),
         (Facts("gone", False, True), State.DEGRADED, 150, ["bootctrl does not enable it"]),
+        # its certificate replaced by a bad one after it started: it serves as started,
+        # and only a restart would take it down
+        (
+            Facts("smtps", True, True, problems=(BAD_KEY,), running=True),
+            State.DEGRADED,
+            150,
+            ["serves as started, but would not start again", "mode 0644", "before a restart"],
+        ),
+        # the same settings with no server running: nothing serves
+        (Facts("smtps", True, True, problems=(BAD_KEY,)), State.DOWN, 3, ["broken: "]),
+        (
+            Facts("smtps", True, True, problems=(BAD_KEY,), running=True, crash_looping=True),
+            State.DOWN,
+            3,
+            ["broken: ", "again and again"],
+        ),
     ],
 )
 def test_assess(facts: Facts, state: State, lsb: int, words: list[str]) -> None:

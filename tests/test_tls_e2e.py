@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .admin_sandbox import EQMAILD
+from .admin_sandbox import EQMAILD, QBOOTCTL
 from .conftest import ROOT, require_tool
 from .e2e_stage import (
     BOOTCTRL,
@@ -195,3 +195,37 @@ def test_certificate_replaced_and_reloaded_during_a_session(sandbox: Sandbox) ->
     assert wait_until(lambda: count(sandbox, f"{MAILDIR}/new/*", "acrossreload") == 1)
     log = sandbox.run("journalctl", "-u", SMTPS, "--no-pager").stdout
     assert "TLS certificate kept" not in log
+
+
+def greeting_on_465(box: Sandbox) -> str:
+    done = box.run(
+        "sh",
+        "-c",
+        "printf 'QUIT\\r\\n' | openssl s_client -quiet -connect 127.0.0.1:465",
+        check=False,
+    )
+    return done.stdout
+
+
+def test_a_bad_key_after_start_keeps_465_serving_through_reload_and_eqmaild_restart(
+    sandbox: Sandbox,
+) -> None:
+    """A renewal that leaves the key world-readable: the reload keeps the old certificate,
+    status says degraded (not down: clients are served), and `eqmaild restart` does not
+    stop what could not start again."""
+    key = f"{TLS_DIR}/server.key"
+    sandbox.run("chmod", "644", key)
+    try:
+        sandbox.run("systemctl", "reload", SMTPS)
+        assert f"220 {ME} ESMTP" in greeting_on_465(sandbox)
+        status = sandbox.run(QBOOTCTL, "status", "smtps", check=False)
+        assert status.returncode == 150, status.stdout + status.stderr
+        assert "serves as started, but would not start again" in status.stdout, status.stdout
+        assert "readable by everyone" in status.stdout, status.stdout
+        restart = sandbox.run(EQMAILD, "restart", check=False, timeout=300)
+        assert restart.returncode == 1, restart.stdout + restart.stderr
+        assert "not restarted: it keeps running" in restart.stdout, restart.stdout
+        assert f"220 {ME} ESMTP" in greeting_on_465(sandbox)  # still served
+    finally:
+        sandbox.run("chmod", "600", key)
+    assert sandbox.run(QBOOTCTL, "status", "smtps", check=False).returncode == 0

@@ -136,6 +136,9 @@ class Facts(NamedTuple):
     rules: RulesFact | None = None
     sessions: SessionsFact | None = None
     pending: str | None = None  # how what runs differs from bootctrl now
+    # The server process runs (not only its socket): started before its problems came (a
+    # certificate replaced by a bad one, an account deleted), it serves as it was started.
+    running: bool = False
 
 
 def assess(facts: Facts) -> Health:
@@ -159,7 +162,18 @@ def assess(facts: Facts) -> Health:
         state = worst([f.state for f in found]) if found else State.STOPPED
         return Health(state, tuple(found))
     if facts.problems:
-        if not facts.kept or any(f.state is State.DOWN for f in serving_problems):
+        started_before = facts.running and not facts.kept
+        if started_before and not any(f.state is State.DOWN for f in serving_problems):
+            # It serves as started, but would not start again: a restart takes it down.
+            found += [
+                Finding(
+                    State.DEGRADED,
+                    f"serves as started, but would not start again: {problem}",
+                    "fix this before a restart (a restart would stop it)",
+                )
+                for problem in facts.problems
+            ]
+        elif not facts.kept or any(f.state is State.DOWN for f in serving_problems):
             # Last good settings are good only while they can serve.
             found += _broken(facts)
         else:
@@ -531,6 +545,7 @@ def observe(
         rules=rules,
         sessions=sessions,
         pending=_pending(model, name, socket, service_state, output),
+        running=service_state.active == "active" and service_state.main_pid > 0,
     )
 
 
