@@ -26,6 +26,7 @@ from .tls_harness import (
     rss_kib,
     tls_connect,
     tls_server,
+    tls_server_argv,
 )
 
 
@@ -187,22 +188,6 @@ def test_client_that_never_reads_keeps_memory_bounded(tmp_path: Path, pair: Pair
         lazy.close()
     finally:
         server.stop()
-
-
-def tls_server_argv(pair: Pair, mode: str, *args: str) -> list[str]:
-    from .conftest import venv_script
-
-    return [
-        venv_script("qboot-tcpsrv"),
-        "-1",
-        "-S",
-        mode,
-        "-E",
-        str(pair.cert),
-        "-K",
-        str(pair.key),
-        *args,
-    ]
 
 
 def test_500_stalled_handshakes_then_an_honest_client(tmp_path: Path, pair: Pair) -> None:

@@ -98,23 +98,14 @@ def make_client_pair(directory: Path, ca: Pair, name: str, cn: str) -> Pair:
     return Pair(cert, key)
 
 
+def tls_server_argv(pair: Pair, mode: str, *args: str) -> list[str]:
+    """qboot-tcpsrv -1 with TLS in mode and pair's files, before its address."""
+    command = [venv_script("qboot-tcpsrv"), "-1", "-S", mode, "-E", str(pair.cert)]
+    return [*command, "-K", str(pair.key), *args]
+
+
 def tls_server(pair: Pair, mode: str, *args: str, program: list[str]) -> Running:
-    return Running(
-        [
-            venv_script("qboot-tcpsrv"),
-            "-1",
-            "-S",
-            mode,
-            "-E",
-            str(pair.cert),
-            "-K",
-            str(pair.key),
-            *list(args),
-            "127.0.0.1",
-            "0",
-            *program,
-        ]
-    )
+    return Running([*tls_server_argv(pair, mode, *args), "127.0.0.1", "0", *program])
 
 
 def client_context(cert: Path | None = None, client: Pair | None = None) -> ssl.SSLContext:
