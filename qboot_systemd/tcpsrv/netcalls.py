@@ -93,3 +93,12 @@ def send_now(fd: int, data: bytes) -> None:
         _python_send_now(fd, data)
     else:
         _conn.send_now(fd, data)
+
+
+def trim_heap() -> bool:
+    """Return the C heap's free pages to the system (glibc's malloc_trim); without the
+    extension nothing is done. True when memory was released."""
+    if _conn is None:
+        return False
+    released: bool = _conn.trim_heap()
+    return released

@@ -144,6 +144,9 @@ class Session:
         self._inner = self._chain_end = None
         self._to_net.clear()
         self._to_chain.clear()
+        # The callbacks may hold this session (the service's closures do): dropping them
+        # frees its OpenSSL state now, not at a later full garbage collection.
+        self._on_ready = None
         on_closed, self._on_closed = self._on_closed, None
         if on_closed is not None:
             on_closed(reason)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from .. import netcalls
 from ..lookups import lookup_key
 from ..reactor import Reactor
 from .certs import CertPaths, CertReader
@@ -22,6 +23,8 @@ from .relay import Phase, Session
 from .smtp import SmtpShim
 
 MAX_HANDSHAKES = 1024
+# Sessions ended between two trims of the C heap at most (see TlsService._ended).
+TRIM_AFTER = 128
 
 
 class TlsMode(Enum):
@@ -65,6 +68,7 @@ class TlsService:
         self.handshaking = 0
         self.cap = handshake_cap()
         self.by_address: Counter[str] = Counter()
+        self.ended_since_trim = 0
 
     def load(self) -> None:
         """The first context; CertError (one line) when a file is wrong."""
@@ -82,6 +86,16 @@ class TlsService:
         for session in list(self.sessions):
             session.abort("server stopping")
         self.reader.close()
+
+    def _ended(self, session: Session) -> None:
+        """OpenSSL frees a session's state into the C heap, where a burst of handshakes
+        (a flood of abandoned ones) would keep the server's RSS at the burst's peak: once
+        no handshake is in flight, the heap's free pages go back to the system."""
+        self.sessions.discard(session)
+        self.ended_since_trim += 1
+        if self.handshaking == 0 and self.ended_since_trim >= TRIM_AFTER:
+            self.ended_since_trim = 0
+            netcalls.trim_heap()
 
     def crowded(self, remote_ip: str) -> bool:
         """Has this client's address (or /64) its share of handshakes in flight?"""
@@ -114,10 +128,10 @@ class TlsService:
 
         def closed(reason: str | None) -> None:
             session = holder[0]
-            self.sessions.discard(session)
             if session.phase_before_close is Phase.HANDSHAKE:
                 done()
                 on_failed(reason or "closed")
+            self._ended(session)
 
         session = Session(
             reactor,
@@ -139,7 +153,7 @@ class TlsService:
         holder: list[Session] = []
 
         def closed(_reason: str | None) -> None:
-            self.sessions.discard(holder[0])
+            self._ended(holder[0])
 
         session = Session(
             reactor,
