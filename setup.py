@@ -5,9 +5,9 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "qboot_systemd.tcpsrv._conn",
-            sources=["qboot_systemd/tcpsrv/_conn.c", "qboot_systemd/tcpsrv/_lane.c"],
-            depends=["qboot_systemd/tcpsrv/_conn.h"],
+            "qboot_systemd.tcpsrv._core",
+            sources=["qboot_systemd/tcpsrv/_core.c", "qboot_systemd/tcpsrv/_loop.c"],
+            depends=["qboot_systemd/tcpsrv/_core.h"],
             extra_compile_args=["-Wall", "-Wextra", "-Wno-unused-parameter"],
         )
     ]

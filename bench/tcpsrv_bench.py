@@ -202,7 +202,7 @@ def main() -> None:
             *child,
         ]
         servers = {"ours": [OURS, *flags], "tcpserver": [tcpserver, *flags]}
-        # Our Python loop, which serves what the Lane does not (names, screening, limits)
+        # Our Python loop, which serves what the ConnectionLoop does not (names, screening, limits)
         # and everything without the extension: the same flags, QBOOT_NO_EXTENSION=1.
         python_loop = {"QBOOT_NO_EXTENSION": "1"}
         print(f"{total} connections per round, {ROUNDS} interleaved rounds")

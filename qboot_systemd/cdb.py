@@ -4,7 +4,7 @@ The reader works on a copy of the file in memory, so a lookup costs no system ca
 an admin who rewrites the file in place (`cp new.cdb rules.cdb`) gives the server a
 half-written copy at worst (a format error, fail closed), never a SIGBUS as an mmap would.
 The writer is djb's cdb_make (pure-cdb's has a hash-0 slot bug); the hash is the
-_conn extension's when built (it runs per rules lookup), else the same in Python.
+_core extension's when built (it runs per rules lookup), else the same in Python.
 """
 
 from __future__ import annotations
@@ -36,11 +36,11 @@ def python_djb_hash(key: bytes) -> int:
 
 
 def _best_djb_hash() -> Callable[[bytes], int]:
-    """The _conn extension's hash (it runs a few times per connection), else Python's."""
+    """The _core extension's hash (it runs a few times per connection), else Python's."""
     if os.environ.get("QBOOT_NO_EXTENSION") == "1":
         return python_djb_hash
     try:
-        from .tcpsrv._conn import djb_hash as extension_djb_hash
+        from .tcpsrv._core import djb_hash as extension_djb_hash
     except ImportError:
         return python_djb_hash
     return extension_djb_hash
@@ -86,7 +86,7 @@ class CdbReader:
 
     @property
     def data(self) -> bytes:
-        """The whole file as read (the C Lane looks keys up in it itself)."""
+        """The whole file as read (the C ConnectionLoop looks keys up in it itself)."""
         return self._data
 
     def _pair(self, position: int) -> tuple[int, int]:

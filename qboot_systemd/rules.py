@@ -294,7 +294,7 @@ class RuleSet:
 
     def snapshot(self) -> tuple[tuple[int, int, int, int], bytes] | RulesError:
         """The file's identity (st_dev, st_ino, st_size, st_mtime_ns) and its bytes, for
-        a reader of its own (the C Lane), which stat()s and asks again when it changes."""
+        a reader of its own (the C ConnectionLoop), which stat()s and asks again when it changes."""
         reader = self._current()
         if isinstance(reader, RulesError):
             return reader

@@ -54,12 +54,12 @@ def qmail_accounts(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def require_extension() -> None:
-    """The _conn extension must be built (setup.sh builds it); skip only when the run
+    """The _core extension must be built (setup.sh builds it); skip only when the run
     asked for the pure-Python path with QBOOT_NO_EXTENSION=1."""
-    from qboot_systemd.tcpsrv import netcalls
+    from qboot_systemd.tcpsrv import syscalls
 
-    if netcalls.EXTENSION is not None:
+    if syscalls.EXTENSION is not None:
         return
     if os.environ.get("QBOOT_NO_EXTENSION") == "1":
         pytest.skip("QBOOT_NO_EXTENSION=1: the pure-Python path only")
-    pytest.fail("the _conn extension is not built (run: scripts/setup.sh test)")
+    pytest.fail("the _core extension is not built (run: scripts/setup.sh test)")

@@ -265,8 +265,8 @@ def test_lookups_that_fail_at_once_do_not_end_the_others() -> None:
 PYTHON_SPAWNER = (
     "import os, sys\n"
     "os.environ['QBOOT_NO_EXTENSION'] = '1'\n"
-    "from qboot_systemd.tcpsrv import netcalls\n"
-    "assert netcalls.EXTENSION is None\n"
+    "from qboot_systemd.tcpsrv import syscalls\n"
+    "assert syscalls.EXTENSION is None\n"
     "del os.environ['QBOOT_NO_EXTENSION']\n"
     "from qboot_systemd.tcpsrv.main import main\n"
     "sys.exit(main())\n"

@@ -137,7 +137,7 @@ def test_deb_builds_offline_from_tree_and_dsc_alike_running_its_tests(packages: 
     listing = subprocess.run(
         ["tar", "-tf", str(tarball)], capture_output=True, text=True, check=True
     ).stdout.split()
-    for source in ("_conn.c", "_lane.c", "_conn.h"):
+    for source in ("_core.c", "_loop.c", "_core.h"):
         assert f"qboot-systemd-{VERSION}/qboot_systemd/tcpsrv/{source}" in listing
 
 
@@ -156,7 +156,7 @@ def test_deb_contents_depends_and_lintian(packages: Packages) -> None:
     ):
         assert expected in files, expected
     # qboot-tcpsrv's compiled per-connection path, hence an architecture-specific package
-    extension = "/usr/lib/python3/dist-packages/qboot_systemd/tcpsrv/_conn."
+    extension = "/usr/lib/python3/dist-packages/qboot_systemd/tcpsrv/_core."
     assert any(name.startswith(extension) and name.endswith(".so") for name in files)
     assert not [name for name in files if "vendor" in name or name.endswith(".pth")]
     assert deb_field(packages.deb, "Architecture") not in ("", "all")
@@ -346,9 +346,9 @@ def test_rpm_spec_smoke_build(tmp_path: Path, packages: Packages) -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     (package,) = (tmp_path / "RPMS").glob("*/qboot-systemd-0.1.0-1.smoke.*.rpm")
-    assert package.parent.name != "noarch"  # it ships the _conn extension
+    assert package.parent.name != "noarch"  # it ships the _core extension
     files = rpm_files(package)
-    assert any("/qboot_systemd/tcpsrv/_conn." in name for name in files), sorted(files)
+    assert any("/qboot_systemd/tcpsrv/_core." in name for name in files), sorted(files)
     assert "/usr/lib/systemd/system-generators/qboot-systemd-generator" in files
     assert "/usr/lib/systemd/system/qmail-tcpd@.service" in files
     assert "/usr/bin/qbootctl" in files

@@ -1,4 +1,4 @@
-"""The pure-Python path (no _conn extension) passes qboot-tcpsrv's own and differential
+"""The pure-Python path (no _core extension) passes qboot-tcpsrv's own and differential
 tests too: they run again here with QBOOT_NO_EXTENSION=1, so CI covers both paths."""
 
 from __future__ import annotations

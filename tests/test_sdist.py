@@ -1,5 +1,5 @@
 """The sdist `python -m build` makes holds every tracked file of the package (the C
-extension's header too), a wheel builds from it alone with the compiled _conn, and the
+extension's header too), a wheel builds from it alone with the compiled _core, and the
 wheel's runtime requirements leave out the test oracle pure-cdb."""
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def test_sdist_holds_the_package_and_builds_the_extension(tmp_path: Path) -> Non
         members = {member.name.removeprefix(prefix) for member in archive.getmembers()}
         archive.extractall(tmp_path / "unpacked", filter="data")
     package = {name for name in tracked_files() if name.startswith("qboot_systemd/")}
-    for source in ("_conn.c", "_lane.c", "_conn.h"):
+    for source in ("_core.c", "_loop.c", "_core.h"):
         assert f"qboot_systemd/tcpsrv/{source}" in package  # what setup.py names
     assert package - members == set()
 
@@ -70,7 +70,7 @@ def test_sdist_holds_the_package_and_builds_the_extension(tmp_path: Path) -> Non
             if line.startswith("Requires-Dist: ")
         ]
     assert any(
-        name.startswith("qboot_systemd/tcpsrv/_conn.") and name.endswith(".so") for name in names
+        name.startswith("qboot_systemd/tcpsrv/_core.") and name.endswith(".so") for name in names
     ), names
     # "click>=8.1" or, from older setuptools, "click (>=8.1)"; extras after ";"
     runtime = {

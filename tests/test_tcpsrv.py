@@ -404,13 +404,13 @@ def test_spawned_environment_is_exact(spawner_name: str) -> None:
 
 
 def test_extension_and_python_calls_agree() -> None:
-    """netcalls' two paths: the same fd kind and addresses from accept, the same local
+    """syscalls' two paths: the same fd kind and addresses from accept, the same local
     address, a banner sent, options set without error."""
     require_extension()
-    from qboot_systemd.tcpsrv import netcalls
+    from qboot_systemd.tcpsrv import syscalls
 
-    python_calls = (netcalls._python_accept, netcalls._python_local_address)
-    extension_calls = (netcalls.accept, netcalls.local_address)
+    python_calls = (syscalls._python_accept, syscalls._python_local_address)
+    extension_calls = (syscalls.accept, syscalls.local_address)
     for accept, local_address in (python_calls, extension_calls):
         with socket.create_server(("127.0.0.1", 0)) as listener:
             listener.setblocking(False)
@@ -422,11 +422,11 @@ def test_extension_and_python_calls_agree() -> None:
                     assert (ip, port) == client.getsockname()
                     assert local_address(fd) == listener.getsockname()
                     assert os.get_blocking(fd) and not os.get_inheritable(fd)
-                    netcalls.set_option(fd, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    netcalls.send_now(fd, b"220 hi\r\n")
+                    syscalls.set_option(fd, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    syscalls.send_now(fd, b"220 hi\r\n")
                     assert client.recv(100) == b"220 hi\r\n"
                 finally:
-                    netcalls.close(fd)
+                    syscalls.close(fd)
 
 
 def test_status_throttle_ends_on_the_latest_text(

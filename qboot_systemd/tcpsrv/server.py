@@ -2,30 +2,30 @@
 
 One thread runs the loop. Reverse DNS and ident are non-blocking sockets driven by the
 same loop (lookups.py, a Reactor whose epoll fd the loop watches), and spawning runs in a
-pool of spawner threads (spawn.py: the _conn extension's own threads, which never take
+pool of spawner threads (spawn.py: the _core extension's own threads, which never take
 the GIL, or Python threads without it), so nothing a client does can stall the loop. The
 pool reports each pid or failure through an fd the loop watches; the loop books the child,
 hears of its exit by SIGCHLD through a wake-up socket, and reaps with waitpid as tcpserver
 does. Every thread switch and syscall costs the loop its share of the CPU, so the common
 path has as few as possible.
 
-With the _conn extension every server hands its per-connection path to the Lane
-(_lane.c): accept, -c, rules (tcpserver's key order, with names), environment, booking the
+With the _core extension every server hands its per-connection path to the ConnectionLoop
+(_loop.c): accept, -c, rules (tcpserver's key order, with names), environment, booking the
 pool's spawns, reaping and the -v lines in C, in this thread. What takes time or judgement
-is asked of Python at two points. hold() (_lane_hold), before the banner: the rate
+is asked of Python at two points. hold() (_c_loop_hold), before the banner: the rate
 (-N/-M), -C, then the names: answered at once from the cache, or the connection is held
 here without a -c slot (holding.py) while lookups.py asks, and handed back decided with
-Lane.admit(). screen() (_lane_screen), after the rules: the in-core rblsmtpd's verdict,
+ConnectionLoop.admit(). screen() (_c_loop_screen), after the rules: the in-core rblsmtpd's verdict,
 known at once, or held the same way; a listed client's dialogue stays here. Python keeps
 the rest: signals, reloading the rules, the back-off after EMFILE, STATUS= and the drain.
 
 A held connection is a Pending with the stage it is in (cancel() stops it). Another
 pre-session stage (a TLS handshake) plugs in the same way: hold the connection, run the
-stage on the reactor, give it back decided (Lane.admit with the fd the chain is to get)
+stage on the reactor, give it back decided (ConnectionLoop.admit with the fd the chain is to get)
 or drop it.
 
 The Python loop below does the same per connection without the extension (not built, or
-QBOOT_NO_EXTENSION=1); tests/test_lane.py holds the two paths to the same bytes,
+QBOOT_NO_EXTENSION=1); tests/test_c_loop.py holds the two paths to the same bytes,
 environment and log lines, as CPython's tests hold json to _json.
 """
 
@@ -48,7 +48,7 @@ from typing import NamedTuple
 from .._startup import TYPE_CHECKING
 from ..addresses import unmap_ipv4
 from ..rules import Decision, RulesError, RuleSet
-from . import logline, netcalls
+from . import logline, syscalls
 from .environ import Endpoints, base_environment, connection_environment
 from .holding import Hold, HoldTable, held_cap
 from .notify import Notifier
@@ -59,7 +59,7 @@ from .spawn import ExtensionPool, PythonPool, best_spawner, spawn_pool
 if TYPE_CHECKING:  # dns, lookups and screening are imported when used: a server without
     from typing import TextIO  # -h, -r, names or -L never needs them, nor their memory
 
-    from ._conn import Lane, LaneNames
+    from ._core import ConnectionLoop, HeldNames
     from .dns import Resolver
     from .dnscache import CachingResolver
     from .lookups import ConnectionLookups, Names
@@ -97,15 +97,15 @@ def import_what_options_need(options: Options) -> None:
         from . import ratelimit  # noqa: F401
 
 
-def lane_fits(options: Options) -> bool:
-    """Can the _conn extension's Lane serve these options? Names, ident, rates and -C it
+def c_loop_fits(options: Options) -> bool:
+    """Can the _core extension's ConnectionLoop serve these options? Names, ident, rates and -C it
     takes through hold(), the in-core rblsmtpd through screen(); TLS (-S) is the Python
     loop's."""
-    return netcalls.EXTENSION is not None and options.tls is None
+    return syscalls.EXTENSION is not None and options.tls is None
 
 
-def lane_holds(options: Options) -> bool:
-    """Does each of the Lane's connections go through hold() (names, ident, a rate, -C)?"""
+def c_loop_holds(options: Options) -> bool:
+    """Does each of the C loop's connections go through hold() (names, ident, a rate, -C)?"""
     return bool(
         options.remote_host
         or options.remote_info
@@ -216,7 +216,7 @@ class Server:
         self.accepting = False
         self.backoff_until: float | None = None
         self.backoff = BACKOFF_LEAST
-        self.accepted = 0  # the Lane's count, when it last told
+        self.accepted = 0  # the ConnectionLoop's count, when it last told
         self.stop_at: float | None = None
         # Sessions (the loop's alone: spawner threads only report through the pool).
         self.running = 0
@@ -240,9 +240,10 @@ class Server:
         self.spawner = best_spawner(self.program, base_environment(dict(os.environ)))
         self.spawns: ExtensionPool | PythonPool | None = None
         self.spawning: dict[int, SpawnJob] = {}  # by job ident
-        self.lane: Lane | None = None  # the C path, when lane_fits() (made by start())
-        self.in_lane_hold = False  # in _lane_hold(): lookups done at once answer it
-        self.lane_hold_answer: LaneNames | None = None
+        # The C path, when c_loop_fits() (made by start()).
+        self.c_loop: ConnectionLoop | None = None
+        self.in_c_loop_hold = False  # in _c_loop_hold(): lookups done at once answer it
+        self.c_loop_hold_answer: HeldNames | None = None
         # Screening: the in-core rblsmtpd (made by start()) and the rate limit.
         self.screen: RblScreen | None = None
         self.rate: RateLimiter | None = None
@@ -273,16 +274,16 @@ class Server:
 
             self.screen = RblScreen(self.rbl, os.environ, self._dns)
         log_fd = _fileno(self.log)
-        if log_fd is not None and lane_fits(self.options):
-            assert isinstance(self.spawns, ExtensionPool), "lane_fits() wants the extension"
-            self.lane = self._make_lane(log_fd, self.spawns)
+        if log_fd is not None and c_loop_fits(self.options):
+            assert isinstance(self.spawns, ExtensionPool), "c_loop_fits() wants the extension"
+            self.c_loop = self._make_c_loop(log_fd, self.spawns)
             return
         self._watch(self.spawns.fileno(), self._on_spawned)
 
-    def _make_lane(self, log_fd: int, pool: ExtensionPool) -> Lane:
-        assert netcalls.EXTENSION is not None and self.wake_read is not None
+    def _make_c_loop(self, log_fd: int, pool: ExtensionPool) -> ConnectionLoop:
+        assert syscalls.EXTENSION is not None and self.wake_read is not None
         localname = self.options.localname
-        lane: Lane = netcalls.EXTENSION.Lane(
+        c_loop: ConnectionLoop = syscalls.EXTENSION.ConnectionLoop(
             pool=pool.c_pool,
             wake_fd=self.wake_read.fileno(),
             log_fd=log_fd,
@@ -299,31 +300,31 @@ class Server:
             deny_status=EXIT_DENY_STATUS,
             drop_status=EXIT_DROP_STATUS,
             accepts_per_wake=ACCEPTS_PER_WAKE,
-            hold=self._lane_hold if lane_holds(self.options) else None,
-            ended=self._lane_session_ended if self.options.per_ip else None,
-            screen=self._lane_screen if self.screen is not None else None,
+            hold=self._c_loop_hold if c_loop_holds(self.options) else None,
+            ended=self._c_loop_session_ended if self.options.per_ip else None,
+            screen=self._c_loop_screen if self.screen is not None else None,
         )
         for listener in self.listeners:
-            lane.add_listener(listener.fileno(), self.local_endpoints[id(listener)])
-        self._give_lane_rules(lane)
-        lane.start()
-        return lane
+            c_loop.add_listener(listener.fileno(), self.local_endpoints[id(listener)])
+        self._give_c_loop_rules(c_loop)
+        c_loop.start()
+        return c_loop
 
-    def _give_lane_rules(self, lane: Lane) -> None:
-        """The rules file the Lane reads (it asks _rules_state again when stat() shows
+    def _give_c_loop_rules(self, c_loop: ConnectionLoop) -> None:
+        """The rules file the ConnectionLoop reads (it asks _rules_state again when stat() shows
         another file), and the line for a file that is not a cdb."""
         if self.rules is None:
-            lane.set_rules(None, None, b"")
+            c_loop.set_rules(None, None, b"")
             return
         unreadable = RulesError(self.rules.path, "invalid argument")
-        lane.set_rules(
+        c_loop.set_rules(
             os.fsencode(self.rules.path),
             self._rules_state,
             _encode(logline.warning(f"dropping connection, {unreadable}")),
         )
 
     def _rules_state(self) -> tuple[tuple[int, int, int, int] | None, bytes | None, bytes | None]:
-        """For the Lane: (identity, cdb bytes, None), or (None, None, the warning to log as
+        """For the C loop: (identity, cdb bytes, None), or (None, None, the warning to log as
         each connection is dropped), or (None, None, None) to allow all (-X, no file)."""
         assert self.rules is not None
         state = self.rules.snapshot()
@@ -338,9 +339,9 @@ class Server:
         """Stop the spawner pool (after the jobs queued) and close our own fds."""
         if self.tls is not None:
             self.tls.close()
-        if self.lane is not None:
-            self.lane.close()
-            self.lane = None
+        if self.c_loop is not None:
+            self.c_loop.close()
+            self.c_loop = None
         if self.spawns is not None:
             self.spawns.close()
             self.spawns = None
@@ -373,8 +374,8 @@ class Server:
         """STATUS= for systemctl status (the notifier throttles it)."""
         if not self.notifier.enabled:
             return
-        if self.lane is not None:
-            running, served, denied, _, _ = self.lane.counts()
+        if self.c_loop is not None:
+            running, served, denied, _, _ = self.c_loop.counts()
             denied += self.counters.denied  # listed by the in-core rblsmtpd, here
         else:
             running, served, denied = self.running, self.counters.served, self.counters.denied
@@ -424,7 +425,7 @@ class Server:
             if not self._may_accept():
                 break
             try:
-                fd, address = netcalls.accept(listener)
+                fd, address = syscalls.accept(listener)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as error:
@@ -469,9 +470,9 @@ class Server:
         local = self.local_endpoints[id(listener)]
         if local is None:  # a wildcard listener: ask which address the client reached
             try:
-                local = netcalls.local_address(fd)
+                local = syscalls.local_address(fd)
             except OSError:
-                netcalls.close(fd)
+                syscalls.close(fd)
                 return None
         remote_ip = address[0]
         if "%" in remote_ip:  # a link-local client's scope
@@ -490,7 +491,7 @@ class Server:
         """A connection on its way to a session: the banner, then its names (held without
         a -c slot), the rules and the screening; the slot when it is decided."""
         if self.options.banner:
-            netcalls.send_now(fd, self.options.banner.encode("utf-8", "surrogateescape"))
+            syscalls.send_now(fd, self.options.banner.encode("utf-8", "surrogateescape"))
         needs_local = self.options.localname is None and endpoints.local_ip not in self.local_names
         if not (self.options.remote_host or self.options.remote_info or needs_local):
             self._decide(None, fd, endpoints, self._local_name(endpoints), None, None)
@@ -529,7 +530,7 @@ class Server:
             ),
             1,
         )
-        netcalls.close(fd)
+        syscalls.close(fd)
         self.tls_env.pop(fd, None)
 
     # --- TLS ---------------------------------------------------------------------------
@@ -544,7 +545,7 @@ class Server:
         if self.tls.crowded(endpoints.remote_ip):
             client = logline.safe(unmap_ipv4(endpoints.remote_ip))
             self.log_verbose(logline.warning(f"TLS from {client}: too many handshakes from there"))
-            netcalls.close(fd)
+            syscalls.close(fd)
             return
         self._prepare_socket(fd, listener.family)
 
@@ -576,8 +577,8 @@ class Server:
         """The reactor, started and watched by the loop at the first use."""
         if not self.reactor_watched:
             self.reactor.start()
-            if self.lane is not None:  # run() returns when it is readable
-                self.lane.watch(self.reactor.fileno())
+            if self.c_loop is not None:  # run() returns when it is readable
+                self.c_loop.watch(self.reactor.fileno())
             else:
                 self._watch(self.reactor.fileno(), self.reactor.run_ready)
             self.reactor_watched = True
@@ -613,9 +614,9 @@ class Server:
 
     def _prepare_socket(self, fd: int, family: int) -> None:
         if self.options.nodelay:
-            netcalls.set_option(fd, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            syscalls.set_option(fd, socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.options.kill_ip_options and family == socket.AF_INET:
-            netcalls.set_option(fd, socket.IPPROTO_IP, socket.IP_OPTIONS, None)
+            syscalls.set_option(fd, socket.IPPROTO_IP, socket.IP_OPTIONS, None)
 
     # --- lookups -------------------------------------------------------------------------
     def _local_name(self, endpoints: Endpoints) -> str | None:
@@ -697,7 +698,7 @@ class Server:
             ),
             1,
         )
-        netcalls.close(fd)
+        syscalls.close(fd)
         self.tls_env.pop(fd, None)
 
     def _lookups_done(self, pending: Pending, names: Names) -> None:
@@ -710,19 +711,19 @@ class Server:
         local = names.local_host
         if local is None:
             local = self._local_name(pending.endpoints)
-        if self.lane is not None:  # handed back decided: the Lane does the rest
+        if self.c_loop is not None:  # handed back decided: the ConnectionLoop does the rest
             self._release(pending)
-            decided = self._lane_names(local, names.remote_host, names.remote_info)
-            if self.in_lane_hold:  # done within hold(): its answer, before the banner
-                self.lane_hold_answer = decided
+            decided = self._c_loop_names(local, names.remote_host, names.remote_info)
+            if self.in_c_loop_hold:  # done within hold(): its answer, before the banner
+                self.c_loop_hold_answer = decided
                 return
             client = unmap_ipv4(pending.endpoints.remote_ip)
             if self.options.per_ip and self.per_ip[client] >= self.options.per_ip:
                 self._drop_per_ip(pending.fd, client)  # sessions started while it was held
                 return
-            self._lane_session(client, decided)
+            self._c_loop_session(client, decided)
             ends = pending.endpoints
-            self.lane.admit(
+            self.c_loop.admit(
                 pending.fd,
                 ends.local_ip,
                 ends.local_port,
@@ -735,11 +736,11 @@ class Server:
             pending, pending.fd, pending.endpoints, local, names.remote_host, names.remote_info
         )
 
-    # --- the Lane's held connections ----------------------------------------------------
-    def _lane_hold(
+    # --- the ConnectionLoop's held connections ----------------------------------------------------
+    def _c_loop_hold(
         self, fd: int, local_ip: str, local_port: int, remote_ip: str, remote_port: int
-    ) -> LaneNames | bool | None:
-        """A connection the Lane accepted: None when over its rate (closed here); its
+    ) -> HeldNames | bool | None:
+        """A connection the ConnectionLoop accepted: None when over its rate (closed here); its
         names at once when they are known (the remote name cached); else True, held
         here until admit()."""
         options = self.options
@@ -755,35 +756,35 @@ class Server:
         if not (options.remote_info or options.paranoid or needs_local):
             local = self._local_name(endpoints)
             if not options.remote_host:
-                return self._lane_session(client, self._lane_names(local, None, None))
+                return self._c_loop_session(client, self._c_loop_names(local, None, None))
             known, host = self._names().remembered_host(remote_ip)
             if known:
-                return self._lane_session(client, self._lane_names(local, host, None))
+                return self._c_loop_session(client, self._c_loop_names(local, host, None))
         pending = self._hold(fd, endpoints)
         if pending is None:
             return None  # over the hold's bounds: closed
-        self.in_lane_hold = True
+        self.in_c_loop_hold = True
         try:
             self._start_lookups(pending, needs_local)  # may end at once (ident refused)
         finally:
-            self.in_lane_hold = False
-        answer, self.lane_hold_answer = self.lane_hold_answer, None
-        return True if answer is None else self._lane_session(client, answer)
+            self.in_c_loop_hold = False
+        answer, self.c_loop_hold_answer = self.c_loop_hold_answer, None
+        return True if answer is None else self._c_loop_session(client, answer)
 
-    def _lane_session(self, client: str, names: LaneNames) -> LaneNames:
-        """A connection the Lane starts (or queues for a slot) with these names: counted
+    def _c_loop_session(self, client: str, names: HeldNames) -> HeldNames:
+        """A connection the ConnectionLoop starts (or queues for a slot) with these names: counted
         for -C until ended() tells its end."""
         if self.options.per_ip:
             self.per_ip[client] += 1
         return names
 
-    def _lane_session_ended(self, client: str) -> None:
+    def _c_loop_session_ended(self, client: str) -> None:
         self.per_ip[client] -= 1
         if self.per_ip[client] <= 0:
             del self.per_ip[client]
 
-    def _lane_names(self, local: str | None, remote: str | None, info: str | None) -> LaneNames:
-        """The names as the Lane takes them: each value, and as the -v lines show it."""
+    def _c_loop_names(self, local: str | None, remote: str | None, info: str | None) -> HeldNames:
+        """The names as the ConnectionLoop takes them: each value, and as the -v lines show it."""
         shown = self.verbose
         return (
             None if local is None else _encode(local),
@@ -794,7 +795,7 @@ class Server:
             logline.safe(info).encode("ascii") if shown else None,
         )
 
-    def _lane_screen(
+    def _c_loop_screen(
         self,
         fd: int,
         local_ip: str,
@@ -807,8 +808,8 @@ class Server:
         rule_rblsmtpd: bytes | None,
         rule_remote_ip: bytes | None,
     ) -> bool:
-        """The Lane's connection after its rules, for the in-core rblsmtpd: True when known
-        clean now (the Lane's again); else ours: listed (its dialogue here), or held for
+        """The C loop's connection after its rules, for the in-core rblsmtpd: True when known
+        clean now (the C loop's again); else ours: listed (its dialogue here), or held for
         the verdict and handed back with admit(..., screened=True)."""
         assert self.screen is not None
         endpoints = Endpoints(local_ip, local_port, remote_ip, remote_port)
@@ -828,24 +829,24 @@ class Server:
         if known is not None:
             if known.line is None:
                 return True
-            self._lane_listed(go, known)
+            self._c_loop_listed(go, known)
             return False
         pending = self._hold(fd, endpoints)
         if pending is None:
-            self._lane_no_session(client)
+            self._c_loop_no_session(client)
             return False
-        outcome: list[Verdict] = []  # a verdict known at once (cached) answers the Lane
+        outcome: list[Verdict] = []  # a verdict known at once (cached) answers the ConnectionLoop
 
         def resume(verdict: Verdict) -> None:
             self._release(pending)
             if verdict.line is not None:
-                self._lane_listed(go, verdict)
+                self._c_loop_listed(go, verdict)
             elif not waiting_started:
                 outcome.append(verdict)
             else:
-                assert self.lane is not None
-                names = self._lane_names(local, remote, info)
-                self.lane.admit(fd, local_ip, local_port, remote_ip, remote_port, names, True)
+                assert self.c_loop is not None
+                names = self._c_loop_names(local, remote, info)
+                self.c_loop.admit(fd, local_ip, local_port, remote_ip, remote_port, names, True)
 
         waiting_started = False
         waiting = self.screen.screen(fd, extra, resume)
@@ -857,19 +858,19 @@ class Server:
 
             def cancel() -> None:  # dropped for the hold's bounds: no session after all
                 screen.drop(waiting)
-                self._lane_no_session(client)
+                self._c_loop_no_session(client)
 
             pending.cancel = cancel
         return False
 
-    def _lane_listed(self, go: Decided, verdict: Verdict) -> None:
-        self._lane_no_session(go.client)
+    def _c_loop_listed(self, go: Decided, verdict: Verdict) -> None:
+        self._c_loop_no_session(go.client)
         self._listed(go, verdict)
 
-    def _lane_no_session(self, client: str) -> None:
+    def _c_loop_no_session(self, client: str) -> None:
         """A connection counted for -C in hold() that the screen kept from its session."""
         if self.options.per_ip:
-            self._lane_session_ended(client)
+            self._c_loop_session_ended(client)
 
     def _cut_lookups_short(self) -> None:
         """SIGTERM: every connection still in its lookups goes on now, with what it has."""
@@ -959,7 +960,7 @@ class Server:
         try:
             self.spawns.submit(ident, extra, fd)
         except Exception as error:  # a bad variable name from the rules: this one only
-            netcalls.close(fd)
+            syscalls.close(fd)
             self._spawn_failed(job, f"{type(error).__name__}: {error}")
             return
         self.spawning[ident] = job
@@ -1041,8 +1042,8 @@ class Server:
         if self.options.rate_reply:
             from .ratelimit import REPLY_421
 
-            netcalls.send_now(fd, REPLY_421)
-        netcalls.close(fd)
+            syscalls.send_now(fd, REPLY_421)
+        syscalls.close(fd)
 
     def _screening(self) -> bool:
         return self.screen is not None and self.screen.active
@@ -1051,7 +1052,7 @@ class Server:
         """Close (unless a spawner did) without running anything; log it the way
         tcpserver's child would."""
         if fd is not None:
-            netcalls.close(fd)
+            syscalls.close(fd)
             self.tls_env.pop(fd, None)
         pid = os.getpid()
         self.log_verbose(logline.pid_from(pid, client))
@@ -1134,8 +1135,8 @@ class Server:
                 self.notifier.send("RELOADING=1")
                 if self.rules is not None:
                     self.rules = RuleSet(self.rules.path)
-                    if self.lane is not None:
-                        self._give_lane_rules(self.lane)
+                    if self.c_loop is not None:
+                        self._give_c_loop_rules(self.c_loop)
                 self.local_names.clear()
                 if self.resolver is not None:
                     self.resolver.reload()
@@ -1153,8 +1154,8 @@ class Server:
                 drain = self.options.drain if self.under_systemd else 0.0
                 self.stop_at = time.monotonic() + drain
                 self._set_accepting(False)
-                if self.lane is not None:
-                    self.lane.stop()  # out of its epoll set before they are closed
+                if self.c_loop is not None:
+                    self.c_loop.stop()  # out of its epoll set before they are closed
                 for listener in self.listeners:
                     listener.close()
                 self._cut_lookups_short()
@@ -1192,8 +1193,8 @@ class Server:
         return max(0.0, min(candidates) - time.monotonic()) if candidates else -1
 
     def _busy(self) -> bool:
-        if self.lane is not None:
-            running, _, _, waiting, _ = self.lane.counts()
+        if self.c_loop is not None:
+            running, _, _, waiting, _ = self.c_loop.counts()
             return bool(running or waiting or self.pending)
         return bool(
             self.children or self.pending or self.spawning or self.admitted or self._tls_busy()
@@ -1213,8 +1214,8 @@ class Server:
         signal.signal(signal.SIGCHLD, self._on_sigchld)
         self._judge()
         self.notifier.send("READY=1")
-        if self.lane is not None:
-            return self._serve_lane(self.lane)
+        if self.c_loop is not None:
+            return self._serve_c_loop(self.c_loop)
         self._set_accepting(True)
         self._status_changed()
         while True:
@@ -1239,27 +1240,27 @@ class Server:
             if self.stop_at is not None and (now >= self.stop_at or not self._busy()):
                 return 0
 
-    def _serve_lane(self, lane: Lane) -> int:
-        """serve() when the Lane does the connections: between its returns, the signals,
+    def _serve_c_loop(self, c_loop: ConnectionLoop) -> int:
+        """serve() when the ConnectionLoop does the connections: between its returns, the signals,
         the back-off, STATUS=, the lookups of held connections and the end of the drain."""
-        run_outcomes = netcalls.EXTENSION
+        run_outcomes = syscalls.EXTENSION
         assert run_outcomes is not None
         self._status_changed()
         while True:
             timeout = self._timeout()
-            if self.notifier.enabled:  # the Lane's counts reach STATUS= this often
+            if self.notifier.enabled:  # the ConnectionLoop's counts reach STATUS= this often
                 interval = self.notifier.interval
                 timeout = interval if timeout < 0 else min(timeout, interval)
             with contextlib.suppress(OSError, ValueError):
-                self.log.flush()  # before the Lane writes to the same fd
-            outcome, number = lane.run(timeout)
-            accepted = lane.counts()[4]
+                self.log.flush()  # before the ConnectionLoop writes to the same fd
+            outcome, number = c_loop.run(timeout)
+            accepted = c_loop.counts()[4]
             if accepted != self.accepted:
                 self.accepted = accepted
                 self._accepted()
             if outcome == run_outcomes.RUN_RESOURCE:
                 self._out_of_resources(number)
-                lane.pause(True)
+                c_loop.pause(True)
             if outcome == run_outcomes.RUN_WATCHED:
                 self.reactor.run_ready()
             if self.signals:
@@ -1269,7 +1270,7 @@ class Server:
                 self.reactor.run_timers(now)
             if self.backoff_until is not None and now >= self.backoff_until:
                 self.backoff_until = None
-                lane.pause(False)
+                c_loop.pause(False)
             self._publish()
             self.notifier.flush(now)
             if self.stop_at is not None and (now >= self.stop_at or not self._busy()):
@@ -1277,7 +1278,7 @@ class Server:
 
 
 def _fileno(stream: TextIO) -> int | None:
-    """The fd under a log stream, for the Lane to write to; None for one without."""
+    """The fd under a log stream, for the ConnectionLoop to write to; None for one without."""
     try:
         return stream.fileno()
     except (OSError, ValueError, AttributeError):

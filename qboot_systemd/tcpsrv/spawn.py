@@ -2,7 +2,7 @@
 
 CPython's os.posix_spawnp keeps the GIL while the kernel creates the child, and with
 posix_spawn's vfork semantics that lasts until the child has exec'd: 70-130 µs per
-connection in which nothing else runs. The _conn extension's Spawner (a vfork-style
+connection in which nothing else runs. The _core extension's Spawner (a vfork-style
 clone() and execve over the PATH entries found once) runs without the GIL, so spawner
 threads wait for the kernel while the loop goes on accepting; its command line, server
 environment and signals to reset are laid out once. PythonSpawner (os.posix_spawnp) is
@@ -16,7 +16,7 @@ import os
 import signal
 from collections.abc import Mapping, Sequence
 
-from . import netcalls
+from . import syscalls
 
 # Signals a child gets at their defaults even when our parent ignored them: those
 # tcpserver's child resets (SIGTERM, SIGPIPE, SIGCHLD), and SIGXFSZ, which CPython ignores
@@ -67,12 +67,12 @@ def env_entries(env: Mapping[str, str]) -> list[bytes]:
 
 
 class ExtensionSpawner:
-    """The _conn extension's clone() and execve (GIL released during the call)."""
+    """The _core extension's clone() and execve (GIL released during the call)."""
 
     def __init__(self, argv: Sequence[bytes], base_env: Mapping[str, str]) -> None:
-        extension = netcalls.EXTENSION
+        extension = syscalls.EXTENSION
         if extension is None:
-            raise ImportError("the _conn extension is not available")
+            raise ImportError("the _core extension is not available")
         self._base_env = dict(base_env)
         self._spawner = extension.Spawner(list(argv), env_entries(base_env), signals_to_default())
 
@@ -125,7 +125,7 @@ def c_string(value: str) -> str:
 def best_spawner(
     argv: Sequence[bytes], base_env: Mapping[str, str]
 ) -> ExtensionSpawner | PythonSpawner:
-    if netcalls.EXTENSION is None:
+    if syscalls.EXTENSION is None:
         return PythonSpawner(argv, base_env)
     return ExtensionSpawner(argv, base_env)
 
@@ -135,19 +135,19 @@ Finished = tuple[int, int, str | None]
 
 
 class ExtensionPool:
-    """Spawner threads of the _conn extension's own: they never take the GIL, so giving
+    """Spawner threads of the _core extension's own: they never take the GIL, so giving
     them a connection and hearing back costs the loop no GIL hand-over, only an eventfd
     it watches. Each closes its connection's fd once the child has it."""
 
     def __init__(self, spawner: ExtensionSpawner, threads: int) -> None:
-        extension = netcalls.EXTENSION
+        extension = syscalls.EXTENSION
         assert extension is not None, "ExtensionSpawner without the extension"
         self._spawner = spawner
         self._pool = extension.SpawnPool(spawner.c_spawner, threads)
 
     @property
     def c_pool(self) -> object:
-        """The extension's SpawnPool, for the Lane to queue its own jobs."""
+        """The extension's SpawnPool, for the ConnectionLoop to queue its own jobs."""
         return self._pool
 
     def submit(self, ident: int, extra_env: Mapping[str, str], fd: int) -> None:
@@ -201,7 +201,7 @@ class PythonPool:
                 error = failure.strerror or str(failure)
             except Exception as failure:  # one job is refused, the thread goes on
                 error = f"{type(failure).__name__}: {failure}"
-            netcalls.close(fd)
+            syscalls.close(fd)
             self._done.put((ident, pid, error))
             # full (the loop is behind and will look anyway) or closed: fine
             with contextlib.suppress(OSError):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from .. import netcalls
+from .. import syscalls
 from ..lookups import lookup_key
 from ..reactor import Reactor
 from .certs import CertPaths, CertReader
@@ -95,7 +95,7 @@ class TlsService:
         self.ended_since_trim += 1
         if self.handshaking == 0 and self.ended_since_trim >= TRIM_AFTER:
             self.ended_since_trim = 0
-            netcalls.trim_heap()
+            syscalls.trim_heap()
 
     def crowded(self, remote_ip: str) -> bool:
         """Has this client's address (or /64) its share of handshakes in flight?"""

@@ -1,7 +1,7 @@
-/* What _conn.c and _lane.c share: the Spawner (a command line, the server's environment
+/* What _core.c and _loop.c share: the Spawner (a command line, the server's environment
  * and the signals to reset, made once), its spawn, and the SpawnPool's jobs. */
-#ifndef QBOOT_CONN_H
-#define QBOOT_CONN_H
+#ifndef QBOOT_CORE_H
+#define QBOOT_CORE_H
 
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -21,7 +21,7 @@ typedef struct {
     char *candidate_strings;
 } Spawner;
 
-/* The SpawnPool's threads run queued Jobs; the Lane queues its own and takes the done ones
+/* The SpawnPool's threads run queued Jobs; the ConnectionLoop queues its own and takes the done ones
  * (the pool's eventfd tells when). */
 typedef struct Job {
     struct Job *next;
@@ -31,7 +31,7 @@ typedef struct Job {
     int error;
     char **envp;   /* NULL-terminated; points into strings and into the Spawner's base */
     char *strings; /* the job's own copies */
-    char *note;    /* the submitter's, for its report (the Lane's log lines) */
+    char *note;    /* the submitter's, for its report (the ConnectionLoop's log lines) */
 } Job;
 
 typedef struct {
@@ -49,7 +49,7 @@ typedef struct {
 } SpawnPool;
 
 
-/* Lane.run()'s outcomes, the module's RUN_* constants for Python. */
+/* ConnectionLoop.run()'s outcomes, the module's RUN_* constants for Python. */
 enum {
     RUN_TIMEOUT = 0,  /* timeout seconds passed */
     RUN_SIGNAL = 1,   /* a signal for Python's handlers */
@@ -60,7 +60,7 @@ enum {
 
 extern PyTypeObject SpawnerType;
 extern PyTypeObject SpawnPoolType;
-extern PyTypeObject LaneType;
+extern PyTypeObject ConnectionLoopType;
 
 /* An int argument (PyLong_AsInt is public only from Python 3.13 on). */
 int qboot_as_int(PyObject *object, int *out);

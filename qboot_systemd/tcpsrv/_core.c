@@ -5,9 +5,9 @@
  * thread switch while spawner threads wait for it); getsockname() for wildcard listeners;
  * and a Spawner: a vfork-style clone() and execve with the GIL released, the command line,
  * the server's own environment and the program's places on PATH laid out once.
- * spawn.py and netcalls.py hold the pure-Python equivalents (QBOOT_NO_EXTENSION=1).
+ * spawn.py and syscalls.py hold the pure-Python equivalents (QBOOT_NO_EXTENSION=1).
  */
-#include "_conn.h"
+#include "_core.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -64,7 +64,7 @@ static PyObject *address_tuple(const struct sockaddr_storage *address)
     return Py_BuildValue("(si)", text, port);
 }
 
-static PyObject *conn_accept(PyObject *self, PyObject *arg)
+static PyObject *core_accept(PyObject *self, PyObject *arg)
 {
     int listener;
     if (qboot_as_int(arg, &listener) < 0)
@@ -87,7 +87,7 @@ static PyObject *conn_accept(PyObject *self, PyObject *arg)
     return result;
 }
 
-static PyObject *conn_local_address(PyObject *self, PyObject *arg)
+static PyObject *core_local_address(PyObject *self, PyObject *arg)
 {
     int fd;
     if (qboot_as_int(arg, &fd) < 0)
@@ -99,7 +99,7 @@ static PyObject *conn_local_address(PyObject *self, PyObject *arg)
     return address_tuple(&address);
 }
 
-static PyObject *conn_close(PyObject *self, PyObject *arg)
+static PyObject *core_close(PyObject *self, PyObject *arg)
 {
     int fd;
     if (qboot_as_int(arg, &fd) < 0)
@@ -109,7 +109,7 @@ static PyObject *conn_close(PyObject *self, PyObject *arg)
 }
 
 /* setsockopt with an int, or with an empty value (None); errors ignored, as tcpserver. */
-static PyObject *conn_set_option(PyObject *self, PyObject *args)
+static PyObject *core_set_option(PyObject *self, PyObject *args)
 {
     int fd, level, name;
     PyObject *value;
@@ -127,7 +127,7 @@ static PyObject *conn_set_option(PyObject *self, PyObject *args)
 }
 
 /* Send what fits without waiting; errors ignored. */
-static PyObject *conn_send_now(PyObject *self, PyObject *args)
+static PyObject *core_send_now(PyObject *self, PyObject *args)
 {
     int fd;
     Py_buffer data;
@@ -140,7 +140,7 @@ static PyObject *conn_send_now(PyObject *self, PyObject *args)
 
 /* cdb's hash of a key, as djb's cdb_hash(): the rules lookup runs it a few times per
  * connection. */
-static PyObject *conn_djb_hash(PyObject *self, PyObject *arg)
+static PyObject *core_djb_hash(PyObject *self, PyObject *arg)
 {
     Py_buffer key;
     if (PyObject_GetBuffer(arg, &key, PyBUF_SIMPLE) < 0)
@@ -157,7 +157,7 @@ static PyObject *conn_djb_hash(PyObject *self, PyObject *arg)
  * freed into glibc's heap in an order that leaves most of it unreturnable, so after a
  * burst of handshakes the server's RSS stays at the burst's peak; malloc_trim() releases
  * the free pages inside the heap too. True when memory was released; False elsewhere. */
-static PyObject *conn_trim_heap(PyObject *self, PyObject *Py_UNUSED(ignored))
+static PyObject *core_trim_heap(PyObject *self, PyObject *Py_UNUSED(ignored))
 {
 #ifdef __GLIBC__
     int released;
@@ -431,7 +431,7 @@ static PyMethodDef spawner_methods[] = {
 
 PyTypeObject SpawnerType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "qboot_systemd.tcpsrv._conn.Spawner",
+    .tp_name = "qboot_systemd.tcpsrv._core.Spawner",
     .tp_basicsize = sizeof(Spawner),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Spawner(argv, base_env, default_signals): spawns of one command line.",
@@ -727,7 +727,7 @@ static PyMethodDef pool_methods[] = {
 
 PyTypeObject SpawnPoolType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "qboot_systemd.tcpsrv._conn.SpawnPool",
+    .tp_name = "qboot_systemd.tcpsrv._core.SpawnPool",
     .tp_basicsize = sizeof(SpawnPool),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "SpawnPool(spawner, threads): spawns in threads without the GIL.",
@@ -737,33 +737,33 @@ PyTypeObject SpawnPoolType = {
     .tp_methods = pool_methods,
 };
 
-static PyMethodDef conn_methods[] = {
-    {"accept", conn_accept, METH_O, "accept(listener_fd) -> (fd, (ip, port))"},
-    {"local_address", conn_local_address, METH_O, "local_address(fd) -> (ip, port)"},
-    {"close", conn_close, METH_O, "close(fd)"},
-    {"set_option", conn_set_option, METH_VARARGS, "set_option(fd, level, name, int|None)"},
-    {"send_now", conn_send_now, METH_VARARGS, "send_now(fd, data)"},
-    {"djb_hash", conn_djb_hash, METH_O, "djb_hash(key) -> cdb's hash"},
-    {"trim_heap", conn_trim_heap, METH_NOARGS, "trim_heap() -> bool: malloc_trim(0)"},
+static PyMethodDef core_methods[] = {
+    {"accept", core_accept, METH_O, "accept(listener_fd) -> (fd, (ip, port))"},
+    {"local_address", core_local_address, METH_O, "local_address(fd) -> (ip, port)"},
+    {"close", core_close, METH_O, "close(fd)"},
+    {"set_option", core_set_option, METH_VARARGS, "set_option(fd, level, name, int|None)"},
+    {"send_now", core_send_now, METH_VARARGS, "send_now(fd, data)"},
+    {"djb_hash", core_djb_hash, METH_O, "djb_hash(key) -> cdb's hash"},
+    {"trim_heap", core_trim_heap, METH_NOARGS, "trim_heap() -> bool: malloc_trim(0)"},
     {NULL, NULL, 0, NULL},
 };
 
-static struct PyModuleDef conn_module = {
-    PyModuleDef_HEAD_INIT, "_conn", "qboot-tcpsrv's per-connection system calls.", -1,
-    conn_methods,
+static struct PyModuleDef core_module = {
+    PyModuleDef_HEAD_INIT, "_core", "qboot-tcpsrv's per-connection system calls.", -1,
+    core_methods,
 };
 
-PyMODINIT_FUNC PyInit__conn(void)
+PyMODINIT_FUNC PyInit__core(void)
 {
     if (PyType_Ready(&SpawnerType) < 0 || PyType_Ready(&SpawnPoolType) < 0 ||
-        PyType_Ready(&LaneType) < 0)
+        PyType_Ready(&ConnectionLoopType) < 0)
         return NULL;
-    PyObject *module = PyModule_Create(&conn_module);
+    PyObject *module = PyModule_Create(&core_module);
     if (!module)
         return NULL;
     if (PyModule_AddObjectRef(module, "Spawner", (PyObject *)&SpawnerType) < 0 ||
         PyModule_AddObjectRef(module, "SpawnPool", (PyObject *)&SpawnPoolType) < 0 ||
-        PyModule_AddObjectRef(module, "Lane", (PyObject *)&LaneType) < 0 ||
+        PyModule_AddObjectRef(module, "ConnectionLoop", (PyObject *)&ConnectionLoopType) < 0 ||
         PyModule_AddIntConstant(module, "RUN_TIMEOUT", RUN_TIMEOUT) < 0 ||
         PyModule_AddIntConstant(module, "RUN_SIGNAL", RUN_SIGNAL) < 0 ||
         PyModule_AddIntConstant(module, "RUN_RESOURCE", RUN_RESOURCE) < 0 ||

@@ -1,4 +1,4 @@
-"""The _conn extension's Lane (accept, rules, environment, spawn and reap in C) against
+"""The _core extension's ConnectionLoop (accept, rules, environment, spawn and reap in C) against
 the Python loop it stands in for: the same flags, rules and clients through both, and
 the same environment, bytes and log lines out. The Python loop is the one the tcpserver
 differential tests checked first; QBOOT_NO_EXTENSION=1 selects it."""
@@ -23,7 +23,7 @@ import pytest
 from qboot_systemd import rules
 from qboot_systemd.cdb import write_cdb
 from qboot_systemd.tcpsrv.options import parse
-from qboot_systemd.tcpsrv.server import Server, lane_fits
+from qboot_systemd.tcpsrv.server import Server, c_loop_fits
 
 from .conftest import require_extension, require_tool, venv_script
 from .dnsbl_server import BlocklistDns, Table, txt_rdata
@@ -40,7 +40,7 @@ from .tcpsrv_harness import (
 )
 
 DUMP = "#!/bin/sh\nenv | grep -a -v -E '^(_|PWD|SHLVL|QBOOT_NO_EXTENSION)=' | sort\n"
-PATHS = {"lane": {}, "python": {"QBOOT_NO_EXTENSION": "1"}}
+PATHS = {"c_loop": {}, "python": {"QBOOT_NO_EXTENSION": "1"}}
 
 # Rules as an admin (or an attacker who got a line into the source) may write them: a
 # deny, overrides of tcp-environ and of the server's own variables, a name set twice,
@@ -69,19 +69,19 @@ def masked(text: str) -> str:
     return re.sub(r":\d{4,5}\b", ":PORT", text)
 
 
-def assert_same(lane: tuple[list[str], str], python: tuple[list[str], str]) -> None:
+def assert_same(c_loop: tuple[list[str], str], python: tuple[list[str], str]) -> None:
     """Equal, or a failure that shows the lines that differ."""
-    if lane == python:
+    if c_loop == python:
         return
     diff = [
-        "".join(difflib.unified_diff(p.splitlines(True), o.splitlines(True), "python", "lane"))
-        for p, o in zip([*python[0], python[1]], [*lane[0], lane[1]], strict=False)
+        "".join(difflib.unified_diff(p.splitlines(True), o.splitlines(True), "python", "c_loop"))
+        for p, o in zip([*python[0], python[1]], [*c_loop[0], c_loop[1]], strict=False)
     ]
-    pytest.fail("the Lane differs from the Python loop:\n" + "".join(diff))
+    pytest.fail("the ConnectionLoop differs from the Python loop:\n" + "".join(diff))
 
 
 def extension_loaded(server: Running) -> bool:
-    return "/_conn." in Path(f"/proc/{server.process.pid}/maps").read_text()
+    return "/_core." in Path(f"/proc/{server.process.pid}/maps").read_text()
 
 
 @pytest.fixture()
@@ -96,7 +96,7 @@ def both(start: Callable[[dict[str, str]], Running]) -> Iterator[tuple[str, Runn
         server = start(env)
         try:
             yield name, server
-            assert extension_loaded(server) == (name == "lane"), name
+            assert extension_loaded(server) == (name == "c_loop"), name
         finally:
             server.stop()
 
@@ -114,24 +114,24 @@ def one_at_a_time(server: Running, sources: list[str], host: str = "127.0.0.1") 
     return outputs
 
 
-def test_lane_is_for_every_server_the_extension_runs() -> None:
-    """lane_fits decides, and a server it fits starts with a Lane (and a pool for it)."""
+def test_c_loop_is_for_every_server_the_extension_runs() -> None:
+    """c_loop_fits decides; a server it fits starts with a ConnectionLoop (and a pool)."""
     require_extension()
     options = parse(["-HR", "-l", "x", "127.0.0.1", "0", "/bin/true"])
     listener = socket.create_server(("127.0.0.1", 0))
     server = Server(options, [listener], None)
     try:
         server.start()
-        assert server.lane is not None and server.spawns is not None
+        assert server.c_loop is not None and server.spawns is not None
     finally:
         server.close()
         listener.close()
-    assert server.lane is None
+    assert server.c_loop is None
     for flags in (["-HR", "-l", "x"], ["-R", "-l", "x"], ["-H", "-l", "x"], ["-HR"], ["-hrp"]):
-        assert lane_fits(parse([*flags, "0", "25", "p"])), flags
-    assert lane_fits(parse(["-HR", "-l", "x", "-N", "60", "0", "25", "p"]))
-    assert lane_fits(parse(["-HR", "-l", "x", "-C", "2", "0", "25", "p"]))
-    assert lane_fits(parse(["-HRL", "-l", "x", "0", "25", "rblsmtpd", "-r", "bl.test", "p"]))
+        assert c_loop_fits(parse([*flags, "0", "25", "p"])), flags
+    assert c_loop_fits(parse(["-HR", "-l", "x", "-N", "60", "0", "25", "p"]))
+    assert c_loop_fits(parse(["-HR", "-l", "x", "-C", "2", "0", "25", "p"]))
+    assert c_loop_fits(parse(["-HRL", "-l", "x", "0", "25", "rblsmtpd", "-r", "bl.test", "p"]))
 
 
 @pytest.mark.parametrize(
@@ -153,15 +153,15 @@ def test_environment_bytes_and_log_as_the_python_loop(
         outputs = one_at_a_time(server, SOURCES)
         outputs += one_at_a_time(server, [None], host="::1")  # type: ignore[list-item]
         results[name] = (outputs, masked(server.log()))
-    assert_same(results["lane"], results["python"])
-    lane_outputs, lane_log = results["lane"]
-    assert "EQ=x=y=z" in lane_outputs[2] and "A=2" in lane_outputs[2]
-    assert "HOME=/nowhere" in lane_outputs[2] and "TCPLOCALHOST=over" in lane_outputs[2]
-    assert "L" * 60000 in lane_outputs[3] and "V1499=1499" in lane_outputs[4]
-    assert lane_outputs[1].removeprefix("220 hi\r\n") == ""  # denied: no program
-    assert "SIX=1" in lane_outputs[5] and "RELAYCLIENT=" in lane_outputs[0]
+    assert_same(results["c_loop"], results["python"])
+    c_loop_outputs, c_loop_log = results["c_loop"]
+    assert "EQ=x=y=z" in c_loop_outputs[2] and "A=2" in c_loop_outputs[2]
+    assert "HOME=/nowhere" in c_loop_outputs[2] and "TCPLOCALHOST=over" in c_loop_outputs[2]
+    assert "L" * 60000 in c_loop_outputs[3] and "V1499=1499" in c_loop_outputs[4]
+    assert c_loop_outputs[1].removeprefix("220 hi\r\n") == ""  # denied: no program
+    assert "SIX=1" in c_loop_outputs[5] and "RELAYCLIENT=" in c_loop_outputs[0]
     if "-v" in flags:
-        assert "deny PID" in lane_log and "end PID status 25600" in lane_log
+        assert "deny PID" in c_loop_log and "end PID status 25600" in c_loop_log
 
 
 def test_rules_replaced_removed_and_broken_while_serving(tmp_path: Path, dump: str) -> None:
@@ -189,12 +189,12 @@ def test_rules_replaced_removed_and_broken_while_serving(tmp_path: Path, dump: s
             outputs += one_at_a_time(server, ["127.0.0.1"])
             results[(name, tuple(extra))] = (outputs, masked(server.log()))
             cdb.unlink()
-        lane_outputs, lane_log = results[("lane", tuple(extra))]
-        assert_same((lane_outputs, lane_log), results[("python", tuple(extra))])
-        assert "STEP=one" in lane_outputs[0] and "STEP=two" in lane_outputs[1]
-        assert "STEP=three" in lane_outputs[4] and lane_outputs[3] == ""
-        assert "unable to read" in lane_log and "invalid argument" in lane_log
-        assert (lane_outputs[2] != "") == bool(extra)
+        c_loop_outputs, c_loop_log = results[("c_loop", tuple(extra))]
+        assert_same((c_loop_outputs, c_loop_log), results[("python", tuple(extra))])
+        assert "STEP=one" in c_loop_outputs[0] and "STEP=two" in c_loop_outputs[1]
+        assert "STEP=three" in c_loop_outputs[4] and c_loop_outputs[3] == ""
+        assert "unable to read" in c_loop_log and "invalid argument" in c_loop_log
+        assert (c_loop_outputs[2] != "") == bool(extra)
 
 
 def test_a_rule_with_thousands_of_variables(tmp_path: Path, dump: str) -> None:
@@ -209,8 +209,8 @@ def test_a_rule_with_thousands_of_variables(tmp_path: Path, dump: str) -> None:
         lambda env: ours("-HR", "-l", "x", "-x", str(cdb), "0", "0", dump, env=env)
     ):
         results[name] = masked(server.request().decode())
-    assert results["lane"] == results["python"]
-    lines = results["lane"].splitlines()
+    assert results["c_loop"] == results["python"]
+    lines = results["c_loop"].splitlines()
     assert "N0=20000" in lines and "N19999=19999" in lines and "HOME=/x" in lines
     assert len([line for line in lines if re.match(r"N\d+=", line)]) == 20000
 
@@ -223,8 +223,8 @@ def test_program_that_cannot_run(tmp_path: Path) -> None:
         assert server.request() == b""
         server.wait_log(r"status: 0/40\n.*\Z")
         results[name] = masked(server.log())
-    assert results["lane"] == results["python"]
-    assert "unable to run" in results["lane"] and "end PID status 28416" in results["lane"]
+    assert results["c_loop"] == results["python"]
+    assert "unable to run" in results["c_loop"] and "end PID status 28416" in results["c_loop"]
 
 
 def test_limit_and_signals(tmp_path: Path) -> None:
@@ -266,7 +266,7 @@ def test_limit_and_signals(tmp_path: Path) -> None:
 
 def test_bursts_with_resets_never_pass_the_limit_nor_leak(tmp_path: Path) -> None:
     """Simultaneous clients, a third of them reset at once (SO_LINGER 0), against -c 1
-    and -c 2 with a child that exits at once: the Lane accepts one connection ahead, and
+    and -c 2 with a child that exits at once: the ConnectionLoop accepts one connection ahead, and
     that one must count against -c before it is a session; every session ends, no child
     is left over and the server holds no more fds than before the burst."""
     require_extension()
@@ -320,7 +320,7 @@ def test_drain_ends_with_the_last_session(tmp_path: Path) -> None:
                 time.sleep(0.02)
             session = server.connect()
             assert session.recv(100) == b"hello\n"
-            assert extension_loaded(server) == (name == "lane"), name
+            assert extension_loaded(server) == (name == "c_loop"), name
             server.process.send_signal(signal.SIGTERM)
             time.sleep(0.3)
             assert server.process.poll() is None, name  # draining: the session may finish
@@ -337,7 +337,7 @@ def test_drain_ends_with_the_last_session(tmp_path: Path) -> None:
 def test_a_listener_shut_down_by_another_holder_leaves_sigterm_working(tmp_path: Path) -> None:
     """A passed socket is shared (systemd, a sibling holds it too): one holder's
     shutdown() leaves it not listening, accept() fails with EINVAL at every try and epoll
-    reports it at every wait. The loop must still hear SIGTERM: the Lane once retried that
+    reports it at every wait. The loop must still hear SIGTERM: the ConnectionLoop once retried that
     accept for ever, signals unread."""
     require_extension()
     quick = write_script(tmp_path, "quick", "#!/bin/sh\necho hi\n")
@@ -357,7 +357,7 @@ def test_a_listener_shut_down_by_another_holder_leaves_sigterm_working(tmp_path:
             try:
                 assert server.request() == b"hi\n", name
                 server.wait_log(r"status: 0/40\n.*\Z")
-                assert extension_loaded(server) == (name == "lane"), name
+                assert extension_loaded(server) == (name == "c_loop"), name
                 listener.shutdown(socket.SHUT_RDWR)
                 time.sleep(0.3)
                 server.process.send_signal(signal.SIGTERM)
@@ -379,7 +379,7 @@ def test_a_rule_with_many_variables_costs_the_loop_no_more_than_the_python_loop(
     tmp_path: Path,
 ) -> None:
     """A rule with tens of thousands of variables (a hostile or generated rules file):
-    laying out the environment is linear in the Lane too, as the Python loop's dict, not
+    laying out the environment is linear in the ConnectionLoop too, as the Python loop's dict, not
     a scan of every variable set so far per variable (seconds of a stalled loop each)."""
     require_extension()
     cdb = tmp_path / "rules.cdb"
@@ -394,7 +394,7 @@ def test_a_rule_with_many_variables_costs_the_loop_no_more_than_the_python_loop(
         before = cpu_seconds(server.process.pid)
         assert server.request(source="127.0.0.9") == b"80000\nlast\n", name
         cpu[name] = cpu_seconds(server.process.pid) - before
-    assert cpu["lane"] < 2 * cpu["python"] + 0.2, cpu
+    assert cpu["c_loop"] < 2 * cpu["python"] + 0.2, cpu
 
 
 def test_a_child_not_ours_is_not_taken_for_a_spawn_that_reuses_its_pid(tmp_path: Path) -> None:
@@ -441,7 +441,7 @@ def test_a_child_not_ours_is_not_taken_for_a_spawn_that_reuses_its_pid(tmp_path:
 
 def test_hostile_cdbs_decide_as_the_python_loop(tmp_path: Path, dump: str) -> None:
     """Rules files damaged where a reader trusts them (table positions and counts, record
-    and value lengths claiming up to 4 GiB, a header only, every slot taken): the Lane's
+    and value lengths claiming up to 4 GiB, a header only, every slot taken): the ConnectionLoop's
     bounds checks give the Python reader's decision (run, deny, drop) for every client."""
     require_extension()
     cdb = tmp_path / "rules.cdb"
@@ -471,8 +471,10 @@ def test_hostile_cdbs_decide_as_the_python_loop(tmp_path: Path, dump: str) -> No
             (tmp_path / "new.cdb").rename(cdb)
             outputs += one_at_a_time(server, ["127.0.0.1", "127.0.0.2", "127.0.0.3"])
         results[name] = (outputs, masked(server.log()))
-    assert_same(results["lane"], results["python"])
-    assert "invalid argument" in results["lane"][1] and "PROTO=TCP" in "".join(results["lane"][0])
+    assert_same(results["c_loop"], results["python"])
+    assert "invalid argument" in results["c_loop"][1] and "PROTO=TCP" in "".join(
+        results["c_loop"][0]
+    )
 
 
 @pytest.mark.parametrize(
@@ -482,7 +484,7 @@ def test_hostile_cdbs_decide_as_the_python_loop(tmp_path: Path, dump: str) -> No
 def test_names_and_ident_decide_and_log_as_the_python_loop(
     tmp_path: Path, dump: str, flags: list[str]
 ) -> None:
-    """Connections held for their names and ident and handed back to the Lane: the rules'
+    """Connections held for their names and ident and handed back to the ConnectionLoop: the rules'
     info@, =name and =.suffix keys in tcpserver's order, the TCP*HOST and TCP*INFO
     variables and the -v lines with names, as in the Python loop."""
     require_extension()
@@ -516,8 +518,8 @@ def test_names_and_ident_decide_and_log_as_the_python_loop(
     finally:
         identd.close()
         resolver.close()
-    assert_same(results["lane"], results["python"])
-    outputs = results["lane"][0]
+    assert_same(results["c_loop"], results["python"])
+    outputs = results["c_loop"][0]
     if "-R" in flags and "-hpR" not in flags:
         assert "NAMED=1" in outputs[0] and "TCPREMOTEHOST=named.test" in outputs[0]
         assert "SUFFIX=1" in outputs[1]
@@ -532,7 +534,7 @@ def test_a_rule_of_millions_of_records_costs_one_connection_not_the_server(
     tmp_path: Path, dump: str
 ) -> None:
     """A damaged or hostile cdb whose rule holds 20 million empty records besides one `+`
-    record, under a 600 MB address-space limit: the Lane makes room for the `+` record
+    record, under a 600 MB address-space limit: the ConnectionLoop makes room for the `+` record
     only, so each connection runs at once with A=1, and the server goes on (sized by every
     record, it ran out of memory and left run(): the whole server exited)."""
     require_extension()
@@ -554,7 +556,7 @@ def test_a_rule_of_millions_of_records_costs_one_connection_not_the_server(
 
 
 def test_in_core_rblsmtpd_and_per_ip_as_the_python_loop(tmp_path: Path, dump: str) -> None:
-    """-L and -C through the Lane (screen() after the rules, ended() at each session's
+    """-L and -C through the ConnectionLoop (screen() after the rules, ended() at each session's
     end) against the Python loop: a client listed by DNS, one the rules send away with
     RBLSMTPD, one the rules let through (RBLSMTPD=""), a clean one, and a second session
     from an address at its -C bound: the same bytes, environment and -v lines."""
@@ -607,9 +609,9 @@ def test_in_core_rblsmtpd_and_per_ip_as_the_python_loop(tmp_path: Path, dump: st
             results[f"{name} -C"] = (outputs, masked(server.log()))
     finally:
         blocklist.close()
-    assert_same(results["lane"], results["python"])
-    assert_same(results["lane -C"], results["python -C"])
-    outputs = results["lane"][0]
+    assert_same(results["c_loop"], results["python"])
+    assert_same(results["c_loop -C"], results["python -C"])
+    outputs = results["c_loop"][0]
     assert outputs[0].startswith("451 listed " + listed)
     assert "go away" in outputs[1] and "X=y" in outputs[2] and "PROTO=TCP" in outputs[3]
-    assert results["lane -C"][0] == ["", "bye\n"]
+    assert results["c_loop -C"][0] == ["", "bye\n"]

@@ -31,12 +31,12 @@ class SpawnPool:
     def fileno(self) -> int: ...
     def close(self) -> None: ...
 
-# Lane.admit()'s names: local, remote, info, each as bytes and as the -v lines show it
-LaneNames = tuple[
+# ConnectionLoop.admit()'s names: local, remote, info, each as bytes and as the -v lines show it
+HeldNames = tuple[
     bytes | None, bytes | None, bytes | None, bytes | None, bytes | None, bytes | None
 ]
 
-class Lane:
+class ConnectionLoop:
     def __init__(
         self,
         *,
@@ -53,7 +53,7 @@ class Lane:
         nodelay: bool,
         kill_ip_options: bool,
         unmap_in_log: bool,
-        hold: Callable[[int, str, int, str, int], LaneNames | bool | None] | None = None,
+        hold: Callable[[int, str, int, str, int], HeldNames | bool | None] | None = None,
         deny_status: int,
         drop_status: int,
         accepts_per_wake: int,
@@ -83,7 +83,7 @@ class Lane:
         local_port: int,
         remote_ip: str,
         remote_port: int,
-        names: LaneNames,
+        names: HeldNames,
         screened: bool = False,
         /,
     ) -> None: ...

@@ -1,4 +1,4 @@
-/* The Lane: qboot-tcpsrv's per-connection path in C. A connection that needs names,
+/* The ConnectionLoop: qboot-tcpsrv's per-connection path in C. A connection that needs names,
  * ident, a rate or -C decision is offered to Python first (hold()), and with the in-core
  * rblsmtpd again after the rules (screen()): Python answers at once (names cached, a
  * verdict known), refuses it, or keeps it without a session slot and hands it back
@@ -8,13 +8,13 @@
  * rules cdb (tcpserver's key order), lays out tcp-environ(5), hands the spawn to the
  * SpawnPool's threads (they wait for the kernel's vfork while the loop accepts), books
  * what they report, reaps on SIGCHLD and writes tcpserver's -v lines in its order. What is policy stays in Python
- * (server.py): it decides whether a server may use the Lane, reads the rules file (the
- * Lane asks it again when stat() shows a new file), handles every other signal, the
+ * (server.py): it decides whether a server may use the ConnectionLoop, reads the rules file (the
+ * ConnectionLoop asks it again when stat() shows a new file), handles every other signal, the
  * back-off after EMFILE, STATUS= and the drain after SIGTERM. The Python loop does the
- * same work per connection for the servers the Lane is not for, and when the extension
+ * same work per connection for the servers the ConnectionLoop is not for, and when the extension
  * is not built (QBOOT_NO_EXTENSION=1).
  */
-#include "_conn.h"
+#include "_core.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -127,7 +127,7 @@ typedef struct {
     ino_t ino;
     off_t size;
     long long mtime_ns;
-} Lane;
+} ConnectionLoop;
 
 /* --- log lines, as logline.py writes them ------------------------------------------ */
 
@@ -152,10 +152,10 @@ static size_t format_line(char *line, size_t size, const char *format, ...)
     return length;
 }
 
-static void log_write(Lane *self, int level, const char *format, ...)
+static void log_write(ConnectionLoop *self, int level, const char *format, ...)
     __attribute__((format(printf, 3, 4)));
 
-static void log_write(Lane *self, int level, const char *format, ...)
+static void log_write(ConnectionLoop *self, int level, const char *format, ...)
 {
     if (self->verbosity < level)
         return;
@@ -168,13 +168,13 @@ static void log_write(Lane *self, int level, const char *format, ...)
     (void)!write(self->log_fd, line, length);
 }
 
-static void session_started(Lane *self)
+static void session_started(ConnectionLoop *self)
 {
     self->running++;
     log_write(self, 2, PROGRAM ": status: %d/%d\n", self->running, self->limit);
 }
 
-static void session_over(Lane *self, const char *client)
+static void session_over(ConnectionLoop *self, const char *client)
 {
     self->running--;
     log_write(self, 2, PROGRAM ": status: %d/%d\n", self->running, self->limit);
@@ -190,7 +190,7 @@ static void session_over(Lane *self, const char *client)
 }
 
 /* A connection closed without running anything: the lines tcpserver's child would log. */
-static void refuse(Lane *self, int fd, const char *client, int status, int level,
+static void refuse(ConnectionLoop *self, int fd, const char *client, int status, int level,
                    const char *line, size_t length)
 {
     if (fd >= 0)
@@ -294,7 +294,7 @@ static int cdb_get(const unsigned char *data, uint64_t size, const char *key, si
 /* rules.candidate_keys, in tcpserver's order: info@ip, info@=host, ip, =host, the ip's
  * prefixes at '.' and ':', =.suffixes of host at each '.', "=", then "". key has room for
  * all of them; each try returns as cdb_get does. */
-static int rules_find(Lane *self, const char *ip, const char *host, const char *info,
+static int rules_find(ConnectionLoop *self, const char *ip, const char *host, const char *info,
                       char *key, const unsigned char **value, uint32_t *value_length)
 {
     const unsigned char *data = (const unsigned char *)PyBytes_AS_STRING(self->rules_data);
@@ -342,7 +342,7 @@ static int rules_find(Lane *self, const char *ip, const char *host, const char *
 
 /* Ask Python for the rules when the file is not the one read last: (identity or None,
  * cdb bytes or None, the line to log for dropping a connection or None). */
-static int rules_refresh(Lane *self)
+static int rules_refresh(ConnectionLoop *self)
 {
     struct stat status;
     const char *path = PyBytes_AS_STRING(self->rules_path);
@@ -453,7 +453,7 @@ static int pidset_remove(PidSet *set, pid_t pid, char *client)
     return 1;
 }
 
-static void child_over(Lane *self, pid_t pid, int status, const char *client)
+static void child_over(ConnectionLoop *self, pid_t pid, int status, const char *client)
 {
     log_write(self, 2, PROGRAM ": end %d status %d\n", (int)pid, status);
     session_over(self, client);
@@ -461,7 +461,7 @@ static void child_over(Lane *self, pid_t pid, int status, const char *client)
 
 /* A spawn done: log the child's pid and ok lines (as tcpserver's child does before its
  * exec) and book it, or refuse the connection whose program could not run. */
-static int report(Lane *self, Job *job)
+static int report(ConnectionLoop *self, Job *job)
 {
     const char *client = job->note, *ok = job->note + strlen(job->note) + 1;
     if (job->error) {
@@ -488,7 +488,7 @@ static int report(Lane *self, Job *job)
 }
 
 /* The pool's reports, in the order it spawned. */
-static int spawns_reported(Lane *self)
+static int spawns_reported(ConnectionLoop *self)
 {
     Job *job = qboot_pool_take_done(self->pool);
     int result = 0;
@@ -505,7 +505,7 @@ static int spawns_reported(Lane *self)
     return result;
 }
 
-static int reap(Lane *self)
+static int reap(ConnectionLoop *self)
 {
     for (;;) {
         int status;
@@ -600,7 +600,7 @@ static void entry_set(EntrySet *set, const char *text, size_t length)
 /* Spawn for fd (in the pool, or here) with tcp-environ(5) and the rule's variables; note
  * is what the report's log lines need. Returns 0; or -1 with a Python exception (no
  * memory) before the spawn, fd the caller's to close; or -2 with one after it. */
-static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_port,
+static int spawn_connection(ConnectionLoop *self, int fd, const char *local_ip, int local_port,
                             const char *remote_ip, int remote_port, const Names *names,
                             const unsigned char *rule, uint32_t rule_length, char *note,
                             int queue_empty)
@@ -748,7 +748,7 @@ static int spawn_connection(Lane *self, int fd, const char *local_ip, int local_
 
 /* Out of memory for one connection: it is dropped (logged as a warning) in a session of
  * its own, the server goes on. */
-static void drop_for_memory(Lane *self, int fd, const char *client, int in_session)
+static void drop_for_memory(ConnectionLoop *self, int fd, const char *client, int in_session)
 {
     PyErr_Clear();
     if (!in_session)
@@ -783,7 +783,7 @@ static const char *rule_value(const unsigned char *rule, uint32_t rule_length, c
  * remote_host, remote_info, the rule's RBLSMTPD, the rule's TCPREMOTEIP): 1 clean now
  * (ours again), 0 Python's (held for its verdict, or listed and talked to there), -1 with
  * an exception (the fd Python's). */
-static int screen(Lane *self, int fd, const char *local_ip, int local_port,
+static int screen(ConnectionLoop *self, int fd, const char *local_ip, int local_port,
                   const char *remote_ip, int remote_port, const Names *names,
                   const unsigned char *rule, uint32_t rule_length)
 {
@@ -803,7 +803,7 @@ static int screen(Lane *self, int fd, const char *local_ip, int local_port,
 
 /* A connection with its names: a session, the rules, then deny or spawn. Returns 0, or
  * -1 with a Python exception (the rules' reload failed, or memory after the spawn). */
-static int decided(Lane *self, int fd, const char *local_ip, int local_port,
+static int decided(ConnectionLoop *self, int fd, const char *local_ip, int local_port,
                    const char *remote_ip, int remote_port, const Names *names, int queue_empty,
                    int screened)
 {
@@ -922,7 +922,7 @@ static int names_from(PyObject *tuple, Names *names)
     return 0;
 }
 
-static int connection(Lane *self, Listener *listener, int fd,
+static int connection(ConnectionLoop *self, Listener *listener, int fd,
                       const struct sockaddr_storage *address, int queue_empty)
 {
     char remote_ip[INET6_ADDRSTRLEN], local_ip[INET6_ADDRSTRLEN];
@@ -986,7 +986,7 @@ static int connection(Lane *self, Listener *listener, int fd,
 }
 
 /* Sessions for the connections handed back decided, while slots are free. */
-static int admit_queued(Lane *self)
+static int admit_queued(ConnectionLoop *self)
 {
     while (self->admitted_head && self->running < self->limit) {
         Admitted *next = self->admitted_head;
@@ -1010,7 +1010,7 @@ static int admit_queued(Lane *self)
 }
 
 /* Listeners in the epoll set exactly when a connection may be taken. */
-static int update_watch(Lane *self)
+static int update_watch(ConnectionLoop *self)
 {
     if (self->epoll_fd < 0)
         return 0;
@@ -1032,7 +1032,7 @@ static int update_watch(Lane *self)
 }
 
 /* Room for one more connection, besides `held` accepted and not yet counted? */
-static int may_accept(const Lane *self, int held)
+static int may_accept(const ConnectionLoop *self, int held)
 {
     return !self->paused && !self->stopped &&
            self->running + self->admitted_count + held < self->limit;
@@ -1043,7 +1043,7 @@ static int may_accept(const Lane *self, int held)
  * few times at most: an error that stays (a listener another holder of the socket shut
  * down: EINVAL, and epoll reports it for ever) must not keep this thread from the
  * signals, as the Python loop's 16 tries do not. */
-static int accept_one(Lane *self, Listener *listener, struct sockaddr_storage *address,
+static int accept_one(ConnectionLoop *self, Listener *listener, struct sockaddr_storage *address,
                       int *resource)
 {
     for (int tries = 0; tries < self->accepts_per_wake; tries++) {
@@ -1077,7 +1077,7 @@ static double monotonic(void)
  * (1), accept() runs out of resources (2, with its errno), the last session after
  * stop() has ended (3: the drain is over), or timeout seconds have passed (0; a
  * negative timeout: no limit). */
-static PyObject *lane_run(Lane *self, PyObject *arg)
+static PyObject *loop_run(ConnectionLoop *self, PyObject *arg)
 {
     double timeout = PyFloat_AsDouble(arg);
     if (timeout == -1.0 && PyErr_Occurred())
@@ -1170,14 +1170,14 @@ static PyObject *lane_run(Lane *self, PyObject *arg)
     }
 }
 
-static PyObject *lane_close(Lane *self, PyObject *unused);
+static PyObject *loop_close(ConnectionLoop *self, PyObject *unused);
 
 /* SIGCHLD through a signalfd: no signal frame and no wake-up byte per child, only an fd
- * that epoll reports. Python's handler for it does not run while the Lane is started. */
-static PyObject *lane_start(Lane *self, PyObject *unused)
+ * that epoll reports. Python's handler for it does not run while the ConnectionLoop is started. */
+static PyObject *loop_start(ConnectionLoop *self, PyObject *unused)
 {
     if (self->epoll_fd >= 0)
-        return PyErr_Format(PyExc_RuntimeError, "the Lane is started");
+        return PyErr_Format(PyExc_RuntimeError, "the ConnectionLoop is started");
     sigset_t child;
     sigemptyset(&child);
     sigaddset(&child, SIGCHLD);
@@ -1196,14 +1196,14 @@ static PyObject *lane_start(Lane *self, PyObject *unused)
         epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, self->pool->event_fd, &pool) != 0 ||
         epoll_ctl(self->epoll_fd, EPOLL_CTL_ADD, self->child_fd, &children) != 0) {
         PyErr_SetFromErrno(PyExc_OSError);
-        PyObject *closed = lane_close(self, NULL);
+        PyObject *closed = loop_close(self, NULL);
         Py_XDECREF(closed);
         return NULL;
     }
     Py_RETURN_NONE;
 }
 
-static PyObject *lane_close(Lane *self, PyObject *unused)
+static PyObject *loop_close(ConnectionLoop *self, PyObject *unused)
 {
     if (self->epoll_fd >= 0)
         close(self->epoll_fd);
@@ -1218,7 +1218,7 @@ static PyObject *lane_close(Lane *self, PyObject *unused)
 
 /* add_listener(fd, local): local (ip, port) for a listener bound to one address, None
  * for a wildcard (each connection's local address is asked for). */
-static PyObject *lane_add_listener(Lane *self, PyObject *args)
+static PyObject *loop_add_listener(ConnectionLoop *self, PyObject *args)
 {
     int fd;
     PyObject *local;
@@ -1246,7 +1246,7 @@ static PyObject *lane_add_listener(Lane *self, PyObject *args)
 }
 
 /* set_rules(path, reload, format_error_line): path None: no rules, every client allowed. */
-static PyObject *lane_set_rules(Lane *self, PyObject *args)
+static PyObject *loop_set_rules(ConnectionLoop *self, PyObject *args)
 {
     PyObject *path, *reload, *format_error_line;
     if (!PyArg_ParseTuple(args, "OOS", &path, &reload, &format_error_line))
@@ -1262,7 +1262,7 @@ static PyObject *lane_set_rules(Lane *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static PyObject *lane_pause(Lane *self, PyObject *arg)
+static PyObject *loop_pause(ConnectionLoop *self, PyObject *arg)
 {
     int paused = PyObject_IsTrue(arg);
     if (paused < 0)
@@ -1274,7 +1274,7 @@ static PyObject *lane_pause(Lane *self, PyObject *arg)
 }
 
 /* SIGTERM: no more accepting; run() goes on reaping. */
-static PyObject *lane_stop(Lane *self, PyObject *unused)
+static PyObject *loop_stop(ConnectionLoop *self, PyObject *unused)
 {
     self->stopped = 1;
     if (update_watch(self) < 0)
@@ -1282,14 +1282,14 @@ static PyObject *lane_stop(Lane *self, PyObject *unused)
     Py_RETURN_NONE;
 }
 
-static PyObject *lane_counts(Lane *self, PyObject *unused)
+static PyObject *loop_counts(ConnectionLoop *self, PyObject *unused)
 {
     return Py_BuildValue("(illil)", self->running, self->served, self->denied,
                          self->admitted_count, self->accepted);
 }
 
 /* watch(fd): run() returns RUN_WATCHED when fd is readable (Python's lookups). */
-static PyObject *lane_watch(Lane *self, PyObject *arg)
+static PyObject *loop_watch(ConnectionLoop *self, PyObject *arg)
 {
     int fd;
     if (qboot_as_int(arg, &fd) < 0)
@@ -1304,9 +1304,9 @@ static PyObject *lane_watch(Lane *self, PyObject *arg)
 
 /* admit(fd, local_ip, local_port, remote_ip, remote_port, names, screened=False): a
  * connection hold() or screen() took, handed back decided with its names (screened: the
- * in-core rblsmtpd found it clean); the Lane's again, its session started now or when a
+ * in-core rblsmtpd found it clean); the ConnectionLoop's again, its session started now or when a
  * slot is free. */
-static PyObject *lane_admit(Lane *self, PyObject *args)
+static PyObject *loop_admit(ConnectionLoop *self, PyObject *args)
 {
     int fd, local_port, remote_port;
     const char *local_ip, *remote_ip;
@@ -1349,7 +1349,7 @@ static PyObject *lane_admit(Lane *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
-static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
+static int loop_init(ConnectionLoop *self, PyObject *args, PyObject *kwargs)
 {
     static char *keywords[] = {"pool", "wake_fd", "log_fd", "limit", "verbosity",
                                "local_host", "local_host_log", "banner", "program_log",
@@ -1363,7 +1363,7 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
         kill_ip_options = 0, unmap_in_log = 0, deny_status = 0, drop_status = 0,
         accepts_per_wake = 0;
     if (self->pool) {
-        PyErr_SetString(PyExc_RuntimeError, "Lane initialised twice");
+        PyErr_SetString(PyExc_RuntimeError, "ConnectionLoop initialised twice");
         return -1;
     }
     if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|$O!iiiiOSSSppppOiiiOO", keywords, &SpawnPoolType,
@@ -1374,7 +1374,7 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
                                      &ended, &screen_))
         return -1;
     if (!pool || !local_host || !local_host_log || !banner || !program_log) {
-        PyErr_SetString(PyExc_TypeError, "Lane(): pool, local_host, local_host_log, banner and "
+        PyErr_SetString(PyExc_TypeError, "ConnectionLoop(): pool, local_host, local_host_log, banner and "
                                          "program_log are required");
         return -1;
     }
@@ -1421,16 +1421,16 @@ static int lane_init(Lane *self, PyObject *args, PyObject *kwargs)
     return 0;
 }
 
-static PyObject *lane_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
+static PyObject *loop_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
 {
-    Lane *self = (Lane *)type->tp_alloc(type, 0);
+    ConnectionLoop *self = (ConnectionLoop *)type->tp_alloc(type, 0);
     if (self)
         self->epoll_fd = self->child_fd = -1;
     return (PyObject *)self;
 }
 
-/* The callables (reload, hold) are bound methods of the server that holds the Lane. */
-static int lane_traverse(Lane *self, visitproc visit, void *arg)
+/* The callables (reload, hold) are bound methods of the server that holds the ConnectionLoop. */
+static int loop_traverse(ConnectionLoop *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->pool);
     Py_VISIT(self->reload);
@@ -1442,7 +1442,7 @@ static int lane_traverse(Lane *self, visitproc visit, void *arg)
     return 0;
 }
 
-static int lane_clear(Lane *self)
+static int loop_clear(ConnectionLoop *self)
 {
     Py_CLEAR(self->reload);
     Py_CLEAR(self->hold);
@@ -1451,10 +1451,10 @@ static int lane_clear(Lane *self)
     return 0;
 }
 
-static void lane_dealloc(Lane *self)
+static void loop_dealloc(ConnectionLoop *self)
 {
     PyObject_GC_UnTrack(self);
-    PyObject *closed = lane_close(self, NULL);
+    PyObject *closed = loop_close(self, NULL);
     Py_XDECREF(closed);
     PyMem_Free(self->listeners);
     PyMem_Free(self->reported.slots);
@@ -1481,35 +1481,35 @@ static void lane_dealloc(Lane *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-static PyMethodDef lane_methods[] = {
-    {"start", (PyCFunction)lane_start, METH_NOARGS, "its epoll fd, watching the wake-up fd"},
-    {"close", (PyCFunction)lane_close, METH_NOARGS, "close what start() opened"},
-    {"add_listener", (PyCFunction)lane_add_listener, METH_VARARGS,
+static PyMethodDef loop_methods[] = {
+    {"start", (PyCFunction)loop_start, METH_NOARGS, "its epoll fd, watching the wake-up fd"},
+    {"close", (PyCFunction)loop_close, METH_NOARGS, "close what start() opened"},
+    {"add_listener", (PyCFunction)loop_add_listener, METH_VARARGS,
      "add_listener(fd, (ip, port) or None for a wildcard)"},
-    {"set_rules", (PyCFunction)lane_set_rules, METH_VARARGS,
+    {"set_rules", (PyCFunction)loop_set_rules, METH_VARARGS,
      "set_rules(path or None, reload, format_error_line)"},
-    {"run", (PyCFunction)lane_run, METH_O, "run(timeout) -> (outcome, errno)"},
-    {"pause", (PyCFunction)lane_pause, METH_O, "pause(flag): stop or go on accepting"},
-    {"stop", (PyCFunction)lane_stop, METH_NOARGS, "accept no more; run() still reaps"},
-    {"counts", (PyCFunction)lane_counts, METH_NOARGS,
+    {"run", (PyCFunction)loop_run, METH_O, "run(timeout) -> (outcome, errno)"},
+    {"pause", (PyCFunction)loop_pause, METH_O, "pause(flag): stop or go on accepting"},
+    {"stop", (PyCFunction)loop_stop, METH_NOARGS, "accept no more; run() still reaps"},
+    {"counts", (PyCFunction)loop_counts, METH_NOARGS,
      "(running, served, denied, admitted waiting for a slot, accepted)"},
-    {"watch", (PyCFunction)lane_watch, METH_O, "watch(fd): run() returns when it is readable"},
-    {"admit", (PyCFunction)lane_admit, METH_VARARGS,
+    {"watch", (PyCFunction)loop_watch, METH_O, "watch(fd): run() returns when it is readable"},
+    {"admit", (PyCFunction)loop_admit, METH_VARARGS,
      "admit(fd, local_ip, local_port, remote_ip, remote_port, names, screened=False): a held "
      "connection back"},
     {NULL, NULL, 0, NULL},
 };
 
-PyTypeObject LaneType = {
+PyTypeObject ConnectionLoopType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "qboot_systemd.tcpsrv._conn.Lane",
-    .tp_basicsize = sizeof(Lane),
+    .tp_name = "qboot_systemd.tcpsrv._core.ConnectionLoop",
+    .tp_basicsize = sizeof(ConnectionLoop),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_traverse = (traverseproc)lane_traverse,
-    .tp_clear = (inquiry)lane_clear,
-    .tp_doc = "Lane(...): accept, rules, environment, spawn and reap in C.",
-    .tp_new = lane_new,
-    .tp_init = (initproc)lane_init,
-    .tp_dealloc = (destructor)lane_dealloc,
-    .tp_methods = lane_methods,
+    .tp_traverse = (traverseproc)loop_traverse,
+    .tp_clear = (inquiry)loop_clear,
+    .tp_doc = "ConnectionLoop(...): accept, rules, environment, spawn and reap in C.",
+    .tp_new = loop_new,
+    .tp_init = (initproc)loop_init,
+    .tp_dealloc = (destructor)loop_dealloc,
+    .tp_methods = loop_methods,
 };

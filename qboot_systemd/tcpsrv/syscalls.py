@@ -1,4 +1,4 @@
-"""The system calls made per connection: from the _conn extension, or plain Python.
+"""The system calls made per connection: from the _core extension, or plain Python.
 
 Every CPython wrapper around a system call releases the GIL and takes it back after; with
 spawner threads waiting for it, each release is a thread switch. The extension's calls
@@ -16,19 +16,19 @@ from types import ModuleType
 
 
 def load_extension() -> ModuleType | None:
-    """The _conn extension, or None without it (not built, or QBOOT_NO_EXTENSION=1 when
+    """The _core extension, or None without it (not built, or QBOOT_NO_EXTENSION=1 when
     this module was first imported)."""
     if os.environ.get("QBOOT_NO_EXTENSION") == "1":
         return None
     try:
-        from . import _conn
+        from . import _core
     except ImportError:
         return None
-    return _conn
+    return _core
 
 
-_conn = load_extension()
-EXTENSION = _conn
+_core = load_extension()
+EXTENSION = _core
 
 
 def _python_accept(listener: socket.socket) -> tuple[int, tuple[str, int]]:
@@ -57,48 +57,48 @@ def _python_send_now(fd: int, data: bytes) -> None:
 
 def accept(listener: socket.socket) -> tuple[int, tuple[str, int]]:
     """accept() on a non-blocking listener: a blocking, close-on-exec fd and (ip, port)."""
-    if _conn is None:
+    if _core is None:
         return _python_accept(listener)
-    accepted: tuple[int, tuple[str, int]] = _conn.accept(listener.fileno())
+    accepted: tuple[int, tuple[str, int]] = _core.accept(listener.fileno())
     return accepted
 
 
 def local_address(fd: int) -> tuple[str, int]:
     """getsockname() as (ip, port), for connections on a wildcard listener."""
-    if _conn is None:
+    if _core is None:
         return _python_local_address(fd)
-    address: tuple[str, int] = _conn.local_address(fd)
+    address: tuple[str, int] = _core.local_address(fd)
     return address
 
 
 def close(fd: int) -> None:
-    if _conn is None:
+    if _core is None:
         os.close(fd)
     else:
-        _conn.close(fd)
+        _core.close(fd)
 
 
 def set_option(fd: int, level: int, name: int, value: int | None) -> None:
     """setsockopt with an int value, or with an empty one (None); errors are ignored,
     as tcpserver ignores them."""
-    if _conn is None:
+    if _core is None:
         _python_set_option(fd, level, name, value)
     else:
-        _conn.set_option(fd, level, name, value)
+        _core.set_option(fd, level, name, value)
 
 
 def send_now(fd: int, data: bytes) -> None:
     """Send what fits without waiting (the banner); errors are ignored."""
-    if _conn is None:
+    if _core is None:
         _python_send_now(fd, data)
     else:
-        _conn.send_now(fd, data)
+        _core.send_now(fd, data)
 
 
 def trim_heap() -> bool:
     """Return the C heap's free pages to the system (glibc's malloc_trim); without the
     extension nothing is done. True when memory was released."""
-    if _conn is None:
+    if _core is None:
         return False
-    released: bool = _conn.trim_heap()
+    released: bool = _core.trim_heap()
     return released
