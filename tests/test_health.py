@@ -18,7 +18,14 @@ from click.testing import CliRunner
 
 from qboot_systemd import cli, mktcprules
 from qboot_systemd.apply import health
-from qboot_systemd.apply.health import Facts, ProgramFact, RulesFact, SessionsFact, State
+from qboot_systemd.apply.health import (
+    CertFact,
+    Facts,
+    ProgramFact,
+    RulesFact,
+    SessionsFact,
+    State,
+)
 from qboot_systemd.problems import Problem
 
 from .conftest import SHIPPED_BOOTCTRL, require_tool
@@ -27,6 +34,10 @@ from .tcpsrv_harness import ours
 BAD_KEY = Problem("/b/qmail-smtps.env", 7, "/c/k.pem: private key readable by everyone (mode 0644)")
 TYPO = Problem("/b/qmail-smtp.env", 3, "PORT='25x': expected a number")
 MISSING_CDB = RulesFact("/b/tcprules-smtp.cdb", "No such file or directory", missing=True)
+# A certificate served (its fingerprint's first digits, its end) and the file now.
+SERVED = CertFact(
+    "/c/cert.pem", "0123456789abcdef", "2027-03-01", "0123456789abcdef" + "0" * 48, "2026-12-03"
+)
 SMTPDX = ProgramFact("/var/qmail/bin/qmail-smtpdx", "No such file or directory", "env:12: SMTPD")
 
 
@@ -98,6 +109,46 @@ SMTPDX = ProgramFact("/var/qmail/bin/qmail-smtpdx", "No such file or directory",
             State.DEGRADED,
             150,
             ["serves as started, but would not start again", "mode 0644", "before a restart"],
+        ),
+        # TLS: the served certificate is the file's and far from its end
+        (Facts("smtps", True, True, certificate=SERVED), State.RUNNING, 0, []),
+        # renewed, never reloaded: clients get the old one
+        (
+            Facts(
+                "smtps", True, True, unit="u@smtps", certificate=SERVED._replace(on_disk="f" * 64)
+            ),
+            State.DEGRADED,
+            150,
+            [
+                "/c/cert.pem was replaced after the server loaded it",
+                "until 2027-03-01",
+                "systemctl reload u@smtps",
+            ],
+        ),
+        (
+            Facts("smtps", True, True, certificate=SERVED._replace(today="2027-03-02")),
+            State.DEGRADED,
+            150,
+            ["expired on 2027-03-01", "renew it"],
+        ),
+        (
+            Facts("smtps", True, True, certificate=SERVED._replace(today="2027-02-22")),
+            State.DEGRADED,
+            150,
+            ["expires on 2027-03-01"],
+        ),
+        (
+            Facts("smtps", True, True, certificate=SERVED._replace(today="2027-02-21")),
+            State.RUNNING,
+            0,
+            [],
+        ),
+        # the file unreadable now: a start problem says so, not this
+        (
+            Facts("smtps", True, True, certificate=SERVED._replace(on_disk=None)),
+            State.RUNNING,
+            0,
+            [],
         ),
         # the same settings with no server running: nothing serves
         (Facts("smtps", True, True, problems=(BAD_KEY,)), State.DOWN, 3, ["broken: "]),
@@ -320,3 +371,42 @@ def test_verify_judges_the_smtpd_behind_a_presmtpd_wrapper(open_dir: Path, smtpd
         assert done.exit_code != 0, done.output
         assert "verified" not in done.output and "/bin/truex" in done.output, done.output
         assert "qmail-smtps.env:5" in done.output, done.output  # the SMTPD= line
+
+
+def test_a_tls_server_names_its_certificate_in_status_and_a_reload_changes_it(
+    tmp_path: Path,
+) -> None:
+    """STATUS= names the certificate new sessions get; cert_fact compares it with the
+    file: one replaced without a reload is found, and the reload makes them one again."""
+    from qboot_systemd.tcpsrv.tls.certinfo import leaf_info
+
+    from .tcpsrv_harness import Running
+    from .tls_harness import make_pair, tls_server_argv
+
+    first = make_pair(tmp_path, "server")
+    renewed = make_pair(tmp_path, "renewed", kind="rsa")
+    new_words = leaf_info(renewed.cert.read_bytes())
+    assert new_words is not None
+    receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    receiver.bind(str(tmp_path / "notify"))
+    argv = [*tls_server_argv(first, "implicit", "-HR", "-l", "x"), "127.0.0.1", "0", "true"]
+    server = Running(argv, env={"NOTIFY_SOCKET": str(tmp_path / "notify")})
+
+    def judged(status: str) -> health.Health:
+        fact = health.cert_fact(argv, status.removeprefix("STATUS="))
+        assert fact is not None, status
+        return health.assess(Facts("smtps", True, True, unit="u@smtps", certificate=fact))
+
+    try:
+        status = _status_lines(receiver, "STATUS=0/40 sessions")[-1]
+        assert judged(status).state is State.RUNNING, judged(status).lines()
+        shutil.copy(renewed.cert, first.cert)  # certbot's renewal, and no reload yet
+        shutil.copy(renewed.key, first.key)
+        assert judged(status).state is State.DEGRADED
+        assert "was replaced after the server loaded it" in judged(status).lines()[0]
+        server.process.send_signal(signal.SIGHUP)
+        status = _status_lines(receiver, new_words.status_words())[-1]
+        assert judged(status).state is State.RUNNING, judged(status).lines()
+    finally:
+        server.stop()
+        receiver.close()

@@ -43,6 +43,7 @@ def prepare(stage: Path) -> None:
     directory.mkdir(parents=True)
     make_pair(directory, "server")
     make_pair(directory, "renewed", kind="rsa")
+    make_pair(directory, "third")
     tcprules = require_tool("tcprules")
     for name, rule in (("relay", '127.:allow,RELAYCLIENT=""\n'), ("norelay", "127.:allow\n")):
         subprocess.run(
@@ -195,6 +196,22 @@ def test_certificate_replaced_and_reloaded_during_a_session(sandbox: Sandbox) ->
     assert wait_until(lambda: count(sandbox, f"{MAILDIR}/new/*", "acrossreload") == 1)
     log = sandbox.run("journalctl", "-u", SMTPS, "--no-pager").stdout
     assert "TLS certificate kept" not in log
+
+
+def test_a_renewed_certificate_not_yet_reloaded_is_named_by_status(sandbox: Sandbox) -> None:
+    """certbot replaced the files and nobody reloaded: clients still get the old
+    certificate, so status says so (degraded, with the command); the reload clears it."""
+    assert sandbox.run(QBOOTCTL, "status", "smtps", check=False).returncode == 0
+    for suffix in ("crt", "key"):  # cp keeps the key's mode 0600
+        sandbox.run("cp", f"{TLS_DIR}/third.{suffix}", f"{TLS_DIR}/server.{suffix}")
+    status = sandbox.run(QBOOTCTL, "status", "smtps", check=False)
+    assert status.returncode == 150, status.stdout + status.stderr
+    assert "was replaced after the server loaded it" in status.stdout, status.stdout
+    assert f"systemctl reload {SMTPS}" in status.stdout, status.stdout
+    sandbox.run("systemctl", "reload", SMTPS)
+    assert wait_until(
+        lambda: sandbox.run(QBOOTCTL, "status", "smtps", check=False).returncode == 0
+    ), sandbox.run(QBOOTCTL, "status", "smtps", check=False).stdout
 
 
 def greeting_on_465(box: Sandbox) -> str:

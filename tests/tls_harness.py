@@ -19,8 +19,11 @@ class Pair:
     key: Path
 
 
-def make_pair(directory: Path, name: str, kind: str = "ec", cn: str = "mail.example.org") -> Pair:
-    """A self-signed certificate and its key (0600): kind `ec` (P-256) or `rsa` (2048)."""
+def make_pair(
+    directory: Path, name: str, kind: str = "ec", cn: str = "mail.example.org", days: int = 90
+) -> Pair:
+    """A self-signed certificate and its key (0600): kind `ec` (P-256) or `rsa` (2048).
+    90 days, as Let's Encrypt issues them (status calls one due within a week degraded)."""
     openssl = require_tool("openssl")
     cert, key = directory / f"{name}.crt", directory / f"{name}.key"
     algorithm = (
@@ -42,7 +45,7 @@ def make_pair(directory: Path, name: str, kind: str = "ec", cn: str = "mail.exam
             "-subj",
             f"/CN={cn}",
             "-days",
-            "2",
+            str(days),
         ],
         check=True,
         capture_output=True,

@@ -124,6 +124,20 @@ class SessionsFact(NamedTuple):
     last_failure: str = ""
 
 
+class CertFact(NamedTuple):
+    """The certificate a TLS server serves (from its STATUS=) and its file as it is now."""
+
+    path: str  # CERTFILE as the running server was given it
+    served: str  # the first hex digits of the served certificate's SHA-256
+    served_until: str  # its notAfter date, YYYY-MM-DD
+    on_disk: str | None  # the file's certificate's SHA-256 (None: unreadable now)
+    today: str  # YYYY-MM-DD, UTC: assess() reads no clock
+
+
+# A certificate this close to its end was not renewed (certbot renews 30 days ahead).
+EXPIRY_WARNING_DAYS = 7
+
+
 class Facts(NamedTuple):
     name: str
     enabled: bool  # bootctrl enables it (its rc link, broken or not)
@@ -139,6 +153,7 @@ class Facts(NamedTuple):
     # The server process runs (not only its socket): started before its problems came (a
     # certificate replaced by a bad one, an account deleted), it serves as it was started.
     running: bool = False
+    certificate: CertFact | None = None
 
 
 def assess(facts: Facts) -> Health:
@@ -202,8 +217,34 @@ def assess(facts: Facts) -> Health:
         )
     if facts.pending is not None:
         found.append(Finding(State.DEGRADED, facts.pending))
+    if facts.certificate is not None:
+        found += _certificate_findings(facts.certificate, facts.unit or facts.name)
     state = worst([f.state for f in found]) if found else State.RUNNING
     return Health(state, tuple(found))
+
+
+def _certificate_findings(cert: CertFact, unit: str) -> list[Finding]:
+    """What TLS clients are shown, against what the files say and the calendar."""
+    reload = f"systemctl reload {unit}"
+    if cert.on_disk is not None and not cert.on_disk.startswith(cert.served):
+        text = (
+            f"{cert.path} was replaced after the server loaded it: clients still get "
+            f"the certificate valid until {cert.served_until}"
+        )
+        return [Finding(State.DEGRADED, text, reload)]
+    if cert.served_until < cert.today:
+        text = f"clients get a certificate that expired on {cert.served_until} ({cert.path})"
+        return [Finding(State.DEGRADED, text, f"renew it, then: {reload}")]
+    if cert.served_until <= _days_after(cert.today, EXPIRY_WARNING_DAYS):
+        text = f"the certificate clients get expires on {cert.served_until} ({cert.path})"
+        return [Finding(State.DEGRADED, text, f"renew it, then: {reload}")]
+    return []
+
+
+def _days_after(day: str, days: int) -> str:
+    import datetime
+
+    return (datetime.date.fromisoformat(day) + datetime.timedelta(days=days)).isoformat()
 
 
 def _broken(facts: Facts) -> list[Finding]:
@@ -521,7 +562,7 @@ def observe(
     broken = next((b for b in found if b.name == name), None)
     enabled = name in stamps.enabled_names(model.directory)
     current = model.service(name)
-    program = rules = sessions = None
+    program = rules = sessions = certificate = None
     if socket.active == "active" and service_state.exec_start:
         program, rules = chain_facts(
             service_state.exec_start,
@@ -533,6 +574,8 @@ def observe(
         main = service_state.main_pid if service_state.active == "active" else 0
         if main and listening.readable(main):
             sessions = sessions_fact(server_log(service_state.name, main))
+        if main:
+            certificate = cert_fact(service_state.exec_start, service_state.status_text)
     return Facts(
         name,
         enabled=enabled,
@@ -546,7 +589,33 @@ def observe(
         sessions=sessions,
         pending=_pending(model, name, socket, service_state, output),
         running=service_state.active == "active" and service_state.main_pid > 0,
+        certificate=certificate,
     )
+
+
+def cert_fact(argv: Sequence[str], status_text: str) -> CertFact | None:
+    """The served certificate (qboot-tcpsrv's STATUS= names it) against its file now;
+    None for a server without TLS or one that has not said yet."""
+    import time
+
+    from ..tcpsrv.options import UsageError, parse
+    from ..tcpsrv.tls import certinfo
+
+    try:
+        options = parse(list(argv[1:]))
+    except UsageError:
+        return None
+    served = certinfo.served(status_text)
+    if options.certfile is None or served is None:
+        return None
+    try:
+        with open(options.certfile, "rb") as file:
+            found = certinfo.leaf_info(file.read(1 << 20))
+    except OSError:
+        found = None
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    on_disk = found.fingerprint if found is not None else None
+    return CertFact(options.certfile, served[0], served[1], on_disk, today)
 
 
 def _pending(

@@ -379,9 +379,12 @@ class Server:
             denied += self.counters.denied  # listed by the in-core rblsmtpd, here
         else:
             running, served, denied = self.running, self.counters.served, self.counters.denied
+        certificate = ""
+        if self.tls is not None and self.tls.certificate is not None:
+            certificate = f", {self.tls.certificate.status_words()}"  # qbootctl status reads it
         self.notifier.status(
             f"{self.health_words}{running}/{self.options.limit} sessions, "
-            f"{served} served, {denied} denied"
+            f"{served} served, {denied} denied{certificate}"
         )
 
     def _judge(self, rules: RulesError | None = None) -> None:
@@ -598,6 +601,7 @@ class Server:
             self.tls.reload()
         except CertError as error:
             self.log_verbose(logline.warning(f"TLS certificate kept: {error}"), 1)
+        self._publish()
 
     def _spawns_settle(self, timeout: float = 5.0) -> bool:
         """Wait for the spawns in flight to be reported (none starts meanwhile: only this

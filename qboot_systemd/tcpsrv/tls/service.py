@@ -17,6 +17,7 @@ from enum import Enum
 from .. import syscalls
 from ..lookups import lookup_key
 from ..reactor import Reactor
+from .certinfo import CertInfo, leaf_info
 from .certs import CertPaths, CertReader
 from .context import server_context
 from .relay import Phase, Session
@@ -64,6 +65,7 @@ class TlsService:
         self.config = config
         self.reader = CertReader(config.paths)
         self.context: ssl.SSLContext | None = None
+        self.certificate: CertInfo | None = None  # what new sessions are shown (STATUS=)
         self.sessions: set[Session] = set()
         self.handshaking = 0
         self.cap = handshake_cap()
@@ -72,7 +74,9 @@ class TlsService:
 
     def load(self) -> None:
         """The first context; CertError (one line) when a file is wrong."""
-        self.context = server_context(self.config.paths, self.reader.read(), self.config.ciphers)
+        material = self.reader.read()
+        self.context = server_context(self.config.paths, material, self.config.ciphers)
+        self.certificate = leaf_info(material.cert)
 
     def start_reader(self) -> None:
         """Before privileges drop: a reader keeps root to read the files at reloads."""
