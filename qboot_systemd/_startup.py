@@ -17,8 +17,11 @@ tests/test_startup.py:
 - json_text, json_string: json.dumps(value, sort_keys=True, separators=(",", ":")) for
   plain data (the config stamps hash this text: another text would restart every
   service once after an upgrade).
-Other modules import what they need late (ipaddress, difflib, enum through rblsmtpd's
-parser) at the one place that needs it, and say so there.
+Two small modules serve the same budget without standing in for anything: iptext writes
+an address as ipaddress writes it (tests/test_iptext.py holds it to ipaddress), and
+tcpsrv/rblcommand reads rblsmtpd's command line without the decision's enums. Other
+modules import what they need late (difflib for the typo hint) at the one place that
+needs it, and say so there.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from .iptext import canonical, is_unspecified
 from .problems import quote
 from .tcpflags import TcpFlagsError, validate_tcpflags
 
@@ -135,29 +136,27 @@ def addresses(name: str, value: str, service: str) -> tuple[str, ...]:
     given = value.split()
     if not given or given == ["0"]:
         return ()
-    import ipaddress  # here: the shipped env files listen on all addresses
-
     found: list[str] = []
     for word in given:
         if word == "0":
             raise Invalid("IP: 0 means all addresses; use IP=0 alone")
         text = word[1:-1] if word.startswith("[") and word.endswith("]") else word
-        try:
-            address = ipaddress.ip_address(text)
-        except ValueError:
-            raise Invalid(f"IP: {quote(word)} is not an IP address") from None
-        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+        address = canonical(text)
+        if address is None:
+            raise Invalid(f"IP: {quote(word)} is not an IP address")
+        bare, _, scope = address.partition("%")
+        if scope:
             # systemd's ListenStream= takes no scope id (252 refuses `[fe80::1%eth0]:25`).
             raise Invalid(
                 f"IP: {quote(word)}: ListenStream= cannot take a scope id; use "
-                f"IP={address.compressed.split('%')[0]} and BindToDevice={address.scope_id} "
+                f"IP={bare} and BindToDevice={scope} "
                 f"in a drop-in for the socket (systemctl edit qmail-tcpd@{service}.socket)"
             )
-        if address.is_unspecified:
+        if is_unspecified(address):
             raise Invalid(f"IP: {quote(word)} means all addresses; use IP=0 alone")
-        if str(address) in found:
+        if address in found:
             raise Invalid(f"IP: {word} listed twice")
-        found.append(str(address))
+        found.append(address)
     return tuple(found)
 
 
@@ -201,7 +200,7 @@ def tcpflags(name: str, value: str, service: str) -> tuple[str, ...]:
 def dnsbl(name: str, value: str, service: str) -> tuple[str, ...]:
     lists = tuple(value.split())
     if lists:
-        from .tcpsrv.rbl import plain_dns_name  # only here: it brings enum
+        from .tcpsrv.rblcommand import plain_dns_name
 
         bad = [base for base in lists if not plain_dns_name(base)]
         if bad:
@@ -214,7 +213,7 @@ def dnsbl(name: str, value: str, service: str) -> tuple[str, ...]:
 def dnsblflags(name: str, value: str, service: str) -> tuple[str, ...]:
     flags = tuple(value.split())
     if flags:
-        from .tcpsrv.rbl import parse_command  # only here: it brings enum
+        from .tcpsrv.rblcommand import parse_command
 
         parsed = parse_command(["rblsmtpd", *flags, "smtpd"])
         if parsed is None or parsed[1] != ("smtpd",):

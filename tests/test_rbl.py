@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 
 from qboot_systemd import rules, units
-from qboot_systemd.tcpsrv import dns, rbl
+from qboot_systemd.tcpsrv import dns, rbl, rblcommand
 from qboot_systemd.tcpsrv.dnscache import CachingResolver, cache_seconds
-from qboot_systemd.tcpsrv.rbl import ACCEPT, PENDING, Kind, Source, Verdict
+from qboot_systemd.tcpsrv.rbl import ACCEPT, PENDING, Verdict
+from qboot_systemd.tcpsrv.rblcommand import Source
 
 from .bootctrl_trees import make
 from .conftest import require_tool, venv_script
@@ -30,14 +31,24 @@ from .tcpsrv_harness import Running, loopback_address, ours, theirs, write_scrip
 
 
 # --- the command line ------------------------------------------------------------------
+def R(base: str, bounce: bool, fail_closed: bool) -> Source:
+    return Source(base, False, bounce, fail_closed)
+
+
+def A(base: str, bounce: bool, fail_closed: bool) -> Source:
+    return Source(base, True, bounce, fail_closed)
+
+
 def test_options_apply_to_the_sources_after_them() -> None:
-    parsed = rbl.parse_command(["rblsmtpd", "-r", "x", "-bc", "-ry", "-B", "-a", "z", "prog", "-r"])
+    parsed = rblcommand.parse_command(
+        ["rblsmtpd", "-r", "x", "-bc", "-ry", "-B", "-a", "z", "prog", "-r"]
+    )
     assert parsed is not None
     config, program = parsed
     assert config.sources == (
-        Source(Kind.RBL, "x", False, False),
-        Source(Kind.RBL, "y", True, True),
-        Source(Kind.ANTI, "z", False, True),
+        R("x", False, False),
+        R("y", True, True),
+        A("z", False, True),
     )
     assert program == ("prog", "-r")
     assert config.timeout == 60
@@ -48,7 +59,7 @@ def test_options_apply_to_the_sources_after_them() -> None:
     [(["-t", "5"], 5), (["-t5x"], 5), (["-t", "x"], 0), (["-t0"], 0)],
 )
 def test_timeout_is_read_as_scan_ulong_reads_it(words: list[str], timeout: int) -> None:
-    parsed = rbl.parse_command(["/usr/bin/rblsmtpd", *words, "prog"])
+    parsed = rblcommand.parse_command(["/usr/bin/rblsmtpd", *words, "prog"])
     assert parsed is not None and parsed[0].timeout == timeout
 
 
@@ -64,12 +75,18 @@ def test_timeout_is_read_as_scan_ulong_reads_it(words: list[str], timeout: int) 
     ],
 )
 def test_command_lines_the_core_leaves_to_a_process(words: list[str]) -> None:
-    assert rbl.parse_command(words) is None
+    assert rblcommand.parse_command(words) is None
 
 
 def test_double_dash_and_operands_end_the_options() -> None:
-    assert rbl.parse_command(["rblsmtpd", "--", "-r", "x"]) == (rbl.RblConfig(()), ("-r", "x"))
-    assert rbl.parse_command(["rblsmtpd", "-", "x"]) == (rbl.RblConfig(()), ("-", "x"))
+    assert rblcommand.parse_command(["rblsmtpd", "--", "-r", "x"]) == (
+        rblcommand.RblConfig(()),
+        ("-r", "x"),
+    )
+    assert rblcommand.parse_command(["rblsmtpd", "-", "x"]) == (
+        rblcommand.RblConfig(()),
+        ("-", "x"),
+    )
 
 
 def test_reversed_address_is_rblsmtpds() -> None:
@@ -79,15 +96,12 @@ def test_reversed_address_is_rblsmtpds() -> None:
 
 
 # --- the decision ----------------------------------------------------------------------
-R, A = Kind.RBL, Kind.ANTI
-
-
 def verdict(sources: list[Source], results: list[rbl.Result]) -> Verdict | rbl.Pending:
     return rbl.decide(sources, results.__getitem__)
 
 
 def test_first_source_that_decides_wins() -> None:
-    sources = [Source(A, "ok", False, False), Source(R, "bl", True, False)]
+    sources = [A("ok", False, False), R("bl", True, False)]
     assert verdict(sources, [True, PENDING]) == ACCEPT
     assert verdict(sources, [False, b"spam"]) == Verdict(b"553 spam")
     assert verdict(sources, [PENDING, b"spam"]) is PENDING
@@ -95,14 +109,14 @@ def test_first_source_that_decides_wins() -> None:
 
 
 def test_failures_fail_open_or_closed_and_forbid_553() -> None:
-    open_ = [Source(R, "one", True, False), Source(R, "two", True, False)]
+    open_ = [R("one", True, False), R("two", True, False)]
     assert verdict(open_, [None, b"spam"]) == Verdict(b"451 spam")  # -b, but a failure first
     assert verdict(open_, [None, b""]) == ACCEPT
-    closed = [Source(R, "one", True, True), Source(R, "two", True, True)]
+    closed = [R("one", True, True), R("two", True, True)]
     assert verdict(closed, [None, PENDING]) == Verdict(b"451 temporary RBL lookup error")
-    anti_open = [Source(A, "ok", False, False), Source(R, "bl", False, False)]
+    anti_open = [A("ok", False, False), R("bl", False, False)]
     assert verdict(anti_open, [None, b"spam"]) == ACCEPT
-    anti_closed = [Source(A, "ok", True, True), Source(R, "bl", True, True)]
+    anti_closed = [A("ok", True, True), R("bl", True, True)]
     assert verdict(anti_closed, [None, b"spam"]) == Verdict(b"451 spam")
 
 

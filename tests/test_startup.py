@@ -16,6 +16,8 @@ from hypothesis import strategies as st
 
 from qboot_systemd import _startup
 
+from .bootctrl_trees import copy_shipped
+
 # Paths.
 
 path_text = st.lists(st.sampled_from(["/", ".", "..", "a", "b c", "é", "\n"]), max_size=12).map(
@@ -143,3 +145,33 @@ def test_the_generator_starts_without_what_startup_stands_in_for() -> None:
         [sys.executable, "-I", "-S", "-c", code], capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_a_generator_run_with_addresses_and_rblsmtpd_stays_light(tmp_path: Path) -> None:
+    """IP= and PRESMTPD=rblsmtpd are read without ipaddress or the decision's enums: both
+    are in most bootctrls, so their cost is every boot's cost."""
+    root = str(Path(_startup.__file__).parent.parent)
+    directory = copy_shipped(tmp_path)
+    (directory / "qmail-smtp.env").write_text(
+        'IP="127.0.0.1 ::1"\nPRESMTPD="/usr/bin/rblsmtpd -r zen.example -a allow.example"\n'
+    )
+    out = [tmp_path / name for name in ("normal", "early", "late")]
+    for path in out:
+        path.mkdir()
+    heavy = ("typing", "pathlib", "json", "re", "hashlib", "ipaddress", "enum", "difflib")
+    code = (
+        f"import sys; sys.path.insert(0, {root!r}); sys.argv[1:] = {[str(p) for p in out]!r}; "
+        "from qboot_systemd.generator import main; status = main(); "
+        f"print(status, sorted(m for m in {heavy!r} if m in sys.modules))"
+    )
+    environment = {"QBOOT_BOOTCTRL": str(directory), "QBOOT_QMAIL_HOME": "/q", "PATH": "/bin"}
+    done = subprocess.run(
+        [sys.executable, "-I", "-S", "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=environment,
+    )
+    assert done.stdout.strip() == "0 []", done.stderr
+    unit = (out[0] / "qmail-tcpd@smtp.socket.d" / "qboot.conf").read_text()
+    assert "ListenStream=[::1]:25" in unit and "ListenStream=127.0.0.1:25" in unit

@@ -398,7 +398,7 @@ def chain_facts(
         return None, None
     program = options.program
     if options.rbl_incore:
-        from ..tcpsrv.rbl import parse_command
+        from ..tcpsrv.rblcommand import parse_command
 
         parsed = parse_command(program)
         if parsed is not None:

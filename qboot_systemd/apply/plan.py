@@ -7,11 +7,11 @@ pending, what fails `reload-config`, how a verb treats a broken service, the ord
 from __future__ import annotations
 
 import enum
-import ipaddress
 from collections.abc import Mapping, Sequence
 
 from .. import units
 from .._startup import NamedTuple
+from ..iptext import canonical
 from ..problems import Problem
 from . import SEND, stamps
 
@@ -26,10 +26,8 @@ def parse_listen(value: str) -> Address | None:
         return None
     if not host:
         return ("::", int(port))
-    try:
-        return (str(ipaddress.ip_address(host.strip("[]"))), int(port))
-    except ValueError:
-        return None
+    address = canonical(host.strip("[]"))
+    return None if address is None else (address, int(port))
 
 
 class Observed(NamedTuple):

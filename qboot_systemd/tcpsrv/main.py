@@ -14,7 +14,7 @@ from .options import USAGE, Options, UsageError, parse
 from .server import Server, import_what_options_need
 
 if TYPE_CHECKING:
-    from .rbl import RblConfig
+    from .rblcommand import RblConfig
     from .tls.service import TlsService
 
 EXIT_USAGE = 100
@@ -72,7 +72,7 @@ def _in_core_rbl(options: Options) -> tuple[Options, RblConfig | None]:
     program becomes what rblsmtpd would have run. Anything else stays a process."""
     if not options.rbl_incore:
         return options, None
-    from .rbl import parse_command  # only for -L: rbl is not imported otherwise
+    from .rblcommand import parse_command  # only for -L
 
     parsed = parse_command(options.program)
     if parsed is None:

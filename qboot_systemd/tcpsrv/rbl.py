@@ -1,9 +1,9 @@
-"""ucspi-tcp's rblsmtpd as pure parts: its command line, its decision, its SMTP dialogue.
+"""ucspi-tcp's rblsmtpd as pure parts: its decision and its SMTP dialogue (its command line
+is rblcommand.py).
 
 Facts from rblsmtpd 0.88 (as Debian's ucspi-tcp-ipv6 builds it), which these follow:
-- Options are read in order with getopt "bBcCt:r:a:", and each -r / -a is looked up as it
-  is read: -b/-B/-c/-C only change the sources after them. A source is tried only while
-  nothing is decided; the first that decides wins.
+- The sources (-r, -a) are tried in the order of the command line, only while nothing
+  is decided; the first that decides wins.
 - RBLSMTPD (environment, usually from the rules) decides first: set and empty accepts,
   `-text` answers 553 text, any other text 451 text.
 - -r base: listed when the TXT records of <reversed TCPREMOTEIP>.base hold any text (all
@@ -29,108 +29,17 @@ import enum
 from collections.abc import Callable, Mapping, Sequence
 
 from .._startup import NamedTuple
-from ..tcpflags import TcpFlagsError, getopt
+from .rblcommand import Source
 
 GREETING = b"220 rblsmtpd.local\r\n"
 OK_REPLY = b"250 rblsmtpd.local\r\n"
 QUIT_REPLY = b"221 rblsmtpd.local\r\n"
 ACCEPTED_COMMANDS = frozenset({b"helo", b"ehlo", b"mail", b"rset", b"noop"})
-DEFAULT_TIMEOUT = 60
 TEXT_LIMIT = 200
 FAILED_TEXT = b"temporary RBL lookup error"
 # Of a command line we keep this much: enough to tell the longest command word from a
 # longer one, so a client sending megabytes without a newline costs us nothing.
 LINE_KEEP = 16
-_ALARM_MAX = 2**32  # alarm() takes an unsigned int: larger -t values do not time out
-
-
-class Kind(enum.Enum):
-    RBL = "r"
-    ANTI = "a"
-
-
-class Source(NamedTuple):
-    kind: Kind
-    base: str
-    bounce: bool  # -b was in force when this -r was read
-    fail_closed: bool  # -c was in force
-
-
-class RblConfig(NamedTuple):
-    sources: tuple[Source, ...]
-    timeout: int = DEFAULT_TIMEOUT
-
-
-def parse_command(words: Sequence[str]) -> tuple[RblConfig, tuple[str, ...]] | None:
-    """`rblsmtpd` and its arguments: the configuration and the program it runs, or None
-    when rblsmtpd itself would stop with its usage message (an unknown option, a missing
-    argument, no program) or the command is not rblsmtpd at all."""
-    if not words or words[0].rpartition("/")[2] != "rblsmtpd":
-        return None
-    try:
-        options, operands = getopt(words[1:], "bBcC", "tra")
-    except TcpFlagsError:
-        return None  # rblsmtpd's usage message
-    sources: list[Source] = []
-    bounce = fail_closed = False
-    timeout = DEFAULT_TIMEOUT
-    for letter, argument in options:
-        if argument is None:
-            bounce = letter == "b" if letter in "bB" else bounce
-            fail_closed = letter == "c" if letter in "cC" else fail_closed
-        elif letter == "t":
-            timeout = _scan_ulong(argument)
-        else:
-            kind = Kind.RBL if letter == "r" else Kind.ANTI
-            sources.append(Source(kind, argument, bounce, fail_closed))
-    program = tuple(operands)
-    if not program or timeout >= _ALARM_MAX:
-        return None
-    return RblConfig(tuple(sources), timeout), program
-
-
-# rblsmtpd where a distribution puts it; one elsewhere may be a patched build (some take
-# `-r base:reply`), so it stays a process.
-KNOWN_PATHS = ("rblsmtpd", "/usr/bin/rblsmtpd", "/bin/rblsmtpd", "/usr/local/bin/rblsmtpd")
-
-
-def plain_dns_name(base: str) -> bool:
-    """Letters, digits, '-' and '_' in labels of 1 to 63; no label starts with '-', so an
-    option (`DNSBL="-b zen.spamhaus.org"`) is never taken for a list."""
-    labels = base.rstrip(".").split(".")
-    return all(
-        0 < len(label) <= 63
-        and not label.startswith("-")
-        and all(c.isascii() and (c.isalnum() or c in "-_") for c in label)
-        for label in labels
-    )
-
-
-def not_in_core(chain: Sequence[str]) -> str | None:
-    """Why a chain that starts with rblsmtpd cannot have it in the core (None: it can,
-    and qboot-tcpsrv -L takes it over). Only Debian's rblsmtpd, by name or a usual path,
-    with the options ucspi-tcp 0.88 knows and plain DNS names as sources."""
-    if not chain or chain[0].rpartition("/")[2] != "rblsmtpd":
-        return "the chain does not start with rblsmtpd"
-    if chain[0] not in KNOWN_PATHS:
-        return f"{chain[0]} is not at a usual path (a patched build?)"
-    parsed = parse_command(chain)
-    if parsed is None:
-        return "rblsmtpd's options are not all ones ucspi-tcp 0.88 knows (-bBcC -t -r -a)"
-    bad = [s.base for s in parsed[0].sources if not plain_dns_name(s.base)]
-    if bad:
-        return f"{bad[0]!r} is not a plain DNS name"
-    return None
-
-
-def _scan_ulong(text: str) -> int:
-    """djb's scan_ulong: the leading digits (none: 0)."""
-    digits = ""
-    for char in text:
-        if not "0" <= char <= "9":
-            break
-        digits += char
-    return int(digits) % 2**64 if digits else 0
 
 
 def reversed_address(ip: str) -> str:
@@ -195,7 +104,7 @@ def decide(sources: Sequence[Source], result: Callable[[int], Result]) -> Verdic
         found = result(index)
         if found is PENDING:
             return PENDING
-        if source.kind is Kind.RBL:
+        if not source.anti:
             if found is None:
                 must_not_bounce = True
                 if source.fail_closed:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from . import dns, rbl
 from .dnscache import MAX_ENTRIES, CachingResolver, Waiter, cache_seconds
+from .rblcommand import RblConfig
 from .reactor import Reactor, Timer
 
 MAX_SESSIONS = 512
@@ -160,7 +161,7 @@ class RblScreen:
 
     def __init__(
         self,
-        config: rbl.RblConfig,
+        config: RblConfig,
         base_env: Mapping[str, str],
         resolver: Callable[[], dns.Resolver],
         max_sessions: int | None = None,
@@ -234,7 +235,7 @@ class RblScreen:
             except (ValueError, UnicodeError):
                 done(None)  # a name DNS cannot carry: a failed lookup
                 continue
-            qtype = dns.TYPE_TXT if source.kind is rbl.Kind.RBL else dns.TYPE_A
+            qtype = dns.TYPE_A if source.anti else dns.TYPE_TXT
             waiting.asked.append(self.cache.ask(name, qtype, deadline, done))
         waiting.starting = False
         self._check(waiting)
@@ -254,11 +255,11 @@ class RblScreen:
         source = self.config.sources[index]
         result: rbl.Result
         if answer is not None:
-            qtype = dns.TYPE_TXT if source.kind is rbl.Kind.RBL else dns.TYPE_A
+            qtype = dns.TYPE_A if source.anti else dns.TYPE_TXT
             waiting.good_for = min(waiting.good_for, cache_seconds(answer, qtype))
         if answer is None:
             result = None
-        elif source.kind is rbl.Kind.RBL:
+        elif not source.anti:
             result = b"".join(answer.texts())
         else:
             result = any(r.rtype == dns.TYPE_A and len(r.data) == 4 for r in answer.records)

@@ -64,7 +64,8 @@ if TYPE_CHECKING:  # dns, lookups and screening are imported when used: a server
     from .dnscache import CachingResolver
     from .lookups import ConnectionLookups, Names
     from .ratelimit import RateLimiter
-    from .rbl import RblConfig, Verdict
+    from .rbl import Verdict
+    from .rblcommand import RblConfig
     from .screen import RblScreen
     from .tls.relay import Session
     from .tls.service import TlsService
