@@ -11,7 +11,7 @@ generator to a short list of imports.
 Here, and only here, is what stands in for them, each held to the original by
 tests/test_startup.py:
 - TYPE_CHECKING: typing.TYPE_CHECKING's value (False), without importing typing;
-- NamedTuple: typing.NamedTuple's class statement, built on collections.namedtuple;
+- NamedTuple: typing.NamedTuple's class statement, without collections.namedtuple;
 - pure_path, absolute_path, join_path: paths as text, written as pathlib writes them
   (messages and units name files as str(Path(...)) did);
 - json_text, json_string: json.dumps(value, sort_keys=True, separators=(",", ":")) for
@@ -36,20 +36,70 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import NamedTuple as NamedTuple
 else:
-    from collections import namedtuple
+    from operator import itemgetter
+
+    # A tuple subclass with a field per annotation, as typing.NamedTuple builds, without
+    # collections (namedtuple's import and per-class work were a fifth of the generator's
+    # run). Only what the models use: fields by name, defaults, _replace, _fields,
+    # _field_defaults, _make, repr, equality and hashing as tuples.
+
+    def _make(cls, values):
+        record = tuple.__new__(cls, values)
+        if len(record) != len(cls._fields):
+            raise TypeError(f"{cls.__name__}: expected {len(cls._fields)} values")
+        return record
+
+    def _replace(self, /, **changes):
+        record = self._make(map(changes.pop, self._fields, self))
+        if changes:
+            raise ValueError(f"{type(self).__name__}: no field {' '.join(changes)}")
+        return record
+
+    def _repr(self):
+        pairs = zip(self._fields, self, strict=True)
+        fields = ", ".join(f"{field}={value!r}" for field, value in pairs)
+        return f"{type(self).__name__}({fields})"
+
+    def _getnewargs(self):
+        return tuple(self)
 
     class _NamedTupleMeta(type):
         def __new__(cls, name, bases, namespace):
             if namespace.get("__module__") == __name__:  # the base class below
                 return super().__new__(cls, name, bases, namespace)
-            fields = list(namespace.get("__annotations__", {}))
-            defaults = [namespace[field] for field in fields if field in namespace]
-            if fields[: len(fields) - len(defaults)] != [f for f in fields if f not in namespace]:
+            fields = tuple(namespace.get("__annotations__", {}))
+            defaults = {field: namespace[field] for field in fields if field in namespace}
+            if any(field in defaults for field in fields[: len(fields) - len(defaults)]):
                 raise TypeError(f"{name}: a field without a default after one with a default")
-            base = namedtuple(name, fields, defaults=defaults, module=namespace["__module__"])
+            for field in fields:
+                if field.startswith("_") or not field.isidentifier():
+                    raise ValueError(f"{name}: field names cannot start with '_': {field!r}")
+            # The one generated function: a constructor taking the fields by position or
+            # name, with the defaults, as fast as namedtuple's.
+            parameters = ", ".join(f"{f}=_defaults[{f!r}]" if f in defaults else f for f in fields)
+            source = (
+                f"def __new__(_cls, {parameters}):\n"
+                f"    return _tuple_new(_cls, ({''.join(f + ', ' for f in fields)}))\n"
+            )
+            scope = {"_defaults": defaults, "_tuple_new": tuple.__new__}
+            exec(source, scope)
+            constructor = scope["__new__"]
+            constructor.__qualname__ = f"{name}.__new__"
             body = {key: value for key, value in namespace.items() if key not in fields}
-            body["__slots__"] = ()
-            return type(name, (base,), body)
+            body.update(
+                __slots__=(),
+                __new__=constructor,
+                __match_args__=fields,
+                _fields=fields,
+                _field_defaults=defaults,
+                _make=classmethod(_make),
+                _replace=_replace,
+                __repr__=body.get("__repr__", _repr),
+                __getnewargs__=_getnewargs,
+            )
+            for index, field in enumerate(fields):
+                body[field] = property(itemgetter(index), doc=f"Alias for field number {index}")
+            return type(name, (tuple,), body)
 
     class NamedTuple(metaclass=_NamedTupleMeta):
         pass

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Callable, Mapping
 
 from . import envfile, settings, strictmodes
 from ._startup import TYPE_CHECKING, NamedTuple, absolute_path, join_path, pure_path
@@ -17,6 +16,7 @@ from .settings import DEFAULT_PORT as DEFAULT_PORT  # admin.py reads it here
 from .tcpflags import split_interface
 
 if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
     from pathlib import Path
 
 # Paths are text here (os.path and _startup): the generator does without pathlib.

@@ -8,10 +8,11 @@ substitution, pipes, `;`, redirections, other commands) is reported as a problem
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from ._startup import NamedTuple
+from ._startup import TYPE_CHECKING, NamedTuple
 from .problems import Problem, quote
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_")
 _SHELL_SPECIAL = frozenset(";&|<>()`")

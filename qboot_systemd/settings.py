@@ -14,11 +14,13 @@ DNSBL, USER or UID) is put together where the service is built.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+from ._startup import TYPE_CHECKING
 from .iptext import canonical, is_unspecified
 from .problems import quote
 from .tcpflags import TcpFlagsError, validate_tcpflags
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 SERVICES_FILE = "/etc/services"
 DEFAULT_PORT = 25
@@ -40,7 +42,8 @@ class Invalid(Exception):
         self.message = message
 
 
-Parser = Callable[[str, str, str], object]  # (setting name, value, service name) -> value
+if TYPE_CHECKING:
+    Parser = Callable[[str, str, str], object]  # (setting name, value, service name) -> value
 
 
 class Setting:

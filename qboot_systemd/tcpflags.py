@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from ._startup import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 # Flags without an argument, as tcpserver and qmail-tcpsrv take them.
 PLAIN_FLAGS = frozenset("146jpPhHrRoOdDqQvUXL")

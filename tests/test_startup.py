@@ -4,11 +4,15 @@ would restart every service after an upgrade), and records behave as typing.Name
 
 from __future__ import annotations
 
+import copy
 import json
 import os
+import pickle
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import pytest
 from hypothesis import given
@@ -130,6 +134,59 @@ def test_records_behave_as_typing_namedtuple() -> None:
         class Bad(_startup.NamedTuple):
             a: int = 0
             b: int  # type: ignore[misc]
+
+
+class TypingPoint(NamedTuple):
+    x: int
+    y: int = 0
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda cls: cls(1, 2),
+        lambda cls: cls(y=2, x=1),
+        lambda cls: cls(1),
+        lambda cls: cls(),
+        lambda cls: cls(1, 2, 3),
+        lambda cls: cls(1, z=2),
+        lambda cls: cls(1, x=2),
+        lambda cls: cls._make([4, 5]),
+        lambda cls: cls._make([4]),
+        lambda cls: cls(1)._replace(y=7),
+        lambda cls: cls(1)._replace(z=7),
+        lambda cls: cls(1, 2) + (3,),  # noqa: RUF005 (tuple concatenation is the point)
+        lambda cls: cls(1, 2)[::-1],
+        lambda cls: hash(cls(1, 2)) == hash((1, 2)),
+        lambda cls: cls(1, 2) < cls(1, 3),
+        lambda cls: copy.copy(cls(1, 2)),
+        lambda cls: [*cls(1, 2)],
+        lambda cls: cls.__match_args__,
+        lambda cls: (cls.x.__doc__, cls.y.__doc__),
+    ],
+)
+def test_records_answer_as_typing_namedtuple_answers(make: Callable[[type], object]) -> None:
+    def outcome(cls: type) -> object:
+        try:
+            value = make(cls)
+        except TypeError:
+            return TypeError
+        except ValueError:
+            return ValueError
+        return tuple(value) if isinstance(value, tuple) else value
+
+    assert outcome(Point) == outcome(TypingPoint)
+
+
+def test_records_pickle_and_match() -> None:
+    point = Point(3, 4)
+    assert pickle.loads(pickle.dumps(point)) == point
+    assert type(pickle.loads(pickle.dumps(point))) is Point
+    match point:
+        case Point(x, y):
+            assert (x, y) == (3, 4)
+        case _:
+            pytest.fail("no match")
 
 
 def test_the_generator_starts_without_what_startup_stands_in_for() -> None:
