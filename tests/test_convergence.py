@@ -2,7 +2,7 @@
 bootctrl says, a broken edit keeps the last good settings, and the admin is told.
 
 All against one booted sandbox, in order (each test leaves the state the next one starts
-from). The same without systemd: test_reconcile_plan.py and test_edits.py.
+from). The same without systemd: test_apply_plan.py and test_edits.py.
 """
 
 from __future__ import annotations

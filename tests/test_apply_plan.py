@@ -8,7 +8,7 @@ import socket
 import sys
 
 from qboot_systemd import listening
-from qboot_systemd.apply import plan as reconcile_plan
+from qboot_systemd.apply import plan
 from qboot_systemd.apply.plan import Observed, Step, Verb
 
 
@@ -29,7 +29,7 @@ def observed(**changes: object) -> Observed:
 
 
 def steps(item: Observed) -> list[tuple[str, str]]:
-    change = reconcile_plan.change_for(item)
+    change = plan.change_for(item)
     return [(step.verb.value, step.unit) for step in change.steps] if change else []
 
 
@@ -45,13 +45,13 @@ def test_plan_listen_change_restarts_socket_between_service_stop_and_start() -> 
         ("restart", "qmail-tcpd@smtp.socket"),
         ("start", "qmail-tcpd@smtp.service"),
     ]
-    change = reconcile_plan.change_for(moved)
+    change = plan.change_for(moved)
     assert change is not None and change.message.endswith("[::]:25 -> [::]:2525")
     idle = observed(
         wanted=frozenset({("::", 2525)}), bound=frozenset(), service_active=False, held=frozenset()
     )
     assert steps(idle) == [("restart", "qmail-tcpd@smtp.socket")]
-    assert [step.waits for step in reconcile_plan.change_for(moved).steps] == [True, True, False]
+    assert [step.waits for step in plan.change_for(moved).steps] == [True, True, False]
 
 
 def test_plan_command_or_environment_change_restarts_only_the_service() -> None:
@@ -70,11 +70,11 @@ def test_plan_new_removed_and_stopped_by_the_admin() -> None:
         ("stop", "qmail-tcpd@smtp.service"),
         ("stop", "qmail-tcpd@smtp.socket"),
     ]
-    plan = reconcile_plan.changes(
+    changes = plan.changes(
         [observed(name="a", running_hash="old"), observed(name="z", generated=False)]
     )
-    assert [change.name for change in plan] == ["z", "a"]  # a freed port first
-    assert plan[0].steps[0] == Step(Verb.STOP, "qmail-tcpd@z.service")
+    assert [change.name for change in changes] == ["z", "a"]  # a freed port first
+    assert changes[0].steps[0] == Step(Verb.STOP, "qmail-tcpd@z.service")
 
 
 def test_plan_send() -> None:
@@ -85,11 +85,11 @@ def test_plan_send() -> None:
 
 
 def test_listen_entries_and_kernel_addresses_compare() -> None:
-    assert reconcile_plan.parse_listen("[::]:25") == ("::", 25)
-    assert reconcile_plan.parse_listen("25") == ("::", 25)
-    assert reconcile_plan.parse_listen("127.0.0.1:2525") == ("127.0.0.1", 2525)
-    assert reconcile_plan.parse_listen("[::1]:25") == ("::1", 25)
-    assert reconcile_plan.parse_listen("/run/x.sock") is None
+    assert plan.parse_listen("[::]:25") == ("::", 25)
+    assert plan.parse_listen("25") == ("::", 25)
+    assert plan.parse_listen("127.0.0.1:2525") == ("127.0.0.1", 2525)
+    assert plan.parse_listen("[::1]:25") == ("::1", 25)
+    assert plan.parse_listen("/run/x.sock") is None
     little = sys.byteorder == "little"
     loopback = "0100007F" if little else "7F000001"
     assert listening._address(f"{loopback}:0019") == ("127.0.0.1", 25)
@@ -108,8 +108,8 @@ def test_listening_finds_our_own_socket() -> None:
 
 def test_drift_says_what_differs() -> None:
     here = frozenset({("::", 25)})
-    assert reconcile_plan.drift(None, "", None, None, None) is None
-    assert reconcile_plan.drift("a", "a", "a", here, here) is None
-    assert "daemon-reload" in (reconcile_plan.drift("b", "a", "a", here, here) or "")
-    assert "listens on nothing" in (reconcile_plan.drift("a", "a", None, here, frozenset()) or "")
-    assert "older settings" in (reconcile_plan.drift("a", "a", "old", here, here) or "")
+    assert plan.drift(None, "", None, None, None) is None
+    assert plan.drift("a", "a", "a", here, here) is None
+    assert "daemon-reload" in (plan.drift("b", "a", "a", here, here) or "")
+    assert "listens on nothing" in (plan.drift("a", "a", None, here, frozenset()) or "")
+    assert "older settings" in (plan.drift("a", "a", "old", here, here) or "")
