@@ -270,7 +270,7 @@ echo done
 """,
     )
     server = tls_server(
-        pair, "implicit", "-R", "-H", "-l0", "-u", nobody, "-g", nobody, program=[program]
+        pair, "implicit", "-v", "-R", "-H", "-l0", "-u", nobody, "-g", nobody, program=[program]
     )
     try:
         for round_ in range(2):
@@ -278,7 +278,7 @@ echo done
                 assert read_until(client, b"\n") == b"done\n"
             if round_ == 0:
                 server.process.send_signal(signal.SIGHUP)
-                time.sleep(0.3)
+                server.wait_log("SIGHUP: rules and names reloaded")
         texts = [path.read_text() for path in report.iterdir()]
         assert len(texts) == 2
         key_text = pair.key.read_text()
