@@ -451,7 +451,7 @@ class MemoryClient:
     def __init__(self, port: int, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=20)
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        context = client_context()
+        self.context = context = client_context()
         context.maximum_version = version
         self.tls = context.wrap_bio(self.incoming, self.outgoing, server_hostname="x")
         while True:
@@ -529,5 +529,31 @@ def test_half_close_as_sslserver(
         assert got == hashlib.sha256(payload).hexdigest().encode() + b"\ndone\n"
         assert clean  # the server's close_notify, not a bare EOF
         client.sock.close()
+    finally:
+        server.stop()
+
+
+def test_tls13_tickets_leave_with_the_chains_first_bytes(tmp_path: Path, pair: Pair) -> None:
+    """After a TLS 1.3 handshake nothing is sent until the chain speaks: the session
+    tickets go out with its greeting (a packet fewer per connection), and they work: the
+    next connection resumes. TLS 1.2's last flight is never held (its client waits for it:
+    test_half_close_as_sslserver's TLS 1.2 cases would hang)."""
+    late = write_script(tmp_path, "late", "#!/bin/sh\nsleep 0.5\necho 220 late\n")
+    server = tls_server(pair, "implicit", "-RHl0", program=[late])
+    try:
+        client = MemoryClient(server.port)
+        client.sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            client.sock.recv(65536)  # the tickets did not come alone
+        client.sock.settimeout(20)
+        got, clean = client.read_all()
+        assert (got, clean) == (b"220 late\n", True)
+        session = client.tls.session
+        assert session is not None and session.has_ticket
+        client.sock.close()
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+        with client.context.wrap_socket(raw, server_hostname="x", session=session) as again:
+            assert again.session_reused
+            assert read_until(again, b"\n") == b"220 late\n"
     finally:
         server.stop()

@@ -35,6 +35,7 @@ from .smtp import Outcome, SmtpShim
 BUFFER_CAP = 64 * 1024
 READ_SIZE = 64 * 1024
 READS_PER_WAKE = 4
+SEND_BATCH = 16 * 1024  # a full TLS record: less than this from the chain waits for its next read
 LINGER = 10.0
 
 IN = select.EPOLLIN
@@ -87,6 +88,9 @@ class Session:
         self._client_eof = False  # no more from the client: the chain's input ends
         self._chain_eof = False
         self._net_shut = False
+        # TLS 1.3's session tickets: the client needs them only to come back, so they leave
+        # with the first bytes the server sends after the handshake (a packet fewer).
+        self._tickets_held = False
         self._timer: Timer | None = None
         self._events: dict[int, int] = {}
 
@@ -154,6 +158,8 @@ class Session:
     # --- the loop's calls -----------------------------------------------------------------
     # Each wake-up moves what it can both ways: a read is followed by the write it allows
     # (no second trip through epoll), and a few reads are tried while they give data.
+    # The chain's small writes are sent together once its reads are done: a last reply
+    # and the close_notify after it go out as one.
     def _on_net(self, events: int) -> None:
         if events & OUT:
             self._send_net()
@@ -180,17 +186,20 @@ class Session:
                 if self.phase is Phase.CLOSED or not self._reads_inner():
                     break
                 got = self._read_inner()
-                if self._to_net:
+                if len(self._to_net) >= SEND_BATCH:
                     self._send_net()
                 if self._inner is not None:
                     self._send_inner()  # the shim's held input may go on after a reply
                 if not got:
                     break
+            if self._to_net:
+                self._send_net()
         self._update()
 
     # --- the client's side ----------------------------------------------------------------
     def _read_net(self) -> bool:
-        """One read from the client; False when it gave nothing (yet)."""
+        """One read from the client; True when there may be more (it filled the read:
+        a shorter one emptied the socket, and epoll says when more comes)."""
         try:
             data = self._net.recv(READ_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -201,14 +210,14 @@ class Session:
         if self.phase is Phase.LINGER:
             if not data:
                 self.abort(None)
-            return bool(data)
+            return len(data) == READ_SIZE
         if self.phase is Phase.PLAIN:
             assert self._shim is not None
             if not data:
                 self._client_eof = True
             else:
                 self._shim_out(self._shim.from_client(data))
-            return bool(data)
+            return len(data) == READ_SIZE
         if data:
             self._incoming.write(data)
         else:
@@ -217,7 +226,7 @@ class Session:
             self._handshake()
         if self.phase is Phase.OPEN:
             self._decrypt()
-        return bool(data)
+        return len(data) == READ_SIZE
 
     def _handshake(self) -> None:
         assert self._tls is not None
@@ -234,6 +243,7 @@ class Session:
             self.abort(f"handshake failed: {_reason(error)}")
             return
         self._pull_outgoing()
+        self._tickets_held = bool(self._to_net) and self._tls.version() == "TLSv1.3"
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -277,6 +287,8 @@ class Session:
             self._to_chain += data
 
     def _send_net(self) -> None:
+        if self._tickets_held:
+            return
         while self._to_net:
             try:
                 sent = self._net.send(self._to_net)
@@ -292,10 +304,11 @@ class Session:
     def _pull_outgoing(self) -> None:
         if self._outgoing.pending:
             self._to_net += self._outgoing.read()
+            self._tickets_held = False
 
     # --- the chain's side -----------------------------------------------------------------
     def _read_inner(self) -> bool:
-        """One read from the chain; False when it gave nothing (yet)."""
+        """One read from the chain; False when it gave nothing (yet) or ended."""
         assert self._inner is not None
         try:
             data = self._inner.recv(READ_SIZE)
@@ -310,7 +323,7 @@ class Session:
             self._shim_out(self._shim.from_chain(data))
         else:
             self._encrypt(data)
-        return True
+        return True  # read again: a chain that wrote its last reply and ended shows EOF now
 
     def _reads_inner(self) -> bool:
         return (
@@ -367,6 +380,7 @@ class Session:
     def _chain_done(self) -> None:
         """The chain closed its output: close_notify, then wait a little for the client."""
         self._chain_eof = True
+        self._tickets_held = False
         if self._tls is not None and self.phase is Phase.OPEN:
             with contextlib.suppress(ssl.SSLError):
                 self._tls.unwrap()
@@ -390,7 +404,7 @@ class Session:
         if self._client_eof and not self._to_chain and self._inner is not None:
             with contextlib.suppress(OSError):
                 self._inner.shutdown(socket.SHUT_WR)
-        net = OUT if self._to_net else 0
+        net = OUT if self._to_net and not self._tickets_held else 0
         if self._reads_net():
             net |= IN
         self._want(self._net, net)
