@@ -63,6 +63,23 @@ else:
     def _getnewargs(self):
         return tuple(self)
 
+    # What the class statement may not define itself, as typing.NamedTuple refuses it.
+    _RESERVED = frozenset(
+        (
+            "__new__",
+            "__init__",
+            "__slots__",
+            "__getnewargs__",
+            "_fields",
+            "_field_defaults",
+            "_make",
+            "_replace",
+            "_asdict",
+            "_source",
+            "__match_args__",
+        )
+    )
+
     class _NamedTupleMeta(type):
         def __new__(cls, name, bases, namespace):
             if namespace.get("__module__") == __name__:  # the base class below
@@ -73,7 +90,9 @@ else:
                 raise TypeError(f"{name}: a field without a default after one with a default")
             for field in fields:
                 if field.startswith("_") or not field.isidentifier():
-                    raise ValueError(f"{name}: field names cannot start with '_': {field!r}")
+                    raise ValueError(f"{name}: {field!r} is not a field name (a name, no '_')")
+            for reserved in _RESERVED.intersection(namespace):
+                raise AttributeError(f"Cannot overwrite NamedTuple attribute {reserved}")
             # The one generated function: a constructor taking the fields by position or
             # name, with the defaults, as fast as namedtuple's.
             parameters = ", ".join(f"{f}=_defaults[{f!r}]" if f in defaults else f for f in fields)
@@ -82,7 +101,10 @@ else:
                 f"    return _tuple_new(_cls, ({''.join(f + ', ' for f in fields)}))\n"
             )
             scope = {"_defaults": defaults, "_tuple_new": tuple.__new__}
-            exec(source, scope)
+            try:
+                exec(source, scope)
+            except SyntaxError:  # a keyword as a field name
+                raise ValueError(f"{name}: a keyword is not a field name") from None
             constructor = scope["__new__"]
             constructor.__qualname__ = f"{name}.__new__"
             body = {key: value for key, value in namespace.items() if key not in fields}

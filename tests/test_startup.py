@@ -178,6 +178,22 @@ def test_records_answer_as_typing_namedtuple_answers(make: Callable[[type], obje
     assert outcome(Point) == outcome(TypingPoint)
 
 
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        ("def _replace(self, **changes): return 0", AttributeError),
+        ("_fields = ()", AttributeError),
+        ("def __new__(cls): return 0", AttributeError),
+        ("_a: int", ValueError),
+        ("__annotations__['class'] = int", ValueError),
+    ],
+)
+def test_records_refuse_what_typing_refuses(body: str, error: type[Exception]) -> None:
+    for base in (_startup.NamedTuple, NamedTuple):
+        with pytest.raises(error):
+            exec(f"class R(base):\n    a: int\n    {body}\n", {"base": base, "int": int})
+
+
 def test_records_pickle_and_match() -> None:
     point = Point(3, 4)
     assert pickle.loads(pickle.dumps(point)) == point
