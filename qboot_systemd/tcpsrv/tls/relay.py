@@ -326,10 +326,13 @@ class Session:
         return True  # read again: a chain that wrote its last reply and ended shows EOF now
 
     def _reads_inner(self) -> bool:
+        """Not from STARTTLS's 220 until the keys are there: what the chain writes then
+        goes out encrypted, never in the clear behind the 220 waiting in _to_net."""
         return (
             self._inner is not None
             and len(self._to_net) < BUFFER_CAP
             and self.phase is not Phase.HANDSHAKE
+            and not (self._shim is not None and self._shim.tls and self.phase is Phase.PLAIN)
         )
 
     def _encrypt(self, data: bytes) -> None:
