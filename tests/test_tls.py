@@ -232,6 +232,37 @@ def test_bad_certificate_files_are_one_line_naming_the_file(tmp_path: Path, pair
     assert "CIPHERS 'NOPE'" in line
 
 
+def test_a_key_with_a_passphrase_is_one_line_and_no_prompt(tmp_path: Path, pair: Pair) -> None:
+    """OpenSSL asks for a passphrase on the terminal by default: qboot-tcpsrv (at start
+    and at a reload) and qbootctl verify must never wait there, nor die with a traceback."""
+    from qboot_systemd.tcpsrv.tls.certs import CertPaths
+    from qboot_systemd.tcpsrv.tls.context import check
+
+    for name, form in (("pkcs8", []), ("traditional", ["-traditional"])):
+        locked = tmp_path / f"{name}.key"
+        subprocess.run(
+            [
+                "openssl",
+                "pkey",
+                "-in",
+                str(pair.key),
+                "-aes256",
+                "-passout",
+                "pass:s3cret",
+                *form,
+                "-out",
+                str(locked),
+            ],
+            check=True,
+            capture_output=True,
+        )
+        locked.chmod(0o600)
+        line = start_fails("-S", "implicit", "-E", str(pair.cert), "-K", str(locked))
+        assert f"{locked}: the private key is encrypted" in line, line
+        problem = check(CertPaths(str(pair.cert), str(locked)))
+        assert problem is not None and str(problem).startswith(f"{locked}: the private key")
+
+
 def test_usage_errors(pair: Pair) -> None:
     for args, message in (
         (["-S", "tls"], "-S needs one of implicit, starttls, starttls-required"),

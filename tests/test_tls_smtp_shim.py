@@ -110,6 +110,17 @@ def test_a_message_saying_starttls_is_text_not_a_command() -> None:
     assert out.start_tls and out.to_client.endswith(READY_220)
 
 
+def test_blanks_before_a_word_are_no_crash_and_no_way_around_530() -> None:
+    """16 blanks or more before a word once left no word in the first bytes read for
+    the verb: an IndexError that ended the whole server (every session)."""
+    shim = greeted(require=True)
+    out = shim.from_client(b" " * 16 + b"NOOP\r\n")
+    assert bytes(out.to_chain) == b" " * 16 + b"NOOP\r\n"
+    shim.from_chain(b"502 unimplemented\r\n")
+    out = shim.from_client(b" " * 40 + b"MAIL FROM:<a@b>\r\n")
+    assert bytes(out.to_client) == MUST_530 and not out.to_chain
+
+
 def test_auth_answers_pass_unread() -> None:
     shim = greeted()
     out = shim.from_client(b"AUTH LOGIN\r\nSTARTTLS\r\n")

@@ -96,6 +96,16 @@ def load_into(context: ssl.SSLContext, paths: CertPaths, material: Material) -> 
         raise CertError(f"{paths.keyfile}: no PEM private key in it")
     if b"-----BEGIN CERTIFICATE-----" not in material.cert:
         raise CertError(f"{paths.certfile}: no PEM certificate in it")
+    locked = CertError(
+        f"{paths.keyfile}: the private key is encrypted (a passphrase; a server cannot type"
+        f" it: openssl pkey -in {paths.keyfile} -out NEW, then use NEW)"
+    )
+    if b"ENCRYPTED" in material.key:  # PKCS#8's and the traditional PEM's marks
+        raise locked
+
+    def no_passphrase() -> bytes:  # else OpenSSL asks on the terminal, and waits
+        raise locked
+
     fd = os.memfd_create("qboot-tls", os.MFD_CLOEXEC)
     try:
         for blob in (material.cert, b"\n", material.key):
@@ -104,7 +114,7 @@ def load_into(context: ssl.SSLContext, paths: CertPaths, material: Material) -> 
                 view = view[os.write(fd, view) :]
         path = f"/proc/self/fd/{fd}"
         try:
-            context.load_cert_chain(path)
+            context.load_cert_chain(path, password=no_passphrase)
         except ssl.SSLError as error:
             reason = str(error.reason or error)
             if "MISMATCH" in reason.upper():
@@ -113,6 +123,8 @@ def load_into(context: ssl.SSLContext, paths: CertPaths, material: Material) -> 
                     f"{paths.certfile} (renewed one file but not the other?)"
                 ) from None
             raise CertError(f"{paths.certfile}: {reason.lower()} (is it PEM?)") from None
+        except OSError as error:  # what OpenSSL's PEM reader left in errno
+            raise CertError(f"{paths.certfile}: {error.strerror} (is it PEM?)") from None
     finally:
         os.close(fd)
     if material.cca is not None:

@@ -147,7 +147,9 @@ class SmtpShim:
             self._mode = ClientMode.COMMAND
             self._forward(out, line, whole, Expect.OTHER, waits=True)  # another 334 may follow
             return True
-        verb = line[:_VERB_BYTES].split(None, 1)[0].upper() if line.strip() else b""
+        # Blanks first: qmail-smtpd sees no command there; past them is read all the same.
+        words = line.lstrip()[:_VERB_BYTES].split(None, 1)
+        verb = words[0].upper() if words else b""
         if verb == ADVERTISED and not self.tls:
             del self._input[: len(line)]
             if line.strip().upper() != ADVERTISED:
