@@ -377,3 +377,36 @@ def test_starttls_hostile_clients(tmp_path: Path, pair: Pair) -> None:
         assert "not-tls" not in received
     finally:
         server.stop()
+
+
+def test_shim_replies_to_a_client_that_never_reads_stay_bounded(tmp_path: Path, pair: Pair) -> None:
+    """The shim answers some commands itself (530 to MAIL before STARTTLS when it is
+    required, 501 to STARTTLS with a parameter), each reply three times its command: a
+    client that sends them by the megabyte and reads nothing is no longer read, and the
+    server's memory stays at its cap."""
+    from .tls_harness import smtp_recorder
+
+    server = tls_server(pair, "starttls-required", "-v", "-RHl0", program=smtp_recorder(tmp_path))
+    try:
+        base = rss_kib(server.process.pid)
+        for line in (b"MAIL FROM:<>\r\n", b"STARTTLS x\r\n"):
+            flood = socket.socket()
+            flood.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            flood.settimeout(2)  # its send blocks once the server stops reading it
+            flood.connect(("127.0.0.1", server.port))
+            chunk = line * (65536 // len(line))
+            with contextlib.suppress(TimeoutError):
+                for _ in range(256):  # 16 MB at most
+                    flood.sendall(chunk)
+            assert rss_kib(server.process.pid) - base < 8192, line
+            flood.close()
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
+            assert read_until(raw, b"\r\n").startswith(b"220")
+            raw.sendall(b"STARTTLS\r\n")
+            assert read_until(raw, b"\r\n").startswith(b"220 2.0.0")
+            with client_context().wrap_socket(raw, server_hostname="x") as tls:
+                tls.sendall(b"QUIT\r\n")
+                assert read_until(tls, b"\r\n") == b"221 rec\r\n"
+        no_crash(server)
+    finally:
+        server.stop()

@@ -423,7 +423,9 @@ class Session:
             return True
         if self._client_eof:
             return False
-        if len(self._to_chain) >= BUFFER_CAP:
+        # The client's bytes make replies of their own too (the shim's 530 and 501, TLS
+        # 1.3's answer to a KeyUpdate): a client that does not read them is not read.
+        if len(self._to_chain) >= BUFFER_CAP or len(self._to_net) >= BUFFER_CAP:
             return False
         if self.phase is Phase.PLAIN:
             assert self._shim is not None
