@@ -263,6 +263,25 @@ def test_a_key_with_a_passphrase_is_one_line_and_no_prompt(tmp_path: Path, pair:
         assert problem is not None and str(problem).startswith(f"{locked}: the private key")
 
 
+def test_the_reader_brings_a_ccafile_as_large_as_a_ca_bundle(tmp_path: Path, pair: Pair) -> None:
+    """After the privilege drop the reader process reads the files at each reload. Its
+    reply was one datagram, larger than a socket's send buffer with a CCAFILE the size of
+    the system's CA bundle: the reader died and every reload after it failed."""
+    from qboot_systemd.tcpsrv.tls.certs import MAX_FILE, CertPaths, CertReader
+
+    bundle = tmp_path / "bundle.pem"
+    one = pair.cert.read_bytes()
+    bundle.write_bytes(one * (MAX_FILE // len(one)))
+    reader = CertReader(CertPaths(str(pair.cert), str(pair.key), str(bundle)))
+    reader.start()
+    try:
+        for _ in range(2):  # a reload, and the next one
+            material = reader.read()
+            assert material.cca == bundle.read_bytes() and material.key == pair.key.read_bytes()
+    finally:
+        reader.close()
+
+
 def test_usage_errors(pair: Pair) -> None:
     for args, message in (
         (["-S", "tls"], "-S needs one of implicit, starttls, starttls-required"),

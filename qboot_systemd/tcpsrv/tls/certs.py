@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 MAX_FILE = 1 << 20  # a certificate chain or key larger than this is not one
 _MESSAGE = 3 * MAX_FILE + 4096
+# The reader's reply goes in pieces: one datagram must fit the socket's send buffer
+# (net.core.wmem_default, 208 KiB), and a CCAFILE such as the system's CA bundle is larger.
+_PIECE = 32 * 1024
 
 
 class CertError(Exception):
@@ -194,14 +197,16 @@ class CertReader:
                 reply = b"K" + _pack([material.cert, material.key, material.cca])
             except CertError as error:
                 reply = b"E" + str(error).encode("utf-8", "replace")
-            channel.send(reply)
+            channel.send(struct.pack("!I", len(reply)))
+            for start in range(0, len(reply), _PIECE):
+                channel.send(reply[start : start + _PIECE])
 
     def read(self) -> Material:
         if self._channel is None:
             return read_material(self.paths)
         try:
             self._channel.send(b"r")
-            reply = self._channel.recv(_MESSAGE)
+            reply = self._receive(self._channel)
         except OSError as error:
             raise CertError(f"{self.paths.keyfile}: key reader gone ({error.strerror})") from None
         if reply[:1] == b"E":
@@ -211,6 +216,22 @@ class CertReader:
         cert, key, cca = _unpack(reply[1:], 3)
         assert cert is not None and key is not None
         return Material(cert, key, cca)
+
+    @staticmethod
+    def _receive(channel: socket.socket) -> bytes:
+        head = channel.recv(4)
+        if len(head) != 4:
+            return b""
+        (size,) = struct.unpack("!I", head)
+        if size > _MESSAGE:
+            return b""
+        reply = bytearray()
+        while len(reply) < size:
+            piece = channel.recv(_PIECE)
+            if not piece:
+                return b""
+            reply += piece
+        return bytes(reply)
 
     def close(self) -> None:
         if self._channel is not None:
