@@ -282,6 +282,15 @@ def test_the_reader_brings_a_ccafile_as_large_as_a_ca_bundle(tmp_path: Path, pai
         reader.close()
 
 
+def test_a_certificate_without_its_key_is_not_called_a_readable_key(pair: Pair) -> None:
+    """KEYFILE unset is CERTFILE: a certbot fullchain.pem (0644, no key in it) was
+    'private key readable by everyone; chmod 600', which sends the admin the wrong way."""
+    pair.cert.chmod(0o644)
+    line = start_fails("-S", "implicit", "-E", str(pair.cert))
+    assert f"{pair.cert}: no PEM private key in it" in line and "chmod" not in line, line
+    assert "-K" in line and "KEYFILE" in line, line
+
+
 def test_usage_errors(pair: Pair) -> None:
     for args, message in (
         (["-S", "tls"], "-S needs one of implicit, starttls, starttls-required"),

@@ -62,11 +62,6 @@ def _read(path: str, secret: bool) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise CertError(f"{path}: not a regular file")
-        if secret and info.st_mode & stat.S_IROTH:
-            raise CertError(
-                f"{path}: private key readable by everyone (mode {stat.S_IMODE(info.st_mode):04o};"
-                f" chmod 600 {path})"
-            )
         if info.st_size > MAX_FILE:
             raise CertError(f"{path}: larger than {MAX_FILE} bytes, not a PEM file")
         chunks = []
@@ -76,7 +71,14 @@ def _read(path: str, secret: bool) -> bytes:
             if total > MAX_FILE:
                 raise CertError(f"{path}: larger than {MAX_FILE} bytes, not a PEM file")
             chunks.append(chunk)
-        return b"".join(chunks)
+        data = b"".join(chunks)
+        # A file with no key in it (a certificate named for both) is told so in load_into.
+        if secret and info.st_mode & stat.S_IROTH and b"PRIVATE KEY-----" in data:
+            raise CertError(
+                f"{path}: private key readable by everyone (mode {stat.S_IMODE(info.st_mode):04o};"
+                f" chmod 600 {path})"
+            )
+        return data
     except OSError as error:
         raise CertError(f"{path}: {error.strerror}") from None
     finally:
@@ -96,7 +98,9 @@ def load_into(context: ssl.SSLContext, paths: CertPaths, material: Material) -> 
     """The certificate and key into context, through a memfd only this process holds.
     The check that they belong together is OpenSSL's."""
     if b"PRIVATE KEY-----" not in material.key:
-        raise CertError(f"{paths.keyfile}: no PEM private key in it")
+        unset = " (the key is in a file of its own? name it: KEYFILE, -K)"
+        hint = unset if paths.keyfile == paths.certfile else ""
+        raise CertError(f"{paths.keyfile}: no PEM private key in it{hint}")
     if b"-----BEGIN CERTIFICATE-----" not in material.cert:
         raise CertError(f"{paths.certfile}: no PEM certificate in it")
     locked = CertError(
