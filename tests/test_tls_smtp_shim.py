@@ -35,6 +35,23 @@ def test_ehlo_answer_offers_starttls() -> None:
     )
 
 
+def test_starttls_is_offered_once_and_in_a_well_formed_line() -> None:
+    """A server that offers STARTTLS itself gets no second one; a last line that is only
+    the code keeps its CRLF."""
+    shim = greeted()
+    shim.from_client(b"EHLO c\r\n")
+    already = b"250-mail.example.org\r\n250-starttls\r\n250 8BITMIME\r\n"
+    assert bytes(shim.from_chain(already).to_client) == already
+    shim.from_client(b"EHLO c\r\n")
+    assert bytes(shim.from_chain(b"250-x\r\n250 STARTTLS\r\n").to_client) == (
+        b"250-x\r\n250 STARTTLS\r\n"
+    )
+    shim.from_client(b"EHLO c\r\n")
+    assert bytes(shim.from_chain(b"250-x\r\n250\r\n").to_client) == (
+        b"250-x\r\n250-\r\n250 STARTTLS\r\n"
+    )
+
+
 def test_starttls_answers_220_and_resets_the_server() -> None:
     shim = greeted()
     shim.from_client(b"EHLO c\r\n")

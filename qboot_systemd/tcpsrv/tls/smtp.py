@@ -69,6 +69,7 @@ class SmtpShim:
         self._rest_waits = False
         self._reply_line = bytearray()
         self._reply_overlong = False
+        self._offered = False  # the server's EHLO answer names STARTTLS itself
 
     # --- the client's side -------------------------------------------------------------
     def wants_input(self) -> bool:
@@ -208,6 +209,8 @@ class SmtpShim:
     def _reply(self, line: bytes) -> bytes:
         final = line[3:4] != b"-"
         kind = self._expect[0] if self._expect else Expect.OTHER
+        if kind is Expect.EHLO and line[4:].strip().upper() == ADVERTISED:
+            self._offered = True
         if not final:
             return b"" if kind is Expect.SWALLOW else line
         if self._expect:
@@ -220,6 +223,9 @@ class SmtpShim:
             self._message_tail = b"\r\n"
         elif code == b"334":
             self._mode = ClientMode.ANSWER
-        if kind is Expect.EHLO and code == b"250" and not self.tls:
-            return b"250-" + line[4:] + b"250 " + ADVERTISED + b"\r\n"
+        if kind is Expect.EHLO:
+            offered, self._offered = self._offered, False
+            if code == b"250" and not self.tls and not offered:
+                text = line[4:] if line[3:4] == b" " else line[3:]  # `250` alone keeps its CRLF
+                return b"250-" + text + b"250 " + ADVERTISED + b"\r\n"
         return line
