@@ -2,12 +2,14 @@
 in the same run, with the same certificate: ECDSA P-256 and RSA 2048.
 
 stunnel runs in its exec mode (a process per connection for the child, the TLS in its
-own threads), which is how it serves a chain as sslserver would; both run the same tiny
-static child (bench/greet.c: a greeting and exit) for the handshake rate, and
-`head -c 20M /dev/zero` for the transfer. Handshakes: several `openssl s_time -new -www /`
-clients at once (C clients, full handshakes, each reads until the child's EOF) for a few
-seconds; rounds interleaved, medians shown. Server CPU per connection is the server
-process's own (all threads, children not counted), from /proc/PID/stat.
+own threads), which is how it serves a chain as sslserver would; both run the same
+children: a tiny static one for the handshake rate (bench/greet.c: a greeting and
+exit), `head -c 20M /dev/zero` for the transfer to the client, and a script that reads
+20 MB and says ok for the transfer from the client (a message's way in SMTP).
+Handshakes: several `openssl s_time -new -www /` clients at once (C clients, full
+handshakes, each reads until the child's EOF) for a few seconds; rounds interleaved,
+medians shown. Server CPU per connection is the server process's own (all threads,
+children not counted), from /proc/PID/stat.
 Run: .venv/bin/python bench/tls_bench.py [seconds-per-round]
 """
 
@@ -170,13 +172,17 @@ def handshakes(port: int, seconds: int) -> int:
     return total
 
 
-def transfer(port: int) -> float:
-    """Seconds to read the child's 20 MB through TLS."""
+def client_context() -> ssl.SSLContext:
     context = ssl.create_default_context()
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def transfer(port: int, context: ssl.SSLContext) -> float:
+    """Seconds to read the child's 20 MB through TLS."""
     begin = time.perf_counter()
-    with context.wrap_socket(socket.create_connection(("127.0.0.1", port))) as client:
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=60)) as client:
         got = 0
         while chunk := client.recv(1 << 18):
             got += len(chunk)
@@ -186,12 +192,38 @@ def transfer(port: int) -> float:
     return elapsed
 
 
+def upload(port: int, context: ssl.SSLContext, payload: bytes) -> float:
+    """Seconds to send the child 20 MB through TLS and get its ok."""
+    begin = time.perf_counter()
+    with context.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=60)) as client:
+        client.sendall(payload)
+        answer = b""
+        while chunk := client.recv(100):
+            answer += chunk
+    elapsed = time.perf_counter() - begin
+    if answer != b"ok\n":
+        raise RuntimeError(f"upload: the child said {answer[:100]!r}")
+    return elapsed
+
+
+def sink_program(directory: Path) -> list[str]:
+    """Reads 20 MB, then says ok (a script: stunnel splits execArgs at spaces)."""
+    path = directory / "sink"
+    path.write_text(f"#!/bin/sh\nhead -c {BIG} >/dev/null\necho ok\n")
+    path.chmod(0o755)
+    return [str(path)]
+
+
 def run_kind(directory: Path, kind: str, greet: list[str], seconds: int) -> None:
     cert, key = make_pair(directory, kind)
     big = ["/usr/bin/head", "-c", str(BIG), "/dev/zero"]
+    sink = sink_program(directory)
+    context = client_context()
+    payload = b"x" * BIG
     rates: dict[str, list[float]] = {"ours": [], "stunnel4": []}
     cpu: dict[str, list[float]] = {"ours": [], "stunnel4": []}
     speed: dict[str, list[float]] = {"ours": [], "stunnel4": []}
+    speed_in: dict[str, list[float]] = {"ours": [], "stunnel4": []}
     for _ in range(ROUNDS):
         for name in ("ours", "stunnel4"):
             process, port = (
@@ -215,16 +247,30 @@ def run_kind(directory: Path, kind: str, greet: list[str], seconds: int) -> None
                 else start_stunnel(directory, cert, key, big)
             )
             try:
-                transfer(port)  # warm-up
+                transfer(port, context)  # warm-up
                 # Several a round: on 2 cores a transfer's speed depends on where the
                 # scheduler puts the client, the server and the child (two modes, for both).
-                speed[name] += [BIG / transfer(port) / 1e6 for _ in range(TRANSFERS)]
+                speed[name] += [BIG / transfer(port, context) / 1e6 for _ in range(TRANSFERS)]
+            finally:
+                process.terminate()
+                process.wait()
+            process, port = (
+                start_ours(cert, key, sink)
+                if name == "ours"
+                else start_stunnel(directory, cert, key, sink)
+            )
+            try:
+                upload(port, context, payload)  # warm-up
+                speed_in[name] += [
+                    BIG / upload(port, context, payload) / 1e6 for _ in range(TRANSFERS)
+                ]
             finally:
                 process.terminate()
                 process.wait()
     median = {k: statistics.median(v) for k, v in rates.items()}
     median_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     median_speed = {k: statistics.median(v) for k, v in speed.items()}
+    median_in = {k: statistics.median(v) for k, v in speed_in.items()}
     print(
         f"\n{kind}: {ROUNDS} rounds, {CLIENTS} s_time clients x {seconds} s, "
         f"{TRANSFERS} transfers a round, medians"
@@ -237,11 +283,12 @@ def run_kind(directory: Path, kind: str, greet: list[str], seconds: int) -> None
         f"  server CPU/conn   ours {median_cpu['ours']:6.0f} us  stunnel4 "
         f"{median_cpu['stunnel4']:6.0f} us  ratio {median_cpu['ours'] / median_cpu['stunnel4']:.2f}"
     )
-    print(
-        f"  20 MB transfer    ours {median_speed['ours']:6.0f} MB/s  stunnel4 "
-        f"{median_speed['stunnel4']:6.0f} MB/s  ratio "
-        f"{median_speed['ours'] / median_speed['stunnel4']:.2f}x"
-    )
+    for label, medians in (("20 MB to client  ", median_speed), ("20 MB from client", median_in)):
+        print(
+            f"  {label} ours {medians['ours']:6.0f} MB/s  stunnel4 "
+            f"{medians['stunnel4']:6.0f} MB/s  ratio "
+            f"{medians['ours'] / medians['stunnel4']:.2f}x"
+        )
 
 
 def main() -> None:

@@ -5,8 +5,9 @@ thread or process per connection).
 A Session owns two fds: the client's TCP socket (`net`) and our end of a socket pair
 (`inner`) whose other end is the chain's fd 0 and 1. OpenSSL works on memory BIOs; the
 bytes move only when the loop says a socket is ready. Both ways are bounded: past
-BUFFER_CAP unsent bytes a side is not read until the other drains, so a client that
-never reads stalls the chain's writes (in the kernel) and not the server's memory.
+BUFFER_CAP unsent bytes a side is not read until the other drains (so at most the cap
+plus one read wait), and a client that never reads stalls the chain's writes (in the
+kernel) and not the server's memory.
 
 Ends, as under sslserver: the client's close_notify or EOF is the chain's EOF on read
 (its writes still go out); the chain's EOF sends close_notify, then the client gets
@@ -27,16 +28,24 @@ import ssl
 import time
 from collections.abc import Callable
 from enum import Enum
+from typing import cast
 
 from ..reactor import Reactor, Timer
 from .environ import ssl_environment
 from .smtp import Outcome, SmtpShim
 
 BUFFER_CAP = 64 * 1024
-READ_SIZE = 64 * 1024
+# Large reads: a read of the chain's output is encrypted in one call and sent in one;
+# the cost is one read beyond the cap while a side waits.
+READ_SIZE = 256 * 1024
 READS_PER_WAKE = 4
 SEND_BATCH = 16 * 1024  # a full TLS record: less than this from the chain waits for its next read
 LINGER = 10.0
+
+# Every read lands here: the loop is one thread, and a read's bytes are copied on (into
+# OpenSSL, or a session's buffer) before the next read. A fresh bytes object a read
+# cost an allocation, and for OpenSSL's reads one of READ_SIZE for a 16 KB record.
+_SCRATCH = memoryview(bytearray(READ_SIZE))
 
 IN = select.EPOLLIN
 OUT = select.EPOLLOUT
@@ -201,32 +210,32 @@ class Session:
         """One read from the client; True when there may be more (it filled the read:
         a shorter one emptied the socket, and epoll says when more comes)."""
         try:
-            data = self._net.recv(READ_SIZE)
+            count = self._net.recv_into(_SCRATCH)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as error:
             self.abort(f"client: {error.strerror}")
             return False
         if self.phase is Phase.LINGER:
-            if not data:
+            if not count:
                 self.abort(None)
-            return len(data) == READ_SIZE
+            return count == READ_SIZE
         if self.phase is Phase.PLAIN:
             assert self._shim is not None
-            if not data:
+            if not count:
                 self._client_eof = True
             else:
-                self._shim_out(self._shim.from_client(data))
-            return len(data) == READ_SIZE
-        if data:
-            self._incoming.write(data)
+                self._shim_out(self._shim.from_client(bytes(_SCRATCH[:count])))
+            return count == READ_SIZE
+        if count:
+            self._incoming.write(_SCRATCH[:count])
         else:
             self._incoming.write_eof()
         if self.phase is Phase.HANDSHAKE:
             self._handshake()
         if self.phase is Phase.OPEN:
             self._decrypt()
-        return len(data) == READ_SIZE
+        return count == READ_SIZE
 
     def _handshake(self) -> None:
         assert self._tls is not None
@@ -263,7 +272,8 @@ class Session:
             and (self._shim is None or self._shim.wants_input())
         ):
             try:
-                data = self._tls.read(READ_SIZE)
+                # typeshed gives the buffer form bytes; it returns the count
+                count = cast(int, self._tls.read(READ_SIZE, _SCRATCH))
             except ssl.SSLWantReadError:
                 break
             except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
@@ -274,15 +284,15 @@ class Session:
                 self._send_net()
                 self.abort(f"client: {_reason(error)}")
                 return
-            if not data:
+            if not count:
                 self._client_eof = True
                 break
-            self._take_from_client(data)
+            self._take_from_client(_SCRATCH[:count])
         self._pull_outgoing()  # what reading made (a KeyUpdate's answer, an alert)
 
-    def _take_from_client(self, data: bytes) -> None:
+    def _take_from_client(self, data: memoryview) -> None:
         if self._shim is not None:
-            self._shim_out(self._shim.from_client(data))
+            self._shim_out(self._shim.from_client(bytes(data)))
         else:
             self._to_chain += data
 
@@ -311,18 +321,18 @@ class Session:
         """One read from the chain; False when it gave nothing (yet) or ended."""
         assert self._inner is not None
         try:
-            data = self._inner.recv(READ_SIZE)
+            count = self._inner.recv_into(_SCRATCH)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
-            data = b""
-        if not data:
+            count = 0
+        if not count:
             self._chain_done()
             return False
         if self._shim is not None:
-            self._shim_out(self._shim.from_chain(data))
+            self._shim_out(self._shim.from_chain(bytes(_SCRATCH[:count])))
         else:
-            self._encrypt(data)
+            self._encrypt(_SCRATCH[:count])
         return True  # read again: a chain that wrote its last reply and ended shows EOF now
 
     def _reads_inner(self) -> bool:
@@ -335,7 +345,7 @@ class Session:
             and not (self._shim is not None and self._shim.tls and self.phase is Phase.PLAIN)
         )
 
-    def _encrypt(self, data: bytes) -> None:
+    def _encrypt(self, data: bytes | memoryview) -> None:
         if self.phase is Phase.PLAIN:
             self._to_net += data
             return
