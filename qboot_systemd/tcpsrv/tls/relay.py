@@ -325,16 +325,23 @@ class Session:
         if self._tickets_held:
             return
         while self._to_net:
-            try:
-                sent = self._net.send(self._to_net)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:
-                self.abort(f"client: {error.strerror}")
+            sent = self._send_to_client(self._to_net)
+            if not sent:
                 return
             del self._to_net[:sent]
         if self.phase is Phase.PLAIN and self._shim is not None and self._shim.tls:
             self._begin_handshake()  # the 220 went out in the clear: the client's turn
+
+    def _send_to_client(self, data: bytes | bytearray) -> int:
+        """One send to the client: how much it took (nothing when it would block, or
+        when the send failed and the session is closed)."""
+        try:
+            return self._net.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as error:
+            self.abort(f"client: {error.strerror}")
+            return 0
 
     def _pull_outgoing(self) -> None:
         if self._outgoing.pending:
@@ -379,6 +386,14 @@ class Session:
             self._tls.write(data)
         except ssl.SSLError as error:
             self.abort(f"client: {_reason(error)}")
+            return
+        if not self._to_net and self._outgoing.pending >= SEND_BATCH:
+            # A full record or more and nothing before it: straight on, no copy.
+            records = self._outgoing.read()
+            self._tickets_held = False
+            sent = self._send_to_client(records)
+            if self.phase is not Phase.CLOSED:
+                self._to_net += memoryview(records)[sent:]
             return
         self._pull_outgoing()
 
