@@ -265,51 +265,83 @@ class Session:
             on_ready(ssl_environment(self._tls, self._client_ca))
 
     def _decrypt(self) -> None:
+        """Clear text from OpenSSL for the chain, while the chain's buffer has room. The
+        records of one pass gather in the scratch buffer and go on together (the shim
+        takes one at a time: what it holds stays small)."""
         assert self._tls is not None
         while (
             len(self._to_chain) < BUFFER_CAP
             and not self._client_eof
             and (self._shim is None or self._shim.wants_input())
         ):
-            try:
-                # typeshed gives the buffer form bytes; it returns the count
-                count = cast(int, self._tls.read(READ_SIZE, _SCRATCH))
-            except ssl.SSLWantReadError:
+            filled, drained = 0, False
+            while filled < READ_SIZE:
+                try:
+                    # typeshed gives the buffer form bytes; it returns the count
+                    count = cast(int, self._tls.read(READ_SIZE - filled, _SCRATCH[filled:]))
+                except ssl.SSLWantReadError:
+                    drained = True
+                    break
+                except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                    self._client_eof = True  # close_notify, or EOF without one: the same
+                    break
+                except ssl.SSLError as error:
+                    self._pull_outgoing()
+                    self._send_net()
+                    self.abort(f"client: {_reason(error)}")
+                    return
+                if not count:
+                    self._client_eof = True
+                    break
+                filled += count
+                if self._shim is not None:
+                    break
+            if filled:
+                self._take_from_client(_SCRATCH[:filled])
+            if drained or self._client_eof or self.phase is Phase.CLOSED:
                 break
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                self._client_eof = True  # close_notify, or EOF without one: the same to the chain
-                break
-            except ssl.SSLError as error:
-                self._pull_outgoing()
-                self._send_net()
-                self.abort(f"client: {_reason(error)}")
-                return
-            if not count:
-                self._client_eof = True
-                break
-            self._take_from_client(_SCRATCH[:count])
         self._pull_outgoing()  # what reading made (a KeyUpdate's answer, an alert)
 
     def _take_from_client(self, data: memoryview) -> None:
         if self._shim is not None:
             self._shim_out(self._shim.from_client(bytes(data)))
-        else:
-            self._to_chain += data
+            return
+        if not self._to_chain and self._inner is not None:
+            data = data[self._send_to_chain(data) :]  # straight on: no copy
+        self._to_chain += data
+
+    def _send_to_chain(self, data: bytes | bytearray | memoryview) -> int:
+        """One send to the chain: how much it took (all of it when the chain is gone:
+        what it did not read is lost with it)."""
+        assert self._inner is not None
+        try:
+            return self._inner.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError:
+            return len(data)
 
     def _send_net(self) -> None:
         if self._tickets_held:
             return
         while self._to_net:
-            try:
-                sent = self._net.send(self._to_net)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as error:
-                self.abort(f"client: {error.strerror}")
+            sent = self._send_to_client(self._to_net)
+            if not sent:
                 return
             del self._to_net[:sent]
         if self.phase is Phase.PLAIN and self._shim is not None and self._shim.tls:
             self._begin_handshake()  # the 220 went out in the clear: the client's turn
+
+    def _send_to_client(self, data: bytes | bytearray) -> int:
+        """One send to the client: how much it took (nothing when it would block, or
+        when the send failed and the session is closed)."""
+        try:
+            return self._net.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as error:
+            self.abort(f"client: {error.strerror}")
+            return 0
 
     def _pull_outgoing(self) -> None:
         if self._outgoing.pending:
@@ -355,6 +387,14 @@ class Session:
         except ssl.SSLError as error:
             self.abort(f"client: {_reason(error)}")
             return
+        if not self._to_net and self._outgoing.pending >= SEND_BATCH:
+            # A full record or more and nothing before it: straight on, no copy.
+            records = self._outgoing.read()
+            self._tickets_held = False
+            sent = self._send_to_client(records)
+            if self.phase is not Phase.CLOSED:
+                self._to_net += memoryview(records)[sent:]
+            return
         self._pull_outgoing()
 
     def _shim_out(self, outcome: Outcome) -> None:
@@ -368,12 +408,8 @@ class Session:
         (decrypting stopped at the cap, and no new bytes from the client may come)."""
         while self._inner is not None:
             while self._to_chain:
-                try:
-                    sent = self._inner.send(self._to_chain)
-                except (BlockingIOError, InterruptedError):
-                    return
-                except OSError:  # the chain is gone: what it did not read is lost with it
-                    self._to_chain.clear()
+                sent = self._send_to_chain(self._to_chain)
+                if not sent:
                     return
                 del self._to_chain[:sent]
             if not self._holds_clear_text():
