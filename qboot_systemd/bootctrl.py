@@ -461,10 +461,12 @@ def certificate_problems(service: Service) -> list[Problem]:
     them at start (as root, before it drops privileges)."""
     if service.tls is None or service.certfile is None:
         return []
-    from .tcpsrv.tls.certs import CertPaths  # ssl, only for a TLS service
+    from .tcpsrv.tls.certs import CertPaths, program_account  # ssl, only for a TLS service
     from .tcpsrv.tls.context import check
 
-    paths = CertPaths(service.certfile, service.keyfile or service.certfile, service.ccafile)
+    program = program_account(service.user, service.group)
+    keyfile = service.keyfile or service.certfile
+    paths = CertPaths(service.certfile, keyfile, service.ccafile, program)
     error = check(paths, service.ciphers)
     if error is None:
         return []

@@ -232,6 +232,31 @@ def test_bad_certificate_files_are_one_line_naming_the_file(tmp_path: Path, pair
     assert "CIPHERS 'NOPE'" in line
 
 
+def test_a_key_the_programs_account_could_read_is_refused(tmp_path: Path, pair: Pair) -> None:
+    """qmail-smtpd runs as -u/-g (qmaild:nofiles): a key that account can open is no
+    secret from it, whatever its mode for others. -u alone keeps the server's group
+    (root's), as under tcpserver, so a root:root 0640 key is readable then too."""
+    nobody, nogroup = "65534", "65534"
+    tls = ["-S", "implicit", "-E", str(pair.cert), "-K", str(pair.key)]
+    cases = (
+        (65534, 0, 0o600, ["-u", nobody, "-g", nogroup], "the program's user (uid 65534"),
+        (0, 65534, 0o640, ["-u", nobody, "-g", nogroup], "the program's group (gid 65534)"),
+        (0, 0, 0o640, ["-u", nobody], "the program's group (gid 0)"),
+    )
+    for uid, gid, mode, drop, reader in cases:
+        os.chown(pair.key, uid, gid)
+        pair.key.chmod(mode)
+        line = start_fails(*tls, *drop)
+        assert f"{pair.key}: private key readable by {reader}" in line, line
+        assert f"chown root:root {pair.key} && chmod 600 {pair.key}" in line, line
+    os.chown(pair.key, 0, 0)  # root's group may read it: the program is in nogroup
+    server = tls_server(pair, "implicit", "-u", nobody, "-g", nogroup, program=["cat"])
+    try:
+        assert tls_connect(server.port).version() is not None
+    finally:
+        assert server.stop() == 0
+
+
 def test_a_key_with_a_passphrase_is_one_line_and_no_prompt(tmp_path: Path, pair: Pair) -> None:
     """OpenSSL asks for a passphrase on the terminal by default: qboot-tcpsrv (at start
     and at a reload) and qbootctl verify must never wait there, nor die with a traceback."""

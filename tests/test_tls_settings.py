@@ -5,6 +5,7 @@ keeps the last good ones, as for an unknown USER=), each as one line at file:lin
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from qboot_systemd import bootctrl
@@ -85,10 +86,14 @@ def test_unusable_certificate_files_are_one_line_at_the_setting(tmp_path: Path) 
     other = make_pair(tmp_path, "other")
     loose = make_pair(tmp_path, "loose")
     loose.key.chmod(0o644)  # a world-readable key is refused, whatever else is right
+    mine = make_pair(tmp_path, "mine")
+    os.chown(mine.key, 65534, 0)  # the program's user owns it
     cases = (
         ("missing", f"CERTFILE={tmp_path}/nosuch.pem\nKEYFILE={pair.key}\n", 3, "nosuch.pem"),
         ("mismatch", f"CERTFILE={pair.cert}\nKEYFILE={other.key}\n", 4, str(other.key)),
         ("world-readable", f"CERTFILE={loose.cert}\nKEYFILE={loose.key}\n", 4, str(loose.key)),
+        # qmail-smtpd's account could read it: as qboot-tcpsrv would refuse it
+        ("the program's", f"CERTFILE={mine.cert}\nKEYFILE={mine.key}\nUSER=65534\n", 4, "uid"),
     )
     for name, settings, line, word in cases:
         root = tmp_path / name

@@ -92,10 +92,12 @@ def _tls(options: Options) -> TlsService | str | None:
     for reloads when they will drop. Returns the service, the fatal line, or None."""
     if options.tls is None or options.certfile is None:
         return None
-    from .tls.certs import CertError, CertPaths
+    from .tls.certs import CertError, CertPaths, program_account
     from .tls.service import TlsConfig, TlsMode, TlsService
 
-    paths = CertPaths(options.certfile, options.keyfile or options.certfile, options.ccafile)
+    program = program_account(options.user, options.group)
+    keyfile = options.keyfile or options.certfile
+    paths = CertPaths(options.certfile, keyfile, options.ccafile, program)
     config = TlsConfig(TlsMode(options.tls), paths, options.ciphers, float(options.timeout))
     service = TlsService(config)
     try:

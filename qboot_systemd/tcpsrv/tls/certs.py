@@ -31,10 +31,35 @@ class CertError(Exception):
 
 
 @dataclass(frozen=True)
+class ProgramAccount:
+    """The uid and gid the program (qmail-smtpd) runs as after the drop (-u, -g)."""
+
+    uid: int
+    gid: int
+
+
+@dataclass(frozen=True)
 class CertPaths:
     certfile: str
     keyfile: str
     ccafile: str | None = None  # CAs whose client certificates are asked for and checked
+    program: ProgramAccount | None = None  # a key this account could read is refused
+
+
+def program_account(user: str | None, group: str | None) -> ProgramAccount | None:
+    """Who the program will run as: -u and -g, and for the one not given the id the
+    server keeps (as tcpserver, -u alone leaves the group). None without a drop, for an
+    unknown name (reported on its own), or for a program that stays root."""
+    from ...accounts import UnknownAccount, group_id, user_id
+
+    if user is None and group is None:
+        return None
+    try:
+        uid = user_id(user) if user is not None else os.geteuid()
+        gid = group_id(group) if group is not None else os.getegid()
+    except UnknownAccount:
+        return None
+    return ProgramAccount(uid, gid) if uid != 0 else None
 
 
 @dataclass(frozen=True)
@@ -49,7 +74,7 @@ class Material:
         return "Material(...)"
 
 
-def _read(path: str, secret: bool) -> bytes:
+def _read(path: str, secret: bool, program: ProgramAccount | None = None) -> bytes:
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK)
     except FileNotFoundError:
@@ -73,11 +98,8 @@ def _read(path: str, secret: bool) -> bytes:
             chunks.append(chunk)
         data = b"".join(chunks)
         # A file with no key in it (a certificate named for both) is told so in load_into.
-        if secret and info.st_mode & stat.S_IROTH and b"PRIVATE KEY-----" in data:
-            raise CertError(
-                f"{path}: private key readable by everyone (mode {stat.S_IMODE(info.st_mode):04o};"
-                f" chmod 600 {path})"
-            )
+        if secret and b"PRIVATE KEY-----" in data:
+            _refuse_readable_key(path, info, program)
         return data
     except OSError as error:
         raise CertError(f"{path}: {error.strerror}") from None
@@ -85,11 +107,28 @@ def _read(path: str, secret: bool) -> bytes:
         os.close(fd)
 
 
+def _refuse_readable_key(path: str, info: os.stat_result, program: ProgramAccount | None) -> None:
+    """A key others, or the program's own account, could open is no secret from the program."""
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & stat.S_IROTH:
+        reader = "everyone"
+    elif program is not None and info.st_uid == program.uid and mode & stat.S_IRUSR:
+        reader = f"the program's user (uid {program.uid} owns it)"
+    elif program is not None and info.st_gid == program.gid and mode & stat.S_IRGRP:
+        reader = f"the program's group (gid {program.gid})"
+    else:
+        return
+    raise CertError(
+        f"{path}: private key readable by {reader} (mode {mode:04o}, uid {info.st_uid},"
+        f" gid {info.st_gid}; chown root:root {path} && chmod 600 {path})"
+    )
+
+
 def read_material(paths: CertPaths) -> Material:
     """The three files, checked; CertError names the first one that is wrong."""
     return Material(
         _read(paths.certfile, secret=False),
-        _read(paths.keyfile, secret=True),
+        _read(paths.keyfile, secret=True, program=paths.program),
         _read(paths.ccafile, secret=False) if paths.ccafile else None,
     )
 
