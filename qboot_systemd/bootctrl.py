@@ -129,7 +129,7 @@ class Service(NamedTuple):
     rbl_incore: bool = True  # RBL_INCORE: a leading rblsmtpd runs inside qboot-tcpsrv
     rate: int | None = None  # RATE: new connections per minute per address
     rate_reply: bool = False  # RATE_ANSWER=421 (else a plain close)
-    tls: str | None = None  # TLS: implicit, starttls or starttls-required (-S)
+    tls: str | None = None  # TLS: one of settings.TLS_MODES but no (-S)
     certfile: str | None = None  # CERTFILE (-E)
     keyfile: str | None = None  # KEYFILE (-K); None: the key is in CERTFILE
     ccafile: str | None = None  # CCAFILE (-A)

@@ -246,7 +246,7 @@ def ciphers(name: str, value: str, service: str) -> str | None:
     return value.strip()
 
 
-TLS_MODES = ("no", "implicit", "starttls", "starttls-required")
+TLS_MODES = ("no", "implicit", "starttls", "starttls-required", "ucspi")
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("PORT", port, DEFAULT_PORT, str(DEFAULT_PORT), "port, or tcp service name"),
@@ -303,7 +303,7 @@ SETTINGS: tuple[Setting, ...] = (
         choice(*TLS_MODES),
         "no",
         "no",
-        "no, implicit, starttls or starttls-required",
+        "no, implicit, starttls, starttls-required or ucspi",
         flags="S",
     ),
     Setting("CERTFILE", absolute_file, None, "none", "certificate chain, PEM (-E)", flags="E"),

@@ -4,6 +4,7 @@ would put it (a real server's loop and clients cannot be timed that finely)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import ssl
 from collections.abc import Iterator
@@ -125,3 +126,139 @@ def test_starttls_220_is_the_last_clear_byte_when_the_server_writes_unasked(
         client.close()
         chain.close()
         session.abort("test over")
+
+
+# --- UCSPI-TLS: the chain asks for TLS on its fd 3 ----------------------------------------
+class Ucspi:
+    """A UCSPI-TLS session with the client's end, the chain's clear end (fds 0 and 1) and
+    its UCSPI end (fds 3 to 5) in the test's hands."""
+
+    def __init__(self, tmp_path: Path, reactor: Reactor) -> None:
+        pair = make_pair(tmp_path, "server")
+        paths = CertPaths(str(pair.cert), str(pair.key))
+        self.reactor = reactor
+        self.client, server_end = socket.socketpair()
+        self.session = Session(
+            reactor,
+            server_context(paths, read_material(paths), None),
+            server_end.detach(),
+            timeout=30,
+            on_ready=lambda env: None,
+            on_closed=lambda reason: None,
+        )
+        self.session.start_ucspi()
+        self.clear = socket.socket(fileno=self.session.chain_end())
+        self.ucspi = socket.socket(fileno=self.session.ucspi_end())
+        self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = client_context().wrap_bio(self.incoming, self.outgoing, server_hostname="mx")
+
+    def shake_hands(self) -> None:
+        for _ in range(200):
+            try:
+                self.tls.do_handshake()
+                return
+            except ssl.SSLWantReadError:
+                pass
+            finally:
+                if self.outgoing.pending:
+                    self.client.sendall(self.outgoing.read())
+                turn(self.reactor, 1)
+                if got := pending(self.client):
+                    self.incoming.write(got)
+        raise AssertionError("no handshake")
+
+    def read_tls(self, want: bytes) -> bytes:
+        said = b""
+        for _ in range(200):
+            with contextlib.suppress(ssl.SSLWantReadError):
+                said += self.tls.read(65536)
+            if said.endswith(want):
+                return said
+            if self.outgoing.pending:
+                self.client.sendall(self.outgoing.read())
+            turn(self.reactor, 1)
+            if got := pending(self.client):
+                self.incoming.write(got)
+        raise AssertionError(f"got {said!r}")
+
+    def close(self) -> None:
+        for sock in (self.client, self.clear, self.ucspi):
+            sock.close()
+        self.session.abort("test over")
+
+
+def test_ucspi_y_reports_the_ssl_variables_first_then_relays(
+    tmp_path: Path, reactor: Reactor
+) -> None:
+    """With Y (the protocol's second command) the chain reads the SSL variables on its
+    fd 4 before the client's first encrypted bytes: VAR=value NUL each, one NUL more."""
+    test = Ucspi(tmp_path, reactor)
+    try:
+        test.clear.sendall(b"220 ready\r\n")
+        test.ucspi.sendall(b"Y")
+        turn(reactor)
+        assert pending(test.client) == b"220 ready\r\n"
+        test.shake_hands()
+        test.tls.write(b"EHLO c\r\n")
+        test.client.sendall(test.outgoing.read())
+        turn(reactor)
+        got = pending(test.ucspi)
+        report, _, rest = got.partition(b"\0\0")
+        env = dict(entry.split(b"=", 1) for entry in report.split(b"\0"))
+        assert env[b"SSL_PROTOCOL"] == b"TLSv1.3" and b"SSL_CIPHER" in env, env
+        assert rest == b"EHLO c\r\n"
+        test.ucspi.sendall(b"250 mx\r\n")
+        assert test.read_tls(b"\r\n") == b"250 mx\r\n"
+    finally:
+        test.close()
+
+
+def test_ucspi_client_hello_before_the_chains_y_waits_for_it(
+    tmp_path: Path, reactor: Reactor
+) -> None:
+    """The client got the 220 and sent its ClientHello before the loop saw the chain's
+    y: the hello is kept for the handshake, never given to the chain as clear text."""
+    test = Ucspi(tmp_path, reactor)
+    try:
+        test.clear.sendall(b"220 ready\r\n")
+        turn(reactor)
+        assert pending(test.client) == b"220 ready\r\n"
+        with contextlib.suppress(ssl.SSLWantReadError):
+            test.tls.do_handshake()
+        test.client.sendall(test.outgoing.read())  # the ClientHello, before the y
+        turn(reactor)
+        assert pending(test.clear) == b""
+        test.ucspi.sendall(b"y")
+        test.shake_hands()
+        test.tls.write(b"QUIT\r\n")
+        test.client.sendall(test.outgoing.read())
+        turn(reactor)
+        assert pending(test.ucspi) == b"QUIT\r\n"
+    finally:
+        test.close()
+
+
+def test_ucspi_y_then_the_clear_socket_closed_is_no_end(tmp_path: Path, reactor: Reactor) -> None:
+    """mailfront writes y, then puts fds 4 and 5 over 0 and 1, closing its clear socket:
+    when the loop sees that end first, it is the switch, not the chain's end. Clear text
+    the client pipelined behind STARTTLS is dropped, never put into the session."""
+    test = Ucspi(tmp_path, reactor)
+    try:
+        test.client.sendall(b"STARTTLS\r\nMAIL FROM:<evil@example>\r\n")
+        turn(reactor)
+        assert pending(test.clear) == b"STARTTLS\r\nMAIL FROM:<evil@example>\r\n"
+        test.client.sendall(b"RCPT TO:<evil@example>\r\n")  # read, not yet given to the chain
+        test.clear.sendall(b"220 2.0.0 Ready to start TLS\r\n")
+        test.ucspi.sendall(b"y")
+        test.clear.close()
+        turn(reactor)
+        assert pending(test.client) == b"220 2.0.0 Ready to start TLS\r\n"
+        test.shake_hands()
+        test.ucspi.sendall(b"500 5.5.1 Unexpected pipelined commands following STARTTLS\r\n")
+        assert test.read_tls(b"\r\n").startswith(b"500 5.5.1")
+        test.tls.write(b"QUIT\r\n")
+        test.client.sendall(test.outgoing.read())
+        turn(reactor)
+        assert pending(test.ucspi) == b"QUIT\r\n"
+    finally:
+        test.close()

@@ -113,3 +113,10 @@ def test_good_certificate_files_give_no_problem(tmp_path: Path) -> None:
         tmp_path, f"PORT=465\nTLS=implicit\nCERTFILE={pair.cert}\nKEYFILE={pair.key}\n", True
     )
     assert bootctrl.start_problems(model.services[0]) == []
+
+
+def test_ucspi_is_a_tls_mode_of_its_own(tmp_path: Path) -> None:
+    model = load(tmp_path, "PORT=587\nTLS=ucspi\nCERTFILE=/etc/ssl/mail.pem\n")
+    assert model.problems == ()
+    argv = tcpsrv_argv(model.services[0], Paths())
+    assert flags_after(argv[: argv.index("-")], "-S") == "ucspi"

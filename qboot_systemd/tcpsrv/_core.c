@@ -308,8 +308,15 @@ typedef struct {
     const Spawner *spawner;
     char **envp;
     int fd;
+    int ucspi_fd;
     int error; /* written by the child when it cannot exec */
 } ChildArgs;
+
+/* source as target in the child; dup2 onto itself keeps close-on-exec: clear it instead */
+static int child_fd(int source, int target)
+{
+    return source == target ? fcntl(target, F_SETFD, 0) : dup2(source, target);
+}
 
 static int spawn_child(void *arg)
 {
@@ -324,10 +331,12 @@ static int spawn_child(void *arg)
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    for (int target = 0; target < 2; target++) {
-        /* dup2 onto itself keeps close-on-exec: clear it instead */
-        int done = args->fd == target ? fcntl(target, F_SETFD, 0) : dup2(args->fd, target);
-        if (done < 0) {
+    /* 0 and 1 first: fd may be 3 to 5, which ucspi_fd (never below 3) then replaces */
+    for (int target = 0; target < 6; target++) {
+        int source = target < 2 ? args->fd : target > 2 ? args->ucspi_fd : -1;
+        if (source < 0)
+            continue;
+        if (child_fd(source, target) < 0) {
             args->error = errno;
             _exit(127);
         }
@@ -352,10 +361,10 @@ static int spawn_child(void *arg)
  * unmap costs every CPU running our threads a TLB flush). */
 #define CHILD_STACK_SIZE (64 * 1024)
 
-int qboot_spawn(Spawner *self, char **envp, int fd, pid_t *pid)
+int qboot_spawn(Spawner *self, char **envp, int fd, int ucspi_fd, pid_t *pid)
 {
     _Alignas(64) char stack[CHILD_STACK_SIZE];
-    ChildArgs args = {self, envp, fd, 0};
+    ChildArgs args = {self, envp, fd, ucspi_fd, 0};
     sigset_t all, old;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
@@ -375,15 +384,18 @@ int qboot_spawn(Spawner *self, char **envp, int fd, pid_t *pid)
     return args.error;
 }
 
-/* spawn(extra, fd, base=None): run the program with base (or the server's environment)
- * then extra, both tuples/lists of b"NAME=value", and fd as stdin and stdout. A value
- * with a NUL reaches the program cut there (a C string). Returns the pid. */
+/* spawn(extra, fd, base=None, ucspi_fd=-1): run the program with base (or the server's
+ * environment) then extra, both tuples/lists of b"NAME=value", fd as stdin and stdout,
+ * and ucspi_fd (if not -1) as 3, 4 and 5. A value with a NUL reaches the program cut
+ * there (a C string). Returns the pid. */
 static PyObject *spawner_spawn(Spawner *self, PyObject *args)
 {
     PyObject *extra_arg, *base_arg = Py_None;
-    int fd;
-    if (!PyArg_ParseTuple(args, "Oi|O", &extra_arg, &fd, &base_arg))
+    int fd, ucspi_fd = -1;
+    if (!PyArg_ParseTuple(args, "Oi|Oi", &extra_arg, &fd, &base_arg, &ucspi_fd))
         return NULL;
+    if (ucspi_fd != -1 && ucspi_fd < 3)
+        return PyErr_Format(PyExc_ValueError, "ucspi_fd must be -1 or at least 3");
     if (!self->argv_pointers)
         return PyErr_Format(PyExc_RuntimeError, "Spawner not initialised");
     PyObject *extra = bytes_tuple(extra_arg, "the environment");
@@ -411,7 +423,7 @@ static PyObject *spawner_spawn(Spawner *self, PyObject *args)
     int error;
     /* The kernel's part (vfork until the child has exec'd): let the loop run. */
     Py_BEGIN_ALLOW_THREADS
-    error = qboot_spawn(self, envp, fd, &pid);
+    error = qboot_spawn(self, envp, fd, ucspi_fd, &pid);
     Py_END_ALLOW_THREADS
     PyMem_Free(envp);
     Py_DECREF(extra);
@@ -425,7 +437,7 @@ static PyObject *spawner_spawn(Spawner *self, PyObject *args)
 
 static PyMethodDef spawner_methods[] = {
     {"spawn", (PyCFunction)spawner_spawn, METH_VARARGS,
-     "spawn(extra, fd, base=None) -> pid: spawn with the GIL released."},
+     "spawn(extra, fd, base=None, ucspi_fd=-1) -> pid: spawn with the GIL released."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -517,8 +529,10 @@ static void *pool_worker(void *arg)
             pool->queue_tail = NULL;
         pthread_mutex_unlock(&pool->lock);
 
-        job->error = qboot_spawn(pool->spawner, job->envp, job->fd, &job->pid);
+        job->error = qboot_spawn(pool->spawner, job->envp, job->fd, job->ucspi_fd, &job->pid);
         close(job->fd); /* the child has its copies */
+        if (job->ucspi_fd >= 0)
+            close(job->ucspi_fd);
 
         job->next = NULL;
         pthread_mutex_lock(&pool->lock);
@@ -623,15 +637,18 @@ static void pool_dealloc(SpawnPool *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* submit(id, extra, fd, base=None): queue a spawn of fd with the environment as
- * Spawner.spawn takes it. The pool closes fd once the child has it (or the spawn failed). */
+/* submit(id, extra, fd, base=None, ucspi_fd=-1): queue a spawn of fd (and ucspi_fd) with
+ * the environment as Spawner.spawn takes it. The pool closes the fds once the child has
+ * them (or the spawn failed). */
 static PyObject *pool_submit(SpawnPool *self, PyObject *args)
 {
     long id;
-    int fd;
+    int fd, ucspi_fd = -1;
     PyObject *extra_arg, *base_arg = Py_None;
-    if (!PyArg_ParseTuple(args, "lOi|O", &id, &extra_arg, &fd, &base_arg))
+    if (!PyArg_ParseTuple(args, "lOi|Oi", &id, &extra_arg, &fd, &base_arg, &ucspi_fd))
         return NULL;
+    if (ucspi_fd != -1 && ucspi_fd < 3)
+        return PyErr_Format(PyExc_ValueError, "ucspi_fd must be -1 or at least 3");
     if (!self->ready || self->stopping)
         return PyErr_Format(PyExc_RuntimeError, "the SpawnPool is closed");
     PyObject *extra = bytes_tuple(extra_arg, "the environment");
@@ -683,6 +700,7 @@ static PyObject *pool_submit(SpawnPool *self, PyObject *args)
     Py_XDECREF(base);
     job->id = id;
     job->fd = fd;
+    job->ucspi_fd = ucspi_fd;
     qboot_pool_queue(self, job);
     Py_RETURN_NONE;
 }

@@ -27,6 +27,7 @@ typedef struct Job {
     struct Job *next;
     long id;
     int fd;
+    int ucspi_fd; /* -1, or the fd the child also gets as 3, 4 and 5 (UCSPI-TLS) */
     pid_t pid;
     int error;
     char **envp;   /* NULL-terminated; points into strings and into the Spawner's base */
@@ -64,11 +65,11 @@ extern PyTypeObject ConnectionLoopType;
 
 /* An int argument (PyLong_AsInt is public only from Python 3.13 on). */
 int qboot_as_int(PyObject *object, int *out);
-/* Run the Spawner's command line with envp and fd as stdin and stdout, as posix_spawnp
- * would; touches no Python object. Returns 0, or an errno value; *pid is the child's, or
+/* Run the Spawner's command line with envp and fd as stdin and stdout (and ucspi_fd, when
+ * not -1, as 3, 4 and 5), as posix_spawnp would; touches no Python object. Returns 0, or an errno value; *pid is the child's, or
  * 0 if there was none (one that could not exec has exited, and is the caller's loop's to
  * reap with its waitpid(-1): nothing else waits for children). */
-int qboot_spawn(Spawner *spawner, char **envp, int fd, pid_t *pid);
+int qboot_spawn(Spawner *spawner, char **envp, int fd, int ucspi_fd, pid_t *pid);
 
 void qboot_job_free(Job *job);
 /* Hand a job to the pool's threads (they spawn it and close its fd). */

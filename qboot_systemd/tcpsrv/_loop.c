@@ -727,11 +727,12 @@ static int spawn_connection(ConnectionLoop *self, int fd, const char *local_ip, 
     job->strings = block;
     job->note = note;
     job->fd = fd;
+    job->ucspi_fd = -1;
     if (queue_empty && self->running == 1 && self->in_flight == 0) {
         /* The only session and no connection queued behind it: nothing waits for this
          * thread, so it spawns itself rather than wake a pool thread and be woken by its
          * report (a connection arriving now waits for the child's exec, some 50 µs). */
-        job->error = qboot_spawn(self->spawner, job->envp, fd, &job->pid);
+        job->error = qboot_spawn(self->spawner, job->envp, fd, -1, &job->pid);
         close(fd);
         int result = report(self, job);
         qboot_job_free(job);

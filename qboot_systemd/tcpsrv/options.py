@@ -40,14 +40,14 @@ class Options(NamedTuple):
     rbl_incore: bool = False  # -L: a leading rblsmtpd of the program runs in the server
     rate: int = 0  # -N/-M: new connections per minute per address (IPv6 /64); 0: no cap
     rate_reply: bool = False  # -M: a 421 line for a connection over the rate; -N: a close
-    tls: str | None = None  # -S: implicit, starttls or starttls-required (TLS_MODES)
+    tls: str | None = None  # -S: one of TLS_MODES
     certfile: str | None = None  # -E: sslserver's CERTFILE
     keyfile: str | None = None  # -K: sslserver's KEYFILE; the certificate file without it
     ccafile: str | None = None  # -A: sslserver's CCAFILE: ask clients for a certificate
     ciphers: str | None = None  # -F: sslserver's CIPHERS (the TLS 1.2 list)
 
 
-TLS_MODES = ("implicit", "starttls", "starttls-required")
+TLS_MODES = ("implicit", "starttls", "starttls-required", "ucspi")
 
 
 def _tls_mode(value: str) -> str:

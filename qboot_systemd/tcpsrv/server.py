@@ -954,18 +954,28 @@ class Server:
         log_remote: LogRemote,
         extra: dict[str, str],
     ) -> None:
+        ucspi_fd = -1
         if self.tls is not None and self.tls.config.mode.starttls:
-            # The chain talks to the SMTP shim, which offers STARTTLS on the client's side.
-            fd = self.tls.plain(self._reactor(), fd).chain_end()
+            # The chain talks to the SMTP shim, which offers STARTTLS on the client's side;
+            # or (UCSPI-TLS) offers it itself and asks for TLS on its fd 3.
+            session = self.tls.plain(self._reactor(), fd)
+            fd = session.chain_end()
+            if self.tls.config.mode.ucspi:
+                from .tls.service import UCSPI_ENVIRONMENT  # loaded with TLS already
+
+                ucspi_fd = session.ucspi_end()
+                extra = {**extra, **UCSPI_ENVIRONMENT}
         job = SpawnJob(fd, client, log_local, log_remote)
         ident = next(self.ids)
         self.counters.served += 1  # taken back if the chain cannot be run
         self._publish()
         assert self.spawns is not None, "start() first"
         try:
-            self.spawns.submit(ident, extra, fd)
+            self.spawns.submit(ident, extra, fd, ucspi_fd)
         except Exception as error:  # a bad variable name from the rules: this one only
             syscalls.close(fd)
+            if ucspi_fd != -1:
+                syscalls.close(ucspi_fd)
             self._spawn_failed(job, f"{type(error).__name__}: {error}")
             return
         self.spawning[ident] = job

@@ -88,11 +88,12 @@ class ExtensionSpawner:
             return extra, None
         return extra, env_entries({k: v for k, v in self._base_env.items() if k not in extra_env})
 
-    def spawn(self, extra_env: Mapping[str, str], fd: int) -> int:
-        """Run the program with the server's environment plus extra_env (which wins) and
-        fd as stdin and stdout; returns the pid or raises OSError."""
+    def spawn(self, extra_env: Mapping[str, str], fd: int, ucspi_fd: int = -1) -> int:
+        """Run the program with the server's environment plus extra_env (which wins), fd
+        as stdin and stdout, and ucspi_fd (unless -1) as 3, 4 and 5 (UCSPI-TLS's control,
+        read and write descriptors); returns the pid or raises OSError."""
         extra, base = self.entries(extra_env)
-        pid: int = self._spawner.spawn(extra, fd, base)
+        pid: int = self._spawner.spawn(extra, fd, base, ucspi_fd)
         return pid
 
 
@@ -103,15 +104,18 @@ class PythonSpawner:
         self._argv = list(argv)
         self._base_env = {os.fsencode(name): os.fsencode(value) for name, value in base_env.items()}
 
-    def spawn(self, extra_env: Mapping[str, str], fd: int) -> int:
+    def spawn(self, extra_env: Mapping[str, str], fd: int, ucspi_fd: int = -1) -> int:
         check_names(extra_env)
         env = dict(self._base_env)
         env.update((os.fsencode(k), os.fsencode(c_string(v))) for k, v in extra_env.items())
+        actions = [(os.POSIX_SPAWN_DUP2, fd, 0), (os.POSIX_SPAWN_DUP2, fd, 1)]
+        if ucspi_fd != -1:  # after 0 and 1: fd may be one of 3 to 5
+            actions += [(os.POSIX_SPAWN_DUP2, ucspi_fd, target) for target in (3, 4, 5)]
         return os.posix_spawnp(
             self._argv[0],
             self._argv,
             env,
-            file_actions=[(os.POSIX_SPAWN_DUP2, fd, 0), (os.POSIX_SPAWN_DUP2, fd, 1)],
+            file_actions=actions,
             setsigdef=DEFAULT_SIGNALS,
             setsigmask=(),
         )
@@ -150,10 +154,10 @@ class ExtensionPool:
         """The extension's SpawnPool, for the ConnectionLoop to queue its own jobs."""
         return self._pool
 
-    def submit(self, ident: int, extra_env: Mapping[str, str], fd: int) -> None:
-        """Queue a spawn; raises ValueError (and leaves fd open) for a bad name."""
+    def submit(self, ident: int, extra_env: Mapping[str, str], fd: int, ucspi_fd: int = -1) -> None:
+        """Queue a spawn; raises ValueError (and leaves the fds open) for a bad name."""
         extra, base = self._spawner.entries(extra_env)
-        self._pool.submit(ident, extra, fd, base)
+        self._pool.submit(ident, extra, fd, base, ucspi_fd)
 
     def fileno(self) -> int:
         fd: int = self._pool.fileno()
@@ -177,7 +181,7 @@ class PythonPool:
         import threading
 
         self._spawner = spawner
-        self._jobs: queue.SimpleQueue[tuple[int, Mapping[str, str], int] | None] = (
+        self._jobs: queue.SimpleQueue[tuple[int, Mapping[str, str], int, int] | None] = (
             queue.SimpleQueue()
         )
         self._done: queue.SimpleQueue[Finished] = queue.SimpleQueue()
@@ -193,23 +197,25 @@ class PythonPool:
 
     def _work(self) -> None:
         while (work := self._jobs.get()) is not None:
-            ident, env, fd = work
+            ident, env, fd, ucspi_fd = work
             pid, error = 0, None
             try:
-                pid = self._spawner.spawn(env, fd)
+                pid = self._spawner.spawn(env, fd, ucspi_fd)
             except OSError as failure:
                 error = failure.strerror or str(failure)
             except Exception as failure:  # one job is refused, the thread goes on
                 error = f"{type(failure).__name__}: {failure}"
             syscalls.close(fd)
+            if ucspi_fd != -1:
+                syscalls.close(ucspi_fd)
             self._done.put((ident, pid, error))
             # full (the loop is behind and will look anyway) or closed: fine
             with contextlib.suppress(OSError):
                 self._wake_write.send(b"s")
 
-    def submit(self, ident: int, extra_env: Mapping[str, str], fd: int) -> None:
+    def submit(self, ident: int, extra_env: Mapping[str, str], fd: int, ucspi_fd: int = -1) -> None:
         check_names(extra_env)
-        self._jobs.put((ident, extra_env, fd))
+        self._jobs.put((ident, extra_env, fd, ucspi_fd))
 
     def fileno(self) -> int:
         return self._wake_read.fileno()

@@ -9,6 +9,14 @@ BUFFER_CAP unsent bytes a side is not read until the other drains (so at most th
 plus one read wait), and a client that never reads stalls the chain's writes (in the
 kernel) and not the server's memory.
 
+UCSPI-TLS (start_ucspi), for a chain with STARTTLS of its own that leaves TLS to its
+server, as under sslserver -n: the chain talks in the clear on fds 0 and 1 and gets a
+third socket as fds 3, 4 and 5 (SSLCTLFD, SSLREADFD, SSLWRITEFD). When it writes `y` (or
+`Y`: the SSL variables come back first, as VAR=value NUL-terminated and one more NUL)
+on fd 3, what it wrote on fd 1 goes out in the clear, then the handshake, then the
+session goes on over that third socket. What the client sent in the clear and the chain
+had not read yet is dropped, never put into the encrypted session.
+
 Ends, as under sslserver: the client's close_notify or EOF is the chain's EOF on read
 (its writes still go out); the chain's EOF sends close_notify, then the client gets
 LINGER seconds to close before the socket is closed (a close with unread input would
@@ -92,6 +100,13 @@ class Session:
         self._inner: socket.socket | None = None
         self._chain_end: socket.socket | None = None
         self._shim: SmtpShim | None = None
+        # UCSPI-TLS: our end of the chain's fds 3 to 5, until the chain asks for TLS
+        self._ucspi_mode = False
+        self._ucspi: socket.socket | None = None
+        self._ucspi_end: socket.socket | None = None
+        self._asked = False  # the chain wrote y or Y
+        self._report_env = False  # it wrote Y: the SSL variables go to it first
+        self._hello_held = False  # a ClientHello came before the chain's y: it waits
         self._to_net = bytearray()  # bytes for the client's socket (already encrypted)
         self._to_chain = bytearray()  # clear text for the chain
         self._client_eof = False  # no more from the client: the chain's input ends
@@ -120,10 +135,27 @@ class Session:
         self._make_pair()
         self._update()
 
+    def start_ucspi(self) -> None:
+        """UCSPI-TLS: the chain runs from now (chain_end() and ucspi_end()), in the clear
+        until it asks for TLS on its fd 3."""
+        self._ucspi_mode = True
+        self.phase = Phase.PLAIN
+        self._make_pair()
+        ours, chain = socket.socketpair()
+        ours.setblocking(False)
+        self._ucspi, self._ucspi_end = ours, chain
+        self._update()
+
     def chain_end(self) -> int:
         """The fd the chain gets as 0 and 1 (the server closes it once spawned)."""
         assert self._chain_end is not None, "after on_ready or start_plain"
         sock, self._chain_end = self._chain_end, None
+        return sock.detach()
+
+    def ucspi_end(self) -> int:
+        """UCSPI-TLS: the fd the chain gets as 3, 4 and 5 (closed by the server too)."""
+        assert self._ucspi_end is not None, "after start_ucspi"
+        sock, self._ucspi_end = self._ucspi_end, None
         return sock.detach()
 
     def _make_pair(self) -> None:
@@ -135,6 +167,8 @@ class Session:
         self.phase = Phase.HANDSHAKE
         self._tls = self._context.wrap_bio(self._incoming, self._outgoing, server_side=True)
         self._set_timer(self._timeout, "handshake timed out")
+        if self._incoming.pending:  # a ClientHello held until the chain asked
+            self._handshake()
 
     def _set_timer(self, seconds: float, reason: str | None) -> None:
         if self._timer is not None:
@@ -150,11 +184,11 @@ class Session:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        for sock in (self._net, self._inner, self._chain_end):
+        for sock in (self._net, self._inner, self._chain_end, self._ucspi, self._ucspi_end):
             if sock is not None:
                 self._stop_watching(sock)
                 sock.close()
-        self._inner = self._chain_end = None
+        self._inner = self._chain_end = self._ucspi = self._ucspi_end = None
         self._to_net.clear()
         self._to_chain.clear()
         # The callbacks may hold this session (the service's closures do): dropping them
@@ -220,13 +254,14 @@ class Session:
             if not count:
                 self.abort(None)
             return count == READ_SIZE
-        if self.phase is Phase.PLAIN:
-            assert self._shim is not None
+        if self.phase is Phase.PLAIN and self._shim is not None:
             if not count:
                 self._client_eof = True
             else:
                 self._shim_out(self._shim.from_client(bytes(_SCRATCH[:count])))
             return count == READ_SIZE
+        if self.phase is Phase.PLAIN:  # UCSPI-TLS, the clear part
+            return self._plain_from_client(_SCRATCH[:count])
         if count:
             self._incoming.write(_SCRATCH[:count])
         else:
@@ -236,6 +271,75 @@ class Session:
         if self.phase is Phase.OPEN:
             self._decrypt()
         return count == READ_SIZE
+
+    def _plain_from_client(self, data: memoryview) -> bool:
+        """UCSPI-TLS before the chain asked: the client's bytes are the chain's, unless
+        they are a ClientHello (the 220 went out, the chain's y is on its way)."""
+        if not data:
+            self._client_eof = True
+            return False
+        got = bytes(data)  # the scratch buffer is the switch's too
+        self._poll_ucspi()  # the chain may have asked meanwhile
+        if self._asked:
+            # Its 220 had gone out (the handshake began): these bytes are the client's TLS.
+            # Else the client has not seen the 220 yet: they were sent behind STARTTLS.
+            if self.phase is Phase.HANDSHAKE:
+                self._incoming.write(got)
+                self._handshake()
+            return False
+        if got[:2] == b"\x16\x03":  # a TLS handshake record: the y is on its way
+            self._incoming.write(got)
+            self._hello_held = True
+            return False
+        self._to_chain += got
+        return len(got) == READ_SIZE
+
+    def _on_ucspi(self, events: int) -> None:
+        self._poll_ucspi()
+        self._update()
+
+    def _poll_ucspi(self) -> None:
+        """The chain's command on its fd 3, if it wrote one."""
+        if self._ucspi is None or self._asked:
+            return
+        try:
+            command = self._ucspi.recv(1)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            command = b""
+        if command in (b"y", b"Y"):
+            self._asked, self._report_env = True, command == b"Y"
+            self._switch_to_ucspi()
+        elif not command:  # the chain closed fds 3 to 5: it stays in the clear
+            self._stop_watching(self._ucspi)
+            self._ucspi.close()
+            self._ucspi = None
+        else:
+            self.abort(f"UCSPI-TLS: the program wrote {command!r}, not y or Y")
+
+    def _switch_to_ucspi(self) -> None:
+        """What the chain wrote on fd 1 before asking (its 220) goes out in the clear;
+        from now on it reads and writes on its fds 4 and 5. The client's clear text it
+        had not read is dropped (it was sent behind STARTTLS)."""
+        assert self._inner is not None and self._ucspi is not None
+        while True:
+            try:
+                count = self._inner.recv_into(_SCRATCH)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break
+            if not count:
+                break
+            self._to_net += _SCRATCH[:count]
+        self._stop_watching(self._inner)
+        self._inner.close()
+        self._stop_watching(self._ucspi)
+        self._inner, self._ucspi = self._ucspi, None
+        self._to_chain.clear()
+        if not self._to_net:
+            self._begin_handshake()
 
     def _handshake(self) -> None:
         assert self._tls is not None
@@ -257,6 +361,14 @@ class Session:
             self._timer.cancel()
             self._timer = None
         self.phase = Phase.OPEN
+        if self._ucspi_mode:  # the chain runs already; with Y it hears how it went
+            if self._report_env:
+                env = ssl_environment(self._tls, self._client_ca)
+                self._to_chain += b"".join(
+                    f"{name}={value}".encode("utf-8", "replace") + b"\0"
+                    for name, value in env.items()
+                ) + (b"\0" if env else b"\0\0")
+            return
         if self._shim is not None:
             return  # STARTTLS: the chain runs already
         self._make_pair()
@@ -329,7 +441,7 @@ class Session:
             if not sent:
                 return
             del self._to_net[:sent]
-        if self.phase is Phase.PLAIN and self._shim is not None and self._shim.tls:
+        if self.phase is Phase.PLAIN and self._tls_asked():
             self._begin_handshake()  # the 220 went out in the clear: the client's turn
 
     def _send_to_client(self, data: bytes | bytearray) -> int:
@@ -359,6 +471,10 @@ class Session:
         except OSError:
             count = 0
         if not count:
+            if self._ucspi_mode and self.phase is Phase.PLAIN:
+                self._poll_ucspi()  # it wrote y, then let its clear socket go
+                if self._asked:
+                    return False
             self._chain_done()
             return False
         if self._shim is not None:
@@ -374,8 +490,12 @@ class Session:
             self._inner is not None
             and len(self._to_net) < BUFFER_CAP
             and self.phase is not Phase.HANDSHAKE
-            and not (self._shim is not None and self._shim.tls and self.phase is Phase.PLAIN)
+            and not (self.phase is Phase.PLAIN and self._tls_asked())
         )
+
+    def _tls_asked(self) -> bool:
+        """STARTTLS taken (by the shim, or by the chain that asked for TLS)."""
+        return self._asked or (self._shim is not None and self._shim.tls)
 
     def _encrypt(self, data: bytes | memoryview) -> None:
         if self.phase is Phase.PLAIN:
@@ -463,6 +583,8 @@ class Session:
             if self._reads_inner():
                 inner |= IN
             self._want(self._inner, inner)
+        if self._ucspi is not None:
+            self._want(self._ucspi, IN)
 
     def _reads_net(self) -> bool:
         if self.phase is Phase.HANDSHAKE or self.phase is Phase.LINGER:
@@ -473,6 +595,8 @@ class Session:
         # 1.3's answer to a KeyUpdate): a client that does not read them is not read.
         if len(self._to_chain) >= BUFFER_CAP or len(self._to_net) >= BUFFER_CAP:
             return False
+        if self.phase is Phase.PLAIN and self._shim is None:  # UCSPI-TLS
+            return not self._asked and not self._hello_held
         if self.phase is Phase.PLAIN:
             assert self._shim is not None
             # After STARTTLS nothing more is read in the clear: the handshake reads next.
@@ -484,7 +608,13 @@ class Session:
         if self._events.get(fd, 0) == events:
             return
         if events:
-            handler = self._on_net if sock is self._net else self._on_inner
+            handler = (
+                self._on_net
+                if sock is self._net
+                else self._on_ucspi
+                if sock is self._ucspi
+                else self._on_inner
+            )
             self._reactor.watch(fd, events, handler)
             self._events[fd] = events
         else:

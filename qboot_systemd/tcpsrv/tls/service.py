@@ -2,7 +2,7 @@
 
 The server calls: load() at start (before privileges drop; start_reader() too when they
 will), reload() on SIGHUP (a new context for new sessions; a session keeps the one it
-began with), handshake() for an implicit-TLS client, plain() for a STARTTLS client.
+began with), handshake() for an implicit-TLS client, plain() for a STARTTLS or UCSPI-TLS client.
 """
 
 from __future__ import annotations
@@ -32,10 +32,21 @@ class TlsMode(Enum):
     IMPLICIT = "implicit"  # smtps, 465: TLS from the first byte
     STARTTLS = "starttls"  # smtp, submission: the SMTP shim offers it
     STARTTLS_REQUIRED = "starttls-required"  # and MAIL or AUTH before it get 530
+    UCSPI = "ucspi"  # a chain with STARTTLS of its own asks for TLS (UCSPI-TLS, sslserver -n)
 
     @property
     def starttls(self) -> bool:
+        """The chain runs from the start, and TLS comes later (or not)."""
         return self is not TlsMode.IMPLICIT
+
+    @property
+    def ucspi(self) -> bool:
+        return self is TlsMode.UCSPI
+
+
+# What a UCSPI-TLS chain is told (its fds 3 to 5 are the spawner's doing): TLS may be
+# asked for, and where.
+UCSPI_ENVIRONMENT = {"UCSPITLS": "", "SSLCTLFD": "3", "SSLREADFD": "4", "SSLWRITEFD": "5"}
 
 
 @dataclass(frozen=True)
@@ -152,7 +163,8 @@ class TlsService:
         return session
 
     def plain(self, reactor: Reactor, fd: int) -> Session:
-        """STARTTLS: clear text through the SMTP shim until the client asks for TLS."""
+        """STARTTLS: clear text through the SMTP shim until the client asks for TLS; with
+        UCSPI-TLS, clear text until the chain asks for it."""
         assert self.context is not None, "load() first"
         holder: list[Session] = []
 
@@ -170,5 +182,8 @@ class TlsService:
         )
         holder.append(session)
         self.sessions.add(session)
-        session.start_plain(SmtpShim(self.config.mode is TlsMode.STARTTLS_REQUIRED))
+        if self.config.mode is TlsMode.UCSPI:
+            session.start_ucspi()
+        else:
+            session.start_plain(SmtpShim(self.config.mode is TlsMode.STARTTLS_REQUIRED))
         return session
