@@ -262,3 +262,23 @@ def test_ucspi_y_then_the_clear_socket_closed_is_no_end(tmp_path: Path, reactor:
         assert pending(test.ucspi) == b"QUIT\r\n"
     finally:
         test.close()
+
+
+def test_ucspi_neither_y_nor_Y_then_the_clear_socket_closed_ends_it_once(
+    tmp_path: Path, reactor: Reactor
+) -> None:
+    """A chain that writes something else on its fd 3 and ends: when the loop sees its
+    clear socket's end first, the session is aborted there and stays closed (it once went
+    on to linger with its sockets closed, and the loop died watching fd -1)."""
+    test = Ucspi(tmp_path, reactor)
+    try:
+        test.clear.sendall(b"220 ready\r\n")
+        turn(reactor)
+        test.clear.close()  # its end first, then the bad command: one wake sees both
+        test.ucspi.sendall(b"x")
+        turn(reactor)
+        assert test.session.phase is Phase.CLOSED
+        assert test.session.phase_before_close is Phase.PLAIN
+        assert pending(test.client) == b"220 ready\r\n"
+    finally:
+        test.close()

@@ -473,7 +473,7 @@ class Session:
         if not count:
             if self._ucspi_mode and self.phase is Phase.PLAIN:
                 self._poll_ucspi()  # it wrote y, then let its clear socket go
-                if self._asked:
+                if self._asked or self.phase is Phase.CLOSED:  # or wrote neither: aborted
                     return False
             self._chain_done()
             return False
