@@ -282,3 +282,23 @@ def test_ucspi_neither_y_nor_Y_then_the_clear_socket_closed_ends_it_once(
         assert pending(test.client) == b"220 ready\r\n"
     finally:
         test.close()
+
+
+def test_ucspi_a_client_that_leaves_behind_its_early_client_hello_ends_the_chains_input(
+    tmp_path: Path, reactor: Reactor
+) -> None:
+    """A ClientHello before any STARTTLS waits for a y that never comes; the client then
+    closes: the chain gets its EOF (mailfront ends), rather than the session and the
+    chain's -c slot being kept until the chain's own timeout."""
+    test = Ucspi(tmp_path, reactor)
+    try:
+        test.clear.sendall(b"220 mx ESMTP\r\n")
+        turn(reactor)
+        assert pending(test.client) == b"220 mx ESMTP\r\n"
+        test.client.sendall(b"\x16\x03\x01\x00\x05hello")
+        turn(reactor)
+        test.client.shutdown(socket.SHUT_WR)
+        turn(reactor)
+        assert test.clear.recv(1, socket.MSG_DONTWAIT) == b""  # EOF, nothing of the hello
+    finally:
+        test.close()

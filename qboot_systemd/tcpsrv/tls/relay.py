@@ -287,7 +287,7 @@ class Session:
                 self._incoming.write(got)
                 self._handshake()
             return False
-        if got[:2] == b"\x16\x03":  # a TLS handshake record: the y is on its way
+        if self._hello_held or got[:2] == b"\x16\x03":  # TLS: the y is on its way
             self._incoming.write(got)
             self._hello_held = True
             return False
@@ -473,7 +473,7 @@ class Session:
         if not count:
             if self._ucspi_mode and self.phase is Phase.PLAIN:
                 self._poll_ucspi()  # it wrote y, then let its clear socket go
-                if self._asked or self.phase is Phase.CLOSED:  # or wrote neither: aborted
+                if self._asked or self.closed:  # or it wrote neither: aborted
                     return False
             self._chain_done()
             return False
@@ -596,7 +596,9 @@ class Session:
         if len(self._to_chain) >= BUFFER_CAP or len(self._to_net) >= BUFFER_CAP:
             return False
         if self.phase is Phase.PLAIN and self._shim is None:  # UCSPI-TLS
-            return not self._asked and not self._hello_held
+            # Behind a held ClientHello, read on (a little) all the same: a client that
+            # leaves is the chain's EOF, not a session kept until the chain's own timeout.
+            return not self._asked and (not self._hello_held or self._incoming.pending < BUFFER_CAP)
         if self.phase is Phase.PLAIN:
             assert self._shim is not None
             # After STARTTLS nothing more is read in the clear: the handshake reads next.
