@@ -262,3 +262,25 @@ def test_ucspi_y_then_the_clear_socket_closed_is_no_end(tmp_path: Path, reactor:
         assert pending(test.ucspi) == b"QUIT\r\n"
     finally:
         test.close()
+
+
+def test_ucspi_y_after_the_chain_ended_its_clear_side_is_no_crash(
+    tmp_path: Path, reactor: Reactor
+) -> None:
+    """A chain that lets its clear socket go before it writes y (the wrong order) has
+    ended the session: the late y is ignored, and the client gets the end."""
+    test = Ucspi(tmp_path, reactor)
+    try:
+        test.clear.sendall(b"220 ready\r\n")
+        test.clear.close()
+        turn(reactor)
+        with contextlib.suppress(BrokenPipeError):  # the server let its end go: too late
+            test.ucspi.sendall(b"y")
+        turn(reactor)
+        assert pending(test.client) == b"220 ready\r\n"
+        assert test.session.phase is Phase.LINGER
+        test.client.close()
+        turn(reactor)
+        assert test.session.closed
+    finally:
+        test.close()

@@ -554,10 +554,11 @@ class Session:
             with contextlib.suppress(ssl.SSLError):
                 self._tls.unwrap()
             self._pull_outgoing()
-        if self._inner is not None:
-            self._stop_watching(self._inner)
-            self._inner.close()
-            self._inner = None
+        for sock in (self._inner, self._ucspi):  # a y after this would come too late
+            if sock is not None:
+                self._stop_watching(sock)
+                sock.close()
+        self._inner = self._ucspi = None
         self._to_chain.clear()
         self.phase = Phase.LINGER
         self._set_timer(LINGER, None)
