@@ -284,3 +284,29 @@ def test_ucspi_y_after_the_chain_ended_its_clear_side_is_no_crash(
         assert test.session.closed
     finally:
         test.close()
+
+
+def test_a_defect_in_one_session_ends_that_session_not_the_loop(
+    tmp_path: Path, reactor: Reactor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two sessions on one loop; one meets an exception (a stand-in for a defect, as the
+    shim's verb parser had one): it ends with a line on stderr, the other goes on."""
+    broken, healthy = Ucspi(tmp_path, reactor), Ucspi(tmp_path, reactor)
+    try:
+
+        def defect() -> bool:
+            raise IndexError("a defect")
+
+        broken.session._read_net = defect  # type: ignore[method-assign]
+        broken.client.sendall(b"EHLO c\r\n")
+        healthy.client.sendall(b"EHLO c\r\n")
+        turn(reactor)  # raises nothing
+        assert broken.session.closed
+        assert "TLS session ended by an internal error: IndexError: a defect" in (
+            capsys.readouterr().err
+        )
+        assert pending(healthy.clear) == b"EHLO c\r\n"
+        assert not healthy.session.closed
+    finally:
+        broken.close()
+        healthy.close()
