@@ -265,11 +265,11 @@ def test_ucspi_y_then_the_clear_socket_closed_is_no_end(tmp_path: Path, reactor:
 
 
 def test_ucspi_neither_y_nor_Y_then_the_clear_socket_closed_ends_it_once(
-    tmp_path: Path, reactor: Reactor
+    tmp_path: Path, reactor: Reactor, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A chain that writes something else on its fd 3 and ends: when the loop sees its
     clear socket's end first, the session is aborted there and stays closed (it once went
-    on to linger with its sockets closed, and the loop died watching fd -1)."""
+    on to linger with its sockets closed and met fd -1: an internal error)."""
     test = Ucspi(tmp_path, reactor)
     try:
         test.clear.sendall(b"220 ready\r\n")
@@ -279,7 +279,30 @@ def test_ucspi_neither_y_nor_Y_then_the_clear_socket_closed_ends_it_once(
         turn(reactor)
         assert test.session.phase is Phase.CLOSED
         assert test.session.phase_before_close is Phase.PLAIN
+        assert "internal error" not in capsys.readouterr().err
         assert pending(test.client) == b"220 ready\r\n"
+    finally:
+        test.close()
+
+
+def test_ucspi_y_after_the_chain_ended_its_clear_side_is_no_crash(
+    tmp_path: Path, reactor: Reactor
+) -> None:
+    """A chain that lets its clear socket go before it writes y (the wrong order) has
+    ended the session: the late y is ignored, and the client gets the end."""
+    test = Ucspi(tmp_path, reactor)
+    try:
+        test.clear.sendall(b"220 ready\r\n")
+        test.clear.close()
+        turn(reactor)
+        with contextlib.suppress(BrokenPipeError):  # the server let its end go: too late
+            test.ucspi.sendall(b"y")
+        turn(reactor)
+        assert pending(test.client) == b"220 ready\r\n"
+        assert test.session.phase is Phase.LINGER
+        test.client.close()
+        turn(reactor)
+        assert test.session.closed
     finally:
         test.close()
 
@@ -302,3 +325,29 @@ def test_ucspi_a_client_that_leaves_behind_its_early_client_hello_ends_the_chain
         assert test.clear.recv(1, socket.MSG_DONTWAIT) == b""  # EOF, nothing of the hello
     finally:
         test.close()
+
+
+def test_a_defect_in_one_session_ends_that_session_not_the_loop(
+    tmp_path: Path, reactor: Reactor, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two sessions on one loop; one meets an exception (a stand-in for a defect, as the
+    shim's verb parser had one): it ends with a line on stderr, the other goes on."""
+    broken, healthy = Ucspi(tmp_path, reactor), Ucspi(tmp_path, reactor)
+    try:
+
+        def defect() -> bool:
+            raise IndexError("a defect")
+
+        broken.session._read_net = defect  # type: ignore[method-assign]
+        broken.client.sendall(b"EHLO c\r\n")
+        healthy.client.sendall(b"EHLO c\r\n")
+        turn(reactor)  # raises nothing
+        assert broken.session.closed
+        assert "TLS session ended by an internal error: IndexError: a defect" in (
+            capsys.readouterr().err
+        )
+        assert pending(healthy.clear) == b"EHLO c\r\n"
+        assert not healthy.session.closed
+    finally:
+        broken.close()
+        healthy.close()

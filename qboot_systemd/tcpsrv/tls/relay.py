@@ -30,14 +30,17 @@ ways; none of these are on Debian 12's Python 3.11 and kernel here, so the relay
 from __future__ import annotations
 
 import contextlib
+import functools
 import select
 import socket
 import ssl
+import sys
 import time
 from collections.abc import Callable
 from enum import Enum
 from typing import cast
 
+from ..logline import PROGRAM
 from ..reactor import Reactor, Timer
 from .environ import ssl_environment
 from .smtp import Outcome, SmtpShim
@@ -554,10 +557,11 @@ class Session:
             with contextlib.suppress(ssl.SSLError):
                 self._tls.unwrap()
             self._pull_outgoing()
-        if self._inner is not None:
-            self._stop_watching(self._inner)
-            self._inner.close()
-            self._inner = None
+        for sock in (self._inner, self._ucspi):  # a y after this would come too late
+            if sock is not None:
+                self._stop_watching(sock)
+                sock.close()
+        self._inner = self._ucspi = None
         self._to_chain.clear()
         self.phase = Phase.LINGER
         self._set_timer(LINGER, None)
@@ -617,10 +621,23 @@ class Session:
                 if sock is self._ucspi
                 else self._on_inner
             )
-            self._reactor.watch(fd, events, handler)
+            self._reactor.watch(fd, events, functools.partial(self._guarded, handler))
             self._events[fd] = events
         else:
             self._stop_watching(sock)
+
+    def _guarded(self, handler: Callable[[int], None], events: int) -> None:
+        """A defect met in one session ends that session, said on stderr (the journal),
+        and not the server with every other session in it."""
+        try:
+            handler(events)
+        except Exception as error:
+            sys.stderr.write(
+                f"{PROGRAM}: warning: TLS session ended by an internal error: "
+                f"{type(error).__name__}: {error}\n"
+            )
+            sys.stderr.flush()
+            self.abort(f"internal error: {type(error).__name__}")
 
     def _stop_watching(self, sock: socket.socket) -> None:
         fd = sock.fileno()
