@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 runtime_packages=(gcc pkg-config libsystemd-dev python3-venv)
-test_packages=(ucspi-tcp-ipv6 systemd-container mailfront swaks make groff-base
+test_packages=(ucspi-tcp-ipv6 systemd-container mailfront cvm swaks make groff-base
     build-essential debhelper dh-python python3-all python3-setuptools pybuild-plugin-pyproject
     python3-pip python3-jinja2 python3-click python3-pystemd lintian fakeroot dpkg-dev rpm
     python3-all-dev tinycdb python3-pytest python3-hypothesis python3-build python3-installer

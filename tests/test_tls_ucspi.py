@@ -85,3 +85,41 @@ def test_commands_pipelined_behind_starttls_never_reach_the_session(
                 assert read_until(tls, b"\r\n").startswith(b"221")
     finally:
         assert server.stop() == 0
+
+
+def test_auth_that_requires_tls_is_offered_once_the_chain_knows(tmp_path: Path, pair: Pair) -> None:
+    """What the hand-over is for: mailfront's AUTH_REQUIRES_TLS offers AUTH only once its
+    starttls-ucspi plugin has taken TLS (a chain behind the STARTTLS shim never learns
+    that it has). Passwords checked by Debian's cvm-pwfile."""
+    passwords = tmp_path / "passwords"
+    passwords.write_text("alice:s3cret:1000:1000:Alice:/tmp:/bin/sh\n")
+    program = [
+        "env",
+        f"CVM_PWFILE_PATH={passwords}",
+        f"CVM_SASL_PLAIN={require_tool('cvm-pwfile')}",
+        "AUTH_REQUIRES_TLS=1",
+        *mailfront(),
+        "cvm-authenticate",
+    ]
+    server = tls_server(pair, "ucspi", "-RHl", "mx.example.org", program=program)
+    try:
+
+        def swaks(*args: str) -> str:
+            to = ["-s", "127.0.0.1", "-p", str(server.port)]
+            login = ["--auth", "PLAIN", "--auth-user", "alice", "--auth-password", "s3cret"]
+            envelope = ["-f", "alice@example.org", "-t", "b@example.org"]
+            done = subprocess.run(
+                [require_tool("swaks"), *to, *args, *login, *envelope],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            return done.stdout + done.stderr
+
+        clear = swaks()
+        assert "Host did not advertise authentication" in clear, clear
+        encrypted = swaks("--tls")
+        assert "<~  250-AUTH LOGIN PLAIN" in encrypted, encrypted
+        assert "<~  235 2.7.0 Authentication succeeded" in encrypted, encrypted
+    finally:
+        assert server.stop() == 0
