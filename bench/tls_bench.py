@@ -15,6 +15,7 @@ Run: .venv/bin/python bench/tls_bench.py [seconds-per-round]
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -214,6 +216,23 @@ def sink_program(directory: Path) -> list[str]:
     return [str(path)]
 
 
+@contextlib.contextmanager
+def serving(
+    directory: Path, name: str, cert: Path, key: Path, program: list[str]
+) -> Iterator[tuple[int, int]]:
+    """ours or stunnel4 in front of program: its pid and port, stopped afterwards."""
+    process, port = (
+        start_ours(cert, key, program)
+        if name == "ours"
+        else start_stunnel(directory, cert, key, program)
+    )
+    try:
+        yield process.pid, port
+    finally:
+        process.terminate()
+        process.wait()
+
+
 def run_kind(directory: Path, kind: str, greet: list[str], seconds: int) -> None:
     cert, key = make_pair(directory, kind)
     big = ["/usr/bin/head", "-c", str(BIG), "/dev/zero"]
@@ -226,47 +245,23 @@ def run_kind(directory: Path, kind: str, greet: list[str], seconds: int) -> None
     speed_in: dict[str, list[float]] = {"ours": [], "stunnel4": []}
     for _ in range(ROUNDS):
         for name in ("ours", "stunnel4"):
-            process, port = (
-                start_ours(cert, key, greet)
-                if name == "ours"
-                else start_stunnel(directory, cert, key, greet)
-            )
-            try:
+            with serving(directory, name, cert, key, greet) as (pid, port):
                 handshakes(port, 1)  # warm-up
-                before = cpu_seconds(process.pid)
+                before = cpu_seconds(pid)
                 count = handshakes(port, seconds)
-                used = cpu_seconds(process.pid) - before
+                used = cpu_seconds(pid) - before
                 rates[name].append(count / seconds)
                 cpu[name].append(used / max(1, count) * 1e6)
-            finally:
-                process.terminate()
-                process.wait()
-            process, port = (
-                start_ours(cert, key, big)
-                if name == "ours"
-                else start_stunnel(directory, cert, key, big)
-            )
-            try:
+            with serving(directory, name, cert, key, big) as (_, port):
                 transfer(port, context)  # warm-up
                 # Several a round: on 2 cores a transfer's speed depends on where the
                 # scheduler puts the client, the server and the child (two modes, for both).
                 speed[name] += [BIG / transfer(port, context) / 1e6 for _ in range(TRANSFERS)]
-            finally:
-                process.terminate()
-                process.wait()
-            process, port = (
-                start_ours(cert, key, sink)
-                if name == "ours"
-                else start_stunnel(directory, cert, key, sink)
-            )
-            try:
+            with serving(directory, name, cert, key, sink) as (_, port):
                 upload(port, context, payload)  # warm-up
                 speed_in[name] += [
                     BIG / upload(port, context, payload) / 1e6 for _ in range(TRANSFERS)
                 ]
-            finally:
-                process.terminate()
-                process.wait()
     median = {k: statistics.median(v) for k, v in rates.items()}
     median_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     median_speed = {k: statistics.median(v) for k, v in speed.items()}

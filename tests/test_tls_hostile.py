@@ -364,19 +364,24 @@ def test_starttls_hostile_clients(tmp_path: Path, pair: Pair) -> None:
             garbage.sendall(b"MAIL FROM:<not-tls@example>\r\n")
             with contextlib.suppress(ConnectionResetError):
                 assert b"250" not in garbage.recv(100)
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
-            assert read_until(raw, b"\r\n").startswith(b"220")
-            raw.sendall(b"STARTTLS\r\n")
-            assert read_until(raw, b"\r\n").startswith(b"220 2.0.0")
-            with client_context().wrap_socket(raw, server_hostname="x") as tls:
-                tls.sendall(b"QUIT\r\n")
-                assert read_until(tls, b"\r\n") == b"221 rec\r\n"
+        starttls_client_served(server.port)
         server.wait_count(r" end \d+ status", 4)  # every chain ended
         no_crash(server)
         received = (tmp_path / "received").read_text()
         assert "not-tls" not in received
     finally:
         server.stop()
+
+
+def starttls_client_served(port: int) -> None:
+    """An honest client: STARTTLS, the handshake, QUIT answered by the recorder."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        assert read_until(raw, b"\r\n").startswith(b"220")
+        raw.sendall(b"STARTTLS\r\n")
+        assert read_until(raw, b"\r\n").startswith(b"220 2.0.0")
+        with client_context().wrap_socket(raw, server_hostname="x") as tls:
+            tls.sendall(b"QUIT\r\n")
+            assert read_until(tls, b"\r\n") == b"221 rec\r\n"
 
 
 def test_shim_replies_to_a_client_that_never_reads_stay_bounded(tmp_path: Path, pair: Pair) -> None:
@@ -400,13 +405,7 @@ def test_shim_replies_to_a_client_that_never_reads_stay_bounded(tmp_path: Path, 
                     flood.sendall(chunk)
             assert rss_kib(server.process.pid) - base < 8192, line
             flood.close()
-        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as raw:
-            assert read_until(raw, b"\r\n").startswith(b"220")
-            raw.sendall(b"STARTTLS\r\n")
-            assert read_until(raw, b"\r\n").startswith(b"220 2.0.0")
-            with client_context().wrap_socket(raw, server_hostname="x") as tls:
-                tls.sendall(b"QUIT\r\n")
-                assert read_until(tls, b"\r\n") == b"221 rec\r\n"
+        starttls_client_served(server.port)
         no_crash(server)
     finally:
         server.stop()

@@ -152,6 +152,14 @@ class Ucspi:
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = client_context().wrap_bio(self.incoming, self.outgoing, server_hostname="mx")
 
+    def pump(self) -> None:
+        """The client's TLS bytes out, a loop turn, the server's bytes in."""
+        if self.outgoing.pending:
+            self.client.sendall(self.outgoing.read())
+        turn(self.reactor, 1)
+        if got := pending(self.client):
+            self.incoming.write(got)
+
     def shake_hands(self) -> None:
         for _ in range(200):
             try:
@@ -160,11 +168,7 @@ class Ucspi:
             except ssl.SSLWantReadError:
                 pass
             finally:
-                if self.outgoing.pending:
-                    self.client.sendall(self.outgoing.read())
-                turn(self.reactor, 1)
-                if got := pending(self.client):
-                    self.incoming.write(got)
+                self.pump()
         raise AssertionError("no handshake")
 
     def read_tls(self, want: bytes) -> bytes:
@@ -174,12 +178,15 @@ class Ucspi:
                 said += self.tls.read(65536)
             if said.endswith(want):
                 return said
-            if self.outgoing.pending:
-                self.client.sendall(self.outgoing.read())
-            turn(self.reactor, 1)
-            if got := pending(self.client):
-                self.incoming.write(got)
+            self.pump()
         raise AssertionError(f"got {said!r}")
+
+    def quit_reaches_the_chain(self) -> None:
+        """The session carries the client's encrypted QUIT to the chain's fd 4."""
+        self.tls.write(b"QUIT\r\n")
+        self.client.sendall(self.outgoing.read())
+        turn(self.reactor)
+        assert pending(self.ucspi) == b"QUIT\r\n"
 
     def close(self) -> None:
         for sock in (self.client, self.clear, self.ucspi):
@@ -230,10 +237,7 @@ def test_ucspi_client_hello_before_the_chains_y_waits_for_it(
         assert pending(test.clear) == b""
         test.ucspi.sendall(b"y")
         test.shake_hands()
-        test.tls.write(b"QUIT\r\n")
-        test.client.sendall(test.outgoing.read())
-        turn(reactor)
-        assert pending(test.ucspi) == b"QUIT\r\n"
+        test.quit_reaches_the_chain()
     finally:
         test.close()
 
@@ -256,10 +260,7 @@ def test_ucspi_y_then_the_clear_socket_closed_is_no_end(tmp_path: Path, reactor:
         test.shake_hands()
         test.ucspi.sendall(b"500 5.5.1 Unexpected pipelined commands following STARTTLS\r\n")
         assert test.read_tls(b"\r\n").startswith(b"500 5.5.1")
-        test.tls.write(b"QUIT\r\n")
-        test.client.sendall(test.outgoing.read())
-        turn(reactor)
-        assert pending(test.ucspi) == b"QUIT\r\n"
+        test.quit_reaches_the_chain()
     finally:
         test.close()
 

@@ -39,17 +39,15 @@ def test_starttls_is_offered_once_and_in_a_well_formed_line() -> None:
     """A server that offers STARTTLS itself gets no second one; a last line that is only
     the code keeps its CRLF."""
     shim = greeted()
-    shim.from_client(b"EHLO c\r\n")
+
+    def answer(reply: bytes) -> bytes:
+        shim.from_client(b"EHLO c\r\n")
+        return bytes(shim.from_chain(reply).to_client)
+
     already = b"250-mail.example.org\r\n250-starttls\r\n250 8BITMIME\r\n"
-    assert bytes(shim.from_chain(already).to_client) == already
-    shim.from_client(b"EHLO c\r\n")
-    assert bytes(shim.from_chain(b"250-x\r\n250 STARTTLS\r\n").to_client) == (
-        b"250-x\r\n250 STARTTLS\r\n"
-    )
-    shim.from_client(b"EHLO c\r\n")
-    assert bytes(shim.from_chain(b"250-x\r\n250\r\n").to_client) == (
-        b"250-x\r\n250-\r\n250 STARTTLS\r\n"
-    )
+    assert answer(already) == already
+    assert answer(b"250-x\r\n250 STARTTLS\r\n") == b"250-x\r\n250 STARTTLS\r\n"
+    assert answer(b"250-x\r\n250\r\n") == b"250-x\r\n250-\r\n250 STARTTLS\r\n"
 
 
 def test_starttls_answers_220_and_resets_the_server() -> None:
