@@ -384,6 +384,15 @@ int qboot_spawn(Spawner *self, char **envp, int fd, int ucspi_fd, pid_t *pid)
     return args.error;
 }
 
+/* -1 (none) or a descriptor the child's 0 and 1 do not hide; else ValueError set. */
+static int ucspi_fd_valid(int ucspi_fd)
+{
+    if (ucspi_fd == -1 || ucspi_fd >= 3)
+        return 1;
+    PyErr_Format(PyExc_ValueError, "ucspi_fd must be -1 or at least 3");
+    return 0;
+}
+
 /* spawn(extra, fd, base=None, ucspi_fd=-1): run the program with base (or the server's
  * environment) then extra, both tuples/lists of b"NAME=value", fd as stdin and stdout,
  * and ucspi_fd (if not -1) as 3, 4 and 5. A value with a NUL reaches the program cut
@@ -394,8 +403,8 @@ static PyObject *spawner_spawn(Spawner *self, PyObject *args)
     int fd, ucspi_fd = -1;
     if (!PyArg_ParseTuple(args, "Oi|Oi", &extra_arg, &fd, &base_arg, &ucspi_fd))
         return NULL;
-    if (ucspi_fd != -1 && ucspi_fd < 3)
-        return PyErr_Format(PyExc_ValueError, "ucspi_fd must be -1 or at least 3");
+    if (!ucspi_fd_valid(ucspi_fd))
+        return NULL;
     if (!self->argv_pointers)
         return PyErr_Format(PyExc_RuntimeError, "Spawner not initialised");
     PyObject *extra = bytes_tuple(extra_arg, "the environment");
@@ -647,8 +656,8 @@ static PyObject *pool_submit(SpawnPool *self, PyObject *args)
     PyObject *extra_arg, *base_arg = Py_None;
     if (!PyArg_ParseTuple(args, "lOi|Oi", &id, &extra_arg, &fd, &base_arg, &ucspi_fd))
         return NULL;
-    if (ucspi_fd != -1 && ucspi_fd < 3)
-        return PyErr_Format(PyExc_ValueError, "ucspi_fd must be -1 or at least 3");
+    if (!ucspi_fd_valid(ucspi_fd))
+        return NULL;
     if (!self->ready || self->stopping)
         return PyErr_Format(PyExc_RuntimeError, "the SpawnPool is closed");
     PyObject *extra = bytes_tuple(extra_arg, "the environment");
